@@ -1,0 +1,1 @@
+"""minicloud API service: the only process that opens the database."""

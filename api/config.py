@@ -1,0 +1,58 @@
+"""Settings of the API process, read from the environment (prefix ``MINICLOUD_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One settings object per process; tests override it through ``get_settings``."""
+
+    model_config = SettingsConfigDict(env_prefix="MINICLOUD_", extra="ignore")
+
+    data_dir: Path = Field(default=Path.home() / ".local/share/minicloud")
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8774
+
+    token_ttl_seconds: int = Field(default=8 * 3600, gt=0)
+    enrollment_token_ttl_seconds: int = Field(default=3600, gt=0)
+    bootstrap_admin_token: str | None = None
+
+    cpu_allocation_ratio: float = Field(default=4.0, gt=0)
+    ram_allocation_ratio: float = Field(default=1.0, gt=0)
+    disk_allocation_ratio: float = Field(default=1.0, gt=0)
+
+    default_quota_instances: int = Field(default=10, ge=0)
+    default_quota_vcpus: int = Field(default=20, ge=0)
+    default_quota_ram_mb: int = Field(default=51200, ge=0)
+    default_quota_disk_gb: int = Field(default=1000, ge=0)
+
+    max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or an SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'minicloud.db'}"
+
+    @property
+    def image_dir(self) -> Path:
+        """Where uploaded image bytes live."""
+        return self.data_dir / "images"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; ``get_settings.cache_clear()`` re-reads)."""
+    return Settings()

@@ -1,0 +1,140 @@
+"""Domain errors with stable codes, and the one handler that renders them.
+
+Every error answer is an RFC 9457 ``application/problem+json`` document:
+``{"type", "title", "status", "detail", "code", "request_id", ...extra}``.
+Once published, a ``code`` never changes meaning.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("minicloud.api")
+
+PROBLEM_JSON = "application/problem+json"
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+class DomainError(Exception):
+    """Base of all errors a service may raise; rendered as a problem document."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+class InvalidInput(DomainError):
+    status, code, title = 422, "invalid_input", "Invalid input"
+
+
+class Unauthorized(DomainError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(DomainError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(DomainError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(DomainError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class QuotaExceeded(DomainError):
+    status, code, title = 409, "quota_exceeded", "Quota exceeded"
+
+
+class PayloadTooLarge(DomainError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: str, **extra: Any
+) -> JSONResponse:
+    """Build a problem+json response carrying the current request id."""
+    body: dict[str, Any] = {
+        "type": f"https://minicloud.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id_var.get(),
+    }
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+    clean = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+         "type": str(e.get("type", ""))}
+        for e in errors
+    ]
+    if any(e["type"] == "json_invalid" for e in clean):
+        return "malformed_json", "The request body is not valid JSON.", clean
+    first = clean[0] if clean else {"loc": [], "msg": "invalid"}
+    where = ".".join(p for p in first["loc"] if p != "body") or "request"
+    return "invalid_input", f"{where}: {first['msg']}", clean
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, expected or not, as a problem document."""
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return problem_response(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code, detail, errors = _validation_detail(list(exc.errors()))
+        status = 400 if code == "malformed_json" else 422
+        title = "Malformed JSON" if status == 400 else "Invalid input"
+        return problem_response(status, code, title, detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        return problem_response(exc.status_code, code, title, str(exc.detail))
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        # Pre-checks catch the usual cases; this is the safety net for a race between two
+        # requests creating the same unique thing. The unit of work has rolled back.
+        log.info("integrity conflict request_id=%s: %s", request_id_var.get(), exc.orig)
+        return problem_response(409, "conflict", "Conflict",
+                                "A concurrent request changed the same object; retry.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error request_id=%s", request_id_var.get())
+        return problem_response(500, "internal_error", "Internal error", "An unexpected error.")

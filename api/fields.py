@@ -1,0 +1,38 @@
+"""Reusable, validated request field types."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
+
+# Printable text only: no control characters (C0, DEL, C1), no leading/trailing blanks.
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"
+
+
+def _no_outer_space(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("must not start or end with white space")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=_PRINTABLE),
+    AfterValidator(_no_outer_space),
+]
+"""A display name: 1-255 printable characters."""
+
+ShortName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+]
+"""An identifier-like name (projects, users, flavors): letters, digits, ``._-``."""
+
+Description = Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+"""A non-negative count with a sane upper bound."""
+
+STRICT = ConfigDict(extra="forbid", strict=False)
+"""Request models reject unknown fields so typos do not pass silently."""

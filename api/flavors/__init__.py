@@ -1,0 +1,1 @@
+"""Flavors: the sizes servers come in."""

@@ -1,0 +1,1 @@
+"""Identity: projects, users, roles, tokens and application credentials."""

@@ -1,0 +1,175 @@
+"""Identity HTTP routes: /v1/auth, /v1/projects, /v1/users, /v1/application-credentials."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, Writer
+from api.identity import repository, service
+from api.identity.schemas import (
+    AppCredentialCreate,
+    AppCredentialOut,
+    IdName,
+    MemberOut,
+    ProjectCreate,
+    ProjectOut,
+    RoleSet,
+    TokenCreate,
+    TokenOut,
+    UserCreate,
+    UserOut,
+)
+from api.models import ApplicationCredential, Token
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/auth/tokens", status_code=201, response_model=TokenOut, tags=["auth"])
+def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep) -> TokenOut:
+    """Log in: exchange user name, password and project for a bearer token."""
+    issued = service.login(session, settings, body.user, body.password, body.project)
+    return TokenOut(
+        token=issued.secret, expires_at=issued.token.expires_at,
+        user=IdName(id=issued.user.id, name=issued.user.name),
+        project=IdName(id=issued.project.id, name=issued.project.name),
+        role=issued.role,
+        credential="token",
+    )
+
+
+@router.get("/auth/tokens/current", response_model=TokenOut, tags=["auth"])
+def whoami(principal: CurrentUser, session: SessionDep) -> TokenOut:
+    """Who the presented credential stands for."""
+    cred: Token | ApplicationCredential | None = (
+        session.get(Token, principal.credential_id) if principal.credential == "token"
+        else session.get(ApplicationCredential, principal.credential_id)
+    )
+    return TokenOut(
+        expires_at=cred.expires_at if cred else None,
+        user=IdName(id=principal.user_id, name=principal.user_name),
+        project=IdName(id=principal.project_id, name=principal.project_name),
+        role=principal.role,
+        credential=principal.credential,
+    )
+
+
+@router.delete("/auth/tokens/current", status_code=204, tags=["auth"])
+def logout(principal: CurrentUser, session: SessionDep) -> Response:
+    """Revoke the token in use."""
+    service.revoke_current(session, principal)
+    return Response(status_code=204)
+
+
+@router.post("/projects", status_code=201, response_model=ProjectOut, tags=["projects"])
+def create_project(body: ProjectCreate, _: AdminUser, session: SessionDep) -> ProjectOut:
+    """Create a project (admin)."""
+    return ProjectOut.model_validate(service.create_project(session, body.name, body.description))
+
+
+@router.get("/projects", response_model=list[ProjectOut], tags=["projects"])
+def list_projects(principal: CurrentUser, session: SessionDep) -> list[ProjectOut]:
+    """Admins see every project; others see their own."""
+    if principal.is_admin:
+        return [ProjectOut.model_validate(p) for p in repository.list_projects(session)]
+    return [ProjectOut.model_validate(service.get_project(session, principal,
+                                                         principal.project_id))]
+
+
+@router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
+def show_project(project_id: str, principal: CurrentUser, session: SessionDep) -> ProjectOut:
+    """One project (admins: any; others: their own, else 404)."""
+    return ProjectOut.model_validate(service.get_project(session, principal, project_id))
+
+
+@router.delete("/projects/{project_id}", status_code=204, tags=["projects"])
+def delete_project(project_id: str, principal: AdminUser, session: SessionDep) -> Response:
+    """Delete a project that holds no servers (admin)."""
+    service.delete_project(session, principal, project_id)
+    return Response(status_code=204)
+
+
+@router.get("/projects/{project_id}/members", response_model=list[MemberOut], tags=["projects"])
+def list_members(project_id: str, principal: CurrentUser, session: SessionDep) -> list[MemberOut]:
+    """Users with a role on the project."""
+    project = service.get_project(session, principal, project_id)
+    return [
+        MemberOut(user_id=u.id, user_name=u.name, project_id=project.id, role=r)
+        for u, r in repository.members(session, project.id)
+    ]
+
+
+@router.put("/projects/{project_id}/members/{user_id}", response_model=MemberOut,
+            tags=["projects"])
+def set_member(project_id: str, user_id: str, body: RoleSet, _: AdminUser,
+               session: SessionDep) -> MemberOut:
+    """Give a user a role on a project (admin)."""
+    a = service.set_role(session, project_id, user_id, body.role)
+    user = service.get_user(session, user_id)
+    return MemberOut(user_id=user.id, user_name=user.name, project_id=a.project_id,
+                     role=body.role)
+
+
+@router.delete("/projects/{project_id}/members/{user_id}", status_code=204, tags=["projects"])
+def remove_member(project_id: str, user_id: str, _: AdminUser, session: SessionDep) -> Response:
+    """Take a user's role on a project away (admin)."""
+    service.remove_role(session, project_id, user_id)
+    return Response(status_code=204)
+
+
+@router.post("/users", status_code=201, response_model=UserOut, tags=["users"])
+def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserOut:
+    """Create a user, optionally with a role on a project (admin)."""
+    user = service.create_user(session, body.name, body.password, body.project_id, body.role)
+    return UserOut.model_validate(user)
+
+
+@router.get("/users", response_model=list[UserOut], tags=["users"])
+def list_users(_: AdminUser, session: SessionDep) -> list[UserOut]:
+    """Every user (admin)."""
+    return [UserOut.model_validate(u) for u in repository.list_users(session)]
+
+
+@router.get("/users/{user_id}", response_model=UserOut, tags=["users"])
+def show_user(user_id: str, _: AdminUser, session: SessionDep) -> UserOut:
+    """One user (admin)."""
+    return UserOut.model_validate(service.get_user(session, user_id))
+
+
+@router.delete("/users/{user_id}", status_code=204, tags=["users"])
+def delete_user(user_id: str, principal: AdminUser, session: SessionDep) -> Response:
+    """Delete a user and their credentials (admin)."""
+    user = service.get_user(session, user_id)
+    if user.id == principal.user_id:
+        from api.errors import Conflict
+
+        raise Conflict("You cannot delete yourself.", code="user_in_use")
+    session.delete(user)
+    session.flush()
+    return Response(status_code=204)
+
+
+def _cred_out(cred: ApplicationCredential, secret: str | None = None) -> AppCredentialOut:
+    return AppCredentialOut(id=cred.id, name=cred.name, project_id=cred.project_id,
+                            expires_at=cred.expires_at, created_at=cred.created_at, secret=secret)
+
+
+@router.post("/application-credentials", status_code=201, response_model=AppCredentialOut,
+             tags=["auth"])
+def create_app_credential(body: AppCredentialCreate, principal: Writer,
+                          session: SessionDep) -> AppCredentialOut:
+    """A long-lived credential for automation; the secret is shown only in this answer."""
+    cred, secret = service.create_app_credential(session, principal, body.name, body.expires_at)
+    return _cred_out(cred, secret)
+
+
+@router.get("/application-credentials", response_model=list[AppCredentialOut], tags=["auth"])
+def list_app_credentials(principal: CurrentUser, session: SessionDep) -> list[AppCredentialOut]:
+    """The caller's application credentials (never their secrets)."""
+    return [_cred_out(c) for c in repository.app_credentials(session, principal.user_id)]
+
+
+@router.delete("/application-credentials/{cred_id}", status_code=204, tags=["auth"])
+def delete_app_credential(cred_id: str, principal: CurrentUser, session: SessionDep) -> Response:
+    """Delete one of the caller's application credentials."""
+    service.delete_app_credential(session, principal, cred_id)
+    return Response(status_code=204)

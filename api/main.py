@@ -1,0 +1,89 @@
+"""The FastAPI application: routers, error handlers, request ids, lifespan."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from sqlalchemy import text
+
+from api.config import Settings, get_settings
+from api.db import make_engine, make_sessionmaker, session_scope
+from api.errors import install_error_handlers, problem_response, request_id_var
+from api.identity.routes import router as identity_router
+
+log = logging.getLogger("minicloud.api")
+
+# Every domain's router, in the order they appear in /docs.
+ROUTERS: list[APIRouter] = [identity_router]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.effective_database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.bootstrap_admin_token:
+            from api.bootstrap import bootstrap_from_env
+
+            for session in session_scope(app.state.sessionmaker):
+                if bootstrap_from_env(session, settings.bootstrap_admin_token):
+                    log.info("bootstrapped the admin project from MINICLOUD_BOOTSTRAP_ADMIN_TOKEN")
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="minicloud",
+        version="0.1.0",
+        description="Rent VMs from a pool of KVM hosts.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get("x-request-id", "")
+        rid = given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4()}"
+        token = request_id_var.set(rid)
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error request_id=%s", rid)
+            response = problem_response(500, "internal_error", "Internal error",
+                                        "An unexpected error.")
+        finally:
+            request_id_var.reset(token)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> Response:
+        """Readiness: the database answers."""
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means "not ready"
+            return problem_response(503, "database_unavailable", "Not ready", str(exc)[:200])
+        return Response('{"status":"ready"}', media_type="application/json")
+
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,25 @@
+"""SQLAlchemy models: the one owner of the schema (Alembic migrations mirror them)."""
+
+from api.models.catalog import Flavor, FlavorAccess, Image
+from api.models.compute import Allocation, EnrollmentToken, Host, Inventory
+from api.models.identity import ApplicationCredential, Project, RoleAssignment, Token, User
+from api.models.servers import Quota, Server, ServerEvent, ServerGroup
+
+__all__ = [
+    "Allocation",
+    "ApplicationCredential",
+    "EnrollmentToken",
+    "Flavor",
+    "FlavorAccess",
+    "Host",
+    "Image",
+    "Inventory",
+    "Project",
+    "Quota",
+    "RoleAssignment",
+    "Server",
+    "ServerEvent",
+    "ServerGroup",
+    "Token",
+    "User",
+]

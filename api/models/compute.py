@@ -1,0 +1,75 @@
+"""Compute hosts, their inventories, and the allocations servers hold on them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from api.db import Base, UTCDateTime, new_id, utcnow
+
+RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
+
+
+class Host(Base):
+    """A compute node running one agent."""
+
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    availability_zone: Mapped[str] = mapped_column(String(64), default="nova", index=True)
+    libvirt_uri: Mapped[str] = mapped_column(String(255), default="")
+    virt_type: Mapped[str] = mapped_column(String(16), default="qemu")
+    architecture: Mapped[str] = mapped_column(String(32), default="x86_64")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Aggregate tags (key -> value) that flavors' extra_specs can require.
+    aggregates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    credential_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    # Bumped by every claim on this host: concurrent claims conflict instead of overcommitting.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Inventory(Base):
+    """How much of one resource class a host offers."""
+
+    __tablename__ = "inventories"
+    __table_args__ = (UniqueConstraint("host_id", "resource_class"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    resource_class: Mapped[str] = mapped_column(String(32))
+    total: Mapped[int] = mapped_column(Integer)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    # None: use the pool-wide ratio from settings.
+    allocation_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    min_unit: Mapped[int] = mapped_column(Integer, default=1)
+    max_unit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Allocation(Base):
+    """What one server consumes of one resource class on one host."""
+
+    __tablename__ = "allocations"
+    __table_args__ = (UniqueConstraint("server_id", "resource_class"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    server_id: Mapped[str] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
+    resource_class: Mapped[str] = mapped_column(String(32))
+    used: Mapped[int] = mapped_column(Integer)
+
+
+class EnrollmentToken(Base):
+    """A single-use, expiring secret an operator gives to a new compute node."""
+
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(36))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    host_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

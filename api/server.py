@@ -1,0 +1,32 @@
+"""``minicloud-api``: run the API on uvicorn after bringing the schema to head."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import uvicorn
+
+from api.config import get_settings
+
+
+def run() -> None:
+    """Entry point of ``minicloud-api --host H --port P``."""
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="minicloud-api", description=__doc__)
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-migrate", action="store_true",
+                        help="do not run 'db upgrade' at start")
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("MINICLOUD_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_migrate:
+        from api.migrate import upgrade
+
+        upgrade(settings.effective_database_url)
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="info")

@@ -1,0 +1,1 @@
+"""The ``minicloud`` command line client."""

@@ -1,0 +1,53 @@
+# Shared install steps for deploy/*.sh (sourced, not run). Idempotent: each step checks first.
+# shellcheck shell=bash
+
+VENV="${MINICLOUD_VENV:-$PWD/.venv}"
+PG_URL="${MINICLOUD_PG_URL:-postgresql+psycopg://minicloud:minicloud@127.0.0.1/postgres}"
+SYSTEM_PACKAGES=(python3-venv python3-dev gcc pkg-config postgresql libvirt-daemon-system
+  libvirt-dev qemu-system-x86 qemu-utils busybox-static cpio dnsmasq-base)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_system_packages() {
+  local missing=()
+  for p in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  fi
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c "import api, libvirt, pytest" 2>/dev/null \
+     || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    echo "== installing minicloud into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e '.[test,libvirt]'
+    touch "$VENV/.installed"
+  fi
+}
+
+ensure_postgresql() {
+  if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
+    local ver
+    ver=$(pg_lsclusters -h | awk 'NR==1{print $1}')
+    as_root pg_ctlcluster "$ver" main start
+  fi
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
+  as_root su postgres -c "psql -q -tc \"SELECT 1 FROM pg_roles WHERE rolname='minicloud'\" \
+    | grep -q 1 || psql -q -c \"CREATE ROLE minicloud LOGIN SUPERUSER PASSWORD 'minicloud'\""
+}
+
+ensure_libvirtd() {
+  if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    pgrep -x virtlogd >/dev/null || as_root virtlogd -d
+    pgrep -x libvirtd >/dev/null || as_root libvirtd -d
+    for _ in $(seq 30); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done
+  fi
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run the whole test suite against SQLite and against PostgreSQL.
+# Installs what is missing (Debian packages, a virtualenv with minicloud), starts PostgreSQL
+# and libvirtd when they are not running. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+
+ensure_system_packages
+ensure_venv
+ensure_postgresql
+ensure_libvirtd
+
+status=0
+echo "== test suite on SQLite"
+MINICLOUD_TEST_DATABASE_URL=sqlite "$VENV/bin/python" -m pytest "$@" || status=$?
+echo "== test suite on PostgreSQL"
+MINICLOUD_TEST_DATABASE_URL="$PG_URL" "$VENV/bin/python" -m pytest "$@" || status=$?
+echo "== static checks"
+"$VENV/bin/ruff" check api scheduler compute_agent cli tests || status=$?
+"$VENV/bin/mypy" api scheduler compute_agent || status=$?
+exit $status

@@ -1,0 +1,97 @@
+"""Shared fixtures: one migrated database per session, the app, an admin, live API servers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.config import Settings
+from api.main import create_app
+from api.migrate import upgrade
+from tests.db import fresh_database
+from tests.factories import bearer
+
+ADMIN_TOKEN = "mcac_test-admin-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh database at head for this test session."""
+    with fresh_database(tmp_path_factory.mktemp("db")) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the test database and a temporary data directory."""
+    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("data"),
+                    bootstrap_admin_token=ADMIN_TOKEN)
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Iterator[TestClient]:
+    """An HTTP client for the app (the lifespan bootstraps the admin)."""
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def admin(client: TestClient) -> dict[str, str]:
+    """Headers of the bootstrapped cloud admin."""
+    return bearer(ADMIN_TOKEN)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int], list[str]]]:
+    """Start N real ``minicloud-api`` processes on loopback, all on the test database.
+
+    The ``client`` fixture runs first so the admin exists before any process starts.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(count: int = 1) -> list[str]:
+        urls = []
+        for _ in range(count):
+            port = _free_port()
+            env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
+                       MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING")
+            log = open(Path(settings.data_dir) / f"api-{port}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", "from api.server import run; run()",
+                 "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or procs[-1].poll() is not None:
+                    raise RuntimeError(f"API on port {port} did not start")
+                time.sleep(0.1)
+            urls.append(url)
+        return urls
+
+    yield start
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=10)

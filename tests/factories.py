@@ -1,0 +1,66 @@
+"""Plain factory functions that create things through the HTTP API."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+Client = TestClient | httpx.Client
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization header."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Account:
+    """A logged-in user on a project."""
+
+    project_id: str
+    project_name: str
+    user_id: str
+    user_name: str
+    role: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers that authenticate as this user."""
+        return bearer(self.token)
+
+
+def make_project(client: Client, admin: dict[str, str], name: str | None = None) -> dict[str, Any]:
+    """Create a project as admin."""
+    r = client.post("/v1/projects", json={"name": name or unique("proj")}, headers=admin)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def make_account(client: Client, admin: dict[str, str], role: str = "member",
+                 project_id: str | None = None) -> Account:
+    """Create a user with ``role`` on a (new) project and log in."""
+    if project_id is None:
+        project = make_project(client, admin)
+        project_id, project_name = project["id"], project["name"]
+    else:
+        project_name = client.get(f"/v1/projects/{project_id}", headers=admin).json()["name"]
+    name, password = unique("user"), "pw-" + uuid.uuid4().hex
+    r = client.post("/v1/users", json={"name": name, "password": password,
+                                       "project_id": project_id, "role": role}, headers=admin)
+    assert r.status_code == 201, r.text
+    user_id = r.json()["id"]
+    r = client.post("/v1/auth/tokens", json={"user": name, "password": password,
+                                             "project": project_id})
+    assert r.status_code == 201, r.text
+    return Account(project_id, project_name, user_id, name, role, r.json()["token"])
