@@ -1,0 +1,1 @@
+"""Servers: the VMs tenants rent."""
