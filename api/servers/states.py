@@ -89,8 +89,12 @@ def desired_power(status: str, task_state: str | None) -> Desired:
     return "running"  # BUILD, REBOOT
 
 
-def on_observed(status: str, task_state: str | None, observed: Observed) -> Transition | None:
+def on_observed(status: str, task_state: str | None, observed: Observed,
+                reboot_done: bool = False) -> Transition | None:
     """Where an agent's observation takes the server; None when it changes nothing.
+
+    ``reboot_done`` says the agent performed the reboot the server is waiting for (the agent
+    echoes the reboot request id it completed); only then does REBOOT settle to ACTIVE.
 
     A guest that powers itself off (``ACTIVE`` observed ``shutoff`` with no task) becomes
     SHUTOFF, as a user of a real cloud would expect.
@@ -109,6 +113,8 @@ def on_observed(status: str, task_state: str | None, observed: Observed) -> Tran
         return Transition(ACTIVE, None)
     if status == SHUTOFF and observed == "running" and task_state is None:
         return Transition(ACTIVE, None)  # started from inside the host (e.g. virsh)
-    if status == REBOOT and observed == "running":
+    if status == REBOOT and observed == "running" and reboot_done:
         return Transition(ACTIVE, None)
+    if status == REBOOT and observed == "shutoff" and reboot_done:
+        return Transition(SHUTOFF, None)
     return None
