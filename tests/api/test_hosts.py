@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
@@ -15,11 +16,14 @@ from tests.agent_factories import db, enroll_host, enrollment_token, inventory, 
 from tests.factories import make_account, unique
 
 
-def _enroll(client: TestClient, token: str, name: str | None = None, **over: str):  # type: ignore[no-untyped-def]
-    body = {"token": token, "name": unique("node") if name is None else name, "availability_zone": "nova",
-            "libvirt_uri": "qemu:///system", "virt_type": "kvm", "architecture": "x86_64"}
+def _enroll(client: TestClient, token: str, name: str | None = None,
+            **over: str) -> httpx.Response:
+    body = {"token": token, "name": unique("node") if name is None else name,
+            "availability_zone": "nova", "libvirt_uri": "qemu:///system",
+            "virt_type": "kvm", "architecture": "x86_64"}
     body.update(over)
-    return client.post("/v1/agent/enroll", json=body)
+    r: httpx.Response = client.post("/v1/agent/enroll", json=body)
+    return r
 
 
 def test_enrollment_token_is_admin_only_and_single_use(
