@@ -332,3 +332,44 @@ def test_console_is_bounded_and_isolated(
     assert r.status_code == 404
     r = client.get(url, params={"lines": -1}, headers=owner.headers)
     assert r.status_code == 422
+
+
+def test_concurrent_observations_move_a_server_once(
+    client: TestClient, host: EnrolledHost, project: str
+) -> None:
+    sid = make_server(client, project, host.id)
+    results: list[Any] = []
+    barrier = threading.Barrier(5)
+
+    def attempt() -> None:
+        barrier.wait()
+        results.append(_observe(client, host, sid, "running").json())
+
+    threads = [threading.Thread(target=attempt) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [r["status"] for r in results] == ["ACTIVE"] * 5
+    assert _events(client, sid) == ["observe"]  # one transition, however many reports
+
+
+def test_transition_hooks_see_every_agent_driven_status_change(
+    client: TestClient, host: EnrolledHost, project: str
+) -> None:
+    from api.agent.service import TRANSITION_HOOKS
+
+    seen: list[tuple[str, str, str]] = []
+
+    def hook(_s: Any, server: Server, old: str, new: str, _at: Any) -> None:
+        seen.append((server.id, old, new))
+
+    sid = make_server(client, project, host.id)
+    TRANSITION_HOOKS.append(hook)
+    try:
+        _observe(client, host, sid, "running")
+        _observe(client, host, sid, "running")  # no change, no call
+        _observe(client, host, sid, "shutoff")
+    finally:
+        TRANSITION_HOOKS.remove(hook)
+    assert seen == [(sid, "BUILD", "ACTIVE"), (sid, "ACTIVE", "SHUTOFF")]
