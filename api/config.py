@@ -34,6 +34,15 @@ class Settings(BaseSettings):
 
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
 
+    # Compute hosts: a host is down after this long without a heartbeat.
+    host_down_after_seconds: int = Field(default=60, gt=0)
+    heartbeat_interval_seconds: int = Field(default=10, gt=0)
+    # Longest wait of the agent's desired-state long-poll, and how often it re-checks.
+    agent_long_poll_max_seconds: float = Field(default=30.0, gt=0)
+    agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)
+    # Serial console tail kept per server.
+    console_max_bytes: int = Field(default=64 * 1024, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -50,6 +59,11 @@ class Settings(BaseSettings):
     def image_dir(self) -> Path:
         """Where uploaded image bytes live."""
         return self.data_dir / "images"
+
+    @property
+    def console_dir(self) -> Path:
+        """Where the agents' serial console tails live."""
+        return self.data_dir / "console"
 
 
 @lru_cache

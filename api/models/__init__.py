@@ -1,11 +1,12 @@
 """SQLAlchemy models: the one owner of the schema (Alembic migrations mirror them)."""
 
 from api.models.catalog import Flavor, FlavorAccess, Image
-from api.models.compute import Allocation, EnrollmentToken, Host, Inventory
+from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
 from api.models.identity import ApplicationCredential, Project, RoleAssignment, Token, User
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 
 __all__ = [
+    "AgentObservation",
     "Allocation",
     "ApplicationCredential",
     "EnrollmentToken",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db import Base, UTCDateTime, new_id, utcnow
@@ -32,6 +32,9 @@ class Host(Base):
     # Bumped by every claim on this host: concurrent claims conflict instead of overcommitting.
     generation: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Bumped by whoever changes the desired state of a server on this host
+    # (``api.agent.service.notify_host``): the agent's long-poll cursor.
+    desired_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Inventory(Base):
@@ -72,4 +75,23 @@ class EnrollmentToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     host_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AgentObservation(Base):
+    """One observation an agent reported and the API applied (keyed for idempotent retries)."""
+
+    __tablename__ = "agent_observations"
+    __table_args__ = (
+        UniqueConstraint("host_id", "idempotency_key"),
+        Index("ix_agent_observations_server_seen", "server_id", "seen_at"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    server_id: Mapped[str] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The status change it caused ("ACTIVE->SHUTOFF"), or "" when it changed no status.
+    transition: Mapped[str] = mapped_column(String(40), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,113 @@
+"""Agent-side queries (flush only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from api.models import AgentObservation, Allocation, EnrollmentToken, Host, Image, Server
+from api.servers.states import DELETED
+
+
+def consume_enrollment_token(session: Session, token_digest: str, now: datetime) -> bool:
+    """Mark an unexpired, unused token used; False when another request got there first.
+
+    ``UPDATE enrollment_tokens SET used_at = :now
+       WHERE digest = :d AND used_at IS NULL AND expires_at > :now`` -- the row lock (or
+    SQLite's write lock) makes exactly one of two concurrent enrollments see rowcount 1.
+    """
+    result = session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.digest == token_digest, EnrollmentToken.used_at.is_(None),
+               EnrollmentToken.expires_at > now)
+        .values(used_at=now)
+    )
+    return getattr(result, "rowcount", 0) == 1
+
+
+def set_token_host(session: Session, token_digest: str, host_id: str) -> None:
+    """Record which host a token enrolled."""
+    session.execute(
+        update(EnrollmentToken).where(EnrollmentToken.digest == token_digest)
+        .values(host_id=host_id)
+    )
+
+
+def host_by_name(session: Session, name: str) -> Host | None:
+    """A host by name."""
+    return session.scalar(select(Host).where(Host.name == name))
+
+
+def cursor_parts(session: Session, host_id: str) -> tuple[int, int, int] | None:
+    """(desired_generation, live server count, sum of their generations); None: no host."""
+    gen = session.scalar(select(Host.desired_generation).where(Host.id == host_id))
+    if gen is None:
+        return None
+    count, total = session.execute(
+        select(func.count(), func.coalesce(func.sum(Server.generation), 0))
+        .where(Server.host_id == host_id, Server.status != DELETED)
+    ).one()
+    return int(gen), int(count), int(total)
+
+
+def live_servers_with_images(session: Session, host_id: str) -> Sequence[tuple[Server, Image]]:
+    """The host's servers that are not DELETED, with their images, oldest first."""
+    rows = session.execute(
+        select(Server, Image).join(Image, Image.id == Server.image_id)
+        .where(Server.host_id == host_id, Server.status != DELETED)
+        .order_by(Server.created_at, Server.id)
+    )
+    return [(s, i) for s, i in rows]
+
+
+def lock_server(session: Session, server_id: str, host_id: str | None) -> Server | None:
+    """Lock a live server row (of ``host_id`` when given) and read it fresh; None if absent.
+
+    The no-op UPDATE comes first on purpose: it takes PostgreSQL's row lock and SQLite's
+    write lock before the read, so two observations of one server apply one after the other.
+    """
+    cond = [Server.id == server_id, Server.status != DELETED]
+    if host_id is not None:
+        cond.append(Server.host_id == host_id)
+    result = session.execute(
+        update(Server).where(*cond)
+        .values(generation=Server.generation, updated_at=Server.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return None
+    return session.scalar(
+        select(Server).where(Server.id == server_id).execution_options(populate_existing=True)
+    )
+
+
+def observation_by_key(session: Session, host_id: str, key: str) -> AgentObservation | None:
+    """An already processed observation of this host with this idempotency key."""
+    return session.scalar(
+        select(AgentObservation).where(AgentObservation.host_id == host_id,
+                                       AgentObservation.idempotency_key == key)
+    )
+
+
+def last_seen_at(session: Session, server_id: str) -> datetime | None:
+    """When the newest recorded observation of the server was seen."""
+    return session.scalar(
+        select(func.max(AgentObservation.seen_at)).where(AgentObservation.server_id == server_id)
+    )
+
+
+def delete_allocations(session: Session, server_id: str) -> None:
+    """Free everything the server holds."""
+    session.execute(delete(Allocation).where(Allocation.server_id == server_id))
+
+
+def bump_desired_generation(session: Session, host_id: str) -> None:
+    """``UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = :host``."""
+    session.execute(
+        update(Host).where(Host.id == host_id)
+        .values(desired_generation=Host.desired_generation + 1)
+        .execution_options(synchronize_session=False)
+    )

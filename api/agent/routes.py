@@ -1,0 +1,153 @@
+"""Agent-facing HTTP routes (/v1/agent/...), and the tenant console endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.agent import service
+from api.agent.schemas import (
+    ConsoleOut,
+    DesiredOut,
+    EnrollIn,
+    EnrollOut,
+    HeartbeatIn,
+    HeartbeatOut,
+    InventoryIn,
+    InventoryOut,
+    ObservationIn,
+    ObservationOut,
+)
+from api.config import Settings
+from api.db import session_scope
+from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, SettingsDep
+from api.deps import get_host_principal as _host_of
+from api.errors import NotFound, Unauthorized
+
+router = APIRouter(prefix="/v1/agent", tags=["agent"])
+console_router = APIRouter(prefix="/v1", tags=["servers"])
+
+
+@router.post("/enroll", status_code=201, response_model=EnrollOut)
+def enroll(body: EnrollIn, session: SessionDep) -> EnrollOut:
+    """Register this compute node with a single-use enrollment token (no bearer needed)."""
+    host, credential = service.enroll(session, body)
+    return EnrollOut(host_id=host.id, credential=credential)
+
+
+@router.put("/inventory", response_model=InventoryOut)
+def put_inventory(body: InventoryIn, host: CurrentHost, session: SessionDep,
+                  settings: SettingsDep) -> InventoryOut:
+    """Report the host's resources."""
+    return service.put_inventory(session, settings, host.host_id, body)
+
+
+@router.post("/heartbeat", response_model=HeartbeatOut)
+def heartbeat(body: HeartbeatIn, host: CurrentHost, session: SessionDep,
+              settings: SettingsDep) -> HeartbeatOut:
+    """I am alive, and this is what I see."""
+    result = service.heartbeat(session, settings, host.host_id, body.observed)
+    assert result.host.last_heartbeat_at is not None
+    return HeartbeatOut(host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
+                        applied=result.applied, ignored=result.ignored,
+                        heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+
+
+def _authenticate(maker: sessionmaker[Session], authorization: str | None) -> HostPrincipal:
+    for session in session_scope(maker):
+        return _host_of(session, authorization)
+    raise AssertionError("unreachable")
+
+
+def _cursor(maker: sessionmaker[Session], host_id: str) -> str:
+    for session in session_scope(maker):
+        current = service.cursor(session, host_id)
+        if current is None:
+            raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
+        return current
+    raise AssertionError("unreachable")
+
+
+def _desired(maker: sessionmaker[Session], host_id: str) -> DesiredOut:
+    for session in session_scope(maker):
+        current, servers = service.desired_servers(session, host_id)
+        return DesiredOut(cursor=current, servers=servers)
+    raise AssertionError("unreachable")
+
+
+@router.get("/servers", response_model=DesiredOut)
+async def desired_servers(
+    request: Request,
+    since: Annotated[str | None, Query(max_length=64)] = None,
+    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+    authorization: Annotated[str | None, Header()] = None,
+) -> DesiredOut:
+    """Desired state of every server on this host; long-polls while ``since`` is current.
+
+    With ``since`` equal to the current cursor the answer waits up to ``wait`` seconds for a
+    change. Each check is its own short unit of work: no database connection is held while
+    sleeping, so many waiting agents cost no pool slots.
+    """
+    settings: Settings = request.app.state.settings
+    maker: sessionmaker[Session] = request.app.state.sessionmaker
+    host = await run_in_threadpool(_authenticate, maker, authorization)
+    deadline = time.monotonic() + min(wait, settings.agent_long_poll_max_seconds)
+    while since is not None and time.monotonic() < deadline:
+        if await run_in_threadpool(_cursor, maker, host.host_id) != since:
+            break
+        if await request.is_disconnected():
+            break
+        await asyncio.sleep(min(settings.agent_long_poll_interval_seconds,
+                                max(0.0, deadline - time.monotonic())))
+    return await run_in_threadpool(_desired, maker, host.host_id)
+
+
+@router.post("/servers/{server_id}/observations", response_model=ObservationOut)
+def observe(server_id: str, body: ObservationIn, host: CurrentHost, session: SessionDep,
+            settings: SettingsDep) -> ObservationOut:
+    """Report what the agent saw happen to one of its servers (idempotent per key)."""
+    server, applied = service.observe(session, settings, host.host_id, server_id, body)
+    return ObservationOut(server_id=server.id, status=server.status,
+                          task_state=server.task_state, power_state=server.power_state,
+                          applied=applied)
+
+
+def _own_live_server(session: Session, host_id: str, server_id: str) -> None:
+    server = service.get_live_server(session, server_id)
+    if server.host_id != host_id:
+        raise NotFound("No such server.", code="server_not_found")
+
+
+@router.put("/servers/{server_id}/console", status_code=204)
+async def put_console(server_id: str, request: Request, host: CurrentHost,
+                      session: SessionDep, settings: SettingsDep) -> None:
+    """Replace the stored tail of the server's serial console (text/plain body).
+
+    Only the last ``console_max_bytes`` are kept, also while reading, so a huge body costs
+    bounded memory.
+    """
+    service.console_path(settings, server_id)  # 404 for a non-UUID before any reading
+    await run_in_threadpool(_own_live_server, session, host.host_id, server_id)
+    limit = settings.console_max_bytes
+    tail = bytearray()
+    async for chunk in request.stream():
+        tail += chunk
+        if len(tail) > 2 * limit:
+            del tail[:-limit]
+    await run_in_threadpool(service.write_console, settings, server_id, bytes(tail))
+
+
+@console_router.get("/servers/{server_id}/console", response_model=ConsoleOut)
+def get_console(server_id: str, principal: CurrentUser, session: SessionDep,
+                settings: SettingsDep,
+                lines: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> ConsoleOut:
+    """The tail of the server's serial console (own project; admins any)."""
+    server = service.get_live_server(session, server_id)
+    if not principal.is_admin and server.project_id != principal.project_id:
+        raise NotFound("No such server.", code="server_not_found")
+    return ConsoleOut(output=service.read_console(settings, server.id, lines))

@@ -1,0 +1,204 @@
+"""Agent-facing request and response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
+
+from api.fields import STRICT
+from api.hosts.schemas import AvailabilityZone, ResourceOut
+from api.servers.states import Desired, Observed
+
+HostName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+    ),
+]
+"""A DNS-style host name: dot-separated labels of letters, digits and inner hyphens."""
+
+LibvirtUri = Annotated[
+    str,
+    StringConstraints(max_length=255, pattern=r"^[a-z][a-z0-9+]*://[!-~]*$"),
+]
+"""A libvirt connection URI such as ``qemu:///system`` or ``test:///default`` (no blanks)."""
+
+Architecture = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                                  pattern=r"^[!-~]+$")]
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Text = Annotated[str, StringConstraints(max_length=4096)]
+MacAddress = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+
+
+class EnrollIn(BaseModel):
+    """A compute node asking to join, authenticated by its enrollment token."""
+
+    model_config = STRICT
+    token: Secret
+    name: HostName
+    availability_zone: AvailabilityZone = "nova"
+    libvirt_uri: LibvirtUri
+    virt_type: Literal["kvm", "qemu"]
+    architecture: Architecture = "x86_64"
+
+
+class EnrollOut(BaseModel):
+    """The host's id and its credential (shown only here)."""
+
+    host_id: str
+    credential: str
+
+
+class InventoryItem(BaseModel):
+    """One resource class as the agent sees it; ``reserved`` null keeps the current value."""
+
+    model_config = STRICT
+    total: int = Field(ge=0, le=1_000_000_000)
+    reserved: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    min_unit: int = Field(default=1, ge=1, le=1_000_000_000)
+    max_unit: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+    @model_validator(mode="after")
+    def _units(self) -> InventoryItem:
+        if self.max_unit is not None and self.max_unit < self.min_unit:
+            raise ValueError("max_unit must be >= min_unit")
+        if self.reserved is not None and self.reserved > self.total:
+            raise ValueError("reserved must be <= total")
+        return self
+
+
+class InventoryIn(BaseModel):
+    """The host's inventory; absent resource classes stay as they are."""
+
+    model_config = STRICT
+    VCPU: InventoryItem | None = None
+    MEMORY_MB: InventoryItem | None = None
+    DISK_GB: InventoryItem | None = None
+
+
+class InventoryOut(BaseModel):
+    """The stored inventory; ``overcommitted`` names classes whose allocations exceed capacity."""
+
+    resources: dict[str, ResourceOut]
+    overcommitted: list[str]
+
+
+class ObservedItem(BaseModel):
+    """One server's state as the agent saw it at ``seen_at``."""
+
+    model_config = STRICT
+    server_id: str = Field(max_length=36)
+    state: Observed
+    seen_at: AwareDatetime
+
+
+class HeartbeatIn(BaseModel):
+    """The agent is alive; ``observed`` carries what it currently sees."""
+
+    model_config = STRICT
+    observed: list[ObservedItem] = Field(default_factory=list, max_length=10_000)
+
+
+class HeartbeatOut(BaseModel):
+    """What the heartbeat did; ``ignored`` lists server ids not on this host."""
+
+    host_id: str
+    last_heartbeat_at: datetime
+    applied: int
+    ignored: list[str]
+    heartbeat_interval_seconds: int
+
+
+class Address(BaseModel):
+    """One guest address as libvirt reports it."""
+
+    model_config = STRICT
+    ip: IPv4Address | IPv6Address
+    mac: MacAddress | None = None
+    network: Annotated[str, StringConstraints(max_length=64, pattern=r"^[!-~]*$")] | None = None
+
+
+class ObservationIn(BaseModel):
+    """A transition the agent saw; the same ``idempotency_key`` is applied at most once."""
+
+    model_config = STRICT
+    state: Observed
+    seen_at: AwareDatetime
+    idempotency_key: IdempotencyKey
+    reboot_done: Annotated[str, StringConstraints(max_length=64)] | None = None
+    message: Text | None = None
+    addresses: list[Address] | None = Field(default=None, max_length=64)
+
+
+class ObservationOut(BaseModel):
+    """The server after the observation; ``applied`` is false for a duplicate or stale one."""
+
+    server_id: str
+    status: str
+    task_state: str | None
+    power_state: str | None
+    applied: bool
+
+
+class FlavorSpec(BaseModel):
+    """The sizes a server was created with."""
+
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+class ImageSpec(BaseModel):
+    """What the agent needs to fetch, verify and boot the image."""
+
+    id: str
+    sha256: str | None
+    disk_format: str
+    size: int | None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    kernel_cmdline: str | None = None
+
+
+class RebootSpec(BaseModel):
+    """A reboot request: echo ``id`` as ``reboot_done`` once it is performed."""
+
+    id: str
+    type: Literal["soft", "hard"]
+
+
+class DesiredServer(BaseModel):
+    """One server assigned to the host and the state libvirt should be in."""
+
+    server_id: str
+    project_id: str
+    name: str
+    hostname: str
+    flavor: FlavorSpec
+    image: ImageSpec
+    user_data: str | None
+    key_data: str | None
+    desired: Desired
+    reboot: RebootSpec | None
+    status: str
+    task_state: str | None
+    generation: int
+
+
+class DesiredOut(BaseModel):
+    """Every server on the host; pass ``cursor`` back as ``since`` to wait for changes."""
+
+    cursor: str
+    servers: list[DesiredServer]
+
+
+class ConsoleOut(BaseModel):
+    """The tail of a server's serial console."""
+
+    output: str

@@ -1,0 +1,88 @@
+"""Host request and response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from api.fields import STRICT, Description
+
+ResourceClass = Literal["VCPU", "MEMORY_MB", "DISK_GB"]
+
+AvailabilityZone = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+"""An availability zone name: letters, digits, ``._-``."""
+
+AggregateKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+AggregateValue = Annotated[
+    str, StringConstraints(max_length=255, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")
+]
+# Overcommit beyond 100x is a typo, not a policy.
+Ratio = Annotated[float, Field(gt=0, le=100)]
+Reserved = Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
+class EnrollmentTokenOut(BaseModel):
+    """A new enrollment token: the secret is shown only here."""
+
+    token: str
+    expires_at: datetime
+
+
+class ResourceOut(BaseModel):
+    """One resource class of a host, with the capacity arithmetic spelled out."""
+
+    total: int
+    reserved: int
+    allocation_ratio: float
+    capacity: int  # floor((total - reserved) * allocation_ratio)
+    allocated: int
+    min_unit: int
+    max_unit: int | None
+
+
+class HostOut(BaseModel):
+    """A compute host as admins see it."""
+
+    id: str
+    name: str
+    availability_zone: str
+    libvirt_uri: str
+    virt_type: str
+    architecture: str
+    enabled: bool
+    disabled_reason: str | None
+    state: Literal["up", "down"]
+    last_heartbeat_at: datetime | None
+    aggregates: dict[str, str]
+    resources: dict[str, ResourceOut]
+    servers: int
+    created_at: datetime
+
+
+class HostPatch(BaseModel):
+    """What an admin may change on a host; absent fields stay as they are.
+
+    ``allocation_ratios`` values may be null to fall back to the pool-wide ratio.
+    """
+
+    model_config = STRICT
+    enabled: bool | None = None
+    disabled_reason: Description | None = None
+    availability_zone: AvailabilityZone | None = None
+    aggregates: dict[AggregateKey, AggregateValue] | None = Field(default=None, max_length=64)
+    allocation_ratios: dict[ResourceClass, Ratio | None] | None = None
+    reserved: dict[ResourceClass, Reserved] | None = None
+
+
+class AvailabilityZoneOut(BaseModel):
+    """An availability zone; ``hosts`` is only filled for admins."""
+
+    name: str
+    available: bool
+    hosts: list[str] | None = None

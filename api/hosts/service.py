@@ -1,0 +1,155 @@
+"""Host rules: enrollment tokens, capacity views, admin changes, availability zones."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from api.config import Settings
+from api.db import utcnow
+from api.deps import Principal
+from api.errors import Conflict, InvalidInput, NotFound
+from api.hosts import repository
+from api.hosts.schemas import AvailabilityZoneOut, HostOut, HostPatch, ResourceOut
+from api.models import EnrollmentToken, Host, Inventory
+from api.security import ENROLLMENT_PREFIX, digest, new_secret
+
+
+def create_enrollment_token(session: Session, settings: Settings,
+                            principal: Principal) -> tuple[str, datetime]:
+    """A new single-use enrollment token and its expiry; only its digest is stored."""
+    secret = new_secret(ENROLLMENT_PREFIX)
+    expires_at = utcnow() + timedelta(seconds=settings.enrollment_token_ttl_seconds)
+    session.add(EnrollmentToken(digest=digest(secret), created_by=principal.user_id,
+                                expires_at=expires_at))
+    session.flush()
+    return secret, expires_at
+
+
+def is_up(host: Host, settings: Settings, now: datetime | None = None) -> bool:
+    """True when the host sent a heartbeat within ``host_down_after_seconds``."""
+    if host.last_heartbeat_at is None:
+        return False
+    now = now or utcnow()
+    return now - host.last_heartbeat_at <= timedelta(seconds=settings.host_down_after_seconds)
+
+
+def effective_ratio(inv: Inventory, settings: Settings) -> float:
+    """The inventory's own allocation ratio, else the pool-wide one from settings."""
+    if inv.allocation_ratio is not None:
+        return inv.allocation_ratio
+    return {
+        "VCPU": settings.cpu_allocation_ratio,
+        "MEMORY_MB": settings.ram_allocation_ratio,
+        "DISK_GB": settings.disk_allocation_ratio,
+    }.get(inv.resource_class, 1.0)
+
+
+def capacity(inv: Inventory, settings: Settings) -> int:
+    """floor((total - reserved) * allocation_ratio), the rule the scheduler's claim uses."""
+    return max(0, math.floor((inv.total - inv.reserved) * effective_ratio(inv, settings)))
+
+
+def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[HostOut]:
+    """Admin views of ``hosts`` with capacity, allocated amounts, server counts and state."""
+    ids = [h.id for h in hosts]
+    invs = repository.inventories(session, ids)
+    used = repository.allocated(session, ids)
+    counts = repository.server_counts(session, ids)
+    now = utcnow()
+    out = []
+    for h in hosts:
+        resources = {
+            rc: ResourceOut(
+                total=inv.total, reserved=inv.reserved,
+                allocation_ratio=effective_ratio(inv, settings),
+                capacity=capacity(inv, settings), allocated=used.get((h.id, rc), 0),
+                min_unit=inv.min_unit, max_unit=inv.max_unit,
+            )
+            for rc, inv in sorted(invs[h.id].items())
+        }
+        out.append(HostOut(
+            id=h.id, name=h.name, availability_zone=h.availability_zone,
+            libvirt_uri=h.libvirt_uri, virt_type=h.virt_type, architecture=h.architecture,
+            enabled=h.enabled, disabled_reason=h.disabled_reason,
+            state="up" if is_up(h, settings, now) else "down",
+            last_heartbeat_at=h.last_heartbeat_at,
+            aggregates={str(k): str(v) for k, v in h.aggregates.items()},
+            resources=resources, servers=counts.get(h.id, 0), created_at=h.created_at,
+        ))
+    return out
+
+
+def get_host(session: Session, host_id: str) -> Host:
+    """A host by id; raises NotFound."""
+    host = session.get(Host, host_id)
+    if host is None:
+        raise NotFound("No such host.", code="host_not_found")
+    return host
+
+
+def update_host(session: Session, host_id: str, patch: HostPatch) -> Host:
+    """Apply an admin's changes; raises NotFound, Conflict (no inventory yet), InvalidInput.
+
+    Changing ratios or reserved amounts bumps the host generation so a claim racing with the
+    change conflicts and re-checks against the new capacity.
+    """
+    host = get_host(session, host_id)
+    if patch.enabled is not None:
+        host.enabled = patch.enabled
+        if patch.enabled:
+            host.disabled_reason = None
+    if patch.disabled_reason is not None:
+        host.disabled_reason = patch.disabled_reason or None
+    if patch.availability_zone is not None:
+        host.availability_zone = patch.availability_zone
+    if patch.aggregates is not None:
+        host.aggregates = dict(patch.aggregates)
+    if patch.allocation_ratios or patch.reserved:
+        invs = repository.inventories(session, [host.id])[host.id]
+        wanted = set(patch.allocation_ratios or {}) | set(patch.reserved or {})
+        missing = sorted(wanted - set(invs))
+        if missing:
+            raise Conflict(f"The agent has not reported {', '.join(missing)} yet.",
+                           code="inventory_missing", resource_classes=missing)
+        for rc, ratio in (patch.allocation_ratios or {}).items():
+            invs[rc].allocation_ratio = ratio
+        for rc, reserved in (patch.reserved or {}).items():
+            if reserved > invs[rc].total:
+                raise InvalidInput(f"reserved {rc} exceeds its total {invs[rc].total}.",
+                                   code="invalid_reserved")
+            invs[rc].reserved = reserved
+        session.flush()
+        repository.bump_generation(session, host.id)
+    session.flush()
+    session.refresh(host)
+    return host
+
+
+def delete_host(session: Session, host_id: str) -> None:
+    """Remove a host that holds no servers; raises NotFound, Conflict ``host_not_empty``."""
+    host = get_host(session, host_id)
+    servers = repository.server_counts(session, [host.id]).get(host.id, 0)
+    if servers:
+        raise Conflict(f"The host still has {servers} server(s); move or delete them first.",
+                       code="host_not_empty", servers=servers)
+    repository.detach_deleted_servers(session, host.id)
+    session.delete(host)
+    session.flush()
+
+
+def availability_zones(session: Session, settings: Settings,
+                       principal: Principal) -> list[AvailabilityZoneOut]:
+    """Every zone that has a host; ``available`` when an enabled host in it is up."""
+    zones: dict[str, AvailabilityZoneOut] = {}
+    now = utcnow()
+    for h in repository.list_hosts(session):
+        zone = zones.setdefault(h.availability_zone, AvailabilityZoneOut(
+            name=h.availability_zone, available=False,
+            hosts=[] if principal.is_admin else None))
+        zone.available = zone.available or (h.enabled and is_up(h, settings, now))
+        if zone.hosts is not None:
+            zone.hosts.append(h.name)
+    return [zones[name] for name in sorted(zones)]

@@ -1,0 +1,346 @@
+"""The agent's typed HTTP client for the API's agent endpoints (never imports ``api``).
+
+Every call except enrollment is safe to repeat, so transport errors and 5xx answers are
+retried with bounded exponential backoff: inventory and console are PUTs, heartbeats re-apply
+level-triggered observations, and ``observe`` sends one idempotency key for all its attempts.
+4xx answers raise ``AgentApiError`` at once, with the API's stable ``code``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+ObservedState = Literal["running", "shutoff", "absent", "error"]
+DesiredPower = Literal["running", "shutoff", "absent"]
+
+
+class _Model(BaseModel):
+    # Ignore fields a newer API adds, so an older agent keeps working.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Enrollment(_Model):
+    """The result of enrolling: keep ``credential`` secret (mode 0600)."""
+
+    host_id: str
+    credential: str
+
+
+class InventoryItem(_Model):
+    """One resource class; ``reserved`` None leaves the API's value (admin-set) alone."""
+
+    total: int
+    reserved: int | None = None
+    min_unit: int = 1
+    max_unit: int | None = None
+
+
+class Resource(_Model):
+    """A resource class as the API stores it."""
+
+    total: int
+    reserved: int
+    allocation_ratio: float
+    capacity: int
+    allocated: int
+    min_unit: int
+    max_unit: int | None
+
+
+class InventoryResult(_Model):
+    """The stored inventory; ``overcommitted`` lists classes allocated beyond capacity."""
+
+    resources: dict[str, Resource]
+    overcommitted: list[str]
+
+
+class Observation(_Model):
+    """A server state the agent saw, for heartbeats."""
+
+    server_id: str
+    state: ObservedState
+    seen_at: datetime
+
+
+class HeartbeatResult(_Model):
+    """What the API did with a heartbeat."""
+
+    host_id: str
+    last_heartbeat_at: datetime
+    applied: int
+    ignored: list[str]
+    heartbeat_interval_seconds: int
+
+
+class Flavor(_Model):
+    """Sizes of a server."""
+
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+class ImageRef(_Model):
+    """The image to fetch (verify ``sha256``) and how to boot it."""
+
+    id: str
+    sha256: str | None
+    disk_format: str
+    size: int | None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    kernel_cmdline: str | None = None
+
+
+class Reboot(_Model):
+    """A pending reboot; echo ``id`` as ``reboot_done`` when it is done."""
+
+    id: str
+    type: Literal["soft", "hard"]
+
+
+class DesiredServer(_Model):
+    """One server the host should run (or remove, when ``desired`` is absent)."""
+
+    server_id: str
+    project_id: str
+    name: str
+    hostname: str
+    flavor: Flavor
+    image: ImageRef
+    user_data: str | None
+    key_data: str | None
+    desired: DesiredPower
+    reboot: Reboot | None
+    status: str
+    task_state: str | None
+    generation: int
+
+
+class DesiredState(_Model):
+    """Every server of the host; pass ``cursor`` to the next ``desired_servers`` call."""
+
+    cursor: str
+    servers: list[DesiredServer]
+
+
+class Address(_Model):
+    """A guest address from libvirt's DHCP leases."""
+
+    ip: str
+    mac: str | None = None
+    network: str | None = None
+
+
+class ObservationResult(_Model):
+    """The server after an observation; ``applied`` False for a duplicate or stale one."""
+
+    server_id: str
+    status: str
+    task_state: str | None
+    power_state: str | None
+    applied: bool
+
+
+class AgentApiError(Exception):
+    """The API refused a request (4xx), or kept failing (5xx, transport) after retries.
+
+    ``status`` is 0 for a transport failure; ``code`` is the API's stable error code.
+    """
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+def _error_of(response: httpx.Response) -> AgentApiError:
+    try:
+        body = response.json()
+        code, detail = str(body.get("code", "http_error")), str(body.get("detail", ""))
+    except ValueError:
+        code, detail = "http_error", response.text[:200]
+    return AgentApiError(response.status_code, code, detail)
+
+
+class AgentClient:
+    """A compute agent's connection to the API, authenticated by its host credential."""
+
+    def __init__(self, base_url: str, credential: str, timeout: float = 10.0, *,
+                 retries: int = 5, backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                  headers={"Authorization": f"Bearer {credential}"})
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    @classmethod
+    def enroll(cls, base_url: str, token: str, *, name: str, libvirt_uri: str,
+               virt_type: Literal["kvm", "qemu"], availability_zone: str = "nova",
+               architecture: str = "x86_64", timeout: float = 10.0) -> Enrollment:
+        """Enroll this host with a single-use token; raises AgentApiError.
+
+        Not retried after the request may have reached the API: the token is single use, so
+        a blind retry would fail with ``invalid_enrollment_token``. Only connection failures
+        (nothing sent) are retried.
+        """
+        body = {"token": token, "name": name, "availability_zone": availability_zone,
+                "libvirt_uri": libvirt_uri, "virt_type": virt_type,
+                "architecture": architecture}
+        delay = 0.2
+        for attempt in range(5):
+            try:
+                r = httpx.post(base_url.rstrip("/") + "/v1/agent/enroll", json=body,
+                               timeout=timeout)
+                break
+            except httpx.ConnectError as exc:
+                if attempt == 4:
+                    raise AgentApiError(0, "unreachable", str(exc)) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if r.status_code != 201:
+            raise _error_of(r)
+        return Enrollment.model_validate(r.json())
+
+    # ------------------------------------------------------------ requests with retries
+
+    def _sleep(self, attempt: int) -> None:
+        time.sleep(min(self.backoff * 2**attempt, self.max_backoff))
+
+    def _request(self, method: str, path: str, *, timeout: float | None = None,
+                 **kwargs: Any) -> httpx.Response:
+        """Send with retries on transport errors and 5xx; raises AgentApiError."""
+        last: AgentApiError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self._sleep(attempt - 1)
+            try:
+                r = self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
+            except httpx.TransportError as exc:
+                last = AgentApiError(0, "unreachable", str(exc))
+                continue
+            if r.status_code >= 500:
+                last = _error_of(r)
+                continue
+            if r.status_code >= 400:
+                raise _error_of(r)
+            return r
+        assert last is not None
+        raise last
+
+    # ------------------------------------------------------------ endpoints
+
+    def put_inventory(self, inventory: dict[str, InventoryItem]) -> InventoryResult:
+        """Report the host's resources (VCPU, MEMORY_MB, DISK_GB); raises AgentApiError."""
+        body = {rc: item.model_dump() for rc, item in inventory.items()}
+        for item in body.values():
+            if item["reserved"] is None:
+                del item["reserved"]
+        return InventoryResult.model_validate(
+            self._request("PUT", "/v1/agent/inventory", json=body).json())
+
+    def heartbeat(self, observed: list[Observation] | None = None) -> HeartbeatResult:
+        """Say the host is alive, with the states it sees; raises AgentApiError."""
+        body = {"observed": [o.model_dump(mode="json") for o in observed or []]}
+        return HeartbeatResult.model_validate(
+            self._request("POST", "/v1/agent/heartbeat", json=body).json())
+
+    def desired_servers(self, since: str | None = None, wait: float = 0) -> DesiredState:
+        """Every server of this host; waits up to ``wait`` s (max 30) while ``since`` is current.
+
+        Raises AgentApiError.
+        """
+        params: dict[str, Any] = {"wait": wait}
+        if since is not None:
+            params["since"] = since
+        r = self._request("GET", "/v1/agent/servers", params=params,
+                          timeout=self.timeout + wait)
+        return DesiredState.model_validate(r.json())
+
+    def observe(self, server_id: str, state: ObservedState, seen_at: datetime | None = None, *,
+                idempotency_key: str | None = None, reboot_done: str | None = None,
+                message: str | None = None,
+                addresses: list[Address] | None = None) -> ObservationResult:
+        """Report a transition seen at ``seen_at`` (default now); raises AgentApiError.
+
+        All retries carry the same idempotency key (a new random one unless given), so the
+        API applies the observation at most once.
+        """
+        body: dict[str, Any] = {
+            "state": state,
+            "seen_at": (seen_at or datetime.now(UTC)).isoformat(),
+            "idempotency_key": idempotency_key or f"obs-{uuid.uuid4()}",
+        }
+        if reboot_done is not None:
+            body["reboot_done"] = reboot_done
+        if message is not None:
+            body["message"] = message[:4096]
+        if addresses is not None:
+            body["addresses"] = [a.model_dump(exclude_none=True) for a in addresses]
+        r = self._request("POST", f"/v1/agent/servers/{server_id}/observations", json=body)
+        return ObservationResult.model_validate(r.json())
+
+    def put_console(self, server_id: str, tail: bytes) -> None:
+        """Replace the stored console tail of a server; raises AgentApiError."""
+        self._request("PUT", f"/v1/agent/servers/{server_id}/console", content=tail,
+                      headers={"Content-Type": "text/plain; charset=utf-8"})
+
+    def download_image(self, image_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream an image's bytes; raises AgentApiError.
+
+        Opening the stream is retried like any call; a failure in the middle raises, and the
+        caller (which verifies sha256 anyway) starts the download again.
+        """
+        path = f"/v1/images/{image_id}/file"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self._sleep(attempt - 1)
+            try:
+                with self._http.stream("GET", path) as r:
+                    if r.status_code >= 500 and attempt < self.retries:
+                        continue
+                    if r.status_code != 200:
+                        r.read()
+                        raise _error_of(r)
+                    try:
+                        yield from r.iter_bytes(chunk_size)
+                    except httpx.TransportError as exc:
+                        raise AgentApiError(0, "download_interrupted", str(exc)) from exc
+                    return
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise AgentApiError(0, "unreachable", str(exc)) from exc
+
+
+__all__ = [
+    "Address",
+    "AgentApiError",
+    "AgentClient",
+    "DesiredServer",
+    "DesiredState",
+    "Enrollment",
+    "HeartbeatResult",
+    "InventoryItem",
+    "InventoryResult",
+    "Observation",
+    "ObservationResult",
+]

@@ -1,0 +1,105 @@
+"""Plain factory functions for hosts and for server rows written straight to the database.
+
+Servers are inserted through a session (not the servers API, built in parallel) the way the
+servers service will leave them: with allocations, and with ``notify_host`` called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.agent.service import notify_host
+from api.models import Allocation, Flavor, Image, Server
+from tests.factories import Client, bearer, unique
+
+
+@dataclass
+class EnrolledHost:
+    """A host enrolled through the API, with its credential."""
+
+    id: str
+    name: str
+    credential: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers that authenticate as this host's agent."""
+        return bearer(self.credential)
+
+
+def enrollment_token(client: Client, admin: dict[str, str]) -> str:
+    """A fresh enrollment token."""
+    r = client.post("/v1/hosts/enrollment-tokens", headers=admin)
+    assert r.status_code == 201, r.text
+    token: str = r.json()["token"]
+    return token
+
+
+def enroll_host(client: Client, admin: dict[str, str], name: str | None = None,
+                availability_zone: str = "nova") -> EnrolledHost:
+    """Enroll a new host (default: a unique name) and return its credential."""
+    name = name or unique("node")
+    r = client.post("/v1/agent/enroll", json={
+        "token": enrollment_token(client, admin), "name": name,
+        "availability_zone": availability_zone, "libvirt_uri": "test:///default",
+        "virt_type": "qemu", "architecture": "x86_64"})
+    assert r.status_code == 201, r.text
+    return EnrolledHost(r.json()["host_id"], name, r.json()["credential"])
+
+
+def inventory(vcpus: int = 16, ram_mb: int = 32768, disk_gb: int = 500) -> dict[str, Any]:
+    """An inventory body."""
+    return {"VCPU": {"total": vcpus}, "MEMORY_MB": {"total": ram_mb},
+            "DISK_GB": {"total": disk_gb}}
+
+
+@contextmanager
+def db(client: Client) -> Iterator[Session]:
+    """A unit of work on the test app's database (commits at the end)."""
+    maker: sessionmaker[Session] = client.app.state.sessionmaker  # type: ignore[union-attr]
+    with maker() as session, session.begin():
+        yield session
+
+
+def make_server(client: Client, project_id: str, host_id: str | None, *,
+                status: str = "BUILD", task_state: str | None = "spawning",
+                name: str | None = None, vcpus: int = 1, ram_mb: int = 512, disk_gb: int = 1,
+                image_properties: dict[str, Any] | None = None, notify: bool = True) -> str:
+    """Insert a flavor, an active image, a server on ``host_id`` and its allocations."""
+    with db(client) as s:
+        flavor = Flavor(name=unique("flv"), vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb)
+        image = Image(project_id=project_id, name=unique("img"), status="active",
+                      disk_format="qcow2", size=1024, sha256="ab" * 32,
+                      properties=image_properties or {})
+        s.add_all([flavor, image])
+        s.flush()
+        server = Server(project_id=project_id, user_id="u", name=name or unique("vm"),
+                        flavor_id=flavor.id, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
+                        image_id=image.id, status=status, task_state=task_state,
+                        host_id=host_id, user_data="#cloud-config\n", key_data="ssh-ed25519 AAA")
+        s.add(server)
+        s.flush()
+        if host_id is not None:
+            for rc, used in (("VCPU", vcpus), ("MEMORY_MB", ram_mb), ("DISK_GB", disk_gb)):
+                s.add(Allocation(server_id=server.id, host_id=host_id, resource_class=rc,
+                                 used=used))
+            if notify:
+                notify_host(s, host_id)
+        return server.id
+
+
+def set_server(client: Client, server_id: str, **values: Any) -> None:
+    """Change a server as the servers service would: bump its generation and notify."""
+    with db(client) as s:
+        server = s.get(Server, server_id)
+        assert server is not None
+        for key, value in values.items():
+            setattr(server, key, value)
+        server.generation += 1
+        if server.host_id is not None:
+            notify_host(s, server.host_id)
