@@ -14,12 +14,14 @@ from sqlalchemy import text
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import install_error_handlers, problem_response, request_id_var
+from api.flavors.routes import router as flavors_router
 from api.identity.routes import router as identity_router
+from api.images.routes import router as images_router
 
 log = logging.getLogger("minicloud.api")
 
 # Every domain's router, in the order they appear in /docs.
-ROUTERS: list[APIRouter] = [identity_router]
+ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -64,3 +64,35 @@ def make_account(client: Client, admin: dict[str, str], role: str = "member",
                                              "project": project_id})
     assert r.status_code == 201, r.text
     return Account(project_id, project_name, user_id, name, role, r.json()["token"])
+
+
+def make_flavor(client: Client, admin: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """Create a flavor as admin (defaults: 1 vCPU, 512 MiB, 1 GB, public)."""
+    body = {"name": unique("flavor"), "vcpus": 1, "ram_mb": 512, "disk_gb": 1} | fields
+    r = client.post("/v1/flavors", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    flavor: dict[str, Any] = r.json()
+    return flavor
+
+
+# Smallest bytes that pass the format check of each disk format.
+IMAGE_BYTES: dict[str, bytes] = {
+    "raw": b"\x00" * 4096 + b"raw disk",
+    "qcow2": b"QFI\xfb\x00\x00\x00\x03" + b"\x00" * 4096,
+    "aki": b"\x00" * 0x202 + b"HdrS" + b"\x00" * 512,
+    "ari": b"070701" + b"\x00" * 512,
+}
+
+
+def make_image(client: Client, headers: dict[str, str], data: bytes | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """Create an image and upload ``data`` (default: valid bytes for its disk_format)."""
+    body = {"name": unique("image"), "disk_format": "raw"} | fields
+    r = client.post("/v1/images", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    image_id = r.json()["id"]
+    payload = IMAGE_BYTES[body["disk_format"]] if data is None else data
+    r = client.put(f"/v1/images/{image_id}/file", content=payload, headers=headers)
+    assert r.status_code == 200, r.text
+    image: dict[str, Any] = r.json()
+    return image
