@@ -96,3 +96,59 @@ def make_image(client: Client, headers: dict[str, str], data: bytes | None = Non
     assert r.status_code == 200, r.text
     image: dict[str, Any] = r.json()
     return image
+
+
+def insert_server_row(database_url: str, project_id: str, user_id: str,
+                      flavor: dict[str, Any], image_id: str) -> str:
+    """Insert a live server row straight into the database; returns its id.
+
+    For rules of other parts (flavor/image in use) that need a server but not the servers API.
+    """
+    from sqlalchemy import insert
+
+    from api.db import make_engine, new_id, utcnow
+    from api.models import Server
+
+    server_id = new_id()
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(insert(Server).values(
+            id=server_id, project_id=project_id, user_id=user_id, name="vm",
+            flavor_id=flavor["id"], vcpus=flavor["vcpus"], ram_mb=flavor["ram_mb"],
+            disk_gb=flavor["disk_gb"], image_id=image_id, status="ACTIVE", addresses=[],
+            generation=0, created_at=utcnow(), updated_at=utcnow()))
+    engine.dispose()
+    return server_id
+
+
+def soft_delete_server_row(database_url: str, server_id: str) -> None:
+    """Mark a server row deleted the way the servers API does (status DELETED, deleted_at)."""
+    from sqlalchemy import update
+
+    from api.db import make_engine, utcnow
+    from api.models import Server
+
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(update(Server).where(Server.id == server_id)
+                     .values(status="DELETED", deleted_at=utcnow()))
+    engine.dispose()
+
+
+def insert_host_row(database_url: str) -> tuple[str, str]:
+    """Insert an enrolled host straight into the database; returns (host id, credential)."""
+    from sqlalchemy import insert
+
+    from api.db import make_engine, new_id, utcnow
+    from api.models import Host
+    from api.security import digest, new_secret
+
+    host_id, credential = new_id(), new_secret("mchc_")
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(insert(Host).values(
+            id=host_id, name=unique("host"), availability_zone="nova", libvirt_uri="test:///default",
+            virt_type="qemu", architecture="x86_64", enabled=True, aggregates={},
+            credential_digest=digest(credential), generation=0, created_at=utcnow()))
+    engine.dispose()
+    return host_id, credential

@@ -6,11 +6,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
 
-from api.db import make_engine, utcnow
-from api.models import Server
-from tests.factories import make_account, make_flavor, make_image, unique
+from tests.factories import (
+    insert_server_row,
+    make_account,
+    make_flavor,
+    make_image,
+    soft_delete_server_row,
+    unique,
+)
 
 
 def ids(flavors: list[dict[str, Any]]) -> set[str]:
@@ -105,39 +109,16 @@ def test_sharing_needs_a_private_flavor_and_a_real_project(
     assert (r.status_code, r.json()["code"]) == (404, "project_not_found")
 
 
-def _server_on(settings_url: str, project_id: str, user_id: str, flavor: dict[str, Any],
-               image_id: str) -> str:
-    # The servers API belongs to another part of minicloud; a row is all the rule needs.
-    engine = make_engine(settings_url)
-    with engine.begin() as conn:
-        server = {"id": unique("s")[:36], "project_id": project_id, "user_id": user_id,
-                  "name": "vm", "flavor_id": flavor["id"], "vcpus": flavor["vcpus"],
-                  "ram_mb": flavor["ram_mb"], "disk_gb": flavor["disk_gb"],
-                  "image_id": image_id, "status": "ACTIVE", "addresses": [],
-                  "generation": 0, "created_at": utcnow(), "updated_at": utcnow()}
-        conn.execute(Server.__table__.insert().values(**server))
-    engine.dispose()
-    return str(server["id"])
-
-
-def _soft_delete(settings_url: str, server_id: str) -> None:
-    engine = make_engine(settings_url)
-    with engine.begin() as conn:
-        conn.execute(update(Server).where(Server.id == server_id)
-                     .values(status="DELETED", deleted_at=utcnow()))
-    engine.dispose()
-
-
 def test_flavor_in_use_by_a_live_server_is_409_then_a_tombstone(
     client: TestClient, admin: dict[str, str], database_url: str
 ) -> None:
     acct = make_account(client, admin)
     flavor = make_flavor(client, admin)
     image = make_image(client, acct.headers)
-    server_id = _server_on(database_url, acct.project_id, acct.user_id, flavor, image["id"])
+    server_id = insert_server_row(database_url, acct.project_id, acct.user_id, flavor, image["id"])
     r = client.delete(f"/v1/flavors/{flavor['id']}", headers=admin)
     assert (r.status_code, r.json()["code"]) == (409, "flavor_in_use")
-    _soft_delete(database_url, server_id)
+    soft_delete_server_row(database_url, server_id)
     assert client.delete(f"/v1/flavors/{flavor['id']}", headers=admin).status_code == 204
     assert client.get(f"/v1/flavors/{flavor['id']}", headers=admin).status_code == 404
     assert flavor["id"] not in ids(client.get("/v1/flavors", headers=admin).json())
