@@ -34,6 +34,14 @@ def visible(session: Session, project_id: str | None, image_id: str) -> Image | 
     return session.scalar(select(Image).where(_visible_to(project_id), Image.id == image_id))
 
 
+def visible_by_name(session: Session, project_id: str | None, name: str) -> Sequence[Image]:
+    """Visible images with that name (names are not unique)."""
+    return session.scalars(
+        select(Image).where(_visible_to(project_id), Image.name == name)
+        .order_by(Image.created_at, Image.id)
+    ).all()
+
+
 def move_status(session: Session, image_id: str, seen: str, new: str,
                 **values: object) -> bool:
     """``UPDATE images SET status = :new WHERE id = :id AND status = :seen``.

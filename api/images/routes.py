@@ -58,10 +58,10 @@ def create_image(body: ImageCreate, principal: Writer, session: SessionDep) -> I
     return ImageOut.model_validate(service.create_image(session, principal, body))
 
 
-@router.get("/{image_id}", response_model=ImageOut)
-def show_image(image_id: str, principal: CurrentUser, session: SessionDep) -> ImageOut:
-    """One visible image."""
-    return ImageOut.model_validate(service.get_image(session, principal, image_id))
+@router.get("/{ref}", response_model=ImageOut)
+def show_image(ref: str, principal: CurrentUser, session: SessionDep) -> ImageOut:
+    """One visible image by id, or by name when exactly one visible image has it."""
+    return ImageOut.model_validate(service.find_image(session, principal, ref))
 
 
 @router.delete("/{image_id}", status_code=204)

@@ -36,6 +36,24 @@ def get_image(session: Session, principal: Principal, image_id: str) -> Image:
     return image
 
 
+def find_image(session: Session, principal: Principal, ref: str) -> Image:
+    """A visible image by id, else by name (for ``POST /v1/servers {image}``).
+
+    Raises NotFound, Conflict ``image_name_ambiguous`` when several visible images share the
+    name (image names are not unique; the caller then passes the id).
+    """
+    image = repository.visible(session, _scope(principal), ref)
+    if image is not None:
+        return image
+    named = repository.visible_by_name(session, _scope(principal), ref)
+    if not named:
+        raise NotFound(f"No image {ref!r}.", code="image_not_found")
+    if len(named) > 1:
+        raise Conflict(f"{len(named)} images are named {ref!r}; use an id.",
+                       code="image_name_ambiguous", ids=[i.id for i in named])
+    return named[0]
+
+
 def get_image_for_reader(session: Session, reader: Principal | HostPrincipal,
                          image_id: str) -> Image:
     """An image a user may see or any enrolled host may fetch; raises NotFound."""

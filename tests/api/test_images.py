@@ -414,3 +414,40 @@ def test_a_2_gib_sparse_upload_streams_with_flat_memory(
     assert (settings.image_dir / image["id"]).stat().st_size == size
     assert peak_kib < 300 * 1024, f"peak RSS {peak_kib} KiB"
     assert client.delete(f"/v1/images/{image['id']}", headers=acct.headers).status_code == 204
+
+
+def test_a_real_server_refuses_a_mismatch_at_the_header(
+    client: TestClient, admin: dict[str, str], settings: Settings,
+    live_api: Callable[[int], list[str]]
+) -> None:
+    """The answer comes from the first bytes; the client still reads a clean 422."""
+    (url,) = live_api(1)
+    acct = make_account(client, admin)
+    image = create(client, acct.headers)
+
+    def qcow2_body() -> Iterator[bytes]:
+        yield QCOW2
+        for _ in range(256):
+            yield b"\x00" * (256 * 1024)
+
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.put(f"/v1/images/{image['id']}/file", content=qcow2_body(),
+                  headers=acct.headers)
+    assert (r.status_code, r.json()["code"]) == (422, "image_format_mismatch")
+    assert client.get(f"/v1/images/{image['id']}", headers=acct.headers).json()["status"] \
+        == "queued"
+    assert files_of(settings.image_dir, image["id"]) == []
+
+
+def test_show_by_a_unique_name_and_409_when_ambiguous(client: TestClient,
+                                                       admin: dict[str, str]) -> None:
+    a = make_account(client, admin)
+    b = make_account(client, admin)
+    name = unique("named")
+    first = create(client, a.headers, name=name)
+    create(client, b.headers, name=name)  # invisible to a: no ambiguity for a
+    assert client.get(f"/v1/images/{name}", headers=a.headers).json()["id"] == first["id"]
+    create(client, a.headers, name=name)
+    r = client.get(f"/v1/images/{name}", headers=a.headers)
+    assert (r.status_code, r.json()["code"]) == (409, "image_name_ambiguous")
+    assert len(r.json()["ids"]) == 2
