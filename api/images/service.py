@@ -142,10 +142,13 @@ def release_upload(session: Session, image_id: str) -> None:
 
 
 def finish_upload(session: Session, image_id: str, size: int, sha256: str) -> Image:
-    """saving -> active with the size and checksum; raises Conflict ``image_not_queued``."""
+    """saving -> active with the size and checksum.
+
+    Raises Conflict ``image_deleted`` when the image was deleted during the upload.
+    """
     if not repository.move_status(session, image_id, "saving", "active",
                                   size=size, sha256=sha256):
-        raise Conflict("The image changed during the upload.", code="image_not_queued")
+        raise Conflict("The image was deleted during the upload.", code="image_deleted")
     image = session.get(Image, image_id)
     assert image is not None  # the UPDATE above just matched it
     session.refresh(image)
@@ -156,12 +159,12 @@ def delete_image(session: Session, principal: Principal, image_id: str) -> Image
     """Delete an image record (the caller removes the file); returns it.
 
     Raises NotFound, Forbidden ``image_not_owned``, Conflict ``image_in_use`` while live
-    servers boot from it or images name it as kernel/ramdisk, Conflict ``image_busy`` during
-    an upload. Soft-deleted servers keep referencing it, so then it becomes a tombstone.
+    servers boot from it or images name it as kernel/ramdisk. Soft-deleted servers keep
+    referencing it, so then it becomes a tombstone. Deleting during an upload is allowed (it is
+    also how an image left in 'saving' by a crashed API process is cleared): the upload then
+    fails with ``image_deleted`` and keeps nothing.
     """
     image = _owned(session, principal, image_id)
-    if image.status == "saving":
-        raise Conflict("An upload is running.", code="image_busy")
     live, deleted = repository.server_counts(session, image.id)
     users: dict[str, Any] = {}
     if live:

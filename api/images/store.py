@@ -16,7 +16,7 @@ from pathlib import Path
 
 from anyio import to_thread
 
-from api.errors import InvalidInput, PayloadTooLarge
+from api.errors import Conflict, InvalidInput, PayloadTooLarge
 from api.images.formats import HEAD_BYTES
 
 # Bytes handed to a worker thread per write: large enough that the thread hop is cheap, small
@@ -108,9 +108,16 @@ class ImageStore:
         return Received(tmp, size, digest.hexdigest())
 
     def publish(self, received: Received, image_id: str) -> Path:
-        """Atomically move a received upload to the image's file."""
+        """Atomically move a received upload to the image's file.
+
+        Raises Conflict ``image_deleted`` when a delete removed the temporary file meanwhile.
+        """
         final = self.path(image_id)
-        os.replace(received.tmp_path, final)
+        try:
+            os.replace(received.tmp_path, final)
+        except FileNotFoundError:
+            raise Conflict("The image was deleted during the upload.",
+                           code="image_deleted") from None
         return final
 
     def discard(self, received: Received) -> None:
@@ -118,5 +125,10 @@ class ImageStore:
         received.tmp_path.unlink(missing_ok=True)
 
     def remove(self, image_id: str) -> None:
-        """Delete an image's file, if any."""
+        """Delete an image's file and any upload of it in progress or left by a crash.
+
+        An upload whose temporary file goes away fails at ``publish``.
+        """
         self.path(image_id).unlink(missing_ok=True)
+        for tmp in self.root.glob(f"{_TMP_PREFIX}{image_id}-*"):
+            tmp.unlink(missing_ok=True)

@@ -366,13 +366,52 @@ def test_concurrent_uploads_of_one_image_have_one_winner(
                 raise AssertionError("upload A never reached 'saving'")
             r = c.put(url, content=RAW, headers=acct.headers)
             assert (r.status_code, r.json()["code"]) == (409, "image_not_queued")
-            r = c.delete(f"/v1/images/{image['id']}", headers=acct.headers)
-            assert (r.status_code, r.json()["code"]) == (409, "image_busy")
     finally:
         release.set()
         thread.join(timeout=60)
     assert result["a"].status_code == 200, result["a"].text
     assert result["a"].json()["sha256"] == hashlib.sha256(RAW + b"tail").hexdigest()
+
+
+def test_delete_during_an_upload_wins_and_the_upload_keeps_nothing(
+    client: TestClient, admin: dict[str, str], settings: Settings,
+    live_api: Callable[[int], list[str]]
+) -> None:
+    """Also how an image left in 'saving' by a crashed API process is cleared."""
+    (url,) = live_api(1)
+    acct = make_account(client, admin)
+    image = create(client, acct.headers)
+    release = threading.Event()
+    result: dict[str, httpx.Response] = {}
+
+    def held_body() -> Iterator[bytes]:
+        yield RAW * 300  # past the first write batch: the temporary file has bytes
+        release.wait(timeout=60)
+        yield b"tail"
+
+    def upload() -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            result["r"] = c.put(f"/v1/images/{image['id']}/file", content=held_body(),
+                                headers=acct.headers)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    try:
+        for _ in range(600):
+            if client.get(f"/v1/images/{image['id']}", headers=acct.headers).json()[
+                    "status"] == "saving" and files_of(settings.image_dir, image["id"]):
+                break
+            threading.Event().wait(0.05)
+        else:
+            raise AssertionError("the upload never reached 'saving'")
+        assert client.delete(f"/v1/images/{image['id']}",
+                             headers=acct.headers).status_code == 204
+    finally:
+        release.set()
+        thread.join(timeout=60)
+    assert (result["r"].status_code, result["r"].json()["code"]) == (409, "image_deleted")
+    assert files_of(settings.image_dir, image["id"]) == []
+    assert client.get(f"/v1/images/{image['id']}", headers=acct.headers).status_code == 404
 
 
 def _vm_hwm_kib(pid: int) -> int:
