@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
@@ -114,7 +115,8 @@ async def upload_image_file(image_id: str, request: Request, principal: Writer,
     return ImageOut.model_validate(image)
 
 
-def _give_back(session: SessionDep, image_id: str) -> None:
+def _give_back(session: Session, image_id: str) -> None:
+    # Runs after the claim was committed, so the release needs its own commit.
     session.rollback()
     service.release_upload(session, image_id)
     session.commit()
