@@ -16,13 +16,15 @@ from api.agent.routes import router as agent_router
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import install_error_handlers, problem_response, request_id_var
+from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
+from api.images.routes import router as images_router
 
 log = logging.getLogger("minicloud.api")
 
 # Every domain's router, in the order they appear in /docs.
-ROUTERS: list[APIRouter] = [identity_router]
+ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

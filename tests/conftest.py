@@ -51,6 +51,16 @@ def admin(client: TestClient) -> dict[str, str]:
     return bearer(ADMIN_TOKEN)
 
 
+# Base URL -> PID of each process ``live_api`` started (for memory measurements).
+LIVE_API_PIDS: dict[str, int] = {}
+
+
+@pytest.fixture(scope="session")
+def live_api_pids() -> dict[str, int]:
+    """Base URL -> PID of the API processes ``live_api`` started."""
+    return LIVE_API_PIDS
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,6 +98,7 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
                     raise RuntimeError(f"API on port {port} did not start")
                 time.sleep(0.1)
             urls.append(url)
+            LIVE_API_PIDS[url] = procs[-1].pid
         return urls
 
     yield start

@@ -25,6 +25,9 @@ class Flavor(Base):
     # aggregate tags carry every pair.
     extra_specs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set when a flavor that (soft-deleted) servers still reference is deleted: the row stays
+    # for their history and usage, hidden from every listing, its name freed.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class FlavorAccess(Base):

@@ -1,0 +1,69 @@
+"""Flavor queries (flush only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy.orm import Session
+
+from api.models import Flavor, FlavorAccess, Server
+
+
+def _visible_to(project_id: str | None) -> ColumnElement[bool]:
+    """Live flavors the project may see (``None``: every live flavor, for admins)."""
+    live = Flavor.deleted_at.is_(None)
+    if project_id is None:
+        return live
+    shared = select(FlavorAccess.flavor_id).where(FlavorAccess.project_id == project_id)
+    return live & or_(Flavor.is_public.is_(True), Flavor.id.in_(shared))
+
+
+def list_visible(session: Session, project_id: str | None) -> Sequence[Flavor]:
+    """Visible flavors, smallest first."""
+    return session.scalars(
+        select(Flavor).where(_visible_to(project_id))
+        .order_by(Flavor.vcpus, Flavor.ram_mb, Flavor.disk_gb, Flavor.name)
+    ).all()
+
+
+def visible_by_ref(session: Session, project_id: str | None, ref: str) -> Flavor | None:
+    """A visible flavor by id or name."""
+    return session.scalar(
+        select(Flavor).where(_visible_to(project_id), or_(Flavor.id == ref, Flavor.name == ref))
+    )
+
+
+def by_name(session: Session, name: str) -> Flavor | None:
+    """A flavor by name (live or tombstone: the name is unique across both)."""
+    return session.scalar(select(Flavor).where(Flavor.name == name))
+
+
+def server_counts(session: Session, flavor_id: str) -> tuple[int, int]:
+    """(live, soft-deleted) servers that reference the flavor."""
+    rows = session.execute(
+        select(Server.deleted_at.is_(None), func.count())
+        .where(Server.flavor_id == flavor_id).group_by(Server.deleted_at.is_(None))
+    ).all()
+    counts = {bool(live): int(n) for live, n in rows}
+    return counts.get(True, 0), counts.get(False, 0)
+
+
+def access_projects(session: Session, flavor_id: str) -> list[str]:
+    """Project ids a flavor is shared with."""
+    return list(session.scalars(
+        select(FlavorAccess.project_id).where(FlavorAccess.flavor_id == flavor_id)
+        .order_by(FlavorAccess.project_id)
+    ).all())
+
+
+def access(session: Session, flavor_id: str, project_id: str) -> FlavorAccess | None:
+    """The share of a flavor with a project, if any."""
+    return session.scalar(select(FlavorAccess).where(
+        FlavorAccess.flavor_id == flavor_id, FlavorAccess.project_id == project_id))
+
+
+def drop_access(session: Session, flavor_id: str) -> None:
+    """Remove every share of a flavor."""
+    session.execute(delete(FlavorAccess).where(FlavorAccess.flavor_id == flavor_id))
+    session.flush()

@@ -1,0 +1,1 @@
+"""Images: disk images, kernels and ramdisks servers boot from."""

@@ -1,0 +1,189 @@
+"""Image rules: who sees, creates, uploads and deletes images, and the upload state machine.
+
+Status: queued (no bytes) -> saving (one upload running) -> active. A failed or refused upload
+goes back to queued, so the owner can try again; nothing is kept of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.deps import HostPrincipal, Principal
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.images import formats, repository
+from api.images.schemas import ImageCreate
+from api.models import Image
+
+
+def _scope(principal: Principal) -> str | None:
+    # Admins see every image; everyone else their project's and public ones.
+    return None if principal.is_admin else principal.project_id
+
+
+def list_images(session: Session, principal: Principal) -> Sequence[Image]:
+    """Images the caller may see."""
+    return repository.list_visible(session, _scope(principal))
+
+
+def get_image(session: Session, principal: Principal, image_id: str) -> Image:
+    """A visible image; raises NotFound (also for another project's private image)."""
+    image = repository.visible(session, _scope(principal), image_id)
+    if image is None:
+        raise NotFound(f"No image {image_id!r}.", code="image_not_found")
+    return image
+
+
+def find_image(session: Session, principal: Principal, ref: str) -> Image:
+    """A visible image by id, else by name (for ``POST /v1/servers {image}``).
+
+    Raises NotFound, Conflict ``image_name_ambiguous`` when several visible images share the
+    name (image names are not unique; the caller then passes the id).
+    """
+    image = repository.visible(session, _scope(principal), ref)
+    if image is not None:
+        return image
+    named = repository.visible_by_name(session, _scope(principal), ref)
+    if not named:
+        raise NotFound(f"No image {ref!r}.", code="image_not_found")
+    if len(named) > 1:
+        raise Conflict(f"{len(named)} images are named {ref!r}; use an id.",
+                       code="image_name_ambiguous", ids=[i.id for i in named])
+    return named[0]
+
+
+def get_image_for_reader(session: Session, reader: Principal | HostPrincipal,
+                         image_id: str) -> Image:
+    """An image a user may see or any enrolled host may fetch; raises NotFound."""
+    if isinstance(reader, Principal):
+        return get_image(session, reader, image_id)
+    image = repository.visible(session, None, image_id)
+    if image is None:
+        raise NotFound(f"No image {image_id!r}.", code="image_not_found")
+    return image
+
+
+def _owned(session: Session, principal: Principal, image_id: str) -> Image:
+    """A visible image the caller may change; raises NotFound, Forbidden ``image_not_owned``."""
+    image = get_image(session, principal, image_id)
+    if not principal.is_admin and image.project_id != principal.project_id:
+        # Visible (public) but someone else's.
+        raise Forbidden("Only the owning project changes an image.", code="image_not_owned")
+    return image
+
+
+def _boot_part(session: Session, principal: Principal, image_id: str, disk_format: str,
+               field: str) -> None:
+    image = repository.visible(session, _scope(principal), image_id)
+    if image is None or image.status != "active" or image.disk_format != disk_format:
+        raise InvalidInput(
+            f"properties.{field} must name an active, visible {disk_format} image.",
+            code="invalid_image_reference", field=field)
+
+
+def create_image(session: Session, principal: Principal, body: ImageCreate) -> Image:
+    """A queued image record owned by the caller's project.
+
+    Raises Forbidden ``admin_required`` for a public image by a non-admin (public images are
+    offered to every project, so only the cloud operator publishes them), InvalidInput
+    ``invalid_image_reference`` for a kernel/ramdisk that is not an active aki/ari image.
+    """
+    if body.visibility == "public" and not principal.is_admin:
+        raise Forbidden("Only admins publish public images.", code="admin_required")
+    props = body.properties
+    if (props.kernel_id or props.ramdisk_id) and body.disk_format not in ("raw", "qcow2"):
+        raise InvalidInput("Only raw and qcow2 images name a kernel or ramdisk.",
+                           code="invalid_image_reference")
+    if props.ramdisk_id and not props.kernel_id:
+        raise InvalidInput("A ramdisk needs a kernel.", code="invalid_image_reference",
+                           field="ramdisk_id")
+    if props.kernel_id:
+        _boot_part(session, principal, props.kernel_id, "aki", "kernel_id")
+    if props.ramdisk_id:
+        _boot_part(session, principal, props.ramdisk_id, "ari", "ramdisk_id")
+    image = Image(
+        project_id=principal.project_id, name=body.name, status="queued",
+        disk_format=body.disk_format, visibility=body.visibility,
+        min_disk=body.min_disk, min_ram=body.min_ram,
+        properties=props.model_dump(exclude_none=True),
+    )
+    session.add(image)
+    session.flush()
+    return image
+
+
+def claim_upload(session: Session, principal: Principal, image_id: str) -> Image:
+    """Move a queued image to saving for this upload alone.
+
+    Raises NotFound, Forbidden ``image_not_owned``, Conflict ``image_not_queued`` when the
+    image has bytes or another upload holds it (a conditional UPDATE decides the race).
+    """
+    image = _owned(session, principal, image_id)
+    if not repository.move_status(session, image.id, "queued", "saving"):
+        raise Conflict("The image is not queued: it has bytes or an upload is running.",
+                       code="image_not_queued")
+    session.refresh(image)
+    return image
+
+
+def check_head(disk_format: str, head: bytes) -> None:
+    """Raise InvalidInput ``image_format_mismatch`` unless ``head`` fits ``disk_format``."""
+    why = formats.problem(disk_format, head)
+    if why is not None:
+        raise InvalidInput(f"The upload does not match disk_format {disk_format}: {why}.",
+                           code="image_format_mismatch", disk_format=disk_format)
+
+
+def release_upload(session: Session, image_id: str) -> None:
+    """Give a failed or refused upload's claim back: saving -> queued."""
+    repository.move_status(session, image_id, "saving", "queued")
+
+
+def finish_upload(session: Session, image_id: str, size: int, sha256: str) -> Image:
+    """saving -> active with the size and checksum.
+
+    Raises Conflict ``image_deleted`` when the image was deleted during the upload.
+    """
+    if not repository.move_status(session, image_id, "saving", "active",
+                                  size=size, sha256=sha256):
+        raise Conflict("The image was deleted during the upload.", code="image_deleted")
+    image = session.get(Image, image_id)
+    assert image is not None  # the UPDATE above just matched it
+    session.refresh(image)
+    return image
+
+
+def delete_image(session: Session, principal: Principal, image_id: str) -> Image:
+    """Delete an image record (the caller removes the file); returns it.
+
+    Raises NotFound, Forbidden ``image_not_owned``, Conflict ``image_in_use`` while live
+    servers boot from it or images name it as kernel/ramdisk. Soft-deleted servers keep
+    referencing it, so then it becomes a tombstone. Deleting during an upload is allowed (it is
+    also how an image left in 'saving' by a crashed API process is cleared): the upload then
+    fails with ``image_deleted`` and keeps nothing.
+    """
+    image = _owned(session, principal, image_id)
+    live, deleted = repository.server_counts(session, image.id)
+    users: dict[str, Any] = {}
+    if live:
+        users["servers"] = live
+    parts_of = repository.referencing(session, image.id)
+    if parts_of:
+        users["images"] = parts_of
+    if users:
+        raise Conflict("The image is in use.", code="image_in_use", **users)
+    if deleted:
+        image.status = repository.DELETED
+    else:
+        session.delete(image)
+    session.flush()
+    return image
+
+
+def ensure_downloadable(image: Image) -> None:
+    """Raise Conflict ``image_not_active`` unless the image has its bytes."""
+    if image.status != "active":
+        raise Conflict("The image has no bytes yet.", code="image_not_active",
+                       image_status=image.status)

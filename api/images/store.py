@@ -1,0 +1,134 @@
+"""The on-disk image store: one file per image, named by the server-generated image id.
+
+Uploads stream into a temporary file in the same directory (so the final rename is atomic on
+one file system), hashing and counting as they go; no upload is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from anyio import to_thread
+
+from api.errors import Conflict, InvalidInput, PayloadTooLarge
+from api.images.formats import HEAD_BYTES
+
+# Bytes handed to a worker thread per write: large enough that the thread hop is cheap, small
+# enough to keep memory flat.
+_WRITE_BATCH = 1024 * 1024
+_TMP_PREFIX = ".upload-"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A fully received upload, still in its temporary file."""
+
+    tmp_path: Path
+    size: int
+    sha256: str
+
+
+class ImageStore:
+    """Image files under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, image_id: str) -> Path:
+        """The file of an image; raises ValueError unless ``image_id`` is a canonical UUID.
+
+        Only ids the server generated reach here; the check keeps a path from ever being
+        built out of anything else.
+        """
+        if str(uuid.UUID(image_id)) != image_id:
+            raise ValueError(f"not a canonical image id: {image_id!r}")
+        return self.root / image_id
+
+    async def receive(self, image_id: str, chunks: AsyncIterator[bytes], max_bytes: int,
+                      check_head: Callable[[bytes], None]) -> Received:
+        """Stream ``chunks`` into a temporary file; returns its size and sha256.
+
+        ``check_head`` sees the first ``HEAD_BYTES`` (or the whole file if shorter) before
+        the rest is accepted. Raises PayloadTooLarge ``image_too_large`` past ``max_bytes``,
+        InvalidInput ``image_empty`` for no bytes, whatever ``check_head`` raises, or the
+        client's disconnect; on any error the temporary file is gone.
+        """
+        self.path(image_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{image_id}-", dir=self.root)
+        tmp = Path(name)
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        head_checked = False
+        batch = bytearray()
+
+        def write(data: bytes) -> None:
+            digest.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(
+                        f"The image is larger than the limit of {max_bytes} bytes.",
+                        code="image_too_large", limit=max_bytes)
+                if not head_checked:
+                    head += chunk[:HEAD_BYTES - len(head)]
+                    if len(head) >= HEAD_BYTES:
+                        check_head(head)
+                        head_checked = True
+                batch += chunk
+                if len(batch) >= _WRITE_BATCH:
+                    data, batch = bytes(batch), bytearray()
+                    await to_thread.run_sync(write, data)
+            if size == 0:
+                raise InvalidInput("The upload is empty.", code="image_empty")
+            if not head_checked:
+                check_head(head)
+            if batch:
+                await to_thread.run_sync(write, bytes(batch))
+            await to_thread.run_sync(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return Received(tmp, size, digest.hexdigest())
+
+    def publish(self, received: Received, image_id: str) -> Path:
+        """Atomically move a received upload to the image's file.
+
+        Raises Conflict ``image_deleted`` when a delete removed the temporary file meanwhile.
+        """
+        final = self.path(image_id)
+        try:
+            os.replace(received.tmp_path, final)
+        except FileNotFoundError:
+            raise Conflict("The image was deleted during the upload.",
+                           code="image_deleted") from None
+        return final
+
+    def discard(self, received: Received) -> None:
+        """Drop a received upload that will not be published."""
+        received.tmp_path.unlink(missing_ok=True)
+
+    def remove(self, image_id: str) -> None:
+        """Delete an image's file and any upload of it in progress or left by a crash.
+
+        An upload whose temporary file goes away fails at ``publish``.
+        """
+        self.path(image_id).unlink(missing_ok=True)
+        for tmp in self.root.glob(f"{_TMP_PREFIX}{image_id}-*"):
+            tmp.unlink(missing_ok=True)
