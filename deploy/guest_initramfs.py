@@ -40,12 +40,20 @@ for m in $(cat /lib/modules/load-order); do
   insmod "/lib/modules/$m.ko" 2>/dev/null || echo "minicloud-guest: insmod $m failed"
 done
 
-# virtio_blk probes asynchronously: wait (bounded) for the seed disk to appear.
+# The seed is the iso9660 disk whose volume id (32 bytes at offset 32808) is cidata.
+# virtio_blk probes asynchronously: wait (bounded, 10 s) for it to appear.
+find_seed() {
+  for d in /dev/vd? /dev/sd? /dev/sr?; do
+    [ -b "$d" ] || continue
+    label=$(dd if="$d" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \0' | tr 'A-Z' 'a-z')
+    [ "$label" = cidata ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
 dev=""
 i=0
 while [ $i -lt 100 ]; do
-  dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null)
-  [ -n "$dev" ] && break
+  dev=$(find_seed) && break
   sleep 0.1
   i=$((i + 1))
 done
@@ -62,7 +70,7 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt; then
   [ -n "$host" ] && hostname "$host"
   echo "minicloud-guest: hostname=$(hostname) instance-id=$iid"
   if [ -f /mnt/user-data ]; then
-    echo "minicloud-guest: user-data $(wc -c < /mnt/user-data) bytes, first line: $(head -n 1 /mnt/user-data | tr -cd '[:print:]' | cut -c1-60)"
+    echo "minicloud-guest: user-data $(wc -c < /mnt/user-data) bytes, first line: $(head -n 1 /mnt/user-data | tr -cd ' -~' | cut -c1-60)"
   fi
 else
   echo "minicloud-guest: no cidata seed found"
