@@ -60,7 +60,8 @@ done
 
 # Values from meta-data, written either as JSON or as "key: value" YAML.
 value() {
-  sed -n "s/^[[:space:]{,]*\"\{0,1\}$1\"\{0,1\}[[:space:]]*:[[:space:]]*\"\{0,1\}\([^\",}]*\).*/\1/p" \
+  q='"\{0,1\}'
+  sed -n "s/^[[:space:]{,]*$q$1$q[[:space:]]*:[[:space:]]*$q\([^\",}]*\).*/\1/p" \
     /mnt/meta-data | head -n 1
 }
 
@@ -70,7 +71,8 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt; then
   [ -n "$host" ] && hostname "$host"
   echo "minicloud-guest: hostname=$(hostname) instance-id=$iid"
   if [ -f /mnt/user-data ]; then
-    echo "minicloud-guest: user-data $(wc -c < /mnt/user-data) bytes, first line: $(head -n 1 /mnt/user-data | tr -cd ' -~' | cut -c1-60)"
+    first=$(head -n 1 /mnt/user-data | tr -cd ' -~' | cut -c1-60)
+    echo "minicloud-guest: user-data $(wc -c < /mnt/user-data) bytes, first line: $first"
   fi
 else
   echo "minicloud-guest: no cidata seed found"
