@@ -7,6 +7,7 @@ from validated UUIDs) and from the image cache.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -31,10 +32,19 @@ class DomainMetadata:
     image_id: str
 
 
+# Characters XML 1.0 cannot carry at all (not even escaped); they are dropped from text.
+_NOT_XML_CHAR = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: str) -> str:
+    """``value`` without the characters XML 1.0 cannot represent (escaping is ET's job)."""
+    return _NOT_XML_CHAR.sub("", value)
+
+
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
     el = ET.SubElement(parent, tag, attrs)
     if text is not None:
-        el.text = text
+        el.text = xml_text(text)
     return el
 
 

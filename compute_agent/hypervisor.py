@@ -209,9 +209,10 @@ class Hypervisor:
             caps = ET.fromstring(self._conn.getCapabilities())
         except libvirt.libvirtError as exc:
             raise HypervisorError(str(exc)) from exc
-        arch = caps.findtext("host/cpu/arch") or model
-        return NodeInfo(vcpus=int(cpus), memory_mb=int(memory_mb), arch=arch,
-                        cpu_model=caps.findtext("host/cpu/model") or model)
+        # getInfo's "model" is the host architecture on the QEMU driver (e.g. x86_64) and the
+        # node file's <cpu><model> on the test driver, whose capabilities always say i686.
+        return NodeInfo(vcpus=int(cpus), memory_mb=int(memory_mb), arch=str(model),
+                        cpu_model=caps.findtext("host/cpu/model") or "")
 
     @staticmethod
     def disk_gb(path: Path) -> int:
@@ -515,6 +516,17 @@ class Hypervisor:
         for lease in leases or []:
             out.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
         return out
+
+    def all_domain_names(self) -> list[str]:
+        """Names of every domain on the host, managed or not (read-only, for diagnostics).
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        try:
+            return sorted(str(d.name()) for d in self._conn.listAllDomains(0))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
 
     def console_log_file(self, server_id: str) -> Path | None:
         """Path of the server's serial console log, from its domain XML.
