@@ -49,7 +49,9 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-chmod 0755 "$work"   # lets apt's _apt user write the download when run as root
+chmod 0755 "$work"
+# apt downloads as the unprivileged _apt user when it can write the target directory.
+if [ "$(id -u)" = 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$work"; fi
 echo "== downloading $pkg"
 (cd "$work" && apt-get download -q "$pkg" >/dev/null)
 dpkg -x "$work"/*.deb "$work/root"

@@ -77,18 +77,18 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt; then
 else
   echo "minicloud-guest: no cidata seed found"
 fi
-echo "minicloud-guest: ready"
-
 # Graceful shutdown: block on the ACPI power button's input device, then power off.
+# "ready" is printed once the button is found, just before listening to it.
 for ev in /sys/class/input/event*; do
   if [ "$(cat "$ev/device/name" 2>/dev/null)" = "Power Button" ]; then
+    echo "minicloud-guest: ready"
     dd if="/dev/input/${ev##*/}" of=/dev/null bs=24 count=1 2>/dev/null
     echo "minicloud-guest: power button pressed, powering off"
     sync
     poweroff -f
   fi
 done
-echo "minicloud-guest: no power button found"
+echo "minicloud-guest: ready (no power button found)"
 while true; do sleep 3600; done
 """
 
