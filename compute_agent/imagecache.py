@@ -16,7 +16,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from compute_agent.spec import ImageFormat, canonical_uuid
+from compute_agent.seed import write_seed
+from compute_agent.spec import ImageFormat, InstancePaths, ServerSpec, canonical_uuid
 
 GIB = 1024**3
 
@@ -194,3 +195,25 @@ def backing_file(overlay: Path) -> tuple[str | None, str | None]:
     bf = info.get("backing-filename")
     fmt = info.get("backing-filename-format")
     return (bf if isinstance(bf, str) else None, fmt if isinstance(fmt, str) else None)
+
+
+def prepare_instance_files(spec: ServerSpec, paths: InstancePaths,
+                           network_config: str | None = None) -> None:
+    """Make a server's instance directory, overlay and seed ISO; safe to call again.
+
+    The overlay is created only when missing (an existing one holds the guest's data and is
+    complete, since overlays appear by atomic rename), then grown to ``spec.disk_gb`` if the
+    flavor grew; the seed is rewritten every time (cheap, atomic). So an agent killed halfway
+    through a build just calls this again.
+
+    Raises:
+        DiskTooSmall: the flavor disk is smaller than the image or the existing overlay.
+        ImageError: qemu-img fails (e.g. the base image is missing or unreadable).
+        OSError: files cannot be written.
+    """
+    paths.create()
+    if not paths.disk.exists():
+        create_overlay(spec.image_path, spec.image_format, paths.disk, spec.disk_gb)
+    elif spec.disk_gb:
+        grow_overlay(paths.disk, spec.disk_gb)
+    write_seed(spec, paths.seed, network_config)

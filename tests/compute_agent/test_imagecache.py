@@ -19,9 +19,12 @@ from compute_agent.imagecache import (
     create_overlay,
     grow_overlay,
     image_info,
+    prepare_instance_files,
     virtual_size,
 )
-from compute_agent.spec import SpecError
+from compute_agent.seed import read_seed
+from compute_agent.spec import InstancePaths, SpecError
+from tests.compute_agent.factories import make_spec
 
 MIB = 1024**2
 
@@ -125,3 +128,22 @@ def test_resize_grows_and_never_shrinks(tmp_path: Path) -> None:
         grow_overlay(overlay, 2)
     assert virtual_size(overlay) == 3 * GIB
     assert backing_file(overlay) == (str(base), "qcow2")
+
+
+def test_prepare_instance_files_is_idempotent_and_keeps_the_disk(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.qcow2", "qcow2", "64M")
+    spec = make_spec(image_path=base, disk_gb=1)
+    paths = InstancePaths(tmp_path / "instances", spec.server_id)
+
+    prepare_instance_files(spec, paths)
+    inode = paths.disk.stat().st_ino
+    prepare_instance_files(spec, paths)  # e.g. after an agent restart mid-build
+
+    assert paths.disk.stat().st_ino == inode  # the guest's disk was not recreated
+    assert backing_file(paths.disk) == (str(base), "qcow2")
+    assert read_seed(paths.seed)[0] == "cidata"
+    assert sorted(p.name for p in paths.directory.iterdir()) == ["disk.qcow2", "seed.iso"]
+
+    bigger = make_spec(server_id=spec.server_id, image_path=base, disk_gb=2)
+    prepare_instance_files(bigger, paths)
+    assert virtual_size(paths.disk) == 2 * GIB
