@@ -214,6 +214,44 @@ class Hypervisor:
         return NodeInfo(vcpus=int(cpus), memory_mb=int(memory_mb), arch=str(model),
                         cpu_model=caps.findtext("host/cpu/model") or "")
 
+    def virt_types(self, arch: str | None = None) -> list[str]:
+        """Domain types libvirt offers for hvm guests of ``arch`` (default: the host's).
+
+        E.g. ``["qemu", "kvm"]`` on a KVM host. Listing kvm does not prove guests boot under
+        it (nested KVM may be offered but broken), so callers may still prefer ``qemu``.
+
+        Raises:
+            HypervisorError: libvirt fails.
+        """
+        arch = arch or self.node_info().arch
+        try:
+            caps = ET.fromstring(self._conn.getCapabilities())
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+        types: list[str] = []
+        for guest in caps.findall("guest"):
+            arch_el = guest.find("arch")
+            if guest.findtext("os_type") == "hvm" and arch_el is not None \
+                    and arch_el.get("name") == arch:
+                types += [d.get("type", "") for d in arch_el.findall("domain")]
+        return sorted(set(types) - {""})
+
+    def ensure_connected(self) -> None:
+        """Reopen the connection if libvirtd went away (e.g. was restarted).
+
+        Raises:
+            HypervisorError: the connection cannot be reopened.
+        """
+        try:
+            if self._conn is not None and self._conn.isAlive():
+                return
+        except libvirt.libvirtError:
+            pass
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot reconnect to {self.uri}: {exc}") from exc
+
     @staticmethod
     def disk_gb(path: Path) -> int:
         """Total size in GiB (rounded down) of the filesystem holding ``path``.

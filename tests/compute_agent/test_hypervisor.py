@@ -66,6 +66,13 @@ def test_node_info_reports_the_simulated_host_size(tmp_path: Path) -> None:
     assert (info.vcpus, info.memory_mb, info.arch) == (64, 262144, "x86_64")
 
 
+def test_virt_types_and_reconnect(hv: Hypervisor) -> None:
+    assert hv.virt_types("i686") == ["test"]  # the test driver offers only its own type
+    assert hv.virt_types("aarch64") == []
+    hv.ensure_connected()  # alive: keeps the connection (and the simulated host's state)
+    assert hv.node_info().vcpus == 8
+
+
 def test_disk_gb_is_the_filesystem_size(tmp_path: Path) -> None:
     assert Hypervisor.disk_gb(tmp_path) > 0
 
