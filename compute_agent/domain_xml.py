@@ -37,8 +37,9 @@ _NOT_XML_CHAR = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U0001
 
 
 def xml_text(value: str) -> str:
-    """``value`` without the characters XML 1.0 cannot represent (escaping is ET's job)."""
-    return _NOT_XML_CHAR.sub("", value)
+    """``value`` as XML can round-trip it: characters XML 1.0 cannot represent are dropped and
+    CR / CRLF become LF (XML parsers normalize line ends). Escaping is ElementTree's job."""
+    return _NOT_XML_CHAR.sub("", value).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -83,7 +84,8 @@ def build_domain_xml(spec: ServerSpec, paths: InstancePaths) -> str:
     dom = ET.Element("domain", type=spec.virt_type)
     _sub(dom, "name", spec.domain_name)
     _sub(dom, "uuid", spec.server_id)
-    _sub(dom, "title", spec.name[:200])
+    # libvirt refuses titles with line breaks; the exact name is kept in the metadata.
+    _sub(dom, "title", " ".join(spec.name.splitlines())[:200])
     md = _sub(dom, "metadata")
     md.append(metadata_element(spec))
     _sub(dom, "memory", str(spec.ram_mb), unit="MiB")

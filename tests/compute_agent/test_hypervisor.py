@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from compute_agent.domain_xml import xml_text
 from compute_agent.hypervisor import (
     DomainNotFound,
     DomainRunning,
@@ -224,3 +227,17 @@ def test_instance_paths_create_and_remove(tmp_path: Path) -> None:
     paths.remove()
     assert not paths.exists()
     paths.remove()  # idempotent
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(min_size=1, max_size=255) | st.sampled_from(["a\rb", "a\r\nb", " x "]))
+def test_libvirt_accepts_any_server_name_and_keeps_it_exactly(hv: Hypervisor, tmp_path: Path,
+                                                               name: str) -> None:
+    spec, _ = define(hv, tmp_path, name=name)
+    try:
+        [found] = [d for d in hv.list_managed_domains() if d.server_id == spec.server_id]
+        # Characters XML cannot carry at all are dropped; everything else survives verbatim.
+        assert found.metadata.name == xml_text(name)
+    finally:
+        hv.destroy_and_undefine(spec.server_id)
