@@ -180,3 +180,22 @@ class InstancePaths:
 
     def exists(self) -> bool:
         return self.directory.exists()
+
+
+def instance_ids_on_disk(root: Path) -> list[str]:
+    """Server ids that have an instance directory under ``root`` (sorted).
+
+    Only canonical-UUID directory names count, so stray files are ignored. With
+    ``Hypervisor.list_managed`` this finds leftovers of an interrupted build or delete.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    ids = []
+    for child in root.iterdir():
+        try:
+            if child.is_dir() and canonical_uuid(child.name) == child.name:
+                ids.append(child.name)
+        except SpecError:
+            continue
+    return sorted(ids)

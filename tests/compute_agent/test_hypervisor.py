@@ -20,7 +20,7 @@ from compute_agent.hypervisor import (
     PowerState,
     write_test_node_xml,
 )
-from compute_agent.spec import InstancePaths, ServerSpec, SpecError
+from compute_agent.spec import InstancePaths, ServerSpec, SpecError, instance_ids_on_disk
 from tests.compute_agent.factories import make_spec
 
 pytestmark = pytest.mark.libvirt
@@ -224,9 +224,14 @@ def test_instance_paths_create_and_remove(tmp_path: Path) -> None:
     paths.create()
     paths.disk.write_bytes(b"x")
     assert paths.directory.stat().st_mode & 0o777 == 0o711
+    (tmp_path / "instances" / "not-a-server").mkdir()
+    (tmp_path / "instances" / str(uuid.uuid4())).write_text("a file, not a directory")
+    assert instance_ids_on_disk(tmp_path / "instances") == [paths.server_id]
     paths.remove()
     assert not paths.exists()
     paths.remove()  # idempotent
+    assert instance_ids_on_disk(tmp_path / "instances") == []
+    assert instance_ids_on_disk(tmp_path / "missing") == []
 
 
 @settings(max_examples=60, deadline=None,
