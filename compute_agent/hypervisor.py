@@ -1,0 +1,657 @@
+"""The libvirt adapter: the only module of minicloud that imports ``libvirt``.
+
+``Hypervisor`` wraps one libvirt connection (``qemu:///system`` in production, the test driver
+``test:///default`` or ``test:///<abs path>/node.xml`` in tests and simulations). It only ever
+touches domains that carry minicloud metadata (see ``domain_xml.parse_metadata``); any other
+domain on the host is invisible to it. All operations are idempotent where the reconcile loop
+needs them to be: starting a running domain, stopping a stopped one and destroying a missing
+one are no-ops.
+
+libvirt calls block; the agent runs them in a worker thread (``asyncio.to_thread``) if it is
+asynchronous. One ``Hypervisor`` must not be shared by threads without a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import libvirt
+
+from compute_agent.domain_xml import (
+    DomainMetadata,
+    build_domain_xml,
+    console_log_path,
+    parse_metadata,
+)
+from compute_agent.spec import InstancePaths, ServerSpec, canonical_uuid
+
+Observed = Literal["running", "shutoff", "absent", "error"]
+
+# libvirt reports errors through a global callback that prints to stderr by default; the
+# adapter turns them into exceptions instead, so silence the printing once.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class HypervisorError(Exception):
+    """A libvirt operation failed."""
+
+
+class DomainNotFound(HypervisorError):
+    """No minicloud-managed domain exists for the server id."""
+
+
+class ForeignDomain(DomainNotFound):
+    """A domain with this UUID exists but has no minicloud metadata: it is never touched."""
+
+
+class DomainRunning(HypervisorError):
+    """The operation needs the domain shut off."""
+
+
+class PowerState(StrEnum):
+    """A domain's power state as libvirt reports it."""
+
+    NOSTATE = "nostate"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    SHUTTING_DOWN = "shutting-down"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    SUSPENDED = "suspended"
+
+    @property
+    def observed(self) -> Observed:
+        """The state as the API's state machine sees it (``api.servers.states.Observed``)."""
+        if self in (PowerState.SHUTOFF, PowerState.NOSTATE):
+            return "shutoff"
+        if self is PowerState.CRASHED:
+            return "error"
+        return "running"
+
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
+}
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Capacity of the host as libvirt sees it."""
+
+    vcpus: int
+    memory_mb: int
+    arch: str
+    cpu_model: str
+
+
+@dataclass(frozen=True)
+class ManagedDomain:
+    """A minicloud domain found on the host: its state and the metadata it was defined with."""
+
+    server_id: str
+    state: PowerState
+    metadata: DomainMetadata
+
+
+@dataclass(frozen=True)
+class Address:
+    """An IP address of a server, learned from libvirt's DHCP leases."""
+
+    network: str | None
+    mac: str
+    address: str
+    prefix: int
+    version: int
+
+
+def write_test_node_xml(path: Path, vcpus: int, memory_mb: int, arch: str = "x86_64",
+                        network: str | None = "default") -> str:
+    """Write a libvirt test-driver node file for a host of ``vcpus`` CPUs and ``memory_mb`` MiB.
+
+    Returns the connection URI ``test://<abs path>``. With ``network`` set, the node has an
+    active NAT network of that name (192.168.122.0/24 with a DHCP range) so servers can be
+    given a NIC; the test driver reports fake lease addresses for their interfaces.
+
+    Raises:
+        ValueError: vcpus or memory_mb is not positive, or path is not absolute.
+        OSError: the file cannot be written.
+    """
+    if vcpus < 1 or memory_mb < 1:
+        raise ValueError("vcpus and memory_mb must be positive")
+    path = Path(path)
+    if not path.is_absolute():
+        raise ValueError("the node file path must be absolute")
+    node = ET.Element("node")
+    cpu = ET.SubElement(node, "cpu")
+    for tag, value in (("mhz", "2000"), ("model", arch), ("active", str(vcpus)),
+                       ("nodes", "1"), ("sockets", "1"), ("cores", str(vcpus)),
+                       ("threads", "1")):
+        ET.SubElement(cpu, tag).text = value
+    ET.SubElement(node, "memory").text = str(memory_mb * 1024)  # KiB
+    if network is not None:
+        net = ET.SubElement(node, "network")
+        ET.SubElement(net, "name").text = network
+        ET.SubElement(net, "forward", mode="nat")
+        ET.SubElement(net, "bridge", name="virbr0")
+        ip = ET.SubElement(net, "ip", address="192.168.122.1", netmask="255.255.255.0")
+        dhcp = ET.SubElement(ip, "dhcp")
+        ET.SubElement(dhcp, "range", start="192.168.122.2", end="192.168.122.254")
+    ET.indent(node)
+    path.write_text(ET.tostring(node, encoding="unicode") + "\n")
+    return f"test://{path}"
+
+
+def default_network_xml(name: str = "default") -> str:
+    """XML of libvirt's usual NAT network (virbr0, 192.168.122.0/24, DHCP)."""
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = name
+    ET.SubElement(net, "forward", mode="nat")
+    ET.SubElement(net, "bridge", name="virbr0", stp="on", delay="0")
+    ip = ET.SubElement(net, "ip", address="192.168.122.1", netmask="255.255.255.0")
+    dhcp = ET.SubElement(ip, "dhcp")
+    ET.SubElement(dhcp, "range", start="192.168.122.2", end="192.168.122.254")
+    return ET.tostring(net, encoding="unicode")
+
+
+class Hypervisor:
+    """One libvirt connection, restricted to minicloud-managed domains.
+
+    Raises:
+        HypervisorError: (on construction) the connection cannot be opened.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        try:
+            self._conn: Any = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot connect to {uri}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- host -------------------------------------------------------------------------------
+
+    def node_info(self) -> NodeInfo:
+        """CPUs, memory and architecture of the host.
+
+        Raises:
+            HypervisorError: libvirt fails.
+        """
+        try:
+            model, memory_mb, cpus, *_ = self._conn.getInfo()
+            caps = ET.fromstring(self._conn.getCapabilities())
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+        # getInfo's "model" is the host architecture on the QEMU driver (e.g. x86_64) and the
+        # node file's <cpu><model> on the test driver, whose capabilities always say i686.
+        return NodeInfo(vcpus=int(cpus), memory_mb=int(memory_mb), arch=str(model),
+                        cpu_model=caps.findtext("host/cpu/model") or "")
+
+    def virt_types(self, arch: str | None = None) -> list[str]:
+        """Domain types libvirt offers for hvm guests of ``arch`` (default: the host's).
+
+        E.g. ``["qemu", "kvm"]`` on a KVM host. Listing kvm does not prove guests boot under
+        it (nested KVM may be offered but broken), so callers may still prefer ``qemu``.
+
+        Raises:
+            HypervisorError: libvirt fails.
+        """
+        arch = arch or self.node_info().arch
+        try:
+            caps = ET.fromstring(self._conn.getCapabilities())
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+        types: list[str] = []
+        for guest in caps.findall("guest"):
+            arch_el = guest.find("arch")
+            if guest.findtext("os_type") == "hvm" and arch_el is not None \
+                    and arch_el.get("name") == arch:
+                types += [d.get("type", "") for d in arch_el.findall("domain")]
+        return sorted(set(types) - {""})
+
+    def ensure_connected(self) -> None:
+        """Reopen the connection if libvirtd went away (e.g. was restarted).
+
+        Raises:
+            HypervisorError: the connection cannot be reopened.
+        """
+        try:
+            if self._conn is not None and self._conn.isAlive():
+                return
+        except libvirt.libvirtError:
+            pass
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot reconnect to {self.uri}: {exc}") from exc
+
+    @staticmethod
+    def disk_gb(path: Path) -> int:
+        """Total size in GiB (rounded down) of the filesystem holding ``path``.
+
+        Raises:
+            OSError: ``path`` does not exist.
+        """
+        return shutil.disk_usage(path).total // 1024**3
+
+    def ensure_network(self, name: str = "default") -> None:
+        """Make sure the libvirt network ``name`` exists, is started and autostarts.
+
+        A missing network is defined as libvirt's usual NAT network (``default_network_xml``).
+
+        Raises:
+            HypervisorError: libvirt cannot define or start it.
+        """
+        try:
+            try:
+                net = self._conn.networkLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                net = self._conn.networkDefineXML(default_network_xml(name))
+            if not net.isActive():
+                net.create()
+            if not net.autostart():
+                net.setAutostart(1)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"network {name}: {exc}") from exc
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def list_managed_domains(self) -> list[ManagedDomain]:
+        """All minicloud domains (defined or running) with their state and metadata.
+
+        Domains without valid minicloud metadata are skipped, never touched.
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        try:
+            domains = self._conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+        found = []
+        for dom in domains:
+            try:
+                meta = parse_metadata(dom.XMLDesc(0))
+                state = dom.state()[0]
+            except libvirt.libvirtError:
+                continue  # undefined between listing and reading: not there any more
+            if meta is not None:
+                found.append(ManagedDomain(meta.server_id, _STATES.get(state, PowerState.NOSTATE),
+                                           meta))
+        return found
+
+    def list_managed(self) -> dict[str, PowerState]:
+        """{server_id: power state} of every minicloud domain on the host.
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        return {d.server_id: d.state for d in self.list_managed_domains()}
+
+    def state(self, server_id: str) -> PowerState | None:
+        """Power state of a server's domain, or None when it has no managed domain.
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            HypervisorError: libvirt fails.
+        """
+        try:
+            dom = self._lookup(server_id)
+            return _STATES.get(dom.state()[0], PowerState.NOSTATE)
+        except DomainNotFound:
+            return None
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+
+    def observed(self, server_id: str) -> Observed:
+        """The state in the API's vocabulary: running | shutoff | absent | error.
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            HypervisorError: libvirt fails.
+        """
+        st = self.state(server_id)
+        return "absent" if st is None else st.observed
+
+    def domain_xml(self, server_id: str) -> str:
+        """The current XML of a server's domain.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        try:
+            return str(self._lookup(server_id).XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def define(self, spec: ServerSpec, paths: InstancePaths) -> None:
+        """Define (or re-define with the same UUID) the persistent domain of ``spec``.
+
+        Does not start it. The disk, seed and kernel files must exist before ``start``.
+
+        Raises:
+            HypervisorError: libvirt rejects the definition, or a non-minicloud domain already
+                uses this UUID or name.
+        """
+        self._refuse_foreign(spec.server_id)
+        try:
+            self._conn.defineXML(build_domain_xml(spec, paths))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"define {spec.domain_name}: {exc}") from exc
+
+    def redefine(self, spec: ServerSpec, paths: InstancePaths) -> None:
+        """Replace a shut-off domain's definition, e.g. with a resized flavor.
+
+        Raises:
+            DomainNotFound: no managed domain for the server.
+            DomainRunning: the domain is not shut off.
+            HypervisorError: libvirt rejects the definition.
+        """
+        dom = self._lookup(spec.server_id)
+        try:
+            if dom.isActive():
+                raise DomainRunning(f"{spec.domain_name} must be shut off to be redefined")
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+        self.define(spec, paths)
+
+    def start(self, server_id: str) -> bool:
+        """Start a defined domain; return False when it was already running.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt cannot start it (missing file, bad image, ...).
+        """
+        dom = self._lookup(server_id)
+        try:
+            if dom.isActive():
+                return False
+            dom.create()
+            return True
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"start {dom.name()}: {exc}") from exc
+
+    def shutdown(self, server_id: str, timeout: float = 60.0, poll: float = 0.5) -> bool:
+        """Stop a domain: ACPI shutdown, then destroy if still running after ``timeout`` s.
+
+        Returns True when it stopped gracefully (or was already off), False when forced.
+        ``timeout`` 0 destroys at once.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        dom = self._lookup(server_id)
+        try:
+            if not dom.isActive():
+                return True
+            if timeout > 0:
+                # The guest may vanish meanwhile; the destroy below settles any failure.
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.shutdown()
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    if not dom.isActive():
+                        return True
+                    time.sleep(poll)
+            if dom.isActive():
+                dom.destroy()
+            return False
+        except libvirt.libvirtError as exc:
+            if not self._is_active_safe(dom):
+                return False
+            raise HypervisorError(f"shutdown {server_id}: {exc}") from exc
+
+    def reboot(self, server_id: str, hard: bool = False) -> None:
+        """Reboot a domain.
+
+        Soft: an ACPI reboot request to the guest (a shut-off domain is simply started).
+        Hard: power-cycle, i.e. destroy if running and start again from the persistent
+        definition (which also applies a changed definition).
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        dom = self._lookup(server_id)
+        try:
+            if hard:
+                if dom.isActive():
+                    dom.destroy()
+                dom.create()
+            elif dom.isActive():
+                dom.reboot(0)
+            else:
+                dom.create()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"reboot {server_id}: {exc}") from exc
+
+    def destroy_and_undefine(self, server_id: str) -> bool:
+        """Power off and undefine a server's domain; return False when there was none.
+
+        Files are not removed here: call ``InstancePaths.remove()`` after this succeeds.
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            HypervisorError: libvirt fails.
+        """
+        try:
+            dom = self._lookup(server_id)
+        except DomainNotFound:
+            return False
+        try:
+            if dom.isActive():
+                dom.destroy()
+            flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return True
+                dom.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return True
+            raise HypervisorError(f"destroy {server_id}: {exc}") from exc
+        return True
+
+    # -- addresses and console --------------------------------------------------------------
+
+    def addresses(self, server_id: str) -> list[Address]:
+        """IP addresses of a running server from libvirt's DHCP leases (empty when none).
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails for a reason other than "no lease / not running".
+        """
+        dom = self._lookup(server_id)
+        try:
+            if not dom.isActive():
+                return []
+            xml = dom.XMLDesc(0)
+            ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
+                                        libvirt.VIR_ERR_OPERATION_INVALID,
+                                        libvirt.VIR_ERR_NO_DOMAIN):
+                return []
+            raise HypervisorError(f"addresses {server_id}: {exc}") from exc
+        networks = _interface_networks(xml)
+        result = []
+        for iface in (ifaces or {}).values():
+            mac = str(iface.get("hwaddr") or "").lower()
+            for a in iface.get("addrs") or []:
+                version = 6 if a.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV6 else 4
+                result.append(Address(networks.get(mac), mac, str(a["addr"]),
+                                      int(a.get("prefix", 0)), version))
+        return result
+
+    def all_addresses(self) -> dict[str, list[Address]]:
+        """{server_id: addresses} for every running managed domain that has a lease.
+
+        Raises:
+            HypervisorError: libvirt fails.
+        """
+        out: dict[str, list[Address]] = {}
+        for d in self.list_managed_domains():
+            if d.state.observed != "running":
+                continue
+            try:
+                addrs = self.addresses(d.server_id)
+            except DomainNotFound:
+                continue
+            if addrs:
+                out[d.server_id] = addrs
+        return out
+
+    def dhcp_leases(self, network: str) -> dict[str, list[str]]:
+        """{mac: [ip, ...]} from a libvirt network's DHCP leases (empty when unsupported).
+
+        Raises:
+            HypervisorError: the network does not exist or libvirt fails.
+        """
+        try:
+            leases = self._conn.networkLookupByName(network).DHCPLeases()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                return {}
+            raise HypervisorError(f"leases of {network}: {exc}") from exc
+        out: dict[str, list[str]] = {}
+        for lease in leases or []:
+            out.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
+        return out
+
+    def all_domain_names(self) -> list[str]:
+        """Names of every domain on the host, managed or not (read-only, for diagnostics).
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        try:
+            return sorted(str(d.name()) for d in self._conn.listAllDomains(0))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+
+    def console_log_file(self, server_id: str) -> Path | None:
+        """Path of the server's serial console log, from its domain XML.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        path = console_log_path(self.domain_xml(server_id))
+        return Path(path) if path else None
+
+    def console_tail(self, server_id: str, max_bytes: int = 64 * 1024) -> str:
+        """The last ``max_bytes`` bytes of the serial console log, decoded as UTF-8.
+
+        Returns "" when the log does not exist yet (never booted, or a test-driver host).
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        path = self.console_log_file(server_id)
+        return read_tail(path, max_bytes) if path is not None else ""
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _lookup(self, server_id: str) -> Any:
+        """The managed domain of ``server_id``.
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            DomainNotFound: no domain with that UUID, or one without minicloud metadata.
+            HypervisorError: libvirt fails.
+        """
+        sid = canonical_uuid(server_id, "server_id")
+        try:
+            dom = self._conn.lookupByUUIDString(sid)
+            meta = parse_metadata(dom.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise DomainNotFound(sid) from exc
+            raise HypervisorError(str(exc)) from exc
+        if meta is None or meta.server_id != sid:
+            raise ForeignDomain(f"{sid} is not a minicloud domain")
+        return dom
+
+    def _refuse_foreign(self, server_id: str) -> None:
+        """Raise when a domain without minicloud metadata already holds this UUID."""
+        try:
+            self._lookup(server_id)
+        except ForeignDomain as exc:
+            raise HypervisorError(
+                f"a foreign domain already uses UUID {server_id}; not touching it") from exc
+        except DomainNotFound:
+            pass
+
+    @staticmethod
+    def _is_active_safe(dom: Any) -> bool:
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+
+def _interface_networks(domain_xml: str) -> dict[str, str]:
+    """{mac: network name} of a domain's network interfaces."""
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError:
+        return {}
+    out = {}
+    for iface in root.findall("devices/interface"):
+        mac = iface.find("mac")
+        src = iface.find("source")
+        if mac is not None and src is not None and src.get("network"):
+            out[mac.get("address", "").lower()] = src.get("network", "")
+    return out
+
+
+def read_tail(path: Path, max_bytes: int) -> str:
+    """The last ``max_bytes`` bytes of ``path`` as text ("" when missing); invalid UTF-8 is
+    replaced, a character cut at the start is dropped."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except FileNotFoundError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
