@@ -15,11 +15,14 @@ from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import install_error_handlers, problem_response, request_id_var
 from api.identity.routes import router as identity_router
+from api.quotas.routes import router as quotas_router
+from api.server_groups.routes import router as server_groups_router
+from api.servers.routes import router as servers_router
 
 log = logging.getLogger("minicloud.api")
 
 # Every domain's router, in the order they appear in /docs.
-ROUTERS: list[APIRouter] = [identity_router]
+ROUTERS: list[APIRouter] = [identity_router, servers_router, server_groups_router, quotas_router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
