@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.quotas import service
 from api.quotas.schemas import QuotaOut, QuotaUpdate, QuotaValues
+from api.servers.schemas import PathId
 
 router = APIRouter(prefix="/v1", tags=["quotas"])
 
@@ -20,7 +21,7 @@ def _out(session: SessionDep, settings: SettingsDep, project_id: str) -> QuotaOu
 
 
 @router.get("/quotas/{project_id}", response_model=QuotaOut)
-def show_quota(project_id: str, principal: CurrentUser, session: SessionDep,
+def show_quota(project_id: PathId, principal: CurrentUser, session: SessionDep,
                settings: SettingsDep) -> QuotaOut:
     """A project's limits and live usage (own project; admins: any; others 404).
 
@@ -30,7 +31,7 @@ def show_quota(project_id: str, principal: CurrentUser, session: SessionDep,
 
 
 @router.put("/quotas/{project_id}", response_model=QuotaOut)
-def update_quota(project_id: str, body: QuotaUpdate, _: AdminUser, session: SessionDep,
+def update_quota(project_id: PathId, body: QuotaUpdate, _: AdminUser, session: SessionDep,
                  settings: SettingsDep) -> QuotaOut:
     """Set any subset of a project's limits (admin).
 

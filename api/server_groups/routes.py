@@ -11,6 +11,7 @@ from api.deps import CurrentUser, SessionDep, Writer
 from api.models import ServerGroup
 from api.server_groups import service
 from api.server_groups.schemas import ServerGroupCreate, ServerGroupList, ServerGroupOut
+from api.servers.schemas import PathId
 
 router = APIRouter(prefix="/v1", tags=["server groups"])
 
@@ -39,13 +40,13 @@ def list_groups(principal: CurrentUser, session: SessionDep) -> ServerGroupList:
 
 
 @router.get("/server-groups/{group_id}", response_model=ServerGroupOut)
-def show_group(group_id: str, principal: CurrentUser, session: SessionDep) -> ServerGroupOut:
+def show_group(group_id: PathId, principal: CurrentUser, session: SessionDep) -> ServerGroupOut:
     """One server group with its members (404 for other projects' groups)."""
     return _render(session, [service.get_group(session, principal, group_id)])[0]
 
 
 @router.delete("/server-groups/{group_id}", status_code=204)
-def delete_group(group_id: str, principal: Writer, session: SessionDep) -> Response:
+def delete_group(group_id: PathId, principal: Writer, session: SessionDep) -> Response:
     """Delete a server group that has no members (else 409 `server_group_in_use`)."""
     service.delete_group(session, principal, group_id)
     return Response(status_code=204)

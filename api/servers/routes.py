@@ -26,6 +26,8 @@ from api.servers.schemas import (
     Fault,
     FlavorRef,
     ImageRef,
+    MarkerId,
+    PathId,
     ServerAction,
     ServerCreate,
     ServerList,
@@ -96,7 +98,8 @@ def create_server(body: ServerCreate, principal: Writer, session: SessionDep,
 @router.get("/servers", response_model=ServerList,
             description="The project's servers ordered by (created_at, id); DELETED servers "
             "never appear. `name` matches a case-insensitive substring; `status` an exact "
-            "status. Admins may pass `all_projects=true` and `host=<host name>`. Pass "
+            "status. Admins may pass `all_projects=true`, and `host=<host name>` (all projects' "
+            "servers on that host). Pass "
             "`next_marker` as `marker` for the next page; an unknown marker is 400 "
             "`invalid_marker`." + _STATE_MACHINE)
 def list_servers(
@@ -108,7 +111,7 @@ def list_servers(
                                       pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")] = None,
     all_projects: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    marker: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    marker: MarkerId = None,
 ) -> ServerList:
     """List servers, one page at a time."""
     page = service.list_servers(session, principal, status=status, name=name, host=host,
@@ -118,7 +121,7 @@ def list_servers(
 
 
 @router.get("/servers/{server_id}", response_model=ServerOut, description=_STATE_MACHINE)
-def show_server(server_id: str, principal: CurrentUser, session: SessionDep) -> ServerOut:
+def show_server(server_id: PathId, principal: CurrentUser, session: SessionDep) -> ServerOut:
     """One server (404 `server_not_found` for other projects' or deleted servers)."""
     return _render(session, principal, [service.get_server(session, principal, server_id)])[0]
 
@@ -127,7 +130,7 @@ def show_server(server_id: str, principal: CurrentUser, session: SessionDep) -> 
                description="Start deleting a server: DELETING/`deleting` until its agent "
                "confirms, then DELETED. A server with no host is DELETED at once. Deleting a "
                "DELETING server is idempotent (202, nothing changes)." + _STATE_MACHINE)
-def delete_server(server_id: str, principal: Writer, session: SessionDep) -> ServerOut:
+def delete_server(server_id: PathId, principal: Writer, session: SessionDep) -> ServerOut:
     """Delete a server (202)."""
     server = service.delete_server(session, principal, server_id)
     return _render(session, principal, [server])[0]
@@ -137,7 +140,7 @@ def delete_server(server_id: str, principal: Writer, session: SessionDep) -> Ser
              description='`{"action": "start"}`, `{"action": "stop"}` or `{"action": '
              '"reboot", "type": "soft"|"hard"}`. An action the current state does not accept '
              "is 409 `invalid_state`." + _STATE_MACHINE)
-def server_action(server_id: str, body: ServerAction, principal: Writer,
+def server_action(server_id: PathId, body: ServerAction, principal: Writer,
                   session: SessionDep) -> ServerOut:
     """Run an action on a server (202: the agent carries it out)."""
     server = service.act(session, principal, server_id, body)
@@ -145,7 +148,7 @@ def server_action(server_id: str, body: ServerAction, principal: Writer,
 
 
 @router.get("/servers/{server_id}/events", response_model=EventList)
-def server_events(server_id: str, principal: CurrentUser, session: SessionDep) -> EventList:
+def server_events(server_id: PathId, principal: CurrentUser, session: SessionDep) -> EventList:
     """Every accepted request and state change of a server, oldest first."""
     return EventList(events=[
         EventOut(id=e.id, action=e.action, user_id=e.user_id, request_id=e.request_id,

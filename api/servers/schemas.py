@@ -9,11 +9,20 @@ import struct
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from api.fields import STRICT, Name, ShortName
 
 MAX_USER_DATA_BYTES = 64 * 1024
+
+_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+# Ids in paths and markers are checked before they reach SQL: PostgreSQL rejects NUL bytes in
+# text parameters, and nothing legitimate is longer than a UUID.
+PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+"""An object id in a URL path (malformed: 422 ``invalid_input``)."""
+MarkerId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+"""A pagination marker: the id of the last object of the previous page."""
 
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=255,
                                         pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]

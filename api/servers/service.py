@@ -163,7 +163,8 @@ def list_servers(session: Session, principal: Principal, *, status: str | None,
     if (host is not None or all_projects) and not principal.is_admin:
         raise Forbidden("Filtering by host or across projects needs the admin role.",
                         code="admin_required")
-    project_id = None if all_projects else principal.project_id
+    # An admin asking for a host's servers means all of them, whichever project owns them.
+    project_id = None if all_projects or host is not None else principal.project_id
     after = None
     if marker is not None:
         # Deleted servers remain valid markers, so a delete between pages skips nothing.

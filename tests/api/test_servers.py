@@ -234,8 +234,11 @@ def test_admin_lists_all_projects_and_by_host_and_sees_host_names(
     set_server_state(database_url, sb, host_id=host["id"], status="ACTIVE", task_state=None)
     r = client.get(f"/v1/servers?all_projects=true&name={tag}", headers=admin)
     assert [s["id"] for s in r.json()["servers"]] == [sa, sb]
-    r = client.get(f"/v1/servers?all_projects=true&host={host['name']}", headers=admin)
-    assert [(s["id"], s["host"]) for s in r.json()["servers"]] == [(sb, host["name"])]
+    for query in (f"all_projects=true&host={host['name']}", f"host={host['name']}"):
+        r = client.get(f"/v1/servers?{query}", headers=admin)
+        assert [(s["id"], s["host"]) for s in r.json()["servers"]] == [(sb, host["name"])]
+    assert client.get("/v1/servers?host=no-such-host", headers=admin).json() == {
+        "servers": [], "next_marker": None}
     assert client.get(f"/v1/servers/{sb}", headers=b.headers).json()["host"] is None
     assert client.get(f"/v1/servers/{sb}", headers=admin).json()["host"] == host["name"]
     for query in ("all_projects=true", f"host={host['name']}"):
@@ -398,3 +401,16 @@ def test_unauthenticated_requests_are_401(client: TestClient) -> None:
     for method, url in (("GET", "/v1/servers"), ("POST", "/v1/servers"),
                         ("GET", "/v1/servers/x"), ("DELETE", "/v1/servers/x")):
         problem(client.request(method, url, json={}), 401, "missing_token")
+
+
+def test_malformed_ids_in_paths_and_markers_are_422_never_500(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # PostgreSQL rejects NUL bytes in text parameters: they must be stopped before SQL.
+    for url in ("/v1/servers/%00", "/v1/servers/a%00/events", "/v1/servers?marker=%00",
+                f"/v1/servers/{'x' * 10_000}", "/v1/quotas/%00", "/v1/server-groups/%00",
+                "/v1/servers?host=%00"):
+        problem(client.get(url, headers=admin), 422, "invalid_input")
+    problem(client.post("/v1/servers/%00/actions", json={"action": "stop"}, headers=admin),
+            422, "invalid_input")
+    problem(client.delete("/v1/server-groups/a%01b", headers=admin), 422, "invalid_input")
