@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentUser, Principal, SessionDep, SettingsDep, Writer
+from api.errors import Conflict
 from api.models import Flavor, Host, Image, Server
 from api.servers import repository, service
 from api.servers.schemas import (
@@ -139,11 +140,17 @@ def delete_server(server_id: PathId, principal: Writer, session: SessionDep) -> 
 @router.post("/servers/{server_id}/actions", status_code=202, response_model=ServerOut,
              description='`{"action": "start"}`, `{"action": "stop"}` or `{"action": '
              '"reboot", "type": "soft"|"hard"}`. An action the current state does not accept '
-             "is 409 `invalid_state`." + _STATE_MACHINE)
+             "is 409 `invalid_state` (and an `error` event)." + _STATE_MACHINE)
 def server_action(server_id: PathId, body: ServerAction, principal: Writer,
-                  session: SessionDep) -> ServerOut:
+                  session: SessionDep, request: Request) -> ServerOut:
     """Run an action on a server (202: the agent carries it out)."""
-    server = service.act(session, principal, server_id, body)
+    try:
+        server = service.act(session, principal, server_id, body)
+    except Conflict as exc:
+        # The refusal belongs in the server's history too (result "error").
+        service.record_rejection(request.app.state.sessionmaker, principal, server_id,
+                                 body.action, exc)
+        raise
     return _render(session, principal, [server])[0]
 
 

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
-from api.db import utcnow
+from api.db import session_scope, utcnow
 from api.deps import Principal
 from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, request_id_var
 from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
@@ -249,6 +249,20 @@ def act(session: Session, principal: Principal, server_id: str,
     record_event(session, server, action.action, user_id=principal.user_id, result=ACCEPTED,
                  details=details)
     return server
+
+
+def record_rejection(factory: sessionmaker[Session], principal: Principal, server_id: str,
+                     action: str, error: DomainError) -> None:
+    """Record a refused request (e.g. 409 ``invalid_state``) as an ``error`` event.
+
+    Runs its own unit of work, because the request's unit of work rolls back with the error.
+    Only for a server the caller may see: nothing is recorded for other projects' ids.
+    """
+    for session in session_scope(factory):
+        server = repository.get_server(session, server_id, _scope(principal))
+        if server is not None:
+            record_event(session, server, action, user_id=principal.user_id, result=ERROR,
+                         message=error.detail, details={"code": error.code})
 
 
 def list_events(session: Session, principal: Principal, server_id: str) -> Sequence[ServerEvent]:

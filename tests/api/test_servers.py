@@ -330,10 +330,15 @@ def test_actions_follow_the_state_machine(
     problem(act(client, acct, sid, action="reboot", type="hard"), 409, "invalid_state")
 
     events = client.get(f"/v1/servers/{sid}/events", headers=acct.headers).json()["events"]
-    assert [(e["action"], e["details"]) for e in events] == [
+    accepted = [(e["action"], e["details"]) for e in events if e["result"] == "accepted"]
+    assert accepted == [
         ("create", events[0]["details"]), ("stop", {}), ("start", {}),
         ("reboot", {"type": "soft"}), ("reboot", {"type": "hard"})]
-    assert all(e["result"] == "accepted" and e["request_id"] for e in events)
+    # Every refusal is in the history too, in order, with its code.
+    refused = [(e["action"], e["details"]) for e in events if e["result"] == "error"]
+    assert refused == [(a, {"code": "invalid_state"}) for a in (
+        "stop", "start", "reboot", "start", "reboot", "stop", "reboot", "reboot", "reboot")]
+    assert all(e["request_id"] and e["user_id"] == acct.user_id for e in events)
 
 
 def test_bad_action_bodies_are_422(
@@ -374,6 +379,8 @@ def test_another_project_gets_404_on_every_read_and_action(
     assert sid not in server_ids(client, b)
     shown = client.get(f"/v1/servers/{sid}", headers=a.headers).json()
     assert (shown["status"], shown["task_state"]) == ("ACTIVE", None)  # untouched
+    events = client.get(f"/v1/servers/{sid}/events", headers=a.headers).json()["events"]
+    assert [e["action"] for e in events] == ["create"]
 
 
 def test_readers_read_but_never_write(
