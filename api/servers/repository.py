@@ -89,6 +89,12 @@ def delete_allocations(session: Session, server_id: str) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
+def last_event_at(session: Session, server_id: str) -> datetime | None:
+    """When the server's newest event was recorded."""
+    return session.scalar(select(func.max(ServerEvent.created_at))
+                          .where(ServerEvent.server_id == server_id))
+
+
 def events(session: Session, server_id: str) -> Sequence[ServerEvent]:
     """The server's events, oldest first."""
     return session.scalars(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,10 +35,16 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
     unit of work as the change it describes.
     """
     rid = request_id_var.get()
+    # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
+    # strictly increasing so "oldest first" is the order in which they were recorded.
+    at = utcnow()
+    last = repository.last_event_at(session, server.id)
+    if last is not None and at <= last:
+        at = last + timedelta(microseconds=1)
     event = ServerEvent(
         server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
         request_id=None if rid == "-" else rid, result=result, message=message,
-        details=details or {}, created_at=utcnow(),
+        details=details or {}, created_at=at,
     )
     session.add(event)
     session.flush()
