@@ -1,0 +1,44 @@
+"""Quota queries: the project lock, live usage and stored limits (flush only)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from api.models import Project, Quota, Server
+
+
+def lock_project(session: Session, project_id: str) -> bool:
+    """Serialize quota-checked writes of one project; False when the project does not exist.
+
+    ``UPDATE projects SET generation = generation + 1 WHERE id = :id`` is the first write of the
+    unit of work: on SQLite it begins the transaction and takes the database write lock, on
+    PostgreSQL it takes the project's row lock. Either way a second create of the same project
+    waits here until the first commits, then counts usage that includes the first's server.
+    """
+    result = session.execute(
+        update(Project).where(Project.id == project_id)
+        .values(generation=Project.generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def usage(session: Session, project_id: str) -> dict[str, int]:
+    """What the project holds now: its servers not yet deleted (DELETING still holds)."""
+    row = session.execute(
+        select(
+            func.count(Server.id),
+            func.coalesce(func.sum(Server.vcpus), 0),
+            func.coalesce(func.sum(Server.ram_mb), 0),
+            func.coalesce(func.sum(Server.disk_gb), 0),
+        ).where(Server.project_id == project_id, Server.deleted_at.is_(None))
+    ).one()
+    return {"instances": int(row[0]), "vcpus": int(row[1]), "ram_mb": int(row[2]),
+            "disk_gb": int(row[3])}
+
+
+def stored_limits(session: Session, project_id: str) -> dict[str, Quota]:
+    """The project's quota rows by resource (absent resources use the defaults)."""
+    rows = session.scalars(select(Quota).where(Quota.project_id == project_id)).all()
+    return {q.resource: q for q in rows}

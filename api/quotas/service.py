@@ -1,0 +1,94 @@
+"""Quota rules: limits (stored or default), live usage, and the atomic check.
+
+Usage is never a counter: it is computed from what the project holds (servers with
+``deleted_at IS NULL``), so it cannot drift. Atomicity comes from ``lock_project``: every
+quota-checked write first locks the project, then counts, then inserts, in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlalchemy.orm import Session
+
+from api.config import Settings
+from api.deps import Principal
+from api.errors import NotFound, QuotaExceeded
+from api.models import Project, Quota
+from api.models.servers import QUOTA_RESOURCES
+from api.quotas import repository
+
+
+def default_limits(settings: Settings) -> dict[str, int]:
+    """The configured limits of a project without quota rows."""
+    return {
+        "instances": settings.default_quota_instances,
+        "vcpus": settings.default_quota_vcpus,
+        "ram_mb": settings.default_quota_ram_mb,
+        "disk_gb": settings.default_quota_disk_gb,
+    }
+
+
+def limits(session: Session, settings: Settings, project_id: str) -> dict[str, int]:
+    """The project's effective limits: stored rows over the configured defaults."""
+    effective = default_limits(settings)
+    for resource, row in repository.stored_limits(session, project_id).items():
+        if resource in effective:
+            effective[resource] = row.limit
+    return effective
+
+
+def usage(session: Session, project_id: str) -> dict[str, int]:
+    """What the project uses now, computed live."""
+    return repository.usage(session, project_id)
+
+
+def visible_project(session: Session, principal: Principal, project_id: str) -> Project:
+    """The project if the caller may see its quota; raises NotFound (also for others')."""
+    project = session.get(Project, project_id)
+    if project is None or (not principal.is_admin and project.id != principal.project_id):
+        raise NotFound("No such project.", code="project_not_found")
+    return project
+
+
+def lock_and_check(session: Session, settings: Settings, project_id: str,
+                   requested: Mapping[str, int]) -> None:
+    """Lock the project, then verify that ``requested`` fits within its limits.
+
+    Must be the first write of the unit of work, and the caller must insert what it
+    requested before the unit of work commits. Raises NotFound when the project is gone and
+    QuotaExceeded (naming resource, requested, used and limit) when something does not fit.
+    """
+    if not repository.lock_project(session, project_id):
+        raise NotFound("No such project.", code="project_not_found")
+    used = repository.usage(session, project_id)
+    limit = limits(session, settings, project_id)
+    for resource in QUOTA_RESOURCES:
+        want = requested.get(resource, 0)
+        if want and used[resource] + want > limit[resource]:
+            raise QuotaExceeded(
+                f"Quota exceeded for {resource}: requested {want}, used {used[resource]}, "
+                f"limit {limit[resource]}.",
+                resource=resource, requested=want, used=used[resource], limit=limit[resource],
+            )
+
+
+def set_limits(session: Session, project_id: str, changes: Mapping[str, int]) -> None:
+    """Store new limits for some resources of a project.
+
+    A limit below current usage is accepted: nothing running is touched, but the next
+    create that needs that resource fails with ``quota_exceeded``. Raises NotFound for an
+    unknown project.
+    """
+    # Serializes with creates of the same project (and with a concurrent PUT, so two first
+    # writes of the same resource cannot both insert a row).
+    if not repository.lock_project(session, project_id):
+        raise NotFound("No such project.", code="project_not_found")
+    stored = repository.stored_limits(session, project_id)
+    for resource, value in changes.items():
+        row = stored.get(resource)
+        if row is None:
+            session.add(Quota(project_id=project_id, resource=resource, limit=value))
+        else:
+            row.limit = value
+    session.flush()

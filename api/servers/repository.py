@@ -1,0 +1,103 @@
+"""Server, flavor/image lookup and event queries (flush only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from api.models import Allocation, Flavor, FlavorAccess, Host, Image, Server, ServerEvent
+
+
+def visible_flavor(session: Session, ref: str, project_id: str | None) -> Flavor | None:
+    """A flavor by id or name that ``project_id`` may use (None: any, for admins)."""
+    query = select(Flavor).where(or_(Flavor.id == ref, Flavor.name == ref))
+    if project_id is not None:
+        shared = exists().where(FlavorAccess.flavor_id == Flavor.id,
+                                FlavorAccess.project_id == project_id)
+        query = query.where(or_(Flavor.is_public.is_(True), shared))
+    return session.scalars(query.order_by(Flavor.id)).first()
+
+
+def visible_images(session: Session, ref: str, project_id: str | None) -> Sequence[Image]:
+    """Images with id ``ref``, else named ``ref``, that ``project_id`` may use (None: any).
+
+    At most two by name are returned: enough for the caller to tell "ambiguous".
+    """
+    visible = [] if project_id is None else [
+        or_(Image.visibility == "public", Image.project_id == project_id)]
+    by_id = session.scalars(select(Image).where(Image.id == ref, *visible)).all()
+    if by_id:
+        return by_id
+    return session.scalars(
+        select(Image).where(Image.name == ref, *visible).order_by(Image.id).limit(2)).all()
+
+
+def get_server(session: Session, server_id: str, project_id: str | None,
+               include_deleted: bool = False) -> Server | None:
+    """A server by id, within a project (None: any project)."""
+    query = select(Server).where(Server.id == server_id)
+    if project_id is not None:
+        query = query.where(Server.project_id == project_id)
+    if not include_deleted:
+        query = query.where(Server.deleted_at.is_(None))
+    return session.scalar(query)
+
+
+def host_id_by_name(session: Session, name: str) -> str | None:
+    """The id of the host called ``name``."""
+    return session.scalar(select(Host.id).where(Host.name == name))
+
+
+def list_servers(session: Session, *, project_id: str | None, status: str | None,
+                 name: str | None, host_id: str | None,
+                 after: tuple[datetime, str] | None, limit: int) -> Sequence[Server]:
+    """Non-deleted servers ordered by (created_at, id), starting after the ``after`` key."""
+    query = select(Server).where(Server.deleted_at.is_(None))
+    if project_id is not None:
+        query = query.where(Server.project_id == project_id)
+    if status is not None:
+        query = query.where(Server.status == status)
+    if name is not None:
+        # Case-insensitive substring, the same on SQLite and PostgreSQL.
+        query = query.where(func.lower(Server.name).contains(name.lower(), autoescape=True))
+    if host_id is not None:
+        query = query.where(Server.host_id == host_id)
+    if after is not None:
+        created, sid = after
+        query = query.where(or_(Server.created_at > created,
+                                and_(Server.created_at == created, Server.id > sid)))
+    return session.scalars(query.order_by(Server.created_at, Server.id).limit(limit)).all()
+
+
+def names_by_id(session: Session, model: type[Flavor] | type[Image] | type[Host],
+                ids: Iterable[str | None]) -> dict[str, str]:
+    """id -> name for the given rows of one table."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = session.execute(select(model.id, model.name).where(model.id.in_(wanted))).all()
+    return {row[0]: row[1] for row in rows}
+
+
+def delete_allocations(session: Session, server_id: str) -> int:
+    """Free everything the server holds on its host; returns how many rows went."""
+    result = session.execute(delete(Allocation).where(Allocation.server_id == server_id)
+                             .execution_options(synchronize_session=False))
+    return int(getattr(result, "rowcount", 0))
+
+
+def last_event_at(session: Session, server_id: str) -> datetime | None:
+    """When the server's newest event was recorded."""
+    return session.scalar(select(func.max(ServerEvent.created_at))
+                          .where(ServerEvent.server_id == server_id))
+
+
+def events(session: Session, server_id: str) -> Sequence[ServerEvent]:
+    """The server's events, oldest first."""
+    return session.scalars(
+        select(ServerEvent).where(ServerEvent.server_id == server_id)
+        .order_by(ServerEvent.created_at, ServerEvent.id)
+    ).all()

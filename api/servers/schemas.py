@@ -1,0 +1,185 @@
+"""Server request and response models."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Path, Query
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+from api.fields import STRICT, Name, ShortName
+
+MAX_USER_DATA_BYTES = 64 * 1024
+
+_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+# Ids in paths and markers are checked before they reach SQL: PostgreSQL rejects NUL bytes in
+# text parameters, and nothing legitimate is longer than a UUID.
+PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+"""An object id in a URL path (malformed: 422 ``invalid_input``)."""
+MarkerId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+"""A pagination marker: the id of the last object of the previous page."""
+
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=255,
+                                        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+"""A reference to a flavor, image or server group: its id or its name."""
+
+_KEY_TYPES = frozenset({
+    "ssh-rsa", "ssh-dss", "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})
+_KEY_LINE = re.compile(
+    r"^(?P<type>[a-z0-9@.-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})(?: [^\x00-\x1f\x7f]*)?$")
+
+
+def _ssh_public_key(value: str) -> str:
+    """Accept one OpenSSH public key line whose blob names the same key type."""
+    line = value.strip()
+    match = _KEY_LINE.match(line)
+    if match is None or match["type"] not in _KEY_TYPES:
+        raise ValueError("must be an OpenSSH public key line: '<type> <base64> [comment]'")
+    try:
+        blob = base64.b64decode(match["blob"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the key's base64 part does not decode") from None
+    # The blob starts with the key type as an SSH string (4-byte big-endian length + bytes).
+    if len(blob) < 4:
+        raise ValueError("the key blob is too short")
+    (length,) = struct.unpack(">I", blob[:4])
+    if blob[4:4 + length] != match["type"].encode():
+        raise ValueError("the key blob does not match its type")
+    return line
+
+
+def _user_data(value: str) -> str:
+    """Accept base64 or plain text up to 64 KiB of content; no NUL characters."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        size = len(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        size = len(value.encode())  # plain text
+    if size > MAX_USER_DATA_BYTES:
+        raise ValueError(f"must be at most {MAX_USER_DATA_BYTES} bytes after decoding")
+    return value
+
+
+SshPublicKey = Annotated[str, StringConstraints(min_length=1, max_length=16384),
+                         AfterValidator(_ssh_public_key)]
+UserData = Annotated[str, StringConstraints(max_length=MAX_USER_DATA_BYTES * 4 // 3 + 4),
+                     AfterValidator(_user_data)]
+
+
+class ServerCreate(BaseModel):
+    """A new server: a name, a flavor and an image (each by id or name), and options."""
+
+    model_config = STRICT
+    name: Name
+    flavor: Ref
+    image: Ref
+    user_data: UserData | None = Field(
+        default=None, description="cloud-init user data, base64 or plain text, <= 64 KiB")
+    key_data: SshPublicKey | None = Field(default=None, description="an OpenSSH public key")
+    server_group: Ref | None = Field(default=None, description="own project's group (id)")
+    availability_zone: ShortName | None = None
+
+
+class StartAction(BaseModel):
+    """Power a SHUTOFF server on."""
+
+    model_config = STRICT
+    action: Literal["start"]
+
+
+class StopAction(BaseModel):
+    """Power an ACTIVE server off."""
+
+    model_config = STRICT
+    action: Literal["stop"]
+
+
+class RebootAction(BaseModel):
+    """Reboot an ACTIVE server: soft (ACPI) or hard (reset); hard may override a soft one."""
+
+    model_config = STRICT
+    action: Literal["reboot"]
+    type: Literal["soft", "hard"] = "soft"
+
+
+ServerAction = Annotated[StartAction | StopAction | RebootAction,
+                         Field(discriminator="action")]
+
+
+class FlavorRef(BaseModel):
+    """The flavor a server was built from, with the sizes copied at create time."""
+
+    id: str
+    name: str | None
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+class ImageRef(BaseModel):
+    """The image a server was built from."""
+
+    id: str
+    name: str | None
+
+
+class Fault(BaseModel):
+    """Why a server is in ERROR."""
+
+    code: str
+    message: str
+
+
+class ServerOut(BaseModel):
+    """A server as its project sees it (``host`` is shown to admins only)."""
+
+    id: str
+    name: str
+    project_id: str
+    user_id: str
+    status: str
+    task_state: str | None
+    power_state: str | None
+    flavor: FlavorRef
+    image: ImageRef
+    host: str | None
+    availability_zone: str | None
+    server_group_id: str | None
+    addresses: list[Any]
+    fault: Fault | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ServerList(BaseModel):
+    """One page of servers; pass ``next_marker`` as ``marker`` for the next (null: last page)."""
+
+    servers: list[ServerOut]
+    next_marker: str | None
+
+
+class EventOut(BaseModel):
+    """One request or state change of a server."""
+
+    id: str
+    action: str
+    user_id: str | None
+    request_id: str | None
+    result: str
+    message: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    """A server's events, oldest first."""
+
+    events: list[EventOut]

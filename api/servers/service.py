@@ -1,0 +1,278 @@
+"""Server rules: create (quota + placement), list, show, delete, actions and events.
+
+The state machine lives in ``api.servers.states``; this module only applies it. Every change
+of desired state bumps ``servers.generation`` (agents long-poll on it) and records an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.config import Settings
+from api.db import session_scope, utcnow
+from api.deps import Principal
+from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, request_id_var
+from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
+from api.quotas import service as quotas
+from api.servers import placement, repository, states
+from api.servers.schemas import RebootAction, ServerAction, ServerCreate
+
+ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
+
+
+def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
+                 result: str, message: str = "",
+                 details: dict[str, Any] | None = None) -> ServerEvent:
+    """Append one event to the server's history, tagged with the current request id.
+
+    ``result`` is ``accepted`` (a request that started a transition), ``success`` or ``error``
+    (how a transition ended). Call it from any module (agent endpoints, scheduler) in the same
+    unit of work as the change it describes.
+    """
+    rid = request_id_var.get()
+    # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
+    # strictly increasing so "oldest first" is the order in which they were recorded.
+    at = utcnow()
+    last = repository.last_event_at(session, server.id)
+    if last is not None and at <= last:
+        at = last + timedelta(microseconds=1)
+    event = ServerEvent(
+        server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
+        request_id=None if rid == "-" else rid, result=result, message=message,
+        details=details or {}, created_at=at,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def _scope(principal: Principal) -> str | None:
+    """The project a caller is confined to (None: admins see every project)."""
+    return None if principal.is_admin else principal.project_id
+
+
+def get_server(session: Session, principal: Principal, server_id: str) -> Server:
+    """A server the caller may see; raises NotFound for other projects' and deleted ones."""
+    server = repository.get_server(session, server_id, _scope(principal))
+    if server is None:
+        raise NotFound("No such server.", code="server_not_found")
+    return server
+
+
+def _resolve_flavor(session: Session, principal: Principal, ref: str) -> Flavor:
+    flavor = repository.visible_flavor(session, ref, _scope(principal))
+    if flavor is None:
+        raise NotFound(f"No flavor {ref!r} is available to this project.",
+                       code="flavor_not_found")
+    return flavor
+
+
+def _resolve_image(session: Session, principal: Principal, ref: str) -> Image:
+    found = repository.visible_images(session, ref, _scope(principal))
+    if not found:
+        raise NotFound(f"No image {ref!r} is available to this project.",
+                       code="image_not_found")
+    if len(found) > 1:
+        raise Conflict(f"More than one image is named {ref!r}; use its id.",
+                       code="image_name_ambiguous")
+    return found[0]
+
+
+def _resolve_group(session: Session, project_id: str, ref: str) -> ServerGroup:
+    group = session.get(ServerGroup, ref)
+    if group is None or group.project_id != project_id:
+        raise NotFound("No such server group.", code="server_group_not_found")
+    return group
+
+
+def create_server(session: Session, settings: Settings, principal: Principal,
+                  body: ServerCreate) -> Server:
+    """Create a server in BUILD, within quota, in one unit of work.
+
+    Order matters: (1) validate references without writing; (2) lock the project and check
+    the quota against live usage; (3) insert the server with the flavor's sizes copied;
+    (4) placement (``placement.place``: the scheduler's claim); (5) record the event.
+    Raises NotFound (flavor, image, server group), Conflict ``image_not_active`` /
+    ``image_name_ambiguous``, InvalidInput ``flavor_too_small`` and QuotaExceeded; any error
+    rolls everything back, so nothing is written.
+    """
+    flavor = _resolve_flavor(session, principal, body.flavor)
+    image = _resolve_image(session, principal, body.image)
+    if image.status != "active":
+        raise Conflict(f"Image {image.id} is {image.status}, not active.",
+                       code="image_not_active", image_status=image.status)
+    if flavor.disk_gb < image.min_disk or flavor.ram_mb < image.min_ram:
+        raise InvalidInput(
+            f"Flavor {flavor.name} ({flavor.ram_mb} MB RAM, {flavor.disk_gb} GB disk) is "
+            f"smaller than image {image.id} needs ({image.min_ram} MB, {image.min_disk} GB).",
+            code="flavor_too_small")
+
+    requested = {"instances": 1, "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
+                 "disk_gb": flavor.disk_gb}
+    quotas.lock_and_check(session, settings, principal.project_id, requested)
+    # Resolved under the project lock: a concurrent group delete cannot slip in between.
+    group = (_resolve_group(session, principal.project_id, body.server_group)
+             if body.server_group is not None else None)
+
+    server = Server(
+        project_id=principal.project_id, user_id=principal.user_id, name=body.name,
+        flavor_id=flavor.id, vcpus=flavor.vcpus, ram_mb=flavor.ram_mb,
+        disk_gb=flavor.disk_gb, image_id=image.id, status=states.BUILD,
+        task_state=states.SCHEDULING, availability_zone=body.availability_zone,
+        server_group_id=group.id if group else None, user_data=body.user_data,
+        key_data=body.key_data, addresses=[], generation=1,
+    )
+    session.add(server)
+    session.flush()
+
+    # Placement step: the scheduler claims a host here, inside the same transaction.
+    spec = placement.PlacementSpec(
+        server_id=server.id, project_id=server.project_id, request_id=request_id_var.get(),
+        vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb,
+        flavor_extra_specs=dict(flavor.extra_specs or {}),
+        image_properties=dict(image.properties or {}),
+        availability_zone=server.availability_zone, server_group_id=server.server_group_id,
+        server_group_policy=group.policy if group else None,
+    )
+    placed = placement.place(session, settings, spec)
+    if placed is not None:
+        server.host_id = placed.host_id
+        server.task_state = states.SPAWNING
+        server.generation += 1
+    session.flush()
+    record_event(session, server, "create", user_id=principal.user_id, result=ACCEPTED,
+                 details={"flavor": flavor.name, "image": image.id,
+                          "host_id": server.host_id})
+    return server
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of servers and the marker of the next page (None: last page)."""
+
+    servers: Sequence[Server]
+    next_marker: str | None
+
+
+def list_servers(session: Session, principal: Principal, *, status: str | None,
+                 name: str | None, host: str | None, all_projects: bool, limit: int,
+                 marker: str | None) -> Page:
+    """A page of the caller's servers, ordered by (created_at, id), DELETED never included.
+
+    Raises Forbidden ``admin_required`` for ``host``/``all_projects`` from non-admins and
+    DomainError ``invalid_marker`` (400) for a marker that names no server in scope.
+    """
+    if (host is not None or all_projects) and not principal.is_admin:
+        raise Forbidden("Filtering by host or across projects needs the admin role.",
+                        code="admin_required")
+    # An admin asking for a host's servers means all of them, whichever project owns them.
+    project_id = None if all_projects or host is not None else principal.project_id
+    after = None
+    if marker is not None:
+        # Deleted servers remain valid markers, so a delete between pages skips nothing.
+        mark = repository.get_server(session, marker, project_id, include_deleted=True)
+        if mark is None:
+            raise DomainError("The marker is not a server of this listing.",
+                              code="invalid_marker")
+        after = (mark.created_at, mark.id)
+    host_id = None
+    if host is not None:
+        host_id = repository.host_id_by_name(session, host)
+        if host_id is None:
+            return Page([], None)
+    rows = repository.list_servers(session, project_id=project_id, status=status, name=name,
+                                   host_id=host_id, after=after, limit=limit + 1)
+    if len(rows) > limit:
+        return Page(rows[:limit], rows[limit - 1].id)
+    return Page(rows, None)
+
+
+def mark_deleted(session: Session, server: Server, *, user_id: str | None,
+                 message: str = "") -> None:
+    """Finish a delete: DELETED, ``deleted_at`` set, allocations freed, one ``success`` event.
+
+    Call it when nothing holds the server any more (no host, or its agent confirmed the
+    domain and disks are gone). Frees quota at once: usage counts ``deleted_at IS NULL``.
+    """
+    server.status, server.task_state = states.DELETED, None
+    server.deleted_at = utcnow()
+    server.generation += 1
+    freed = repository.delete_allocations(session, server.id)
+    session.flush()
+    record_event(session, server, "delete", user_id=user_id, result=SUCCESS,
+                 message=message or "deleted", details={"allocations_freed": freed})
+
+
+def delete_server(session: Session, principal: Principal, server_id: str) -> Server:
+    """Start deleting a server (any status); raises NotFound.
+
+    A placed server goes to DELETING/``deleting`` and its agent removes it. A server with no
+    host is DELETED at once (nothing holds it). Deleting a DELETING server is idempotent: it
+    answers 202 again and changes nothing.
+    """
+    server = get_server(session, principal, server_id)
+    if server.status == states.DELETING:
+        return server
+    if server.host_id is None:
+        mark_deleted(session, server, user_id=principal.user_id,
+                     message="deleted at once: no host held it")
+        return server
+    server.status, server.task_state = states.DELETING, states.DELETING_TASK
+    server.generation += 1
+    session.flush()
+    record_event(session, server, "delete", user_id=principal.user_id, result=ACCEPTED)
+    return server
+
+
+def act(session: Session, principal: Principal, server_id: str,
+        action: ServerAction) -> Server:
+    """Apply start, stop or reboot per the state machine; raises NotFound, Conflict.
+
+    An action the current state does not accept (see ``states.ALLOWED``; a transition in
+    flight blocks others, except a hard reboot over a soft one) is 409 ``invalid_state``
+    carrying the current ``server_status`` and ``task_state``.
+    """
+    server = get_server(session, principal, server_id)
+    reboot_type = action.type if isinstance(action, RebootAction) else "soft"
+    allowed = states.action_allowed(server.status, server.task_state, action.action)
+    if server.status == states.REBOOT and reboot_type != "hard":
+        allowed = False  # only a hard reboot may override a soft one in flight
+    if not allowed:
+        raise Conflict(
+            f"Cannot {action.action} a server in {server.status}"
+            f"{'/' + server.task_state if server.task_state else ''}.",
+            code="invalid_state", server_status=server.status, task_state=server.task_state,
+            action=action.action)
+    move = states.on_action(server.status, action.action, reboot_type)
+    server.status, server.task_state = move.status, move.task_state
+    server.generation += 1
+    session.flush()
+    details = {"type": reboot_type} if isinstance(action, RebootAction) else {}
+    record_event(session, server, action.action, user_id=principal.user_id, result=ACCEPTED,
+                 details=details)
+    return server
+
+
+def record_rejection(factory: sessionmaker[Session], principal: Principal, server_id: str,
+                     action: str, error: DomainError) -> None:
+    """Record a refused request (e.g. 409 ``invalid_state``) as an ``error`` event.
+
+    Runs its own unit of work, because the request's unit of work rolls back with the error.
+    Only for a server the caller may see: nothing is recorded for other projects' ids.
+    """
+    for session in session_scope(factory):
+        server = repository.get_server(session, server_id, _scope(principal))
+        if server is not None:
+            record_event(session, server, action, user_id=principal.user_id, result=ERROR,
+                         message=error.detail, details={"code": error.code})
+
+
+def list_events(session: Session, principal: Principal, server_id: str) -> Sequence[ServerEvent]:
+    """The server's events, oldest first; raises NotFound."""
+    server = get_server(session, principal, server_id)
+    return repository.events(session, server.id)
