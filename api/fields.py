@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import Path
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 # Printable text only: no control characters (C0, DEL, C1), no leading/trailing blanks.
@@ -36,3 +37,9 @@ Count = Annotated[int, Field(ge=0, le=1_000_000)]
 
 STRICT = ConfigDict(extra="forbid", strict=False)
 """Request models reject unknown fields so typos do not pass silently."""
+
+# Ids in paths are checked before they reach SQL: PostgreSQL rejects NUL bytes in text
+# parameters, and nothing legitimate is longer than a UUID.
+ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+"""An object id in a URL path (malformed: 422 ``invalid_input``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, Writer
+from api.fields import PathId
 from api.identity import repository, service
 from api.identity.schemas import (
     AppCredentialCreate,
@@ -76,20 +77,21 @@ def list_projects(principal: CurrentUser, session: SessionDep) -> list[ProjectOu
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
-def show_project(project_id: str, principal: CurrentUser, session: SessionDep) -> ProjectOut:
+def show_project(project_id: PathId, principal: CurrentUser, session: SessionDep) -> ProjectOut:
     """One project (admins: any; others: their own, else 404)."""
     return ProjectOut.model_validate(service.get_project(session, principal, project_id))
 
 
 @router.delete("/projects/{project_id}", status_code=204, tags=["projects"])
-def delete_project(project_id: str, principal: AdminUser, session: SessionDep) -> Response:
+def delete_project(project_id: PathId, principal: AdminUser, session: SessionDep) -> Response:
     """Delete a project that holds no servers (admin)."""
     service.delete_project(session, principal, project_id)
     return Response(status_code=204)
 
 
 @router.get("/projects/{project_id}/members", response_model=list[MemberOut], tags=["projects"])
-def list_members(project_id: str, principal: CurrentUser, session: SessionDep) -> list[MemberOut]:
+def list_members(project_id: PathId, principal: CurrentUser,
+                 session: SessionDep) -> list[MemberOut]:
     """Users with a role on the project."""
     project = service.get_project(session, principal, project_id)
     return [
@@ -100,7 +102,7 @@ def list_members(project_id: str, principal: CurrentUser, session: SessionDep) -
 
 @router.put("/projects/{project_id}/members/{user_id}", response_model=MemberOut,
             tags=["projects"])
-def set_member(project_id: str, user_id: str, body: RoleSet, _: AdminUser,
+def set_member(project_id: PathId, user_id: PathId, body: RoleSet, _: AdminUser,
                session: SessionDep) -> MemberOut:
     """Give a user a role on a project (admin)."""
     a = service.set_role(session, project_id, user_id, body.role)
@@ -110,7 +112,8 @@ def set_member(project_id: str, user_id: str, body: RoleSet, _: AdminUser,
 
 
 @router.delete("/projects/{project_id}/members/{user_id}", status_code=204, tags=["projects"])
-def remove_member(project_id: str, user_id: str, _: AdminUser, session: SessionDep) -> Response:
+def remove_member(project_id: PathId, user_id: PathId, _: AdminUser,
+                  session: SessionDep) -> Response:
     """Take a user's role on a project away (admin)."""
     service.remove_role(session, project_id, user_id)
     return Response(status_code=204)
@@ -130,13 +133,13 @@ def list_users(_: AdminUser, session: SessionDep) -> list[UserOut]:
 
 
 @router.get("/users/{user_id}", response_model=UserOut, tags=["users"])
-def show_user(user_id: str, _: AdminUser, session: SessionDep) -> UserOut:
+def show_user(user_id: PathId, _: AdminUser, session: SessionDep) -> UserOut:
     """One user (admin)."""
     return UserOut.model_validate(service.get_user(session, user_id))
 
 
 @router.delete("/users/{user_id}", status_code=204, tags=["users"])
-def delete_user(user_id: str, principal: AdminUser, session: SessionDep) -> Response:
+def delete_user(user_id: PathId, principal: AdminUser, session: SessionDep) -> Response:
     """Delete a user and their credentials (admin)."""
     user = service.get_user(session, user_id)
     if user.id == principal.user_id:
@@ -169,7 +172,7 @@ def list_app_credentials(principal: CurrentUser, session: SessionDep) -> list[Ap
 
 
 @router.delete("/application-credentials/{cred_id}", status_code=204, tags=["auth"])
-def delete_app_credential(cred_id: str, principal: CurrentUser, session: SessionDep) -> Response:
+def delete_app_credential(cred_id: PathId, principal: CurrentUser, session: SessionDep) -> Response:
     """Delete one of the caller's application credentials."""
     service.delete_app_credential(session, principal, cred_id)
     return Response(status_code=204)

@@ -13,7 +13,8 @@ from api.models import Allocation, Flavor, FlavorAccess, Host, Image, Server, Se
 
 def visible_flavor(session: Session, ref: str, project_id: str | None) -> Flavor | None:
     """A flavor by id or name that ``project_id`` may use (None: any, for admins)."""
-    query = select(Flavor).where(or_(Flavor.id == ref, Flavor.name == ref))
+    query = select(Flavor).where(or_(Flavor.id == ref, Flavor.name == ref),
+                                  Flavor.deleted_at.is_(None))
     if project_id is not None:
         shared = exists().where(FlavorAccess.flavor_id == Flavor.id,
                                 FlavorAccess.project_id == project_id)
@@ -26,8 +27,9 @@ def visible_images(session: Session, ref: str, project_id: str | None) -> Sequen
 
     At most two by name are returned: enough for the caller to tell "ambiguous".
     """
-    visible = [] if project_id is None else [
-        or_(Image.visibility == "public", Image.project_id == project_id)]
+    visible = [Image.status != "deleted"]
+    if project_id is not None:
+        visible.append(or_(Image.visibility == "public", Image.project_id == project_id))
     by_id = session.scalars(select(Image).where(Image.id == ref, *visible)).all()
     if by_id:
         return by_id
