@@ -31,7 +31,9 @@ def get_session(request: Request) -> Iterator[Session]:
     yield from session_scope(request.app.state.sessionmaker)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client never sees 2xx for a
+# write that is not yet (or never) committed.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @dataclass(frozen=True)
