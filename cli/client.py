@@ -92,6 +92,17 @@ class ApiClient:
         except ValueError:
             return response.text
 
+    def get_text(self, path: str, accept: str, **params: Any) -> str:
+        """GET a non-JSON representation (e.g. ``text/csv``); raises ApiError or Unreachable."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        try:
+            response = self._http.get(path, params=clean, headers={"Accept": accept})
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.text
+
     def get(self, path: str, **params: Any) -> Any:
         """GET with query parameters (None values are left out)."""
         return self.request("GET", path, params=params)

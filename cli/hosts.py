@@ -12,8 +12,17 @@ from cli.context import is_uuid, items_of, pick, state
 app = typer.Typer(help="Compute hosts (admin).", no_args_is_help=True)
 az_app = typer.Typer(help="Availability zones.", no_args_is_help=True)
 
-HOST_COLUMNS = ["id", "name", "availability_zone", "state", "status", "enabled",
-                "disabled_reason", "capacity", "allocated", "used", "last_heartbeat_at"]
+HOST_COLUMNS = ["id", "name", "availability_zone", "state", "enabled", "disabled_reason",
+                "VCPU", "MEMORY_MB", "DISK_GB", "servers", "last_heartbeat_at"]
+
+
+def _with_capacity(host: dict[str, Any]) -> dict[str, Any]:
+    """Add one ``allocated/capacity`` column per resource class for the table."""
+    row = dict(host)
+    for rc, r in (host.get("resources") or {}).items():
+        if isinstance(r, dict):
+            row[rc] = f"{r.get('allocated')}/{r.get('capacity')}"
+    return row
 
 
 def resolve_host(api: ApiClient, ref: str) -> dict[str, Any]:
@@ -28,7 +37,8 @@ def resolve_host(api: ApiClient, ref: str) -> dict[str, Any]:
 def host_list(ctx: typer.Context) -> None:
     """Every compute host with its state and capacity."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/hosts"), "hosts"), HOST_COLUMNS)
+    hosts = items_of(st.api.get("/v1/hosts"), "hosts")
+    st.show(hosts if st.json else [_with_capacity(h) for h in hosts], HOST_COLUMNS)
 
 
 @app.command("show")
