@@ -67,7 +67,12 @@ def record(obj: dict[str, Any], *, title: str | None = None) -> None:
     t.add_column("FIELD")
     t.add_column("VALUE", overflow="fold")
     for k, v in obj.items():
-        text = json.dumps(v) if isinstance(v, dict | list) and v and k != "flavor" else cell(v)
+        if isinstance(v, dict) and "id" in v and "name" in v:
+            text = f"{v['name']} ({v['id']})"
+        elif isinstance(v, dict | list) and v and k != "flavor":
+            text = json.dumps(v)
+        else:
+            text = cell(v)
         t.add_row(k, text)
     console().print(t)
 
