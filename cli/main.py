@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Annotated, Any
 
+import httpx
 import typer
 from typer.core import TyperGroup
 
@@ -29,6 +30,12 @@ class MinicloudGroup(TyperGroup):
         except CliError as exc:
             render.error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # e.g. a malformed MINICLOUD_URL: still one readable line, not a traceback.
+            render.error(CliError(f"{exc.__class__.__name__}: {exc}", code="http_error"))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
         finally:
             if isinstance(ctx.obj, State):
                 ctx.obj.close()
