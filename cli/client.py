@@ -155,6 +155,6 @@ class ApiClient:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: httpx.TransportError) -> Unreachable:
-        return Unreachable(f"Cannot reach the minicloud API at {self.url}: {exc}. "
+        return Unreachable(f"Cannot reach the minicloud API at {self.url}: {str(exc).rstrip('.')}. "
                            "Is it running? Set MINICLOUD_URL or run 'minicloud login'.",
                            code="api_unreachable")
