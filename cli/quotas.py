@@ -21,9 +21,10 @@ def quota_show(ctx: typer.Context, project: Annotated[str | None, typer.Argument
     """Limits and current usage of a project."""
     st = state(ctx)
     if project is None:
-        pid = st.api.get("/v1/auth/tokens/current")["project"]["id"]
+        p = st.api.get("/v1/auth/tokens/current")["project"]
     else:
-        pid = resolve_project(st.api, project)["id"]
+        p = resolve_project(st.api, project)
+    pid, pname = p["id"], p["name"]
     q: dict[str, Any] = st.api.get(f"/v1/quotas/{pid}")
     if st.json:
         st.show(q)
@@ -31,7 +32,7 @@ def quota_show(ctx: typer.Context, project: Annotated[str | None, typer.Argument
     limits, usage = q.get("limits", {}), q.get("usage", {})
     rows = [{"resource": r, "used": usage.get(r), "limit": limits.get(r)}
             for r in dict.fromkeys([*RESOURCES, *limits])]
-    st.show(rows, ["resource", "used", "limit"], title=f"quota of project {pid}")
+    st.show(rows, ["resource", "used", "limit"], title=f"quota of {pname}")
 
 
 @app.command("set")
