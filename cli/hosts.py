@@ -1,0 +1,99 @@
+"""Compute hosts and availability zones (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cli.client import ApiClient
+from cli.context import is_uuid, items_of, pick, state
+
+app = typer.Typer(help="Compute hosts (admin).", no_args_is_help=True)
+az_app = typer.Typer(help="Availability zones.", no_args_is_help=True)
+
+HOST_COLUMNS = ["id", "name", "availability_zone", "state", "enabled", "disabled_reason",
+                "VCPU", "MEMORY_MB", "DISK_GB", "servers", "last_heartbeat_at"]
+
+
+def _with_capacity(host: dict[str, Any]) -> dict[str, Any]:
+    """Add one ``allocated/capacity`` column per resource class for the table."""
+    row = dict(host)
+    for rc, r in (host.get("resources") or {}).items():
+        if isinstance(r, dict):
+            row[rc] = f"{r.get('allocated')}/{r.get('capacity')}"
+    return row
+
+
+def resolve_host(api: ApiClient, ref: str) -> dict[str, Any]:
+    """A host by id or name; raises CliError when none or several match."""
+    if is_uuid(ref):
+        body: dict[str, Any] = api.get(f"/v1/hosts/{ref}")
+        return body
+    return pick(items_of(api.get("/v1/hosts"), "hosts"), ref, "host")
+
+
+@app.command("list")
+def host_list(ctx: typer.Context) -> None:
+    """Every compute host with its state and capacity."""
+    st = state(ctx)
+    hosts = items_of(st.api.get("/v1/hosts"), "hosts")
+    st.show(hosts if st.json else [_with_capacity(h) for h in hosts], HOST_COLUMNS)
+
+
+@app.command("show")
+def host_show(ctx: typer.Context, host: str) -> None:
+    """One host, by name or id."""
+    st = state(ctx)
+    st.show(resolve_host(st.api, host))
+
+
+@app.command("enable")
+def host_enable(ctx: typer.Context, host: str) -> None:
+    """Let the scheduler place new servers on HOST."""
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    st.show(st.api.patch(f"/v1/hosts/{h['id']}", {"enabled": True, "disabled_reason": None}))
+
+
+@app.command("disable")
+def host_disable(ctx: typer.Context, host: str,
+                 reason: Annotated[str | None, typer.Option(help="Why (shown to admins).")
+                                   ] = None) -> None:
+    """Keep new servers off HOST (its servers keep running)."""
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    st.show(st.api.patch(f"/v1/hosts/{h['id']}", {"enabled": False, "disabled_reason": reason}))
+
+
+@app.command("delete")
+def host_delete(ctx: typer.Context, host: str) -> None:
+    """Remove a host record (it must hold no servers)."""
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    st.api.delete(f"/v1/hosts/{h['id']}")
+    st.done(f"Deleted host {h['name']} ({h['id']}).", {"id": h["id"], "deleted": True})
+
+
+@app.command("enroll-token")
+def host_enroll_token(ctx: typer.Context) -> None:
+    """Create a single-use, expiring token for 'minicloud-agent --enroll TOKEN'."""
+    st = state(ctx)
+    body: dict[str, Any] = st.api.post("/v1/hosts/enrollment-tokens")
+    if st.json:
+        st.show(body)
+        return
+    typer.echo(body["token"])
+    typer.echo(f"(single use, expires {body.get('expires_at')}); on the new host run:\n"
+               f"  minicloud-agent --api {st.api.url} --enroll {body['token']}", err=True)
+
+
+@az_app.command("list")
+def az_list(ctx: typer.Context) -> None:
+    """Availability zones."""
+    st = state(ctx)
+    body = st.api.get("/v1/availability-zones")
+    rows = items_of(body, "availability_zones")
+    if isinstance(body, list) and body and isinstance(body[0], str):
+        rows = [{"name": z} for z in body]
+    st.show(rows if not st.json else body, ["name", "hosts"])
