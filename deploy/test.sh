@@ -18,5 +18,5 @@ echo "== test suite on PostgreSQL"
 MINICLOUD_TEST_DATABASE_URL="$PG_URL" "$VENV/bin/python" -m pytest "$@" || status=$?
 echo "== static checks"
 "$VENV/bin/ruff" check api scheduler compute_agent cli tests || status=$?
-"$VENV/bin/mypy" api scheduler compute_agent || status=$?
+"$VENV/bin/mypy" api scheduler compute_agent cli || status=$?
 exit $status
