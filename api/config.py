@@ -34,6 +34,16 @@ class Settings(BaseSettings):
 
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
 
+    # Scheduler: a host whose last heartbeat is older than this is "down".
+    host_down_after_seconds: int = Field(default=60, gt=0)
+    # Weigher multipliers; negative ram/cpu multipliers pack hosts instead of spreading.
+    scheduler_ram_weight_multiplier: float = 1.0
+    scheduler_cpu_weight_multiplier: float = 1.0
+    scheduler_soft_affinity_weight_multiplier: float = 1.0
+    scheduler_soft_anti_affinity_weight_multiplier: float = 1.0
+    # Fresh snapshots a placement may take when concurrent claims keep winning the race.
+    scheduler_max_attempts: int = Field(default=20, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -1,0 +1,154 @@
+"""filter -> weigh -> normalize -> pick: a pure function over a snapshot.
+
+The order of the filters is the order of this list, cheapest and most selective first, and it
+is also how refusals are attributed: a host is refused by the first filter that rejects it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.filters.aggregates import AggregatesFilter
+from scheduler.filters.availability_zone import AvailabilityZoneFilter
+from scheduler.filters.image import ImageFilter
+from scheduler.filters.resources import ResourcesFilter
+from scheduler.filters.server_group import ServerGroupFilter
+from scheduler.filters.status import HostStatusFilter
+from scheduler.framework import Filter, HostState, RequestSpec, Snapshot, Weigher
+from scheduler.weighers.resources import cpu_weigher, ram_weigher
+from scheduler.weighers.server_group import SoftAffinityWeigher, SoftAntiAffinityWeigher
+
+FILTERS: tuple[Filter, ...] = (
+    HostStatusFilter(),        # 1. two attribute reads: drops disabled and silent hosts early
+    ResourcesFilter(),         # 2. the fit rule for each requested resource class
+    AvailabilityZoneFilter(),  # 3. one string compare, only when a zone is requested
+    ServerGroupFilter(),       # 4. hard affinity / anti-affinity, only for such groups
+    ImageFilter(),             # 5. image minimums and CPU architecture
+    AggregatesFilter(),        # 6. flavor extra_specs vs host tags: a dict walk, so last
+)
+
+WEIGHERS: tuple[Weigher, ...] = (
+    ram_weigher(),
+    cpu_weigher(),
+    SoftAffinityWeigher(),
+    SoftAntiAffinityWeigher(),
+)
+
+# Two totals closer than this are a tie (they come from sums of normalized floats).
+TIE = 1e-9
+TOP = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Multipliers:
+    """Weigher multipliers by weigher name; negative resource multipliers pack instead of spread."""
+
+    ram: float = 1.0
+    cpu: float = 1.0
+    soft_affinity: float = 1.0
+    soft_anti_affinity: float = 1.0
+
+    def of(self, weigher: str) -> float:
+        """The multiplier of ``weigher`` (0 for unknown names)."""
+        return float(getattr(self, weigher, 0.0))
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of one pipeline run: the pick, the runners-up, and why others were refused."""
+
+    host: HostState | None
+    # The pick first, then the next best by score: claim fallbacks and the recorded breakdown.
+    ranked: list[HostState]
+    hosts: int
+    candidates: int
+    refusals: Counter[str] = field(default_factory=Counter)
+    # host id -> reason code, for every refused host.
+    refused: dict[str, str] = field(default_factory=dict)
+    # host id -> {"total": ..., weigher: weighted normalized score} for the ranked hosts.
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready record of the decision (for the server's events)."""
+        return {
+            "host_id": self.host.id if self.host else None,
+            "hosts": self.hosts,
+            "candidates": self.candidates,
+            "refusals": dict(self.refusals),
+            "top": [{"host_id": h.id, "host": h.name, **self.scores.get(h.id, {})}
+                    for h in self.ranked],
+        }
+
+
+def normalize(values: list[float]) -> list[float]:
+    """Scale to [0, 1] by min/max; all equal -> all 0 (the weigher has no opinion)."""
+    low, high = min(values), max(values)
+    if high - low <= 0:
+        return [0.0] * len(values)
+    span = high - low
+    return [(v - low) / span for v in values]
+
+
+def filter_hosts(spec: RequestSpec, snapshot: Snapshot) -> tuple[list[HostState], dict[str, str]]:
+    """Run the filters in order; return the survivors and host id -> reason of the refused."""
+    survivors = snapshot.hosts
+    refused: dict[str, str] = {}
+    for flt in FILTERS:
+        check = flt.prepare(spec, snapshot)
+        if check is None:
+            continue
+        kept: list[HostState] = []
+        for host in survivors:
+            reason = check(host)
+            if reason is None:
+                kept.append(host)
+            else:
+                refused[host.id] = reason
+        survivors = kept
+    return survivors, refused
+
+
+def decide(spec: RequestSpec, snapshot: Snapshot,
+           multipliers: Multipliers | None = None) -> Decision:
+    """Choose a host for ``spec`` in ``snapshot``; ``Decision.host`` is None when none fits."""
+    multipliers = multipliers or Multipliers()
+    candidates, refused = filter_hosts(spec, snapshot)
+    decision = Decision(host=None, ranked=[], hosts=len(snapshot.hosts),
+                        candidates=len(candidates), refusals=Counter(refused.values()),
+                        refused=refused)
+    if not candidates:
+        return decision
+
+    totals = [0.0] * len(candidates)
+    parts: list[tuple[str, list[float]]] = []
+    if len(candidates) > 1:
+        for weigher in WEIGHERS:
+            multiplier = multipliers.of(weigher.name)
+            score = weigher.prepare(spec) if multiplier else None
+            if score is None:
+                continue
+            weighted = [multiplier * v for v in normalize([score(h) for h in candidates])]
+            parts.append((weigher.name, weighted))
+            totals = [t + w for t, w in zip(totals, weighted, strict=True)]
+
+    # Tie-break: among the hosts sharing the best total, a choice seeded by the request id, over
+    # hosts in id order, so replaying the request on the same snapshot picks the same host.
+    best = max(totals)
+    tied = sorted((i for i, t in enumerate(totals) if t >= best - TIE),
+                  key=lambda i: candidates[i].id)
+    pick = random.Random(spec.request_id).choice(tied)
+    others = heapq.nlargest(TOP, (i for i in range(len(candidates)) if i != pick),
+                            key=totals.__getitem__)
+    order = [pick, *others][:TOP]
+    decision.host = candidates[pick]
+    decision.ranked = [candidates[i] for i in order]
+    decision.scores = {
+        candidates[i].id: {"total": round(totals[i], 6),
+                           **{name: round(weighted[i], 6) for name, weighted in parts}}
+        for i in order
+    }
+    return decision
