@@ -104,8 +104,8 @@ def evaluate(session: Session, settings: Settings, spec: RequestSpec
     """Read a fresh snapshot and run the pipeline, without claiming anything.
 
     Returns the spec with the group's current members, the snapshot, the decision and the
-    group's generation (None without a group). Raises NotFound-free: an unknown group id is
-    treated as no group.
+    group's generation (None without a group). Raises nothing of its own; an unknown group id
+    is treated as no group.
     """
     group_generation: int | None = None
     if spec.server_group is not None:
@@ -141,13 +141,19 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         # The ranked runners-up come from the same snapshot: when a concurrent claim took the
         # best host, the next best is still a valid choice unless the group moved too.
         for host in decision.ranked:
+            # Each try runs in a savepoint: on PostgreSQL a losing UPDATE still locks the row it
+            # re-checked, and holding that lock while trying the next host would let claimers
+            # deadlock each other. Rolling the savepoint back releases it.
+            savepoint = session.begin_nested()
             outcome = claim(
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
                 group_id=group.id if group else None, group_policy=group.policy if group else None,
                 group_generation=group_generation)
-            if outcome is ClaimOutcome.CLAIMED:
-                session.flush()
+            if outcome is not ClaimOutcome.CLAIMED:
+                savepoint.rollback()
+            else:
+                savepoint.commit()
                 record = decision.summary()
                 record.update(host_id=host.id, host=host.name, attempts=attempt,
                               conflicts=conflicts, request_id=spec.request_id)

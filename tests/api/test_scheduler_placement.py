@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.config import Settings
 from api.db import make_engine, make_sessionmaker
 from api.migrate import upgrade
-from api.models import Allocation, Host, Inventory, Project, Server, ServerGroup
+from api.models import Allocation, Host, Inventory, Server, ServerGroup
 from api.scheduler.placement import NoValidHost, place
 from api.scheduler.snapshot import load_hosts, pool_ratios
 from scheduler.claim import ClaimOutcome, claim
@@ -316,8 +316,3 @@ def test_hard_affinity_follows_the_first_member(factory: sessionmaker[Session],
         create(factory, settings, catalog, group=(group, "affinity"))
     assert refused.value.extra["refusals"] == {"affinity": 4, "not_enough_MEMORY_MB": 1}
 
-
-def test_project_rows_stay_untouched(factory: sessionmaker[Session]) -> None:
-    # place() writes allocations and generations only: the project's row is the quota code's.
-    with factory() as s:
-        assert s.scalar(select(func.count()).select_from(Project)) >= 0
