@@ -6,6 +6,7 @@ clock, no randomness (the pipeline seeds its one tie-break from the request id).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -13,6 +14,8 @@ from typing import Protocol
 from scheduler.capacity import capacity
 
 VCPU, MEMORY_MB, DISK_GB = "VCPU", "MEMORY_MB", "DISK_GB"
+# The order of the per-class tuples in HostState.
+RESOURCE_ORDER = (VCPU, MEMORY_MB, DISK_GB)
 
 # Refusal reasons. Once published, a code keeps its meaning: clients and dashboards count them.
 DISABLED = "disabled"
@@ -111,6 +114,33 @@ class HostState:
     last_heartbeat: float | None = None
     generation: int = 0
     inventories: dict[str, InventoryState] = field(default_factory=dict)
+    # Derived from ``inventories`` by ``refresh()``, in RESOURCE_ORDER, for the hot loops:
+    # (headroom, min_unit) per class, headroom = min(floor(capacity) - used, max_unit), so that
+    # for whole amounts ``min_unit <= requested <= headroom`` is exactly the fit rule; -1 when
+    # the host has no inventory of the class. And the free capacity per class (floats, 0 if
+    # absent), read by the weighers.
+    limits: tuple[int, ...] = ()
+    free_vcpu: float = 0.0
+    free_memory_mb: float = 0.0
+    free_disk_gb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute ``limits`` and the ``free_*`` fields after ``inventories`` changed."""
+        limits: list[int] = []
+        free: list[float] = []
+        for rc in RESOURCE_ORDER:
+            inv = self.inventories.get(rc)
+            if inv is None:
+                limits += [-1, 1]
+                free.append(0.0)
+            else:
+                limits += [min(math.floor(inv.capacity) - inv.used, inv.max_unit), inv.min_unit]
+                free.append(inv.capacity - inv.used)
+        self.limits = tuple(limits)
+        self.free_vcpu, self.free_memory_mb, self.free_disk_gb = free
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ is also how refusals are attributed: a host is refused by the first filter that 
 from __future__ import annotations
 
 import heapq
+import operator
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,6 +94,15 @@ def normalize(values: list[float]) -> list[float]:
     return [(v - low) / span for v in values]
 
 
+def scaled(values: list[float], multiplier: float) -> list[float]:
+    """``multiplier * normalize(values)`` in one pass."""
+    low, high = min(values), max(values)
+    if high - low <= 0:
+        return [0.0] * len(values)
+    factor = multiplier / (high - low)
+    return [(v - low) * factor for v in values]
+
+
 def filter_hosts(spec: RequestSpec, snapshot: Snapshot) -> tuple[list[HostState], dict[str, str]]:
     """Run the filters in order; return the survivors and host id -> reason of the refused."""
     survivors = snapshot.hosts
@@ -101,14 +111,14 @@ def filter_hosts(spec: RequestSpec, snapshot: Snapshot) -> tuple[list[HostState]
         check = flt.prepare(spec, snapshot)
         if check is None:
             continue
-        kept: list[HostState] = []
-        for host in survivors:
-            reason = check(host)
-            if reason is None:
-                kept.append(host)
-            else:
+        reasons = list(map(check, survivors))
+        if reasons.count(None) == len(reasons):
+            continue
+        for host, reason in zip(survivors, reasons, strict=True):
+            if reason is not None:
                 refused[host.id] = reason
-        survivors = kept
+        survivors = [host for host, reason in zip(survivors, reasons, strict=True)
+                     if reason is None]
     return survivors, refused
 
 
@@ -131,9 +141,9 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
             score = weigher.prepare(spec) if multiplier else None
             if score is None:
                 continue
-            weighted = [multiplier * v for v in normalize([score(h) for h in candidates])]
+            weighted = scaled(list(map(score, candidates)), multiplier)
             parts.append((weigher.name, weighted))
-            totals = [t + w for t, w in zip(totals, weighted, strict=True)]
+            totals = list(map(operator.add, totals, weighted))
 
     # Tie-break: among the hosts sharing the best total, a choice seeded by the request id, over
     # hosts in id order, so replaying the request on the same snapshot picks the same host.
@@ -141,8 +151,8 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
     tied = sorted((i for i, t in enumerate(totals) if t >= best - TIE),
                   key=lambda i: candidates[i].id)
     pick = random.Random(spec.request_id).choice(tied)
-    others = heapq.nlargest(TOP, (i for i in range(len(candidates)) if i != pick),
-                            key=totals.__getitem__)
+    others = [i for _, i in heapq.nlargest(TOP + 1, zip(totals, range(len(totals)),
+                                                         strict=True)) if i != pick]
     order = [pick, *others][:TOP]
     decision.host = candidates[pick]
     decision.ranked = [candidates[i] for i in order]

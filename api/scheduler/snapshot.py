@@ -76,6 +76,8 @@ def load_hosts(session: Session, settings: Settings) -> Snapshot:
             current.inventories[rc] = InventoryState(
                 total=total, reserved=reserved, allocation_ratio=float(ratio),
                 min_unit=min_unit, max_unit=max_unit, used=int(in_use))
+    for host in hosts:
+        host.refresh()
     return Snapshot(hosts=hosts, now=utcnow().timestamp(),
                     host_down_after_seconds=float(settings.host_down_after_seconds))
 
