@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.errors import Conflict, DomainError
-from api.scheduler.snapshot import load_group, load_hosts, pool_ratios
+from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
 from scheduler.claim import ClaimOutcome, claim
 from scheduler.framework import RequestSpec, Snapshot
 from scheduler.pipeline import Decision, Multipliers, decide
@@ -100,9 +100,12 @@ def multipliers(settings: Settings) -> Multipliers:
     )
 
 
-def evaluate(session: Session, settings: Settings, spec: RequestSpec
+def evaluate(session: Session, settings: Settings, spec: RequestSpec, *, fresh: bool = True
              ) -> tuple[RequestSpec, Snapshot, Decision, int | None]:
-    """Read a fresh snapshot and run the pipeline, without claiming anything.
+    """Read a snapshot and run the pipeline, without claiming anything.
+
+    ``fresh`` reads every host in full; otherwise the process's ``SnapshotCache`` re-reads
+    only hosts whose generation moved.
 
     Returns the spec with the group's current members, the snapshot, the decision and the
     group's generation (None without a group). Raises nothing of its own; an unknown group id
@@ -114,7 +117,8 @@ def evaluate(session: Session, settings: Settings, spec: RequestSpec
         if group is not None:
             spec = replace(spec, server_group=group.spec)
             group_generation = group.generation
-    snapshot = load_hosts(session, settings)
+    snapshot = (load_hosts(session, settings) if fresh
+                else snapshot_cache(session, settings).load(session, settings))
     return spec, snapshot, decide(spec, snapshot, multipliers(settings)), group_generation
 
 
@@ -134,8 +138,14 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         spec = replace(spec, request_id=request_id)
     ratios = pool_ratios(settings)
     conflicts = 0
+    cache = snapshot_cache(session, settings)
     for attempt in range(1, settings.scheduler_max_attempts + 1):
-        current, snapshot, decision, group_generation = evaluate(session, settings, spec)
+        current, snapshot, decision, group_generation = evaluate(session, settings, spec,
+                                                                 fresh=False)
+        if decision.host is None:
+            # The cached copy may be pessimistic (freed allocations do not bump generations):
+            # a refusal is only ever answered from a full read.
+            current, snapshot, decision, group_generation = evaluate(session, settings, spec)
         if decision.host is None:
             raise NoValidHost.from_decision(decision, snapshot, explain_hosts)
         group = current.server_group
@@ -168,6 +178,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 return PlacementResult(host.id, host.name, host.availability_zone, attempt,
                                        conflicts, record)
             conflicts += 1
+            cache.forget(host.id)
             log.debug("claim conflict %s on %s (attempt %d)", outcome.value, host.id, attempt)
             if outcome is ClaimOutcome.GROUP_CONFLICT:
                 break

@@ -17,7 +17,8 @@ faster than joining a GROUP BY over all allocations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -58,9 +59,13 @@ def _statements(ratios: tuple[tuple[str, float], ...]) -> tuple[Select[Any], Sel
     return hosts, inventories
 
 
-def load_hosts(session: Session, settings: Settings) -> Snapshot:
-    """Every host with its inventories and summed allocations, as of now."""
+def _read_hosts(session: Session, settings: Settings,
+                only: list[str] | None = None) -> list[HostState]:
+    """Host rows, then their inventories with usage (all hosts, or the ids in ``only``)."""
     hosts_stmt, inventories_stmt = _statements(tuple(sorted(pool_ratios(settings).items())))
+    if only is not None:
+        hosts_stmt = hosts_stmt.where(Host.id.in_(only))
+        inventories_stmt = inventories_stmt.where(Inventory.host_id.in_(only))
     host_rows = session.execute(hosts_stmt).all()
     # Usage is read after the generations: a claim committing in between bumped a generation
     # this snapshot holds the old value of, so claiming on that host conflicts and re-reads.
@@ -70,7 +75,7 @@ def load_hosts(session: Session, settings: Settings) -> Snapshot:
         inventories.setdefault(hid, {})[rc] = InventoryState(
             total=total, reserved=reserved, allocation_ratio=float(ratio),
             min_unit=min_unit, max_unit=max_unit, used=int(in_use))
-    hosts = [
+    return [
         HostState(id=hid, name=name, availability_zone=zone, architecture=arch,
                   enabled=bool(enabled), disabled_reason=reason, aggregates=aggregates or {},
                   last_heartbeat=heartbeat.timestamp() if heartbeat is not None else None,
@@ -78,8 +83,80 @@ def load_hosts(session: Session, settings: Settings) -> Snapshot:
         for hid, name, zone, arch, enabled, reason, aggregates, heartbeat, generation
         in host_rows
     ]
+
+
+def _snapshot(hosts: list[HostState], settings: Settings) -> Snapshot:
     return Snapshot(hosts=hosts, now=utcnow().timestamp(),
                     host_down_after_seconds=float(settings.host_down_after_seconds))
+
+
+def load_hosts(session: Session, settings: Settings) -> Snapshot:
+    """Every host with its inventories and summed allocations, as of now (no cache)."""
+    return _snapshot(_read_hosts(session, settings), settings)
+
+
+class SnapshotCache:
+    """A per-process copy of the pool, refreshed by generation.
+
+    Each ``load`` reads ``id, generation, last_heartbeat_at`` of every host (cheap) and re-reads
+    in full only the hosts whose generation moved, plus new ones. Every claim bumps its host's
+    generation, and so must every other change of a host or its inventory that the filters
+    look at (admin PATCH, agent inventory, enable/disable). A change that does not bump (a
+    server deletion freeing allocations) only makes the copy pessimistic; ``place`` re-reads
+    in full before answering ``no_valid_host``. Optimistic changes are caught by the claim's
+    generation check and SQL re-check, after which ``forget`` drops the host from the copy.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hosts: dict[str, HostState] = {}
+
+    def load(self, session: Session, settings: Settings) -> Snapshot:
+        """A snapshot of every host, re-reading only what changed since the last load."""
+        marks = session.execute(_MARKS).all()
+        with self._lock:
+            known = dict(self._hosts)
+        stale = [hid for hid, generation, _ in marks
+                 if (h := known.get(hid)) is None or h.generation != generation]
+        if len(stale) * 2 > len(marks):
+            fresh = _read_hosts(session, settings)
+        else:
+            fresh = _read_hosts(session, settings, stale) if stale else []
+        for host in fresh:
+            known[host.id] = host
+        hosts: list[HostState] = []
+        for hid, generation, heartbeat in marks:
+            cached = known.get(hid)
+            if cached is None or cached.generation != generation:
+                continue  # changed again between the two reads: absent from this snapshot
+            seen = heartbeat.timestamp() if heartbeat is not None else None
+            if cached.last_heartbeat != seen:
+                # HostState objects are shared with concurrent readers: replace, never mutate.
+                cached = replace(cached, last_heartbeat=seen)
+            hosts.append(cached)
+        with self._lock:
+            self._hosts = {h.id: h for h in hosts}
+        return _snapshot(hosts, settings)
+
+    def forget(self, host_id: str) -> None:
+        """Drop one host, so the next load re-reads it in full."""
+        with self._lock:
+            self._hosts.pop(host_id, None)
+
+
+_MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at).order_by(Host.id)
+_CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def snapshot_cache(session: Session, settings: Settings) -> SnapshotCache:
+    """The process's cache for this database and these pool ratios."""
+    key = (str(session.get_bind().engine.url), tuple(sorted(pool_ratios(settings).items())))
+    with _CACHES_LOCK:
+        cache = _CACHES.get(key)
+        if cache is None:
+            cache = _CACHES[key] = SnapshotCache()
+        return cache
 
 
 @dataclass(frozen=True, slots=True)
