@@ -316,3 +316,32 @@ def test_hard_affinity_follows_the_first_member(factory: sessionmaker[Session],
         create(factory, settings, catalog, group=(group, "affinity"))
     assert refused.value.extra["refusals"] == {"affinity": 4, "not_enough_MEMORY_MB": 1}
 
+
+
+def test_freed_allocations_are_seen_although_they_bump_no_generation(
+        factory: sessionmaker[Session], settings: Settings) -> None:
+    catalog = new_catalog(factory)
+    with factory.begin() as s:
+        host = make_host(s, ram_mb=1024)
+    assert create(factory, settings, catalog) == host  # RAM full: 1024 of 1024
+    with factory.begin() as s:
+        # A deletion frees the allocation without touching the host row: the cached copy of
+        # the pool still says "full", so place() must re-read before refusing.
+        s.execute(delete(Allocation))
+        s.execute(delete(Server))
+    assert create(factory, settings, catalog) == host
+
+
+def test_a_zone_change_that_bumps_the_generation_is_seen_by_the_cache(
+        factory: sessionmaker[Session], settings: Settings) -> None:
+    catalog = new_catalog(factory)
+    with factory.begin() as s:
+        host = make_host(s, zone="az-old")
+    assert create(factory, settings, catalog, zone="az-old") == host
+    with factory.begin() as s:
+        s.execute(update(Host).where(Host.id == host)
+                  .values(availability_zone="az-new", generation=Host.generation + 1))
+    assert create(factory, settings, catalog, zone="az-new") == host
+    with pytest.raises(NoValidHost) as refused:
+        create(factory, settings, catalog, zone="az-old")
+    assert refused.value.extra["refusals"] == {"availability_zone": 1}
