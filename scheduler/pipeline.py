@@ -7,7 +7,6 @@ is also how refusals are attributed: a host is refused by the first filter that 
 from __future__ import annotations
 
 import heapq
-import operator
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,32 +132,47 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
     if not candidates:
         return decision
 
-    totals = [0.0] * len(candidates)
-    parts: list[tuple[str, list[float]]] = []
+    totals: list[float] | None = None
+    # (weigher, raw scores, min, multiplier / (max - min)): the weighted normalized score of
+    # host i is (raw[i] - min) * factor; only the ranked hosts' breakdown is ever spelled out.
+    parts: list[tuple[str, list[float], float, float]] = []
     if len(candidates) > 1:
         for weigher in WEIGHERS:
             multiplier = multipliers.of(weigher.name)
             score = weigher.prepare(spec) if multiplier else None
             if score is None:
                 continue
-            weighted = scaled(list(map(score, candidates)), multiplier)
-            parts.append((weigher.name, weighted))
-            totals = list(map(operator.add, totals, weighted))
+            raw = list(map(score, candidates))
+            low, high = min(raw), max(raw)
+            factor = multiplier / (high - low) if high > low else 0.0
+            parts.append((weigher.name, raw, low, factor))
+            if not factor:
+                continue  # every host scores 0: nothing to add
+            if totals is None:
+                totals = [(v - low) * factor for v in raw]
+            else:
+                totals = [t + (v - low) * factor for t, v in zip(totals, raw, strict=True)]
+    if totals is None:
+        totals = [0.0] * len(candidates)
 
     # Tie-break: among the hosts sharing the best total, a choice seeded by the request id, over
     # hosts in id order, so replaying the request on the same snapshot picks the same host.
-    best = max(totals)
-    tied = sorted((i for i, t in enumerate(totals) if t >= best - TIE),
-                  key=lambda i: candidates[i].id)
+    top = heapq.nlargest(TOP + 1, zip(totals, range(len(totals)), strict=True))
+    threshold = top[0][0] - TIE
+    if top[-1][0] >= threshold and len(totals) > len(top):
+        tied_ids = [i for i, t in enumerate(totals) if t >= threshold]  # many ties: scan all
+    else:
+        tied_ids = [i for t, i in top if t >= threshold]
+    tied = sorted(tied_ids, key=lambda i: candidates[i].id)
     pick = random.Random(spec.request_id).choice(tied)
-    others = [i for _, i in heapq.nlargest(TOP + 1, zip(totals, range(len(totals)),
-                                                         strict=True)) if i != pick]
+    others = [i for _, i in top if i != pick]
     order = [pick, *others][:TOP]
     decision.host = candidates[pick]
     decision.ranked = [candidates[i] for i in order]
     decision.scores = {
         candidates[i].id: {"total": round(totals[i], 6),
-                           **{name: round(weighted[i], 6) for name, weighted in parts}}
+                           **{name: round((raw[i] - low) * factor, 6)
+                              for name, raw, low, factor in parts}}
         for i in order
     }
     return decision
