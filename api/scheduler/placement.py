@@ -150,15 +150,13 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             raise NoValidHost.from_decision(decision, snapshot, explain_hosts)
         group = current.server_group
         # The ranked runners-up come from the same snapshot: when a concurrent claim took the
-        # best host, the next best is still a valid choice unless the group moved too. After a
-        # conflict, concurrent placements all see the same ranking; trying the runners-up in a
-        # seeded order spreads them out instead of queueing them all on the second best.
-        ranked = list(decision.ranked)
-        if conflicts:
-            rest = ranked[1:]
-            random.Random(f"{spec.request_id}/{attempt}").shuffle(rest)
-            ranked = ranked[:1] + rest
-        for host in ranked:
+        # best host, the next best is still a valid choice unless the group moved too.
+        # Concurrent placements all see the same ranking, so after losing the best host they
+        # try the runners-up in an order seeded by their request id, spreading out instead of
+        # queueing again on the second best.
+        best, *rest = decision.ranked
+        random.Random(f"{spec.request_id}/{attempt}").shuffle(rest)
+        for host in (best, *rest):
             # Each try runs in a savepoint: on PostgreSQL a losing UPDATE still locks the row it
             # re-checked, and holding that lock while trying the next host would let claimers
             # deadlock each other. Rolling the savepoint back releases it.
