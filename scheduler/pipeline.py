@@ -84,21 +84,16 @@ class Decision:
         }
 
 
+def scale(values: list[float], multiplier: float = 1.0) -> tuple[float, float]:
+    """(low, factor) so that ``(v - low) * factor`` is ``multiplier`` times v normalized to
+    [0, 1] by min/max; all values equal -> factor 0 (the weigher has no opinion)."""
+    low, high = min(values), max(values)
+    return low, (multiplier / (high - low) if high > low else 0.0)
+
+
 def normalize(values: list[float]) -> list[float]:
-    """Scale to [0, 1] by min/max; all equal -> all 0 (the weigher has no opinion)."""
-    low, high = min(values), max(values)
-    if high - low <= 0:
-        return [0.0] * len(values)
-    span = high - low
-    return [(v - low) / span for v in values]
-
-
-def scaled(values: list[float], multiplier: float) -> list[float]:
-    """``multiplier * normalize(values)`` in one pass."""
-    low, high = min(values), max(values)
-    if high - low <= 0:
-        return [0.0] * len(values)
-    factor = multiplier / (high - low)
+    """``values`` scaled to [0, 1] by min/max, as the pipeline weighs them."""
+    low, factor = scale(values)
     return [(v - low) * factor for v in values]
 
 
@@ -143,8 +138,7 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
             if score is None:
                 continue
             raw = list(map(score, candidates))
-            low, high = min(raw), max(raw)
-            factor = multiplier / (high - low) if high > low else 0.0
+            low, factor = scale(raw, multiplier)
             parts.append((weigher.name, raw, low, factor))
             if not factor:
                 continue  # every host scores 0: nothing to add
