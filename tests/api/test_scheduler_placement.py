@@ -345,3 +345,33 @@ def test_a_zone_change_that_bumps_the_generation_is_seen_by_the_cache(
     with pytest.raises(NoValidHost) as refused:
         create(factory, settings, catalog, zone="az-old")
     assert refused.value.extra["refusals"] == {"availability_zone": 1}
+
+
+def test_no_valid_host_renders_as_a_problem_document(factory: sessionmaker[Session],
+                                                     settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    catalog = new_catalog(factory)
+    with factory.begin() as s:
+        make_host(s, name="secret-host-name", ram_mb=512)
+    app = create_app(settings)
+
+    # A stand-in for POST /v1/servers (built elsewhere): the same error, through the real
+    # error handler.
+    @app.post("/_test/place")
+    def _place(admin: bool = False) -> dict[str, str]:
+        return {"host": create(factory, settings, catalog, explain=admin)}
+
+    with TestClient(app) as client:
+        r = client.post("/_test/place")
+        assert r.status_code == 409
+        assert r.headers["content-type"] == "application/problem+json"
+        body = r.json()
+        assert (body["code"], body["hosts"], body["refusals"]) == (
+            "no_valid_host", 1, {"not_enough_MEMORY_MB": 1})
+        assert body["detail"] == "1 host: 1 not enough MEMORY_MB"
+        assert "secret-host-name" not in r.text
+        r = client.post("/_test/place", params={"admin": True})
+        assert r.json()["per_host"][0]["host"] == "secret-host-name"
