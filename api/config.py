@@ -34,6 +34,9 @@ class Settings(BaseSettings):
 
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
 
+    # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
+    billing_minimum_run_seconds: int = Field(default=60, ge=0)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -15,11 +15,12 @@ from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import install_error_handlers, problem_response, request_id_var
 from api.identity.routes import router as identity_router
+from api.usage.routes import router as usage_router
 
 log = logging.getLogger("minicloud.api")
 
 # Every domain's router, in the order they appear in /docs.
-ROUTERS: list[APIRouter] = [identity_router]
+ROUTERS: list[APIRouter] = [identity_router, usage_router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

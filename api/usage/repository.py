@@ -1,0 +1,174 @@
+"""Usage SQL: ledger inserts, derived pieces, report sums, rate cards, closed periods.
+
+The ledger is append-only: this module only ever INSERTs into ``usage_ledger``. The derived
+tables (``usage_pieces``, ``usage_servers``) are replaced per server when its ledger grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, delete, func, insert, literal, select
+from sqlalchemy.orm import Session
+
+from api.models import ClosedPeriod, LedgerEntry, PeriodReport, RateCard, UsagePiece, UsageServer
+from api.usage.rules import Entry, Piece
+
+
+def entries_of(session: Session, server_id: str) -> list[Entry]:
+    """The billing view of every ledger entry of one server."""
+    rows = session.execute(
+        select(LedgerEntry.seq, LedgerEntry.at_s, LedgerEntry.kind, LedgerEntry.vcpus,
+               LedgerEntry.ram_mb, LedgerEntry.disk_gb, LedgerEntry.flavor_id)
+        .where(LedgerEntry.server_id == server_id, LedgerEntry.kind != "adjustment")
+    ).all()
+    return [Entry(*r) for r in rows]
+
+
+def find_by_key(session: Session, key: str) -> LedgerEntry | None:
+    """The ledger entry recorded under an idempotency key, if any."""
+    return session.scalar(select(LedgerEntry).where(LedgerEntry.idempotency_key == key))
+
+
+def lock_server(session: Session, server_id: str) -> UsageServer | None:
+    """The server's summary row, locked (PostgreSQL) so its pieces are rebuilt one at a time."""
+    return session.scalar(
+        select(UsageServer).where(UsageServer.server_id == server_id).with_for_update()
+    )
+
+
+def latest_closed_end(session: Session) -> int | None:
+    """End (epoch seconds) of the latest closed period, if any."""
+    return session.scalar(select(func.max(ClosedPeriod.end_s)))
+
+
+def piece_rows(project_id: str, server_id: str, pieces: Sequence[Piece]) -> list[dict[str, Any]]:
+    """Insert parameters for a server's pieces."""
+    return [
+        {"project_id": project_id, "server_id": server_id, "flavor_id": p.flavor_id,
+         "resource": p.resource, "bucket": p.bucket, "start_s": p.start_s, "end_s": p.end_s,
+         "run_start_s": p.run_start_s, "run_end_s": p.run_end_s, "vcpus": p.vcpus,
+         "ram_mb": p.ram_mb, "disk_gb": p.disk_gb}
+        for p in pieces
+    ]
+
+
+def replace_pieces(session: Session, project_id: str, server_id: str,
+                   pieces: Sequence[Piece]) -> None:
+    """Replace the derived pieces of one server."""
+    session.execute(delete(UsagePiece).where(UsagePiece.server_id == server_id))
+    rows = piece_rows(project_id, server_id, pieces)
+    if rows:
+        session.execute(insert(UsagePiece), rows)
+
+
+@dataclass(frozen=True)
+class SumRow:
+    """Seconds of one server with one flavor inside a window (SQL sums)."""
+
+    project_id: str
+    server_id: str
+    flavor_id: str | None
+    server_seconds: int
+    running_seconds: int
+    vcpu_seconds: int
+    ram_mib_seconds: int
+    disk_gib_seconds: int
+
+
+def _least(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:
+    return func.min(a, b) if dialect == "sqlite" else func.least(a, b)
+
+
+def _greatest(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:
+    return func.max(a, b) if dialect == "sqlite" else func.greatest(a, b)
+
+
+def buckets(start: int, end: int) -> list[int]:
+    """The month buckets a window [start, end) touches, plus 0 for open pieces."""
+    from api.usage.rules import month_bucket, next_month_start
+
+    out = [0]
+    s = start
+    while s < end:
+        out.append(month_bucket(s))
+        s = next_month_start(s)
+    return out
+
+
+def window_sums(session: Session, start: int, end: int, now: int, minimum: int,
+                project_id: str | None = None) -> list[SumRow]:
+    """Per (project, server, flavor) seconds inside [start, end); same rules as rules.py.
+
+    Raw SQL of the core (SQLite spelling; PostgreSQL uses LEAST/GREATEST)::
+
+        ov    = MAX(0, MIN(COALESCE(end_s, :now), :end) - MAX(start_s, :start))
+        extra = CASE WHEN resource='stop' AND run_end_s >= :start AND run_end_s < :end
+                     THEN MAX(0, :min - (run_end_s - run_start_s)) ELSE 0 END
+    """
+    dialect = session.get_bind().dialect.name
+    p = UsagePiece
+    piece_end = func.coalesce(p.end_s, literal(now))
+    ov = _greatest(dialect, literal(0), _least(dialect, piece_end, literal(end))
+                   - _greatest(dialect, p.start_s, literal(start)))
+    extra = case(
+        (and_(p.resource == "stop", p.run_end_s >= start, p.run_end_s < end),
+         _greatest(dialect, literal(0), literal(minimum) - (p.run_end_s - p.run_start_s))),
+        else_=0,
+    )
+    is_disk = p.resource == "disk"
+    compute_s = case((p.resource == "compute", ov), else_=extra)
+    disk_s = case((is_disk, ov), else_=0)
+    run_s = case((is_disk, 0), else_=compute_s)
+    stmt = (
+        select(
+            p.project_id, p.server_id, p.flavor_id,
+            func.sum(disk_s), func.sum(run_s), func.sum(run_s * p.vcpus),
+            func.sum(run_s * p.ram_mb), func.sum(disk_s * p.disk_gb),
+        )
+        .where(p.bucket.in_(buckets(start, end)), p.start_s < end,
+               piece_end >= start)
+        .group_by(p.project_id, p.server_id, p.flavor_id)
+    )
+    if project_id is not None:
+        stmt = stmt.where(p.project_id == project_id)
+    return [SumRow(r[0], r[1], r[2], *(int(v or 0) for v in r[3:]))
+            for r in session.execute(stmt).all()]
+
+
+def servers(session: Session, ids: Sequence[str]) -> dict[str, UsageServer]:
+    """Summary rows of the given servers."""
+    out: dict[str, UsageServer] = {}
+    for i in range(0, len(ids), 500):
+        chunk = list(ids[i:i + 500])
+        for s in session.scalars(select(UsageServer).where(UsageServer.server_id.in_(chunk))):
+            out[s.server_id] = s
+    return out
+
+
+def adjustments(session: Session, start: int, end: int,
+                project_id: str | None = None) -> list[LedgerEntry]:
+    """Adjustment entries recorded inside [start, end)."""
+    stmt = select(LedgerEntry).where(
+        LedgerEntry.kind == "adjustment", LedgerEntry.at_s >= start, LedgerEntry.at_s < end
+    ).order_by(LedgerEntry.at_s, LedgerEntry.seq)
+    if project_id is not None:
+        stmt = stmt.where(LedgerEntry.project_id == project_id)
+    return list(session.scalars(stmt))
+
+
+def rate_cards(session: Session) -> list[RateCard]:
+    """Every rate card, oldest first."""
+    return list(session.scalars(select(RateCard).order_by(RateCard.valid_from)))
+
+
+def closed_period(session: Session, period: str) -> ClosedPeriod | None:
+    """A closed period, if closed."""
+    return session.get(ClosedPeriod, period)
+
+
+def period_report(session: Session, period: str, scope: str) -> PeriodReport | None:
+    """A frozen report."""
+    return session.get(PeriodReport, (period, scope))
