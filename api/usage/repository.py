@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, insert, literal, select
+from sqlalchemy import ColumnElement, Table, and_, case, delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from api.models import ClosedPeriod, LedgerEntry, PeriodReport, RateCard, UsagePiece, UsageServer
@@ -57,11 +57,32 @@ def piece_rows(project_id: str, server_id: str, pieces: Sequence[Piece]) -> list
 
 def replace_pieces(session: Session, project_id: str, server_id: str,
                    pieces: Sequence[Piece]) -> None:
-    """Replace the derived pieces of one server."""
-    session.execute(delete(UsagePiece).where(UsagePiece.server_id == server_id))
+    """Make the server's stored pieces equal ``pieces``, touching only the rows that differ.
+
+    A new entry usually closes the open piece and opens one or two, so this deletes and
+    inserts a handful of rows instead of the server's whole history.
+    """
     rows = piece_rows(project_id, server_id, pieces)
-    if rows:
-        session.execute(insert(UsagePiece), rows)
+    table = cast(Table, UsagePiece.__table__)
+    p = table.c
+    fields = [p.project_id, p.flavor_id, p.resource, p.bucket, p.start_s, p.end_s,
+              p.run_start_s, p.run_end_s, p.vcpus, p.ram_mb, p.disk_gb]
+    stored: dict[tuple[Any, ...], list[int]] = {}
+    for row in session.execute(select(p.id, *fields).where(p.server_id == server_id)):
+        stored.setdefault(tuple(row[1:]), []).append(row[0])
+    wanted = []
+    for r in rows:
+        ids = stored.get(tuple(r[f.name] for f in fields))
+        if ids:
+            ids.pop()
+        else:
+            wanted.append(r)
+    stale = [i for ids in stored.values() for i in ids]
+    if stale:
+        session.execute(delete(table).where(p.id.in_(stale)))
+    if wanted:
+        # Core insert: one executemany, whatever columns are NULL.
+        session.execute(insert(table), wanted)
 
 
 @dataclass(frozen=True)
