@@ -53,9 +53,12 @@ SIZES = [(1, 512, 1), (1, 2048, 20), (2, 4096, 40), (4, 8192, 80)]
 
 
 @contextmanager
-def database(url: str | None) -> Iterator[str]:
+def database(url: str | None, sqlite_file: Path | None = None) -> Iterator[str]:
     """A new empty database: an SQLite file, or a fresh database on the PostgreSQL server."""
     if not url or not url.startswith("postgresql"):
+        if sqlite_file is not None:
+            yield f"sqlite:///{sqlite_file}"
+            return
         with tempfile.TemporaryDirectory() as tmp:
             yield f"sqlite:///{Path(tmp) / 'bench.db'}"
         return
@@ -194,24 +197,34 @@ def main() -> None:
     ap.add_argument("--projects", type=int, default=100)
     ap.add_argument("--entries-per-server", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--sqlite-file", type=Path, default=None,
+                    help="keep the SQLite database here and reuse it when it exists")
     args = ap.parse_args()
-    with database(args.database_url) as url:
-        upgrade(url)
+    reuse = args.sqlite_file is not None and args.sqlite_file.exists()
+    with database(args.database_url, args.sqlite_file) as url:
         engine = make_engine(url)
         factory = make_sessionmaker(engine)
         t = time.perf_counter()
-        n_entries, n_pieces = load(engine, args.servers, args.projects, args.entries_per_server)
+        if not reuse:
+            upgrade(url)
+            n_entries, n_pieces = load(engine, args.servers, args.projects,
+                                       args.entries_per_server)
+        else:
+            with engine.connect() as conn:
+                n_entries = conn.scalar(text("SELECT count(*) FROM usage_ledger")) or 0
+                n_pieces = conn.scalar(text("SELECT count(*) FROM usage_pieces")) or 0
         load_s = time.perf_counter() - t
         with factory() as session:
-            session.add_all([
-                RateCard(valid_from=datetime(2026, 1, 1, tzinfo=UTC), currency="EUR",
-                         vcpu_hour="0.02", ram_gib_hour="0.004", disk_gib_hour="0.0001",
-                         flavor_hour={}),
-                RateCard(valid_from=datetime(2026, 6, 15, tzinfo=UTC), currency="EUR",
-                         vcpu_hour="0.025", ram_gib_hour="0.005", disk_gib_hour="0.0001",
-                         flavor_hour={}),
-            ])
-            session.commit()
+            if not reuse:
+                session.add_all([
+                    RateCard(valid_from=datetime(2026, 1, 1, tzinfo=UTC), currency="EUR",
+                             vcpu_hour="0.02", ram_gib_hour="0.004", disk_gib_hour="0.0001",
+                             flavor_hour={}),
+                    RateCard(valid_from=datetime(2026, 6, 15, tzinfo=UTC), currency="EUR",
+                             vcpu_hour="0.025", ram_gib_hour="0.005", disk_gib_hour="0.0001",
+                             flavor_hour={}),
+                ])
+                session.commit()
             one = session.scalar(text("SELECT project_id FROM usage_servers LIMIT 1"))
 
             def report(project: str | None) -> str:

@@ -72,14 +72,20 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
                  project_id: str | None) -> dict[str, dict[str, ServerLine]]:
     """project id -> server id -> line, over every rate segment of [start, end)."""
     out: dict[str, dict[str, ServerLine]] = defaultdict(dict)
-    for seg_start, seg_end, prices in segments(repository.rate_cards(session), start, end):
-        for r in repository.window_sums(session, seg_start, seg_end, now, minimum, project_id):
-            t = Totals(r.server_seconds, r.running_seconds, r.vcpu_seconds, r.ram_mib_seconds,
-                       r.disk_gib_seconds)
+    segs = segments(repository.rate_cards(session), start, end)
+    rows = repository.segment_sums(session, [(s, e) for s, e, _ in segs], now, minimum,
+                                   project_id)
+    with localcontext() as ctx:
+        ctx.prec = 50
+        for r in rows:
             line = out[r.project_id].setdefault(r.server_id, ServerLine(r.server_id))
-            line.totals = line.totals + t
-            if prices is not None:
-                line.cost += line_cost(prices, r.flavor_id, t)
+            for (_, _, prices), seconds in zip(segs, r.totals, strict=True):
+                if not any(seconds):
+                    continue
+                t = Totals(*seconds)
+                line.totals = line.totals + t
+                if prices is not None:
+                    line.cost += line_cost(prices, r.flavor_id, t)
     return out
 
 

@@ -121,42 +121,68 @@ def buckets(start: int, end: int) -> list[int]:
 
 def window_sums(session: Session, start: int, end: int, now: int, minimum: int,
                 project_id: str | None = None) -> list[SumRow]:
-    """Per (project, server, flavor) seconds inside [start, end); same rules as rules.py.
+    """Per (project, server, flavor) seconds inside [start, end); same rules as rules.py."""
+    return [SumRow(r.project_id, r.server_id, r.flavor_id, *r.totals[0])
+            for r in segment_sums(session, [(start, end)], now, minimum, project_id)]
 
-    Raw SQL of the core (SQLite spelling; PostgreSQL uses LEAST/GREATEST)::
 
-        ov    = MAX(0, MIN(COALESCE(end_s, :now), :end) - MAX(start_s, :start))
-        extra = CASE WHEN resource='stop' AND run_end_s >= :start AND run_end_s < :end
+@dataclass(frozen=True)
+class SegmentRow:
+    """Seconds of one server with one flavor in each of several adjacent windows."""
+
+    project_id: str
+    server_id: str
+    flavor_id: str | None
+    # per window: (server, running, vcpu, ram MiB, disk GiB) seconds
+    totals: list[tuple[int, int, int, int, int]]
+
+
+def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, minimum: int,
+                 project_id: str | None = None) -> list[SegmentRow]:
+    """Per (server, flavor) seconds inside each window of ``cuts``, in one scan of the pieces.
+
+    Raw SQL of the core, per window [:s, :e) (SQLite spelling; PostgreSQL uses
+    LEAST/GREATEST)::
+
+        ov    = MAX(0, MIN(COALESCE(end_s, :now), :e) - MAX(start_s, :s))
+        extra = CASE WHEN run_end_s >= :s AND run_end_s < :e
                      THEN MAX(0, :min - (run_end_s - run_start_s)) ELSE 0 END
+        disk seconds    = CASE resource WHEN 'disk' THEN ov ELSE 0 END
+        running seconds = CASE resource WHEN 'compute' THEN ov WHEN 'stop' THEN extra ELSE 0 END
+
+    Only the month buckets the windows touch (and open pieces) are read.
     """
     dialect = session.get_bind().dialect.name
     p = UsagePiece
+    lo, hi = min(c[0] for c in cuts), max(c[1] for c in cuts)
     piece_end = func.coalesce(p.end_s, literal(now))
-    ov = _greatest(dialect, literal(0), _least(dialect, piece_end, literal(end))
-                   - _greatest(dialect, p.start_s, literal(start)))
-    extra = case(
-        (and_(p.resource == "stop", p.run_end_s >= start, p.run_end_s < end),
-         _greatest(dialect, literal(0), literal(minimum) - (p.run_end_s - p.run_start_s))),
-        else_=0,
-    )
-    is_disk = p.resource == "disk"
-    compute_s = case((p.resource == "compute", ov), else_=extra)
-    disk_s = case((is_disk, ov), else_=0)
-    run_s = case((is_disk, 0), else_=compute_s)
-    stmt = (
-        select(
-            p.project_id, p.server_id, p.flavor_id,
-            func.sum(disk_s), func.sum(run_s), func.sum(run_s * p.vcpus),
-            func.sum(run_s * p.ram_mb), func.sum(disk_s * p.disk_gb),
+    columns: list[Any] = []
+    for s, e in cuts:
+        ov = _greatest(dialect, literal(0), _least(dialect, piece_end, literal(e))
+                       - _greatest(dialect, p.start_s, literal(s)))
+        extra = case(
+            (and_(p.run_end_s >= s, p.run_end_s < e),
+             _greatest(dialect, literal(0), literal(minimum) - (p.run_end_s - p.run_start_s))),
+            else_=0,
         )
-        .where(p.bucket.in_(buckets(start, end)), p.start_s < end,
-               piece_end >= start)
-        .group_by(p.project_id, p.server_id, p.flavor_id)
+        disk_s = case((p.resource == "disk", ov), else_=0)
+        run_s = case((p.resource == "compute", ov), (p.resource == "stop", extra), else_=0)
+        columns += [func.sum(disk_s), func.sum(run_s), func.sum(run_s * p.vcpus),
+                    func.sum(run_s * p.ram_mb), func.sum(disk_s * p.disk_gb)]
+    stmt = (
+        select(func.min(p.project_id), p.server_id, p.flavor_id, *columns)
+        .where(p.bucket.in_(buckets(lo, hi)), p.start_s < hi, piece_end >= lo)
+        .group_by(p.server_id, p.flavor_id)
     )
     if project_id is not None:
         stmt = stmt.where(p.project_id == project_id)
-    return [SumRow(r[0], r[1], r[2], *(int(v or 0) for v in r[3:]))
-            for r in session.execute(stmt).all()]
+    out = []
+    for r in session.execute(stmt).all():
+        v = [int(x or 0) for x in r[3:]]
+        out.append(SegmentRow(r[0], r[1], r[2], [
+            (v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]) for i in range(0, len(v), 5)
+        ]))
+    return out
 
 
 def servers(session: Session, ids: Sequence[str]) -> dict[str, UsageServer]:
