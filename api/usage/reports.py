@@ -50,22 +50,33 @@ class ServerLine:
     """One server's seconds and cost in the window."""
 
     server_id: str
-    totals: Totals = field(default_factory=Totals)
+    # server, running, vcpu, ram MiB, disk GiB seconds (the order of ``Totals``)
+    seconds: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
     cost: Decimal = Decimal(0)  # unrounded until rendered
+
+    @property
+    def totals(self) -> Totals:
+        """The seconds as ``Totals``."""
+        return Totals(*self.seconds)
 
 
 def line_cost(prices: Prices, flavor_id: str | None, t: Totals) -> Decimal:
     """Cost at full precision of ``t`` seconds under one card (no rounding)."""
     with localcontext() as ctx:
         ctx.prec = 50
-        flavor_price = prices.flavor_hour.get(flavor_id) if flavor_id else None
-        if flavor_price is not None:
-            compute = Decimal(t.running_seconds) * flavor_price / 3600
-        else:
-            compute = (Decimal(t.vcpu_seconds) * prices.vcpu_hour / 3600
-                       + Decimal(t.ram_mib_seconds) * prices.ram_gib_hour / (1024 * 3600))
-        disk = Decimal(t.disk_gib_seconds) * prices.disk_gib_hour / 3600
-        return compute + disk
+        return _cost(prices, flavor_id, t.running_seconds, t.vcpu_seconds, t.ram_mib_seconds,
+                     t.disk_gib_seconds)
+
+
+def _cost(prices: Prices, flavor_id: str | None, running: int, vcpu: int, ram: int,
+          disk: int) -> Decimal:
+    # Exact until the one division by 3600 (the caller's context has 50 digits).
+    flavor_price = prices.flavor_hour.get(flavor_id) if flavor_id else None
+    if flavor_price is not None:
+        per_hour = running * flavor_price
+    else:
+        per_hour = vcpu * prices.vcpu_hour + ram * prices.ram_gib_hour / 1024
+    return (per_hour + disk * prices.disk_gib_hour) / 3600
 
 
 def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
@@ -78,14 +89,18 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
     with localcontext() as ctx:
         ctx.prec = 50
         for r in rows:
-            line = out[r.project_id].setdefault(r.server_id, ServerLine(r.server_id))
-            for (_, _, prices), seconds in zip(segs, r.totals, strict=True):
-                if not any(seconds):
-                    continue
-                t = Totals(*seconds)
-                line.totals = line.totals + t
-                if prices is not None:
-                    line.cost += line_cost(prices, r.flavor_id, t)
+            line = out[r.project_id].get(r.server_id)
+            if line is None:
+                line = out[r.project_id][r.server_id] = ServerLine(r.server_id)
+            acc = line.seconds
+            for (_, _, prices), (srv, run, vcpu, ram, disk) in zip(segs, r.totals, strict=True):
+                acc[0] += srv
+                acc[1] += run
+                acc[2] += vcpu
+                acc[3] += ram
+                acc[4] += disk
+                if prices is not None and (run or disk):
+                    line.cost += _cost(prices, r.flavor_id, run, vcpu, ram, disk)
     return out
 
 
@@ -119,12 +134,12 @@ def _window(session: Session, start: int, end: int, now: int, minimum: int,
     )
     blocks = []
     for pid in projects:
-        total = Totals()
+        total = [0, 0, 0, 0, 0]
         usage_cost = Decimal(0)
         server_rows = []
         for sid in sorted(lines.get(pid, {})):
             line = lines[pid][sid]
-            total = total + line.totals
+            total = [x + y for x, y in zip(total, line.seconds, strict=True)]
             cost = _money(line.cost)
             usage_cost += cost
             if with_servers:
@@ -137,7 +152,7 @@ def _window(session: Session, start: int, end: int, now: int, minimum: int,
                 })
         adj_cost = sum((Decimal(a["amount"]) for a in adjustments.get(pid, [])), Decimal(0))
         block: dict[str, Any] = {
-            "project_id": pid, **_totals_json(total), "usage_cost": str(usage_cost),
+            "project_id": pid, **_totals_json(Totals(*total)), "usage_cost": str(usage_cost),
             "adjustments_cost": str(adj_cost), "cost": str(usage_cost + adj_cost),
             "adjustments": adjustments.get(pid, []),
         }

@@ -156,8 +156,10 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
     p = UsagePiece
     lo, hi = min(c[0] for c in cuts), max(c[1] for c in cuts)
     piece_end = func.coalesce(p.end_s, literal(now))
-    columns: list[Any] = []
-    for s, e in cuts:
+    # The inner query computes each window's disk and running seconds once per piece; the
+    # OFFSET 0 keeps both databases from flattening it and evaluating them five times over.
+    per_piece: list[Any] = []
+    for i, (s, e) in enumerate(cuts):
         ov = _greatest(dialect, literal(0), _least(dialect, piece_end, literal(e))
                        - _greatest(dialect, p.start_s, literal(s)))
         extra = case(
@@ -165,17 +167,24 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
              _greatest(dialect, literal(0), literal(minimum) - (p.run_end_s - p.run_start_s))),
             else_=0,
         )
-        disk_s = case((p.resource == "disk", ov), else_=0)
-        run_s = case((p.resource == "compute", ov), (p.resource == "stop", extra), else_=0)
-        columns += [func.sum(disk_s), func.sum(run_s), func.sum(run_s * p.vcpus),
-                    func.sum(run_s * p.ram_mb), func.sum(disk_s * p.disk_gb)]
-    stmt = (
-        select(func.min(p.project_id), p.server_id, p.flavor_id, *columns)
+        per_piece += [case((p.resource == "disk", ov), else_=0).label(f"d{i}"),
+                      case((p.resource == "compute", ov), (p.resource == "stop", extra),
+                           else_=0).label(f"r{i}")]
+    inner = (
+        select(p.project_id, p.server_id, p.flavor_id, p.vcpus, p.ram_mb, p.disk_gb, *per_piece)
         .where(p.bucket.in_(buckets(lo, hi)), p.start_s < hi, piece_end >= lo)
-        .group_by(p.server_id, p.flavor_id)
     )
     if project_id is not None:
-        stmt = stmt.where(p.project_id == project_id)
+        inner = inner.where(p.project_id == project_id)
+    q = inner.offset(0).subquery()
+    columns: list[Any] = []
+    for i in range(len(cuts)):
+        dcol, rcol = q.c[f"d{i}"], q.c[f"r{i}"]
+        columns += [func.sum(dcol), func.sum(rcol), func.sum(rcol * q.c.vcpus),
+                    func.sum(rcol * q.c.ram_mb),
+                    func.sum(dcol * q.c.disk_gb)]
+    stmt = (select(func.min(q.c.project_id), q.c.server_id, q.c.flavor_id, *columns)
+            .group_by(q.c.server_id, q.c.flavor_id))
     out = []
     for r in session.execute(stmt).all():
         v = [int(x or 0) for x in r[3:]]
