@@ -10,7 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, case, delete, func, insert, literal, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
 from api.models import ClosedPeriod, LedgerEntry, PeriodReport, RateCard, UsagePiece, UsageServer
@@ -107,6 +119,11 @@ def _greatest(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:
     return func.max(a, b) if dialect == "sqlite" else func.greatest(a, b)
 
 
+def _sum(expr: Any) -> ColumnElement[int]:
+    # PostgreSQL's SUM(bigint) is NUMERIC; seconds fit a BIGINT and come back as plain ints.
+    return cast_(func.sum(expr), BigInteger)
+
+
 def buckets(start: int, end: int) -> list[int]:
     """The month buckets a window [start, end) touches, plus 0 for open pieces."""
     from api.usage.rules import month_bucket, next_month_start
@@ -180,14 +197,14 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
     columns: list[Any] = []
     for i in range(len(cuts)):
         dcol, rcol = q.c[f"d{i}"], q.c[f"r{i}"]
-        columns += [func.sum(dcol), func.sum(rcol), func.sum(rcol * q.c.vcpus),
-                    func.sum(rcol * q.c.ram_mb),
-                    func.sum(dcol * q.c.disk_gb)]
+        columns += [_sum(dcol), _sum(rcol), _sum(rcol * q.c.vcpus), _sum(rcol * q.c.ram_mb),
+                    _sum(dcol * q.c.disk_gb)]
     stmt = (select(func.min(q.c.project_id), q.c.server_id, q.c.flavor_id, *columns)
             .group_by(q.c.server_id, q.c.flavor_id))
     out = []
-    for r in session.execute(stmt).all():
-        v = [int(x or 0) for x in r[3:]]
+    # Core execution: plain tuples, no ORM row processing (10,000 rows for a month report).
+    for r in session.connection().execute(stmt).all():
+        v = [x or 0 for x in r[3:]]
         out.append(SegmentRow(r[0], r[1], r[2], [
             (v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]) for i in range(0, len(v), 5)
         ]))
