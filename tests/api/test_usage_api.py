@@ -224,3 +224,14 @@ def test_adjustments_are_admin_only_and_need_a_reason(client: TestClient,
     r = client.post("/v1/usage/adjustments", json={**body, "project_id": str(uuid.uuid4())},
                     headers=admin)
     assert r.status_code == 404
+
+
+def test_open_months_and_unknown_servers_answer_404(client: TestClient,
+                                                    admin: dict[str, str]) -> None:
+    reader = make_account(client, admin, "reader")
+    r = client.get("/v1/usage/periods/2026-10", headers=reader.headers)
+    assert r.status_code == 404 and r.json()["code"] == "period_open"
+    r = client.get(f"/v1/usage/servers/{uuid.uuid4()}", headers=admin)
+    assert r.status_code == 404 and r.json()["code"] == "server_not_found"
+    assert client.post("/v1/usage/periods/2025-01/close",
+                       headers=reader.headers).status_code == 403
