@@ -97,20 +97,6 @@ def replace_pieces(session: Session, project_id: str, server_id: str,
         session.execute(insert(table), wanted)
 
 
-@dataclass(frozen=True)
-class SumRow:
-    """Seconds of one server with one flavor inside a window (SQL sums)."""
-
-    project_id: str
-    server_id: str
-    flavor_id: str | None
-    server_seconds: int
-    running_seconds: int
-    vcpu_seconds: int
-    ram_mib_seconds: int
-    disk_gib_seconds: int
-
-
 def _least(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:
     return func.min(a, b) if dialect == "sqlite" else func.least(a, b)
 
@@ -134,13 +120,6 @@ def buckets(start: int, end: int) -> list[int]:
         out.append(month_bucket(s))
         s = next_month_start(s)
     return out
-
-
-def window_sums(session: Session, start: int, end: int, now: int, minimum: int,
-                project_id: str | None = None) -> list[SumRow]:
-    """Per (project, server, flavor) seconds inside [start, end); same rules as rules.py."""
-    return [SumRow(r.project_id, r.server_id, r.flavor_id, *r.totals[0])
-            for r in segment_sums(session, [(start, end)], now, minimum, project_id)]
 
 
 @dataclass(frozen=True)
