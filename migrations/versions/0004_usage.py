@@ -12,8 +12,8 @@ from alembic import op
 
 import api.db
 
-revision: str = 'metering_0002'
-down_revision: str | None = '0001'
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
