@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -24,6 +25,8 @@ from api.quotas.routes import router as quotas_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
 from api.servers.routes import router as servers_router
+from api.usage import hooks as usage_hooks
+from api.usage import host_monitor
 from api.usage.routes import router as usage_router
 
 log = logging.getLogger("minicloud.api")
@@ -42,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     engine = make_engine(settings.effective_database_url)
+    # Billing follows what agents observe: register the ledger hooks in every API process.
+    usage_hooks.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,8 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in session_scope(app.state.sessionmaker):
                 if bootstrap_from_env(session, settings.bootstrap_admin_token):
                     log.info("bootstrapped the admin project from MINICLOUD_BOOTSTRAP_ADMIN_TOKEN")
-        yield
-        engine.dispose()
+        stop = asyncio.Event()
+        monitor = asyncio.create_task(
+            host_monitor.run(app.state.sessionmaker, settings, stop), name="host-monitor")
+        try:
+            yield
+        finally:
+            stop.set()
+            await monitor
+            engine.dispose()
 
     app = FastAPI(
         title="minicloud",

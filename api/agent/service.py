@@ -14,6 +14,8 @@ Contracts other modules follow
 * **Transitions.** Every status change caused by an agent (or ``force_delete``) calls
   ``on_transition(session, server, old_status, new_status, seen_at)``, which runs every
   function in ``TRANSITION_HOOKS`` inside the same unit of work (billing hooks in there).
+  Every applied observation, with or without a status change, also runs
+  ``OBSERVATION_HOOKS`` (billing: a server seen running again after its host was down).
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ from api.servers import states
 TransitionHook = Callable[[Session, Server, str, str, datetime], None]
 TRANSITION_HOOKS: list[TransitionHook] = []
 """Called on every agent-driven status change, in order, inside the unit of work."""
+
+ObservationHook = Callable[[Session, Server, str, datetime], None]
+OBSERVATION_HOOKS: list[ObservationHook] = []
+"""Called on every applied (not stale) observation, after any transition: ``fn(session,
+server, observed_state, seen_at)``. Billing uses it to resume after a host came back."""
 
 
 # ---------------------------------------------------------------- enrollment and inventory
@@ -229,6 +236,8 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
                      result="error" if move.status == states.ERROR else "success",
                      message=message or f"{old} -> {move.status} (agent saw {state})",
                      details={"state": state, "seen_at": seen.isoformat(), "host_id": host_id})
+    for hook in OBSERVATION_HOOKS:
+        hook(session, server, state, seen)
     return True
 
 

@@ -23,6 +23,7 @@ from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
 from api.quotas import service as quotas
 from api.servers import placement, repository, states
 from api.servers.schemas import RebootAction, ServerAction, ServerCreate
+from api.usage import hooks as billing
 
 ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
 
@@ -142,6 +143,8 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     server.generation += 1
     session.flush()
     notify_host(session, placed.host_id)
+    # Billing starts once the server exists for good (placed): disk and server time from now.
+    billing.on_created(session, server)
     record_event(session, server, "create", user_id=principal.user_id, result=ACCEPTED,
                  details={"flavor": flavor.name, "image": image.id})
     record_event(session, server, "schedule", user_id=None, result=SUCCESS,
@@ -199,12 +202,14 @@ def mark_deleted(session: Session, server: Server, *, user_id: str | None,
 
     Call it when nothing holds the server any more (no host, or its agent confirmed the
     domain and disks are gone). Frees quota at once: usage counts ``deleted_at IS NULL``.
+    Records ``deleted`` in the usage ledger (billing stops, a running server included).
     """
     server.status, server.task_state = states.DELETED, None
-    server.deleted_at = utcnow()
+    deleted_at = server.deleted_at = utcnow()
     server.generation += 1
     freed = repository.delete_allocations(session, server.id)
     session.flush()
+    billing.on_deleted(session, server, deleted_at)
     record_event(session, server, "delete", user_id=user_id, result=SUCCESS,
                  message=message or "deleted", details={"allocations_freed": freed})
 

@@ -25,7 +25,16 @@ from sqlalchemy import (
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
-from api.models import ClosedPeriod, LedgerEntry, PeriodReport, RateCard, UsagePiece, UsageServer
+from api.models import (
+    ClosedPeriod,
+    Host,
+    LedgerEntry,
+    PeriodReport,
+    RateCard,
+    Server,
+    UsagePiece,
+    UsageServer,
+)
 from api.usage.rules import Entry, Piece
 
 
@@ -224,3 +233,25 @@ def closed_period(session: Session, period: str) -> ClosedPeriod | None:
 def period_report(session: Session, period: str, scope: str) -> PeriodReport | None:
     """A frozen report."""
     return session.get(PeriodReport, (period, scope))
+
+
+def hosts_with_heartbeat(session: Session) -> Sequence[Host]:
+    """Every host that has ever sent a heartbeat."""
+    return session.scalars(
+        select(Host).where(Host.last_heartbeat_at.is_not(None)).order_by(Host.id)
+    ).all()
+
+
+def running_servers_on(session: Session, host_id: str) -> list[tuple[Server, UsageServer]]:
+    """Live servers of a host that the ledger bills as running, in server id order.
+
+    SELECT s.*, u.* FROM servers s JOIN usage_servers u ON u.server_id = s.id
+    WHERE s.host_id = :host AND s.deleted_at IS NULL AND u.state = 'running' ORDER BY s.id
+    """
+    rows = session.execute(
+        select(Server, UsageServer).join(UsageServer, UsageServer.server_id == Server.id)
+        .where(Server.host_id == host_id, Server.deleted_at.is_(None),
+               UsageServer.state == "running")
+        .order_by(Server.id)
+    ).all()
+    return [(server, summary) for server, summary in rows]
