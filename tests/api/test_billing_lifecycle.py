@@ -14,11 +14,15 @@ API recorded (read back from the ledger).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -326,3 +330,68 @@ def test_force_delete_of_a_running_server_stops_all_billing(
     assert usage["state"] == "deleted"
     after = server_usage(client, acct, sid, start=d + 1, end=d + 3600)
     assert seconds(after)[0] == 0 and seconds(after)[4] == 0  # nothing accrues after delete
+
+
+def test_minicloud_api_processes_bill_what_their_agents_report(
+    client: TestClient, admin: dict[str, str], pool: dict[str, str], database_url: str,
+    live_api: Callable[[int], list[str]],
+) -> None:
+    # Real ``minicloud-api`` processes register the billing hooks too; the same report sent
+    # to two of them at once is billed once.
+    first, second = live_api(2)
+    acct = make_account(client, admin)
+    image = make_image_row(database_url, acct.project_id)
+    with httpx.Client(base_url=first, timeout=30) as a, \
+            httpx.Client(base_url=second, timeout=30) as b:
+        r = a.post("/v1/servers", headers=acct.headers,
+                   json={"name": unique("vm"), "flavor": "small", "image": image})
+        assert r.status_code == 202, r.text
+        sid = r.json()["id"]
+        c = epoch(datetime.fromisoformat(r.json()["created_at"]))
+        wait_until(c + 3)
+        body = {"state": "running", "seen_at": iso(c + 1), "idempotency_key": unique("obs")}
+        url = f"/v1/agent/servers/{sid}/observations"
+        with ThreadPoolExecutor(2) as pool_:
+            answers = list(pool_.map(lambda h: h.post(url, headers=pool, json=body), (a, b)))
+        assert sorted(x.json()["applied"] for x in answers) == [False, True]
+        r = b.post(url, headers=pool, json={"state": "shutoff", "seen_at": iso(c + 2),
+                                            "idempotency_key": unique("obs")})
+        assert r.status_code == 200, r.text
+        r = a.get(f"/v1/usage/servers/{sid}", headers=acct.headers,
+                  params={"start": iso(c), "end": iso(c + 3)})
+        assert r.status_code == 200, r.text
+    usage = r.json()
+    assert kinds(usage) == [("created", c), ("running", c + 1), ("stopped", c + 2)]
+    # Running [c+1, c+2) = 1 s plus the minimum's 59 s at c+2; disk [c, c+3).
+    assert seconds(usage) == (3, 60, 60, 60 * 2048, 3 * 20)
+
+
+def test_deleting_a_server_no_host_holds_records_deleted_at_once(
+    client: TestClient, admin: dict[str, str], database_url: str,
+) -> None:
+    acct = make_account(client, admin)
+    sid, _ = create(client, acct, database_url)
+    # Every server is placed at create now; a row without a host (kept by older builds, or a
+    # placement undone by an admin) is deleted at once, and billing must stop with it.
+    with db(client) as s, s.begin():
+        server = s.get(Server, sid)
+        assert server is not None
+        server.host_id = None
+    assert client.delete(f"/v1/servers/{sid}", headers=acct.headers).status_code == 202
+    assert status_gone(client, acct, sid)
+    usage = server_usage(client, acct, sid)
+    assert [k for k, _ in kinds(usage)] == ["created", "deleted"]
+    assert usage["state"] == "deleted"
+
+
+def test_the_host_monitor_loop_stops_when_told(client: TestClient, settings: Settings) -> None:
+    factory: sessionmaker[Session] = client.app.state.sessionmaker  # type: ignore[attr-defined]
+
+    async def start_then_stop() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(host_monitor.run(factory, settings, stop))
+        await asyncio.sleep(0)  # the loop is waiting for its first tick
+        stop.set()
+        await task
+
+    asyncio.run(start_then_stop())
