@@ -73,6 +73,12 @@ def status(client: TestClient, acct: Account, sid: str) -> str:
     return value
 
 
+def status_gone(client: TestClient, acct: Account, sid: str) -> bool:
+    """True when the server is deleted (hidden from its tenant)."""
+    code: int = client.get(f"/v1/servers/{sid}", headers=acct.headers).status_code
+    return code == 404
+
+
 def seen(client: TestClient, agent: dict[str, str], sid: str, state: str, second: int,
          **extra: Any) -> dict[str, Any]:
     """Report that the agent saw ``state`` at ``second``."""
@@ -194,10 +200,6 @@ def test_a_lifecycle_bills_the_observed_seconds_at_the_prices_in_force(
     assert seconds(report_line(client, acct, sid, c + 3, c + 4))[1] == 58
     assert seconds(report_line(client, acct, sid, c + 4, k + 3))[1] == 3 + 57
     assert seconds(report_line(client, acct, sid, k + 4, k + 60)) == (0, 59, 59, 59 * 2048, 0)
-
-
-def status_gone(client: TestClient, acct: Account, sid: str) -> bool:
-    return client.get(f"/v1/servers/{sid}", headers=acct.headers).status_code == 404
 
 
 def test_retried_and_repeated_reports_change_nothing(
