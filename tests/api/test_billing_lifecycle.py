@@ -81,7 +81,12 @@ def status_gone(client: TestClient, acct: Account, sid: str) -> bool:
 
 def seen(client: TestClient, agent: dict[str, str], sid: str, state: str, second: int,
          **extra: Any) -> dict[str, Any]:
-    """Report that the agent saw ``state`` at ``second``."""
+    """Report that the agent saw ``state`` at ``second``.
+
+    The agent heartbeats first, as a live agent does all along: the host monitor never takes
+    the host for down, however slowly the test runs.
+    """
+    assert client.post("/v1/agent/heartbeat", headers=agent, json={"observed": []}).is_success
     return observe(client, agent, sid, state, seen_at=iso(second), **extra)
 
 
