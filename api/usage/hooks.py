@@ -12,8 +12,8 @@ Who records what (docs/billing.md, "Where entries come from"):
 * ``host_down``: ``api.usage.host_monitor``.
 
 A server's billing state after an event is decided by :func:`billing_target`; an entry is only
-written when it differs from the ledger's current state (``usage_servers.state``), so the
-heartbeat's repeated "still running" reports add nothing. Keys are deterministic (server,
+written when it differs from the ledger's state at the event's time, so the heartbeat's
+repeated "still running" reports add nothing. Keys are deterministic (server,
 kind, time, generation): a retried report cannot record a second row.
 """
 
@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 from api.agent import service as agent_service
 from api.models import Server, UsageServer
 from api.servers import states
-from api.usage import ledger
+from api.usage import ledger, repository
+from api.usage.rules import epoch, state_after
 
 Target = Literal["running", "stopped", "deleted"]
 
@@ -66,10 +67,21 @@ def billing_target(status: str, observed: str | None) -> Target | None:
     return None
 
 
-def ledger_state(session: Session, server_id: str) -> str:
-    """The server's billing state in the ledger: building, running, stopped or deleted."""
+def ledger_state(session: Session, server_id: str, at: datetime | None = None) -> str:
+    """The server's billing state in the ledger (building, running, stopped or deleted).
+
+    ``at``: the state at that time, from the entries up to it; the summary row answers
+    when ``at`` is not before the server's last entry (the usual case: reports arrive in
+    order), so a heartbeat costs one primary-key read per server.
+    """
     summary = session.get(UsageServer, server_id)
-    return "building" if summary is None else summary.state
+    if summary is None:
+        return "building"
+    if at is None or epoch(at) >= summary.last_s:
+        return summary.state
+    # A late report (e.g. a stop the agent saw before its host was marked down).
+    cut = epoch(at)
+    return state_after(e for e in repository.entries_of(session, server_id) if e.at_s <= cut)
 
 
 def follow(session: Session, server: Server, at: datetime, observed: str | None = None,
@@ -80,7 +92,7 @@ def follow(session: Session, server: Server, at: datetime, observed: str | None 
     flushes.
     """
     target = billing_target(server.status, observed)
-    if target is None or target == ledger_state(session, server.id):
+    if target is None or target == ledger_state(session, server.id, at):
         return
     if target == "deleted":
         key, source = f"server:{server.id}:deleted", "api"

@@ -411,3 +411,38 @@ def test_the_host_monitor_loop_stops_when_told(client: TestClient, settings: Set
         await task
 
     asyncio.run(start_then_stop())
+
+
+def test_a_stop_reported_late_bills_up_to_the_stop_not_to_the_host_down(
+    client: TestClient, admin: dict[str, str], pool: dict[str, str], settings: Settings,
+    database_url: str,
+) -> None:
+    zone = unique("az")
+    host = enroll_host(client, admin, availability_zone=zone)
+    r = client.put("/v1/agent/inventory", headers=host.headers, json=inventory())
+    assert r.status_code == 200, r.text
+    acct = make_account(client, admin)
+    assert client.post("/v1/agent/heartbeat", headers=host.headers,
+                       json={"observed": []}).status_code == 200
+    sid, c = create(client, acct, database_url, availability_zone=zone)
+    wait_until(c + 3)
+    r = client.post("/v1/agent/heartbeat", headers=host.headers, json={"observed": [
+        {"server_id": sid, "state": "running", "seen_at": iso(c + 1)}]})
+    assert r.status_code == 200, r.text
+    with db(client) as s:
+        heartbeat = s.get(Host, host.id).last_heartbeat_at  # type: ignore[union-attr]
+    assert heartbeat is not None
+    h = epoch(heartbeat)
+    wait_until(h + 2)
+    assert client.post("/v1/agent/heartbeat", headers=pool, json={"observed": []}).is_success
+    later = heartbeat + timedelta(seconds=settings.host_down_after_seconds + 1)
+    with db(client) as s, s.begin():
+        assert host_monitor.sweep(s, settings, now=later) >= 1
+    # The agent's report that the guest shut down at c+2 (before the host went silent)
+    # arrives only when the host is back: compute stops at c+2, not at the host_down.
+    seen(client, host.headers, sid, "shutoff", c + 2)
+    usage = server_usage(client, acct, sid, start=c, end=h + 1)
+    assert kinds(usage) == [("created", c), ("running", c + 1), ("stopped", c + 2),
+                            ("host_down", h)]
+    # Running [c+1, c+2) = 1 s plus the minimum's 59 s at c+2.
+    assert seconds(usage)[1] == 60
