@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if bootstrap_from_env(session, settings.bootstrap_admin_token):
                     log.info("bootstrapped the admin project from MINICLOUD_BOOTSTRAP_ADMIN_TOKEN")
         stop = asyncio.Event()
-        monitor = asyncio.create_task(
+        # The host monitor: down hosts' servers stop accruing compute (api.usage.host_monitor).
+        monitor = app.state.host_monitor = asyncio.create_task(
             host_monitor.run(app.state.sessionmaker, settings, stop), name="host-monitor")
         try:
             yield

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.agent.service import force_delete
 from api.config import Settings
+from api.main import create_app
 from api.models import Host, Server
 from api.usage import host_monitor
 from api.usage.rules import epoch, from_epoch
@@ -398,6 +399,16 @@ def test_deleting_a_server_no_host_holds_records_deleted_at_once(
     usage = server_usage(client, acct, sid)
     assert [k for k, _ in kinds(usage)] == ["created", "deleted"]
     assert usage["state"] == "deleted"
+
+
+def test_every_api_process_runs_the_host_monitor_and_stops_it_on_shutdown(
+    client: TestClient, settings: Settings,
+) -> None:
+    assert not client.app.state.host_monitor.done()  # type: ignore[attr-defined]
+    with TestClient(create_app(settings)) as other:
+        task = other.app.state.host_monitor  # type: ignore[attr-defined]
+        assert not task.done()
+    assert task.done() and not task.cancelled() and task.exception() is None
 
 
 def test_the_host_monitor_loop_stops_when_told(client: TestClient, settings: Settings) -> None:
