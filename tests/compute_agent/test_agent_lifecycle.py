@@ -34,7 +34,7 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
-from tests.factories import Account, make_account
+from tests.factories import Account, make_account, unique
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -59,14 +59,16 @@ def disk_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture
 def agent(api: str, tmp_path: Path) -> Iterator[ThreadAgent]:
-    a = start_test_driver_agent(api, tmp_path / "host", vcpus=4, ram_mb=8192, disk_gb=50)
+    a = start_test_driver_agent(api, tmp_path / "host", vcpus=4, ram_mb=8192, disk_gb=50,
+                                az=unique("az"))
     yield a
     a.stop()
 
 
 def boot(api: str, member: Account, image_id: str, settings: Settings, agent: ThreadAgent,
          **fields: Any) -> dict[str, Any]:
-    s = create_server(api, member.headers, "tiny", image_id, **fields)
+    s = create_server(api, member.headers, "tiny", image_id, availability_zone=agent.az,
+                      **fields)
     place_if_unplaced(settings.effective_database_url, s["id"], agent.host_id)
     return s
 

@@ -124,6 +124,7 @@ class ThreadAgent:
     thread: threading.Thread
     host_id: str
     name: str
+    az: str
 
     def stop(self) -> None:
         self.agent.stop()
@@ -141,18 +142,20 @@ def agent_settings(api: str, home: Path, name: str, uri: str, **extra: Any) -> A
 
 def start_test_driver_agent(api: str, home: Path, *, vcpus: int = 4, ram_mb: int = 8192,
                             disk_gb: int = 100, name: str | None = None,
-                            network: str = "default") -> ThreadAgent:
-    """Enroll and run an agent on its own test-driver node of the given size."""
+                            network: str = "default", az: str = "nova") -> ThreadAgent:
+    """Enroll and run an agent on its own test-driver node of the given size (in zone ``az``:
+    tests give each their own zone, so the scheduler places their servers on their hosts)."""
     name = name or unique("sim")
     home.mkdir(parents=True, exist_ok=True)
     uri = write_test_node_xml(home / "node.xml", vcpus, ram_mb,
                               network=None if network == "none" else network)
-    settings = agent_settings(api, home, name, uri, disk_gb=disk_gb, network=network)
+    settings = agent_settings(api, home, name, uri, disk_gb=disk_gb, network=network,
+                              availability_zone=az)
     cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
     agent = Agent(settings, cred, Hypervisor(uri), "qemu")
     thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
     thread.start()
-    return ThreadAgent(agent, thread, cred.host_id, name)
+    return ThreadAgent(agent, thread, cred.host_id, name, az)
 
 
 # ------------------------------------------------------------------ agent subprocesses
@@ -160,9 +163,9 @@ def start_test_driver_agent(api: str, home: Path, *, vcpus: int = 4, ram_mb: int
 class AgentProcess:
     """``minicloud-agent`` as its own process (so it can be killed with SIGKILL)."""
 
-    def __init__(self, api: str, home: Path, name: str, uri: str, *,
+    def __init__(self, api: str, home: Path, name: str, uri: str, *, az: str = "nova",
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        self.api, self.home, self.name, self.uri = api, home, name, uri
+        self.api, self.home, self.name, self.uri, self.az = api, home, name, uri, az
         self.extra_args = extra_args or []
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -171,6 +174,7 @@ class AgentProcess:
     def start(self, token: str | None = None, env: dict[str, str] | None = None) -> None:
         args = [sys.executable, "-c", "from compute_agent.main import run; run()",
                 "--api", self.api, "--name", self.name, "--libvirt-uri", self.uri,
+                "--az", self.az,
                 "--state-dir", str(self.home / "state"),
                 "--instances-dir", str(self.home / "instances"),
                 "--image-cache-dir", str(self.home / "images"),
@@ -178,7 +182,7 @@ class AgentProcess:
                 "--console-interval", "0.5", "--shutdown-timeout", "30", *self.extra_args]
         if token:
             args += ["--enroll", token]
-        full_env = dict(os.environ, PYTHONPATH=str(REPO), **self.env, **(env or {}))
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **self.env, **(env or {})}
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                                      cwd=REPO)
@@ -235,3 +239,47 @@ def place_if_unplaced(database_url: str, server_id: str, host_id: str) -> None:
             notify_host(session, host_id)
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------ an API process we can kill
+
+class ApiProcess:
+    """One ``minicloud-api`` process on a fixed port, restartable on the same database."""
+
+    def __init__(self, settings: Any) -> None:
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.settings = settings
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, MINICLOUD_DATABASE_URL=self.settings.effective_database_url,
+                   MINICLOUD_DATA_DIR=str(self.settings.data_dir),
+                   MINICLOUD_LOG_LEVEL="WARNING", PYTHONPATH=str(REPO))
+        out = open(Path(self.settings.data_dir) / f"api-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from api.server import run; run()", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-migrate"], env=env, stdout=out,
+            stderr=subprocess.STDOUT, cwd=REPO)
+        out.close()
+
+        def healthy() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "API exited"
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_until(healthy, 60, "API up")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
