@@ -178,7 +178,8 @@ class Agent:
                 delay = min(delay * 2, MAX_BACKOFF)
             except HypervisorError as exc:
                 log.warning("libvirt: %s; reconnecting in %.1fs", exc, delay)
-                self._stop.wait(delay)
+                if self._stop.wait(delay):
+                    break
                 delay = min(delay * 2, MAX_BACKOFF)
                 try:
                     self.hv.ensure_connected()

@@ -51,7 +51,8 @@ class AgentSettings(BaseSettings):
     # How often the console tail of running servers is shipped (also the long-poll bound).
     console_interval: float = Field(default=2.0, gt=0)
     inventory_interval: float = Field(default=60.0, gt=0)
-    long_poll_wait: float = Field(default=25.0, ge=0, le=30)
+    # Bound of one long-poll; also how long a stopping agent may take to finish it.
+    long_poll_wait: float = Field(default=10.0, ge=0, le=30)
 
     @property
     def network_name(self) -> str | None:

@@ -126,7 +126,10 @@ def run(argv: list[str] | None = None) -> None:
     worker.start()
     stop.wait()
     agent.stop()
-    worker.join(timeout=settings.long_poll_wait + settings.shutdown_timeout + 5)
+    # Let a pending long-poll end (so the API is not left answering a closed connection), but
+    # do not wait out a graceful guest shutdown: every step is restart-safe, so whatever is cut
+    # short here is finished by the next start.
+    worker.join(timeout=settings.long_poll_wait + 5)
     agent.close()
     hv.close()
 

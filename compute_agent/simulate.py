@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +88,17 @@ def start_simulated(base: AgentSettings, sizes: list[HostSize], root: Path, *,
     return hosts
 
 
-def stop_simulated(hosts: list[SimulatedHost], timeout: float = 60.0) -> None:
-    """Stop every simulated agent and close its connections (forgetting its domains)."""
+def stop_simulated(hosts: list[SimulatedHost], timeout: float | None = None) -> None:
+    """Stop every simulated agent and close its connections (forgetting its domains).
+
+    Waits up to ``timeout`` s (default: the long-poll bound + 5) for pending long-polls.
+    """
+    if timeout is None:
+        timeout = max((h.agent.settings.long_poll_wait for h in hosts), default=0) + 5
     for h in hosts:
         h.agent.stop()
+    deadline = time.monotonic() + timeout
     for h in hosts:
-        h.thread.join(timeout)
+        h.thread.join(max(0.0, deadline - time.monotonic()))
         h.agent.close()
         h.agent.hv.close()
