@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)
     # Serial console tail kept per server.
     console_max_bytes: int = Field(default=64 * 1024, gt=0)
+    # Weigher multipliers; negative ram/cpu multipliers pack hosts instead of spreading.
+    scheduler_ram_weight_multiplier: float = 1.0
+    scheduler_cpu_weight_multiplier: float = 1.0
+    scheduler_soft_affinity_weight_multiplier: float = 1.0
+    scheduler_soft_anti_affinity_weight_multiplier: float = 1.0
+    # Fresh snapshots a placement may take when concurrent claims keep winning the race.
+    scheduler_max_attempts: int = Field(default=20, gt=0)
 
     @field_validator("data_dir")
     @classmethod

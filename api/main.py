@@ -21,6 +21,7 @@ from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
 from api.quotas.routes import router as quotas_router
+from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
 from api.servers.routes import router as servers_router
 
@@ -30,6 +31,7 @@ log = logging.getLogger("minicloud.api")
 ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 ROUTERS += [servers_router, server_groups_router, quotas_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
+ROUTERS += [scheduler_router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -1,1 +1,1 @@
-"""Placement as a library: filters and weighers over a host snapshot, plus the SQL claim."""
+"""Placement as a library: filters and weighers over a snapshot, and the race-free claim."""

@@ -1,0 +1,188 @@
+"""Loading a scheduler snapshot from SQL: two cheap queries for all hosts.
+
+    SELECT id, name, availability_zone, architecture, enabled, disabled_reason, aggregates,
+           last_heartbeat_at, generation FROM hosts ORDER BY id;
+
+    SELECT i.host_id, i.resource_class, i.total, i.reserved,
+           coalesce(i.allocation_ratio, <pool ratio of the class>), i.min_unit,
+           coalesce(i.max_unit, i.total),
+           coalesce((SELECT sum(a.used) FROM allocations a
+                      WHERE a.host_id = i.host_id AND a.resource_class = i.resource_class), 0)
+      FROM inventories i;
+
+The usage subquery is ``scheduler.claim.used_expr``, the same expression the claim re-checks
+with; per inventory row it is an index lookup on allocations.host_id, which SQLite runs far
+faster than joining a GROUP BY over all allocations.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from api.config import Settings
+from api.db import utcnow
+from api.models import Allocation, Host, Inventory, Server, ServerGroup
+from scheduler.claim import max_unit_expr, ratio_expr, used_expr
+from scheduler.framework import (
+    DISK_GB,
+    MEMORY_MB,
+    VCPU,
+    HostState,
+    InventoryState,
+    ServerGroupSpec,
+    Snapshot,
+)
+
+
+def pool_ratios(settings: Settings) -> dict[str, float]:
+    """The pool-wide allocation ratio of each resource class."""
+    return {VCPU: settings.cpu_allocation_ratio, MEMORY_MB: settings.ram_allocation_ratio,
+            DISK_GB: settings.disk_allocation_ratio}
+
+
+@lru_cache(maxsize=8)
+def _statements(ratios: tuple[tuple[str, float], ...]) -> tuple[Select[Any], Select[Any]]:
+    # Building the expressions costs more than running them on a small pool: build once.
+    hosts = select(
+        Host.id, Host.name, Host.availability_zone, Host.architecture, Host.enabled,
+        Host.disabled_reason, Host.aggregates, Host.last_heartbeat_at, Host.generation,
+    ).order_by(Host.id)
+    inventories = select(
+        Inventory.host_id, Inventory.resource_class, Inventory.total, Inventory.reserved,
+        ratio_expr(dict(ratios)), Inventory.min_unit, max_unit_expr(), used_expr())
+    return hosts, inventories
+
+
+def _read_hosts(session: Session, settings: Settings,
+                only: list[str] | None = None) -> list[HostState]:
+    """Host rows, then their inventories with usage (all hosts, or the ids in ``only``)."""
+    hosts_stmt, inventories_stmt = _statements(tuple(sorted(pool_ratios(settings).items())))
+    if only is not None:
+        hosts_stmt = hosts_stmt.where(Host.id.in_(only))
+        inventories_stmt = inventories_stmt.where(Inventory.host_id.in_(only))
+    host_rows = session.execute(hosts_stmt).all()
+    # Usage is read after the generations: a claim committing in between bumped a generation
+    # this snapshot holds the old value of, so claiming on that host conflicts and re-reads.
+    inventories: dict[str, dict[str, InventoryState]] = {}
+    for hid, rc, total, reserved, ratio, min_unit, max_unit, in_use in (
+            session.execute(inventories_stmt)):
+        inventories.setdefault(hid, {})[rc] = InventoryState(
+            total=total, reserved=reserved, allocation_ratio=float(ratio),
+            min_unit=min_unit, max_unit=max_unit, used=int(in_use))
+    return [
+        HostState(id=hid, name=name, availability_zone=zone, architecture=arch,
+                  enabled=bool(enabled), disabled_reason=reason, aggregates=aggregates or {},
+                  last_heartbeat=heartbeat.timestamp() if heartbeat is not None else None,
+                  generation=generation, inventories=inventories.get(hid, {}))
+        for hid, name, zone, arch, enabled, reason, aggregates, heartbeat, generation
+        in host_rows
+    ]
+
+
+def _snapshot(hosts: list[HostState], settings: Settings) -> Snapshot:
+    return Snapshot(hosts=hosts, now=utcnow().timestamp(),
+                    host_down_after_seconds=float(settings.host_down_after_seconds))
+
+
+def load_hosts(session: Session, settings: Settings) -> Snapshot:
+    """Every host with its inventories and summed allocations, as of now (no cache)."""
+    return _snapshot(_read_hosts(session, settings), settings)
+
+
+class SnapshotCache:
+    """A per-process copy of the pool, refreshed by generation.
+
+    Each ``load`` reads ``id, generation, last_heartbeat_at`` of every host (cheap) and re-reads
+    in full only the hosts whose generation moved, plus new ones. Every claim bumps its host's
+    generation, and so must every other change of a host or its inventory that the filters
+    look at (admin PATCH, agent inventory, enable/disable). A change that does not bump (a
+    server deletion freeing allocations) only makes the copy pessimistic; ``place`` re-reads
+    in full before answering ``no_valid_host``. Optimistic changes are caught by the claim's
+    generation check and SQL re-check, after which ``forget`` drops the host from the copy.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hosts: dict[str, HostState] = {}
+
+    def load(self, session: Session, settings: Settings) -> Snapshot:
+        """A snapshot of every host, re-reading only what changed since the last load."""
+        marks = session.execute(_MARKS).all()
+        with self._lock:
+            known = dict(self._hosts)
+        stale = [hid for hid, generation, _ in marks
+                 if (h := known.get(hid)) is None or h.generation != generation]
+        if len(stale) * 2 > len(marks):
+            fresh = _read_hosts(session, settings)
+        else:
+            fresh = _read_hosts(session, settings, stale) if stale else []
+        for host in fresh:
+            known[host.id] = host
+        hosts: list[HostState] = []
+        for hid, generation, heartbeat in marks:
+            cached = known.get(hid)
+            if cached is None or cached.generation != generation:
+                continue  # changed again between the two reads: absent from this snapshot
+            seen = heartbeat.timestamp() if heartbeat is not None else None
+            if cached.last_heartbeat != seen:
+                # HostState objects are shared with concurrent readers: replace, never mutate.
+                cached = replace(cached, last_heartbeat=seen)
+            hosts.append(cached)
+        with self._lock:
+            self._hosts = {h.id: h for h in hosts}
+        return _snapshot(hosts, settings)
+
+    def forget(self, host_id: str) -> None:
+        """Drop one host, so the next load re-reads it in full."""
+        with self._lock:
+            self._hosts.pop(host_id, None)
+
+
+_MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at).order_by(Host.id)
+_CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def snapshot_cache(session: Session, settings: Settings) -> SnapshotCache:
+    """The process's cache for this database and these pool ratios."""
+    key = (str(session.get_bind().engine.url), tuple(sorted(pool_ratios(settings).items())))
+    with _CACHES_LOCK:
+        cache = _CACHES.get(key)
+        if cache is None:
+            cache = _CACHES[key] = SnapshotCache()
+        return cache
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """A server group as of now: its generation and where its members run."""
+
+    spec: ServerGroupSpec
+    generation: int
+
+
+def load_group(session: Session, group_id: str, policy: str) -> GroupState | None:
+    """The group's generation, then its members' hosts (from their allocations).
+
+    Read in that order: a member placed in between also bumped the generation, so the claim's
+    group check fails and the placement re-reads, never trusting a stale member list.
+    """
+    generation = session.scalar(
+        select(ServerGroup.generation).where(ServerGroup.id == group_id))
+    if generation is None:
+        return None
+    rows = session.execute(
+        select(Allocation.host_id, func.count(func.distinct(Allocation.server_id)))
+        .join(Server, Server.id == Allocation.server_id)
+        .where(Server.server_group_id == group_id, Server.deleted_at.is_(None))
+        .group_by(Allocation.host_id)
+    ).all()
+    members = {host_id: int(count) for host_id, count in rows}
+    return GroupState(ServerGroupSpec(id=group_id, policy=policy, member_host_ids=members),
+                      int(generation))

@@ -1,0 +1,237 @@
+"""Scheduler benchmark: in-process decisions and claims through place() on SQLite / PostgreSQL.
+
+    /work/venv/bin/python bench/scheduler_bench.py                      # everything, SQLite
+    /work/venv/bin/python bench/scheduler_bench.py --pg postgresql+psycopg://u:pw@host/postgres
+    /work/venv/bin/python bench/scheduler_bench.py --only inprocess
+
+(a) in-process: ``scheduler.pipeline.decide`` over a snapshot of N hosts (100, 1,000, 10,000),
+    40 % filled on average, timed per decision.
+(b) claim: ``api.scheduler.placement.place`` in a create-like transaction (insert a server row,
+    place, commit) on a fresh database with 1,000 hosts already holding 3 servers each, from
+    1 and 8 threads. Each thread uses its own session, like API workers.
+(c) end to end through ``POST /v1/servers``: add a scenario to ``SCENARIOS`` once that route
+    exists (see ``claim_scenario`` for the pool set-up to reuse).
+
+Prints one line per scenario; results go to docs/benchmarks.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import insert
+
+from api.config import Settings
+from api.db import make_engine, make_sessionmaker, new_id, utcnow
+from api.migrate import upgrade
+from api.models import Allocation, Host, Inventory, Server
+from api.scheduler.placement import NoValidHost, place
+from scheduler.framework import (
+    DISK_GB,
+    MEMORY_MB,
+    VCPU,
+    HostState,
+    InventoryState,
+    RequestSpec,
+    Snapshot,
+)
+from scheduler.pipeline import decide
+from tests.db import fresh_database
+from tests.scheduler.db_factories import make_catalog
+
+FLAVORS = [(1, 512, 1), (1, 2048, 20), (2, 4096, 40), (4, 8192, 80)]
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-quantile of ``samples`` (nearest rank)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(name: str, latencies: list[float], wall: float, extra: str = "") -> None:
+    """One result line: rate, p50, p99 (milliseconds)."""
+    print(f"{name:<44} n={len(latencies):>5}  {len(latencies) / wall:>8.1f}/s  "
+          f"p50={percentile(latencies, 0.5) * 1e3:7.2f} ms  "
+          f"p99={percentile(latencies, 0.99) * 1e3:7.2f} ms  {extra}", flush=True)
+
+
+def synthetic_snapshot(n: int, rng: random.Random) -> Snapshot:
+    """N hosts of 32 vCPU x 4.0 / 128 GB / 2 TB, filled 0-80 %, 3 zones, 2 % disabled."""
+    now = time.time()
+    hosts = []
+    for i in range(n):
+        fill = rng.random() * 0.8
+        hosts.append(HostState(
+            id=f"{i:08d}-host", name=f"host{i}", availability_zone=f"az{i % 3}",
+            enabled=rng.random() > 0.02, last_heartbeat=now - rng.random() * 30,
+            aggregates={"ssd": "true"} if i % 2 else {},
+            inventories={
+                VCPU: InventoryState(32, 0, 4.0, 1, 32, int(128 * fill)),
+                MEMORY_MB: InventoryState(131072, 4096, 1.0, 1, 131072, int(126976 * fill)),
+                DISK_GB: InventoryState(2000, 0, 1.0, 1, 2000, int(2000 * fill)),
+            }))
+    return Snapshot(hosts=hosts, now=now, host_down_after_seconds=60)
+
+
+def inprocess_scenario(n: int, count: int) -> None:
+    """(a) decide() only, over a prebuilt snapshot."""
+    rng = random.Random(n)
+    snap = synthetic_snapshot(n, rng)
+    latencies = []
+    cpu: list[float] = []
+    start = time.perf_counter()
+    for k in range(count):
+        vcpus, ram, disk = FLAVORS[k % len(FLAVORS)]
+        spec = RequestSpec(server_id=f"s{k}", project_id="p", vcpus=vcpus, ram_mb=ram,
+                           disk_gb=disk, request_id=f"req-{k}",
+                           availability_zone="az1" if k % 4 == 0 else None,
+                           extra_specs={"ssd": "true"} if k % 5 == 0 else {})
+        c0, t0 = time.process_time(), time.perf_counter()
+        decision = decide(spec, snap)
+        latencies.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        assert decision.host is not None
+    # CPU time too: on a shared machine the wall clock also measures the neighbours.
+    report(f"in-process decide, {n} hosts", latencies, time.perf_counter() - start,
+           f"cpu p50={percentile(cpu, 0.5) * 1e3:.2f} ms p99={percentile(cpu, 0.99) * 1e3:.2f} ms")
+
+
+def build_pool(url: str, n: int, servers_per_host: int = 3) -> Settings:
+    """Migrate ``url`` and insert ``n`` hosts, each already running ``servers_per_host``."""
+    upgrade(url)
+    # Hosts never heartbeat here: keep them "up" for the whole run.
+    settings = Settings(database_url=url, data_dir=Path(tempfile.mkdtemp()),
+                        host_down_after_seconds=86400)
+    engine = make_engine(url)
+    maker = make_sessionmaker(engine)
+    with maker.begin() as s:
+        catalog = make_catalog(s)
+        now = utcnow()
+        hosts, inventories, servers, allocations = [], [], [], []
+        for i in range(n):
+            hid = new_id()
+            hosts.append({"id": hid, "name": f"bench-{i}", "availability_zone": f"az{i % 3}",
+                          "last_heartbeat_at": now, "aggregates": {}, "generation": 0,
+                          "enabled": True, "libvirt_uri": "", "virt_type": "kvm",
+                          "architecture": "x86_64", "created_at": now})
+            for rc, total in ((VCPU, 32), (MEMORY_MB, 131072), (DISK_GB, 2000)):
+                inventories.append({"id": new_id(), "host_id": hid, "resource_class": rc,
+                                    "total": total, "reserved": 0, "min_unit": 1})
+            for _ in range(servers_per_host):
+                sid = new_id()
+                servers.append({"id": sid, "project_id": catalog.project_id, "user_id": "u",
+                                "name": "seed", "flavor_id": catalog.flavor_id,
+                                "image_id": catalog.image_id, "vcpus": 2, "ram_mb": 4096,
+                                "disk_gb": 40, "host_id": hid, "status": "ACTIVE",
+                                "generation": 0, "addresses": [], "created_at": now,
+                                "updated_at": now})
+                for rc, used in ((VCPU, 2), (MEMORY_MB, 4096), (DISK_GB, 40)):
+                    allocations.append({"id": new_id(), "server_id": sid, "host_id": hid,
+                                        "resource_class": rc, "used": used})
+        s.execute(insert(Host), hosts)
+        s.execute(insert(Inventory), inventories)
+        s.execute(insert(Server), servers)
+        s.execute(insert(Allocation), allocations)
+    engine.dispose()
+    POOL_CATALOG[url] = catalog
+    return settings
+
+
+POOL_CATALOG: dict[str, object] = {}
+
+
+def claim_scenario(label: str, url: str, settings: Settings, threads: int, count: int) -> None:
+    """(b) create-like transactions: insert a server row, place(), commit."""
+    catalog = POOL_CATALOG[url]
+    engine = make_engine(url)
+    maker = make_sessionmaker(engine)
+    latencies: list[float] = []
+    conflicts = [0]
+    lock = threading.Lock()
+
+    def one(k: int) -> None:
+        vcpus, ram, disk = FLAVORS[k % len(FLAVORS)]
+        t0 = time.perf_counter()
+        with maker() as s:
+            server = Server(project_id=catalog.project_id, user_id="u",  # type: ignore[attr-defined]
+                            name="b", flavor_id=catalog.flavor_id,  # type: ignore[attr-defined]
+                            image_id=catalog.image_id,  # type: ignore[attr-defined]
+                            vcpus=vcpus, ram_mb=ram, disk_gb=disk)
+            s.add(server)
+            s.flush()
+            spec = RequestSpec(server_id=server.id, project_id=server.project_id, vcpus=vcpus,
+                               ram_mb=ram, disk_gb=disk)
+            try:
+                result = place(s, settings, spec, request_id=f"{label}-{k}")
+            except NoValidHost:
+                s.rollback()
+                raise
+            server.host_id = result.host_id
+            s.commit()
+        elapsed = time.perf_counter() - t0
+        with lock:
+            latencies.append(elapsed)
+            conflicts[0] += result.conflicts
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(count)))
+    wall = time.perf_counter() - start
+    engine.dispose()
+    report(f"place() {label}, {threads} thread(s)", latencies, wall,
+           f"conflicts={conflicts[0]}")
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+
+def run_inprocess(args: argparse.Namespace) -> None:
+    """(a) for 100, 1,000 and 10,000 hosts."""
+    for n in (100, 1000, 10000):
+        inprocess_scenario(n, args.decisions)
+
+
+def run_claims(args: argparse.Namespace) -> None:
+    """(b) on SQLite, and on PostgreSQL when --pg is given."""
+    backends = [("sqlite", "sqlite")] + ([("postgresql", args.pg)] if args.pg else [])
+    for name, server in backends:
+        import os
+
+        os.environ["MINICLOUD_TEST_DATABASE_URL"] = server
+        with fresh_database(Path(tempfile.mkdtemp())) as url:
+            settings = build_pool(url, args.hosts)
+            for threads in (1, 8):
+                claim_scenario(f"{name} {args.hosts} hosts", url, settings, threads,
+                               args.placements)
+
+
+SCENARIOS["inprocess"] = run_inprocess
+SCENARIOS["claim"] = run_claims
+
+
+def main() -> None:
+    """Parse the options and run the chosen scenarios."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    parser.add_argument("--pg", help="PostgreSQL server URL (a database is created on it)")
+    parser.add_argument("--hosts", type=int, default=1000, help="pool size for claims")
+    parser.add_argument("--decisions", type=int, default=300, help="in-process decisions per N")
+    parser.add_argument("--placements", type=int, default=400, help="claims per thread setup")
+    args = parser.parse_args()
+    for name in args.only or list(SCENARIOS):
+        SCENARIOS[name](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The race-free claim: optimistic concurrency on generations plus a capacity re-check in SQL.
+
+A claim for server S on host H, in the caller's transaction:
+
+1. ``UPDATE hosts SET generation = generation + 1
+      WHERE id = :host AND generation = :seen AND enabled``
+   One row, or another claim (or an admin change) got there first: conflict. On PostgreSQL the
+   row lock this takes serializes every later claim on H until our transaction ends; on SQLite
+   the first write already holds the database write lock.
+2. Re-check every requested class with the shared fit rule (``scheduler.capacity``):
+      SELECT count(*) FROM inventories i
+       WHERE i.host_id = :host AND i.resource_class IN (:classes)
+         AND coalesce((SELECT sum(a.used) FROM allocations a
+                        WHERE a.host_id = i.host_id
+                          AND a.resource_class = i.resource_class), 0) + :requested
+             <= (i.total - i.reserved) * coalesce(i.allocation_ratio, :pool_ratio)
+         AND :requested >= i.min_unit AND :requested <= coalesce(i.max_unit, i.total)
+   Anything but one row per class: conflict (e.g. a ratio was lowered without a bump).
+3. For hard (anti-)affinity groups:
+   ``UPDATE server_groups SET generation = generation + 1 WHERE id = :group AND generation = :seen``
+   so two members placed concurrently cannot both rely on the same member list. Done last, so a
+   transaction that holds the group row never waits for anything else (no lock cycles).
+4. Insert one allocation row per requested class.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import and_, case, func, insert, literal, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from api.db import new_id
+from api.models import Allocation, Host, Inventory, ServerGroup
+from scheduler.capacity import fit_rule
+
+HARD_GROUP_POLICIES = ("affinity", "anti-affinity")
+
+
+class ClaimOutcome(enum.Enum):
+    """How a claim ended: CLAIMED, or which optimistic check lost the race."""
+
+    CLAIMED = "claimed"
+    HOST_CONFLICT = "host_conflict"
+    CAPACITY_CONFLICT = "capacity_conflict"
+    GROUP_CONFLICT = "group_conflict"
+
+
+def ratio_expr(pool_ratios: Mapping[str, float]) -> ColumnElement[Any]:
+    """The effective allocation ratio of an inventory row: its own, else the pool's default."""
+    return func.coalesce(
+        Inventory.allocation_ratio,
+        case({rc: literal(ratio) for rc, ratio in pool_ratios.items()},
+             value=Inventory.resource_class, else_=literal(1.0)),
+    )
+
+
+def max_unit_expr() -> ColumnElement[Any]:
+    """The effective max_unit: unset means the whole (physical) total."""
+    return func.coalesce(Inventory.max_unit, Inventory.total)
+
+
+def used_expr() -> ColumnElement[Any]:
+    """What is allocated of this inventory row's class on its host (correlated subquery)."""
+    return func.coalesce(
+        select(func.sum(Allocation.used))
+        .where(Allocation.host_id == Inventory.host_id,
+               Allocation.resource_class == Inventory.resource_class)
+        .correlate(Inventory)
+        .scalar_subquery(),
+        0,
+    )
+
+
+def fit_clause(requested: ColumnElement[Any], pool_ratios: Mapping[str, float]
+               ) -> ColumnElement[bool]:
+    """The fit rule over an ``inventories`` row, in SQL."""
+    clause: ColumnElement[bool] = fit_rule(
+        used_expr(), requested, Inventory.total, Inventory.reserved, ratio_expr(pool_ratios),
+        Inventory.min_unit, max_unit_expr(), and_)
+    return clause
+
+
+def claim(session: Session, *, server_id: str, host_id: str, host_generation: int,
+          resources: Mapping[str, int], pool_ratios: Mapping[str, float],
+          group_id: str | None = None, group_policy: str | None = None,
+          group_generation: int | None = None) -> ClaimOutcome:
+    """Claim ``resources`` on one host for ``server_id``; flushes, never commits.
+
+    Returns the outcome; on any conflict nothing is inserted (generations may have been bumped
+    in this transaction, which only makes other claimers re-read). Raises nothing of its own.
+    """
+    bumped = session.execute(
+        update(Host)
+        .where(Host.id == host_id, Host.generation == host_generation, Host.enabled.is_(True))
+        .values(generation=Host.generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(bumped, "rowcount", 0) != 1:
+        return ClaimOutcome.HOST_CONFLICT
+
+    requested = case({rc: literal(n) for rc, n in resources.items()},
+                     value=Inventory.resource_class, else_=literal(0))
+    fitting = session.scalar(
+        select(func.count())
+        .select_from(Inventory)
+        .where(Inventory.host_id == host_id,
+               Inventory.resource_class.in_(list(resources)),
+               fit_clause(requested, pool_ratios))
+    )
+    if fitting != len(resources):
+        return ClaimOutcome.CAPACITY_CONFLICT
+
+    if group_id is not None and group_policy in HARD_GROUP_POLICIES:
+        group_bumped = session.execute(
+            update(ServerGroup)
+            .where(ServerGroup.id == group_id, ServerGroup.generation == group_generation)
+            .values(generation=ServerGroup.generation + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(group_bumped, "rowcount", 0) != 1:
+            return ClaimOutcome.GROUP_CONFLICT
+
+    session.execute(insert(Allocation), [
+        {"id": new_id(), "server_id": server_id, "host_id": host_id, "resource_class": rc,
+         "used": amount}
+        for rc, amount in resources.items()
+    ])
+    return ClaimOutcome.CLAIMED

@@ -1,0 +1,1 @@
+"""Hard constraints, one module per filter."""

@@ -1,0 +1,172 @@
+"""filter -> weigh -> normalize -> pick: a pure function over a snapshot.
+
+The order of the filters is the order of this list, cheapest and most selective first, and it
+is also how refusals are attributed: a host is refused by the first filter that rejects it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.filters.aggregates import AggregatesFilter
+from scheduler.filters.availability_zone import AvailabilityZoneFilter
+from scheduler.filters.image import ImageFilter
+from scheduler.filters.resources import ResourcesFilter
+from scheduler.filters.server_group import ServerGroupFilter
+from scheduler.filters.status import HostStatusFilter
+from scheduler.framework import Filter, HostState, RequestSpec, Snapshot, Weigher
+from scheduler.weighers.resources import cpu_weigher, ram_weigher
+from scheduler.weighers.server_group import SoftAffinityWeigher, SoftAntiAffinityWeigher
+
+FILTERS: tuple[Filter, ...] = (
+    HostStatusFilter(),        # 1. two attribute reads: drops disabled and silent hosts early
+    ResourcesFilter(),         # 2. the fit rule for each requested resource class
+    AvailabilityZoneFilter(),  # 3. one string compare, only when a zone is requested
+    ServerGroupFilter(),       # 4. hard affinity / anti-affinity, only for such groups
+    ImageFilter(),             # 5. image minimums and CPU architecture
+    AggregatesFilter(),        # 6. flavor extra_specs vs host tags: a dict walk, so last
+)
+
+WEIGHERS: tuple[Weigher, ...] = (
+    ram_weigher(),
+    cpu_weigher(),
+    SoftAffinityWeigher(),
+    SoftAntiAffinityWeigher(),
+)
+
+# Two totals closer than this are a tie (they come from sums of normalized floats).
+TIE = 1e-9
+TOP = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Multipliers:
+    """Weigher multipliers by weigher name; negative resource multipliers pack instead of spread."""
+
+    ram: float = 1.0
+    cpu: float = 1.0
+    soft_affinity: float = 1.0
+    soft_anti_affinity: float = 1.0
+
+    def of(self, weigher: str) -> float:
+        """The multiplier of ``weigher`` (0 for unknown names)."""
+        return float(getattr(self, weigher, 0.0))
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of one pipeline run: the pick, the runners-up, and why others were refused."""
+
+    host: HostState | None
+    # The pick first, then the next best by score: claim fallbacks and the recorded breakdown.
+    ranked: list[HostState]
+    hosts: int
+    candidates: int
+    refusals: Counter[str] = field(default_factory=Counter)
+    # host id -> reason code, for every refused host.
+    refused: dict[str, str] = field(default_factory=dict)
+    # host id -> {"total": ..., weigher: weighted normalized score} for the ranked hosts.
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready record of the decision (for the server's events)."""
+        return {
+            "host_id": self.host.id if self.host else None,
+            "hosts": self.hosts,
+            "candidates": self.candidates,
+            "refusals": dict(self.refusals),
+            "top": [{"host_id": h.id, "host": h.name, **self.scores.get(h.id, {})}
+                    for h in self.ranked],
+        }
+
+
+def scale(values: list[float], multiplier: float = 1.0) -> tuple[float, float]:
+    """(low, factor) so that ``(v - low) * factor`` is ``multiplier`` times v normalized to
+    [0, 1] by min/max; all values equal -> factor 0 (the weigher has no opinion)."""
+    low, high = min(values), max(values)
+    return low, (multiplier / (high - low) if high > low else 0.0)
+
+
+def normalize(values: list[float]) -> list[float]:
+    """``values`` scaled to [0, 1] by min/max, as the pipeline weighs them."""
+    low, factor = scale(values)
+    return [(v - low) * factor for v in values]
+
+
+def filter_hosts(spec: RequestSpec, snapshot: Snapshot) -> tuple[list[HostState], dict[str, str]]:
+    """Run the filters in order; return the survivors and host id -> reason of the refused."""
+    survivors = snapshot.hosts
+    refused: dict[str, str] = {}
+    for flt in FILTERS:
+        check = flt.prepare(spec, snapshot)
+        if check is None:
+            continue
+        reasons = list(map(check, survivors))
+        if reasons.count(None) == len(reasons):
+            continue
+        for host, reason in zip(survivors, reasons, strict=True):
+            if reason is not None:
+                refused[host.id] = reason
+        survivors = [host for host, reason in zip(survivors, reasons, strict=True)
+                     if reason is None]
+    return survivors, refused
+
+
+def decide(spec: RequestSpec, snapshot: Snapshot,
+           multipliers: Multipliers | None = None) -> Decision:
+    """Choose a host for ``spec`` in ``snapshot``; ``Decision.host`` is None when none fits."""
+    multipliers = multipliers or Multipliers()
+    candidates, refused = filter_hosts(spec, snapshot)
+    decision = Decision(host=None, ranked=[], hosts=len(snapshot.hosts),
+                        candidates=len(candidates), refusals=Counter(refused.values()),
+                        refused=refused)
+    if not candidates:
+        return decision
+
+    totals: list[float] | None = None
+    # (weigher, raw scores, min, multiplier / (max - min)): the weighted normalized score of
+    # host i is (raw[i] - min) * factor; only the ranked hosts' breakdown is ever spelled out.
+    parts: list[tuple[str, list[float], float, float]] = []
+    if len(candidates) > 1:
+        for weigher in WEIGHERS:
+            multiplier = multipliers.of(weigher.name)
+            score = weigher.prepare(spec) if multiplier else None
+            if score is None:
+                continue
+            raw = list(map(score, candidates))
+            low, factor = scale(raw, multiplier)
+            parts.append((weigher.name, raw, low, factor))
+            if not factor:
+                continue  # every host scores 0: nothing to add
+            if totals is None:
+                totals = [(v - low) * factor for v in raw]
+            else:
+                totals = [t + (v - low) * factor for t, v in zip(totals, raw, strict=True)]
+    if totals is None:
+        totals = [0.0] * len(candidates)
+
+    # Tie-break: among the hosts sharing the best total, a choice seeded by the request id, over
+    # hosts in id order, so replaying the request on the same snapshot picks the same host.
+    top = heapq.nlargest(TOP + 1, zip(totals, range(len(totals)), strict=True))
+    threshold = top[0][0] - TIE
+    if top[-1][0] >= threshold and len(totals) > len(top):
+        tied_ids = [i for i, t in enumerate(totals) if t >= threshold]  # many ties: scan all
+    else:
+        tied_ids = [i for t, i in top if t >= threshold]
+    tied = sorted(tied_ids, key=lambda i: candidates[i].id)
+    pick = random.Random(spec.request_id).choice(tied)
+    others = [i for _, i in top if i != pick]
+    order = [pick, *others][:TOP]
+    decision.host = candidates[pick]
+    decision.ranked = [candidates[i] for i in order]
+    decision.scores = {
+        candidates[i].id: {"total": round(totals[i], 6),
+                           **{name: round((raw[i] - low) * factor, 6)
+                              for name, raw, low, factor in parts}}
+        for i in order
+    }
+    return decision
