@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     scheduler_soft_anti_affinity_weight_multiplier: float = 1.0
     # Fresh snapshots a placement may take when concurrent claims keep winning the race.
     scheduler_max_attempts: int = Field(default=20, gt=0)
+    # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
+    billing_minimum_run_seconds: int = Field(default=60, ge=0)
 
     @field_validator("data_dir")
     @classmethod

@@ -24,6 +24,7 @@ from api.quotas.routes import router as quotas_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
 from api.servers.routes import router as servers_router
+from api.usage.routes import router as usage_router
 
 log = logging.getLogger("minicloud.api")
 
@@ -32,6 +33,7 @@ ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 ROUTERS += [servers_router, server_groups_router, quotas_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
 ROUTERS += [scheduler_router]
+ROUTERS += [usage_router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -103,3 +103,16 @@ def set_server(client: Client, server_id: str, **values: Any) -> None:
         server.generation += 1
         if server.host_id is not None:
             notify_host(s, server.host_id)
+
+
+def observe(client: Client, host_headers: dict[str, str], server_id: str, state: str,
+            **extra: Any) -> dict[str, Any]:
+    """Report what the host's agent saw of a server (a fresh idempotency key each call)."""
+    from datetime import UTC, datetime
+
+    r = client.post(f"/v1/agent/servers/{server_id}/observations", headers=host_headers,
+                    json={"state": state, "seen_at": datetime.now(UTC).isoformat(),
+                          "idempotency_key": unique("obs"), **extra})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body

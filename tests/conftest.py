@@ -106,3 +106,26 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
         p.terminate()
     for p in procs:
         p.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def _pool_host(client: TestClient, admin: dict[str, str]) -> dict[str, str]:
+    """One large compute host enrolled through the agent API, in zone ``nova``."""
+    from tests.agent_factories import enroll_host, inventory
+
+    host = enroll_host(client, admin, name="pool-host")
+    r = client.put("/v1/agent/inventory", headers=host.headers,
+                   json=inventory(vcpus=4096, ram_mb=64 * 1024 * 1024, disk_gb=1024 * 1024))
+    assert r.status_code == 200, r.text
+    return host.headers
+
+
+@pytest.fixture
+def pool(client: TestClient, _pool_host: dict[str, str]) -> dict[str, str]:
+    """Capacity for servers created through the API: the pool host, freshly heartbeated.
+
+    Returns the pool host's agent headers, so a test can report what its agent would see.
+    """
+    r = client.post("/v1/agent/heartbeat", headers=_pool_host, json={"observed": []})
+    assert r.status_code == 200, r.text
+    return _pool_host

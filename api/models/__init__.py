@@ -4,8 +4,16 @@ from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
 from api.models.identity import ApplicationCredential, Project, RoleAssignment, Token, User
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
+from api.models.usage import (
+    ClosedPeriod,
+    LedgerEntry,
+    PeriodReport,
+    RateCard,
+    UsagePiece,
+    UsageServer,
+)
 
-__all__ = [
+__all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "AgentObservation",
     "Allocation",
     "ApplicationCredential",
@@ -23,4 +31,10 @@ __all__ = [
     "ServerGroup",
     "Token",
     "User",
+    "ClosedPeriod",
+    "LedgerEntry",
+    "PeriodReport",
+    "RateCard",
+    "UsagePiece",
+    "UsageServer",
 ]

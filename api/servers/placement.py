@@ -1,50 +1,42 @@
-"""The placement step of a server create: where the scheduler plugs in.
+"""The placement step of a server create: the bridge from a server row to the scheduler.
 
-``service.create_server`` calls ``place(session, settings, spec)`` in the create's unit of
-work, right after the quota check and the server insert. The scheduler replaces the body of
-``place``: pick a host for ``spec``, claim it (write ``allocations`` rows, bump the host's and
-server group's generations) and return the ``Placement``; ``create_server`` then sets the
-server's ``host_id`` and task ``spawning``. Returning None leaves the server in
-BUILD/``scheduling`` with no host (what happens until the scheduler lands). A placement
-failure should raise a DomainError (the whole create rolls back, quota included) or return
-None and let a later pass retry.
+``service.create_server`` calls ``place`` inside the create's unit of work, right after the
+quota check and the server insert; the scheduler claims a host (allocation rows, host and
+server-group generations) or raises NoValidHost, which rolls the whole create back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api.config import Settings
+from api.models import Flavor, Image, Server, ServerGroup
+from api.scheduler.placement import PlacementResult
+from api.scheduler.placement import place as schedule
+from scheduler.framework import RequestSpec, ServerGroupSpec
 
 
-@dataclass(frozen=True)
-class PlacementSpec:
-    """What the scheduler needs to place one server (all copied at create time)."""
-
-    server_id: str
-    project_id: str
-    request_id: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
-    flavor_extra_specs: dict[str, Any] = field(default_factory=dict)
-    image_properties: dict[str, Any] = field(default_factory=dict)
-    availability_zone: str | None = None
-    server_group_id: str | None = None
-    server_group_policy: str | None = None
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The scheduler's answer: the claimed host (allocations are already written)."""
-
-    host_id: str
+def request_spec(server: Server, flavor: Flavor, image: Image,
+                 group: ServerGroup | None, request_id: str) -> RequestSpec:
+    """What the scheduler needs to know about ``server`` (sizes copied at create time)."""
+    props: dict[str, Any] = dict(image.properties or {})
+    arch = props.get("architecture")
+    return RequestSpec(
+        server_id=server.id, project_id=server.project_id,
+        vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb,
+        image_min_ram=image.min_ram, image_min_disk=image.min_disk,
+        image_architecture=arch if isinstance(arch, str) else None,
+        extra_specs={str(k): str(v) for k, v in (flavor.extra_specs or {}).items()},
+        availability_zone=server.availability_zone,
+        server_group=ServerGroupSpec(id=group.id, policy=group.policy) if group else None,
+        request_id=request_id,
+    )
 
 
-def place(session: Session, settings: Settings, spec: PlacementSpec) -> Placement | None:
-    """Place and claim ``spec``; None: not placed (the server waits in BUILD/scheduling)."""
-    del session, settings, spec  # the scheduler is not wired in yet
-    return None
+def place(session: Session, settings: Settings, spec: RequestSpec, *,
+          explain_hosts: bool) -> PlacementResult:
+    """Claim a host for ``spec``; raises NoValidHost (409) or Conflict ``placement_busy``."""
+    return schedule(session, settings, spec, request_id=spec.request_id,
+                    explain_hosts=explain_hosts)

@@ -159,7 +159,7 @@ def server_events(server_id: PathId, principal: CurrentUser, session: SessionDep
     """Every accepted request and state change of a server, oldest first."""
     return EventList(events=[
         EventOut(id=e.id, action=e.action, user_id=e.user_id, request_id=e.request_id,
-                 result=e.result, message=e.message, details=dict(e.details or {}),
-                 created_at=e.created_at)
+                 result=e.result, message=e.message,
+                 details=service.visible_details(e, principal), created_at=e.created_at)
         for e in service.list_events(session, principal, server_id)
     ])

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.agent.service import notify_host
 from api.config import Settings
 from api.db import session_scope, utcnow
 from api.deps import Principal
@@ -130,24 +132,23 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     session.add(server)
     session.flush()
 
-    # Placement step: the scheduler claims a host here, inside the same transaction.
-    spec = placement.PlacementSpec(
-        server_id=server.id, project_id=server.project_id, request_id=request_id_var.get(),
-        vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb,
-        flavor_extra_specs=dict(flavor.extra_specs or {}),
-        image_properties=dict(image.properties or {}),
-        availability_zone=server.availability_zone, server_group_id=server.server_group_id,
-        server_group_policy=group.policy if group else None,
-    )
-    placed = placement.place(session, settings, spec)
-    if placed is not None:
-        server.host_id = placed.host_id
-        server.task_state = states.SPAWNING
-        server.generation += 1
+    # Placement step: the scheduler claims a host here, inside the same transaction; a
+    # NoValidHost rolls the server row and the quota usage back with it.
+    spec = placement.request_spec(server, flavor, image, group, request_id_var.get())
+    placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin)
+    server.host_id = placed.host_id
+    server.availability_zone = placed.availability_zone
+    server.task_state = states.SPAWNING
+    server.generation += 1
     session.flush()
+    notify_host(session, placed.host_id)
     record_event(session, server, "create", user_id=principal.user_id, result=ACCEPTED,
-                 details={"flavor": flavor.name, "image": image.id,
-                          "host_id": server.host_id})
+                 details={"flavor": flavor.name, "image": image.id})
+    record_event(session, server, "schedule", user_id=None, result=SUCCESS,
+                 message=f"placed after {placed.attempts} attempt(s)",
+                 details={"host_id": placed.host_id, "host": placed.host_name,
+                          "availability_zone": placed.availability_zone,
+                          "conflicts": placed.conflicts, "decision": placed.decision})
     return server
 
 
@@ -208,6 +209,27 @@ def mark_deleted(session: Session, server: Server, *, user_id: str | None,
                  message=message or "deleted", details={"allocations_freed": freed})
 
 
+def _transition(session: Session, server: Server, status: str, task_state: str | None) -> None:
+    """Move a placed server to a new desired state, race-free, and wake its agent.
+
+    Optimistic concurrency on ``servers.generation``: the update only applies if nobody (a
+    concurrent request, an agent observation) changed the server since it was read; otherwise
+    409 ``state_changed`` and the client retries against the new state.
+    """
+    seen = server.generation
+    result = session.execute(
+        update(Server).where(Server.id == server.id, Server.generation == seen)
+        .values(status=status, task_state=task_state, generation=seen + 1,
+                updated_at=utcnow())
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("The server changed while this request ran; retry.",
+                       code="state_changed")
+    session.refresh(server)
+    if server.host_id is not None:
+        notify_host(session, server.host_id)
+
+
 def delete_server(session: Session, principal: Principal, server_id: str) -> Server:
     """Start deleting a server (any status); raises NotFound.
 
@@ -222,9 +244,7 @@ def delete_server(session: Session, principal: Principal, server_id: str) -> Ser
         mark_deleted(session, server, user_id=principal.user_id,
                      message="deleted at once: no host held it")
         return server
-    server.status, server.task_state = states.DELETING, states.DELETING_TASK
-    server.generation += 1
-    session.flush()
+    _transition(session, server, states.DELETING, states.DELETING_TASK)
     record_event(session, server, "delete", user_id=principal.user_id, result=ACCEPTED)
     return server
 
@@ -249,9 +269,7 @@ def act(session: Session, principal: Principal, server_id: str,
             code="invalid_state", server_status=server.status, task_state=server.task_state,
             action=action.action)
     move = states.on_action(server.status, action.action, reboot_type)
-    server.status, server.task_state = move.status, move.task_state
-    server.generation += 1
-    session.flush()
+    _transition(session, server, move.status, move.task_state)
     details = {"type": reboot_type} if isinstance(action, RebootAction) else {}
     record_event(session, server, action.action, user_id=principal.user_id, result=ACCEPTED,
                  details=details)
@@ -270,6 +288,21 @@ def record_rejection(factory: sessionmaker[Session], principal: Principal, serve
         if server is not None:
             record_event(session, server, action, user_id=principal.user_id, result=ERROR,
                          message=error.detail, details={"code": error.code})
+
+
+# What a tenant may see of the scheduler's decision: never host names or ids.
+_TENANT_SCHEDULE_KEYS = ("availability_zone", "conflicts")
+
+
+def visible_details(event: ServerEvent, principal: Principal) -> dict[str, Any]:
+    """An event's details as ``principal`` may see them (host data only for admins)."""
+    details = dict(event.details or {})
+    if principal.is_admin or event.action != "schedule":
+        return details
+    decision = details.get("decision") or {}
+    shown = {k: details[k] for k in _TENANT_SCHEDULE_KEYS if k in details}
+    shown["candidates"] = decision.get("candidates")
+    return shown
 
 
 def list_events(session: Session, principal: Principal, server_id: str) -> Sequence[ServerEvent]:

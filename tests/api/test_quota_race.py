@@ -13,11 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.catalog_rows import make_image_row
 from tests.db import backend
 from tests.factories import make_account, unique
+
+# Servers created through the API need a host to be placed on.
+pytestmark = pytest.mark.usefixtures("pool")
 
 ATTEMPTS, LIMIT = 20, 5
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.config import Settings
+from tests.agent_factories import observe
 from tests.api.test_servers import boot, problem, server_ids
 from tests.catalog_rows import make_image_row
 from tests.factories import make_account
+
+# Servers created through the API need a host to be placed on.
+pytestmark = pytest.mark.usefixtures("pool")
 
 ZERO = {"instances": 0, "vcpus": 0, "ram_mb": 0, "disk_gb": 0}
 
@@ -32,7 +37,7 @@ def test_a_new_project_has_the_configured_defaults_and_no_usage(
 
 
 def test_usage_is_exact_and_follows_creates_and_deletes(
-    client: TestClient, admin: dict[str, str], database_url: str
+    client: TestClient, admin: dict[str, str], database_url: str, pool: dict[str, str]
 ) -> None:
     acct = make_account(client, admin)
     boot(client, acct, database_url, flavor="tiny")  # 1 vcpu, 512 MB, 1 GB
@@ -41,6 +46,9 @@ def test_usage_is_exact_and_follows_creates_and_deletes(
     assert quota(client, acct.headers, acct.project_id)["usage"] == {
         "instances": 3, "vcpus": 4, "ram_mb": 512 + 2048 + 4096, "disk_gb": 1 + 20 + 40}
     client.delete(f"/v1/servers/{small['id']}", headers=acct.headers)
+    # DELETING still holds its resources until the agent confirms the domain is gone.
+    assert quota(client, acct.headers, acct.project_id)["usage"]["instances"] == 3
+    observe(client, pool, small["id"], "absent")
     assert quota(client, acct.headers, acct.project_id)["usage"] == {
         "instances": 2, "vcpus": 3, "ram_mb": 512 + 4096, "disk_gb": 41}
     # Admins read any project's quota and see the same numbers.

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from tests.agent_factories import observe
 from tests.api.test_servers import boot, problem
 from tests.catalog_rows import make_image_row
 from tests.factories import Account, make_account
+
+# Servers created through the API need a host to be placed on.
+pytestmark = pytest.mark.usefixtures("pool")
 
 POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 
@@ -40,7 +45,7 @@ def test_groups_are_created_listed_shown_and_deleted(
 
 
 def test_members_are_its_live_servers_and_a_group_in_use_cannot_go(
-    client: TestClient, admin: dict[str, str], database_url: str
+    client: TestClient, admin: dict[str, str], database_url: str, pool: dict[str, str]
 ) -> None:
     acct = make_account(client, admin)
     group = make_group(client, acct)
@@ -51,7 +56,8 @@ def test_members_are_its_live_servers_and_a_group_in_use_cannot_go(
     p = problem(client.delete(f"/v1/server-groups/{group['id']}", headers=acct.headers),
                 409, "server_group_in_use")
     assert p["members"] == [server["id"]]
-    client.delete(f"/v1/servers/{server['id']}", headers=acct.headers)  # unplaced: at once
+    client.delete(f"/v1/servers/{server['id']}", headers=acct.headers)
+    observe(client, pool, server["id"], "absent")  # its agent confirms the domain is gone
     shown = client.get(f"/v1/server-groups/{group['id']}", headers=acct.headers).json()
     assert shown["members"] == []
     assert client.delete(f"/v1/server-groups/{group['id']}",

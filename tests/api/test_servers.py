@@ -6,10 +6,15 @@ import base64
 import struct
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from tests.agent_factories import observe
 from tests.catalog_rows import make_flavor_row, make_host_row, make_image_row, set_server_state
 from tests.factories import Account, make_account, unique
+
+# Servers created through the API need a host to be placed on.
+pytestmark = pytest.mark.usefixtures("pool")
 
 PROBLEM = "application/problem+json"
 
@@ -66,7 +71,8 @@ def test_create_answers_202_build_scheduling_with_flavor_sizes_copied(
                           "availability_zone": "nova"})
     assert r.status_code == 202, r.text
     s = r.json()
-    assert (s["status"], s["task_state"], s["host"]) == ("BUILD", "scheduling", None)
+    # Placed at once on the pool host; tenants never see host names.
+    assert (s["status"], s["task_state"], s["host"]) == ("BUILD", "spawning", None)
     assert s["flavor"] == {"id": s["flavor"]["id"], "name": "small", "vcpus": 1,
                            "ram_mb": 2048, "disk_gb": 20}
     assert s["image"]["id"] == image
@@ -75,7 +81,13 @@ def test_create_answers_202_build_scheduling_with_flavor_sizes_copied(
     assert s["fault"] is None
     events = client.get(f"/v1/servers/{s['id']}/events", headers=acct.headers).json()["events"]
     assert [(e["action"], e["result"], e["request_id"], e["user_id"]) for e in events] == [
-        ("create", "accepted", "req-create-1", acct.user_id)]
+        ("create", "accepted", "req-create-1", acct.user_id),
+        ("schedule", "success", "req-create-1", None)]  # the scheduler acts, not the user
+    assert events[1]["details"]["candidates"] >= 1
+    assert "host" not in str(events[1]["details"]).replace("availability_zone", "")
+    as_admin = client.get(f"/v1/servers/{s['id']}/events", headers=admin).json()["events"]
+    assert as_admin[1]["details"]["host"] == "pool-host"
+    assert as_admin[1]["details"]["decision"]["top"][0]["host"] == "pool-host"
 
 
 def test_flavor_and_image_may_be_given_by_id_or_name(
@@ -248,15 +260,16 @@ def test_admin_lists_all_projects_and_by_host_and_sees_host_names(
 # --- delete -------------------------------------------------------------------------------
 
 
-def test_deleting_an_unplaced_server_finishes_at_once_and_frees_quota(
-    client: TestClient, admin: dict[str, str], database_url: str
+def test_a_delete_confirmed_by_the_agent_finishes_and_frees_quota(
+    client: TestClient, admin: dict[str, str], database_url: str, pool: dict[str, str]
 ) -> None:
     acct = make_account(client, admin)
     server = boot(client, acct, database_url, flavor="small")
     assert usage(client, acct)["instances"] == 1
     r = client.delete(f"/v1/servers/{server['id']}", headers=acct.headers)
     assert r.status_code == 202
-    assert (r.json()["status"], r.json()["task_state"]) == ("DELETED", None)
+    assert (r.json()["status"], r.json()["task_state"]) == ("DELETING", "deleting")
+    observe(client, pool, server["id"], "absent")
     problem(client.get(f"/v1/servers/{server['id']}", headers=acct.headers),
             404, "server_not_found")
     problem(client.delete(f"/v1/servers/{server['id']}", headers=acct.headers),
@@ -282,7 +295,7 @@ def test_deleting_a_placed_server_waits_for_its_agent_and_is_idempotent(
     assert server_ids(client, acct) == [sid]
     events = client.get(f"/v1/servers/{sid}/events", headers=acct.headers).json()["events"]
     assert [(e["action"], e["result"]) for e in events] == [
-        ("create", "accepted"), ("delete", "accepted")]
+        ("create", "accepted"), ("schedule", "success"), ("delete", "accepted")]
     problem(client.post(f"/v1/servers/{sid}/actions", json={"action": "stop"},
                         headers=acct.headers), 409, "invalid_state")
 
@@ -304,7 +317,7 @@ def test_actions_follow_the_state_machine(
     # BUILD accepts nothing but delete.
     for action in ({"action": "stop"}, {"action": "start"}, {"action": "reboot"}):
         body = problem(act(client, acct, sid, **action), 409, "invalid_state")
-        assert (body["server_status"], body["task_state"]) == ("BUILD", "scheduling")
+        assert (body["server_status"], body["task_state"]) == ("BUILD", "spawning")
 
     set_server_state(database_url, sid, host_id=host["id"], status="ACTIVE", task_state=None)
     problem(act(client, acct, sid, action="start"), 409, "invalid_state")
@@ -338,7 +351,8 @@ def test_actions_follow_the_state_machine(
     refused = [(e["action"], e["details"]) for e in events if e["result"] == "error"]
     assert refused == [(a, {"code": "invalid_state"}) for a in (
         "stop", "start", "reboot", "start", "reboot", "stop", "reboot", "reboot", "reboot")]
-    assert all(e["request_id"] and e["user_id"] == acct.user_id for e in events)
+    assert all(e["request_id"] and e["user_id"] == acct.user_id
+               for e in events if e["action"] != "schedule")
 
 
 def test_bad_action_bodies_are_422(
@@ -380,7 +394,7 @@ def test_another_project_gets_404_on_every_read_and_action(
     shown = client.get(f"/v1/servers/{sid}", headers=a.headers).json()
     assert (shown["status"], shown["task_state"]) == ("ACTIVE", None)  # untouched
     events = client.get(f"/v1/servers/{sid}/events", headers=a.headers).json()["events"]
-    assert [e["action"] for e in events] == ["create"]
+    assert [e["action"] for e in events] == ["create", "schedule"]
 
 
 def test_readers_read_but_never_write(

@@ -10,10 +10,14 @@ import os
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.cli.conftest import Mc, assert_readable_error, parse
 from tests.conftest import ADMIN_TOKEN
 from tests.factories import Account, bearer, make_account, unique
+
+# Servers created through the API need a host to be placed on.
+pytestmark = pytest.mark.usefixtures("pool")
 
 
 def member(http: httpx.Client) -> Account:

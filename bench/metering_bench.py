@@ -1,0 +1,268 @@
+"""Metering benchmark: a month's usage report over a 1,000,000-entry ledger.
+
+Builds a fresh database (SQLite file or a new PostgreSQL database), migrates it, bulk-loads a
+synthetic year of ledger entries (10,000 servers in 100 projects, 100 entries each) together
+with the derived pieces the ledger maintains at insert time (computed by the same
+``api.usage.rules.pieces``), then times ``build_report`` + JSON rendering for one month:
+
+* all 100 projects (budget: 1 s), and
+* one project (budget: 100 ms),
+
+with two rate cards in force during the month (two rate segments, the realistic worst case).
+Also times one ``ledger.record`` call on a server with 100 entries (the cost the servers API and
+the agent endpoints pay per billable change).
+
+Usage::
+
+    python bench/metering_bench.py                       # SQLite in a temporary folder
+    python bench/metering_bench.py --database-url postgresql+psycopg://postgres:postgres@127.0.0.1/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import Engine, make_url
+
+from api.db import make_engine, make_sessionmaker
+from api.migrate import upgrade
+from api.models import LedgerEntry, RateCard, UsagePiece, UsageServer
+from api.usage import ledger, reports
+from api.usage.repository import piece_rows
+from api.usage.rules import Entry, epoch, from_epoch, pieces, state_after
+
+YEAR_START = epoch(datetime(2026, 1, 1, tzinfo=UTC))
+YEAR_END = epoch(datetime(2027, 1, 1, tzinfo=UTC))
+MONTH = (datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC))
+NOW = datetime(2026, 12, 31, tzinfo=UTC)
+SIZES = [(1, 512, 1), (1, 2048, 20), (2, 4096, 40), (4, 8192, 80)]
+
+
+@contextmanager
+def database(url: str | None, sqlite_file: Path | None = None) -> Iterator[str]:
+    """A new empty database: an SQLite file, or a fresh database on the PostgreSQL server."""
+    if not url or not url.startswith("postgresql"):
+        if sqlite_file is not None:
+            yield f"sqlite:///{sqlite_file}"
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{Path(tmp) / 'bench.db'}"
+        return
+    server = make_url(url)
+    name = f"mc_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def synthesize(servers: int, projects: int, per_server: int,
+               seed: int) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """Yield (project, server, ledger rows) with lifecycles spread over 2026."""
+    rnd = random.Random(seed)
+    project_ids = [str(uuid.UUID(int=rnd.getrandbits(128))) for _ in range(projects)]
+    seq = 0
+    for i in range(servers):
+        project = project_ids[i % projects]
+        server = str(uuid.UUID(int=rnd.getrandbits(128)))
+        t = rnd.randrange(YEAR_START, YEAR_START + 300 * 86400)
+        gap = max(120, (YEAR_END - t) // per_server)
+        size = rnd.choice(SIZES)
+        rows = []
+        running = False
+        for n in range(per_server):
+            if n == 0:
+                kind = "created"
+            elif n == per_server - 1 and rnd.random() < 0.3:
+                kind = "deleted"
+            else:
+                r = rnd.random()
+                if r < 0.04:
+                    kind, size = "resized", rnd.choice(SIZES)
+                elif r < 0.06 and running:
+                    kind = "host_down"
+                else:
+                    kind = "stopped" if running else "running"
+                running = kind == "running" or (running and kind == "resized")
+            seq += 1
+            rows.append({
+                "seq": seq, "idempotency_key": f"{server}:{n}", "kind": kind,
+                "project_id": project, "server_id": server, "flavor_id": None,
+                "vcpus": size[0], "ram_mb": size[1], "disk_gb": size[2],
+                "at": from_epoch(t), "at_s": t, "reported_at": None, "clamped": False,
+                "source": "api" if kind in ("created", "resized", "deleted") else "agent",
+                "reason": None, "admin_id": None, "amount": None, "recorded_at": from_epoch(t),
+            })
+            t += rnd.randrange(30, 2 * gap)
+        yield project, server, rows
+
+
+def _copy(engine: Engine, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for r in rows:
+                copy.write_row([r[c] for c in columns])
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def load(engine: Engine, servers: int, projects: int, per_server: int) -> tuple[int, int]:
+    """Bulk-load ledger entries and their derived rows; return (entries, pieces)."""
+    ledger_cols = [c.name for c in LedgerEntry.__table__.columns]
+    piece_cols = [c.name for c in UsagePiece.__table__.columns if c.name != "id"]
+    server_cols = [c.name for c in UsageServer.__table__.columns]
+    pg = engine.dialect.name == "postgresql"
+    n_entries = n_pieces = 0
+    batch_l: list[dict[str, Any]] = []
+    batch_p: list[dict[str, Any]] = []
+    batch_s: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if pg:
+            _copy(engine, "usage_ledger", ledger_cols, batch_l)
+            _copy(engine, "usage_pieces", piece_cols, batch_p)
+            _copy(engine, "usage_servers", server_cols, batch_s)
+        else:
+            with engine.begin() as conn:
+                conn.execute(insert(LedgerEntry.__table__), batch_l)
+                conn.execute(insert(UsagePiece.__table__), batch_p)
+                conn.execute(insert(UsageServer.__table__), batch_s)
+        batch_l.clear()
+        batch_p.clear()
+        batch_s.clear()
+
+    for project, server, rows in synthesize(servers, projects, per_server, seed=42):
+        entries = [Entry(r["seq"], r["at_s"], r["kind"], r["vcpus"], r["ram_mb"], r["disk_gb"])
+                   for r in rows]
+        ps = piece_rows(project, server, pieces(entries))
+        batch_l.extend(rows)
+        batch_p.extend(ps)
+        batch_s.append({"server_id": server, "project_id": project,
+                        "first_s": rows[0]["at_s"], "last_s": rows[-1]["at_s"],
+                        "state": state_after(entries)})
+        n_entries += len(rows)
+        n_pieces += len(ps)
+        if len(batch_l) >= 100_000:
+            flush()
+    if batch_l:
+        flush()
+    if pg:
+        # COPY bypassed the identity sequence; move it past the loaded rows.
+        with engine.begin() as conn:
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('usage_ledger', 'seq'), "
+                              "(SELECT max(seq) FROM usage_ledger))"))
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+    return n_entries, n_pieces
+
+
+def timed(fn: Any, repeat: int) -> tuple[float, float, Any]:
+    """(median, max) seconds of ``repeat`` calls after one warm-up call, and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), max(times), result
+
+
+def main() -> None:
+    """Run the benchmark and print a Markdown table row per measurement."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--database-url", default=None)
+    ap.add_argument("--servers", type=int, default=10_000)
+    ap.add_argument("--projects", type=int, default=100)
+    ap.add_argument("--entries-per-server", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--sqlite-file", type=Path, default=None,
+                    help="keep the SQLite database here and reuse it when it exists")
+    args = ap.parse_args()
+    reuse = args.sqlite_file is not None and args.sqlite_file.exists()
+    with database(args.database_url, args.sqlite_file) as url:
+        engine = make_engine(url)
+        factory = make_sessionmaker(engine)
+        t = time.perf_counter()
+        if not reuse:
+            upgrade(url)
+            n_entries, n_pieces = load(engine, args.servers, args.projects,
+                                       args.entries_per_server)
+        else:
+            with engine.connect() as conn:
+                n_entries = conn.scalar(text("SELECT count(*) FROM usage_ledger")) or 0
+                n_pieces = conn.scalar(text("SELECT count(*) FROM usage_pieces")) or 0
+        load_s = time.perf_counter() - t
+        with factory() as session:
+            if not reuse:
+                session.add_all([
+                    RateCard(valid_from=datetime(2026, 1, 1, tzinfo=UTC), currency="EUR",
+                             vcpu_hour="0.02", ram_gib_hour="0.004", disk_gib_hour="0.0001",
+                             flavor_hour={}),
+                    RateCard(valid_from=datetime(2026, 6, 15, tzinfo=UTC), currency="EUR",
+                             vcpu_hour="0.025", ram_gib_hour="0.005", disk_gib_hour="0.0001",
+                             flavor_hour={}),
+                ])
+                session.commit()
+            one = session.scalar(text("SELECT project_id FROM usage_servers LIMIT 1"))
+
+            def report(project: str | None) -> str:
+                r = reports.build_report(session, start=MONTH[0], end=MONTH[1], now=NOW,
+                                         minimum=60, project_id=project)
+                return reports.render_json(r)
+
+            all_med, all_max, body = timed(lambda: report(None), args.repeat)
+            one_med, one_max, _ = timed(lambda: report(str(one)), args.repeat)
+            n_projects = body.count('"project_id"')
+            # one billable change on a server with a full history (what the API pays)
+            server = session.scalar(text("SELECT server_id FROM usage_servers LIMIT 1"))
+            proj = session.scalar(text("SELECT project_id FROM usage_servers WHERE server_id = "
+                                       ":s"), {"s": server})
+            rec_times = []
+            for i in range(args.repeat):
+                t = time.perf_counter()
+                ledger.record(session, kind="running" if i % 2 == 0 else "stopped",
+                              project_id=str(proj), server_id=str(server), vcpus=1, ram_mb=512,
+                              disk_gb=1, at=NOW + timedelta(seconds=i),
+                              idempotency_key=f"bench-{uuid.uuid4()}", source="agent",
+                              now=NOW + timedelta(seconds=i))
+                session.commit()
+                rec_times.append(time.perf_counter() - t)
+        engine.dispose()
+    backend = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
+    print(f"# backend={backend} entries={n_entries} pieces={n_pieces} "
+          f"servers={args.servers} projects={args.projects} load={load_s:.1f}s "
+          f"projects_in_report={n_projects}")
+    print("| backend | measurement | median | max | budget |")
+    print("|---|---|---|---|---|")
+    print(f"| {backend} | month report, all projects | {all_med * 1000:.0f} ms | "
+          f"{all_max * 1000:.0f} ms | 1000 ms |")
+    print(f"| {backend} | month report, one project | {one_med * 1000:.1f} ms | "
+          f"{one_max * 1000:.1f} ms | 100 ms |")
+    print(f"| {backend} | record() one entry (100-entry server) | "
+          f"{statistics.median(rec_times) * 1000:.1f} ms | {max(rec_times) * 1000:.1f} ms | - |")
+
+
+if __name__ == "__main__":
+    main()
