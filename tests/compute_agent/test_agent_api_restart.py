@@ -21,9 +21,9 @@ from tests.e2e.stack import (
     ApiProcess,
     ThreadAgent,
     action,
+    assert_placed_on,
     create_server,
     host,
-    place_if_unplaced,
     start_test_driver_agent,
     upload_image,
     wait_status,
@@ -60,7 +60,7 @@ def test_agents_reconnect_after_an_api_restart(api_process: ApiProcess, agent: T
 
     def boot() -> str:
         s = create_server(api, member.headers, "tiny", image["id"], availability_zone=agent.az)
-        place_if_unplaced(settings.effective_database_url, s["id"], agent.host_id)
+        assert_placed_on(api, s["id"], agent.name)
         wait_status(api, member.headers, s["id"], "ACTIVE")
         return str(s["id"])
 

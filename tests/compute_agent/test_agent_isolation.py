@@ -17,8 +17,8 @@ from compute_agent.config import load_credential
 from tests.e2e.stack import (
     ADMIN,
     ThreadAgent,
+    assert_placed_on,
     create_server,
-    place_if_unplaced,
     start_test_driver_agent,
     upload_image,
     wait_status,
@@ -53,7 +53,7 @@ def test_an_agent_cannot_touch_another_hosts_servers(
     image = upload_image(api, member.headers, disk.read_bytes(), "qcow2")
     s = create_server(api, member.headers, "tiny", image["id"], availability_zone=b.az)
     sid = s["id"]
-    place_if_unplaced(settings.effective_database_url, sid, b.host_id)
+    assert_placed_on(api, sid, b.name)
     wait_status(api, member.headers, sid, "ACTIVE")
 
     cred_a = load_credential(a.agent.settings.state_dir)

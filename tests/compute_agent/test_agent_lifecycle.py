@@ -25,9 +25,9 @@ from tests.e2e.stack import (
     ThreadAgent,
     action,
     allocated,
+    assert_placed_on,
     create_server,
     host,
-    place_if_unplaced,
     start_test_driver_agent,
     upload_image,
     wait_gone,
@@ -69,7 +69,7 @@ def boot(api: str, member: Account, image_id: str, settings: Settings, agent: Th
          **fields: Any) -> dict[str, Any]:
     s = create_server(api, member.headers, "tiny", image_id, availability_zone=agent.az,
                       **fields)
-    place_if_unplaced(settings.effective_database_url, s["id"], agent.host_id)
+    assert_placed_on(api, s["id"], agent.name)
     return s
 
 

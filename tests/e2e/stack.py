@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,31 +213,11 @@ def host_id_of(home: Path) -> str:
     return str(json.loads((home / "state" / "credential.json").read_text())["host_id"])
 
 
-def place_if_unplaced(database_url: str, server_id: str, host_id: str) -> None:
-    """Until the scheduler lands in POST /v1/servers: do its claim by hand (allocations, host,
-    task ``spawning``, generation bump, notify_host) for a server left unplaced."""
-    from sqlalchemy.orm import sessionmaker
-
-    from api.agent.service import notify_host
-    from api.db import make_engine, session_scope
-    from api.models import Allocation, Server
-
-    engine = make_engine(database_url)
-    try:
-        for session in session_scope(sessionmaker(engine)):
-            row = session.get(Server, server_id)
-            assert row is not None
-            if row.host_id is not None:
-                return
-            row.host_id, row.task_state = host_id, "spawning"
-            for rc, used in (("VCPU", row.vcpus), ("MEMORY_MB", row.ram_mb),
-                             ("DISK_GB", row.disk_gb)):
-                session.add(Allocation(id=str(uuid.uuid4()), server_id=server_id,
-                                       host_id=host_id, resource_class=rc, used=used))
-            row.generation += 1
-            notify_host(session, host_id)
-    finally:
-        engine.dispose()
+def assert_placed_on(api: str, server_id: str, host_name: str) -> None:
+    """The scheduler placed the server on ``host_name`` (tests give each agent its own zone)."""
+    r = httpx.get(f"{api}/v1/servers/{server_id}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["host"] == host_name, r.json()
 
 
 # ------------------------------------------------------------------ an API process we can kill

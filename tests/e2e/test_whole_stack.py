@@ -32,10 +32,10 @@ from tests.e2e.stack import (
     AgentProcess,
     action,
     allocated,
+    assert_placed_on,
     create_server,
     enrollment_token,
     host_id_of,
-    place_if_unplaced,
     server,
     upload_image,
     wait_gone,
@@ -145,7 +145,7 @@ def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest:
                           availability_zone=agent.az, user_data="#cloud-config\n{}\n")
         sid = s["id"]
         cleanup.append(sid)
-        place_if_unplaced(settings.effective_database_url, sid, host_id)
+        assert_placed_on(api, sid, agent.name)
 
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         assert hv.observed(sid) == "running"
@@ -189,7 +189,7 @@ def test_agent_killed_mid_build_finishes_it_after_restart(
                           availability_zone=agent.az)
         sid = s["id"]
         cleanup.append(sid)
-        place_if_unplaced(settings.effective_database_url, sid, host_id_of(home))
+        assert_placed_on(api, sid, agent.name)
         wait_until(lambda: marker.exists(), BOOT_WAIT, "agent paused after define")
         agent.kill()
         # Killed between define and start: a defined, shut-off domain; the API still says BUILD.
