@@ -50,7 +50,7 @@ def agent(api_process: ApiProcess, tmp_path: Path) -> Iterator[ThreadAgent]:
 
 
 def test_agents_reconnect_after_an_api_restart(api_process: ApiProcess, agent: ThreadAgent,
-                                               settings: Settings, tmp_path: Path) -> None:
+                                               tmp_path: Path) -> None:
     api = api_process.url
     with httpx.Client(base_url=api) as c:
         member = make_account(c, ADMIN)

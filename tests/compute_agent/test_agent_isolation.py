@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.config import Settings
 from compute_agent.client import AgentApiError, AgentClient, Observation
 from compute_agent.config import load_credential
 from tests.e2e.stack import (
@@ -43,8 +42,7 @@ def two_agents(api: str, tmp_path: Path) -> Iterator[tuple[ThreadAgent, ThreadAg
 
 
 def test_an_agent_cannot_touch_another_hosts_servers(
-        api: str, two_agents: tuple[ThreadAgent, ThreadAgent], settings: Settings,
-        tmp_path: Path) -> None:
+        api: str, two_agents: tuple[ThreadAgent, ThreadAgent], tmp_path: Path) -> None:
     a, b = two_agents
     with httpx.Client(base_url=api) as c:
         member = make_account(c, ADMIN)

@@ -65,7 +65,7 @@ def agent(api: str, tmp_path: Path) -> Iterator[ThreadAgent]:
     a.stop()
 
 
-def boot(api: str, member: Account, image_id: str, settings: Settings, agent: ThreadAgent,
+def boot(api: str, member: Account, image_id: str, agent: ThreadAgent,
          **fields: Any) -> dict[str, Any]:
     s = create_server(api, member.headers, "tiny", image_id, availability_zone=agent.az,
                       **fields)
@@ -81,9 +81,9 @@ def test_inventory_and_heartbeat_reach_the_api(api: str, agent: ThreadAgent) -> 
 
 
 def test_server_lifecycle_through_the_agent(api: str, member: Account, disk_image: bytes,
-                                            settings: Settings, agent: ThreadAgent) -> None:
+                                            agent: ThreadAgent) -> None:
     image = upload_image(api, member.headers, disk_image, "qcow2")
-    s = boot(api, member, image["id"], settings, agent, name="web <1> & '../x'")
+    s = boot(api, member, image["id"], agent, name="web <1> & '../x'")
     sid = s["id"]
     active = wait_status(api, member.headers, sid, "ACTIVE")
     hv, paths = agent.agent.hv, InstancePaths(agent.agent.instances, sid)
@@ -101,8 +101,10 @@ def test_server_lifecycle_through_the_agent(api: str, member: Account, disk_imag
     wait_status(api, member.headers, sid, "ACTIVE")
     assert hv.list_managed()[sid].observed == "running"
 
-    action(api, member.headers, sid, "reboot", type="hard")
-    wait_status(api, member.headers, sid, "ACTIVE")
+    for kind in ("soft", "hard"):
+        action(api, member.headers, sid, "reboot", type=kind)
+        wait_status(api, member.headers, sid, "ACTIVE")
+        assert hv.list_managed()[sid].observed == "running"
 
     assert allocated(api, agent.host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
     r = httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers)
@@ -128,7 +130,7 @@ def test_image_checksum_mismatch_puts_the_server_in_error(
     # recorded at upload.
     stored = settings.image_dir / image["id"]
     stored.write_bytes(stored.read_bytes()[:-1] + b"\x01")
-    s = boot(api, member, image["id"], settings, agent)
+    s = boot(api, member, image["id"], agent)
     err = wait_status(api, member.headers, s["id"], "ERROR")
     assert err["fault"]["code"] == "spawn_failed"
     assert "sha256" in err["fault"]["message"]

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from api.config import Settings
 from compute_agent.config import AgentSettings
 from compute_agent.simulate import HostSize, SimulatedHost, start_simulated, stop_simulated
 from tests.conftest import ADMIN_TOKEN
@@ -78,8 +77,7 @@ def decided_host(api: str, sid: str) -> str | None:
 
 
 def test_servers_run_where_the_scheduler_placed_them(
-        api: str, hosts: list[SimulatedHost], settings: Settings, tmp_path: Path,
-        zone: str) -> None:
+        api: str, hosts: list[SimulatedHost], tmp_path: Path, zone: str) -> None:
     names = [h.name for h in hosts]
     ids = wait_until(lambda: x if len(x := host_ids(api, names)) == 3 else None, 30,
                      "three hosts enrolled")

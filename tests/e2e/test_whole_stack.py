@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 
-from api.config import Settings
 from compute_agent.hypervisor import Hypervisor, HypervisorError
 from compute_agent.spec import domain_name
 from tests.e2e.stack import (
@@ -134,7 +133,7 @@ def new_agent(api: str, home: Path, **kwargs: Any) -> AgentProcess:
 
 
 def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest: GuestImage,
-                                               hv: Hypervisor, home: Path, settings: Settings,
+                                               hv: Hypervisor, home: Path,
                                                cleanup: list[str]) -> None:
     agent = new_agent(api, home)
     try:
@@ -180,7 +179,7 @@ def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest:
 
 def test_agent_killed_mid_build_finishes_it_after_restart(
         api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
-        settings: Settings, cleanup: list[str]) -> None:
+        cleanup: list[str]) -> None:
     marker = home / "paused"
     agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": "define",
                                       "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
