@@ -92,13 +92,13 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
     if cred is not None and cred.api_url.rstrip("/") == settings.api_url.rstrip("/"):
         if token is None and admin_token is None:
             return cred
-        with AgentClient(settings.api_url, cred.credential) as client:
+        with AgentClient(settings.api_url, cred.credential, retries=2) as client:
             try:
                 client.heartbeat([])
                 return cred
             except AgentApiError as exc:
                 if exc.status != 401:
-                    raise
+                    return cred  # cannot check now (API down?): the loop retries with it
         log.warning("stored credential rejected by %s; enrolling again", settings.api_url)
     if token is None and admin_token is not None:
         token = mint_enrollment_token(settings.api_url, admin_token)
@@ -138,7 +138,6 @@ class Agent:
         self._inventory_at = 0.0
         self._snapshot: list[Observation] = []
         self._snapshot_lock = threading.Lock()
-        self._first_pass = threading.Event()
         self.passes = 0
         self._host_arch: str | None = None
         # Test hook: pause for ever after the named build step (see tests/e2e).
@@ -185,6 +184,11 @@ class Agent:
                     self.hv.ensure_connected()
                 except HypervisorError as again:
                     log.warning("libvirt still unreachable: %s", again)
+            except Exception:
+                # A bug must not silently end the loop while the process looks alive.
+                log.exception("reconcile pass failed; retrying in %.1fs", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
         hb.join(timeout=self.settings.heartbeat_interval + 15)
 
     def run_once(self) -> None:
@@ -200,7 +204,6 @@ class Agent:
         self.reconcile(state.servers)
         self.cursor = state.cursor
         self.passes += 1
-        self._first_pass.set()
 
     def _poll_wait(self) -> float:
         if self.cursor is None:
@@ -256,7 +259,7 @@ class Agent:
                 self._hb_client.heartbeat(observed)
                 delay = 0.5
                 self._stop.wait(self.settings.heartbeat_interval)
-            except AgentApiError as exc:
+            except Exception as exc:  # API down, or a bug: keep beating either way
                 log.warning("heartbeat: %s", exc)
                 self._stop.wait(min(delay, self.settings.heartbeat_interval))
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -298,6 +301,10 @@ class Agent:
                 log.error("server %s: %s", action.server_id, exc)
                 if action.server is not None:
                     self._observe(action.server, "error", message=str(exc))
+            except (HypervisorError, OSError, SpecError) as exc:
+                # One server's trouble must not starve the others; the next pass retries it.
+                failed.add(action.server_id)
+                log.warning("%s %s failed: %s", action.kind, action.server_id, exc)
         for server in desired:
             if server.server_id not in failed and server.desired != "absent":
                 self._report(server)
