@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -129,16 +130,11 @@ def kvm_usable() -> bool:
     return True
 
 
-def resolve_virt_type(setting: str, offered: list[str]) -> VirtType:
-    """The domain type to use: ``auto`` is kvm when /dev/kvm works and libvirt offers it.
-
-    ``offered`` is what libvirt lists for the host (``Hypervisor.virt_types``); an empty list
-    (the test driver) counts as offering both.
-    """
+def resolve_virt_type(setting: str, kvm_boots: Callable[[], bool]) -> VirtType:
+    """The domain type to use: ``auto`` is kvm when /dev/kvm opens and a KVM guest really
+    starts (``kvm_boots``, e.g. ``Hypervisor.kvm_boots``), else qemu (TCG)."""
     if setting == "kvm":
         return "kvm"
     if setting == "qemu":
         return "qemu"
-    if kvm_usable() and (not offered or "kvm" in offered):
-        return "kvm"
-    return "qemu"
+    return "kvm" if kvm_usable() and kvm_boots() else "qemu"

@@ -23,7 +23,7 @@ from typing import Any
 from compute_agent.agent import Agent, ensure_enrolled
 from compute_agent.client import AgentApiError
 from compute_agent.config import AgentSettings, resolve_virt_type
-from compute_agent.hypervisor import Hypervisor, HypervisorError
+from compute_agent.hypervisor import Hypervisor, HypervisorError, write_test_node_xml
 from compute_agent.simulate import DEFAULT_SIZES, parse_size, start_simulated, stop_simulated
 
 log = logging.getLogger("minicloud.agent")
@@ -53,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path)
     p.add_argument("--instances-dir", type=Path)
     p.add_argument("--image-cache-dir", type=Path)
-    p.add_argument("--libvirt-uri")
+    p.add_argument("--libvirt-uri",
+                   help="libvirt URI (default qemu:///system); 'auto' falls back to the test "
+                        "driver when no libvirtd is reachable")
     p.add_argument("--virt-type", choices=["auto", "kvm", "qemu"])
     p.add_argument("--network", help="libvirt network for NICs, or 'none'")
     p.add_argument("--disk-gb", type=int)
@@ -79,6 +81,31 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     return AgentSettings(**overrides)
 
 
+def open_hypervisor(settings: AgentSettings) -> tuple[AgentSettings, Hypervisor]:
+    """Connect to libvirt; ``--libvirt-uri auto`` falls back to the test driver, loudly.
+
+    ``auto`` tries ``qemu:///system``; when no libvirtd answers, the agent runs on a libvirt
+    test-driver node the size of this machine, whose "servers" are not real VMs and are
+    forgotten when the agent stops.
+
+    Raises:
+        HypervisorError: the (explicit) URI cannot be opened.
+    """
+    if settings.libvirt_uri != "auto":
+        return settings, Hypervisor(settings.libvirt_uri)
+    try:
+        return (settings.model_copy(update={"libvirt_uri": "qemu:///system"}),
+                Hypervisor("qemu:///system"))
+    except HypervisorError as exc:
+        log.warning("!!! no libvirtd (%s): using libvirt's TEST DRIVER; servers will not be "
+                    "real VMs and vanish when the agent stops", exc)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    uri = write_test_node_xml(Path(settings.state_dir).resolve() / "node.xml",
+                              os.cpu_count() or 1, memory_mb, network=settings.network_name)
+    return settings.model_copy(update={"libvirt_uri": uri}), Hypervisor(uri)
+
+
 def _on_signal(stop: threading.Event) -> None:
     def handler(_sig: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -91,6 +118,8 @@ def run(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    # One line per HTTP request (every long-poll) drowns what the agent does.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = settings_from(args)
     stop = threading.Event()
     _on_signal(stop)
@@ -107,8 +136,9 @@ def run(argv: list[str] | None = None) -> None:
             stop.wait()
             stop_simulated(hosts)
             return
-        hv = Hypervisor(settings.libvirt_uri)
-        virt_type = resolve_virt_type(settings.virt_type, hv.virt_types())
+        settings, hv = open_hypervisor(settings)
+        virt_type = resolve_virt_type(
+            settings.virt_type, lambda: not hv.uri.startswith("test:") and hv.kvm_boots())
         token = args.enroll[0] if args.enroll else None
         cred = ensure_enrolled(settings, virt_type, token=token,
                                admin_token=None if token else args.admin_token)

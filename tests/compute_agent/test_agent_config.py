@@ -34,17 +34,17 @@ def test_missing_and_broken_credential_files(tmp_path: Path) -> None:
         load_credential(tmp_path)
 
 
-@pytest.mark.parametrize(("setting", "offered", "kvm_works", "expected"), [
-    ("qemu", ["qemu", "kvm"], True, "qemu"),          # explicit wins
-    ("kvm", [], False, "kvm"),
-    ("auto", ["qemu", "kvm"], True, "kvm"),
-    ("auto", ["qemu"], True, "qemu"),                 # libvirt does not offer kvm
-    ("auto", ["qemu", "kvm"], False, "qemu"),         # /dev/kvm unusable
+@pytest.mark.parametrize(("setting", "dev_kvm", "guest_starts", "expected"), [
+    ("qemu", True, True, "qemu"),          # explicit wins
+    ("kvm", False, False, "kvm"),
+    ("auto", True, True, "kvm"),
+    ("auto", True, False, "qemu"),         # nested KVM offered but broken
+    ("auto", False, True, "qemu"),         # /dev/kvm unusable
 ])
-def test_virt_type(monkeypatch: pytest.MonkeyPatch, setting: str, offered: list[str],
-                   kvm_works: bool, expected: str) -> None:
-    monkeypatch.setattr("compute_agent.config.kvm_usable", lambda: kvm_works)
-    assert resolve_virt_type(setting, offered) == expected
+def test_virt_type(monkeypatch: pytest.MonkeyPatch, setting: str, dev_kvm: bool,
+                   guest_starts: bool, expected: str) -> None:
+    monkeypatch.setattr("compute_agent.config.kvm_usable", lambda: dev_kvm)
+    assert resolve_virt_type(setting, lambda: guest_starts) == expected
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
