@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from api.config import Settings
+from compute_agent.domain_xml import parse_metadata
+from compute_agent.imagecache import backing_file
 from compute_agent.spec import InstancePaths
 from tests.e2e.stack import (
     ADMIN,
@@ -83,12 +85,17 @@ def test_inventory_and_heartbeat_reach_the_api(api: str, agent: ThreadAgent) -> 
 def test_server_lifecycle_through_the_agent(api: str, member: Account, disk_image: bytes,
                                             agent: ThreadAgent) -> None:
     image = upload_image(api, member.headers, disk_image, "qcow2")
-    s = boot(api, member, image["id"], agent, name="web <1> & '../x'")
+    hostile = "web <1> & '../x\" ]]>"
+    s = boot(api, member, image["id"], agent, name=hostile)
     sid = s["id"]
     active = wait_status(api, member.headers, sid, "ACTIVE")
     hv, paths = agent.agent.hv, InstancePaths(agent.agent.instances, sid)
     assert hv.list_managed()[sid].observed == "running"
     assert paths.disk.exists() and paths.seed.exists()
+    # The name is data in the domain XML, and paths come from the UUID only.
+    meta = parse_metadata(hv.domain_xml(sid))
+    assert meta is not None and meta.name == hostile
+    assert list(agent.agent.instances.iterdir()) == [paths.directory]
     # The test driver hands out a fake DHCP lease on the "default" network.
     ips = wait_until(lambda: server(api, member, sid)["addresses"], 30, "addresses")
     assert ips[0]["ip"].startswith("192.168.122."), active
@@ -161,3 +168,16 @@ def test_leftovers_are_removed_and_foreign_domains_kept(
     wait_until(lambda: not orphan.exists(), 30, "orphan directory removed")
     assert conn.lookupByUUIDString(foreign_uuid) is not None
     conn.lookupByUUIDString(foreign_uuid).undefine()
+
+
+def test_raw_images_boot_too(api: str, member: Account, agent: ThreadAgent,
+                             tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "8M"], check=True)
+    image = upload_image(api, member.headers, raw.read_bytes(), "raw")
+    s = boot(api, member, image["id"], agent)
+    wait_status(api, member.headers, s["id"], "ACTIVE")
+    overlay = InstancePaths(agent.agent.instances, s["id"]).disk
+    assert backing_file(overlay) == (str(agent.agent.cache.path(image["id"])), "raw")
+    assert httpx.delete(f"{api}/v1/servers/{s['id']}", headers=member.headers).status_code == 202
+    wait_gone(api, member.headers, s["id"])
