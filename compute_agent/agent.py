@@ -49,6 +49,9 @@ from compute_agent.spec import (
 log = logging.getLogger("minicloud.agent")
 
 CONSOLE_BYTES = 64 * 1024
+# After a start, a reboot or a console change, consoles are shipped every console_interval for
+# this long; otherwise once per long-poll.
+CONSOLE_HOT_SECONDS = 30.0
 MAX_BACKOFF = 10.0
 
 
@@ -134,6 +137,7 @@ class Agent:
         self._reported: set[str] = set()
         self._reboots_done: set[str] = set()
         self._console_sent: dict[str, tuple[float, str]] = {}
+        self._console_hot_until = 0.0
         self._inventory: dict[str, InventoryItem] | None = None
         self._inventory_at = 0.0
         self._snapshot: list[Observation] = []
@@ -209,9 +213,10 @@ class Agent:
         if self.cursor is None:
             return 0
         wait = self.settings.long_poll_wait
-        with self._snapshot_lock:
-            if any(o.state == "running" for o in self._snapshot):
-                wait = min(wait, self.settings.console_interval)
+        # Poll often only while some console is changing (a guest booting), so idle hosts,
+        # and hundreds of simulated ones, cost one request per long-poll.
+        if self._console_hot_until > time.monotonic():
+            wait = min(wait, self.settings.console_interval)
         return min(wait, self.settings.inventory_interval)
 
     # -- inventory and heartbeat -------------------------------------------------------------
@@ -340,11 +345,13 @@ class Agent:
         elif action.kind == "start":
             self._start(sid)
         elif action.kind == "reboot":
+            self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
             self.hv.reboot(sid, hard=action.hard)
         if action.reboot_id is not None and (action.kind != "build" or action.start):
             self._reboots_done.add(reboot_key(sid, action.reboot_id))
 
     def _start(self, server_id: str) -> None:
+        self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
         try:
             self.hv.start(server_id)
         except DomainNotFound:
@@ -508,6 +515,7 @@ class Agent:
                 continue
             digest = hashlib.sha256(tail.encode()).hexdigest()
             if digest != last_digest and tail:
+                self._console_hot_until = now + CONSOLE_HOT_SECONDS
                 try:
                     self.client.put_console(sid, tail.encode())
                 except AgentApiError as exc:

@@ -154,6 +154,8 @@ def start_test_driver_agent(api: str, home: Path, *, vcpus: int = 4, ram_mb: int
     agent = Agent(settings, cred, Hypervisor(uri), "qemu")
     thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
     thread.start()
+    wait_until(lambda: (h := host(api, cred.host_id))["state"] == "up" and h["resources"],
+               60, f"host {name} up with its inventory")
     return ThreadAgent(agent, thread, cred.host_id, name, az)
 
 

@@ -60,8 +60,10 @@ def hosts(api: str, tmp_path: Path, zone: str) -> Iterator[list[SimulatedHost]]:
 
 
 def host_ids(api: str, names: list[str]) -> dict[str, str]:
+    """Ids of the named hosts that are up with an inventory."""
     r = httpx.get(f"{api}/v1/hosts", headers=ADMIN)
-    return {h["name"]: h["id"] for h in r.json() if h["name"] in names}
+    return {h["name"]: h["id"] for h in r.json()
+            if h["name"] in names and h["state"] == "up" and h["resources"]}
 
 
 def decided_host(api: str, sid: str) -> str | None:
@@ -80,7 +82,7 @@ def test_servers_run_where_the_scheduler_placed_them(
         api: str, hosts: list[SimulatedHost], tmp_path: Path, zone: str) -> None:
     names = [h.name for h in hosts]
     ids = wait_until(lambda: x if len(x := host_ids(api, names)) == 3 else None, 30,
-                     "three hosts enrolled")
+                     "three hosts up")
     r = httpx.get(f"{api}/v1/hosts", headers=ADMIN)
     totals = {h["name"]: h["resources"]["VCPU"]["total"] for h in r.json() if h["name"] in ids}
     assert totals == {h.name: s.vcpus for h, s in zip(hosts, SIZES, strict=True)}

@@ -34,6 +34,7 @@ from tests.e2e.stack import (
     assert_placed_on,
     create_server,
     enrollment_token,
+    host,
     host_id_of,
     server,
     upload_image,
@@ -129,6 +130,8 @@ def new_agent(api: str, home: Path, **kwargs: Any) -> AgentProcess:
         assert agent.alive(), agent.output()
         return (home / "state" / "credential.json").exists()
     wait_until(enrolled, 60, "enrollment")
+    wait_until(lambda: (h := host(api, host_id_of(home)))["state"] == "up" and h["resources"],
+               60, "host up with its inventory")
     return agent
 
 
