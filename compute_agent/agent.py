@@ -138,6 +138,7 @@ class Agent:
         self._reboots_done: set[str] = set()
         self._console_sent: dict[str, tuple[float, str]] = {}
         self._console_hot_until = 0.0
+        self._network_ready = False
         self._inventory: dict[str, InventoryItem] | None = None
         self._inventory_at = 0.0
         self._snapshot: list[Observation] = []
@@ -164,9 +165,6 @@ class Agent:
         self.instances.mkdir(parents=True, exist_ok=True)
         self.instances.chmod(0o755)
         self.cache.cleanup_partial()
-        network = self.settings.network_name
-        if network is not None:
-            self.hv.ensure_network(network)
         hb = threading.Thread(target=self._heartbeat_loop, name=f"hb-{self.settings.name}",
                               daemon=True)
         hb.start()
@@ -202,6 +200,11 @@ class Agent:
             AgentApiError: the API cannot be reached or refuses.
             HypervisorError: libvirt fails to list domains.
         """
+        if not self._network_ready:
+            # Here rather than at start, so a libvirtd that is not up yet is simply retried.
+            if self.settings.network_name is not None:
+                self.hv.ensure_network(self.settings.network_name)
+            self._network_ready = True
         self.report_inventory()
         wait = self._poll_wait()
         state = self.client.desired_servers(since=self.cursor, wait=wait)
