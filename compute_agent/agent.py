@@ -11,6 +11,13 @@ and a ``test:///<file>`` connection's state is private to it, so nothing else to
 A second thread sends heartbeats every ``heartbeat_interval`` seconds with the states the loop
 last saw, so a long graceful shutdown never makes the host look down. API failures are retried
 with backoff forever; nothing is lost because every pass is level-triggered.
+
+Restart safety: besides its credential the agent keeps no state. A new process re-lists
+libvirt and the instances directory and plans from there: a half-made overlay never has its
+final name, define is by server UUID, start/stop/destroy are no-ops when already done, and
+observation keys are deterministic (``<server>:<generation>:<state>``) so a report repeated
+after a crash is deduplicated by the API. Done reboots are remembered in memory only: a kill
+between a reboot and its report makes the next process reboot the guest once more.
 """
 
 from __future__ import annotations

@@ -66,6 +66,10 @@ def host_ids(api: str, names: list[str]) -> dict[str, str]:
             if h["name"] in names and h["state"] == "up" and h["resources"]}
 
 
+def server_host(api: str, sid: str) -> str:
+    return str(httpx.get(f"{api}/v1/servers/{sid}", headers=ADMIN).json()["host"])
+
+
 def decided_host(api: str, sid: str) -> str | None:
     """The host name the scheduler recorded in the server's events."""
     r = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN)
@@ -101,6 +105,10 @@ def test_servers_run_where_the_scheduler_placed_them(
         # The agent that runs it is the host the scheduler chose and recorded.
         assert decided_host(api, s["id"]) == active["host"]
         by_host.setdefault(active["host"], []).append(s["id"])
+    # Spreading (positive ram/cpu multipliers): the first server goes to the host with the most
+    # free RAM and vCPUs, the largest one (normalized scores 1 + 1 against 0 + 0 and 0.33 + 0.33).
+    assert server_host(api, servers[0]["id"]) == hosts[2].name
+    assert len(by_host) > 1, by_host  # later servers spread onto the smaller hosts
     for h in hosts:
         running = {sid for sid, st in h.agent.hv.list_managed().items()
                    if st.observed == "running"}
