@@ -59,6 +59,7 @@ CONSOLE_BYTES = 64 * 1024
 # After a start, a reboot or a console change, consoles are shipped every console_interval for
 # this long; otherwise once per long-poll.
 CONSOLE_HOT_SECONDS = 30.0
+STOP_POLL_SECONDS = 0.5
 MAX_BACKOFF = 10.0
 
 
@@ -146,6 +147,7 @@ class Agent:
         self._console_sent: dict[str, tuple[float, str]] = {}
         self._console_hot_until = 0.0
         self._network_ready = False
+        self._stopping: dict[str, float] = {}  # server id -> when to stop waiting for ACPI
         self._inventory: dict[str, InventoryItem] | None = None
         self._inventory_at = 0.0
         self._snapshot: list[Observation] = []
@@ -227,6 +229,8 @@ class Agent:
         # and hundreds of simulated ones, cost one request per long-poll.
         if self._console_hot_until > time.monotonic():
             wait = min(wait, self.settings.console_interval)
+        if self._stopping:
+            wait = min(wait, STOP_POLL_SECONDS)  # look again soon at guests powering off
         return min(wait, self.settings.inventory_interval)
 
     # -- inventory and heartbeat -------------------------------------------------------------
@@ -305,6 +309,9 @@ class Agent:
         domains = self.seen()
         dirs = set(instance_ids_on_disk(self.instances))
         actions = plan(desired, domains, dirs, self._reboots_done)
+        # Forget stop deadlines of domains that went off (or are no longer to be stopped).
+        stopping = {a.server_id for a in actions if a.kind == "stop"}
+        self._stopping = {k: v for k, v in self._stopping.items() if k in stopping}
         failed: set[str] = set()
         for action in actions:
             if action.server_id in failed:
@@ -346,7 +353,7 @@ class Agent:
             return
         assert server is not None
         if action.kind == "stop":
-            self.hv.shutdown(sid, timeout=self.settings.shutdown_timeout)
+            self._stop_domain(sid)
         elif action.kind == "build":
             self._build(server, start=action.start)
         elif action.kind == "redefine":
@@ -359,6 +366,21 @@ class Agent:
             self.hv.reboot(sid, hard=action.hard)
         if action.reboot_id is not None and (action.kind != "build" or action.start):
             self._reboots_done.add(reboot_key(sid, action.reboot_id))
+
+    def _stop_domain(self, server_id: str) -> None:
+        """Graceful stop without blocking the loop: ask (ACPI) now, destroy on a later pass
+        once ``shutdown_timeout`` has passed, so one guest ignoring the power button does not
+        hold up every other server of the host."""
+        now = time.monotonic()
+        deadline = self._stopping.get(server_id)
+        if deadline is None and self.settings.shutdown_timeout > 0:
+            self._stopping[server_id] = now + self.settings.shutdown_timeout
+            self.hv.request_shutdown(server_id)
+        elif deadline is None or now >= deadline:
+            log.info("%s did not power off in %.0fs: destroying", server_id,
+                     self.settings.shutdown_timeout)
+            self.hv.shutdown(server_id, timeout=0)
+            self._stopping.pop(server_id, None)
 
     def _start(self, server_id: str) -> None:
         self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS

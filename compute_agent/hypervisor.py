@@ -463,6 +463,27 @@ class Hypervisor:
                 return False
             raise HypervisorError(f"shutdown {server_id}: {exc}") from exc
 
+    def request_shutdown(self, server_id: str) -> bool:
+        """Send the ACPI power-button request and return at once (no waiting, no destroy).
+
+        Returns False when the domain is already shut off. For callers that wait for the
+        guest without blocking (the agent's loop), then ``shutdown(timeout=0)`` to force.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        dom = self._lookup(server_id)
+        try:
+            if not dom.isActive():
+                return False
+            dom.shutdown()
+            return True
+        except libvirt.libvirtError as exc:
+            if not self._is_active_safe(dom):
+                return False
+            raise HypervisorError(f"shutdown request {server_id}: {exc}") from exc
+
     def reboot(self, server_id: str, hard: bool = False) -> None:
         """Reboot a domain.
 
