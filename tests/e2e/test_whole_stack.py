@@ -9,6 +9,9 @@ Acceptance 3: the agent is killed with SIGKILL after it defined (or started) the
 before it reported ACTIVE (a test hook makes it stop right there); started again, it finishes
 the build: the server ends ACTIVE with exactly one domain and one instance directory.
 
+A guest that ignores the ACPI power button (booted with acpi=off) is destroyed once the
+agent's shutdown timeout has passed, and ends SHUTOFF.
+
 Waits are bounded (so a broken boot fails instead of hanging) but nothing asserts timing.
 """
 
@@ -121,9 +124,10 @@ def domains_of(hv: Hypervisor, sid: str) -> list[str]:
     return [n for n in hv.all_domain_names() if sid in n]
 
 
-def new_agent(api: str, home: Path, **kwargs: Any) -> AgentProcess:
+def new_agent(api: str, home: Path, extra: list[str] | None = None,
+              **kwargs: Any) -> AgentProcess:
     agent = AgentProcess(api, home, unique("qemu-host"), URI, az=unique("az"),
-                         extra_args=["--network", "none"], **kwargs)
+                         extra_args=["--network", "none", *(extra or [])], **kwargs)
     agent.start(token=enrollment_token(api))
 
     def enrolled() -> bool:
@@ -213,5 +217,33 @@ def test_agent_killed_mid_build_finishes_it_after_restart(
         wait_gone(api, member.headers, sid, BOOT_WAIT)
         assert domains_of(hv, sid) == []
         assert list((home / "instances").iterdir()) == []
+    finally:
+        agent.stop()
+
+
+def test_a_guest_ignoring_the_power_button_is_forced_off(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str]) -> None:
+    # The same guest booted with acpi=off never sees the ACPI power button.
+    built = build_guest_image()
+    deaf = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
+                        properties={"kernel_id": guest.kernel_id,
+                                    "ramdisk_id": guest.ramdisk_id,
+                                    "kernel_cmdline": "console=ttyS0 acpi=off"})
+    agent = new_agent(api, home, extra=["--shutdown-timeout", "5"])
+    try:
+        s = create_server(api, member.headers, "tiny", deaf["id"], availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        wait_until(lambda: "minicloud-guest: ready" in console(api, member, sid), BOOT_WAIT,
+                   "guest ready")
+        action(api, member.headers, sid, "stop")
+        wait_status(api, member.headers, sid, "SHUTOFF", BOOT_WAIT)
+        assert hv.observed(sid) == "shutoff"
+        assert f"{sid} did not power off in 5s: destroying" in agent.log.read_text()
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
     finally:
         agent.stop()
