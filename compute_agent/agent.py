@@ -12,17 +12,19 @@ A second thread sends heartbeats every ``heartbeat_interval`` seconds with the s
 last saw, so a long graceful shutdown never makes the host look down. API failures are retried
 with backoff forever; nothing is lost because every pass is level-triggered.
 
-Restart safety: besides its credential the agent keeps no state. A new process re-lists
-libvirt and the instances directory and plans from there: a half-made overlay never has its
-final name, define is by server UUID, start/stop/destroy are no-ops when already done, and
-observation keys are deterministic (``<server>:<generation>:<state>``) so a report repeated
-after a crash is deduplicated by the API. Done reboots are remembered in memory only: a kill
-between a reboot and its report makes the next process reboot the guest once more.
+Restart safety: besides its credential (and performed reboots) the agent keeps no state. A
+new process re-lists libvirt and the instances directory and plans from there: a half-made
+overlay never has its final name, define is by server UUID, start/stop/destroy are no-ops
+when already done, and observation keys are deterministic (``<server>:<generation>:<state>``),
+so a report repeated after a crash is deduplicated by the API. Performed reboots are recorded
+in the state directory (``reboots.json``), so a kill between a reboot and its report does not
+reboot the guest twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -60,6 +62,7 @@ CONSOLE_BYTES = 64 * 1024
 # this long; otherwise once per long-poll.
 CONSOLE_HOT_SECONDS = 30.0
 STOP_POLL_SECONDS = 0.5
+REBOOTS_FILE = "reboots.json"
 MAX_BACKOFF = 10.0
 
 
@@ -143,7 +146,8 @@ class Agent:
         self.cursor: str | None = None
         self._stop = threading.Event()
         self._reported: set[str] = set()
-        self._reboots_done: set[str] = set()
+        self._reboots_file = Path(settings.state_dir) / REBOOTS_FILE
+        self._reboots_done: set[str] = self._load_reboots()
         self._console_sent: dict[str, tuple[float, str]] = {}
         self._console_hot_until = 0.0
         self._network_ready = False
@@ -308,6 +312,10 @@ class Agent:
         """
         domains = self.seen()
         dirs = set(instance_ids_on_disk(self.instances))
+        # Remember only reboots still awaited: ids carry the generation, so they never repeat.
+        awaited = {reboot_key(d.server_id, d.reboot.id) for d in desired if d.reboot}
+        if self._reboots_done - awaited:
+            self._save_reboots(self._reboots_done & awaited)
         actions = plan(desired, domains, dirs, self._reboots_done)
         # Forget stop deadlines of domains that went off (or are no longer to be stopped).
         stopping = {a.server_id for a in actions if a.kind == "stop"}
@@ -365,7 +373,26 @@ class Agent:
             self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
             self.hv.reboot(sid, hard=action.hard)
         if action.reboot_id is not None and (action.kind != "build" or action.start):
-            self._reboots_done.add(reboot_key(sid, action.reboot_id))
+            self._save_reboots(self._reboots_done | {reboot_key(sid, action.reboot_id)})
+            self._checkpoint(action.kind, sid)
+
+    def _load_reboots(self) -> set[str]:
+        try:
+            data = json.loads(self._reboots_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return set()
+        return {str(k) for k in data} if isinstance(data, list) else set()
+
+    def _save_reboots(self, keys: set[str]) -> None:
+        """Persist performed reboots (atomically), so a restart between a reboot and its report
+        reports it instead of rebooting the guest again."""
+        self._reboots_done = keys
+        tmp = self._reboots_file.with_name(REBOOTS_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(sorted(keys)))
+            tmp.replace(self._reboots_file)
+        except OSError as exc:  # memory still has it; only a crash right now would repeat it
+            log.warning("cannot record reboots in %s: %s", self._reboots_file, exc)
 
     def _stop_domain(self, server_id: str) -> None:
         """Graceful stop without blocking the loop: ask (ACPI) now, destroy on a later pass

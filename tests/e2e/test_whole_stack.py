@@ -247,3 +247,33 @@ def test_a_guest_ignoring_the_power_button_is_forced_off(
         wait_gone(api, member.headers, sid, BOOT_WAIT)
     finally:
         agent.stop()
+
+
+def test_agent_killed_after_a_reboot_does_not_reboot_again(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str]) -> None:
+    marker = home / "paused"
+    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": "reboot",
+                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    try:
+        s = create_server(api, member.headers, "tiny", guest.disk_id,
+                          availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        action(api, member.headers, sid, "reboot", type="hard")
+        wait_until(lambda: marker.exists(), BOOT_WAIT, "agent paused after the reboot")
+        agent.kill()
+        assert server(api, member.headers, sid)["status"] == "REBOOT"
+
+        before = agent.log.stat().st_size
+        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        # The new process found the reboot recorded and only reported it.
+        assert f"reboot {sid}" not in agent.log.read_text()[before:]
+        assert domains_of(hv, sid) == [domain_name(sid)]
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+    finally:
+        agent.stop()
