@@ -43,3 +43,6 @@ STRICT = ConfigDict(extra="forbid", strict=False)
 ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 """An object id in a URL path (malformed: 422 ``invalid_input``)."""
+
+PathRef = Annotated[str, Path(min_length=1, max_length=255, pattern=_PRINTABLE)]
+"""An id or a display name in a URL path (malformed: 422 ``invalid_input``)."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Response
 from api.db import new_id, utcnow
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.errors import NotFound
+from api.fields import PathId
 from api.models import ClosedPeriod, LedgerEntry, RateCard
 from api.usage import ledger, rates, reports, service
 from api.usage.reports import GroupBy
@@ -72,7 +73,7 @@ def usage_report(
 
 @router.get("/usage/servers/{server_id}", tags=["usage"])
 def server_usage(
-    server_id: str,
+    server_id: PathId,
     principal: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
@@ -176,13 +177,13 @@ def create_rate(body: RateCardCreate, admin: AdminUser, session: SessionDep) -> 
 
 
 @router.get("/rates/{card_id}", response_model=RateCardOut, tags=["rates"])
-def show_rate(card_id: str, _: CurrentUser, session: SessionDep) -> RateCardOut:
+def show_rate(card_id: PathId, _: CurrentUser, session: SessionDep) -> RateCardOut:
     """One rate card."""
     return _card_out(rates.get_rate_card(session, card_id))
 
 
 @router.delete("/rates/{card_id}", status_code=204, tags=["rates"])
-def delete_rate(card_id: str, _: AdminUser, session: SessionDep) -> Response:
+def delete_rate(card_id: PathId, _: AdminUser, session: SessionDep) -> Response:
     """Withdraw a card that is not in force yet (admin)."""
     rates.delete_rate_card(session, card_id, utcnow())
     return Response(status_code=204)
