@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.fields import STRICT, Description, ShortName
+from api.fields import ID_PATTERN, STRICT, Description, ShortName
 
 Role = Literal["admin", "member", "reader"]
 
@@ -63,7 +63,7 @@ class UserCreate(BaseModel):
     model_config = STRICT
     name: ShortName
     password: str = Field(min_length=8, max_length=1024)
-    project_id: str | None = Field(default=None, max_length=64)
+    project_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
     role: Role = "member"
 
 

@@ -70,6 +70,12 @@ class Operation:
         model = getattr(field, "type_", None) or field.field_info.annotation
         return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
+    @property
+    def body_annotation(self) -> Any:
+        """The type of the JSON body (a model or a union of models), or None."""
+        field = self.route.body_field
+        return None if field is None else field.field_info.annotation
+
     def url(self, values: dict[str, str]) -> str:
         """The path with each parameter replaced by ``values[name]``."""
         return _PARAM.sub(lambda m: values[m.group(1)], self.path)
