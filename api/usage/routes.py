@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Response
 
 from api.db import new_id, utcnow
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.errors import NotFound
-from api.fields import PathId
+from api.fields import ID_PATTERN, PathId
 from api.models import ClosedPeriod, LedgerEntry, RateCard
 from api.usage import ledger, rates, reports, service
 from api.usage.reports import GroupBy
@@ -26,6 +26,8 @@ from api.usage.schemas import (
 router = APIRouter(prefix="/v1")
 
 AcceptHeader = Annotated[str | None, Header()]
+# Checked before it reaches SQL: PostgreSQL rejects NUL bytes in text parameters.
+ProjectFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -50,7 +52,7 @@ def usage_report(
     settings: SettingsDep,
     start: datetime,
     end: datetime,
-    project_id: str | None = None,
+    project_id: ProjectFilter = None,
     group_by: GroupBy | None = None,
     accept: AcceptHeader = None,
 ) -> Response:
@@ -139,7 +141,7 @@ def list_periods(_: CurrentUser, session: SessionDep) -> list[PeriodOut]:
 
 @router.get("/usage/periods/{period}", tags=["usage"])
 def show_period(period: str, principal: CurrentUser, session: SessionDep,
-                settings: SettingsDep, project_id: str | None = None,
+                settings: SettingsDep, project_id: ProjectFilter = None,
                 accept: AcceptHeader = None) -> Response:
     """The frozen report of a closed month (404 period_open while it is open)."""
     scope = service.visible_project(session, principal, project_id)

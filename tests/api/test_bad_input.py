@@ -378,3 +378,28 @@ def test_every_broken_field_of_every_body_is_refused_and_writes_nothing(
     assert count > 400
     assert not failures, "\n".join(failures)
     assert _row_counts(client) == before
+
+
+# Valid values for query parameters, so that one bad parameter is the only fault.
+QUERY_VALID = {"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00Z"}
+
+
+def test_every_query_parameter_refuses_nul_and_long_values(
+        client: TestClient, ops: list[Operation], ids: Ids) -> None:
+    with_query = [op for op in ops if op.route.dependant.query_params]
+    assert len(with_query) >= 4
+    before = _row_counts(client)
+    failures = []
+    for op in with_query:
+        names = [p.alias for p in op.route.dependant.query_params]
+        base = {n: QUERY_VALID[n] for n in names if n in QUERY_VALID}
+        for name in names:
+            for label, bad in (("nul", "a\x00b"), ("long", "x" * 300), ("negative", "-1"),
+                               ("huge", str(10**30))):
+                r = client.get(op.url(ids.values), headers=ids.headers(op),
+                               params=base | {name: bad})
+                if r.status_code >= 500 or (r.status_code >= 400 and not r.headers[
+                        "content-type"].startswith("application/problem+json")):
+                    failures.append(f"{op} {name}={label}: {r.status_code} {r.text[:200]}")
+    assert not failures, "\n".join(failures)
+    assert _row_counts(client) == before
