@@ -403,3 +403,44 @@ def test_every_query_parameter_refuses_nul_and_long_values(
                     failures.append(f"{op} {name}={label}: {r.status_code} {r.text[:200]}")
     assert not failures, "\n".join(failures)
     assert _row_counts(client) == before
+
+
+# -- the explicit cases --------------------------------------------------------------
+
+
+def test_unknown_flavor_or_image_at_server_create_is_404_and_writes_nothing(
+        client: TestClient, ids: Ids) -> None:
+    headers = ids.member.headers
+    before = _row_counts(client)
+    for fields, code in (({"flavor": "no-such-flavor"}, "flavor_not_found"),
+                         ({"flavor": "00000000-0000-0000-0000-000000000000"}, "flavor_not_found"),
+                         ({"image": "no-such-image"}, "image_not_found"),
+                         ({"image": "00000000-0000-0000-0000-000000000000"}, "image_not_found")):
+        body = {"name": unique("vm"), "flavor": "tiny", "image": ids.values["image_id"]} | fields
+        r = client.post("/v1/servers", headers=headers, json=body)
+        _assert_problem(r, str(fields), (404, 422))
+        assert r.json()["code"] == code, r.text
+    assert _row_counts(client) == before
+
+
+@pytest.mark.parametrize(("disk_format", "data"), [
+    ("qcow2", IMAGE_BYTES["raw"]),
+    ("qcow2", b""),
+    ("aki", IMAGE_BYTES["qcow2"]),
+    ("ari", b"\x00" * 4096),
+])
+def test_image_bytes_that_do_not_match_the_format_are_refused_and_nothing_is_kept(
+        client: TestClient, ids: Ids, disk_format: str, data: bytes) -> None:
+    headers = ids.member.headers
+    r = client.post("/v1/images", headers=headers,
+                    json={"name": unique("img"), "disk_format": disk_format})
+    assert r.status_code == 201, r.text
+    image_id = r.json()["id"]
+    before = _row_counts(client)
+    r = client.put(f"/v1/images/{image_id}/file", headers=headers, content=data)
+    _assert_problem(r, disk_format, (400, 422))
+    assert _row_counts(client) == before
+    image = client.get(f"/v1/images/{image_id}", headers=headers).json()
+    assert (image["status"], image["size"], image["sha256"]) == ("queued", None, None)
+    r = client.get(f"/v1/images/{image_id}/file", headers=headers)
+    assert r.status_code == 409, r.text
