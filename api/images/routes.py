@@ -123,7 +123,8 @@ def _give_back(session: Session, image_id: PathId) -> None:
     session.commit()
 
 
-@router.get("/{image_id}/file", response_class=FileResponse)
+@router.get("/{image_id}/file", response_class=FileResponse, responses={200: {"content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def download_image_file(image_id: PathId, reader: ImageReader, session: SessionDep,
                         settings: SettingsDep) -> FileResponse:
     """Stream an active image's bytes, for its users and for any enrolled host's agent.

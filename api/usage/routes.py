@@ -26,6 +26,10 @@ from api.usage.schemas import (
 router = APIRouter(prefix="/v1")
 
 AcceptHeader = Annotated[str | None, Header()]
+# A report answers JSON, or CSV when the Accept header asks for text/csv.
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {
+    "application/json": {"schema": {"type": "object"}},
+    "text/csv": {"schema": {"type": "string"}}}}}
 # Checked before it reaches SQL: PostgreSQL rejects NUL bytes in text parameters.
 ProjectFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
@@ -45,7 +49,7 @@ def _send(json_text: str, csv_text: str, accept: str | None) -> Response:
     return Response(json_text, media_type="application/json")
 
 
-@router.get("/usage", tags=["usage"])
+@router.get("/usage", tags=["usage"], responses=REPORT_RESPONSES)
 def usage_report(
     principal: CurrentUser,
     session: SessionDep,
@@ -139,7 +143,7 @@ def list_periods(_: CurrentUser, session: SessionDep) -> list[PeriodOut]:
     return [_period_out(p) for p in service.closed_periods(session)]
 
 
-@router.get("/usage/periods/{period}", tags=["usage"])
+@router.get("/usage/periods/{period}", tags=["usage"], responses=REPORT_RESPONSES)
 def show_period(period: str, principal: CurrentUser, session: SessionDep,
                 settings: SettingsDep, project_id: ProjectFilter = None,
                 accept: AcceptHeader = None) -> Response:
