@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
-from api.fields import STRICT, TEXT_PATTERN, TOKEN_PATTERN
+from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN
 from api.hosts.schemas import AvailabilityZone, ResourceOut
 from api.servers.states import Desired, Observed
 
@@ -93,7 +93,7 @@ class ObservedItem(BaseModel):
     """One server's state as the agent saw it at ``seen_at``."""
 
     model_config = STRICT
-    server_id: str = Field(max_length=36)
+    server_id: str = Field(max_length=36, pattern=ID_PATTERN)
     state: Observed
     seen_at: AwareDatetime
 

@@ -18,7 +18,7 @@ class TokenCreate(BaseModel):
     model_config = STRICT
     user: ShortName
     password: str = Field(min_length=1, max_length=1024)
-    project: str = Field(min_length=1, max_length=64)
+    project: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)  # a name or an id
 
 
 class IdName(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from api.fields import STRICT, TEXT_PATTERN, TOKEN_PATTERN, ShortName
+from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN, ShortName
 
 Price = Decimal
 FlavorPrice = Annotated[Price, Field(ge=0, max_digits=30, decimal_places=12)]
@@ -43,8 +43,8 @@ class AdjustmentCreate(BaseModel):
     """A correction: a signed amount of money with a reason, in the current open period."""
 
     model_config = STRICT
-    project_id: str = Field(min_length=1, max_length=36)
-    server_id: str | None = Field(default=None, min_length=1, max_length=36)
+    project_id: str = Field(min_length=1, max_length=36, pattern=ID_PATTERN)
+    server_id: str | None = Field(default=None, min_length=1, max_length=36, pattern=ID_PATTERN)
     amount: Decimal = Field(max_digits=30, decimal_places=12)
     reason: str = Field(min_length=1, max_length=1024, pattern=TEXT_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200,

@@ -267,7 +267,7 @@ def _mutations(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
             long = "x" * max(10_240, LONG_LIMITS.get(name, 0) + 1)
             yield f"{where} 10 KB", _replace(body, path, long)
             if name not in NUL_OK:
-                yield f"{where} NUL", _replace(body, path, value[:1] + "\x00" + value[1:])
+                yield f"{where} NUL", _replace(body, path, value[:1] + "\x00" + value[2:])
             if name not in FREE_TEXT:
                 yield f"{where} ESC", _replace(body, path, value[:1] + "\x1b[2J" + value[1:])
                 yield f"{where} newline", _replace(body, path, value[:1] + "\n" + value[1:])
