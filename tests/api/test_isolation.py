@@ -223,6 +223,8 @@ def test_another_project_gets_404_on_every_read_and_action_on_a_projects_objects
                 str(op), r.text)
     server = client.get(f"/v1/servers/{world.server_id}", headers=admin).json()
     assert (server["status"], server["task_state"]) == ("ACTIVE", None)
+    creds = client.get("/v1/application-credentials", headers=world.a_member.headers).json()
+    assert world.cred_id in {c["id"] for c in creds}
 
 
 def test_another_project_cannot_use_a_projects_objects_by_reference(

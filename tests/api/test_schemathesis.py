@@ -8,6 +8,7 @@ cards in odd currencies, ...) must not leak into other tests.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,9 @@ from api.migrate import upgrade
 from tests.db import fresh_database
 from tests.factories import bearer
 
-# Examples per operation: enough to find a 500, few enough for a quick run.
-EXAMPLES = 8
+# Examples per operation: enough to find a 500, few enough for a quick run (raise it for a
+# longer hunt: MINICLOUD_FUZZ_EXAMPLES=200).
+EXAMPLES = int(os.environ.get("MINICLOUD_FUZZ_EXAMPLES", "8"))
 FUZZ_ADMIN_TOKEN = "fuzz-admin-token-000000000000000000000000000000"
 
 
