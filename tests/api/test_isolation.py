@@ -56,6 +56,8 @@ class World:
     group_id: str
     flavor_id: str
     cred_id: str
+    image_name: str
+    flavor_name: str
 
     def tenant_values(self, op: Operation) -> dict[str, str]:
         """Path values naming A's objects for ``op``."""
@@ -102,7 +104,7 @@ def world(client: TestClient, admin: dict[str, str], _pool_host: dict[str, str])
                     json={"name": unique("cred")})
     assert r.status_code == 201, r.text
     return World(a, a_reader, b, b_reader, enroll_host(client, admin), server_id, image["id"],
-                 group_id, flavor["id"], r.json()["id"])
+                 group_id, flavor["id"], r.json()["id"], image["name"], flavor["name"])
 
 
 def _call(client: TestClient, op: Operation, url: str, headers: dict[str, str],
@@ -230,19 +232,28 @@ def test_another_project_gets_404_on_every_read_and_action_on_a_projects_objects
 def test_another_project_cannot_use_a_projects_objects_by_reference(
         client: TestClient, world: World) -> None:
     b = world.b_member.headers
-    cases = []
-    create = {"name": unique("vm"), "flavor": "tiny", "image": world.image_id}
-    r = client.post("/v1/servers", headers=b, json=create)
-    cases.append(("server create with A's image", r))
-    r = client.post("/v1/servers", headers=b, json=create | {"image": world.image_id,
-                                                             "flavor": world.flavor_id})
-    cases.append(("server create with A's private flavor", r))
-    r = client.get("/v1/usage", headers=b, params={"start": "2026-01-01T00:00:00Z",
-                                                   "end": "2026-02-01T00:00:00Z",
-                                                   "project_id": world.a_member.project_id})
-    cases.append(("usage of project A", r))
-    failures = [f"{what}: {r.status_code} {r.text[:200]}" for what, r in cases
-                if r.status_code != 404 or "request_id" not in r.json()]
+    own_image = make_image(client, b)["id"]
+    create = {"name": unique("vm"), "flavor": "tiny", "image": own_image}
+    usage = {"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00Z",
+             "project_id": world.a_member.project_id}
+    cases = [
+        ("server create with A's image", "image_not_found",
+         client.post("/v1/servers", headers=b, json=create | {"image": world.image_id})),
+        ("server create with A's image by name", "image_not_found",
+         client.post("/v1/servers", headers=b, json=create | {"image": world.image_name})),
+        ("server create with A's private flavor", "flavor_not_found",
+         client.post("/v1/servers", headers=b, json=create | {"flavor": world.flavor_id})),
+        ("server create in A's server group", "server_group_not_found",
+         client.post("/v1/servers", headers=b, json=create | {"server_group": world.group_id})),
+        ("A's image by name", "image_not_found",
+         client.get(f"/v1/images/{world.image_name}", headers=b)),
+        ("A's private flavor by name", "flavor_not_found",
+         client.get(f"/v1/flavors/{world.flavor_name}", headers=b)),
+        ("usage of project A", "project_not_found", client.get("/v1/usage", headers=b,
+                                                              params=usage)),
+    ]
+    failures = [f"{what}: {r.status_code} {r.text[:200]}" for what, code, r in cases
+                if r.status_code != 404 or r.json().get("code") != code]
     assert not failures, "\n".join(failures)
     r = client.get("/v1/servers", headers=b, params={"all_projects": "true"})
     assert world.server_id not in {s["id"] for s in r.json().get("servers", [])}
