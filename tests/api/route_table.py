@@ -112,7 +112,7 @@ def operations(app: FastAPI) -> list[Operation]:
         calls = set(_calls(route.dependant)) | set(extra)
         calls |= {d.dependency for d in route.dependencies}
         guard = next((name for name, fn in GUARDS if fn in calls), None)
-        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
             if guard is None:
                 guard = SELF_AUTHENTICATED.get((method, route.path))
             found.append(Operation(method, route.path, guard, route))

@@ -10,6 +10,7 @@ and user tokens cannot be swapped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,7 @@ def _problem(r: Any, status: int, code: str | None = None) -> str | None:
     return None
 
 
-def _check_all(cases: list[tuple[Operation, Any, int, str | None]]) -> None:
+def _check_all(cases: Sequence[tuple[Operation, Any, int, str | None]]) -> None:
     failures = [f"{op}: {why}" for op, r, status, code in cases
                 if (why := _problem(r, status, code)) is not None]
     assert not failures, "\n".join(failures)
