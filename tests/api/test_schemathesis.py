@@ -80,6 +80,6 @@ def test_no_operation_answers_a_server_error(api_schema: schemathesis.BaseSchema
             failures.append(f"{operation.label}: {exc!r}"[:600])
     assert count > 50
     # The token works (answers other than 401 prove the handlers were reached).
-    assert sum(n for code, n in statuses.items() if code < 300) > 50, statuses
+    assert sum(n for code, n in statuses.items() if code < 300) > 20, statuses
     print(sorted(statuses.items()))
     assert not failures, "\n\n".join(failures)
