@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,6 +22,36 @@ log = logging.getLogger("minicloud.api")
 
 PROBLEM_JSON = "application/problem+json"
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 9457): ``code`` is stable; some codes add fields (e.g. ``errors``)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry for a problem document."""
+    # No "model" here: FastAPI would also list application/json; create_app registers the schema.
+    return {"description": description,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+# Documented on every operation; each route's own ``responses`` may add more.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: problem_doc("Malformed JSON (`malformed_json`) or a bad request."),
+    401: problem_doc("Missing, unknown or expired credential."),
+    403: problem_doc("The role may not do this (`admin_required`, `read_only_role`)."),
+    404: problem_doc("No such object, or it belongs to another project."),
+    409: problem_doc("The object's state or a quota forbids it."),
+    422: problem_doc("Invalid input (`invalid_input`): `errors` lists each field."),
+}
 
 
 class DomainError(Exception):

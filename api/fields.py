@@ -43,3 +43,12 @@ STRICT = ConfigDict(extra="forbid", strict=False)
 ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 """An object id in a URL path (malformed: 422 ``invalid_input``)."""
+
+PathRef = Annotated[str, Path(min_length=1, max_length=255, pattern=_PRINTABLE)]
+"""An id or a display name in a URL path (malformed: 422 ``invalid_input``)."""
+
+# Free text (messages, reasons): line breaks and tabs are content, but NUL (which PostgreSQL
+# cannot store) and the other C0 controls and DEL (terminal escapes) are not.
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+TOKEN_PATTERN = r"^[!-~]+$"
+"""A printable ASCII token without blanks (idempotency keys, echoed ids)."""

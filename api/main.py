@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from sqlalchemy import text
@@ -16,7 +17,14 @@ from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
-from api.errors import install_error_handlers, problem_response, request_id_var
+from api.errors import (
+    PROBLEM_RESPONSES,
+    Problem,
+    install_error_handlers,
+    problem_doc,
+    problem_response,
+    request_id_var,
+)
 from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
@@ -72,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Rent VMs from a pool of KVM hosts.",
         lifespan=lifespan,
+        responses=PROBLEM_RESPONSES,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -101,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={
+        200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+        503: problem_doc("The database does not answer.")})
     def readyz() -> Response:
         """Readiness: the database answers."""
         try:
@@ -113,4 +124,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in ROUTERS:
         app.include_router(router)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The problem responses refer to this schema (api.errors.PROBLEM_RESPONSES).
+        schema = base_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "Problem", Problem.model_json_schema())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -350,7 +350,8 @@ class Agent:
             HypervisorError: libvirt fails for a reason not tied to this server's definition.
         """
         sid, server = action.server_id, action.server
-        log.info("%s %s", action.kind, sid)
+        if not (action.kind == "stop" and sid in self._stopping):  # not every waiting pass
+            log.info("%s %s", action.kind, sid)
         if action.kind in ("remove", "clean_files"):
             if action.kind == "remove":
                 self.hv.destroy_and_undefine(sid)

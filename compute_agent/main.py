@@ -116,6 +116,9 @@ def _on_signal(stop: threading.Event) -> None:
 def run(argv: list[str] | None = None) -> None:
     """Entry point of ``minicloud-agent``; exits 2 on a setup error."""
     args = parser().parse_args(argv)
+    if not args.enroll and os.environ.get("MINICLOUD_AGENT_ENROLL_TOKEN"):
+        # For service managers: the token comes from the unit's environment file.
+        args.enroll = [os.environ["MINICLOUD_AGENT_ENROLL_TOKEN"]]
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     # One line per HTTP request (every long-poll) drowns what the agent does.

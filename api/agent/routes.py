@@ -28,6 +28,7 @@ from api.db import session_scope
 from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, SettingsDep
 from api.deps import get_host_principal as _host_of
 from api.errors import NotFound, Unauthorized
+from api.fields import PathId
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 console_router = APIRouter(prefix="/v1", tags=["servers"])
@@ -108,7 +109,7 @@ async def desired_servers(
 
 
 @router.post("/servers/{server_id}/observations", response_model=ObservationOut)
-def observe(server_id: str, body: ObservationIn, host: CurrentHost, session: SessionDep,
+def observe(server_id: PathId, body: ObservationIn, host: CurrentHost, session: SessionDep,
             settings: SettingsDep) -> ObservationOut:
     """Report what the agent saw happen to one of its servers (idempotent per key)."""
     server, applied = service.observe(session, settings, host.host_id, server_id, body)
@@ -124,7 +125,7 @@ def _own_live_server(session: Session, host_id: str, server_id: str) -> None:
 
 
 @router.put("/servers/{server_id}/console", status_code=204)
-async def put_console(server_id: str, request: Request, host: CurrentHost,
+async def put_console(server_id: PathId, request: Request, host: CurrentHost,
                       session: SessionDep, settings: SettingsDep) -> None:
     """Replace the stored tail of the server's serial console (text/plain body).
 
@@ -143,7 +144,7 @@ async def put_console(server_id: str, request: Request, host: CurrentHost,
 
 
 @console_router.get("/servers/{server_id}/console", response_model=ConsoleOut)
-def get_console(server_id: str, principal: CurrentUser, session: SessionDep,
+def get_console(server_id: PathId, principal: CurrentUser, session: SessionDep,
                 settings: SettingsDep,
                 lines: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> ConsoleOut:
     """The tail of the server's serial console (own project; admins any)."""

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
-from api.fields import STRICT
+from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN
 from api.hosts.schemas import AvailabilityZone, ResourceOut
 from api.servers.states import Desired, Observed
 
@@ -30,9 +30,9 @@ LibvirtUri = Annotated[
 
 Architecture = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=128,
-                                                  pattern=r"^[!-~]+$")]
+                                                  pattern=TOKEN_PATTERN)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Text = Annotated[str, StringConstraints(max_length=4096)]
+Text = Annotated[str, StringConstraints(max_length=4096, pattern=TEXT_PATTERN)]
 MacAddress = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
 
 
@@ -93,7 +93,7 @@ class ObservedItem(BaseModel):
     """One server's state as the agent saw it at ``seen_at``."""
 
     model_config = STRICT
-    server_id: str = Field(max_length=36)
+    server_id: str = Field(max_length=36, pattern=ID_PATTERN)
     state: Observed
     seen_at: AwareDatetime
 
@@ -131,7 +131,8 @@ class ObservationIn(BaseModel):
     state: Observed
     seen_at: AwareDatetime
     idempotency_key: IdempotencyKey
-    reboot_done: Annotated[str, StringConstraints(max_length=64)] | None = None
+    reboot_done: Annotated[str, StringConstraints(max_length=64,
+                                                  pattern=TOKEN_PATTERN)] | None = None
     message: Text | None = None
     addresses: list[Address] | None = Field(default=None, max_length=64)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import AdminUser, CurrentUser, SessionDep
+from api.fields import PathId, PathRef
 from api.flavors import repository, service
 from api.flavors.schemas import FlavorAccessOut, FlavorCreate, FlavorOut
 
@@ -18,7 +19,7 @@ def list_flavors(principal: CurrentUser, session: SessionDep) -> list[FlavorOut]
 
 
 @router.get("/{ref}", response_model=FlavorOut)
-def show_flavor(ref: str, principal: CurrentUser, session: SessionDep) -> FlavorOut:
+def show_flavor(ref: PathRef, principal: CurrentUser, session: SessionDep) -> FlavorOut:
     """One visible flavor by id or name."""
     return FlavorOut.model_validate(service.get_flavor(session, principal, ref))
 
@@ -32,14 +33,14 @@ def create_flavor(body: FlavorCreate, _: AdminUser, session: SessionDep) -> Flav
 
 
 @router.delete("/{flavor_id}", status_code=204)
-def delete_flavor(flavor_id: str, principal: AdminUser, session: SessionDep) -> Response:
+def delete_flavor(flavor_id: PathId, principal: AdminUser, session: SessionDep) -> Response:
     """Delete a flavor no live server uses (admin)."""
     service.delete_flavor(session, principal, flavor_id)
     return Response(status_code=204)
 
 
 @router.get("/{flavor_id}/access", response_model=FlavorAccessOut)
-def list_access(flavor_id: str, principal: AdminUser, session: SessionDep) -> FlavorAccessOut:
+def list_access(flavor_id: PathId, principal: AdminUser, session: SessionDep) -> FlavorAccessOut:
     """The projects a flavor is shared with (admin)."""
     flavor = service.get_flavor(session, principal, flavor_id)
     return FlavorAccessOut(flavor_id=flavor.id,
@@ -47,7 +48,7 @@ def list_access(flavor_id: str, principal: AdminUser, session: SessionDep) -> Fl
 
 
 @router.post("/{flavor_id}/access/{project_id}", response_model=FlavorAccessOut)
-def add_access(flavor_id: str, project_id: str, principal: AdminUser,
+def add_access(flavor_id: PathId, project_id: PathId, principal: AdminUser,
                session: SessionDep) -> FlavorAccessOut:
     """Share a private flavor with a project (admin)."""
     flavor, projects = service.add_access(session, principal, flavor_id, project_id)
@@ -55,7 +56,7 @@ def add_access(flavor_id: str, project_id: str, principal: AdminUser,
 
 
 @router.delete("/{flavor_id}/access/{project_id}", response_model=FlavorAccessOut)
-def remove_access(flavor_id: str, project_id: str, principal: AdminUser,
+def remove_access(flavor_id: PathId, project_id: PathId, principal: AdminUser,
                   session: SessionDep) -> FlavorAccessOut:
     """Stop sharing a flavor with a project (admin)."""
     flavor, projects = service.remove_access(session, principal, flavor_id, project_id)

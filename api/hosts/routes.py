@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
+from api.fields import PathId
 from api.hosts import repository, service
 from api.hosts.schemas import AvailabilityZoneOut, EnrollmentTokenOut, HostOut, HostPatch
 
@@ -26,13 +27,13 @@ def list_hosts(_: AdminUser, session: SessionDep, settings: SettingsDep) -> list
 
 
 @router.get("/hosts/{host_id}", response_model=HostOut)
-def show_host(host_id: str, _: AdminUser, session: SessionDep, settings: SettingsDep) -> HostOut:
+def show_host(host_id: PathId, _: AdminUser, session: SessionDep, settings: SettingsDep) -> HostOut:
     """One host (admin)."""
     return service.host_views(session, settings, [service.get_host(session, host_id)])[0]
 
 
 @router.patch("/hosts/{host_id}", response_model=HostOut)
-def update_host(host_id: str, body: HostPatch, _: AdminUser, session: SessionDep,
+def update_host(host_id: PathId, body: HostPatch, _: AdminUser, session: SessionDep,
                 settings: SettingsDep) -> HostOut:
     """Enable/disable, move to a zone, tag aggregates, set ratios and reserved (admin)."""
     host = service.update_host(session, host_id, body)
@@ -40,7 +41,7 @@ def update_host(host_id: str, body: HostPatch, _: AdminUser, session: SessionDep
 
 
 @router.delete("/hosts/{host_id}", status_code=204)
-def delete_host(host_id: str, _: AdminUser, session: SessionDep) -> Response:
+def delete_host(host_id: PathId, _: AdminUser, session: SessionDep) -> Response:
     """Remove a host with no servers left (admin); its credential stops working."""
     service.delete_host(session, host_id)
     return Response(status_code=204)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.fields import STRICT, Description, ShortName
+from api.fields import ID_PATTERN, STRICT, Description, ShortName
 
 Role = Literal["admin", "member", "reader"]
 
@@ -18,7 +18,7 @@ class TokenCreate(BaseModel):
     model_config = STRICT
     user: ShortName
     password: str = Field(min_length=1, max_length=1024)
-    project: str = Field(min_length=1, max_length=64)
+    project: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)  # a name or an id
 
 
 class IdName(BaseModel):
@@ -63,7 +63,7 @@ class UserCreate(BaseModel):
     model_config = STRICT
     name: ShortName
     password: str = Field(min_length=8, max_length=1024)
-    project_id: str | None = Field(default=None, max_length=64)
+    project_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
     role: Role = "member"
 
 

@@ -20,6 +20,7 @@ from api.deps import (
     get_principal,
 )
 from api.errors import Conflict, PayloadTooLarge, Unauthorized
+from api.fields import PathId, PathRef
 from api.images import service
 from api.images.schemas import ImageCreate, ImageOut
 from api.images.store import ImageStore
@@ -60,13 +61,13 @@ def create_image(body: ImageCreate, principal: Writer, session: SessionDep) -> I
 
 
 @router.get("/{ref}", response_model=ImageOut)
-def show_image(ref: str, principal: CurrentUser, session: SessionDep) -> ImageOut:
+def show_image(ref: PathRef, principal: CurrentUser, session: SessionDep) -> ImageOut:
     """One visible image by id, or by name when exactly one visible image has it."""
     return ImageOut.model_validate(service.find_image(session, principal, ref))
 
 
 @router.delete("/{image_id}", status_code=204)
-def delete_image(image_id: str, principal: Writer, session: SessionDep,
+def delete_image(image_id: PathId, principal: Writer, session: SessionDep,
                  settings: SettingsDep) -> Response:
     """Delete an image and its bytes."""
     image = service.delete_image(session, principal, image_id)
@@ -77,7 +78,7 @@ def delete_image(image_id: str, principal: Writer, session: SessionDep,
 
 
 @router.put("/{image_id}/file", response_model=ImageOut)
-async def upload_image_file(image_id: str, request: Request, principal: Writer,
+async def upload_image_file(image_id: PathId, request: Request, principal: Writer,
                             session: SessionDep, settings: SettingsDep,
                             content_length: Annotated[int | None, Header()] = None) -> ImageOut:
     """Stream the image's bytes (request body, any length up to the limit); image -> active.
@@ -115,15 +116,16 @@ async def upload_image_file(image_id: str, request: Request, principal: Writer,
     return ImageOut.model_validate(image)
 
 
-def _give_back(session: Session, image_id: str) -> None:
+def _give_back(session: Session, image_id: PathId) -> None:
     # Runs after the claim was committed, so the release needs its own commit.
     session.rollback()
     service.release_upload(session, image_id)
     session.commit()
 
 
-@router.get("/{image_id}/file", response_class=FileResponse)
-def download_image_file(image_id: str, reader: ImageReader, session: SessionDep,
+@router.get("/{image_id}/file", response_class=FileResponse, responses={200: {"content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+def download_image_file(image_id: PathId, reader: ImageReader, session: SessionDep,
                         settings: SettingsDep) -> FileResponse:
     """Stream an active image's bytes, for its users and for any enrolled host's agent.
 

@@ -130,10 +130,17 @@ def show_server(server_id: PathId, principal: CurrentUser, session: SessionDep) 
 @router.delete("/servers/{server_id}", status_code=202, response_model=ServerOut,
                description="Start deleting a server: DELETING/`deleting` until its agent "
                "confirms, then DELETED. A server with no host is DELETED at once. Deleting a "
-               "DELETING server is idempotent (202, nothing changes)." + _STATE_MACHINE)
-def delete_server(server_id: PathId, principal: Writer, session: SessionDep) -> ServerOut:
+               "DELETING server is idempotent (202, nothing changes). `force=true` (admin) "
+               "deletes a server whose host is down without waiting for its agent: its "
+               "allocations are freed at once; 409 `host_up` while the host is up."
+               + _STATE_MACHINE)
+def delete_server(server_id: PathId, principal: Writer, session: SessionDep,
+                  settings: SettingsDep, force: bool = False) -> ServerOut:
     """Delete a server (202)."""
-    server = service.delete_server(session, principal, server_id)
+    if force:
+        server = service.force_delete_server(session, settings, principal, server_id)
+    else:
+        server = service.delete_server(session, principal, server_id)
     return _render(session, principal, [server])[0]
 
 

@@ -254,6 +254,28 @@ def delete_server(session: Session, principal: Principal, server_id: str) -> Ser
     return server
 
 
+def force_delete_server(session: Session, settings: Settings, principal: Principal,
+                        server_id: str) -> Server:
+    """Delete a server whose host is down without its agent's confirmation (admin).
+
+    Raises Forbidden ``admin_required``, NotFound, Conflict ``host_up`` when the host still
+    sends heartbeats (then the agent must do the delete, so nothing leaks on a live host).
+    """
+    from api.agent.service import force_delete
+    from api.hosts.service import is_up
+    from api.models import Host
+
+    if not principal.is_admin:
+        raise Forbidden("Forcing a delete needs the admin role.", code="admin_required")
+    server = get_server(session, principal, server_id)
+    host = session.get(Host, server.host_id) if server.host_id else None
+    if host is not None and is_up(host, settings):
+        raise Conflict(f"Host {host.name} is up: delete without force and its agent "
+                       "removes the server.", code="host_up")
+    force_delete(session, server, user_id=principal.user_id, settings=settings)
+    return server
+
+
 def act(session: Session, principal: Principal, server_id: str,
         action: ServerAction) -> Server:
     """Apply start, stop or reboot per the state machine; raises NotFound, Conflict.

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Response
 
 from api.db import new_id, utcnow
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.errors import NotFound
+from api.fields import ID_PATTERN, PathId
 from api.models import ClosedPeriod, LedgerEntry, RateCard
 from api.usage import ledger, rates, reports, service
 from api.usage.reports import GroupBy
@@ -25,6 +26,12 @@ from api.usage.schemas import (
 router = APIRouter(prefix="/v1")
 
 AcceptHeader = Annotated[str | None, Header()]
+# A report answers JSON, or CSV when the Accept header asks for text/csv.
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {
+    "application/json": {"schema": {"type": "object"}},
+    "text/csv": {"schema": {"type": "string"}}}}}
+# Checked before it reaches SQL: PostgreSQL rejects NUL bytes in text parameters.
+ProjectFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -42,14 +49,14 @@ def _send(json_text: str, csv_text: str, accept: str | None) -> Response:
     return Response(json_text, media_type="application/json")
 
 
-@router.get("/usage", tags=["usage"])
+@router.get("/usage", tags=["usage"], responses=REPORT_RESPONSES)
 def usage_report(
     principal: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
     start: datetime,
     end: datetime,
-    project_id: str | None = None,
+    project_id: ProjectFilter = None,
     group_by: GroupBy | None = None,
     accept: AcceptHeader = None,
 ) -> Response:
@@ -72,7 +79,7 @@ def usage_report(
 
 @router.get("/usage/servers/{server_id}", tags=["usage"])
 def server_usage(
-    server_id: str,
+    server_id: PathId,
     principal: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
@@ -136,9 +143,9 @@ def list_periods(_: CurrentUser, session: SessionDep) -> list[PeriodOut]:
     return [_period_out(p) for p in service.closed_periods(session)]
 
 
-@router.get("/usage/periods/{period}", tags=["usage"])
+@router.get("/usage/periods/{period}", tags=["usage"], responses=REPORT_RESPONSES)
 def show_period(period: str, principal: CurrentUser, session: SessionDep,
-                settings: SettingsDep, project_id: str | None = None,
+                settings: SettingsDep, project_id: ProjectFilter = None,
                 accept: AcceptHeader = None) -> Response:
     """The frozen report of a closed month (404 period_open while it is open)."""
     scope = service.visible_project(session, principal, project_id)
@@ -176,13 +183,13 @@ def create_rate(body: RateCardCreate, admin: AdminUser, session: SessionDep) -> 
 
 
 @router.get("/rates/{card_id}", response_model=RateCardOut, tags=["rates"])
-def show_rate(card_id: str, _: CurrentUser, session: SessionDep) -> RateCardOut:
+def show_rate(card_id: PathId, _: CurrentUser, session: SessionDep) -> RateCardOut:
     """One rate card."""
     return _card_out(rates.get_rate_card(session, card_id))
 
 
 @router.delete("/rates/{card_id}", status_code=204, tags=["rates"])
-def delete_rate(card_id: str, _: AdminUser, session: SessionDep) -> Response:
+def delete_rate(card_id: PathId, _: AdminUser, session: SessionDep) -> Response:
     """Withdraw a card that is not in force yet (admin)."""
     rates.delete_rate_card(session, card_id, utcnow())
     return Response(status_code=204)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from api.fields import STRICT
+from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN, ShortName
 
 Price = Decimal
+FlavorPrice = Annotated[Price, Field(ge=0, max_digits=30, decimal_places=12)]
 
 
 class RateCardCreate(BaseModel):
@@ -21,7 +23,7 @@ class RateCardCreate(BaseModel):
     vcpu_hour: Price = Field(ge=0, max_digits=30, decimal_places=12)
     ram_gib_hour: Price = Field(ge=0, max_digits=30, decimal_places=12)
     disk_gib_hour: Price = Field(ge=0, max_digits=30, decimal_places=12)
-    flavor_hour: dict[str, Price] = Field(default_factory=dict, max_length=1000)
+    flavor_hour: dict[ShortName, FlavorPrice] = Field(default_factory=dict, max_length=1000)
 
 
 class RateCardOut(BaseModel):
@@ -41,11 +43,12 @@ class AdjustmentCreate(BaseModel):
     """A correction: a signed amount of money with a reason, in the current open period."""
 
     model_config = STRICT
-    project_id: str = Field(min_length=1, max_length=36)
-    server_id: str | None = Field(default=None, min_length=1, max_length=36)
+    project_id: str = Field(min_length=1, max_length=36, pattern=ID_PATTERN)
+    server_id: str | None = Field(default=None, min_length=1, max_length=36, pattern=ID_PATTERN)
     amount: Decimal = Field(max_digits=30, decimal_places=12)
-    reason: str = Field(min_length=1, max_length=1024)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=1024, pattern=TEXT_PATTERN)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200,
+                                        pattern=TOKEN_PATTERN)
 
 
 class LedgerEntryOut(BaseModel):

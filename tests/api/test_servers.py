@@ -435,3 +435,33 @@ def test_malformed_ids_in_paths_and_markers_are_422_never_500(
     problem(client.post("/v1/servers/%00/actions", json={"action": "stop"}, headers=admin),
             422, "invalid_input")
     problem(client.delete("/v1/server-groups/a%01b", headers=admin), 422, "invalid_input")
+
+
+def test_admin_force_delete_frees_a_down_hosts_server_and_is_refused_while_it_is_up(
+    client: TestClient, admin: dict[str, str], database_url: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api.models import Host
+    from tests.agent_factories import db, enroll_host, inventory
+
+    acct = make_account(client, admin)
+    zone = unique("az")
+    host = enroll_host(client, admin, availability_zone=zone)
+    client.put("/v1/agent/inventory", headers=host.headers, json=inventory())
+    client.post("/v1/agent/heartbeat", headers=host.headers, json={"observed": []})
+    sid = boot(client, acct, database_url, availability_zone=zone)["id"]
+    # Host up: only its agent may delete (a forced delete would leak the running domain).
+    problem(client.delete(f"/v1/servers/{sid}?force=true", headers=admin), 409, "host_up")
+    problem(client.delete(f"/v1/servers/{sid}?force=true", headers=acct.headers),
+            403, "admin_required")
+    with db(client) as s:  # the host stops sending heartbeats
+        h = s.get(Host, host.id)
+        assert h is not None
+        h.last_heartbeat_at = datetime.now(UTC) - timedelta(hours=1)
+    r = client.delete(f"/v1/servers/{sid}?force=true", headers=admin)
+    assert r.status_code == 202, r.text
+    problem(client.get(f"/v1/servers/{sid}", headers=acct.headers), 404, "server_not_found")
+    assert usage(client, acct)["instances"] == 0
+    shown = client.get(f"/v1/hosts/{host.id}", headers=admin).json()
+    assert all(rc["allocated"] == 0 for rc in shown["resources"].values()), shown

@@ -18,6 +18,7 @@ import pytest
 from api.config import Settings
 from tests.e2e.stack import (
     ADMIN,
+    WAIT,
     ApiProcess,
     ThreadAgent,
     action,
@@ -80,7 +81,7 @@ def test_agents_reconnect_after_an_api_restart(api_process: ApiProcess, agent: T
         seen = h["last_heartbeat_at"]
         return h["state"] == "up" and seen is not None and \
             datetime.fromisoformat(seen) > restarted_at
-    wait_until(heartbeat_after_restart, 60, "a heartbeat after the restart")
+    wait_until(heartbeat_after_restart, WAIT, "a heartbeat after the restart")
 
     after = boot()
     assert agent.agent.hv.list_managed()[after].observed == "running"

@@ -24,6 +24,7 @@ from compute_agent.imagecache import backing_file
 from compute_agent.spec import InstancePaths
 from tests.e2e.stack import (
     ADMIN,
+    WAIT,
     ThreadAgent,
     action,
     allocated,
@@ -76,10 +77,10 @@ def boot(api: str, member: Account, image_id: str, agent: ThreadAgent,
 
 
 def test_inventory_and_heartbeat_reach_the_api(api: str, agent: ThreadAgent) -> None:
-    h = wait_until(lambda: (x := host(api, agent.host_id))["resources"] and x, 30, "inventory")
+    h = wait_until(lambda: (x := host(api, agent.host_id))["resources"] and x, WAIT, "inventory")
     assert {rc: r["total"] for rc, r in h["resources"].items()} == \
         {"VCPU": 4, "MEMORY_MB": 8192, "DISK_GB": 50}
-    wait_until(lambda: host(api, agent.host_id)["state"] == "up", 30, "host up")
+    wait_until(lambda: host(api, agent.host_id)["state"] == "up", WAIT, "host up")
 
 
 def test_server_lifecycle_through_the_agent(api: str, member: Account, disk_image: bytes,
@@ -97,7 +98,7 @@ def test_server_lifecycle_through_the_agent(api: str, member: Account, disk_imag
     assert meta is not None and meta.name == hostile
     assert list(agent.agent.instances.iterdir()) == [paths.directory]
     # The test driver hands out a fake DHCP lease on the "default" network.
-    ips = wait_until(lambda: server(api, member, sid)["addresses"], 30, "addresses")
+    ips = wait_until(lambda: server(api, member, sid)["addresses"], WAIT, "addresses")
     assert ips[0]["ip"].startswith("192.168.122."), active
 
     action(api, member.headers, sid, "stop")
@@ -152,7 +153,7 @@ def test_image_checksum_mismatch_puts_the_server_in_error(
 def test_leftovers_are_removed_and_foreign_domains_kept(
         api: str, agent: ThreadAgent) -> None:
     a = agent.agent
-    wait_until(lambda: a.passes > 0, 30, "first pass")
+    wait_until(lambda: a.passes > 0, WAIT, "first pass")
     # A directory of no server and no domain (e.g. a build interrupted before define).
     orphan = InstancePaths(a.instances, str(uuid.uuid4()))
     orphan.create()
@@ -165,7 +166,7 @@ def test_leftovers_are_removed_and_foreign_domains_kept(
         f"</name><uuid>{foreign_uuid}</uuid><memory>1024</memory>"
         "<os><type>hvm</type></os></domain>")
     # Nudge a pass by asking for one (level-triggered: the next pass sees the leftovers).
-    wait_until(lambda: not orphan.exists(), 30, "orphan directory removed")
+    wait_until(lambda: not orphan.exists(), WAIT, "orphan directory removed")
     assert conn.lookupByUUIDString(foreign_uuid) is not None
     conn.lookupByUUIDString(foreign_uuid).undefine()
 

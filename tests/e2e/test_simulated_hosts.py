@@ -24,6 +24,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.e2e.stack import (
     ADMIN,
     REPO,
+    WAIT,
     action,
     allocated,
     create_server,
@@ -85,7 +86,7 @@ def decided_host(api: str, sid: str) -> str | None:
 def test_servers_run_where_the_scheduler_placed_them(
         api: str, hosts: list[SimulatedHost], tmp_path: Path, zone: str) -> None:
     names = [h.name for h in hosts]
-    ids = wait_until(lambda: x if len(x := host_ids(api, names)) == 3 else None, 30,
+    ids = wait_until(lambda: x if len(x := host_ids(api, names)) == 3 else None, WAIT,
                      "three hosts up")
     r = httpx.get(f"{api}/v1/hosts", headers=ADMIN)
     totals = {h["name"]: h["resources"]["VCPU"]["total"] for h in r.json() if h["name"] in ids}
@@ -154,7 +155,7 @@ def test_minicloud_agent_simulate_enrolls_hosts_of_the_given_sizes(
             ready = len(hs) == 2 and all(h["state"] == "up" and h["resources"]
                                          for h in hs.values())
             return hs if ready else None
-        hs = wait_until(enrolled, 60, "two simulated hosts up")
+        hs = wait_until(enrolled, WAIT, "two simulated hosts up")
         assert {n: (h["resources"]["VCPU"]["total"], h["resources"]["MEMORY_MB"]["total"],
                     h["resources"]["DISK_GB"]["total"]) for n, h in hs.items()} == {
             f"{name}-sim0": (3, 3072, 30), f"{name}-sim1": (5, 5120, 50)}
