@@ -273,18 +273,19 @@ def create(cloud: Cloud, acct: Account, flavor: str, image: str,
 
 def test_admin_ratio_and_enable_changes_take_effect_on_the_next_create(
         cloud: Cloud, hosts: list[EnrolledHost]) -> None:
-    # One host of 4 physical vCPUs: at the pool ratio 4.0 it has room for 16 vCPUs.
+    # One host of 4 physical vCPUs: at the pool ratio 4.0 it has room for 16 vCPUs; the
+    # flavor takes 4 (a server may not exceed the host's physical max_unit of 4).
     host = add_host(cloud, hosts, vcpus=4, ram_mb=65536, disk_gb=1000)
     old = retired(cloud, hosts)
     acct, image = tenant(cloud)
-    flavor = make_flavor(cloud.api, cloud.admin, vcpus=6, ram_mb=512, disk_gb=1)["id"]
+    flavor = make_flavor(cloud.api, cloud.admin, vcpus=4, ram_mb=512, disk_gb=1)["id"]
     other = {"disabled": old} if old else {}
     # Each check runs on every API process: their snapshot caches must all see the change.
     for client in cloud.clients:
         assert create(cloud, acct, flavor, image["id"], client).status_code == 202
-    used = 6 * len(cloud.clients)
+    used = 4 * len(cloud.clients)
 
-    # Ratio 4.0 -> 1.0: capacity 4 vCPUs, less than what is already allocated.
+    # Ratio 4.0 -> 1.0: capacity 4 vCPUs, all of it already allocated.
     r = cloud.api.patch(f"/v1/hosts/{host.id}", headers=cloud.admin,
                         json={"allocation_ratios": {"VCPU": 1.0}})
     assert r.status_code == 200, r.text
@@ -299,7 +300,7 @@ def test_admin_ratio_and_enable_changes_take_effect_on_the_next_create(
     assert r.status_code == 200, r.text
     for client in cloud.clients:
         assert create(cloud, acct, flavor, image["id"], client).status_code == 202
-        used += 6
+        used += 4
     assert used <= 32
 
     # Disabled: refused by name; enabled again: placed.
