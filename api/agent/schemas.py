@@ -132,6 +132,7 @@ class ObservationIn(BaseModel):
     seen_at: AwareDatetime
     idempotency_key: IdempotencyKey
     reboot_done: Annotated[str, StringConstraints(max_length=64)] | None = None
+    resize_done: Annotated[str, StringConstraints(max_length=64)] | None = None
     message: Text | None = None
     addresses: list[Address] | None = Field(default=None, max_length=64)
 
@@ -173,6 +174,13 @@ class RebootSpec(BaseModel):
     type: Literal["soft", "hard"]
 
 
+class ResizeSpec(BaseModel):
+    """A resize to apply to the shut-off domain: redefine it with ``flavor``'s vCPUs and
+    memory, grow the overlay to its disk size, then echo ``id`` as ``resize_done``."""
+
+    id: str
+
+
 class DesiredServer(BaseModel):
     """One server assigned to the host and the state libvirt should be in."""
 
@@ -186,6 +194,7 @@ class DesiredServer(BaseModel):
     key_data: str | None
     desired: Desired
     reboot: RebootSpec | None
+    resize: ResizeSpec | None = None
     status: str
     task_state: str | None
     generation: int

@@ -90,9 +90,11 @@ def _snapshot(hosts: list[HostState], settings: Settings) -> Snapshot:
                     host_down_after_seconds=float(settings.host_down_after_seconds))
 
 
-def load_hosts(session: Session, settings: Settings) -> Snapshot:
-    """Every host with its inventories and summed allocations, as of now (no cache)."""
-    return _snapshot(_read_hosts(session, settings), settings)
+def load_hosts(session: Session, settings: Settings,
+               only: list[str] | None = None) -> Snapshot:
+    """Every host (or the ids in ``only``) with inventories and summed allocations, as of
+    now (no cache)."""
+    return _snapshot(_read_hosts(session, settings, only), settings)
 
 
 class SnapshotCache:
