@@ -151,7 +151,10 @@ def server_action(server_id: PathId, body: ServerAction, principal: Writer,
     try:
         server = service.act(session, settings, principal, server_id, body)
     except Conflict as exc:
-        # The refusal belongs in the server's history too (result "error").
+        # The refusal belongs in the server's history too (result "error"), written in a unit
+        # of work of its own. End this one first: it may hold the write lock (SQLite) or a row
+        # lock (PostgreSQL) the rejection's unit of work would wait for.
+        session.rollback()
         service.record_rejection(request.app.state.sessionmaker, principal, server_id,
                                  body.action, exc)
         raise
