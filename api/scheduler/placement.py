@@ -172,6 +172,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 savepoint.rollback()
             else:
                 savepoint.commit()
+                cache.claimed(session, host, spec.resources)
                 record = decision.summary()
                 record.update(host_id=host.id, host=host.name, attempts=attempt,
                               conflicts=conflicts, request_id=spec.request_id)
