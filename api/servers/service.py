@@ -28,6 +28,9 @@ from api.servers.schemas import RebootAction, ResizeAction, ServerAction, Server
 ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
 
 
+_EVENT_CLOCK = "server_event_clock"
+
+
 def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
                  result: str, message: str = "",
                  details: dict[str, Any] | None = None) -> ServerEvent:
@@ -39,11 +42,16 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
     """
     rid = request_id_var.get()
     # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
-    # strictly increasing so "oldest first" is the order in which they were recorded.
+    # strictly increasing so "oldest first" is the order in which they were recorded. The
+    # unit of work remembers what it recorded (and that a server it created has no events
+    # yet), so only the first event of an existing server asks the database.
     at = utcnow()
-    last = repository.last_event_at(session, server.id)
+    clock: dict[str, datetime | None] = session.info.setdefault(_EVENT_CLOCK, {})
+    last = clock[server.id] if server.id in clock else repository.last_event_at(
+        session, server.id)
     if last is not None and at <= last:
         at = last + timedelta(microseconds=1)
+    clock[server.id] = at
     event = ServerEvent(
         server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
         request_id=None if rid == "-" else rid, result=result, message=message,
@@ -132,6 +140,7 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     )
     session.add(server)
     session.flush()
+    session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
 
     # Placement step: the scheduler claims a host here, inside the same transaction; a
     # NoValidHost rolls the server row and the quota usage back with it.
