@@ -7,7 +7,6 @@ from datetime import datetime
 
 from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 
 from api.models import Allocation, Flavor, FlavorAccess, Host, Image, Server, ServerEvent
 
@@ -79,18 +78,10 @@ def names_by_id(session: Session, model: type[Flavor] | type[Image] | type[Host]
                 ids: Iterable[str | None]) -> dict[str, str]:
     """id -> name for the given rows of one table."""
     wanted = {i for i in ids if i is not None}
-    names: dict[str, str] = {}
-    # Rows this unit of work already loaded (e.g. the flavor and image of a create) are in the
-    # identity map: no query for them.
-    for i in list(wanted):
-        row = session.identity_map.get(identity_key(model, i))
-        if isinstance(row, model):
-            names[i] = row.name
-            wanted.discard(i)
-    if wanted:
-        rows = session.execute(select(model.id, model.name).where(model.id.in_(wanted)))
-        names.update({row[0]: row[1] for row in rows})
-    return names
+    if not wanted:
+        return {}
+    rows = session.execute(select(model.id, model.name).where(model.id.in_(wanted))).all()
+    return {row[0]: row[1] for row in rows}
 
 
 def delete_allocations(session: Session, server_id: str) -> int:
