@@ -86,20 +86,27 @@ def fit_clause(requested: ColumnElement[Any], pool_ratios: Mapping[str, float]
 
 
 @lru_cache(maxsize=64)
-def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...]
+def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...], wait: bool
                 ) -> tuple[Update, Select[Any], Update]:
     """The claim's three statements for these requested classes, with bound parameters.
 
-    Built once per class set and pool ratios: building and hashing the expression trees on
-    every claim cost more than running them.
+    Built once per class set, pool ratios and ``wait``: building and hashing the expression
+    trees on every claim cost more than running them.
     """
-    bump_host = (
-        update(Host)
-        .where(Host.id == bindparam("host_id"), Host.generation == bindparam("seen"),
-               Host.enabled.is_(True))
-        .values(generation=Host.generation + 1)
-        .execution_options(synchronize_session=False)
-    )
+    seen_host = (Host.id == bindparam("host_id"), Host.generation == bindparam("seen"),
+                 Host.enabled.is_(True))
+    if wait:
+        bump_host = update(Host).where(*seen_host)
+    else:
+        # PostgreSQL: ... WHERE id = (SELECT id FROM hosts WHERE ... FOR UPDATE SKIP LOCKED).
+        # A host row locked by another claim in flight will have a new generation when that
+        # claim commits, so waiting for it only to conflict is wasted time: skip it now.
+        # (SQLite has no row locks; the subquery is then a plain re-check.)
+        unlocked = (select(Host.id).where(*seen_host)
+                    .with_for_update(skip_locked=True).scalar_subquery())
+        bump_host = update(Host).where(Host.id == unlocked)
+    bump_host = (bump_host.values(generation=Host.generation + 1)
+                 .execution_options(synchronize_session=False))
     requested = case({rc: bindparam(f"req_{rc}") for rc in classes},
                      value=Inventory.resource_class, else_=literal(0))
     fitting = (
@@ -122,14 +129,18 @@ def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...]
 def claim(session: Session, *, server_id: str, host_id: str, host_generation: int,
           resources: Mapping[str, int], pool_ratios: Mapping[str, float],
           group_id: str | None = None, group_policy: str | None = None,
-          group_generation: int | None = None) -> ClaimOutcome:
+          group_generation: int | None = None, wait: bool = True) -> ClaimOutcome:
     """Claim ``resources`` on one host for ``server_id``; flushes, never commits.
+
+    ``wait=False`` treats a host row locked by another transaction (PostgreSQL) as a host
+    conflict at once instead of waiting for that transaction to end.
 
     Returns the outcome; on any conflict nothing is inserted (generations may have been bumped
     in this transaction, which only makes other claimers re-read). Raises nothing of its own.
     """
     classes = tuple(sorted(resources))
-    bump_host, fitting, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())))
+    bump_host, fitting, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),
+                                                 wait)
     bumped = session.execute(bump_host, {"host_id": host_id, "seen": host_generation})
     if getattr(bumped, "rowcount", 0) != 1:
         return ClaimOutcome.HOST_CONFLICT

@@ -156,6 +156,9 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         # Concurrent placements all see the same ranking, so after losing the best host they
         # try the runners-up in an order seeded by their request id, spreading out instead of
         # queueing again on the second best.
+        # On the first attempt a host row locked by a concurrent claim is skipped rather than
+        # waited for (it will have moved on when that claim commits); later attempts wait, so
+        # a small pool under a storm still converges instead of skipping every host.
         best, *rest = decision.ranked
         random.Random(f"{spec.request_id}/{attempt}").shuffle(rest)
         for host in (best, *rest):
@@ -167,7 +170,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
                 group_id=group.id if group else None, group_policy=group.policy if group else None,
-                group_generation=group_generation)
+                group_generation=group_generation, wait=attempt > 1)
             if outcome is not ClaimOutcome.CLAIMED:
                 savepoint.rollback()
             else:
