@@ -304,6 +304,35 @@ class AgentClient:
         self._request("PUT", f"/v1/agent/servers/{server_id}/console", content=tail,
                       headers={"Content-Type": "text/plain; charset=utf-8"})
 
+    def image_sha256(self, image_id: str) -> str:
+        """The sha256 the API recorded for an image (its ``X-Image-Sha256`` download header).
+
+        Needed for kernel and ramdisk images, which the desired state names only by id. Only
+        the answer's headers are read; the body is not downloaded. Raises AgentApiError.
+        """
+        path = f"/v1/images/{image_id}/file"
+        last: AgentApiError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self._sleep(attempt - 1)
+            try:
+                with self._http.stream("GET", path) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        last = _error_of(r)
+                        if r.status_code >= 500:
+                            continue
+                        raise last
+                    digest = str(r.headers.get("X-Image-Sha256", ""))
+                    if not digest:
+                        raise AgentApiError(502, "no_image_digest",
+                                            f"image {image_id} has no recorded sha256")
+                    return digest
+            except httpx.TransportError as exc:
+                last = AgentApiError(0, "unreachable", str(exc))
+        assert last is not None
+        raise last
+
     def download_image(self, image_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Stream an image's bytes; raises AgentApiError.
 

@@ -236,6 +236,35 @@ class Hypervisor:
                 types += [d.get("type", "") for d in arch_el.findall("domain")]
         return sorted(set(types) - {""})
 
+    def kvm_boots(self) -> bool:
+        """True when libvirt can really start a KVM guest here (not just list the type).
+
+        Starts a tiny transient, paused domain of type kvm (no disks, no metadata, a unique
+        name) and destroys it at once. Nested KVM can be offered and still fail at vCPU setup
+        (e.g. "failed to set MSR"), which only such a start reveals.
+        """
+        if "kvm" not in self.virt_types():
+            return False
+        dom = ET.Element("domain", type="kvm")
+        ET.SubElement(dom, "name").text = f"minicloud-kvm-probe-{os.getpid()}-{time.time_ns()}"
+        ET.SubElement(dom, "memory", unit="MiB").text = "16"
+        ET.SubElement(dom, "vcpu").text = "1"
+        os_el = ET.SubElement(dom, "os")
+        ET.SubElement(os_el, "type").text = "hvm"
+        features = ET.SubElement(dom, "features")
+        ET.SubElement(features, "acpi")
+        ET.SubElement(features, "apic")
+        # The CPU mode server domains use under kvm (domain_xml): broken nested setups fail on it.
+        ET.SubElement(dom, "cpu", mode="host-passthrough")
+        try:
+            probe = self._conn.createXML(ET.tostring(dom, encoding="unicode"),
+                                         libvirt.VIR_DOMAIN_START_PAUSED)
+        except libvirt.libvirtError:
+            return False
+        with contextlib.suppress(libvirt.libvirtError):
+            probe.destroy()
+        return True
+
     def ensure_connected(self) -> None:
         """Reopen the connection if libvirtd went away (e.g. was restarted).
 
@@ -433,6 +462,27 @@ class Hypervisor:
             if not self._is_active_safe(dom):
                 return False
             raise HypervisorError(f"shutdown {server_id}: {exc}") from exc
+
+    def request_shutdown(self, server_id: str) -> bool:
+        """Send the ACPI power-button request and return at once (no waiting, no destroy).
+
+        Returns False when the domain is already shut off. For callers that wait for the
+        guest without blocking (the agent's loop), then ``shutdown(timeout=0)`` to force.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        dom = self._lookup(server_id)
+        try:
+            if not dom.isActive():
+                return False
+            dom.shutdown()
+            return True
+        except libvirt.libvirtError as exc:
+            if not self._is_active_safe(dom):
+                return False
+            raise HypervisorError(f"shutdown request {server_id}: {exc}") from exc
 
     def reboot(self, server_id: str, hard: bool = False) -> None:
         """Reboot a domain.

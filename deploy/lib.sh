@@ -50,4 +50,5 @@ ensure_libvirtd() {
     pgrep -x libvirtd >/dev/null || as_root libvirtd -d
     for _ in $(seq 30); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done
   fi
+  virsh -c qemu:///system version >/dev/null 2>&1
 }

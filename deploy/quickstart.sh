@@ -124,13 +124,67 @@ configure_cli() {
 }
 
 # --- compute: enroll one local agent and upload a tiny guest image ---------------------------
-# The compute agent issue fills this in: create an enrollment token (minicloud host
-# enroll-token), start minicloud-agent in the background (pid file $DATA_DIR/agent.pid, log
-# $DATA_DIR/agent.log) against qemu:///system when libvirtd answers, else libvirt's test driver
-# with a warning, then build and upload the tiny guest image (minicloud image create --file).
-# Keep it idempotent like the steps above, and extend `stop` below to stop the agent.
+AGENT_PID="$DATA_DIR/agent.pid"
+AGENT_LOG="$DATA_DIR/agent.log"
+# The agent's own state (its host credential) lives beside the API's data; instance disks and
+# the image cache stay under /var/lib/minicloud, which QEMU (user libvirt-qemu) can traverse.
+AGENT_STATE="${MINICLOUD_AGENT_STATE_DIR:-$DATA_DIR/agent}"
+AGENT_NETWORK="${MINICLOUD_AGENT_NETWORK:-default}"
+GUEST_DIR="${MINICLOUD_GUEST_IMAGE_DIR:-/var/lib/minicloud/guest-image}"
+
+start_agent() {
+  if running "$AGENT_PID" minicloud-agent; then
+    echo "== agent already running (pid $(cat "$AGENT_PID"))"
+    return 0
+  fi
+  # qemu:///system when libvirtd answers (started here if installed), else the test driver.
+  ensure_libvirtd || echo "!! libvirtd is not reachable: the agent falls back to libvirt's" \
+    "test driver (servers are simulated, not real VMs)"
+  # The dnsmasq-backed NAT network needs dnsmasq-base; without it, give servers no NIC.
+  if [ "$AGENT_NETWORK" = default ] && ! command -v dnsmasq >/dev/null; then
+    AGENT_NETWORK=none
+  fi
+  ( umask 077; mkdir -p "$AGENT_STATE" )
+  echo "== starting the compute agent (log: $AGENT_LOG, network: $AGENT_NETWORK)"
+  # --admin-token enrolls this host on the first start (the credential is kept in the state
+  # dir, mode 0600); later starts reuse it. virt type auto: kvm when it works, else qemu (TCG).
+  MINICLOUD_TOKEN="$(admin_token)" nohup "$VENV/bin/minicloud-agent" --api "$API_URL" \
+    --name "${MINICLOUD_AGENT_NAME:-$(hostname)}" --state-dir "$AGENT_STATE" \
+    --libvirt-uri "${MINICLOUD_AGENT_LIBVIRT_URI:-auto}" \
+    --virt-type "${MINICLOUD_AGENT_VIRT_TYPE:-auto}" --network "$AGENT_NETWORK" \
+    >>"$AGENT_LOG" 2>&1 &
+  echo $! >"$AGENT_PID"
+  for _ in $(seq 60); do
+    minicloud --json host list 2>/dev/null | grep -q '"state": *"up"' && return 0
+    running "$AGENT_PID" minicloud-agent || break
+    sleep 0.5
+  done
+  echo "The agent did not come up; last lines of $AGENT_LOG:" >&2
+  tail -n 20 "$AGENT_LOG" >&2
+  exit 1
+}
+
+upload_tiny_image() {
+  if minicloud --json image list 2>/dev/null | grep -q '"name": *"tiny"'; then
+    echo "== image 'tiny' already uploaded"
+    return 0
+  fi
+  echo "== building the tiny guest image from Debian packages ($GUEST_DIR)"
+  bash deploy/build-guest-image.sh "$GUEST_DIR"
+  echo "== uploading it (kernel, initramfs, root disk)"
+  local kernel ramdisk
+  kernel=$(minicloud --json image create tiny-kernel --public --disk-format aki \
+    --file "$GUEST_DIR/vmlinuz" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  ramdisk=$(minicloud --json image create tiny-initrd --public --disk-format ari \
+    --file "$GUEST_DIR/initrd.img" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  minicloud image create tiny --public --disk-format qcow2 --file "$GUEST_DIR/disk.qcow2" \
+    --kernel "$kernel" --ramdisk "$ramdisk" --kernel-cmdline "$(cat "$GUEST_DIR/cmdline")" \
+    --architecture x86_64 >/dev/null
+}
+
 start_compute() {
-  :
+  start_agent
+  upload_tiny_image
 }
 # --- end of compute ---------------------------------------------------------------------------
 
@@ -146,8 +200,9 @@ Next steps:
   minicloud flavor list
   minicloud project create demo
   minicloud user create alice --project demo --role member
-  minicloud image create tiny --file ./disk.raw
+  minicloud host list
   minicloud server create web1 --flavor tiny --image tiny --wait
+  minicloud server console web1      # the guest prints its hostname from cloud-init
   minicloud server events web1
 
   TOKEN=\$(python3 -c 'import json; print(json.load(open("$ADMIN_CRED"))["credential"])')
@@ -171,6 +226,7 @@ case "$ACTION" in
     next_steps
     ;;
   stop)
+    stop_pid "$AGENT_PID" minicloud-agent "the agent"
     stop_pid "$API_PID" minicloud-api "the API"
     ;;
   status)

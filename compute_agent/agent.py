@@ -1,0 +1,583 @@
+"""The compute agent daemon: joins the API client and the libvirt side.
+
+One ``Agent`` serves one host. Its loop thread owns the ``Hypervisor`` (libvirt calls block,
+and a ``test:///<file>`` connection's state is private to it, so nothing else touches it):
+
+1. report the inventory (at start, then whenever it changes),
+2. long-poll the desired state (``since=cursor``; bounded so consoles keep flowing),
+3. ``reconcile.plan`` against what libvirt and the instances directory hold, run the actions,
+4. report each server's observed state with a deterministic idempotency key, ship consoles.
+
+A second thread sends heartbeats every ``heartbeat_interval`` seconds with the states the loop
+last saw, so a long graceful shutdown never makes the host look down. API failures are retried
+with backoff forever; nothing is lost because every pass is level-triggered.
+
+Restart safety: besides its credential (and performed reboots) the agent keeps no state. A
+new process re-lists libvirt and the instances directory and plans from there: a half-made
+overlay never has its final name, define is by server UUID, start/stop/destroy are no-ops
+when already done, and observation keys are deterministic (``<server>:<generation>:<state>``),
+so a report repeated after a crash is deduplicated by the API. Performed reboots are recorded
+in the state directory (``reboots.json``), so a kill between a reboot and its report does not
+reboot the guest twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from compute_agent.client import (
+    Address,
+    AgentApiError,
+    AgentClient,
+    DesiredServer,
+    InventoryItem,
+    Observation,
+    ObservedState,
+)
+from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
+from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
+from compute_agent.imagecache import ImageCache, ImageError, prepare_instance_files
+from compute_agent.reconcile import Action, DomainState, SeenDomain, plan, reboot_key
+from compute_agent.spec import (
+    ImageFormat,
+    InstancePaths,
+    ServerSpec,
+    SpecError,
+    VirtType,
+    instance_ids_on_disk,
+)
+
+log = logging.getLogger("minicloud.agent")
+
+CONSOLE_BYTES = 64 * 1024
+# After a start, a reboot or a console change, consoles are shipped every console_interval for
+# this long; otherwise once per long-poll.
+CONSOLE_HOT_SECONDS = 30.0
+STOP_POLL_SECONDS = 0.5
+REBOOTS_FILE = "reboots.json"
+MAX_BACKOFF = 10.0
+
+
+class BuildError(Exception):
+    """A server cannot be built on this host (bad image, checksum mismatch, libvirt refusal)."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ------------------------------------------------------------------------------ enrollment
+
+def mint_enrollment_token(api_url: str, admin_token: str) -> str:
+    """Ask the API for a single-use enrollment token with an admin's token.
+
+    Raises:
+        AgentApiError: the API refuses (not an admin) or cannot be reached.
+    """
+    try:
+        r = httpx.post(api_url.rstrip("/") + "/v1/hosts/enrollment-tokens",
+                       headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+    except httpx.TransportError as exc:
+        raise AgentApiError(0, "unreachable", str(exc)) from exc
+    if r.status_code != 201:
+        raise AgentApiError(r.status_code, "enrollment_token_refused", r.text[:200])
+    return str(r.json()["token"])
+
+
+def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str | None = None,
+                    admin_token: str | None = None) -> Credential:
+    """The host credential: the stored one, or a new enrollment (stored 0600).
+
+    A stored credential is checked with a heartbeat; when the API no longer knows it (401) and
+    a token is at hand (given, or minted with ``admin_token``), the host enrolls again.
+
+    Raises:
+        AgentApiError: enrollment fails, or there is no usable credential and no token.
+    """
+    cred = load_credential(settings.state_dir)
+    if cred is not None and cred.api_url.rstrip("/") == settings.api_url.rstrip("/"):
+        if token is None and admin_token is None:
+            return cred
+        with AgentClient(settings.api_url, cred.credential, retries=2) as client:
+            try:
+                client.heartbeat([])
+                return cred
+            except AgentApiError as exc:
+                if exc.status != 401:
+                    return cred  # cannot check now (API down?): the loop retries with it
+        log.warning("stored credential rejected by %s; enrolling again", settings.api_url)
+    if token is None and admin_token is not None:
+        token = mint_enrollment_token(settings.api_url, admin_token)
+    if token is None:
+        raise AgentApiError(401, "not_enrolled",
+                            f"no credential in {settings.state_dir}; pass --enroll TOKEN")
+    enrolled = AgentClient.enroll(settings.api_url, token, name=settings.name,
+                                  libvirt_uri=settings.libvirt_uri, virt_type=virt_type,
+                                  availability_zone=settings.availability_zone)
+    cred = Credential(api_url=settings.api_url, host_id=enrolled.host_id,
+                      host_name=settings.name, credential=enrolled.credential)
+    save_credential(settings.state_dir, cred)
+    log.info("enrolled as host %s (%s)", settings.name, enrolled.host_id)
+    return cred
+
+
+# ------------------------------------------------------------------------------ the agent
+
+class Agent:
+    """One host's agent; ``run`` blocks until ``stop`` is called."""
+
+    def __init__(self, settings: AgentSettings, credential: Credential, hypervisor: Hypervisor,
+                 virt_type: VirtType) -> None:
+        self.settings = settings
+        self.hv = hypervisor
+        self.virt_type = virt_type
+        self.client = AgentClient(settings.api_url, credential.credential)
+        self._hb_client = AgentClient(settings.api_url, credential.credential)
+        self.cache = ImageCache(settings.image_cache_dir)
+        self.instances = Path(settings.instances_dir).resolve()
+        self.cursor: str | None = None
+        self._stop = threading.Event()
+        self._reported: set[str] = set()
+        self._reboots_file = Path(settings.state_dir) / REBOOTS_FILE
+        self._reboots_done: set[str] = self._load_reboots()
+        self._console_sent: dict[str, tuple[float, str]] = {}
+        self._console_hot_until = 0.0
+        self._network_ready = False
+        self._stopping: dict[str, float] = {}  # server id -> when to stop waiting for ACPI
+        self._inventory: dict[str, InventoryItem] | None = None
+        self._inventory_at = 0.0
+        self._snapshot: list[Observation] = []
+        self._snapshot_lock = threading.Lock()
+        self.passes = 0
+        self._host_arch: str | None = None
+        # Test hook: pause for ever after the named build step (see tests/e2e).
+        self.pause_after: str | None = None
+        self.pause_marker: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loops to end (the current long-poll finishes first)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Close the HTTP clients (the hypervisor belongs to the caller)."""
+        self.client.close()
+        self._hb_client.close()
+
+    def run(self) -> None:
+        """Run the heartbeat thread and the reconcile loop until ``stop``."""
+        self.instances.mkdir(parents=True, exist_ok=True)
+        self.instances.chmod(0o755)
+        self.cache.cleanup_partial()
+        hb = threading.Thread(target=self._heartbeat_loop, name=f"hb-{self.settings.name}",
+                              daemon=True)
+        hb.start()
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                delay = 0.5
+            except AgentApiError as exc:
+                log.warning("API: %s; retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+            except HypervisorError as exc:
+                log.warning("libvirt: %s; reconnecting in %.1fs", exc, delay)
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, MAX_BACKOFF)
+                try:
+                    self.hv.ensure_connected()
+                except HypervisorError as again:
+                    log.warning("libvirt still unreachable: %s", again)
+            except Exception:
+                # A bug must not silently end the loop while the process looks alive.
+                log.exception("reconcile pass failed; retrying in %.1fs", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+        hb.join(timeout=self.settings.heartbeat_interval + 15)
+
+    def run_once(self) -> None:
+        """One pass: inventory, long-poll, reconcile, report, console.
+
+        Raises:
+            AgentApiError: the API cannot be reached or refuses.
+            HypervisorError: libvirt fails to list domains.
+        """
+        if not self._network_ready:
+            # Here rather than at start, so a libvirtd that is not up yet is simply retried.
+            if self.settings.network_name is not None:
+                self.hv.ensure_network(self.settings.network_name)
+            self._network_ready = True
+        self.report_inventory()
+        wait = self._poll_wait()
+        state = self.client.desired_servers(since=self.cursor, wait=wait)
+        self.reconcile(state.servers)
+        self.cursor = state.cursor
+        self.passes += 1
+
+    def _poll_wait(self) -> float:
+        if self.cursor is None:
+            return 0
+        wait = self.settings.long_poll_wait
+        # Poll often only while some console is changing (a guest booting), so idle hosts,
+        # and hundreds of simulated ones, cost one request per long-poll.
+        if self._console_hot_until > time.monotonic():
+            wait = min(wait, self.settings.console_interval)
+        if self._stopping:
+            wait = min(wait, STOP_POLL_SECONDS)  # look again soon at guests powering off
+        return min(wait, self.settings.inventory_interval)
+
+    # -- inventory and heartbeat -------------------------------------------------------------
+
+    def inventory(self) -> dict[str, InventoryItem]:
+        """The host's resources from libvirt and the instances filesystem.
+
+        Raises:
+            HypervisorError: libvirt fails.
+        """
+        node = self.hv.node_info()
+        s = self.settings
+        disk = s.disk_gb if s.disk_gb is not None else Hypervisor.disk_gb(self.instances)
+
+        def item(total: int, reserved: int | None) -> InventoryItem:
+            return InventoryItem(total=total,
+                                 reserved=None if reserved is None else min(reserved, total))
+
+        return {"VCPU": item(node.vcpus, s.reserved_vcpus),
+                "MEMORY_MB": item(node.memory_mb, s.reserved_ram_mb),
+                "DISK_GB": item(disk, s.reserved_disk_gb)}
+
+    def report_inventory(self, force: bool = False) -> None:
+        """Send the inventory when it changed (checked every ``inventory_interval`` s).
+
+        Raises:
+            AgentApiError, HypervisorError.
+        """
+        now = time.monotonic()
+        if not force and self._inventory is not None \
+                and now - self._inventory_at < self.settings.inventory_interval:
+            return
+        inv = self.inventory()
+        self._inventory_at = now
+        if inv != self._inventory or force:
+            self.client.put_inventory(inv)
+            self._inventory = inv
+
+    def _heartbeat_loop(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            with self._snapshot_lock:
+                observed = list(self._snapshot)
+            try:
+                self._hb_client.heartbeat(observed)
+                delay = 0.5
+                self._stop.wait(self.settings.heartbeat_interval)
+            except Exception as exc:  # API down, or a bug: keep beating either way
+                log.warning("heartbeat: %s", exc)
+                self._stop.wait(min(delay, self.settings.heartbeat_interval))
+                delay = min(delay * 2, MAX_BACKOFF)
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    def seen(self) -> dict[str, SeenDomain]:
+        """What libvirt holds now, for ``reconcile.plan``.
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        seen: dict[str, SeenDomain] = {}
+        for d in self.hv.list_managed_domains():
+            obs = d.state.observed
+            state: DomainState = "error" if obs == "error" else \
+                "running" if obs == "running" else "shutoff"
+            seen[d.server_id] = SeenDomain(state, d.metadata.vcpus, d.metadata.ram_mb)
+        return seen
+
+    def reconcile(self, desired: list[DesiredServer]) -> None:
+        """Make libvirt match ``desired``, then report what is there.
+
+        Raises:
+            AgentApiError: the API cannot be reached (the next pass redoes the work).
+            HypervisorError: libvirt cannot list domains.
+        """
+        domains = self.seen()
+        dirs = set(instance_ids_on_disk(self.instances))
+        # Remember only reboots still awaited: ids carry the generation, so they never repeat.
+        awaited = {reboot_key(d.server_id, d.reboot.id) for d in desired if d.reboot}
+        if self._reboots_done - awaited:
+            self._save_reboots(self._reboots_done & awaited)
+        actions = plan(desired, domains, dirs, self._reboots_done)
+        # Forget stop deadlines of domains that went off (or are no longer to be stopped).
+        stopping = {a.server_id for a in actions if a.kind == "stop"}
+        self._stopping = {k: v for k, v in self._stopping.items() if k in stopping}
+        failed: set[str] = set()
+        for action in actions:
+            if action.server_id in failed:
+                continue
+            try:
+                self._execute(action)
+            except BuildError as exc:
+                failed.add(action.server_id)
+                log.error("server %s: %s", action.server_id, exc)
+                if action.server is not None:
+                    self._observe(action.server, "error", message=str(exc))
+            except (HypervisorError, OSError, SpecError) as exc:
+                # One server's trouble must not starve the others; the next pass retries it.
+                failed.add(action.server_id)
+                log.warning("%s %s failed: %s", action.kind, action.server_id, exc)
+        for server in desired:
+            if server.server_id not in failed and server.desired != "absent":
+                self._report(server)
+        self._take_snapshot()
+        self._ship_consoles(desired)
+
+    def _execute(self, action: Action) -> None:
+        """Run one action (idempotent).
+
+        Raises:
+            BuildError: the server cannot be built or started here.
+            AgentApiError: the API cannot be reached.
+            HypervisorError: libvirt fails for a reason not tied to this server's definition.
+        """
+        sid, server = action.server_id, action.server
+        log.info("%s %s", action.kind, sid)
+        if action.kind in ("remove", "clean_files"):
+            if action.kind == "remove":
+                self.hv.destroy_and_undefine(sid)
+            InstancePaths(self.instances, sid).remove()
+            self._console_sent.pop(sid, None)
+            if action.kind == "remove":
+                self._confirm_absent(sid, server)
+            return
+        assert server is not None
+        if action.kind == "stop":
+            self._stop_domain(sid)
+        elif action.kind == "build":
+            self._build(server, start=action.start)
+        elif action.kind == "redefine":
+            spec, paths = self._prepare(server)
+            self.hv.redefine(spec, paths)
+        elif action.kind == "start":
+            self._start(sid)
+        elif action.kind == "reboot":
+            self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
+            self.hv.reboot(sid, hard=action.hard)
+        if action.reboot_id is not None and (action.kind != "build" or action.start):
+            self._save_reboots(self._reboots_done | {reboot_key(sid, action.reboot_id)})
+            self._checkpoint(action.kind, sid)
+
+    def _load_reboots(self) -> set[str]:
+        try:
+            data = json.loads(self._reboots_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return set()
+        return {str(k) for k in data} if isinstance(data, list) else set()
+
+    def _save_reboots(self, keys: set[str]) -> None:
+        """Persist performed reboots (atomically), so a restart between a reboot and its report
+        reports it instead of rebooting the guest again."""
+        self._reboots_done = keys
+        tmp = self._reboots_file.with_name(REBOOTS_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(sorted(keys)))
+            tmp.replace(self._reboots_file)
+        except OSError as exc:  # memory still has it; only a crash right now would repeat it
+            log.warning("cannot record reboots in %s: %s", self._reboots_file, exc)
+
+    def _stop_domain(self, server_id: str) -> None:
+        """Graceful stop without blocking the loop: ask (ACPI) now, destroy on a later pass
+        once ``shutdown_timeout`` has passed, so one guest ignoring the power button does not
+        hold up every other server of the host."""
+        now = time.monotonic()
+        deadline = self._stopping.get(server_id)
+        if deadline is None and self.settings.shutdown_timeout > 0:
+            self._stopping[server_id] = now + self.settings.shutdown_timeout
+            self.hv.request_shutdown(server_id)
+        elif deadline is None or now >= deadline:
+            log.info("%s did not power off in %.0fs: destroying", server_id,
+                     self.settings.shutdown_timeout)
+            self.hv.shutdown(server_id, timeout=0)
+            self._stopping.pop(server_id, None)
+
+    def _start(self, server_id: str) -> None:
+        self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
+        try:
+            self.hv.start(server_id)
+        except DomainNotFound:
+            raise
+        except HypervisorError as exc:
+            raise BuildError(str(exc)) from exc
+
+    def _build(self, server: DesiredServer, *, start: bool) -> None:
+        spec, paths = self._prepare(server)
+        try:
+            self.hv.define(spec, paths)
+        except HypervisorError as exc:
+            raise BuildError(str(exc)) from exc
+        self._checkpoint("define", server.server_id)
+        if start:
+            self._start(server.server_id)
+            self._checkpoint("start", server.server_id)
+
+    def _checkpoint(self, step: str, server_id: str) -> None:
+        """Test hook: with ``pause_after == step``, write the marker file and stop working."""
+        if self.pause_after != step:
+            return
+        if self.pause_marker is not None:
+            self.pause_marker.write_text(server_id)
+        log.warning("paused after %s of %s (test hook)", step, server_id)
+        while True:
+            time.sleep(3600)
+
+    def _prepare(self, server: DesiredServer) -> tuple[ServerSpec, InstancePaths]:
+        """Fetch the images, write the instance files; return the spec and paths.
+
+        Raises:
+            BuildError: invalid spec, unusable image, checksum mismatch, disk too small.
+            AgentApiError: the API cannot be reached (retried on the next pass).
+        """
+        img = server.image
+        if img.disk_format not in ("qcow2", "raw"):
+            raise BuildError(f"image format {img.disk_format} cannot be a server's disk")
+        fmt: ImageFormat = "qcow2" if img.disk_format == "qcow2" else "raw"
+        try:
+            base = self._image(img.id, img.sha256)
+            kernel = self._image(img.kernel_id, None) if img.kernel_id else None
+            initrd = self._image(img.ramdisk_id, None) if img.ramdisk_id else None
+            spec = ServerSpec(
+                server_id=server.server_id, project_id=server.project_id, name=server.name,
+                hostname=server.hostname, vcpus=server.flavor.vcpus,
+                ram_mb=server.flavor.ram_mb, disk_gb=server.flavor.disk_gb, image_path=base,
+                image_format=fmt, image_id=img.id, kernel_path=kernel, initrd_path=initrd,
+                kernel_cmdline=(img.kernel_cmdline or "") if kernel else "",
+                user_data=server.user_data,
+                ssh_keys=(server.key_data.strip(),) if server.key_data else (),
+                network=self.settings.network_name, virt_type=self.virt_type,
+                arch=self._arch())
+            paths = InstancePaths(self.instances, server.server_id)
+            prepare_instance_files(spec, paths)
+        except (SpecError, ImageError, OSError) as exc:
+            raise BuildError(str(exc)) from exc
+        except AgentApiError as exc:
+            if exc.status == 0 or exc.status >= 500:
+                raise
+            raise BuildError(f"image download refused: {exc}") from exc
+        return spec, paths
+
+    def _arch(self) -> str:
+        if self._host_arch is None:
+            self._host_arch = self.hv.node_info().arch
+        return self._host_arch
+
+    def _image(self, image_id: str, sha256: str | None) -> Path:
+        """The cached image, downloaded and verified on first use.
+
+        Raises:
+            ImageError: (ChecksumMismatch) the bytes do not match the recorded sha256.
+            AgentApiError: the download fails.
+            SpecError: the id is not a UUID.
+        """
+        if self.cache.has(image_id):
+            return self.cache.path(image_id)
+        expected = sha256 or self.client.image_sha256(image_id)
+        log.info("downloading image %s", image_id)
+        return self.cache.store(image_id, self.client.download_image(image_id), expected)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def _confirm_absent(self, server_id: str, server: DesiredServer | None) -> None:
+        """Tell the API the domain and files are gone; unknown servers (404) are fine."""
+        if server is None:
+            try:
+                self.client.observe(server_id, "absent", _now(),
+                                    idempotency_key=f"{server_id}:gone:absent")
+            except AgentApiError as exc:
+                if exc.status not in (404, 422):
+                    raise
+            return
+        self._observe(server, "absent")
+
+    def _observe(self, server: DesiredServer, state: ObservedState, *,
+                 message: str | None = None, reboot_done: str | None = None,
+                 addresses: list[Address] | None = None) -> None:
+        """Report one observation once per (server, generation, state, extras).
+
+        The key is deterministic, so after a crash the same report is deduplicated by the API.
+        """
+        key = f"{server.server_id}:{server.generation}:{state}"
+        if reboot_done:
+            key += f":{reboot_done}"
+        if addresses:
+            joined = ",".join(sorted(f"{a.ip}/{a.mac}" for a in addresses))
+            key += ":" + hashlib.sha256(joined.encode()).hexdigest()[:8]
+        if key in self._reported:
+            return
+        try:
+            self.client.observe(server.server_id, state, _now(), idempotency_key=key,
+                                reboot_done=reboot_done, message=message, addresses=addresses)
+        except AgentApiError as exc:
+            if exc.status != 404:  # 404: deleted meanwhile; the next pass sees it gone
+                raise
+        self._reported.add(key)
+
+    def _report(self, server: DesiredServer) -> None:
+        try:
+            state = self.hv.observed(server.server_id)
+        except SpecError:
+            return
+        if state == "absent":
+            return
+        reboot_done = None
+        if server.reboot is not None and reboot_key(
+                server.server_id, server.reboot.id) in self._reboots_done:
+            reboot_done = server.reboot.id
+        addresses: list[Address] | None = None
+        if state == "running":
+            try:
+                addresses = [Address(ip=a.address, mac=a.mac, network=a.network)
+                             for a in self.hv.addresses(server.server_id)]
+            except HypervisorError as exc:
+                log.info("addresses of %s: %s", server.server_id, exc)
+        self._observe(server, state, reboot_done=reboot_done, addresses=addresses or None)
+
+    def _take_snapshot(self) -> None:
+        now = _now()
+        snap = [Observation(server_id=sid, state=st.observed, seen_at=now)
+                for sid, st in self.hv.list_managed().items()
+                if st.observed in ("running", "shutoff")]
+        with self._snapshot_lock:
+            self._snapshot = snap
+
+    def _ship_consoles(self, desired: list[DesiredServer]) -> None:
+        now = time.monotonic()
+        running = {o.server_id for o in self._snapshot if o.state == "running"}
+        for server in desired:
+            sid = server.server_id
+            if sid not in running:
+                continue
+            last_at, last_digest = self._console_sent.get(sid, (0.0, ""))
+            if now - last_at < self.settings.console_interval:
+                continue
+            try:
+                tail = self.hv.console_tail(sid, CONSOLE_BYTES)
+            except HypervisorError:
+                continue
+            digest = hashlib.sha256(tail.encode()).hexdigest()
+            if digest != last_digest and tail:
+                self._console_hot_until = now + CONSOLE_HOT_SECONDS
+                try:
+                    self.client.put_console(sid, tail.encode())
+                except AgentApiError as exc:
+                    if exc.status != 404:
+                        raise
+            self._console_sent[sid] = (now, digest)

@@ -1,0 +1,140 @@
+"""Agent settings (env prefix ``MINICLOUD_AGENT_``, overridden by command-line flags) and the
+host credential kept in the state directory.
+
+The credential file is written with mode 0600 by an atomic rename, so a crash never leaves a
+half-written or world-readable secret behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from compute_agent.spec import VirtType
+
+CREDENTIAL_FILE = "credential.json"
+
+
+class AgentSettings(BaseSettings):
+    """Everything one agent needs to know about its host and its API."""
+
+    model_config = SettingsConfigDict(env_prefix="MINICLOUD_AGENT_", extra="ignore")
+
+    api_url: str = "http://127.0.0.1:8774"
+    name: str = Field(default_factory=socket.gethostname)
+    availability_zone: str = "nova"
+    state_dir: Path = Path("/var/lib/minicloud-agent")
+    instances_dir: Path = Path("/var/lib/minicloud/instances")
+    image_cache_dir: Path = Path("/var/lib/minicloud/images")
+    libvirt_uri: str = "qemu:///system"
+    virt_type: Literal["auto", "kvm", "qemu"] = "auto"
+    # A libvirt network name for the servers' NIC, or "none" for no NIC at all.
+    network: str = "default"
+    # Explicit disk size in GiB; None: the size of the instances directory's filesystem.
+    disk_gb: int | None = Field(default=None, ge=0)
+    # Reserved amounts sent with the inventory; None leaves the value an admin set.
+    reserved_vcpus: int | None = Field(default=None, ge=0)
+    reserved_ram_mb: int | None = Field(default=None, ge=0)
+    reserved_disk_gb: int | None = Field(default=None, ge=0)
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    # How long a guest gets to power off after the ACPI request before it is destroyed.
+    shutdown_timeout: float = Field(default=60.0, ge=0)
+    # How often the console tail of running servers is shipped (also the long-poll bound).
+    console_interval: float = Field(default=2.0, gt=0)
+    inventory_interval: float = Field(default=60.0, gt=0)
+    # Bound of one long-poll; also how long a stopping agent may take to finish it.
+    long_poll_wait: float = Field(default=10.0, ge=0, le=30)
+
+    @property
+    def network_name(self) -> str | None:
+        """The network for servers' NICs, None for ``none``."""
+        return None if self.network.lower() == "none" else self.network
+
+
+@dataclass(frozen=True)
+class Credential:
+    """The host identity an enrollment produced."""
+
+    api_url: str
+    host_id: str
+    host_name: str
+    credential: str
+
+
+def credential_path(state_dir: Path) -> Path:
+    """Where the host credential is kept."""
+    return Path(state_dir) / CREDENTIAL_FILE
+
+
+def load_credential(state_dir: Path) -> Credential | None:
+    """The stored credential, or None when the agent has not enrolled yet.
+
+    Raises:
+        ValueError: the file exists but is not a credential file.
+    """
+    path = credential_path(state_dir)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    try:
+        return Credential(api_url=str(data["api_url"]), host_id=str(data["host_id"]),
+                          host_name=str(data["host_name"]), credential=str(data["credential"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a minicloud credential file") from exc
+
+
+def save_credential(state_dir: Path, cred: Credential) -> Path:
+    """Write the credential atomically with mode 0600 (directory 0700); return its path.
+
+    Raises:
+        OSError: the state directory cannot be written.
+    """
+    state_dir = Path(state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = credential_path(state_dir)
+    # mkstemp creates the file 0600 already, so the secret is never readable by others.
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".credential-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"api_url": cred.api_url, "host_id": cred.host_id,
+                       "host_name": cred.host_name, "credential": cred.credential}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def kvm_usable() -> bool:
+    """True when ``/dev/kvm`` exists and can be opened read-write."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def resolve_virt_type(setting: str, kvm_boots: Callable[[], bool]) -> VirtType:
+    """The domain type to use: ``auto`` is kvm when /dev/kvm opens and a KVM guest really
+    starts (``kvm_boots``, e.g. ``Hypervisor.kvm_boots``), else qemu (TCG)."""
+    if setting == "kvm":
+        return "kvm"
+    if setting == "qemu":
+        return "qemu"
+    return "kvm" if kvm_usable() and kvm_boots() else "qemu"

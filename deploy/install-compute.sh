@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Install a minicloud compute node on a Debian host and enroll it with the control node.
+#
+#   sudo bash deploy/install-compute.sh --api http://CONTROL:8774 --token ENROLLMENT_TOKEN \
+#        [--name NODE] [--az ZONE] [--virt-type auto|kvm|qemu] [--network default|none]
+#
+# Get the token on the control node with `minicloud host enroll-token` (single use, expiring).
+# Installs libvirt, QEMU and minicloud (into /opt/minicloud/.venv from this checkout), writes
+# /etc/minicloud/agent.env, enrolls (the host credential lands in /var/lib/minicloud-agent,
+# mode 0600) and starts the agent: as the systemd unit when systemd runs, else in the
+# background with a pid file. Re-running is safe: an enrolled node is not enrolled again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+
+API="" TOKEN="" NAME="$(hostname)" AZ="nova" VIRT="auto" NET="default"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --api) API="$2"; shift 2 ;;
+    --token) TOKEN="$2"; shift 2 ;;
+    --name) NAME="$2"; shift 2 ;;
+    --az) AZ="$2"; shift 2 ;;
+    --virt-type) VIRT="$2"; shift 2 ;;
+    --network) NET="$2"; shift 2 ;;
+    *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$API" ] || { echo "--api URL is required" >&2; exit 2; }
+
+PREFIX=/opt/minicloud
+STATE=/var/lib/minicloud-agent
+ensure_system_packages
+MINICLOUD_VENV="$PREFIX/.venv"
+VENV="$MINICLOUD_VENV"
+as_root mkdir -p "$PREFIX" /etc/minicloud /var/lib/minicloud/instances /var/lib/minicloud/images
+as_root chmod 0711 /var/lib/minicloud  # QEMU (libvirt-qemu) must reach instance files
+ensure_venv
+ensure_libvirtd || { echo "libvirtd does not answer on qemu:///system" >&2; exit 1; }
+
+as_root tee /etc/minicloud/agent.env >/dev/null <<ENV
+MINICLOUD_AGENT_API_URL=$API
+MINICLOUD_AGENT_NAME=$NAME
+MINICLOUD_AGENT_AVAILABILITY_ZONE=$AZ
+MINICLOUD_AGENT_VIRT_TYPE=$VIRT
+MINICLOUD_AGENT_NETWORK=$NET
+MINICLOUD_AGENT_LIBVIRT_URI=qemu:///system
+ENV
+
+if [ ! -s "$STATE/credential.json" ]; then
+  [ -n "$TOKEN" ] || { echo "not enrolled yet: --token ENROLLMENT_TOKEN is required" >&2; exit 2; }
+  ENROLL=(--enroll "$TOKEN")
+else
+  echo "== already enrolled (credential in $STATE)"
+  ENROLL=()
+fi
+
+if [ -d /run/systemd/system ]; then
+  # Enroll once in the foreground-free way: the unit starts the agent, which enrolls first.
+  if [ ${#ENROLL[@]} -gt 0 ]; then
+    echo "MINICLOUD_AGENT_ENROLL_TOKEN=$TOKEN" | as_root tee -a /etc/minicloud/agent.env >/dev/null
+  fi
+  as_root install -m 0644 deploy/systemd/minicloud-agent.service /etc/systemd/system/
+  as_root sed -i "s#/opt/minicloud/.venv#$VENV#" /etc/systemd/system/minicloud-agent.service
+  as_root systemctl daemon-reload
+  as_root systemctl enable --now minicloud-agent
+else
+  echo "== no systemd: starting the agent in the background (log /var/log/minicloud-agent.log)"
+  set -a; . /etc/minicloud/agent.env; set +a
+  nohup "$VENV/bin/minicloud-agent" "${ENROLL[@]}" --state-dir "$STATE" \
+    >>/var/log/minicloud-agent.log 2>&1 &
+  echo $! | as_root tee /run/minicloud-agent.pid >/dev/null
+fi
+echo "== done: check with 'minicloud host list' on the control node"

@@ -1,0 +1,101 @@
+"""reconcile.plan as a specification: desired servers + libvirt's view -> actions, table-driven."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from compute_agent.client import DesiredServer
+from compute_agent.reconcile import SeenDomain, plan, reboot_key
+
+A = "11111111-1111-4111-8111-111111111111"
+B = "22222222-2222-4222-8222-222222222222"
+
+
+def server(sid: str = A, desired: str = "running", status: str = "BUILD", *,
+           reboot: dict[str, str] | None = None, vcpus: int = 1, ram_mb: int = 512,
+           generation: int = 3) -> DesiredServer:
+    """A desired server as GET /v1/agent/servers lists it."""
+    return DesiredServer.model_validate({
+        "server_id": sid, "project_id": str(uuid.uuid4()), "name": "s", "hostname": "s",
+        "flavor": {"vcpus": vcpus, "ram_mb": ram_mb, "disk_gb": 1},
+        "image": {"id": str(uuid.uuid4()), "sha256": "0" * 64, "disk_format": "qcow2",
+                  "size": 1},
+        "user_data": None, "key_data": None, "desired": desired, "reboot": reboot,
+        "status": status, "task_state": None, "generation": generation})
+
+
+def dom(state: str, vcpus: int = 1, ram_mb: int = 512) -> SeenDomain:
+    """A minicloud domain libvirt reports."""
+    return SeenDomain(state, vcpus, ram_mb)  # type: ignore[arg-type]
+
+
+def steps(*args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+    return [(a.kind, a.server_id) for a in plan(*args, **kwargs)]
+
+
+CASES = [
+    # (why, desired, domains, instance dirs, done reboots, expected [(kind, id)])
+    ("new server: build and start", [server()], {}, set(), set(), [("build", A)]),
+    ("running as wanted: nothing", [server(status="ACTIVE")], {A: dom("running")}, {A}, set(),
+     []),
+    ("killed after define: start", [server()], {A: dom("shutoff")}, {A}, set(),
+     [("start", A)]),
+    ("stop requested", [server(desired="shutoff", status="ACTIVE")], {A: dom("running")}, {A},
+     set(), [("stop", A)]),
+    ("stopped as wanted: nothing", [server(desired="shutoff", status="SHUTOFF")],
+     {A: dom("shutoff")}, {A}, set(), []),
+    ("SHUTOFF lost its domain: define it again, do not start",
+     [server(desired="shutoff", status="SHUTOFF")], {}, {A}, set(), [("build", A)]),
+    ("failed build keeps its leftovers until deleted",
+     [server(desired="shutoff", status="ERROR")], {}, {A}, set(), []),
+    ("delete: remove domain and files", [server(desired="absent", status="DELETING")],
+     {A: dom("running")}, {A}, set(), [("remove", A)]),
+    ("delete already done on libvirt (killed before confirming): remove again (reports)",
+     [server(desired="absent", status="DELETING")], {}, set(), set(), [("remove", A)]),
+    ("soft reboot pending", [server(status="REBOOT", reboot={"id": "r7", "type": "soft"})],
+     {A: dom("running")}, {A}, set(), [("reboot", A)]),
+    ("reboot already done: nothing",
+     [server(status="REBOOT", reboot={"id": "r7", "type": "soft"})],
+     {A: dom("running")}, {A}, {reboot_key(A, "r7")}, []),
+    ("reboot of a shut-off domain is a start",
+     [server(status="REBOOT", reboot={"id": "r7", "type": "hard"})],
+     {A: dom("shutoff")}, {A}, set(), [("start", A)]),
+    ("crashed domain that should run: hard reboot", [server(status="ACTIVE")],
+     {A: dom("error")}, {A}, set(), [("reboot", A)]),
+    ("resized while shut off: redefine", [server(desired="shutoff", status="SHUTOFF", vcpus=2)],
+     {A: dom("shutoff")}, {A}, set(), [("redefine", A)]),
+    ("resized and started: redefine then start", [server(status="SHUTOFF", vcpus=2)],
+     {A: dom("shutoff")}, {A}, set(), [("redefine", A), ("start", A)]),
+    ("domain the API no longer lists: removed", [], {B: dom("running")}, {B}, set(),
+     [("remove", B)]),
+    ("instance dir with no server and no domain: cleaned", [], {}, {B}, set(),
+     [("clean_files", B)]),
+    ("removals come before builds", [server(A), server(B, desired="absent", status="DELETING")],
+     {B: dom("running")}, {B}, set(), [("remove", B), ("build", A)]),
+]
+
+
+@pytest.mark.parametrize(("why", "desired", "domains", "dirs", "done", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_plan(why: str, desired: list[DesiredServer], domains: dict[str, SeenDomain],
+              dirs: set[str], done: set[str], expected: list[tuple[str, str]]) -> None:
+    assert steps(desired, domains, dirs, done) == expected, why
+
+
+def test_plan_is_level_triggered_same_input_same_plan() -> None:
+    desired = [server(A), server(B, desired="shutoff", status="ACTIVE")]
+    domains = {B: dom("running")}
+    assert steps(desired, domains, set(), set()) == steps(desired, domains, set(), set())
+
+
+def test_build_flags() -> None:
+    [build] = plan([server()], {}, set(), set())
+    assert build.start is True
+    [define_only] = plan([server(desired="shutoff", status="SHUTOFF")], {}, set(), set())
+    assert define_only.start is False
+    [hard] = plan([server(status="REBOOT", reboot={"id": "r9", "type": "hard"})],
+                  {A: dom("running")}, set(), set())
+    assert (hard.kind, hard.hard, hard.reboot_id) == ("reboot", True, "r9")

@@ -1,0 +1,279 @@
+"""The whole stack on real libvirtd + QEMU (TCG): API process -> agent process -> a real guest.
+
+Acceptance 1: enroll an agent, upload the tiny direct-boot image through the images API, create
+a server; it becomes ACTIVE; its console shows the hostname from the cloud-init meta-data;
+stop -> domain shut off and SHUTOFF; start -> ACTIVE; delete -> domain, overlay, seed and
+console log gone and the allocations freed.
+
+Acceptance 3: the agent is killed with SIGKILL after it defined (or started) the domain and
+before it reported ACTIVE (a test hook makes it stop right there); started again, it finishes
+the build: the server ends ACTIVE with exactly one domain and one instance directory.
+
+A guest that ignores the ACPI power button (booted with acpi=off) is destroyed once the
+agent's shutdown timeout has passed, and ends SHUTOFF.
+
+Waits are bounded (so a broken boot fails instead of hanging) but nothing asserts timing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from compute_agent.hypervisor import Hypervisor, HypervisorError
+from compute_agent.spec import domain_name
+from tests.e2e.stack import (
+    ADMIN,
+    AgentProcess,
+    action,
+    allocated,
+    assert_placed_on,
+    create_server,
+    enrollment_token,
+    host,
+    host_id_of,
+    server,
+    upload_image,
+    wait_gone,
+    wait_status,
+    wait_until,
+)
+from tests.e2e.test_qemu_boot import TEST_ROOT, build_guest_image
+from tests.factories import Account, make_account, unique
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+BOOT_WAIT = 180.0
+URI = "qemu:///system"
+
+
+@dataclass
+class GuestImage:
+    disk_id: str
+    kernel_id: str
+    ramdisk_id: str
+
+
+@pytest.fixture(scope="module")
+def hv() -> Iterator[Hypervisor]:
+    try:
+        h = Hypervisor(URI)
+    except HypervisorError as exc:
+        pytest.skip(f"libvirtd is not reachable on {URI}: {exc}")
+    with h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def api(live_api: Callable[[int], list[str]]) -> str:
+    return live_api(1)[0]
+
+
+@pytest.fixture(scope="module")
+def member(api: str) -> Account:
+    with httpx.Client(base_url=api) as c:
+        return make_account(c, ADMIN)
+
+
+@pytest.fixture(scope="module")
+def guest(api: str, member: Account, hv: Hypervisor) -> GuestImage:
+    """The tiny guest uploaded through the images API: kernel (aki), initramfs (ari), disk."""
+    built = build_guest_image()
+    kernel = upload_image(api, member.headers, (built / "vmlinuz").read_bytes(), "aki")
+    ramdisk = upload_image(api, member.headers, (built / "initrd.img").read_bytes(), "ari")
+    disk = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
+                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
+                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
+    return GuestImage(disk["id"], kernel["id"], ramdisk["id"])
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # QEMU runs as libvirt-qemu: its files must sit under world-traversable directories, which
+    # pytest's tmp_path (under a 0700 directory) is not.
+    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    path = TEST_ROOT / f"stack-{uuid.uuid4()}"
+    path.mkdir(mode=0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def cleanup(hv: Hypervisor) -> Iterator[list[str]]:
+    """Server ids whose domains are destroyed after the test, whatever happened."""
+    ids: list[str] = []
+    yield ids
+    for sid in ids:
+        hv.destroy_and_undefine(sid)
+
+
+def console(api: str, member: Account, sid: str) -> str:
+    r = httpx.get(f"{api}/v1/servers/{sid}/console", headers=member.headers)
+    assert r.status_code == 200, r.text
+    return str(r.json()["output"])
+
+
+def domains_of(hv: Hypervisor, sid: str) -> list[str]:
+    return [n for n in hv.all_domain_names() if sid in n]
+
+
+def new_agent(api: str, home: Path, extra: list[str] | None = None,
+              **kwargs: Any) -> AgentProcess:
+    agent = AgentProcess(api, home, unique("qemu-host"), URI, az=unique("az"),
+                         extra_args=["--network", "none", *(extra or [])], **kwargs)
+    agent.start(token=enrollment_token(api))
+
+    def enrolled() -> bool:
+        assert agent.alive(), agent.output()
+        return (home / "state" / "credential.json").exists()
+    wait_until(enrolled, 60, "enrollment")
+    wait_until(lambda: (h := host(api, host_id_of(home)))["state"] == "up" and h["resources"],
+               60, "host up with its inventory")
+    return agent
+
+
+def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest: GuestImage,
+                                               hv: Hypervisor, home: Path,
+                                               cleanup: list[str]) -> None:
+    agent = new_agent(api, home)
+    try:
+        cred = home / "state" / "credential.json"
+        assert cred.stat().st_mode & 0o777 == 0o600
+        host_id = host_id_of(home)
+        s = create_server(api, member.headers, "tiny", guest.disk_id, name="e2e-guest",
+                          availability_zone=agent.az, user_data="#cloud-config\n{}\n")
+        sid = s["id"]
+        cleanup.append(sid)
+        assert_placed_on(api, sid, agent.name)
+
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        assert hv.observed(sid) == "running"
+        assert domains_of(hv, sid) == [domain_name(sid)]
+        line = f"minicloud-guest: hostname=e2e-guest instance-id={sid}"
+        wait_until(lambda: line in console(api, member, sid), BOOT_WAIT, "hostname on console")
+        wait_until(lambda: "minicloud-guest: ready" in console(api, member, sid), BOOT_WAIT,
+                   "guest ready")
+
+        action(api, member.headers, sid, "stop")
+        wait_status(api, member.headers, sid, "SHUTOFF", BOOT_WAIT)
+        assert hv.observed(sid) == "shutoff"
+
+        action(api, member.headers, sid, "start")
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        assert hv.observed(sid) == "running"
+
+        instance = home / "instances" / sid
+        assert {p.name for p in instance.iterdir()} >= {"disk.qcow2", "seed.iso", "console.log"}
+        assert allocated(api, host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+        r = httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers)
+        assert r.status_code == 202, r.text
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+        assert hv.observed(sid) == "absent"
+        assert domains_of(hv, sid) == []
+        assert not instance.exists()  # overlay, seed and console log
+        assert allocated(api, host_id) == {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
+        assert agent.alive(), agent.output()
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize(("step", "domain_state"), [("define", "shutoff"),
+                                                    ("start", "running")])
+def test_agent_killed_mid_build_finishes_it_after_restart(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str], step: str, domain_state: str) -> None:
+    marker = home / "paused"
+    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": step,
+                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    try:
+        s = create_server(api, member.headers, "tiny", guest.disk_id,
+                          availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        assert_placed_on(api, sid, agent.name)
+        wait_until(lambda: marker.exists(), BOOT_WAIT, f"agent paused after {step}")
+        agent.kill()
+        # Killed after defining (or starting) the domain, before reporting: the API still
+        # says BUILD.
+        assert hv.observed(sid) == domain_state
+        assert server(api, member.headers, sid)["status"] == "BUILD"
+
+        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})  # same state dir: same credential
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        assert domains_of(hv, sid) == [domain_name(sid)]
+        assert [p.name for p in (home / "instances").iterdir()] == [sid]
+        wait_until(lambda: f"instance-id={sid}" in console(api, member, sid), BOOT_WAIT,
+                   "guest boot on console")
+
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+        assert domains_of(hv, sid) == []
+        assert list((home / "instances").iterdir()) == []
+    finally:
+        agent.stop()
+
+
+def test_a_guest_ignoring_the_power_button_is_forced_off(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str]) -> None:
+    # The same guest booted with acpi=off never sees the ACPI power button.
+    built = build_guest_image()
+    deaf = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
+                        properties={"kernel_id": guest.kernel_id,
+                                    "ramdisk_id": guest.ramdisk_id,
+                                    "kernel_cmdline": "console=ttyS0 acpi=off"})
+    agent = new_agent(api, home, extra=["--shutdown-timeout", "5"])
+    try:
+        s = create_server(api, member.headers, "tiny", deaf["id"], availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        wait_until(lambda: "minicloud-guest: ready" in console(api, member, sid), BOOT_WAIT,
+                   "guest ready")
+        action(api, member.headers, sid, "stop")
+        wait_status(api, member.headers, sid, "SHUTOFF", BOOT_WAIT)
+        assert hv.observed(sid) == "shutoff"
+        assert f"{sid} did not power off in 5s: destroying" in agent.log.read_text()
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+    finally:
+        agent.stop()
+
+
+def test_agent_killed_after_a_reboot_does_not_reboot_again(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str]) -> None:
+    marker = home / "paused"
+    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": "reboot",
+                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    try:
+        s = create_server(api, member.headers, "tiny", guest.disk_id,
+                          availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        action(api, member.headers, sid, "reboot", type="hard")
+        wait_until(lambda: marker.exists(), BOOT_WAIT, "agent paused after the reboot")
+        agent.kill()
+        assert server(api, member.headers, sid)["status"] == "REBOOT"
+
+        before = agent.log.stat().st_size
+        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        # The new process found the reboot recorded and only reported it.
+        assert f"reboot {sid}" not in agent.log.read_text()[before:]
+        assert domains_of(hv, sid) == [domain_name(sid)]
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+    finally:
+        agent.stop()
