@@ -168,6 +168,7 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     A repeated ``idempotency_key`` changes nothing. Raises NotFound ``server_not_found`` when
     the server is not a live server of this host.
     """
+    repository.lock_host(session, host_id)  # lock order: host, then server
     server = repository.lock_server(session, server_id, host_id)
     if server is None:
         raise NotFound("No such server on this host.", code="server_not_found")

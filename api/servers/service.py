@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.agent.repository import lock_host
 from api.agent.service import notify_host
 from api.config import Settings
 from api.db import session_scope, utcnow
@@ -226,6 +227,8 @@ def _transition(session: Session, server: Server, status: str, task_state: str |
     concurrent request, an agent observation) changed the server since it was read; otherwise
     409 ``state_changed`` and the client retries against the new state.
     """
+    if server.host_id is not None:
+        lock_host(session, server.host_id)  # lock order: host, then server (no deadlocks)
     seen = server.generation
     result = session.execute(
         update(Server).where(Server.id == server.id, Server.generation == seen)
@@ -277,6 +280,8 @@ def force_delete_server(session: Session, settings: Settings, principal: Princip
     if host is not None and is_up(host, settings):
         raise Conflict(f"Host {host.name} is up: delete without force and its agent "
                        "removes the server.", code="host_up")
+    if host is not None:
+        lock_host(session, host.id)
     force_delete(session, server, user_id=principal.user_id, settings=settings)
     return server
 
