@@ -9,8 +9,10 @@
 (b) claim: ``api.scheduler.placement.place`` in a create-like transaction (insert a server row,
     place, commit) on a fresh database with 1,000 hosts already holding 3 servers each, from
     1 and 8 threads. Each thread uses its own session, like API workers.
-(c) end to end through ``POST /v1/servers``: add a scenario to ``SCENARIOS`` once that route
-    exists (see ``claim_scenario`` for the pool set-up to reuse).
+(c) end to end through ``POST /v1/servers`` on a real ``minicloud-api`` process (uvicorn,
+    loopback HTTP, token auth, quota, placement, events, commit) with the same 1,000-host
+    pool, from 1 and 8 concurrent clients (each client its own project, as tenants are).
+        /work/venv/bin/python bench/scheduler_bench.py --only e2e [--pg URL] [--api-processes 2]
 
 Prints one line per scenario; results go to docs/benchmarks.md by hand.
 """
@@ -18,7 +20,10 @@ Prints one line per scenario; results go to docs/benchmarks.md by hand.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 from sqlalchemy import insert
 
 from api.config import Settings
@@ -192,6 +198,124 @@ def claim_scenario(label: str, url: str, settings: Settings, threads: int, count
            f"conflicts={conflicts[0]}")
 
 
+ADMIN_TOKEN = "mcac_bench-admin-token-0123456789abcdef"
+E2E_FLAVORS = ["tiny", "small", "medium", "large"]
+
+
+def start_api(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """One ``minicloud-api`` process on ``url``; returns it and its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MINICLOUD_DATABASE_URL=url, MINICLOUD_DATA_DIR=str(data_dir),
+               MINICLOUD_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN, MINICLOUD_LOG_LEVEL="WARNING",
+               MINICLOUD_HOST_DOWN_AFTER_SECONDS="86400")
+    log = open(data_dir / f"api-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from api.server import run; run()", "--host", "127.0.0.1",
+         "--port", str(port), "--no-migrate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=str(Path(__file__).resolve().parent.parent))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"API on port {port} did not start")
+        time.sleep(0.2)
+
+
+def tenant_headers(http: httpx.Client, admin: dict[str, str]) -> tuple[dict[str, str], str]:
+    """A member of a new project with a quota above any run, and an uploaded image."""
+    from tests.factories import make_account, make_image
+
+    acct = make_account(http, admin)
+    r = http.put(f"/v1/quotas/{acct.project_id}", headers=admin, json={
+        "instances": 10**6, "vcpus": 10**7, "ram_mb": 10**9, "disk_gb": 10**9})
+    r.raise_for_status()
+    return acct.headers, make_image(http, acct.headers)["id"]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
+                 pids: list[int] | None = None) -> None:
+    """(c) ``count`` creates through POST /v1/servers from ``clients`` concurrent clients.
+
+    With ``pids`` also reports the API processes' CPU time per create: on a shared machine
+    the wall clock measures the neighbours too.
+    """
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=bases[0], timeout=120) as http:
+        tenants = [tenant_headers(http, admin) for _ in range(clients)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client(k: int) -> None:
+        headers, image = tenants[k]
+        # One connection per client, spread over the API processes, like separate users.
+        with httpx.Client(base_url=bases[k % len(bases)], timeout=120) as http:
+            for i in range(k, count, clients):
+                body = {"name": f"e2e-{i}", "flavor": E2E_FLAVORS[i % len(E2E_FLAVORS)],
+                        "image": image}
+                t0 = time.perf_counter()
+                r = http.post("/v1/servers", headers=headers, json=body)
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    if r.status_code == 202:
+                        latencies.append(elapsed)
+                    else:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+    cpu0 = cpu_seconds(pids or [])
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start
+    cpu = (cpu_seconds(pids or []) - cpu0) / max(1, len(latencies))
+    report(f"POST /v1/servers {label}, {clients} client(s)", latencies, wall,
+           (f"api cpu={cpu * 1e3:.2f} ms/create " if pids else "")
+           + f"failed={len(failures)}" + (f" first: {failures[0]}" if failures else ""))
+
+
+def run_e2e(args: argparse.Namespace) -> None:
+    """(c) on SQLite (one API process), and on PostgreSQL when --pg is given."""
+    backends = [("sqlite", "sqlite", 1)] + (
+        [("postgresql", args.pg, args.api_processes)] if args.pg else [])
+    for name, server, processes in backends:
+        os.environ["MINICLOUD_TEST_DATABASE_URL"] = server
+        with fresh_database(Path(tempfile.mkdtemp())) as url:
+            settings = build_pool(url, args.hosts)
+            procs = []
+            try:
+                bases = []
+                for _ in range(processes):
+                    proc, base = start_api(url, settings.data_dir)
+                    procs.append(proc)
+                    bases.append(base)
+                for clients in (1, 8):
+                    e2e_scenario(f"{name} {args.hosts} hosts, {processes} API process(es)",
+                                 bases, clients, args.placements, [p.pid for p in procs])
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(timeout=30)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {}
 
 
@@ -205,8 +329,6 @@ def run_claims(args: argparse.Namespace) -> None:
     """(b) on SQLite, and on PostgreSQL when --pg is given."""
     backends = [("sqlite", "sqlite")] + ([("postgresql", args.pg)] if args.pg else [])
     for name, server in backends:
-        import os
-
         os.environ["MINICLOUD_TEST_DATABASE_URL"] = server
         with fresh_database(Path(tempfile.mkdtemp())) as url:
             settings = build_pool(url, args.hosts)
@@ -217,6 +339,7 @@ def run_claims(args: argparse.Namespace) -> None:
 
 SCENARIOS["inprocess"] = run_inprocess
 SCENARIOS["claim"] = run_claims
+SCENARIOS["e2e"] = run_e2e
 
 
 def main() -> None:
@@ -228,6 +351,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=1000, help="pool size for claims")
     parser.add_argument("--decisions", type=int, default=300, help="in-process decisions per N")
     parser.add_argument("--placements", type=int, default=400, help="claims per thread setup")
+    parser.add_argument("--api-processes", type=int, default=2,
+                        help="API processes for the PostgreSQL end-to-end run")
     args = parser.parse_args()
     for name in args.only or list(SCENARIOS):
         SCENARIOS[name](args)

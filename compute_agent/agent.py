@@ -510,7 +510,8 @@ class Agent:
 
     def _observe(self, server: DesiredServer, state: ObservedState, *,
                  message: str | None = None, reboot_done: str | None = None,
-                 addresses: list[Address] | None = None) -> None:
+                 addresses: list[Address] | None = None,
+                 resize_done: str | None = None) -> None:
         """Report one observation once per (server, generation, state, extras).
 
         The key is deterministic, so after a crash the same report is deduplicated by the API.
@@ -518,6 +519,8 @@ class Agent:
         key = f"{server.server_id}:{server.generation}:{state}"
         if reboot_done:
             key += f":{reboot_done}"
+        if resize_done:
+            key += f":{resize_done}"
         if addresses:
             joined = ",".join(sorted(f"{a.ip}/{a.mac}" for a in addresses))
             key += ":" + hashlib.sha256(joined.encode()).hexdigest()[:8]
@@ -525,7 +528,8 @@ class Agent:
             return
         try:
             self.client.observe(server.server_id, state, _now(), idempotency_key=key,
-                                reboot_done=reboot_done, message=message, addresses=addresses)
+                                reboot_done=reboot_done, message=message, addresses=addresses,
+                                resize_done=resize_done)
         except AgentApiError as exc:
             if exc.status != 404:  # 404: deleted meanwhile; the next pass sees it gone
                 raise
@@ -549,7 +553,13 @@ class Agent:
                              for a in self.hv.addresses(server.server_id)]
             except HypervisorError as exc:
                 log.info("addresses of %s: %s", server.server_id, exc)
-        self._observe(server, state, reboot_done=reboot_done, addresses=addresses or None)
+        # A pending resize is done once the domain is shut off after this pass: ``plan``
+        # redefined it (new vCPUs and memory, overlay grown) or it already matched, and a
+        # failed redefine keeps the server out of this report.
+        resize_done = (server.resize.id
+                       if server.resize is not None and state == "shutoff" else None)
+        self._observe(server, state, reboot_done=reboot_done, addresses=addresses or None,
+                      resize_done=resize_done)
 
     def _take_snapshot(self) -> None:
         now = _now()

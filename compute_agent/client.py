@@ -107,6 +107,12 @@ class Reboot(_Model):
     type: Literal["soft", "hard"]
 
 
+class Resize(_Model):
+    """A resize to apply to the shut-off domain; echo ``id`` as ``resize_done`` once done."""
+
+    id: str
+
+
 class DesiredServer(_Model):
     """One server the host should run (or remove, when ``desired`` is absent)."""
 
@@ -120,6 +126,7 @@ class DesiredServer(_Model):
     key_data: str | None
     desired: DesiredPower
     reboot: Reboot | None
+    resize: Resize | None = None
     status: str
     task_state: str | None
     generation: int
@@ -278,8 +285,8 @@ class AgentClient:
 
     def observe(self, server_id: str, state: ObservedState, seen_at: datetime | None = None, *,
                 idempotency_key: str | None = None, reboot_done: str | None = None,
-                message: str | None = None,
-                addresses: list[Address] | None = None) -> ObservationResult:
+                message: str | None = None, addresses: list[Address] | None = None,
+                resize_done: str | None = None) -> ObservationResult:
         """Report a transition seen at ``seen_at`` (default now); raises AgentApiError.
 
         All retries carry the same idempotency key (a new random one unless given), so the
@@ -292,6 +299,8 @@ class AgentClient:
         }
         if reboot_done is not None:
             body["reboot_done"] = reboot_done
+        if resize_done is not None:
+            body["resize_done"] = resize_done
         if message is not None:
             body["message"] = message[:4096]
         if addresses is not None:

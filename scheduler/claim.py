@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, literal, select, update
+from sqlalchemy import Select, Update, and_, bindparam, case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -84,43 +85,74 @@ def fit_clause(requested: ColumnElement[Any], pool_ratios: Mapping[str, float]
     return clause
 
 
+@lru_cache(maxsize=64)
+def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...], wait: bool
+                ) -> tuple[Update, Select[Any], Update]:
+    """The claim's three statements for these requested classes, with bound parameters.
+
+    Built once per class set, pool ratios and ``wait``: building and hashing the expression
+    trees on every claim cost more than running them.
+    """
+    seen_host = (Host.id == bindparam("host_id"), Host.generation == bindparam("seen"),
+                 Host.enabled.is_(True))
+    if wait:
+        bump_host = update(Host).where(*seen_host)
+    else:
+        # PostgreSQL: ... WHERE id = (SELECT id FROM hosts WHERE ... FOR UPDATE SKIP LOCKED).
+        # A host row locked by another claim in flight will have a new generation when that
+        # claim commits, so waiting for it only to conflict is wasted time: skip it now.
+        # (SQLite has no row locks; the subquery is then a plain re-check.)
+        unlocked = (select(Host.id).where(*seen_host)
+                    .with_for_update(skip_locked=True).scalar_subquery())
+        bump_host = update(Host).where(Host.id == unlocked)
+    bump_host = (bump_host.values(generation=Host.generation + 1)
+                 .execution_options(synchronize_session=False))
+    requested = case({rc: bindparam(f"req_{rc}") for rc in classes},
+                     value=Inventory.resource_class, else_=literal(0))
+    fitting = (
+        select(func.count())
+        .select_from(Inventory)
+        .where(Inventory.host_id == bindparam("host_id"),
+               Inventory.resource_class.in_(classes),
+               fit_clause(requested, dict(ratios)))
+    )
+    bump_group = (
+        update(ServerGroup)
+        .where(ServerGroup.id == bindparam("group_id"),
+               ServerGroup.generation == bindparam("seen"))
+        .values(generation=ServerGroup.generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return bump_host, fitting, bump_group
+
+
 def claim(session: Session, *, server_id: str, host_id: str, host_generation: int,
           resources: Mapping[str, int], pool_ratios: Mapping[str, float],
           group_id: str | None = None, group_policy: str | None = None,
-          group_generation: int | None = None) -> ClaimOutcome:
+          group_generation: int | None = None, wait: bool = True) -> ClaimOutcome:
     """Claim ``resources`` on one host for ``server_id``; flushes, never commits.
+
+    ``wait=False`` treats a host row locked by another transaction (PostgreSQL) as a host
+    conflict at once instead of waiting for that transaction to end.
 
     Returns the outcome; on any conflict nothing is inserted (generations may have been bumped
     in this transaction, which only makes other claimers re-read). Raises nothing of its own.
     """
-    bumped = session.execute(
-        update(Host)
-        .where(Host.id == host_id, Host.generation == host_generation, Host.enabled.is_(True))
-        .values(generation=Host.generation + 1)
-        .execution_options(synchronize_session=False)
-    )
+    classes = tuple(sorted(resources))
+    bump_host, fitting, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),
+                                                 wait)
+    bumped = session.execute(bump_host, {"host_id": host_id, "seen": host_generation})
     if getattr(bumped, "rowcount", 0) != 1:
         return ClaimOutcome.HOST_CONFLICT
 
-    requested = case({rc: literal(n) for rc, n in resources.items()},
-                     value=Inventory.resource_class, else_=literal(0))
-    fitting = session.scalar(
-        select(func.count())
-        .select_from(Inventory)
-        .where(Inventory.host_id == host_id,
-               Inventory.resource_class.in_(list(resources)),
-               fit_clause(requested, pool_ratios))
-    )
-    if fitting != len(resources):
+    fits = session.scalar(fitting, {"host_id": host_id,
+                                    **{f"req_{rc}": resources[rc] for rc in classes}})
+    if fits != len(resources):
         return ClaimOutcome.CAPACITY_CONFLICT
 
     if group_id is not None and group_policy in HARD_GROUP_POLICIES:
-        group_bumped = session.execute(
-            update(ServerGroup)
-            .where(ServerGroup.id == group_id, ServerGroup.generation == group_generation)
-            .values(generation=ServerGroup.generation + 1)
-            .execution_options(synchronize_session=False)
-        )
+        group_bumped = session.execute(bump_group,
+                                       {"group_id": group_id, "seen": group_generation})
         if getattr(group_bumped, "rowcount", 0) != 1:
             return ClaimOutcome.GROUP_CONFLICT
 

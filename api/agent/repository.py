@@ -104,6 +104,20 @@ def delete_allocations(session: Session, server_id: str) -> None:
     session.execute(delete(Allocation).where(Allocation.server_id == server_id))
 
 
+def lock_host(session: Session, host_id: str) -> None:
+    """Take the host row's lock (a no-op UPDATE) before touching any of its servers.
+
+    Lock order, everywhere: host row first, then server rows. Heartbeats, observations, user
+    actions, deletes and claims all follow it, so PostgreSQL never sees two transactions wait
+    on each other's rows (a deadlock would surface as a 500).
+    """
+    session.execute(
+        update(Host).where(Host.id == host_id)
+        .values(desired_generation=Host.desired_generation)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def bump_desired_generation(session: Session, host_id: str) -> None:
     """``UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = :host``."""
     session.execute(

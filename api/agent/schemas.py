@@ -133,6 +133,8 @@ class ObservationIn(BaseModel):
     idempotency_key: IdempotencyKey
     reboot_done: Annotated[str, StringConstraints(max_length=64,
                                                   pattern=TOKEN_PATTERN)] | None = None
+    resize_done: Annotated[str, StringConstraints(max_length=64,
+                                                  pattern=TOKEN_PATTERN)] | None = None
     message: Text | None = None
     addresses: list[Address] | None = Field(default=None, max_length=64)
 
@@ -174,6 +176,13 @@ class RebootSpec(BaseModel):
     type: Literal["soft", "hard"]
 
 
+class ResizeSpec(BaseModel):
+    """A resize to apply to the shut-off domain: redefine it with ``flavor``'s vCPUs and
+    memory, grow the overlay to its disk size, then echo ``id`` as ``resize_done``."""
+
+    id: str
+
+
 class DesiredServer(BaseModel):
     """One server assigned to the host and the state libvirt should be in."""
 
@@ -187,6 +196,7 @@ class DesiredServer(BaseModel):
     key_data: str | None
     desired: Desired
     reboot: RebootSpec | None
+    resize: ResizeSpec | None = None
     status: str
     task_state: str | None
     generation: int

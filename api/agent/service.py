@@ -11,6 +11,11 @@ Contracts other modules follow
 * **Reboot ids.** A REBOOT server's desired state carries ``reboot.id = "r<generation>"``; the
   agent echoes it as ``reboot_done`` once done. A hard reboot over a soft one bumps the
   generation, so an echo of the older soft reboot does not settle the hard one.
+* **Resize ids.** A SHUTOFF/``resizing`` server's desired state carries ``resize.id =
+  "z<generation>"`` and ``flavor`` already holds the new sizes; the agent redefines the
+  shut-off domain (vCPUs, memory), grows the overlay, and reports ``shutoff`` with
+  ``resize_done`` = that id. Only then does the server settle (task_state null), so a start
+  never boots the old definition.
 * **Transitions.** Every status change caused by an agent (or ``force_delete``) calls
   ``on_transition(session, server, old_status, new_status, seen_at)``, which runs every
   function in ``TRANSITION_HOOKS`` inside the same unit of work (billing hooks in there).
@@ -45,6 +50,7 @@ from api.agent.schemas import (
     ObservationIn,
     ObservedItem,
     RebootSpec,
+    ResizeSpec,
 )
 from api.config import Settings
 from api.db import utcnow
@@ -169,6 +175,7 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     A repeated ``idempotency_key`` changes nothing. Raises NotFound ``server_not_found`` when
     the server is not a live server of this host.
     """
+    repository.lock_host(session, host_id)  # lock order: host, then server
     server = repository.lock_server(session, server_id, host_id)
     if server is None:
         raise NotFound("No such server on this host.", code="server_not_found")
@@ -178,7 +185,8 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
                  if body.addresses is not None else None)
     applied = apply_observation(
         session, settings, host_id, server, body.state, body.seen_at,
-        key=body.idempotency_key, reboot_done=body.reboot_done, message=body.message,
+        key=body.idempotency_key, reboot_done=body.reboot_done,
+        resize_done=body.resize_done, message=body.message,
         addresses=addresses,
     )
     return server, applied
@@ -189,9 +197,15 @@ def reboot_id(server: Server) -> str:
     return f"r{server.generation}"
 
 
+def resize_id(server: Server) -> str:
+    """The id of the resize a SHUTOFF/``resizing`` server waits for (module docstring)."""
+    return f"z{server.generation}"
+
+
 def apply_observation(session: Session, settings: Settings, host_id: str, server: Server,
                       state: states.Observed, seen_at: datetime, *, key: str | None = None,
-                      reboot_done: str | None = None, message: str | None = None,
+                      reboot_done: str | None = None, resize_done: str | None = None,
+                      message: str | None = None,
                       addresses: list[Any] | None = None) -> bool:
     """Move a locked server per ``states.on_observed``; False for a stale observation.
 
@@ -209,7 +223,9 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
         return False
     old = server.status
     done = reboot_done is not None and reboot_done == reboot_id(server)
-    move = states.on_observed(server.status, server.task_state, state, reboot_done=done)
+    resized = resize_done is not None and resize_done == resize_id(server)
+    move = states.on_observed(server.status, server.task_state, state, reboot_done=done,
+                              resize_done=resized)
     if state in ("running", "shutoff", "absent"):
         server.power_state = state
     if addresses is not None:
@@ -324,6 +340,9 @@ def _desired(server: Server, image: Image) -> DesiredServer:
     if server.status == states.REBOOT:
         kind = "hard" if server.task_state == states.REBOOTING_HARD else "soft"
         reboot = RebootSpec(id=reboot_id(server), type=kind)
+    resize = (ResizeSpec(id=resize_id(server))
+              if server.status == states.SHUTOFF and server.task_state == states.RESIZING
+              else None)
     return DesiredServer(
         server_id=server.id, project_id=server.project_id, name=server.name,
         hostname=safe_hostname(server.name, server.id),
@@ -336,7 +355,7 @@ def _desired(server: Server, image: Image) -> DesiredServer:
         ),
         user_data=server.user_data, key_data=server.key_data,
         desired=states.desired_power(server.status, server.task_state),
-        reboot=reboot, status=server.status, task_state=server.task_state,
+        reboot=reboot, resize=resize, status=server.status, task_state=server.task_state,
         generation=server.generation,
     )
 

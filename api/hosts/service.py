@@ -93,8 +93,9 @@ def get_host(session: Session, host_id: str) -> Host:
 def update_host(session: Session, host_id: str, patch: HostPatch) -> Host:
     """Apply an admin's changes; raises NotFound, Conflict (no inventory yet), InvalidInput.
 
-    Changing ratios or reserved amounts bumps the host generation so a claim racing with the
-    change conflicts and re-checks against the new capacity.
+    Any change bumps the host generation: a claim racing with it conflicts and re-checks,
+    and every API process's scheduler snapshot cache re-reads the host on its next placement
+    (enabled, zone, aggregates, ratios and reserved are all things the filters look at).
     """
     host = get_host(session, host_id)
     if patch.enabled is not None:
@@ -121,9 +122,9 @@ def update_host(session: Session, host_id: str, patch: HostPatch) -> Host:
                 raise InvalidInput(f"reserved {rc} exceeds its total {invs[rc].total}.",
                                    code="invalid_reserved")
             invs[rc].reserved = reserved
-        session.flush()
-        repository.bump_generation(session, host.id)
     session.flush()
+    if patch.model_fields_set:
+        repository.bump_generation(session, host.id)
     session.refresh(host)
     return host
 

@@ -13,10 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.errors import Conflict, DomainError
+from api.models import Allocation
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
 from scheduler.claim import ClaimOutcome, claim
 from scheduler.framework import RequestSpec, Snapshot
@@ -154,6 +156,9 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         # Concurrent placements all see the same ranking, so after losing the best host they
         # try the runners-up in an order seeded by their request id, spreading out instead of
         # queueing again on the second best.
+        # On the first attempt a host row locked by a concurrent claim is skipped rather than
+        # waited for (it will have moved on when that claim commits); later attempts wait, so
+        # a small pool under a storm still converges instead of skipping every host.
         best, *rest = decision.ranked
         random.Random(f"{spec.request_id}/{attempt}").shuffle(rest)
         for host in (best, *rest):
@@ -165,11 +170,12 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
                 group_id=group.id if group else None, group_policy=group.policy if group else None,
-                group_generation=group_generation)
+                group_generation=group_generation, wait=attempt > 1)
             if outcome is not ClaimOutcome.CLAIMED:
                 savepoint.rollback()
             else:
                 savepoint.commit()
+                cache.claimed(session, host, spec.resources)
                 record = decision.summary()
                 record.update(host_id=host.id, host=host.name, attempts=attempt,
                               conflicts=conflicts, request_id=spec.request_id)
@@ -180,4 +186,46 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             log.debug("claim conflict %s on %s (attempt %d)", outcome.value, host.id, attempt)
             if outcome is ClaimOutcome.GROUP_CONFLICT:
                 break
+    raise Conflict("Too many concurrent placements; try again.", code="placement_busy")
+
+
+def reclaim(session: Session, settings: Settings, spec: RequestSpec, host_id: str, *,
+            explain_hosts: bool = False) -> PlacementResult:
+    """Re-claim ``spec``'s (new) sizes for ``spec.server_id`` on the host it already holds.
+
+    For a resize: in a savepoint, the server's current allocations are deleted (so the fit
+    check counts them as freed), the one host is re-read and filtered like a placement
+    (status, resources, image), then claimed with the race-free claim; the new allocation rows
+    replace the old ones atomically, or the savepoint rolls back and the old ones stay. Server
+    group and zone filters do not apply (the server stays where it is). Flushes, never commits.
+
+    Raises NoValidHost (409 ``no_valid_host``) when the host has no room for the new sizes (or
+    is disabled or down), Conflict ``placement_busy`` when concurrent claims on the host won
+    ``settings.scheduler_max_attempts`` times in a row.
+    """
+    spec = replace(spec, server_group=None, availability_zone=None)
+    ratios = pool_ratios(settings)
+    for attempt in range(1, settings.scheduler_max_attempts + 1):
+        savepoint = session.begin_nested()
+        session.execute(delete(Allocation).where(Allocation.server_id == spec.server_id)
+                        .execution_options(synchronize_session=False))
+        snapshot = load_hosts(session, settings, only=[host_id])
+        decision = decide(spec, snapshot, multipliers(settings))
+        if decision.host is None:
+            savepoint.rollback()
+            raise NoValidHost.from_decision(decision, snapshot, explain_hosts)
+        host = decision.host
+        outcome = claim(session, server_id=spec.server_id, host_id=host.id,
+                        host_generation=host.generation, resources=spec.resources,
+                        pool_ratios=ratios)
+        if outcome is ClaimOutcome.CLAIMED:
+            savepoint.commit()
+            snapshot_cache(session, settings).forget(host.id)
+            record = decision.summary()
+            record.update(host_id=host.id, host=host.name, attempts=attempt,
+                          request_id=spec.request_id)
+            return PlacementResult(host.id, host.name, host.availability_zone, attempt,
+                                   attempt - 1, record)
+        savepoint.rollback()
+        log.debug("re-claim conflict %s on %s (attempt %d)", outcome.value, host_id, attempt)
     raise Conflict("Too many concurrent placements; try again.", code="placement_busy")

@@ -18,11 +18,13 @@ faster than joining a GROUP BY over all allocations.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, event, func, select
 from sqlalchemy.orm import Session
 
 from api.config import Settings
@@ -90,32 +92,55 @@ def _snapshot(hosts: list[HostState], settings: Settings) -> Snapshot:
                     host_down_after_seconds=float(settings.host_down_after_seconds))
 
 
-def load_hosts(session: Session, settings: Settings) -> Snapshot:
-    """Every host with its inventories and summed allocations, as of now (no cache)."""
-    return _snapshot(_read_hosts(session, settings), settings)
+def load_hosts(session: Session, settings: Settings,
+               only: list[str] | None = None) -> Snapshot:
+    """Every host (or the ids in ``only``) with inventories and summed allocations, as of
+    now (no cache)."""
+    return _snapshot(_read_hosts(session, settings, only), settings)
 
 
 class SnapshotCache:
     """A per-process copy of the pool, refreshed by generation.
 
-    Each ``load`` reads ``id, generation, last_heartbeat_at`` of every host (cheap) and re-reads
-    in full only the hosts whose generation moved, plus new ones. Every claim bumps its host's
-    generation, and so must every other change of a host or its inventory that the filters
-    look at (admin PATCH, agent inventory, enable/disable). A change that does not bump (a
-    server deletion freeing allocations) only makes the copy pessimistic; ``place`` re-reads
-    in full before answering ``no_valid_host``. Optimistic changes are caught by the claim's
-    generation check and SQL re-check, after which ``forget`` drops the host from the copy.
+    Each ``load`` first reads a one-row fingerprint of the pool, ``SELECT count(*),
+    sum(generation) FROM hosts``. Generations only grow, so when the fingerprint is the one
+    the copy was read at (plus the bumps of this process's own committed claims, applied to
+    the copy by ``claimed``) and the heartbeats were read less than ``HEARTBEAT_REFRESH``
+    seconds ago, nothing the filters look at changed and the copy is used as it is. Otherwise
+    it reads ``id, generation, last_heartbeat_at`` of every host (cheap) and re-reads in full
+    only the hosts whose generation moved, plus new ones.
+
+    Every claim bumps its host's generation, and so must every other change of a host or its
+    inventory that the filters look at (admin PATCH, agent inventory, enable/disable). A change
+    that does not bump (a server deletion freeing allocations) only makes the copy
+    pessimistic; ``place`` re-reads in full before answering ``no_valid_host``. So does a
+    heartbeat: a cached heartbeat is never newer than the real one. Optimistic changes
+    (a coincidence of sums across processes) are caught by the claim's generation check and
+    SQL re-check, after which ``forget`` drops the host and the fingerprint.
     """
+
+    # Heartbeats are re-read at least this often (the down filter reads them).
+    HEARTBEAT_REFRESH = 2.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._hosts: dict[str, HostState] = {}
+        self._ordered: list[HostState] = []
+        self._fingerprint: tuple[int, int] | None = None
+        self._marks_at = 0.0
 
     def load(self, session: Session, settings: Settings) -> Snapshot:
         """A snapshot of every host, re-reading only what changed since the last load."""
-        marks = session.execute(_MARKS).all()
+        count, total = session.execute(_FINGERPRINT).one()
+        fingerprint = (int(count), int(total or 0))
+        refresh = min(self.HEARTBEAT_REFRESH, settings.host_down_after_seconds / 4)
         with self._lock:
+            if (fingerprint == self._fingerprint
+                    and time.monotonic() - self._marks_at < refresh):
+                return _snapshot(self._ordered, settings)
             known = dict(self._hosts)
+        marks_at = time.monotonic()
+        marks = session.execute(_MARKS).all()
         stale = [hid for hid, generation, _ in marks
                  if (h := known.get(hid)) is None or h.generation != generation]
         if len(stale) * 2 > len(marks):
@@ -125,9 +150,11 @@ class SnapshotCache:
         for host in fresh:
             known[host.id] = host
         hosts: list[HostState] = []
+        complete = True
         for hid, generation, heartbeat in marks:
             cached = known.get(hid)
             if cached is None or cached.generation != generation:
+                complete = False
                 continue  # changed again between the two reads: absent from this snapshot
             seen = heartbeat.timestamp() if heartbeat is not None else None
             if cached.last_heartbeat != seen:
@@ -136,14 +163,48 @@ class SnapshotCache:
             hosts.append(cached)
         with self._lock:
             self._hosts = {h.id: h for h in hosts}
+            self._ordered = hosts
+            # The fingerprint was read before the marks: a change committed in between makes
+            # the next load's fingerprint differ, so it reads again.
+            self._fingerprint = fingerprint if complete else None
+            self._marks_at = marks_at
         return _snapshot(hosts, settings)
+
+    def claimed(self, session: Session, host: HostState, resources: Mapping[str, int]) -> None:
+        """Once ``session`` commits, account a claim of ``resources`` on ``host`` in the copy.
+
+        The claim moved the host from ``host.generation`` to the next and added exactly
+        ``resources`` (its generation check proved nothing else changed in between), so the
+        copy can follow without a read. Rolled back: nothing happens.
+        """
+
+        def apply(_session: Session) -> None:
+            with self._lock:
+                current = self._hosts.get(host.id)
+                if current is not None and current.generation == host.generation + 1:
+                    return  # a load already read the committed claim
+                if (current is None or current.generation != host.generation
+                        or self._fingerprint is None):
+                    self._fingerprint = None
+                    return
+                updated = replace(current, generation=host.generation + 1, inventories={
+                    rc: replace(inv, used=inv.used + resources.get(rc, 0))
+                    for rc, inv in current.inventories.items()})
+                self._hosts[host.id] = updated
+                self._ordered = [updated if h.id == host.id else h for h in self._ordered]
+                count, total = self._fingerprint
+                self._fingerprint = (count, total + 1)
+
+        event.listen(session, "after_commit", apply, once=True)
 
     def forget(self, host_id: str) -> None:
         """Drop one host, so the next load re-reads it in full."""
         with self._lock:
             self._hosts.pop(host_id, None)
+            self._fingerprint = None
 
 
+_FINGERPRINT = select(func.count(), func.sum(Host.generation)).select_from(Host)
 _MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at).order_by(Host.id)
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()

@@ -46,7 +46,7 @@ _STATE_MACHINE = """
 |---|---|---|
 | BUILD (`scheduling`, `spawning`) | delete | ACTIVE once running; ERROR (`fault`) |
 | ACTIVE | stop, reboot, delete | ACTIVE/`powering-off`; REBOOT/`rebooting(-hard)` |
-| SHUTOFF | start, delete | SHUTOFF/`powering-on`, then ACTIVE |
+| SHUTOFF | start, resize, delete | `powering-on` then ACTIVE; `resizing` then SHUTOFF |
 | REBOOT | hard reboot (over a soft one), delete | ACTIVE once the agent confirms |
 | ERROR | delete | |
 | DELETING | delete (idempotent, 202) | DELETED (hidden) once the agent confirms |
@@ -146,15 +146,22 @@ def delete_server(server_id: PathId, principal: Writer, session: SessionDep,
 
 @router.post("/servers/{server_id}/actions", status_code=202, response_model=ServerOut,
              description='`{"action": "start"}`, `{"action": "stop"}` or `{"action": '
-             '"reboot", "type": "soft"|"hard"}`. An action the current state does not accept '
-             "is 409 `invalid_state` (and an `error` event)." + _STATE_MACHINE)
+             '"reboot", "type": "soft"|"hard"}` or `{"action": "resize", "flavor": <id or '
+             'name>}`. An action the current state does not accept is 409 `invalid_state` '
+             "(and an `error` event). Resize (SHUTOFF only) stays on the same host: 409 "
+             "`no_valid_host` when it has no room, `resize_disk_shrink` for a smaller disk, "
+             "`quota_exceeded` for growth over quota; the server is SHUTOFF/`resizing` until "
+             "its agent applied the new sizes." + _STATE_MACHINE)
 def server_action(server_id: PathId, body: ServerAction, principal: Writer,
-                  session: SessionDep, request: Request) -> ServerOut:
+                  session: SessionDep, settings: SettingsDep, request: Request) -> ServerOut:
     """Run an action on a server (202: the agent carries it out)."""
     try:
-        server = service.act(session, principal, server_id, body)
+        server = service.act(session, settings, principal, server_id, body)
     except Conflict as exc:
-        # The refusal belongs in the server's history too (result "error").
+        # The refusal belongs in the server's history too (result "error"), written in a unit
+        # of work of its own. End this one first: it may hold the write lock (SQLite) or a row
+        # lock (PostgreSQL) the rejection's unit of work would wait for.
+        session.rollback()
         service.record_rejection(request.app.state.sessionmaker, principal, server_id,
                                  body.action, exc)
         raise

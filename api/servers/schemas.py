@@ -110,7 +110,15 @@ class RebootAction(BaseModel):
     type: Literal["soft", "hard"] = "soft"
 
 
-ServerAction = Annotated[StartAction | StopAction | RebootAction,
+class ResizeAction(BaseModel):
+    """Give a SHUTOFF server another flavor (id or name), on the same host; disks never shrink."""
+
+    model_config = STRICT
+    action: Literal["resize"]
+    flavor: Ref
+
+
+ServerAction = Annotated[StartAction | StopAction | RebootAction | ResizeAction,
                          Field(discriminator="action")]
 
 

@@ -6,14 +6,16 @@ of desired state bumps ``servers.generation`` (agents long-poll on it) and recor
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.agent.repository import lock_host
 from api.agent.service import notify_host
 from api.config import Settings
 from api.db import session_scope, utcnow
@@ -22,10 +24,13 @@ from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound,
 from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
 from api.quotas import service as quotas
 from api.servers import placement, repository, states
-from api.servers.schemas import RebootAction, ServerAction, ServerCreate
+from api.servers.schemas import RebootAction, ResizeAction, ServerAction, ServerCreate
 from api.usage import hooks as billing
 
 ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
+
+
+_EVENT_CLOCK = "server_event_clock"
 
 
 def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
@@ -39,11 +44,16 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
     """
     rid = request_id_var.get()
     # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
-    # strictly increasing so "oldest first" is the order in which they were recorded.
+    # strictly increasing so "oldest first" is the order in which they were recorded. The
+    # unit of work remembers what it recorded (and that a server it created has no events
+    # yet), so only the first event of an existing server asks the database.
     at = utcnow()
-    last = repository.last_event_at(session, server.id)
+    clock: dict[str, datetime | None] = session.info.setdefault(_EVENT_CLOCK, {})
+    last = clock[server.id] if server.id in clock else repository.last_event_at(
+        session, server.id)
     if last is not None and at <= last:
         at = last + timedelta(microseconds=1)
+    clock[server.id] = at
     event = ServerEvent(
         server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
         request_id=None if rid == "-" else rid, result=result, message=message,
@@ -132,6 +142,7 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     )
     session.add(server)
     session.flush()
+    session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
 
     # Placement step: the scheduler claims a host here, inside the same transaction; a
     # NoValidHost rolls the server row and the quota usage back with it.
@@ -221,6 +232,8 @@ def _transition(session: Session, server: Server, status: str, task_state: str |
     concurrent request, an agent observation) changed the server since it was read; otherwise
     409 ``state_changed`` and the client retries against the new state.
     """
+    if server.host_id is not None:
+        lock_host(session, server.host_id)  # lock order: host, then server (no deadlocks)
     seen = server.generation
     result = session.execute(
         update(Server).where(Server.id == server.id, Server.generation == seen)
@@ -272,17 +285,20 @@ def force_delete_server(session: Session, settings: Settings, principal: Princip
     if host is not None and is_up(host, settings):
         raise Conflict(f"Host {host.name} is up: delete without force and its agent "
                        "removes the server.", code="host_up")
+    if host is not None:
+        lock_host(session, host.id)
     force_delete(session, server, user_id=principal.user_id, settings=settings)
     return server
 
 
-def act(session: Session, principal: Principal, server_id: str,
+def act(session: Session, settings: Settings, principal: Principal, server_id: str,
         action: ServerAction) -> Server:
-    """Apply start, stop or reboot per the state machine; raises NotFound, Conflict.
+    """Apply start, stop, reboot or resize per the state machine; raises NotFound, Conflict.
 
     An action the current state does not accept (see ``states.ALLOWED``; a transition in
     flight blocks others, except a hard reboot over a soft one) is 409 ``invalid_state``
-    carrying the current ``server_status`` and ``task_state``.
+    carrying the current ``server_status`` and ``task_state``. Resize also raises what
+    ``resize`` raises.
     """
     server = get_server(session, principal, server_id)
     reboot_type = action.type if isinstance(action, RebootAction) else "soft"
@@ -295,12 +311,81 @@ def act(session: Session, principal: Principal, server_id: str,
             f"{'/' + server.task_state if server.task_state else ''}.",
             code="invalid_state", server_status=server.status, task_state=server.task_state,
             action=action.action)
+    if isinstance(action, ResizeAction):
+        return resize(session, settings, principal, server, action.flavor)
     move = states.on_action(server.status, action.action, reboot_type)
     _transition(session, server, move.status, move.task_state)
     details = {"type": reboot_type} if isinstance(action, RebootAction) else {}
     record_event(session, server, action.action, user_id=principal.user_id, result=ACCEPTED,
                  details=details)
     return server
+
+
+def resize(session: Session, settings: Settings, principal: Principal, server: Server,
+           flavor_ref: str) -> Server:
+    """Give a SHUTOFF server (state already checked) another flavor on the same host.
+
+    Order, in one unit of work: (1) resolve the flavor and refuse a smaller disk (409
+    ``resize_disk_shrink``) or the same flavor (409 ``resize_same_flavor``); (2) lock the
+    project and check the quota for the growth only; (3) re-claim the new sizes on the
+    server's host with the scheduler's race-free claim, the current allocations counted as
+    freed (409 ``no_valid_host`` when the host has no room); (4) move the server to
+    SHUTOFF/``resizing`` (optimistic on its generation, 409 ``state_changed``) with the new
+    sizes, which the agent applies before the task clears; (5) event and billing hook.
+    Raises NotFound ``flavor_not_found``, Conflict, QuotaExceeded, NoValidHost.
+    """
+    flavor = _resolve_flavor(session, principal, flavor_ref)
+    if flavor.id == server.flavor_id:
+        raise Conflict(f"The server already has flavor {flavor.name}.",
+                       code="resize_same_flavor")
+    if flavor.disk_gb < server.disk_gb:
+        raise Conflict(
+            f"Flavor {flavor.name} has a {flavor.disk_gb} GB disk; the server's is "
+            f"{server.disk_gb} GB and disks never shrink.",
+            code="resize_disk_shrink", disk_gb=server.disk_gb, flavor_disk_gb=flavor.disk_gb)
+    image = session.get(Image, server.image_id)
+    if image is not None and (flavor.disk_gb < image.min_disk or flavor.ram_mb < image.min_ram):
+        raise InvalidInput(
+            f"Flavor {flavor.name} is smaller than image {image.id} needs "
+            f"({image.min_ram} MB, {image.min_disk} GB).", code="flavor_too_small")
+    old = {"flavor_id": server.flavor_id, "vcpus": server.vcpus, "ram_mb": server.ram_mb,
+           "disk_gb": server.disk_gb}
+    growth = {"vcpus": max(0, flavor.vcpus - server.vcpus),
+              "ram_mb": max(0, flavor.ram_mb - server.ram_mb),
+              "disk_gb": max(0, flavor.disk_gb - server.disk_gb)}
+    quotas.lock_and_check(session, settings, server.project_id, growth)
+    if server.host_id is None:  # SHUTOFF servers are placed; guard the invariant anyway
+        raise Conflict("The server holds no host.", code="invalid_state",
+                       server_status=server.status, task_state=server.task_state,
+                       action="resize")
+    spec = placement.resize_spec(server, flavor, image, request_id_var.get())
+    placed = placement.reclaim(session, settings, spec, server.host_id,
+                               explain_hosts=principal.is_admin)
+    _transition(session, server, states.SHUTOFF, states.RESIZING)
+    server.flavor_id, server.vcpus = flavor.id, flavor.vcpus
+    server.ram_mb, server.disk_gb = flavor.ram_mb, flavor.disk_gb
+    session.flush()
+    record_event(session, server, "resize", user_id=principal.user_id, result=ACCEPTED,
+                 details={"from": old, "to": {"flavor_id": flavor.id, "flavor": flavor.name,
+                          "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
+                          "disk_gb": flavor.disk_gb},
+                          "host_id": placed.host_id, "attempts": placed.attempts})
+    on_resized(session, server, utcnow())
+    return server
+
+
+def on_resized(session: Session, server: Server, at: datetime) -> None:
+    """The single billing call site of a resize: ``api.usage.hooks.on_resized`` if present.
+
+    Runs in the resize's unit of work, after the server row holds the new sizes.
+    """
+    try:
+        hooks = importlib.import_module("api.usage.hooks")
+    except ImportError:
+        return  # billing not wired on this build
+    hook = getattr(hooks, "on_resized", None)
+    if callable(hook):
+        hook(session, server, at)
 
 
 def record_rejection(factory: sessionmaker[Session], principal: Principal, server_id: str,

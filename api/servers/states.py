@@ -90,11 +90,13 @@ def desired_power(status: str, task_state: str | None) -> Desired:
 
 
 def on_observed(status: str, task_state: str | None, observed: Observed,
-                reboot_done: bool = False) -> Transition | None:
+                reboot_done: bool = False, resize_done: bool = False) -> Transition | None:
     """Where an agent's observation takes the server; None when it changes nothing.
 
     ``reboot_done`` says the agent performed the reboot the server is waiting for (the agent
     echoes the reboot request id it completed); only then does REBOOT settle to ACTIVE.
+    ``resize_done`` likewise says the agent applied the resize the server waits for (domain
+    redefined with the new sizes, overlay grown); only then does SHUTOFF/``resizing`` settle.
 
     A guest that powers itself off (``ACTIVE`` observed ``shutoff`` with no task) becomes
     SHUTOFF, as a user of a real cloud would expect.
@@ -113,6 +115,8 @@ def on_observed(status: str, task_state: str | None, observed: Observed,
         return Transition(ACTIVE, None)
     if status == SHUTOFF and observed == "running" and task_state is None:
         return Transition(ACTIVE, None)  # started from inside the host (e.g. virsh)
+    if status == SHUTOFF and task_state == RESIZING:
+        return Transition(SHUTOFF, None) if observed == "shutoff" and resize_done else None
     if status == REBOOT and observed == "running" and reboot_done:
         return Transition(ACTIVE, None)
     if status == REBOOT and observed == "shutoff" and reboot_done:

@@ -146,8 +146,7 @@ def db(client: TestClient) -> Session:
     return factory()
 
 
-# --- acceptance 2: run, stop, start, delete -> exact seconds and the cost of the card in force
-# (the resize step joins once the resize action is on main: api.usage.hooks.on_resized)
+# --- acceptance 2: run, stop, start, resize, delete -> exact seconds and the cost in force
 
 def test_a_lifecycle_bills_the_observed_seconds_at_the_prices_in_force(
     client: TestClient, admin: dict[str, str], pool: dict[str, str], settings: Settings,
@@ -156,14 +155,14 @@ def test_a_lifecycle_bills_the_observed_seconds_at_the_prices_in_force(
     minimum = settings.billing_minimum_run_seconds
     assert minimum == 60  # the expected numbers below are written for the default
     acct = make_account(client, admin)
-    # Card 1 from a second before the server exists; prices chosen so one second costs an
-    # exact decimal: vCPU 0.036/h = 0.00001/s, RAM 0.0072 per GiB-h = 0.000002/GiB-s, disk
-    # 0.00036 per GiB-h = 0.0000001/GiB-s. Card 2 doubles every price.
+    # Card 1 from the next second on; prices chosen so one second costs an exact decimal:
+    # vCPU 0.036/h = 0.00001/s, RAM 0.0072 per GiB-h = 0.000002/GiB-s, disk 0.00036 per
+    # GiB-h = 0.0000001/GiB-s. Card 2 doubles every price.
     wait_until(rate_card(client, admin, 0, "0.036", "0.0072", "0.00036"))
     sid, c = create(client, acct, database_url, flavor="small")  # 1 vCPU, 2 GiB, 20 GiB
     # Card 2 from k >= c+5 on; run 2 straddles it.
     k = rate_card(client, admin, c + 5, "0.072", "0.0144", "0.00072")
-    wait_until(k + 5)
+    wait_until(k + 3)
 
     seen(client, pool, sid, "running", c + 1)
     assert status(client, acct, sid) == "ACTIVE"
@@ -173,39 +172,51 @@ def test_a_lifecycle_bills_the_observed_seconds_at_the_prices_in_force(
     seen(client, pool, sid, "running", k - 1)
     act(client, acct, sid, "stop")
     seen(client, pool, sid, "shutoff", k + 2)
+    # Resize to medium (2 vCPU, 4 GiB, 40 GiB): billed from the API's time r of the request.
+    act(client, acct, sid, "resize", flavor="medium")
+    r = next(at for kind, at in kinds(server_usage(client, acct, sid)) if kind == "resized")
+    desired = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+    zid = next(d["resize"]["id"] for d in desired if d["server_id"] == sid)
+    seen(client, pool, sid, "shutoff", r, resize_done=zid)
     act(client, acct, sid, "start")
-    seen(client, pool, sid, "running", k + 3)
+    wait_until(r + 2)
+    seen(client, pool, sid, "running", r + 1)
     assert client.delete(f"/v1/servers/{sid}", headers=acct.headers).status_code == 202
-    seen(client, pool, sid, "absent", k + 4)
+    seen(client, pool, sid, "absent", r + 2)
     assert status_gone(client, acct, sid)
 
     usage = server_usage(client, acct, sid, start=c - 60, end=c + 3600)
     assert kinds(usage) == [("created", c), ("running", c + 1), ("stopped", c + 3),
-                            ("running", k - 1), ("stopped", k + 2), ("running", k + 3),
-                            ("deleted", k + 4)]
+                            ("running", k - 1), ("stopped", k + 2), ("resized", r),
+                            ("running", r + 1), ("deleted", r + 2)]
     assert usage["state"] == "deleted"
-    # Runs [c+1, c+3) 2 s, [k-1, k+2) 3 s, [k+3, k+4) 1 s (ended by the delete): each is
-    # billed the 60 s minimum. Disk and server time: [c, k+4) at 20 GiB.
-    expected = (k + 4 - c, 180, 180, 180 * 2048, (k + 4 - c) * 20)
+    # Runs [c+1, c+3) 2 s, [k-1, k+2) 3 s (small), [r+1, r+2) 1 s (medium, ended by the
+    # delete): each is billed the 60 s minimum. Disk: [c, r) at 20 GiB, [r, r+2) at 40 GiB.
+    expected = (r + 2 - c, 180, 60 + 60 + 60 * 2, (60 + 60) * 2048 + 60 * 4096,
+                (r - c) * 20 + 2 * 40)
     assert seconds(usage) == expected
     line = report_line(client, acct, sid, c - 60, c + 3600)
     assert seconds(line) == expected
-    # Cost, per second. Running (1 vCPU + 2 GiB): 0.000014 under card 1, 0.000028 under
-    # card 2. Disk (20 GiB): 0.000002 (card 1), 0.000004 (card 2). Card 2 starts at k.
-    run = {1: Decimal("0.000014"), 2: Decimal("0.000028")}
-    disk = {1: Decimal("0.000002"), 2: Decimal("0.000004")}
-    cost = (run[1] * (2 + 58)          # run 1 and its minimum extra (at c+3)
-            + run[1] * 1 + run[2] * 2  # run 2: [k-1, k) card 1, [k, k+2) card 2
-            + run[2] * 57              # run 2's extra, at its end k+2
-            + run[2] * (1 + 59)        # run 3 and its extra (at k+4)
-            + disk[1] * (k - c) + disk[2] * 4)
+    # Cost, per second. Running: small (1 vCPU + 2 GiB) 0.000014 under card 1, 0.000028
+    # under card 2; medium (2 vCPU + 4 GiB) 0.000056 under card 2. Disk: 20 GiB 0.000002
+    # (card 1), 0.000004 (card 2); 40 GiB 0.000008 (card 2). Card 2 starts at k.
+    small = {1: Decimal("0.000014"), 2: Decimal("0.000028")}
+    medium = Decimal("0.000056")
+    disk20 = {1: Decimal("0.000002"), 2: Decimal("0.000004")}
+    disk40 = Decimal("0.000008")
+    cost = (small[1] * (2 + 58)            # run 1 and its minimum extra (at c+3)
+            + small[1] * 1 + small[2] * 2  # run 2: [k-1, k) card 1, [k, k+2) card 2
+            + small[2] * 57                # run 2's extra, at its end k+2
+            + medium * (1 + 59)            # run 3 after the resize, and its extra (at r+2)
+            + disk20[1] * (k - c) + disk20[2] * (r - k) + disk40 * 2)
     assert Decimal(line["cost"]) == cost
 
     # Windows cut anywhere add up; a run's minimum extra lands in the second the run ended.
     assert seconds(report_line(client, acct, sid, c + 1, c + 3)) == (2, 2, 2, 4096, 40)
     assert seconds(report_line(client, acct, sid, c + 3, c + 4))[1] == 58
     assert seconds(report_line(client, acct, sid, c + 4, k + 3))[1] == 3 + 57
-    assert seconds(report_line(client, acct, sid, k + 4, k + 60)) == (0, 59, 59, 59 * 2048, 0)
+    assert seconds(report_line(client, acct, sid, r, r + 60)) == (
+        2, 60, 120, 60 * 4096, 80)
 
 
 def test_retried_and_repeated_reports_change_nothing(

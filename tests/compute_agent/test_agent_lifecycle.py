@@ -182,3 +182,27 @@ def test_raw_images_boot_too(api: str, member: Account, agent: ThreadAgent,
     assert backing_file(overlay) == (str(agent.agent.cache.path(image["id"])), "raw")
     assert httpx.delete(f"{api}/v1/servers/{s['id']}", headers=member.headers).status_code == 202
     wait_gone(api, member.headers, s["id"])
+
+
+def test_resize_is_applied_by_the_agent_before_the_task_clears(
+        api: str, member: Account, disk_image: bytes, agent: ThreadAgent) -> None:
+    image = upload_image(api, member.headers, disk_image, "qcow2")
+    sid = boot(api, member, image["id"], agent)["id"]
+    wait_status(api, member.headers, sid, "ACTIVE")
+    action(api, member.headers, sid, "stop")
+    wait_status(api, member.headers, sid, "SHUTOFF")
+
+    r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=member.headers,
+                   json={"action": "resize", "flavor": "small"})
+    assert r.status_code == 202, r.text
+    # The agent redefines the shut-off domain, grows the overlay and echoes the resize id;
+    # only then does the task clear.
+    wait_until(lambda: server(api, member, sid)["task_state"] is None, 30, "resize confirmed")
+    shown = server(api, member, sid)
+    assert (shown["status"], shown["flavor"]["name"]) == ("SHUTOFF", "small")
+    meta = parse_metadata(agent.agent.hv.domain_xml(sid))
+    assert meta is not None
+    assert (meta.vcpus, meta.ram_mb) == (1, 2048)
+    assert allocated(api, agent.host_id) == {"VCPU": 1, "MEMORY_MB": 2048, "DISK_GB": 20}
+    action(api, member.headers, sid, "start")
+    wait_status(api, member.headers, sid, "ACTIVE")
