@@ -64,6 +64,10 @@ if [ -d /run/systemd/system ]; then
   as_root systemctl daemon-reload
   as_root systemctl enable --now minicloud-agent
 else
+  if [ -s /run/minicloud-agent.pid ] && kill -0 "$(cat /run/minicloud-agent.pid)" 2>/dev/null; then
+    echo "== the agent already runs (pid $(cat /run/minicloud-agent.pid))"
+    exit 0
+  fi
   echo "== no systemd: starting the agent in the background (log /var/log/minicloud-agent.log)"
   set -a; . /etc/minicloud/agent.env; set +a
   nohup "$VENV/bin/minicloud-agent" "${ENROLL[@]}" --state-dir "$STATE" \
