@@ -37,6 +37,9 @@ as_root chmod 0711 /var/lib/minicloud  # QEMU (libvirt-qemu) must reach instance
 ensure_venv
 ensure_libvirtd || { echo "libvirtd does not answer on qemu:///system" >&2; exit 1; }
 
+# 0600: it may carry the enrollment token.
+as_root touch /etc/minicloud/agent.env
+as_root chmod 0600 /etc/minicloud/agent.env
 as_root tee /etc/minicloud/agent.env >/dev/null <<ENV
 MINICLOUD_AGENT_API_URL=$API
 MINICLOUD_AGENT_NAME=$NAME
@@ -48,15 +51,15 @@ ENV
 
 if [ ! -s "$STATE/credential.json" ]; then
   [ -n "$TOKEN" ] || { echo "not enrolled yet: --token ENROLLMENT_TOKEN is required" >&2; exit 2; }
-  ENROLL=(--enroll "$TOKEN")
+  # Passed through the environment, not argv, so `ps` does not show it.
+  export MINICLOUD_AGENT_ENROLL_TOKEN="$TOKEN"
 else
   echo "== already enrolled (credential in $STATE)"
-  ENROLL=()
 fi
 
 if [ -d /run/systemd/system ]; then
   # Enroll once in the foreground-free way: the unit starts the agent, which enrolls first.
-  if [ ${#ENROLL[@]} -gt 0 ]; then
+  if [ -n "${MINICLOUD_AGENT_ENROLL_TOKEN:-}" ]; then
     echo "MINICLOUD_AGENT_ENROLL_TOKEN=$TOKEN" | as_root tee -a /etc/minicloud/agent.env >/dev/null
   fi
   as_root install -m 0644 deploy/systemd/minicloud-agent.service /etc/systemd/system/
@@ -70,7 +73,7 @@ else
   fi
   echo "== no systemd: starting the agent in the background (log /var/log/minicloud-agent.log)"
   set -a; . /etc/minicloud/agent.env; set +a
-  nohup "$VENV/bin/minicloud-agent" "${ENROLL[@]}" --state-dir "$STATE" \
+  nohup "$VENV/bin/minicloud-agent" --state-dir "$STATE" \
     >>/var/log/minicloud-agent.log 2>&1 &
   echo $! | as_root tee /run/minicloud-agent.pid >/dev/null
 fi
