@@ -93,6 +93,13 @@ def _project(session: Session, project_id: str) -> Project:
     return project
 
 
+def list_access(session: Session, principal: Principal,
+                flavor_id: str) -> tuple[Flavor, list[str]]:
+    """A flavor and the projects it is shared with; raises NotFound."""
+    flavor = get_flavor(session, principal, flavor_id)
+    return flavor, repository.access_projects(session, flavor.id)
+
+
 def add_access(session: Session, principal: Principal, flavor_id: str,
                project_id: str) -> tuple[Flavor, list[str]]:
     """Share a private flavor with a project; returns the flavor and its shares.
