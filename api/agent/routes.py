@@ -148,6 +148,6 @@ def get_console(server_id: PathId, principal: CurrentUser, session: SessionDep,
                 lines: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> ConsoleOut:
     """The tail of the server's serial console (own project; admins any)."""
     server = service.get_live_server(session, server_id)
-    if not principal.is_admin and server.project_id != principal.project_id:
+    if not principal.sees_project(server.project_id):
         raise NotFound("No such server.", code="server_not_found")
     return ConsoleOut(output=service.read_console(settings, server.id, lines))

@@ -89,7 +89,7 @@ def create_project(session: Session, name: str, description: str = "") -> Projec
 def get_project(session: Session, principal: Principal, project_id: str) -> Project:
     """A project the caller may see (admins: any; others: their own); raises NotFound."""
     project = session.get(Project, project_id)
-    if project is None or (not principal.is_admin and project.id != principal.project_id):
+    if project is None or not principal.sees_project(project.id):
         raise NotFound(f"No project {project_id}.", code="project_not_found")
     return project
 
