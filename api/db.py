@@ -9,7 +9,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
@@ -208,7 +208,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+SessionFactory: TypeAlias = sessionmaker[Session]
+"""A session factory: each ``session_scope`` over it is one unit of work."""
+
+
+def make_sessionmaker(engine: Engine) -> SessionFactory:
     """A session factory bound to ``engine``; objects stay usable after commit."""
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
 

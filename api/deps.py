@@ -54,6 +54,15 @@ class Principal:
         return self.role == "admin"
 
     @property
+    def project_scope(self) -> str | None:
+        """The project whose objects the caller sees (None: admins see every project)."""
+        return None if self.is_admin else self.project_id
+
+    def sees_project(self, project_id: str) -> bool:
+        """Whether the caller sees objects of ``project_id`` (its own; admins every one)."""
+        return self.is_admin or project_id == self.project_id
+
+    @property
     def can_write(self) -> bool:
         """Members and admins change things; readers only look."""
         return self.role in ("admin", "member")

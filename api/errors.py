@@ -2,7 +2,8 @@
 
 Every error answer is an RFC 9457 ``application/problem+json`` document:
 ``{"type", "title", "status", "detail", "code", "request_id", ...extra}``.
-Once published, a ``code`` never changes meaning.
+Once published, a ``code`` never changes meaning; every code is declared in
+``api.error_codes`` with its status.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.error_codes import status_of
 
 log = logging.getLogger("minicloud.api")
 
@@ -55,11 +58,21 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class DomainError(Exception):
-    """Base of all errors a service may raise; rendered as a problem document."""
+    """Base of all errors a service may raise; rendered as a problem document.
+
+    ``code=`` names a registered code answered with this class's status (checked by
+    tests/api/test_error_codes.py); a subclass's default code is checked when it is defined.
+    """
 
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status_of(cls.code) != cls.status:
+            raise TypeError(f"{cls.__name__}: code {cls.code!r} is registered with status "
+                            f"{status_of(cls.code)}, not {cls.status}")
 
     def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -114,15 +127,17 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-_HTTP_CODES = {
-    400: ("bad_request", "Bad request"),
-    401: ("unauthorized", "Authentication required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not_found", "Not found"),
-    405: ("method_not_allowed", "Method not allowed"),
-    413: ("payload_too_large", "Payload too large"),
-    415: ("unsupported_media_type", "Unsupported media type"),
-}
+# code -> title of the HTTP layer's errors (unknown routes, wrong methods, ...), keyed by the
+# status each code is registered with.
+_HTTP_CODES = {status_of(code): (code, title) for code, title in (
+    ("bad_request", "Bad request"),
+    ("unauthorized", "Authentication required"),
+    ("forbidden", "Forbidden"),
+    ("not_found", "Not found"),
+    ("method_not_allowed", "Method not allowed"),
+    ("payload_too_large", "Payload too large"),
+    ("unsupported_media_type", "Unsupported media type"),
+)}
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
@@ -148,8 +163,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         code, detail, errors = _validation_detail(list(exc.errors()))
-        status = 400 if code == "malformed_json" else 422
-        title = "Malformed JSON" if status == 400 else "Invalid input"
+        status = status_of(code)
+        title = "Malformed JSON" if code == "malformed_json" else "Invalid input"
         return problem_response(status, code, title, detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

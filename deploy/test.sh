@@ -17,6 +17,9 @@ MINICLOUD_TEST_DATABASE_URL=sqlite "$VENV/bin/python" -m pytest "$@" || status=$
 echo "== test suite on PostgreSQL"
 MINICLOUD_TEST_DATABASE_URL="$PG_URL" "$VENV/bin/python" -m pytest "$@" || status=$?
 echo "== static checks"
-"$VENV/bin/ruff" check api scheduler compute_agent cli tests || status=$?
+"$VENV/bin/ruff" check api scheduler compute_agent cli tests deploy/import_cycles.py || status=$?
 "$VENV/bin/mypy" api scheduler compute_agent cli || status=$?
+echo "== architecture: import contracts (pyproject.toml [tool.importlinter]) and import cycles"
+"$VENV/bin/lint-imports" --no-logo --no-cache || status=$?
+"$VENV/bin/python" deploy/import_cycles.py || status=$?
 exit $status

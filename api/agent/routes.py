@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session, sessionmaker
 
 from api.agent import service
 from api.agent.schemas import (
@@ -24,7 +23,7 @@ from api.agent.schemas import (
     ObservationOut,
 )
 from api.config import Settings
-from api.db import session_scope
+from api.db import SessionFactory, session_scope
 from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, SettingsDep
 from api.deps import get_host_principal as _host_of
 from api.errors import NotFound, Unauthorized
@@ -59,13 +58,13 @@ def heartbeat(body: HeartbeatIn, host: CurrentHost, session: SessionDep,
                         heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
 
 
-def _authenticate(maker: sessionmaker[Session], authorization: str | None) -> HostPrincipal:
+def _authenticate(maker: SessionFactory, authorization: str | None) -> HostPrincipal:
     for session in session_scope(maker):
         return _host_of(session, authorization)
     raise AssertionError("unreachable")
 
 
-def _cursor(maker: sessionmaker[Session], host_id: str) -> str:
+def _cursor(maker: SessionFactory, host_id: str) -> str:
     for session in session_scope(maker):
         current = service.cursor(session, host_id)
         if current is None:
@@ -74,7 +73,7 @@ def _cursor(maker: sessionmaker[Session], host_id: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _desired(maker: sessionmaker[Session], host_id: str) -> DesiredOut:
+def _desired(maker: SessionFactory, host_id: str) -> DesiredOut:
     for session in session_scope(maker):
         current, servers = service.desired_servers(session, host_id)
         return DesiredOut(cursor=current, servers=servers)
@@ -95,7 +94,7 @@ async def desired_servers(
     sleeping, so many waiting agents cost no pool slots.
     """
     settings: Settings = request.app.state.settings
-    maker: sessionmaker[Session] = request.app.state.sessionmaker
+    maker: SessionFactory = request.app.state.sessionmaker
     host = await run_in_threadpool(_authenticate, maker, authorization)
     deadline = time.monotonic() + min(wait, settings.agent_long_poll_max_seconds)
     while since is not None and time.monotonic() < deadline:
@@ -118,7 +117,7 @@ def observe(server_id: PathId, body: ObservationIn, host: CurrentHost, session: 
                           applied=applied)
 
 
-def _own_live_server(session: Session, host_id: str, server_id: str) -> None:
+def _own_live_server(session: SessionDep, host_id: str, server_id: str) -> None:
     server = service.get_live_server(session, server_id)
     if server.host_id != host_id:
         raise NotFound("No such server.", code="server_not_found")
@@ -149,6 +148,6 @@ def get_console(server_id: PathId, principal: CurrentUser, session: SessionDep,
                 lines: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> ConsoleOut:
     """The tail of the server's serial console (own project; admins any)."""
     server = service.get_live_server(session, server_id)
-    if not principal.is_admin and server.project_id != principal.project_id:
+    if not principal.sees_project(server.project_id):
         raise NotFound("No such server.", code="server_not_found")
     return ConsoleOut(output=service.read_console(settings, server.id, lines))

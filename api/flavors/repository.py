@@ -28,10 +28,11 @@ def list_visible(session: Session, project_id: str | None) -> Sequence[Flavor]:
 
 
 def visible_by_ref(session: Session, project_id: str | None, ref: str) -> Flavor | None:
-    """A visible flavor by id or name."""
-    return session.scalar(
+    """A visible flavor by id or name (an id wins over another flavor's equal name)."""
+    return session.scalars(
         select(Flavor).where(_visible_to(project_id), or_(Flavor.id == ref, Flavor.name == ref))
-    )
+        .order_by((Flavor.id == ref).desc(), Flavor.id).limit(1)
+    ).first()
 
 
 def by_name(session: Session, name: str) -> Flavor | None:

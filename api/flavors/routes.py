@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import AdminUser, CurrentUser, SessionDep
 from api.fields import PathId, PathRef
-from api.flavors import repository, service
+from api.flavors import service
 from api.flavors.schemas import FlavorAccessOut, FlavorCreate, FlavorOut
 
 router = APIRouter(prefix="/v1/flavors", tags=["flavors"])
@@ -42,9 +42,8 @@ def delete_flavor(flavor_id: PathId, principal: AdminUser, session: SessionDep) 
 @router.get("/{flavor_id}/access", response_model=FlavorAccessOut)
 def list_access(flavor_id: PathId, principal: AdminUser, session: SessionDep) -> FlavorAccessOut:
     """The projects a flavor is shared with (admin)."""
-    flavor = service.get_flavor(session, principal, flavor_id)
-    return FlavorAccessOut(flavor_id=flavor.id,
-                           projects=repository.access_projects(session, flavor.id))
+    flavor, projects = service.list_access(session, principal, flavor_id)
+    return FlavorAccessOut(flavor_id=flavor.id, projects=projects)
 
 
 @router.post("/{flavor_id}/access/{project_id}", response_model=FlavorAccessOut)

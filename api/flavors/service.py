@@ -35,19 +35,18 @@ def ensure_default_flavors(session: Session) -> list[Flavor]:
     return created
 
 
-def _scope(principal: Principal) -> str | None:
-    # Admins see every flavor; everyone else public ones and those shared with their project.
-    return None if principal.is_admin else principal.project_id
-
-
 def list_flavors(session: Session, principal: Principal) -> Sequence[Flavor]:
     """Flavors the caller may see."""
-    return repository.list_visible(session, _scope(principal))
+    return repository.list_visible(session, principal.project_scope)
 
 
 def get_flavor(session: Session, principal: Principal, ref: str) -> Flavor:
-    """A visible flavor by id or name; raises NotFound (also for private, unshared ones)."""
-    flavor = repository.visible_by_ref(session, _scope(principal), ref)
+    """A visible flavor by id or name; raises NotFound (also for private, unshared ones).
+
+    Visible: public or shared with the caller's project, never deleted; admins see all. The
+    one flavor visibility rule: servers resolve their flavor here too.
+    """
+    flavor = repository.visible_by_ref(session, principal.project_scope, ref)
     if flavor is None:
         raise NotFound(f"No flavor {ref!r}.", code="flavor_not_found")
     return flavor
@@ -91,6 +90,13 @@ def _project(session: Session, project_id: str) -> Project:
     if project is None:
         raise NotFound(f"No project {project_id!r}.", code="project_not_found")
     return project
+
+
+def list_access(session: Session, principal: Principal,
+                flavor_id: str) -> tuple[Flavor, list[str]]:
+    """A flavor and the projects it is shared with; raises NotFound."""
+    flavor = get_flavor(session, principal, flavor_id)
+    return flavor, repository.access_projects(session, flavor.id)
 
 
 def add_access(session: Session, principal: Principal, flavor_id: str,

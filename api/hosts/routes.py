@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.fields import PathId
-from api.hosts import repository, service
+from api.hosts import service
 from api.hosts.schemas import AvailabilityZoneOut, EnrollmentTokenOut, HostOut, HostPatch
 
 router = APIRouter(prefix="/v1", tags=["hosts"])
@@ -23,7 +23,7 @@ def create_enrollment_token(admin: AdminUser, session: SessionDep,
 @router.get("/hosts", response_model=list[HostOut])
 def list_hosts(_: AdminUser, session: SessionDep, settings: SettingsDep) -> list[HostOut]:
     """Every host with capacity, allocations, server count and up/down state (admin)."""
-    return service.host_views(session, settings, list(repository.list_hosts(session)))
+    return service.list_host_views(session, settings)
 
 
 @router.get("/hosts/{host_id}", response_model=HostOut)

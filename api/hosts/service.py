@@ -52,6 +52,11 @@ def capacity(inv: Inventory, settings: Settings) -> int:
     return max(0, math.floor((inv.total - inv.reserved) * effective_ratio(inv, settings)))
 
 
+def list_host_views(session: Session, settings: Settings) -> list[HostOut]:
+    """Every host as the admin sees it."""
+    return host_views(session, settings, list(repository.list_hosts(session)))
+
+
 def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[HostOut]:
     """Admin views of ``hosts`` with capacity, allocated amounts, server counts and state."""
     ids = [h.id for h in hosts]

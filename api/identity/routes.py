@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, Writer
 from api.fields import PathId
-from api.identity import repository, service
+from api.identity import service
 from api.identity.schemas import (
     AppCredentialCreate,
     AppCredentialOut,
@@ -20,7 +20,7 @@ from api.identity.schemas import (
     UserCreate,
     UserOut,
 )
-from api.models import ApplicationCredential, Token
+from api.models import ApplicationCredential
 
 router = APIRouter(prefix="/v1")
 
@@ -41,12 +41,8 @@ def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep) 
 @router.get("/auth/tokens/current", response_model=TokenOut, tags=["auth"])
 def whoami(principal: CurrentUser, session: SessionDep) -> TokenOut:
     """Who the presented credential stands for."""
-    cred: Token | ApplicationCredential | None = (
-        session.get(Token, principal.credential_id) if principal.credential == "token"
-        else session.get(ApplicationCredential, principal.credential_id)
-    )
     return TokenOut(
-        expires_at=cred.expires_at if cred else None,
+        expires_at=service.credential_expiry(session, principal),
         user=IdName(id=principal.user_id, name=principal.user_name),
         project=IdName(id=principal.project_id, name=principal.project_name),
         role=principal.role,
@@ -70,10 +66,7 @@ def create_project(body: ProjectCreate, _: AdminUser, session: SessionDep) -> Pr
 @router.get("/projects", response_model=list[ProjectOut], tags=["projects"])
 def list_projects(principal: CurrentUser, session: SessionDep) -> list[ProjectOut]:
     """Admins see every project; others see their own."""
-    if principal.is_admin:
-        return [ProjectOut.model_validate(p) for p in repository.list_projects(session)]
-    return [ProjectOut.model_validate(service.get_project(session, principal,
-                                                         principal.project_id))]
+    return [ProjectOut.model_validate(p) for p in service.list_projects(session, principal)]
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
@@ -93,11 +86,9 @@ def delete_project(project_id: PathId, principal: AdminUser, session: SessionDep
 def list_members(project_id: PathId, principal: CurrentUser,
                  session: SessionDep) -> list[MemberOut]:
     """Users with a role on the project."""
-    project = service.get_project(session, principal, project_id)
-    return [
-        MemberOut(user_id=u.id, user_name=u.name, project_id=project.id, role=r)
-        for u, r in repository.members(session, project.id)
-    ]
+    project, members = service.list_members(session, principal, project_id)
+    return [MemberOut(user_id=u.id, user_name=u.name, project_id=project.id, role=r)
+            for u, r in members]
 
 
 @router.put("/projects/{project_id}/members/{user_id}", response_model=MemberOut,
@@ -129,7 +120,7 @@ def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserOut:
 @router.get("/users", response_model=list[UserOut], tags=["users"])
 def list_users(_: AdminUser, session: SessionDep) -> list[UserOut]:
     """Every user (admin)."""
-    return [UserOut.model_validate(u) for u in repository.list_users(session)]
+    return [UserOut.model_validate(u) for u in service.list_users(session)]
 
 
 @router.get("/users/{user_id}", response_model=UserOut, tags=["users"])
@@ -141,13 +132,7 @@ def show_user(user_id: PathId, _: AdminUser, session: SessionDep) -> UserOut:
 @router.delete("/users/{user_id}", status_code=204, tags=["users"])
 def delete_user(user_id: PathId, principal: AdminUser, session: SessionDep) -> Response:
     """Delete a user and their credentials (admin)."""
-    user = service.get_user(session, user_id)
-    if user.id == principal.user_id:
-        from api.errors import Conflict
-
-        raise Conflict("You cannot delete yourself.", code="user_in_use")
-    session.delete(user)
-    session.flush()
+    service.delete_user(session, principal, user_id)
     return Response(status_code=204)
 
 
@@ -168,7 +153,7 @@ def create_app_credential(body: AppCredentialCreate, principal: Writer,
 @router.get("/application-credentials", response_model=list[AppCredentialOut], tags=["auth"])
 def list_app_credentials(principal: CurrentUser, session: SessionDep) -> list[AppCredentialOut]:
     """The caller's application credentials (never their secrets)."""
-    return [_cred_out(c) for c in repository.app_credentials(session, principal.user_id)]
+    return [_cred_out(c) for c in service.list_app_credentials(session, principal)]
 
 
 @router.delete("/application-credentials/{cred_id}", status_code=204, tags=["auth"])

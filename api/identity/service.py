@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -88,7 +89,7 @@ def create_project(session: Session, name: str, description: str = "") -> Projec
 def get_project(session: Session, principal: Principal, project_id: str) -> Project:
     """A project the caller may see (admins: any; others: their own); raises NotFound."""
     project = session.get(Project, project_id)
-    if project is None or (not principal.is_admin and project.id != principal.project_id):
+    if project is None or not principal.sees_project(project.id):
         raise NotFound(f"No project {project_id}.", code="project_not_found")
     return project
 
@@ -188,3 +189,47 @@ def delete_app_credential(session: Session, principal: Principal, cred_id: str) 
         raise NotFound(f"No application credential {cred_id}.", code="credential_not_found")
     session.delete(cred)
     session.flush()
+
+
+def credential_expiry(session: Session, principal: Principal) -> datetime | None:
+    """When the credential the caller presented expires (None: never, or it is gone)."""
+    cred: Token | ApplicationCredential | None = (
+        session.get(Token, principal.credential_id) if principal.credential == "token"
+        else session.get(ApplicationCredential, principal.credential_id)
+    )
+    return cred.expires_at if cred else None
+
+
+def list_projects(session: Session, principal: Principal) -> Sequence[Project]:
+    """Admins: every project, by name; others: their own."""
+    if principal.is_admin:
+        return repository.list_projects(session)
+    return [get_project(session, principal, principal.project_id)]
+
+
+def list_members(session: Session, principal: Principal,
+                 project_id: str) -> tuple[Project, Sequence[tuple[User, str]]]:
+    """A visible project and its users with their roles, by name; raises NotFound."""
+    project = get_project(session, principal, project_id)
+    return project, repository.members(session, project.id)
+
+
+def list_users(session: Session) -> Sequence[User]:
+    """Every user, by name."""
+    return repository.list_users(session)
+
+
+def delete_user(session: Session, principal: Principal, user_id: str) -> None:
+    """Delete a user and their credentials; raises NotFound, Conflict ``user_in_use`` for
+    oneself."""
+    user = get_user(session, user_id)
+    if user.id == principal.user_id:
+        raise Conflict("You cannot delete yourself.", code="user_in_use")
+    session.delete(user)
+    session.flush()
+
+
+def list_app_credentials(session: Session,
+                         principal: Principal) -> Sequence[ApplicationCredential]:
+    """The caller's application credentials, by name."""
+    return repository.app_credentials(session, principal.user_id)

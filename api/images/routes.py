@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import FileResponse
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
@@ -116,7 +115,7 @@ async def upload_image_file(image_id: PathId, request: Request, principal: Write
     return ImageOut.model_validate(image)
 
 
-def _give_back(session: Session, image_id: PathId) -> None:
+def _give_back(session: SessionDep, image_id: str) -> None:
     # Runs after the claim was committed, so the release needs its own commit.
     session.rollback()
     service.release_upload(session, image_id)

@@ -18,34 +18,32 @@ from api.images.schemas import ImageCreate
 from api.models import Image
 
 
-def _scope(principal: Principal) -> str | None:
-    # Admins see every image; everyone else their project's and public ones.
-    return None if principal.is_admin else principal.project_id
-
-
 def list_images(session: Session, principal: Principal) -> Sequence[Image]:
     """Images the caller may see."""
-    return repository.list_visible(session, _scope(principal))
+    return repository.list_visible(session, principal.project_scope)
 
 
 def get_image(session: Session, principal: Principal, image_id: str) -> Image:
     """A visible image; raises NotFound (also for another project's private image)."""
-    image = repository.visible(session, _scope(principal), image_id)
+    image = repository.visible(session, principal.project_scope, image_id)
     if image is None:
         raise NotFound(f"No image {image_id!r}.", code="image_not_found")
     return image
 
 
 def find_image(session: Session, principal: Principal, ref: str) -> Image:
-    """A visible image by id, else by name (for ``POST /v1/servers {image}``).
+    """A visible image by id, else by name (``GET /v1/images/{ref}``, and a server's image).
+
+    Visible: public or the caller's project's, never deleted; admins see all. The one image
+    visibility rule: servers resolve their image here too.
 
     Raises NotFound, Conflict ``image_name_ambiguous`` when several visible images share the
     name (image names are not unique; the caller then passes the id).
     """
-    image = repository.visible(session, _scope(principal), ref)
+    image = repository.visible(session, principal.project_scope, ref)
     if image is not None:
         return image
-    named = repository.visible_by_name(session, _scope(principal), ref)
+    named = repository.visible_by_name(session, principal.project_scope, ref)
     if not named:
         raise NotFound(f"No image {ref!r}.", code="image_not_found")
     if len(named) > 1:
@@ -76,7 +74,7 @@ def _owned(session: Session, principal: Principal, image_id: str) -> Image:
 
 def _boot_part(session: Session, principal: Principal, image_id: str, disk_format: str,
                field: str) -> None:
-    image = repository.visible(session, _scope(principal), image_id)
+    image = repository.visible(session, principal.project_scope, image_id)
     if image is None or image.status != "active" or image.disk_format != disk_format:
         raise InvalidInput(
             f"properties.{field} must name an active, visible {disk_format} image.",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
+from api.fields import PathId
 from api.quotas import service
 from api.quotas.schemas import QuotaOut, QuotaUpdate, QuotaValues
-from api.servers.schemas import PathId
 
 router = APIRouter(prefix="/v1", tags=["quotas"])
 

@@ -46,7 +46,7 @@ def usage(session: Session, project_id: str) -> dict[str, int]:
 def visible_project(session: Session, principal: Principal, project_id: str) -> Project:
     """The project if the caller may see its quota; raises NotFound (also for others')."""
     project = session.get(Project, project_id)
-    if project is None or (not principal.is_admin and project.id != principal.project_id):
+    if project is None or not principal.sees_project(project.id):
         raise NotFound("No such project.", code="project_not_found")
     return project
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Response
-from sqlalchemy.orm import Session
 
 from api.deps import CurrentUser, SessionDep, Writer
+from api.fields import PathId
 from api.models import ServerGroup
 from api.server_groups import service
 from api.server_groups.schemas import ServerGroupCreate, ServerGroupList, ServerGroupOut
-from api.servers.schemas import PathId
 
 router = APIRouter(prefix="/v1", tags=["server groups"])
 
 
-def _render(session: Session, groups: Sequence[ServerGroup]) -> list[ServerGroupOut]:
+def _render(session: SessionDep, groups: Sequence[ServerGroup]) -> list[ServerGroupOut]:
     members = service.members(session, groups)
     return [ServerGroupOut(id=g.id, name=g.name, project_id=g.project_id,
                            policy=g.policy,

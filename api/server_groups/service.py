@@ -14,10 +14,6 @@ from api.quotas.repository import lock_project
 from api.server_groups import repository
 
 
-def _scope(principal: Principal) -> str | None:
-    return None if principal.is_admin else principal.project_id
-
-
 def create_group(session: Session, principal: Principal, name: str, policy: str) -> ServerGroup:
     """A new group in the caller's project."""
     group = ServerGroup(project_id=principal.project_id, name=name, policy=policy)
@@ -28,7 +24,16 @@ def create_group(session: Session, principal: Principal, name: str, policy: str)
 
 def get_group(session: Session, principal: Principal, group_id: str) -> ServerGroup:
     """A group the caller may see; raises NotFound for other projects' groups."""
-    group = repository.get_group(session, group_id, _scope(principal))
+    group = repository.get_group(session, group_id, principal.project_scope)
+    if group is None:
+        raise NotFound("No such server group.", code="server_group_not_found")
+    return group
+
+
+def get_project_group(session: Session, project_id: str, group_id: str) -> ServerGroup:
+    """A group of ``project_id`` (a server joins only its own project's groups, admins' too);
+    raises NotFound."""
+    group = repository.get_group(session, group_id, project_id)
     if group is None:
         raise NotFound("No such server group.", code="server_group_not_found")
     return group

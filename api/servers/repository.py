@@ -1,40 +1,14 @@
-"""Server, flavor/image lookup and event queries (flush only)."""
+"""Server and event queries (flush only)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from api.models import Allocation, Flavor, FlavorAccess, Host, Image, Server, ServerEvent
-
-
-def visible_flavor(session: Session, ref: str, project_id: str | None) -> Flavor | None:
-    """A flavor by id or name that ``project_id`` may use (None: any, for admins)."""
-    query = select(Flavor).where(or_(Flavor.id == ref, Flavor.name == ref),
-                                  Flavor.deleted_at.is_(None))
-    if project_id is not None:
-        shared = exists().where(FlavorAccess.flavor_id == Flavor.id,
-                                FlavorAccess.project_id == project_id)
-        query = query.where(or_(Flavor.is_public.is_(True), shared))
-    return session.scalars(query.order_by(Flavor.id)).first()
-
-
-def visible_images(session: Session, ref: str, project_id: str | None) -> Sequence[Image]:
-    """Images with id ``ref``, else named ``ref``, that ``project_id`` may use (None: any).
-
-    At most two by name are returned: enough for the caller to tell "ambiguous".
-    """
-    visible = [Image.status != "deleted"]
-    if project_id is not None:
-        visible.append(or_(Image.visibility == "public", Image.project_id == project_id))
-    by_id = session.scalars(select(Image).where(Image.id == ref, *visible)).all()
-    if by_id:
-        return by_id
-    return session.scalars(
-        select(Image).where(Image.name == ref, *visible).order_by(Image.id).limit(2)).all()
+from api.models import Allocation, Flavor, Host, Image, Server, ServerEvent
 
 
 def get_server(session: Session, server_id: str, project_id: str | None,

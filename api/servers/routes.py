@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy.orm import Session
 
 from api.deps import CurrentUser, Principal, SessionDep, SettingsDep, Writer
 from api.errors import Conflict
-from api.models import Flavor, Host, Image, Server
-from api.servers import repository, service
+from api.fields import PathId
+from api.models import Server
+from api.servers import service, views
 from api.servers.schemas import (
     EventList,
     EventOut,
@@ -28,7 +28,6 @@ from api.servers.schemas import (
     FlavorRef,
     ImageRef,
     MarkerId,
-    PathId,
     ServerAction,
     ServerCreate,
     ServerList,
@@ -58,12 +57,10 @@ and `task_state`. A server with no host (not placed yet) is deleted at once.
 StatusFilter = Literal["BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "DELETING", "ERROR"]
 
 
-def _render(session: Session, principal: Principal,
+def _render(session: SessionDep, principal: Principal,
             servers: Sequence[Server]) -> list[ServerOut]:
-    flavors = repository.names_by_id(session, Flavor, (s.flavor_id for s in servers))
-    images = repository.names_by_id(session, Image, (s.image_id for s in servers))
-    hosts = (repository.names_by_id(session, Host, (s.host_id for s in servers))
-             if principal.is_admin else {})
+    names = views.related_names(session, servers, with_hosts=principal.is_admin)
+    flavors, images, hosts = names.flavors, names.images, names.hosts
     return [
         ServerOut(
             id=s.id, name=s.name, project_id=s.project_id, user_id=s.user_id,

@@ -9,19 +9,15 @@ import struct
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from api.fields import STRICT, Name, ShortName
+from api.fields import ID_PATTERN, STRICT, Name, ShortName
 
 MAX_USER_DATA_BYTES = 64 * 1024
 
-_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
-# Ids in paths and markers are checked before they reach SQL: PostgreSQL rejects NUL bytes in
-# text parameters, and nothing legitimate is longer than a UUID.
-PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID_PATTERN)]
-"""An object id in a URL path (malformed: 422 ``invalid_input``)."""
-MarkerId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+# Markers, like path ids, are checked before they reach SQL (see api.fields.ID_PATTERN).
+MarkerId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
 """A pagination marker: the id of the last object of the previous page."""
 
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=255,

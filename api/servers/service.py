@@ -21,8 +21,11 @@ from api.config import Settings
 from api.db import session_scope, utcnow
 from api.deps import Principal
 from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, request_id_var
+from api.flavors import service as flavors
+from api.images import service as images
 from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
 from api.quotas import service as quotas
+from api.server_groups import service as server_groups
 from api.servers import placement, repository, states
 from api.servers.schemas import RebootAction, ResizeAction, ServerAction, ServerCreate
 from api.usage import hooks as billing
@@ -64,43 +67,26 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
     return event
 
 
-def _scope(principal: Principal) -> str | None:
-    """The project a caller is confined to (None: admins see every project)."""
-    return None if principal.is_admin else principal.project_id
-
-
 def get_server(session: Session, principal: Principal, server_id: str) -> Server:
     """A server the caller may see; raises NotFound for other projects' and deleted ones."""
-    server = repository.get_server(session, server_id, _scope(principal))
+    server = repository.get_server(session, server_id, principal.project_scope)
     if server is None:
         raise NotFound("No such server.", code="server_not_found")
     return server
 
 
 def _resolve_flavor(session: Session, principal: Principal, ref: str) -> Flavor:
-    flavor = repository.visible_flavor(session, ref, _scope(principal))
-    if flavor is None:
-        raise NotFound(f"No flavor {ref!r} is available to this project.",
-                       code="flavor_not_found")
-    return flavor
+    # Flavors own flavor visibility (public or shared with the project).
+    return flavors.get_flavor(session, principal, ref)
 
 
 def _resolve_image(session: Session, principal: Principal, ref: str) -> Image:
-    found = repository.visible_images(session, ref, _scope(principal))
-    if not found:
-        raise NotFound(f"No image {ref!r} is available to this project.",
-                       code="image_not_found")
-    if len(found) > 1:
-        raise Conflict(f"More than one image is named {ref!r}; use its id.",
-                       code="image_name_ambiguous")
-    return found[0]
+    # Images own image visibility (public or the project's; an ambiguous name is a 409).
+    return images.find_image(session, principal, ref)
 
 
 def _resolve_group(session: Session, project_id: str, ref: str) -> ServerGroup:
-    group = session.get(ServerGroup, ref)
-    if group is None or group.project_id != project_id:
-        raise NotFound("No such server group.", code="server_group_not_found")
-    return group
+    return server_groups.get_project_group(session, project_id, ref)
 
 
 def create_server(session: Session, settings: Settings, principal: Principal,
@@ -396,7 +382,7 @@ def record_rejection(factory: sessionmaker[Session], principal: Principal, serve
     Only for a server the caller may see: nothing is recorded for other projects' ids.
     """
     for session in session_scope(factory):
-        server = repository.get_server(session, server_id, _scope(principal))
+        server = repository.get_server(session, server_id, principal.project_scope)
         if server is not None:
             record_event(session, server, action, user_id=principal.user_id, result=ERROR,
                          message=error.detail, details={"code": error.code})
