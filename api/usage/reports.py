@@ -13,6 +13,7 @@ import io
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from api.errors import Conflict, InvalidInput, NotFound
 from api.models import ClosedPeriod, PeriodReport, Project
 from api.usage import repository
+from api.usage.meters import FLAVOR_METER, METER_STATES, METERS, SECONDS_FIELDS
 from api.usage.rates import Prices, segments
 from api.usage.rules import Totals, epoch, from_epoch, next_month_start
 
@@ -50,8 +52,8 @@ class ServerLine:
     """One server's seconds and cost in the window."""
 
     server_id: str
-    # server, running, vcpu, ram MiB, disk GiB seconds (the order of ``Totals``)
-    seconds: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
+    # seconds per meter, in registry order (``meters.METERS``)
+    seconds: list[int] = field(default_factory=lambda: [0] * len(METERS))
     cost: Decimal = Decimal(0)  # unrounded until rendered
 
     @property
@@ -60,24 +62,32 @@ class ServerLine:
         return Totals(*self.seconds)
 
 
-def line_cost(prices: Prices, flavor_id: str | None, t: Totals) -> Decimal:
-    """Cost at full precision of ``t`` seconds under one card (no rounding)."""
-    with localcontext() as ctx:
-        ctx.prec = 50
-        return _cost(prices, flavor_id, t.running_seconds, t.vcpu_seconds, t.ram_mib_seconds,
-                     t.disk_gib_seconds, 0)
+# For each (meter, state) pair the SQL sums: the index of its meter in ``METERS``.
+_METER_OF_PAIR = [METERS.index(m) for m, _ in METER_STATES]
 
 
-def _cost(prices: Prices, flavor_id: str | None, running: int, vcpu: int, ram: int,
-          disk: int, paused_ram: int) -> Decimal:
-    # Exact until the one division by 3600 (the caller's context has 50 digits).
+def _cost(prices: Prices, flavor_id: str | None, seconds: Sequence[int]) -> Decimal:
+    """Cost at full precision of the seconds of each pair of ``METER_STATES`` under one card.
+
+    Each (meter, state) second costs the meter's price key per hour (per ``hours_divisor``
+    units of its source). While running, a flavor price replaces the flavor-covered meters'
+    prices and is charged per second of ``FLAVOR_METER``. Exact until the one division by
+    3600 (the caller's context has 50 digits).
+    """
     flavor_price = prices.flavor_hour.get(flavor_id) if flavor_id else None
-    if flavor_price is not None:
-        # The flavor price covers running time; paused time still holds RAM.
-        per_hour = running * flavor_price + paused_ram * prices.ram_gib_hour / 1024
-    else:
-        per_hour = vcpu * prices.vcpu_hour + ram * prices.ram_gib_hour / 1024
-    return (per_hour + disk * prices.disk_gib_hour) / 3600
+    per_hour = Decimal(0)
+    for (meter, state), s in zip(METER_STATES, seconds, strict=True):
+        if not s:
+            continue
+        if flavor_price is not None and state == "running":
+            if meter.name == FLAVOR_METER:
+                per_hour += s * flavor_price
+                continue
+            if meter.flavor_covered:
+                continue
+        if meter.price_key is not None:
+            per_hour += s * prices.hour[meter.price_key] / meter.hours_divisor
+    return per_hour / 3600
 
 
 def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
@@ -94,15 +104,11 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
             if line is None:
                 line = out[r.project_id][r.server_id] = ServerLine(r.server_id)
             acc = line.seconds
-            for (_, _, prices), (srv, run, vcpu, ram, disk, paused_ram) in zip(
-                    segs, r.totals, strict=True):
-                acc[0] += srv
-                acc[1] += run
-                acc[2] += vcpu
-                acc[3] += ram
-                acc[4] += disk
-                if prices is not None and (run or disk or ram):
-                    line.cost += _cost(prices, r.flavor_id, run, vcpu, ram, disk, paused_ram)
+            for (_, _, prices), pairs in zip(segs, r.totals, strict=True):
+                for i, s in zip(_METER_OF_PAIR, pairs, strict=True):
+                    acc[i] += s
+                if prices is not None and any(pairs):
+                    line.cost += _cost(prices, r.flavor_id, pairs)
     return out
 
 
@@ -111,13 +117,10 @@ def _money(value: Decimal) -> Decimal:
 
 
 def _totals_json(t: Totals) -> dict[str, Any]:
+    # Every meter's exact seconds, then its hours (rounded for display), in registry order.
     return {
-        "server_seconds": t.server_seconds, "running_seconds": t.running_seconds,
-        "vcpu_seconds": t.vcpu_seconds, "ram_mib_seconds": t.ram_mib_seconds,
-        "disk_gib_seconds": t.disk_gib_seconds,
-        "server_hours": _hours(t.server_seconds), "running_hours": _hours(t.running_seconds),
-        "vcpu_hours": _hours(t.vcpu_seconds), "ram_gib_hours": _hours(t.ram_mib_seconds, 1024),
-        "disk_gib_hours": _hours(t.disk_gib_seconds),
+        **{m.seconds_field: t.get(m.seconds_field) for m in METERS},
+        **{m.hours_field: _hours(t.get(m.seconds_field), m.hours_divisor) for m in METERS},
     }
 
 
@@ -136,7 +139,7 @@ def _window(session: Session, start: int, end: int, now: int, minimum: int,
     )
     blocks = []
     for pid in projects:
-        total = [0, 0, 0, 0, 0]
+        total = [0] * len(METERS)
         usage_cost = Decimal(0)
         server_rows = []
         for sid in sorted(lines.get(pid, {})):
@@ -206,8 +209,7 @@ def build_report(session: Session, *, start: datetime, end: datetime, now: datet
 
 
 CSV_COLUMNS = [
-    "period_start", "period_end", "line", "project_id", "server_id", "server_seconds",
-    "running_seconds", "vcpu_seconds", "ram_mib_seconds", "disk_gib_seconds", "cost",
+    "period_start", "period_end", "line", "project_id", "server_id", *SECONDS_FIELDS, "cost",
     "currency", "first_seen", "last_seen", "state", "reason",
 ]
 
@@ -216,8 +218,7 @@ CSV_COLUMNS = [
 # injection); such a text cell is written with a leading single quote, shown as text.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Columns that hold numbers the report computed: never escaped (a negative cost stays a number).
-CSV_NUMBERS = frozenset({"server_seconds", "running_seconds", "vcpu_seconds", "ram_mib_seconds",
-                         "disk_gib_seconds", "cost"})
+CSV_NUMBERS = frozenset({*SECONDS_FIELDS, "cost"})
 
 
 def csv_text_cell(value: Any) -> Any:
@@ -250,8 +251,7 @@ def render_csv(report: dict[str, Any]) -> str:
     for period in periods:
         base = {"period_start": period["start"], "period_end": period["end"], "currency": cur}
         for p in period["projects"]:
-            keys = ("server_seconds", "running_seconds", "vcpu_seconds", "ram_mib_seconds",
-                    "disk_gib_seconds")
+            keys = SECONDS_FIELDS
             rows.append({**base, "line": "project", "project_id": p["project_id"],
                          **{k: p[k] for k in keys}, "cost": p["cost"]})
             for s in p.get("servers", []):
