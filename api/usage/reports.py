@@ -66,27 +66,34 @@ class ServerLine:
 _METER_OF_PAIR = [METERS.index(m) for m, _ in METER_STATES]
 
 
-def _cost(prices: Prices, flavor_id: str | None, seconds: Sequence[int]) -> Decimal:
-    """Cost at full precision of the seconds of each pair of ``METER_STATES`` under one card.
+def unit_prices(prices: Prices, flavor_id: str | None) -> list[Decimal | None]:
+    """Hourly price of one unit-second of each pair of ``METER_STATES``; None: free.
 
-    Each (meter, state) second costs the meter's price key per hour (per ``hours_divisor``
-    units of its source). While running, a flavor price replaces the flavor-covered meters'
-    prices and is charged per second of ``FLAVOR_METER``. Exact until the one division by
-    3600 (the caller's context has 50 digits).
+    Each (meter, state) second costs the meter's price key per hour, per ``hours_divisor``
+    units of its source (exact: a price has at most 30 digits, the context 50). While running,
+    a flavor price replaces the flavor-covered meters' prices and is charged per second of
+    ``FLAVOR_METER``. Call inside a 50-digit context.
     """
     flavor_price = prices.flavor_hour.get(flavor_id) if flavor_id else None
+    out: list[Decimal | None] = []
+    for meter, state in METER_STATES:
+        if flavor_price is not None and state == "running" and meter.name == FLAVOR_METER:
+            out.append(flavor_price)
+        elif flavor_price is not None and state == "running" and meter.flavor_covered:
+            out.append(None)
+        elif meter.price_key is not None:
+            out.append(prices.hour[meter.price_key] / meter.hours_divisor)
+        else:
+            out.append(None)
+    return out
+
+
+def _cost(units: list[Decimal | None], seconds: Sequence[int]) -> Decimal:
+    # Exact until the one division by 3600 (the caller's context has 50 digits).
     per_hour = Decimal(0)
-    for (meter, state), s in zip(METER_STATES, seconds, strict=True):
-        if not s:
-            continue
-        if flavor_price is not None and state == "running":
-            if meter.name == FLAVOR_METER:
-                per_hour += s * flavor_price
-                continue
-            if meter.flavor_covered:
-                continue
-        if meter.price_key is not None:
-            per_hour += s * prices.hour[meter.price_key] / meter.hours_divisor
+    for unit, s in zip(units, seconds, strict=True):
+        if s and unit is not None:
+            per_hour += s * unit
     return per_hour / 3600
 
 
@@ -97,6 +104,8 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
     segs = segments(repository.rate_cards(session), start, end)
     rows = repository.segment_sums(session, [(s, e) for s, e, _ in segs], now, minimum,
                                    project_id)
+    # Prices per second of each (meter, state), per segment and flavor: computed once each.
+    units: dict[tuple[int, str | None], list[Decimal | None]] = {}
     with localcontext() as ctx:
         ctx.prec = 50
         for r in rows:
@@ -104,11 +113,14 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
             if line is None:
                 line = out[r.project_id][r.server_id] = ServerLine(r.server_id)
             acc = line.seconds
-            for (_, _, prices), pairs in zip(segs, r.totals, strict=True):
+            for k, ((_, _, prices), pairs) in enumerate(zip(segs, r.totals, strict=True)):
                 for i, s in zip(_METER_OF_PAIR, pairs, strict=True):
                     acc[i] += s
                 if prices is not None and any(pairs):
-                    line.cost += _cost(prices, r.flavor_id, pairs)
+                    u = units.get((k, r.flavor_id))
+                    if u is None:
+                        u = units[(k, r.flavor_id)] = unit_prices(prices, r.flavor_id)
+                    line.cost += _cost(u, pairs)
     return out
 
 
