@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import utcnow
 from api.usage import ledger
+from api.usage.meters import METERS, PRICE_KEYS
 from tests.factories import make_account
 
 MAY = {"start": "2026-05-01T00:00:00Z", "end": "2026-06-01T00:00:00Z"}
@@ -235,6 +236,32 @@ def test_open_months_and_unknown_servers_answer_404(client: TestClient,
     assert r.status_code == 404 and r.json()["code"] == "server_not_found"
     assert client.post("/v1/usage/periods/2025-01/close",
                        headers=reader.headers).status_code == 403
+
+
+# --- the meter registry is the one list of meters ---
+
+def test_every_registered_meter_is_a_report_field_a_csv_column_and_a_rate_card_price(
+    client: TestClient, admin: dict[str, str], db: Session
+) -> None:
+    member = make_account(client, admin, "member")
+    lifecycle(db, member.project_id, datetime(2026, 5, 7, tzinfo=UTC))
+    params = {**MAY, "group_by": "server"}
+    [block] = client.get("/v1/usage", params=params, headers=member.headers).json()["projects"]
+    header = next(csv.reader(io.StringIO(client.get(
+        "/v1/usage", params=params, headers={**member.headers, "Accept": "text/csv"}).text)))
+    for meter in METERS:
+        assert meter.seconds_field in block and meter.hours_field in block
+        assert meter.seconds_field in block["servers"][0] and meter.seconds_field in header
+    body = {"valid_from": (utcnow() + timedelta(days=600)).isoformat(), "currency": "EUR",
+            **{key: "0.01" for key in PRICE_KEYS}}
+    for key in PRICE_KEYS:  # every priced meter needs its price
+        r = client.post("/v1/rates", headers=admin,
+                        json={k: v for k, v in body.items() if k != key})
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+    r = client.post("/v1/rates", headers=admin, json=body)
+    assert r.status_code == 201, r.text
+    assert {key: r.json()[key] for key in PRICE_KEYS} == {key: "0.01" for key in PRICE_KEYS}
+    assert client.delete(f"/v1/rates/{r.json()['id']}", headers=admin).status_code == 204
 
 
 # --- output safety ---
