@@ -218,10 +218,12 @@ def main() -> None:
             if not reuse:
                 session.add_all([
                     RateCard(valid_from=datetime(2026, 1, 1, tzinfo=UTC), currency="EUR",
-                             vcpu_hour="0.02", ram_gib_hour="0.004", disk_gib_hour="0.0001",
+                             prices={"vcpu_hour": "0.02", "ram_gib_hour": "0.004",
+                                     "disk_gib_hour": "0.0001"},
                              flavor_hour={}),
                     RateCard(valid_from=datetime(2026, 6, 15, tzinfo=UTC), currency="EUR",
-                             vcpu_hour="0.025", ram_gib_hour="0.005", disk_gib_hour="0.0001",
+                             prices={"vcpu_hour": "0.025", "ram_gib_hour": "0.005",
+                                     "disk_gib_hour": "0.0001"},
                              flavor_hour={}),
                 ])
                 session.commit()

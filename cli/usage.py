@@ -18,8 +18,18 @@ from cli.servers import resolve_server
 app = typer.Typer(help="Usage and billing reports.", no_args_is_help=True)
 
 MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-USAGE_COLUMNS = ["start", "project_id", "server_id", "state", "server_hours", "running_hours",
-                 "vcpu_hours", "ram_gib_hours", "disk_gib_hours", "adjustments_cost", "cost"]
+
+
+def usage_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Table columns of a report: ids, then every meter's ``*_hours`` the API sent, then cost.
+
+    The meters come from the report itself (the API's meter registry), so a new meter shows
+    up here without a CLI change.
+    """
+    hours: dict[str, None] = {}
+    for row in rows:
+        hours.update(dict.fromkeys(k for k in row if k.endswith("_hours")))
+    return ["start", "project_id", "server_id", "state", *hours, "adjustments_cost", "cost"]
 
 
 def month_bounds(month: str) -> tuple[str, str]:
@@ -78,7 +88,8 @@ def usage_report(
         render.emit_json(report)
         return
     currency = report.get("currency") or ""
-    st.show(report_rows(report), USAGE_COLUMNS,
+    rows = report_rows(report)
+    st.show(rows, usage_columns(rows),
             title=f"usage {start} .. {end} {currency}".rstrip())
     if csv_file is not None:
         render.message(f"Wrote the CSV report to {csv_file}.")

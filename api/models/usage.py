@@ -92,10 +92,9 @@ class RateCard(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     valid_from: Mapped[datetime] = mapped_column(UTCDateTime(), unique=True)
     currency: Mapped[str] = mapped_column(String(3))
-    # Decimal text: exact on SQLite too (its NUMERIC is a float).
-    vcpu_hour: Mapped[str] = mapped_column(String(64))
-    ram_gib_hour: Mapped[str] = mapped_column(String(64))
-    disk_gib_hour: Mapped[str] = mapped_column(String(64))
+    # Meter price key (``api.usage.meters``) -> hourly price as decimal text (exact on SQLite
+    # too, whose NUMERIC is a float).
+    prices: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     flavor_hour: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_by: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

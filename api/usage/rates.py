@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api.errors import Conflict, InvalidInput, NotFound
 from api.models import Flavor, RateCard
 from api.usage import repository
+from api.usage.meters import PRICE_KEYS
 from api.usage.rules import epoch
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -23,19 +24,20 @@ def create_rate_card(
     *,
     valid_from: datetime,
     currency: str,
-    vcpu_hour: Decimal,
-    ram_gib_hour: Decimal,
-    disk_gib_hour: Decimal,
     flavor_hour: dict[str, Decimal] | None = None,
     created_by: str | None,
     now: datetime,
     allow_past: bool = False,
+    **prices: Decimal,
 ) -> RateCard:
     """Add a card in force from ``valid_from``.
 
-    ``flavor_hour`` maps flavor ids or names to an hourly price that replaces the vCPU and RAM
-    prices for servers of that flavor. Past ``valid_from`` would rewrite history, so it is refused
-    unless ``allow_past`` (data imports and tests), and never inside a closed period.
+    ``prices``: one hourly price per priced meter, keyed by the meter's ``price_key``
+    (``vcpu_hour``, ``ram_gib_hour``, ``disk_gib_hour``, see ``api.usage.meters``).
+    ``flavor_hour`` maps flavor ids or names to an hourly price that replaces the prices of the
+    flavor-covered meters (vCPU, RAM) while servers of that flavor run. Past ``valid_from``
+    would rewrite history, so it is refused unless ``allow_past`` (data imports and tests), and
+    never inside a closed period.
     Raises InvalidInput (invalid_rate_card, valid_from_in_past, unknown_flavor) and Conflict
     (rate_card_exists, currency_mismatch, period_closed).
     """
@@ -43,8 +45,11 @@ def create_rate_card(
         raise InvalidInput("valid_from must carry a time zone", code="invalid_rate_card")
     if not _CURRENCY.match(currency):
         raise InvalidInput("currency must be a 3-letter ISO 4217 code", code="invalid_rate_card")
-    prices = [vcpu_hour, ram_gib_hour, disk_gib_hour, *(flavor_hour or {}).values()]
-    if any(not p.is_finite() or p < 0 for p in prices):
+    if set(prices) != set(PRICE_KEYS):
+        raise InvalidInput(f"a rate card prices exactly {', '.join(PRICE_KEYS)}",
+                           code="invalid_rate_card")
+    values = [*prices.values(), *(flavor_hour or {}).values()]
+    if any(not p.is_finite() or p < 0 for p in values):
         raise InvalidInput("prices must be finite and not negative", code="invalid_rate_card")
     if valid_from < now and not allow_past:
         raise InvalidInput("valid_from is in the past; a price change never rewrites history",
@@ -63,9 +68,9 @@ def create_rate_card(
         if flavor is None:
             raise InvalidInput(f"unknown flavor {key!r}", code="unknown_flavor")
         resolved[flavor.id] = str(price)
-    card = RateCard(valid_from=valid_from, currency=currency, vcpu_hour=str(vcpu_hour),
-                    ram_gib_hour=str(ram_gib_hour), disk_gib_hour=str(disk_gib_hour),
-                    flavor_hour=resolved, created_by=created_by)
+    card = RateCard(valid_from=valid_from, currency=currency,
+                    prices={k: str(prices[k]) for k in PRICE_KEYS}, flavor_hour=resolved,
+                    created_by=created_by)
     session.add(card)
     session.flush()
     return card
@@ -91,19 +96,17 @@ def delete_rate_card(session: Session, card_id: str, now: datetime) -> None:
 
 @dataclass(frozen=True)
 class Prices:
-    """A card's prices as decimals."""
+    """A card's prices as decimals: per meter price key, and per flavor id."""
 
     currency: str
-    vcpu_hour: Decimal
-    ram_gib_hour: Decimal
-    disk_gib_hour: Decimal
+    hour: dict[str, Decimal]
     flavor_hour: dict[str, Decimal]
 
 
 def prices_of(card: RateCard) -> Prices:
-    """Decimal view of a card."""
-    return Prices(card.currency, Decimal(card.vcpu_hour), Decimal(card.ram_gib_hour),
-                  Decimal(card.disk_gib_hour),
+    """Decimal view of a card (a price key the card lacks costs 0)."""
+    return Prices(card.currency,
+                  {k: Decimal(str(card.prices.get(k, "0"))) for k in PRICE_KEYS},
                   {k: Decimal(str(v)) for k, v in card.flavor_hour.items()})
 
 

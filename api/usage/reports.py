@@ -13,6 +13,7 @@ import io
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from api.errors import Conflict, InvalidInput, NotFound
 from api.models import ClosedPeriod, PeriodReport, Project
 from api.usage import repository
+from api.usage.meters import FLAVOR_METER, METER_STATES, METERS, SECONDS_FIELDS
 from api.usage.rates import Prices, segments
 from api.usage.rules import Totals, epoch, from_epoch, next_month_start
 
@@ -50,8 +52,8 @@ class ServerLine:
     """One server's seconds and cost in the window."""
 
     server_id: str
-    # server, running, vcpu, ram MiB, disk GiB seconds (the order of ``Totals``)
-    seconds: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
+    # seconds per meter, in registry order (``meters.METERS``)
+    seconds: list[int] = field(default_factory=lambda: [0] * len(METERS))
     cost: Decimal = Decimal(0)  # unrounded until rendered
 
     @property
@@ -60,23 +62,39 @@ class ServerLine:
         return Totals(*self.seconds)
 
 
-def line_cost(prices: Prices, flavor_id: str | None, t: Totals) -> Decimal:
-    """Cost at full precision of ``t`` seconds under one card (no rounding)."""
-    with localcontext() as ctx:
-        ctx.prec = 50
-        return _cost(prices, flavor_id, t.running_seconds, t.vcpu_seconds, t.ram_mib_seconds,
-                     t.disk_gib_seconds)
+# For each (meter, state) pair the SQL sums: the index of its meter in ``METERS``.
+_METER_OF_PAIR = [METERS.index(m) for m, _ in METER_STATES]
 
 
-def _cost(prices: Prices, flavor_id: str | None, running: int, vcpu: int, ram: int,
-          disk: int) -> Decimal:
-    # Exact until the one division by 3600 (the caller's context has 50 digits).
+def unit_prices(prices: Prices, flavor_id: str | None) -> list[Decimal | None]:
+    """Hourly price of one unit-second of each pair of ``METER_STATES``; None: free.
+
+    Each (meter, state) second costs the meter's price key per hour, per ``hours_divisor``
+    units of its source (exact: a price has at most 30 digits, the context 50). While running,
+    a flavor price replaces the flavor-covered meters' prices and is charged per second of
+    ``FLAVOR_METER``. Call inside a 50-digit context.
+    """
     flavor_price = prices.flavor_hour.get(flavor_id) if flavor_id else None
-    if flavor_price is not None:
-        per_hour = running * flavor_price
-    else:
-        per_hour = vcpu * prices.vcpu_hour + ram * prices.ram_gib_hour / 1024
-    return (per_hour + disk * prices.disk_gib_hour) / 3600
+    out: list[Decimal | None] = []
+    for meter, state in METER_STATES:
+        if flavor_price is not None and state == "running" and meter.name == FLAVOR_METER:
+            out.append(flavor_price)
+        elif flavor_price is not None and state == "running" and meter.flavor_covered:
+            out.append(None)
+        elif meter.price_key is not None:
+            out.append(prices.hour[meter.price_key] / meter.hours_divisor)
+        else:
+            out.append(None)
+    return out
+
+
+def _cost(units: list[Decimal | None], seconds: Sequence[int]) -> Decimal:
+    # Exact until the one division by 3600 (the caller's context has 50 digits).
+    per_hour = Decimal(0)
+    for unit, s in zip(units, seconds, strict=True):
+        if s and unit is not None:
+            per_hour += s * unit
+    return per_hour / 3600
 
 
 def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
@@ -86,6 +104,8 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
     segs = segments(repository.rate_cards(session), start, end)
     rows = repository.segment_sums(session, [(s, e) for s, e, _ in segs], now, minimum,
                                    project_id)
+    # Prices per second of each (meter, state), per segment and flavor: computed once each.
+    units: dict[tuple[int, str | None], list[Decimal | None]] = {}
     with localcontext() as ctx:
         ctx.prec = 50
         for r in rows:
@@ -93,14 +113,14 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
             if line is None:
                 line = out[r.project_id][r.server_id] = ServerLine(r.server_id)
             acc = line.seconds
-            for (_, _, prices), (srv, run, vcpu, ram, disk) in zip(segs, r.totals, strict=True):
-                acc[0] += srv
-                acc[1] += run
-                acc[2] += vcpu
-                acc[3] += ram
-                acc[4] += disk
-                if prices is not None and (run or disk):
-                    line.cost += _cost(prices, r.flavor_id, run, vcpu, ram, disk)
+            for k, ((_, _, prices), pairs) in enumerate(zip(segs, r.totals, strict=True)):
+                for i, s in zip(_METER_OF_PAIR, pairs, strict=True):
+                    acc[i] += s
+                if prices is not None and any(pairs):
+                    u = units.get((k, r.flavor_id))
+                    if u is None:
+                        u = units[(k, r.flavor_id)] = unit_prices(prices, r.flavor_id)
+                    line.cost += _cost(u, pairs)
     return out
 
 
@@ -109,13 +129,10 @@ def _money(value: Decimal) -> Decimal:
 
 
 def _totals_json(t: Totals) -> dict[str, Any]:
+    # Every meter's exact seconds, then its hours (rounded for display), in registry order.
     return {
-        "server_seconds": t.server_seconds, "running_seconds": t.running_seconds,
-        "vcpu_seconds": t.vcpu_seconds, "ram_mib_seconds": t.ram_mib_seconds,
-        "disk_gib_seconds": t.disk_gib_seconds,
-        "server_hours": _hours(t.server_seconds), "running_hours": _hours(t.running_seconds),
-        "vcpu_hours": _hours(t.vcpu_seconds), "ram_gib_hours": _hours(t.ram_mib_seconds, 1024),
-        "disk_gib_hours": _hours(t.disk_gib_seconds),
+        **{m.seconds_field: t.get(m.seconds_field) for m in METERS},
+        **{m.hours_field: _hours(t.get(m.seconds_field), m.hours_divisor) for m in METERS},
     }
 
 
@@ -134,7 +151,7 @@ def _window(session: Session, start: int, end: int, now: int, minimum: int,
     )
     blocks = []
     for pid in projects:
-        total = [0, 0, 0, 0, 0]
+        total = [0] * len(METERS)
         usage_cost = Decimal(0)
         server_rows = []
         for sid in sorted(lines.get(pid, {})):
@@ -204,10 +221,27 @@ def build_report(session: Session, *, start: datetime, end: datetime, now: datet
 
 
 CSV_COLUMNS = [
-    "period_start", "period_end", "line", "project_id", "server_id", "server_seconds",
-    "running_seconds", "vcpu_seconds", "ram_mib_seconds", "disk_gib_seconds", "cost",
+    "period_start", "period_end", "line", "project_id", "server_id", *SECONDS_FIELDS, "cost",
     "currency", "first_seen", "last_seen", "state", "reason",
 ]
+
+
+# Cells a spreadsheet reads as a formula when they start with one of these (OWASP CSV
+# injection); such a text cell is written with a leading single quote, shown as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Columns that hold numbers the report computed: never escaped (a negative cost stays a number).
+CSV_NUMBERS = frozenset({*SECONDS_FIELDS, "cost"})
+
+
+def csv_text_cell(value: Any) -> Any:
+    """``value`` made safe for a spreadsheet: a text starting like a formula gets a ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if k in CSV_NUMBERS else csv_text_cell(v) for k, v in row.items()}
 
 
 def render_json(report: dict[str, Any]) -> str:
@@ -216,10 +250,12 @@ def render_json(report: dict[str, Any]) -> str:
 
 
 def render_csv(report: dict[str, Any]) -> str:
-    """One row per project total, server line and adjustment."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
+    """One row per project total, server line and adjustment (RFC 4180, CRLF line ends).
+
+    Text cells are formula-escaped (``csv_text_cell``). CRLF line ends also make the writer
+    quote any cell holding a CR or LF, so such a cell can never split a row.
+    """
+    rows: list[dict[str, Any]] = []
     periods = report.get("periods") or [
         {"start": report["start"], "end": report["end"], "projects": report["projects"]}
     ]
@@ -227,19 +263,22 @@ def render_csv(report: dict[str, Any]) -> str:
     for period in periods:
         base = {"period_start": period["start"], "period_end": period["end"], "currency": cur}
         for p in period["projects"]:
-            keys = ("server_seconds", "running_seconds", "vcpu_seconds", "ram_mib_seconds",
-                    "disk_gib_seconds")
-            w.writerow({**base, "line": "project", "project_id": p["project_id"],
-                        **{k: p[k] for k in keys}, "cost": p["cost"]})
+            keys = SECONDS_FIELDS
+            rows.append({**base, "line": "project", "project_id": p["project_id"],
+                         **{k: p[k] for k in keys}, "cost": p["cost"]})
             for s in p.get("servers", []):
-                w.writerow({**base, "line": "server", "project_id": p["project_id"],
-                            "server_id": s["server_id"], **{k: s[k] for k in keys},
-                            "cost": s["cost"], "first_seen": s["first_seen"],
-                            "last_seen": s["last_seen"], "state": s["state"]})
+                rows.append({**base, "line": "server", "project_id": p["project_id"],
+                             "server_id": s["server_id"], **{k: s[k] for k in keys},
+                             "cost": s["cost"], "first_seen": s["first_seen"],
+                             "last_seen": s["last_seen"], "state": s["state"]})
             for adj in p["adjustments"]:
-                w.writerow({**base, "line": "adjustment", "project_id": p["project_id"],
-                            "server_id": adj["server_id"] or "", "cost": adj["amount"],
-                            "reason": adj["reason"]})
+                rows.append({**base, "line": "adjustment", "project_id": p["project_id"],
+                             "server_id": adj["server_id"] or "", "cost": adj["amount"],
+                             "reason": adj["reason"]})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(_csv_row(r) for r in rows)
     return buf.getvalue()
 
 

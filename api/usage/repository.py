@@ -35,6 +35,7 @@ from api.models import (
     UsagePiece,
     UsageServer,
 )
+from api.usage.meters import METER_STATES, STATES, State
 from api.usage.rules import Entry, Piece
 
 
@@ -138,13 +139,22 @@ class SegmentRow:
     project_id: str
     server_id: str
     flavor_id: str | None
-    # per window: (server, running, vcpu, ram MiB, disk GiB) seconds
-    totals: list[tuple[int, int, int, int, int]]
+    # per window: the seconds of each (meter, state) pair of ``meters.METER_STATES``, in order
+    totals: list[tuple[int, ...]]
+
+
+def _state_seconds(state: State, ov: ColumnElement[Any],
+                   extra: ColumnElement[Any]) -> ColumnElement[Any]:
+    # A stop marker's minimum-per-start extra counts as running seconds.
+    if state == "running":
+        return case((UsagePiece.resource == "running", ov), (UsagePiece.resource == "stop", extra),
+                    else_=0)
+    return case((UsagePiece.resource == state, ov), else_=0)
 
 
 def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, minimum: int,
                  project_id: str | None = None) -> list[SegmentRow]:
-    """Per (server, flavor) seconds inside each window of ``cuts``, in one scan of the pieces.
+    """Per (server, flavor) seconds of every meter in each window of ``cuts``, in one scan.
 
     Raw SQL of the core, per window [:s, :e) (SQLite spelling; PostgreSQL uses
     LEAST/GREATEST)::
@@ -152,17 +162,21 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
         ov    = MAX(0, MIN(COALESCE(end_s, :now), :e) - MAX(start_s, :s))
         extra = CASE WHEN run_end_s >= :s AND run_end_s < :e
                      THEN MAX(0, :min - (run_end_s - run_start_s)) ELSE 0 END
-        disk seconds    = CASE resource WHEN 'disk' THEN ov ELSE 0 END
-        running seconds = CASE resource WHEN 'compute' THEN ov WHEN 'stop' THEN extra ELSE 0 END
+        exists seconds  = CASE resource WHEN 'exists' THEN ov ELSE 0 END
+        running seconds = CASE resource WHEN 'running' THEN ov WHEN 'stop' THEN extra ELSE 0 END
+        paused seconds  = CASE resource WHEN 'paused' THEN ov ELSE 0 END
 
-    Only the month buckets the windows touch (and open pieces) are read.
+    and, per (meter, state) of the registry, ``SUM(<state> seconds * <meter source>)`` (e.g.
+    ram while paused: ``SUM(paused * ram_mb)``). Only the month buckets the windows touch (and
+    open pieces) are read.
     """
     dialect = session.get_bind().dialect.name
     p = UsagePiece
     lo, hi = min(c[0] for c in cuts), max(c[1] for c in cuts)
     piece_end = func.coalesce(p.end_s, literal(now))
-    # The inner query computes each window's disk and running seconds once per piece; the
-    # OFFSET 0 keeps both databases from flattening it and evaluating them five times over.
+    states = [s for s in STATES if any(st == s for _, st in METER_STATES)]
+    # The inner query computes each window's seconds per state once per piece; the OFFSET 0
+    # keeps both databases from flattening it and evaluating them once per meter.
     per_piece: list[Any] = []
     for i, (s, e) in enumerate(cuts):
         ov = _greatest(dialect, literal(0), _least(dialect, piece_end, literal(e))
@@ -172,9 +186,7 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
              _greatest(dialect, literal(0), literal(minimum) - (p.run_end_s - p.run_start_s))),
             else_=0,
         )
-        per_piece += [case((p.resource == "disk", ov), else_=0).label(f"d{i}"),
-                      case((p.resource == "compute", ov), (p.resource == "stop", extra),
-                           else_=0).label(f"r{i}")]
+        per_piece += [_state_seconds(st, ov, extra).label(f"{st}{i}") for st in states]
     inner = (
         select(p.project_id, p.server_id, p.flavor_id, p.vcpus, p.ram_mb, p.disk_gb, *per_piece)
         .where(p.bucket.in_(buckets(lo, hi)), p.start_s < hi, piece_end >= lo)
@@ -184,18 +196,18 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
     q = inner.offset(0).subquery()
     columns: list[Any] = []
     for i in range(len(cuts)):
-        dcol, rcol = q.c[f"d{i}"], q.c[f"r{i}"]
-        columns += [_sum(dcol), _sum(rcol), _sum(rcol * q.c.vcpus), _sum(rcol * q.c.ram_mb),
-                    _sum(dcol * q.c.disk_gb)]
+        for meter, st in METER_STATES:
+            col = q.c[f"{st}{i}"]
+            columns.append(_sum(col if meter.source is None else col * q.c[meter.source]))
     stmt = (select(func.min(q.c.project_id), q.c.server_id, q.c.flavor_id, *columns)
             .group_by(q.c.server_id, q.c.flavor_id))
     out = []
+    width = len(METER_STATES)
     # Core execution: plain tuples, no ORM row processing (10,000 rows for a month report).
     for r in session.connection().execute(stmt).all():
-        v = [x or 0 for x in r[3:]]
-        out.append(SegmentRow(r[0], r[1], r[2], [
-            (v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]) for i in range(0, len(v), 5)
-        ]))
+        v = tuple(x or 0 for x in r[3:])
+        out.append(SegmentRow(r[0], r[1], r[2],
+                              [v[i:i + width] for i in range(0, len(v), width)]))
     return out
 
 
@@ -243,15 +255,19 @@ def hosts_with_heartbeat(session: Session) -> Sequence[Host]:
 
 
 def running_servers_on(session: Session, host_id: str) -> list[tuple[Server, UsageServer]]:
-    """Live servers of a host that the ledger bills as running, in server id order.
+    """Live servers of a host that the ledger bills as running or paused, in server id order.
+
+    A paused guest holds its RAM (billed), so a host going down ends its billing like a running
+    one's.
 
     SELECT s.*, u.* FROM servers s JOIN usage_servers u ON u.server_id = s.id
-    WHERE s.host_id = :host AND s.deleted_at IS NULL AND u.state = 'running' ORDER BY s.id
+    WHERE s.host_id = :host AND s.deleted_at IS NULL AND u.state IN ('running', 'paused')
+    ORDER BY s.id
     """
     rows = session.execute(
         select(Server, UsageServer).join(UsageServer, UsageServer.server_id == Server.id)
         .where(Server.host_id == host_id, Server.deleted_at.is_(None),
-               UsageServer.state == "running")
+               UsageServer.state.in_(("running", "paused")))
         .order_by(Server.id)
     ).all()
     return [(server, summary) for server, summary in rows]

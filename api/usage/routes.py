@@ -13,6 +13,7 @@ from api.errors import NotFound
 from api.fields import ID_PATTERN, PathId
 from api.models import ClosedPeriod, LedgerEntry, RateCard
 from api.usage import ledger, rates, reports, service
+from api.usage.meters import PRICE_KEYS
 from api.usage.reports import GroupBy
 from api.usage.rules import from_epoch
 from api.usage.schemas import (
@@ -158,8 +159,7 @@ def show_period(period: str, principal: CurrentUser, session: SessionDep,
 
 def _card_out(c: RateCard) -> RateCardOut:
     return RateCardOut(id=c.id, valid_from=c.valid_from, currency=c.currency,
-                       vcpu_hour=c.vcpu_hour, ram_gib_hour=c.ram_gib_hour,
-                       disk_gib_hour=c.disk_gib_hour,
+                       **{k: str(c.prices.get(k, "0")) for k in PRICE_KEYS},
                        flavor_hour={k: str(v) for k, v in c.flavor_hour.items()},
                        created_at=c.created_at)
 
@@ -175,9 +175,8 @@ def create_rate(body: RateCardCreate, admin: AdminUser, session: SessionDep) -> 
     """Add a rate card in force from ``valid_from`` (admin; not in the past)."""
     card = rates.create_rate_card(
         session, valid_from=_utc(body.valid_from), currency=body.currency,
-        vcpu_hour=body.vcpu_hour, ram_gib_hour=body.ram_gib_hour,
-        disk_gib_hour=body.disk_gib_hour, flavor_hour=body.flavor_hour,
-        created_by=admin.user_id, now=utcnow(),
+        flavor_hour=body.flavor_hour, created_by=admin.user_id, now=utcnow(),
+        **{k: getattr(body, k) for k in PRICE_KEYS},
     )
     return _card_out(card)
 

@@ -9,9 +9,16 @@ Rules (see docs/billing.md):
 * Entries of one server are applied in order of (second, sequence). All entries of the same
   second are applied together; only the state after the last of them counts for that second,
   so a stop and a start in the same second do not open a new run.
-* Disk (and plain "server" existence) accrues from the first entry (``created``) to ``deleted``,
-  also while stopped. vCPU and RAM accrue only while observed running (``running`` opens a run;
-  ``stopped``, ``host_down`` and ``deleted`` close it). BUILD and ERROR are never "running".
+* States: a server *exists* from its first entry (``created``) to ``deleted``; it is
+  *running* from ``running`` to the next ``paused``, ``stopped``, ``host_down`` or ``deleted``
+  and *paused* from ``paused`` to the next ``running`` or stopping entry. BUILD and ERROR are
+  never running. Which meter accrues in which state is data (``api.usage.meters``): disk and
+  server-seconds while existing, vCPU and running seconds while running, RAM while running or
+  paused.
+* A run opens at ``running`` and ends at ``stopped``, ``host_down`` or ``deleted``. A pause is
+  not a stop: a pause inside a run keeps the run open, ``running`` after it resumes in the same
+  run (no new minimum per start), and the run's length counts its paused seconds. A ``paused``
+  outside a run (the agent never saw the guest run) opens no run.
 * ``resized`` (and any entry with a new snapshot) changes vcpus/ram/disk from that second on.
 * Minimum per start: a run shorter than ``minimum_run_seconds`` is billed the missing seconds
   extra, attributed to the second the run ended (so a window that closed before the run ended
@@ -27,13 +34,19 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Literal
 
-Kind = Literal["created", "running", "stopped", "resized", "deleted", "host_down", "adjustment"]
+from api.usage.meters import METERS, SECONDS_FIELDS, Meter
+
+Kind = Literal[
+    "created", "running", "paused", "stopped", "resized", "deleted", "host_down", "adjustment",
+]
 KINDS: tuple[str, ...] = (
-    "created", "running", "stopped", "resized", "deleted", "host_down", "adjustment",
+    "created", "running", "paused", "stopped", "resized", "deleted", "host_down", "adjustment",
 )
 STOPPING = frozenset({"stopped", "host_down", "deleted"})
 
-Resource = Literal["compute", "disk", "stop"]
+# A piece's kind: a stretch in one state, or the ``stop`` marker of a finished run.
+Resource = Literal["exists", "running", "paused", "stop"]
+Mode = Literal["off", "running", "paused"]
 
 
 @dataclass(frozen=True)
@@ -51,12 +64,13 @@ class Entry:
 
 @dataclass(frozen=True)
 class Piece:
-    """A billable stretch [start_s, end_s) of one server with a constant snapshot.
+    """A billable stretch [start_s, end_s) of one server in one state with a constant snapshot.
 
-    ``compute`` pieces: observed running. ``disk`` pieces: existing. ``stop`` markers
-    (start_s == end_s == run_end_s) carry a finished run, for the minimum-per-start extra.
-    ``end_s`` None means still open (bills up to "now"). Closed compute and disk pieces never
-    cross a UTC month boundary, so a month's report reads only that month's pieces.
+    ``running`` pieces: observed running. ``paused`` pieces: observed paused. ``exists``
+    pieces: existing (whatever else). ``stop`` markers (start_s == end_s == run_end_s) carry a
+    finished run (paused seconds inside it included), for the minimum-per-start extra.
+    ``end_s`` None means still open (bills up to "now"). Closed state pieces never cross a UTC
+    month boundary, so a month's report reads only that month's pieces.
     """
 
     resource: Resource
@@ -76,25 +90,45 @@ class Piece:
             return 0
         return month_bucket(self.start_s)
 
+    def source(self, meter: Meter) -> int:
+        """What ``meter`` counts per second of this piece."""
+        return 1 if meter.source is None else int(getattr(self, meter.source))
 
-@dataclass(frozen=True)
+
 class Totals:
-    """Integer seconds billed inside a window (minimum-per-start extra included)."""
+    """Integer seconds per meter inside a window (minimum-per-start extra included).
 
-    server_seconds: int = 0
-    running_seconds: int = 0
-    vcpu_seconds: int = 0
-    ram_mib_seconds: int = 0
-    disk_gib_seconds: int = 0
+    One attribute per registered meter, named by its ``seconds_field`` (``vcpu_seconds`` ...),
+    given by keyword or positionally in registry order; a meter not given is 0.
+    """
+
+    def __init__(self, *values: int, **named: int) -> None:
+        if len(values) > len(SECONDS_FIELDS) or not set(named) <= set(SECONDS_FIELDS):
+            raise TypeError(f"Totals takes the meters {SECONDS_FIELDS}")
+        data = dict.fromkeys(SECONDS_FIELDS, 0)
+        data.update(zip(SECONDS_FIELDS, values, strict=False))
+        data.update(named)
+        self.__dict__.update(data)
+
+    def __getattr__(self, name: str) -> int:
+        # Only reached for a name that is not a meter field (typing: fields are ints).
+        raise AttributeError(name)
+
+    def get(self, field: str) -> int:
+        """The seconds of the meter whose seconds field is ``field``."""
+        value: int = self.__dict__[field]
+        return value
 
     def __add__(self, other: Totals) -> Totals:
-        return Totals(
-            self.server_seconds + other.server_seconds,
-            self.running_seconds + other.running_seconds,
-            self.vcpu_seconds + other.vcpu_seconds,
-            self.ram_mib_seconds + other.ram_mib_seconds,
-            self.disk_gib_seconds + other.disk_gib_seconds,
-        )
+        return Totals(**{f: self.get(f) + other.get(f) for f in SECONDS_FIELDS})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Totals) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking value, compared by content
+
+    def __repr__(self) -> str:
+        return "Totals(" + ", ".join(f"{k}={v}" for k, v in self.__dict__.items()) + ")"
 
 
 def epoch(at: datetime) -> int:
@@ -141,45 +175,51 @@ def ordered(entries: Iterable[Entry]) -> list[Entry]:
 def pieces(entries: Iterable[Entry]) -> list[Piece]:
     """Derive the billable pieces of one server from its ledger entries (any order)."""
     out: list[Piece] = []
-    exists = running = deleted = False
+    exists = deleted = run_open = False
+    mode: Mode = "off"
     snap: tuple[int, int, int, str | None] = (0, 0, 0, None)
-    disk_from = compute_from = run_start = 0
+    exists_from = mode_from = run_start = 0
     for second, group in groupby(ordered(e for e in entries if e.kind != "adjustment"),
                                  key=lambda e: e.at_s):
         if deleted:
             break
-        new_exists, new_running, new_snap = exists, running, snap
+        new_exists, new_mode, new_open, new_snap = exists, mode, run_open, snap
         for e in group:
             new_exists = True
             new_snap = (e.vcpus, e.ram_mb, e.disk_gb, e.flavor_id)
             if e.kind == "running":
-                new_running = True
+                new_mode, new_open = "running", True
+            elif e.kind == "paused":
+                new_mode = "paused"  # keeps a run open, opens none
             elif e.kind in STOPPING:
-                new_running = False
+                new_mode, new_open = "off", False
             if e.kind == "deleted":
                 deleted = True
                 break
         if deleted:
-            new_exists = new_running = False
+            new_exists, new_mode, new_open = False, "off", False
         # Close what changed at this second, then open what starts.
-        if exists and (not new_exists or new_snap[2] != snap[2] or new_snap[3] != snap[3]):
-            out.append(Piece("disk", disk_from, second, *snap))
-            disk_from = second
-        if running and (not new_running or new_snap != snap):
-            out.append(Piece("compute", compute_from, second, *snap, run_start_s=run_start))
-            compute_from = second
-        if running and not new_running:
+        if exists and (not new_exists or new_snap != snap):
+            out.append(Piece("exists", exists_from, second, *snap))
+            exists_from = second
+        if mode != "off" and (new_mode != mode or new_snap != snap):
+            out.append(Piece(mode, mode_from, second, *snap,
+                             run_start_s=run_start if run_open else None))
+        if run_open and not new_open:
             out.append(Piece("stop", second, second, *snap,
                              run_start_s=run_start, run_end_s=second))
         if new_exists and not exists:
-            disk_from = second
-        if new_running and not running:
-            compute_from = run_start = second
-        exists, running, snap = new_exists, new_running, new_snap
+            exists_from = second
+        if new_mode != "off" and (new_mode != mode or new_snap != snap):
+            mode_from = second
+        if new_open and not run_open:
+            run_start = second
+        exists, mode, run_open, snap = new_exists, new_mode, new_open, new_snap
     if exists:
-        out.append(Piece("disk", disk_from, None, *snap))
-    if running:
-        out.append(Piece("compute", compute_from, None, *snap, run_start_s=run_start))
+        out.append(Piece("exists", exists_from, None, *snap))
+    if mode != "off":
+        out.append(Piece(mode, mode_from, None, *snap,
+                         run_start_s=run_start if run_open else None))
     result: list[Piece] = []
     for p in out:
         result.extend(_split_months(p))
@@ -202,14 +242,19 @@ def extra_seconds(piece: Piece, start: int, end: int, minimum: int) -> int:
 
 
 def piece_totals(piece: Piece, start: int, end: int, now: int, minimum: int) -> Totals:
-    """What one piece bills inside [start, end)."""
-    if piece.resource == "disk":
-        s = overlap(piece, start, end, now)
-        return Totals(server_seconds=s, disk_gib_seconds=s * piece.disk_gb)
-    s = (overlap(piece, start, end, now) if piece.resource == "compute"
-         else extra_seconds(piece, start, end, minimum))
-    return Totals(running_seconds=s, vcpu_seconds=s * piece.vcpus,
-                  ram_mib_seconds=s * piece.ram_mb)
+    """What one piece bills inside [start, end): its seconds times each meter's source.
+
+    A state piece counts for the meters accruing in its state; a ``stop`` marker's
+    minimum-per-start extra counts as running seconds.
+    """
+    if piece.resource == "stop":
+        state, s = "running", extra_seconds(piece, start, end, minimum)
+    else:
+        state, s = piece.resource, overlap(piece, start, end, now)
+    if not s:
+        return Totals()
+    return Totals(**{m.seconds_field: s * piece.source(m) for m in METERS
+                     if state in m.accrues_while})
 
 
 def window_totals(server_pieces: Sequence[Piece], start: int, end: int, now: int,
@@ -222,13 +267,14 @@ def window_totals(server_pieces: Sequence[Piece], start: int, end: int, now: int
 
 
 def state_after(entries: Iterable[Entry]) -> str:
-    """The server's billing state after its entries: building, running, stopped or deleted."""
+    """The server's billing state after its entries: building, running, paused, stopped or
+    deleted."""
     state = "building"
     for e in ordered(entries):
         if e.kind == "deleted":
             return "deleted"
-        if e.kind == "running":
-            state = "running"
+        if e.kind in ("running", "paused"):
+            state = e.kind
         elif e.kind in ("stopped", "host_down"):
             state = "stopped"
     return state

@@ -4,39 +4,54 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN, ShortName
+from api.usage.meters import PRICE_KEYS
 
 Price = Decimal
 FlavorPrice = Annotated[Price, Field(ge=0, max_digits=30, decimal_places=12)]
 
 
-class RateCardCreate(BaseModel):
-    """Prices in force from ``valid_from`` (which must not be in the past)."""
+class RateCardFields(BaseModel):
+    """Prices in force from ``valid_from`` (which must not be in the past).
+
+    Plus one hourly price per priced meter (``vcpu_hour``, ``ram_gib_hour``, ``disk_gib_hour``:
+    the price keys of ``api.usage.meters``), added from the registry below.
+    """
 
     model_config = STRICT
     valid_from: datetime
     currency: str = Field(min_length=3, max_length=3)
-    vcpu_hour: Price = Field(ge=0, max_digits=30, decimal_places=12)
-    ram_gib_hour: Price = Field(ge=0, max_digits=30, decimal_places=12)
-    disk_gib_hour: Price = Field(ge=0, max_digits=30, decimal_places=12)
     flavor_hour: dict[ShortName, FlavorPrice] = Field(default_factory=dict, max_length=1000)
 
 
-class RateCardOut(BaseModel):
-    """A rate card; prices are decimal strings."""
+class RateCardView(BaseModel):
+    """A rate card; prices are decimal strings (one per meter price key, added below)."""
 
     id: str
     valid_from: datetime
     currency: str
-    vcpu_hour: str
-    ram_gib_hour: str
-    disk_gib_hour: str
-    flavor_hour: dict[str, str]
-    created_at: datetime
+
+
+# The price fields come from the meter registry, so a new meter needs no schema change. mypy
+# sees the base classes (a model built at run time is not a static type); FastAPI and the
+# OpenAPI document see the generated ones.
+if TYPE_CHECKING:
+    RateCardCreate = RateCardFields
+    RateCardOut = RateCardView
+else:
+    RateCardCreate = create_model(
+        "RateCardCreate", __base__=RateCardFields, __doc__=RateCardFields.__doc__,
+        **{k: (Price, Field(ge=0, max_digits=30, decimal_places=12)) for k in PRICE_KEYS},
+    )
+    RateCardOut = create_model(
+        "RateCardOut", __base__=RateCardView, __doc__=RateCardView.__doc__,
+        **{k: (str, ...) for k in PRICE_KEYS},
+        flavor_hour=(dict[str, str], ...), created_at=(datetime, ...),
+    )
 
 
 class AdjustmentCreate(BaseModel):

