@@ -21,9 +21,9 @@ from api.config import Settings
 from api.db import make_engine, make_sessionmaker
 from api.migrate import upgrade
 from api.models import Allocation, Host, Inventory, Server, ServerGroup
+from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.placement import NoValidHost, place
 from api.scheduler.snapshot import load_hosts, pool_ratios
-from scheduler.claim import ClaimOutcome, claim
 from tests.db import fresh_database
 from tests.scheduler.db_factories import (
     Catalog,

@@ -8,8 +8,8 @@ from sqlalchemy import Engine, insert, literal, select
 
 from api.db import Base, make_engine
 from api.models import Allocation, Host, Inventory
+from api.scheduler.claim import fit_clause
 from scheduler.capacity import fits, how_many
-from scheduler.claim import fit_clause
 from scheduler.framework import InventoryState
 
 _ENGINE: list[Engine] = []

@@ -62,11 +62,11 @@ B = host("b", ram=inv(16384, 12288), vcpu=inv(8, 0, ratio=4.0))
 
 COMBINED: list[tuple[str, Multipliers, str, dict[str, float]]] = [
     # ram normalized a=1, b=0; cpu a=0, b=1. ram 1.0 + cpu 0.5: a = 1.0, b = 0.5
-    ("spread, RAM first", Multipliers(ram=1.0, cpu=0.5), "a", {"a": 1.0, "b": 0.5}),
+    ("spread, RAM first", Multipliers({"ram": 1.0, "cpu": 0.5}), "a", {"a": 1.0, "b": 0.5}),
     # ram 0.5 + cpu 1.0: a = 0.5, b = 1.0
-    ("spread, vCPU first", Multipliers(ram=0.5, cpu=1.0), "b", {"a": 0.5, "b": 1.0}),
+    ("spread, vCPU first", Multipliers({"ram": 0.5, "cpu": 1.0}), "b", {"a": 0.5, "b": 1.0}),
     # pack: ram -1.0, cpu 0: a = -1.0, b = 0.0 -> the fuller host b
-    ("pack by RAM", Multipliers(ram=-1.0, cpu=0.0), "b", {"a": -1.0, "b": 0.0}),
+    ("pack by RAM", Multipliers({"ram": -1.0, "cpu": 0.0}), "b", {"a": -1.0, "b": 0.0}),
 ]
 
 
@@ -84,7 +84,8 @@ def test_soft_anti_affinity_outweighs_free_ram_when_multiplied() -> None:
     # a has more free RAM (ram: a=1, b=0) but a member (soft anti: a=0, b=1).
     # ram 1.0 + soft_anti 2.0: a = 1.0, b = 2.0 -> b
     spec = request(group=("soft-anti-affinity", {"id-a": 1}))
-    decision = decide(spec, snapshot(A, B), Multipliers(ram=1.0, cpu=0.0, soft_anti_affinity=2.0))
+    decision = decide(spec, snapshot(A, B),
+                      Multipliers({"ram": 1.0, "cpu": 0.0, "soft_anti_affinity": 2.0}))
     assert decision.host is not None and decision.host.name == "b"
 
 
@@ -92,5 +93,6 @@ def test_soft_affinity_prefers_the_members_host() -> None:
     # a has more free RAM (ram: a=1, b=0); b has 2 members (soft: a=0, b=1).
     # ram 1.0 + soft 2.0: a = 1.0, b = 2.0 -> b
     spec = request(group=("soft-affinity", {"id-b": 2}))
-    decision = decide(spec, snapshot(A, B), Multipliers(ram=1.0, cpu=0.0, soft_affinity=2.0))
+    decision = decide(spec, snapshot(A, B),
+                      Multipliers({"ram": 1.0, "cpu": 0.0, "soft_affinity": 2.0}))
     assert decision.host is not None and decision.host.name == "b"
