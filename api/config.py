@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scheduler.pipeline import Multipliers, UnknownWeigher
+from scheduler.resources import DISK_GB, MEMORY_MB, VCPU, default_ratio
 
 
 class Settings(BaseSettings):
@@ -23,9 +26,11 @@ class Settings(BaseSettings):
     enrollment_token_ttl_seconds: int = Field(default=3600, gt=0)
     bootstrap_admin_token: str | None = None
 
-    cpu_allocation_ratio: float = Field(default=4.0, gt=0)
-    ram_allocation_ratio: float = Field(default=1.0, gt=0)
-    disk_allocation_ratio: float = Field(default=1.0, gt=0)
+    # Pool-wide allocation ratios (an inventory's own ratio wins); one field per resource
+    # class of ``scheduler.resources``, whose registry holds the defaults.
+    cpu_allocation_ratio: float = Field(default=default_ratio(VCPU), gt=0)
+    ram_allocation_ratio: float = Field(default=default_ratio(MEMORY_MB), gt=0)
+    disk_allocation_ratio: float = Field(default=default_ratio(DISK_GB), gt=0)
 
     default_quota_instances: int = Field(default=10, ge=0)
     default_quota_vcpus: int = Field(default=20, ge=0)
@@ -42,15 +47,29 @@ class Settings(BaseSettings):
     agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)
     # Serial console tail kept per server.
     console_max_bytes: int = Field(default=64 * 1024, gt=0)
-    # Weigher multipliers; negative ram/cpu multipliers pack hosts instead of spreading.
-    scheduler_ram_weight_multiplier: float = 1.0
-    scheduler_cpu_weight_multiplier: float = 1.0
-    scheduler_soft_affinity_weight_multiplier: float = 1.0
-    scheduler_soft_anti_affinity_weight_multiplier: float = 1.0
+    # Weigher multipliers keyed by weigher plugin name (``scheduler.pipeline.WEIGHERS``), e.g.
+    # MINICLOUD_SCHEDULER_WEIGHT_MULTIPLIERS='{"ram": -1.0}'; negative ram/cpu multipliers pack
+    # hosts instead of spreading. Weighers not named get the default; a default of null makes
+    # every weigher need an entry. Validated at startup (an unknown name fails loudly).
+    scheduler_weight_multipliers: dict[str, float] = Field(default_factory=dict)
+    scheduler_default_weight_multiplier: float | None = 1.0
     # Fresh snapshots a placement may take when concurrent claims keep winning the race.
     scheduler_max_attempts: int = Field(default=20, gt=0)
     # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
     billing_minimum_run_seconds: int = Field(default=60, ge=0)
+
+    @model_validator(mode="after")
+    def _weighers(self) -> Settings:
+        try:
+            self.multipliers()
+        except UnknownWeigher as error:
+            raise ValueError(f"scheduler_weight_multipliers: {error}") from None
+        return self
+
+    def multipliers(self) -> Multipliers:
+        """The weigher multipliers; raises UnknownWeigher (see ``scheduler.pipeline``)."""
+        return Multipliers(self.scheduler_weight_multipliers,
+                           default=self.scheduler_default_weight_multiplier)
 
     @field_validator("data_dir")
     @classmethod

@@ -98,8 +98,9 @@ def inprocess_scenario(n: int, count: int) -> None:
     start = time.perf_counter()
     for k in range(count):
         vcpus, ram, disk = FLAVORS[k % len(FLAVORS)]
-        spec = RequestSpec(server_id=f"s{k}", project_id="p", vcpus=vcpus, ram_mb=ram,
-                           disk_gb=disk, request_id=f"req-{k}",
+        spec = RequestSpec(server_id=f"s{k}", project_id="p",
+                           resources={VCPU: vcpus, MEMORY_MB: ram, DISK_GB: disk},
+                           request_id=f"req-{k}",
                            availability_zone="az1" if k % 4 == 0 else None,
                            extra_specs={"ssd": "true"} if k % 5 == 0 else {})
         c0, t0 = time.process_time(), time.perf_counter()
@@ -175,8 +176,8 @@ def claim_scenario(label: str, url: str, settings: Settings, threads: int, count
                             vcpus=vcpus, ram_mb=ram, disk_gb=disk)
             s.add(server)
             s.flush()
-            spec = RequestSpec(server_id=server.id, project_id=server.project_id, vcpus=vcpus,
-                               ram_mb=ram, disk_gb=disk)
+            spec = RequestSpec(server_id=server.id, project_id=server.project_id,
+                               resources={VCPU: vcpus, MEMORY_MB: ram, DISK_GB: disk})
             try:
                 result = place(s, settings, spec, request_id=f"{label}-{k}")
             except NoValidHost:

@@ -3,14 +3,18 @@
     used + requested <= (total - reserved) * allocation_ratio
     AND requested >= min_unit AND requested <= max_unit
 
-``fit_rule`` builds it from whatever operands it is given: plain numbers (the in-memory
-pipeline) or SQLAlchemy column expressions (the claim's re-check, ``scheduler.claim``). Python's
-operators build the same tree on both, so the two cannot drift apart; a test also evaluates
-both on the same inputs.
+``fit_rule`` builds it from whatever operands it is given: plain numbers or SQLAlchemy column
+expressions (the claim's re-check, ``api.scheduler.claim``). Python's operators build the same
+tree on both, so the two cannot drift apart. The in-memory resources filter uses
+``fit_bounds``, the same rule solved for a whole ``requested`` once per host and class, so a
+decision over thousands of hosts is two comparisons per class. Property tests check that the
+three agree (tests/scheduler/test_capacity.py, and the real claim against the real filter on
+SQLite and PostgreSQL in tests/api/test_fit_rule_agreement.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +48,16 @@ def fits(used: int, requested: int, total: int, reserved: int, allocation_ratio:
     """The fit rule on numbers."""
     return bool(fit_rule(used, requested, total, reserved, allocation_ratio, min_unit, max_unit,
                          _all))
+
+
+def fit_bounds(used: int, total: int, reserved: int, allocation_ratio: float, min_unit: int,
+               max_unit: int) -> tuple[int, int]:
+    """The fit rule solved for a whole ``requested``: it fits iff ``low <= requested <= high``.
+
+    ``used + requested <= capacity`` holds for integers exactly when
+    ``requested <= floor(capacity) - used``; the unit limits bound it on both sides.
+    """
+    return min_unit, min(math.floor(capacity(total, reserved, allocation_ratio)) - used, max_unit)
 
 
 def how_many(free: float, requested: int, min_unit: int, max_unit: int) -> int:

@@ -6,16 +6,16 @@ clock, no randomness (the pipeline seeds its one tie-break from the request id).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import ge
 from typing import Protocol
 
-from scheduler.capacity import capacity
-
-VCPU, MEMORY_MB, DISK_GB = "VCPU", "MEMORY_MB", "DISK_GB"
-# The order of the per-class tuples in HostState.
-RESOURCE_ORDER = (VCPU, MEMORY_MB, DISK_GB)
+from scheduler.capacity import capacity, fit_bounds
+from scheduler.resources import DISK_GB as DISK_GB
+from scheduler.resources import MEMORY_MB as MEMORY_MB
+from scheduler.resources import NAMES
+from scheduler.resources import VCPU as VCPU
 
 # Refusal reasons. Once published, a code keeps its meaning: clients and dashboards count them.
 DISABLED = "disabled"
@@ -54,9 +54,8 @@ class RequestSpec:
 
     server_id: str
     project_id: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
+    # Amount per resource class (``scheduler.resources``); only classes actually requested.
+    resources: Mapping[str, int]
     image_min_ram: int = 0
     image_min_disk: int = 0
     image_architecture: str | None = None
@@ -67,11 +66,9 @@ class RequestSpec:
     # Seeds the tie-break: the same request on the same snapshot picks the same host.
     request_id: str = ""
 
-    @property
-    def resources(self) -> dict[str, int]:
-        """The amounts requested per resource class; zero amounts are not requested at all."""
-        wanted = {VCPU: self.vcpus, MEMORY_MB: self.ram_mb, DISK_GB: self.disk_gb}
-        return {rc: amount for rc, amount in wanted.items() if amount > 0}
+    def amount(self, resource_class: str) -> int:
+        """The amount requested of ``resource_class`` (0 if not requested)."""
+        return self.resources.get(resource_class, 0)
 
 
 @dataclass(slots=True)
@@ -114,33 +111,56 @@ class HostState:
     last_heartbeat: float | None = None
     generation: int = 0
     inventories: dict[str, InventoryState] = field(default_factory=dict)
-    # Derived from ``inventories`` by ``refresh()``, in RESOURCE_ORDER, for the hot loops:
-    # (headroom, min_unit) per class, headroom = min(floor(capacity) - used, max_unit), so that
-    # for whole amounts ``min_unit <= requested <= headroom`` is exactly the fit rule; -1 when
-    # the host has no inventory of the class. And the free capacity per class (floats, 0 if
-    # absent), read by the weighers.
-    limits: tuple[int, ...] = ()
-    free_vcpu: float = 0.0
-    free_memory_mb: float = 0.0
-    free_disk_gb: float = 0.0
+    # Derived from ``inventories`` by ``refresh()``: the free capacity per resource class
+    # (``capacity - used``; 0.0 for a class the host has none of), read by the weighers.
+    free: dict[str, float] = field(default_factory=dict, init=False, compare=False)
+    # For ``fit_check`` only: per class of the registry, in its order, ``(high, -low)`` of
+    # ``scheduler.capacity.fit_bounds`` ((-1, -1) without an inventory), flattened so one
+    # C-level ``map(ge, ...)`` tests every class at once.
+    _fit: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute ``limits`` and the ``free_*`` fields after ``inventories`` changed."""
-        limits: list[int] = []
-        free: list[float] = []
-        for rc in RESOURCE_ORDER:
+        """Recompute ``free`` and the fit bounds after ``inventories`` changed."""
+        free: dict[str, float] = {}
+        bounds: list[int] = []
+        for rc in NAMES:
             inv = self.inventories.get(rc)
             if inv is None:
-                limits += [-1, 1]
-                free.append(0.0)
+                free[rc] = 0.0
+                bounds += (-1, -1)
             else:
-                limits += [min(math.floor(inv.capacity) - inv.used, inv.max_unit), inv.min_unit]
-                free.append(inv.capacity - inv.used)
-        self.limits = tuple(limits)
-        self.free_vcpu, self.free_memory_mb, self.free_disk_gb = free
+                free[rc] = inv.capacity - inv.used
+                low, high = fit_bounds(inv.used, inv.total, inv.reserved, inv.allocation_ratio,
+                                       inv.min_unit, inv.max_unit)
+                bounds += (high, -low)
+        self.free = free
+        self._fit = tuple(bounds)
+
+
+def fit_check(resources: Mapping[str, int]) -> Callable[[HostState], bool]:
+    """A per-host test of the fit rule for every class in ``resources`` at once.
+
+    Per requested class ``high >= amount`` and ``-low >= -amount`` (``low <= amount <= high``,
+    ``scheduler.capacity.fit_bounds``); a class not requested gets bounds that always pass.
+    """
+    never, always = -(10**18), 10**18
+    wanted: list[int] = []
+    for rc in NAMES:
+        amount = resources.get(rc)
+        wanted += (never, -always) if amount is None else (amount, -amount)
+    unknown = set(resources) - set(NAMES)
+    if unknown:
+        # A class outside the registry has no inventory anywhere: nothing fits.
+        return lambda _host: False
+    vector = tuple(wanted)
+
+    def fits(host: HostState) -> bool:
+        return all(map(ge, host._fit, vector))
+
+    return fits
 
 
 @dataclass(frozen=True, slots=True)

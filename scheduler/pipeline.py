@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,18 +44,49 @@ TIE = 1e-9
 TOP = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Multipliers:
-    """Weigher multipliers by weigher name; negative resource multipliers pack instead of spread."""
+FILTER_NAMES = tuple(f.name for f in FILTERS)
+WEIGHER_NAMES = tuple(w.name for w in WEIGHERS)
 
-    ram: float = 1.0
-    cpu: float = 1.0
-    soft_affinity: float = 1.0
-    soft_anti_affinity: float = 1.0
+
+class UnknownWeigher(ValueError):
+    """A multiplier names no weigher, or a weigher has no multiplier and there is no default."""
+
+
+class Multipliers:
+    """Weigher multipliers keyed by weigher plugin name, with a default for the unnamed ones.
+
+    Negative resource multipliers pack instead of spread; 0 switches a weigher off. Validated
+    when built: a name that is not a weigher of ``WEIGHERS``, or (with ``default=None``) a
+    weigher left without a multiplier, raises ``UnknownWeigher`` naming it, so a typo in the
+    configuration fails at startup instead of silently weighing 0.
+    """
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, by_name: Mapping[str, float] | None = None, *,
+                 default: float | None = 1.0) -> None:
+        given = dict(by_name or {})
+        unknown = sorted(set(given) - set(WEIGHER_NAMES))
+        if unknown:
+            raise UnknownWeigher(
+                f"weigher multiplier(s) for unknown weigher(s) {', '.join(unknown)}; "
+                f"the weighers are {', '.join(WEIGHER_NAMES)}")
+        missing = [name for name in WEIGHER_NAMES if name not in given]
+        if missing and default is None:
+            raise UnknownWeigher(
+                f"no multiplier for weigher(s) {', '.join(missing)} and no default multiplier")
+        self._by_name = {name: float(given.get(name, default or 0.0)) for name in WEIGHER_NAMES}
 
     def of(self, weigher: str) -> float:
-        """The multiplier of ``weigher`` (0 for unknown names)."""
-        return float(getattr(self, weigher, 0.0))
+        """The multiplier of ``weigher``; raises UnknownWeigher for a name not in WEIGHERS."""
+        try:
+            return self._by_name[weigher]
+        except KeyError:
+            raise UnknownWeigher(f"no weigher named {weigher!r}") from None
+
+    def as_dict(self) -> dict[str, float]:
+        """Every weigher's multiplier, by name."""
+        return dict(self._by_name)
 
 
 @dataclass(slots=True)
@@ -67,6 +99,9 @@ class Decision:
     hosts: int
     candidates: int
     refusals: Counter[str] = field(default_factory=Counter)
+    # Filter plugin name -> hosts it refused (each refused host counts for the first filter
+    # that refused it, in FILTERS order).
+    refusals_by_filter: Counter[str] = field(default_factory=Counter)
     # host id -> reason code, for every refused host.
     refused: dict[str, str] = field(default_factory=dict)
     # host id -> {"total": ..., weigher: weighted normalized score} for the ranked hosts.
@@ -79,6 +114,7 @@ class Decision:
             "hosts": self.hosts,
             "candidates": self.candidates,
             "refusals": dict(self.refusals),
+            "refusals_by_filter": dict(self.refusals_by_filter),
             "top": [{"host_id": h.id, "host": h.name, **self.scores.get(h.id, {})}
                     for h in self.ranked],
         }
@@ -97,33 +133,38 @@ def normalize(values: list[float]) -> list[float]:
     return [(v - low) * factor for v in values]
 
 
-def filter_hosts(spec: RequestSpec, snapshot: Snapshot) -> tuple[list[HostState], dict[str, str]]:
-    """Run the filters in order; return the survivors and host id -> reason of the refused."""
+def filter_hosts(spec: RequestSpec, snapshot: Snapshot
+                 ) -> tuple[list[HostState], dict[str, str], Counter[str]]:
+    """Run the filters in order; return the survivors, host id -> reason of the refused, and
+    how many hosts each filter (by plugin name) refused."""
     survivors = snapshot.hosts
     refused: dict[str, str] = {}
+    by_filter: Counter[str] = Counter()
     for flt in FILTERS:
         check = flt.prepare(spec, snapshot)
         if check is None:
             continue
         reasons = list(map(check, survivors))
-        if reasons.count(None) == len(reasons):
+        kept = reasons.count(None)
+        if kept == len(reasons):
             continue
+        by_filter[flt.name] += len(reasons) - kept
         for host, reason in zip(survivors, reasons, strict=True):
             if reason is not None:
                 refused[host.id] = reason
         survivors = [host for host, reason in zip(survivors, reasons, strict=True)
                      if reason is None]
-    return survivors, refused
+    return survivors, refused, by_filter
 
 
 def decide(spec: RequestSpec, snapshot: Snapshot,
            multipliers: Multipliers | None = None) -> Decision:
     """Choose a host for ``spec`` in ``snapshot``; ``Decision.host`` is None when none fits."""
     multipliers = multipliers or Multipliers()
-    candidates, refused = filter_hosts(spec, snapshot)
+    candidates, refused, by_filter = filter_hosts(spec, snapshot)
     decision = Decision(host=None, ranked=[], hosts=len(snapshot.hosts),
                         candidates=len(candidates), refusals=Counter(refused.values()),
-                        refused=refused)
+                        refusals_by_filter=by_filter, refused=refused)
     if not candidates:
         return decision
 

@@ -15,6 +15,8 @@ from api.hosts import repository
 from api.hosts.schemas import AvailabilityZoneOut, HostOut, HostPatch, ResourceOut
 from api.models import EnrollmentToken, Host, Inventory
 from api.security import ENROLLMENT_PREFIX, digest, new_secret
+from scheduler import resources
+from scheduler.capacity import capacity as fit_capacity
 
 
 def create_enrollment_token(session: Session, settings: Settings,
@@ -40,16 +42,14 @@ def effective_ratio(inv: Inventory, settings: Settings) -> float:
     """The inventory's own allocation ratio, else the pool-wide one from settings."""
     if inv.allocation_ratio is not None:
         return inv.allocation_ratio
-    return {
-        "VCPU": settings.cpu_allocation_ratio,
-        "MEMORY_MB": settings.ram_allocation_ratio,
-        "DISK_GB": settings.disk_allocation_ratio,
-    }.get(inv.resource_class, 1.0)
+    return resources.pool_ratios(settings).get(inv.resource_class,
+                                               resources.default_ratio(inv.resource_class))
 
 
 def capacity(inv: Inventory, settings: Settings) -> int:
     """floor((total - reserved) * allocation_ratio), the rule the scheduler's claim uses."""
-    return max(0, math.floor((inv.total - inv.reserved) * effective_ratio(inv, settings)))
+    return max(0, math.floor(fit_capacity(inv.total, inv.reserved,
+                                          effective_ratio(inv, settings))))
 
 
 def list_host_views(session: Session, settings: Settings) -> list[HostOut]:

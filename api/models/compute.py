@@ -9,8 +9,10 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, UniqueCo
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db import Base, UTCDateTime, new_id, utcnow
+from scheduler.resources import NAMES
 
-RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
+# The resource classes an inventory or allocation row may name (``scheduler.resources``).
+RESOURCE_CLASSES = NAMES
 
 
 class Host(Base):

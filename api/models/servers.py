@@ -9,8 +9,10 @@ from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueCon
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db import Base, UTCDateTime, new_id, utcnow
+from scheduler.resources import RESOURCE_CLASSES
 
-QUOTA_RESOURCES = ("instances", "vcpus", "ram_mb", "disk_gb")
+# What a quota can limit: server count, then each resource class's quota key.
+QUOTA_RESOURCES = ("instances", *(rc.quota_key for rc in RESOURCE_CLASSES))
 
 
 class Quota(Base):

@@ -6,6 +6,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.models import Project, Quota, Server
+from scheduler.resources import RESOURCE_CLASSES
 
 
 def lock_project(session: Session, project_id: str) -> bool:
@@ -25,17 +26,18 @@ def lock_project(session: Session, project_id: str) -> bool:
 
 
 def usage(session: Session, project_id: str) -> dict[str, int]:
-    """What the project holds now: its servers not yet deleted (DELETING still holds)."""
+    """What the project holds now: its servers not yet deleted (DELETING still holds); per
+    resource class, the sum of the server column that requests it, under its quota key."""
     row = session.execute(
         select(
             func.count(Server.id),
-            func.coalesce(func.sum(Server.vcpus), 0),
-            func.coalesce(func.sum(Server.ram_mb), 0),
-            func.coalesce(func.sum(Server.disk_gb), 0),
+            *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
+              for rc in RESOURCE_CLASSES),
         ).where(Server.project_id == project_id, Server.deleted_at.is_(None))
     ).one()
-    return {"instances": int(row[0]), "vcpus": int(row[1]), "ram_mb": int(row[2]),
-            "disk_gb": int(row[3])}
+    return {"instances": int(row[0]),
+            **{rc.quota_key: int(value) for rc, value in zip(RESOURCE_CLASSES, row[1:],
+                                                               strict=True)}}
 
 
 def stored_limits(session: Session, project_id: str) -> dict[str, Quota]:

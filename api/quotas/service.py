@@ -17,16 +17,14 @@ from api.errors import NotFound, QuotaExceeded
 from api.models import Project, Quota
 from api.models.servers import QUOTA_RESOURCES
 from api.quotas import repository
+from scheduler.resources import RESOURCE_CLASSES
 
 
 def default_limits(settings: Settings) -> dict[str, int]:
-    """The configured limits of a project without quota rows."""
-    return {
-        "instances": settings.default_quota_instances,
-        "vcpus": settings.default_quota_vcpus,
-        "ram_mb": settings.default_quota_ram_mb,
-        "disk_gb": settings.default_quota_disk_gb,
-    }
+    """The configured limits of a project without quota rows: ``default_quota_<key>`` for
+    instances and for each resource class's quota key (``scheduler.resources``)."""
+    keys = ("instances", *(rc.quota_key for rc in RESOURCE_CLASSES))
+    return {key: int(getattr(settings, f"default_quota_{key}")) for key in keys}
 
 
 def limits(session: Session, settings: Settings, project_id: str) -> dict[str, int]:

@@ -1,8 +1,19 @@
-"""``place()``: the entry point ``POST /v1/servers`` calls inside its create transaction.
+"""The placement service: one request-spec builder and one ``place()`` for every caller.
 
-Snapshot -> pipeline -> claim, retried with a fresh snapshot when a concurrent claim wins the
-race. Nothing here commits: the caller's unit of work commits the server row, the quota usage
-and the allocations together, or none of them.
+Create, resize and simulate (and, later, migrate and evacuate) differ only by parameters:
+
+- ``request_spec(...)`` builds the scheduler's RequestSpec from the rows a caller resolved
+  (with the caller's visibility): the amounts per resource class come from the registry's
+  request fields (``scheduler.resources``) of the server or flavor, the image's minimums and
+  architecture, the flavor's extra_specs, the zone and the server group.
+- ``place(...)`` = snapshot -> pipeline -> claim, retried with a fresh snapshot when a
+  concurrent claim wins the race. ``exclude_hosts`` drops hosts from the snapshot,
+  ``force_host`` considers only that host (a resize stays where it is), ``release_held``
+  counts the server's current allocations as freed and replaces them atomically.
+- ``evaluate(...)`` is the same without the claim (``POST /v1/scheduler/simulate``).
+
+Nothing here commits: the caller's unit of work commits the server row, the quota usage and
+the allocations together, or none of them.
 """
 
 from __future__ import annotations
@@ -10,18 +21,20 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from api.config import Settings
 from api.errors import Conflict, DomainError
-from api.models import Allocation
+from api.models import Allocation, Flavor, Image, ServerGroup
+from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
-from scheduler.claim import ClaimOutcome, claim
-from scheduler.framework import RequestSpec, Snapshot
+from scheduler import resources
+from scheduler.framework import RequestSpec, ServerGroupSpec, Snapshot
 from scheduler.pipeline import Decision, Multipliers, decide
 
 log = logging.getLogger("minicloud.scheduler")
@@ -67,8 +80,11 @@ class NoValidHost(DomainError):
     def from_decision(cls, decision: Decision, snapshot: Snapshot,
                       explain_hosts: bool) -> NoValidHost:
         """The problem for a failed decision; host names only if ``explain_hosts``."""
-        extra: dict[str, Any] = {"hosts": decision.hosts,
-                                 "refusals": dict(sorted(decision.refusals.items()))}
+        extra: dict[str, Any] = {
+            "hosts": decision.hosts,
+            "refusals": dict(sorted(decision.refusals.items())),
+            "refusals_by_filter": dict(sorted(decision.refusals_by_filter.items())),
+        }
         if explain_hosts:
             names = {h.id: h.name for h in snapshot.hosts}
             extra["per_host"] = [
@@ -93,21 +109,58 @@ class PlacementResult:
 
 
 def multipliers(settings: Settings) -> Multipliers:
-    """Weigher multipliers from the settings."""
-    return Multipliers(
-        ram=settings.scheduler_ram_weight_multiplier,
-        cpu=settings.scheduler_cpu_weight_multiplier,
-        soft_affinity=settings.scheduler_soft_affinity_weight_multiplier,
-        soft_anti_affinity=settings.scheduler_soft_anti_affinity_weight_multiplier,
+    """Weigher multipliers from the settings (validated when the settings were built)."""
+    return settings.multipliers()
+
+
+def request_spec(*, server_id: str, project_id: str, sizes: object, flavor: Flavor | None,
+                 image: Image | None, group: ServerGroup | None = None,
+                 availability_zone: str | None = None, request_id: str = "") -> RequestSpec:
+    """What the scheduler needs to know about one server: the one request-spec builder.
+
+    ``sizes`` is whatever holds the amounts (the server row, whose sizes were copied from its
+    flavor at create; the new flavor of a resize; raw sizes of a simulation), read through the
+    registry's request fields. ``flavor`` gives the extra_specs, ``image`` the minimums and
+    architecture. The caller resolved every row with its own visibility.
+    """
+    props: dict[str, Any] = dict(image.properties or {}) if image is not None else {}
+    arch = props.get("architecture")
+    extra = flavor.extra_specs if flavor is not None else None
+    return RequestSpec(
+        server_id=server_id, project_id=project_id, resources=resources.requested(sizes),
+        image_min_ram=image.min_ram if image is not None else 0,
+        image_min_disk=image.min_disk if image is not None else 0,
+        image_architecture=arch if isinstance(arch, str) else None,
+        extra_specs={str(k): str(v) for k, v in (extra or {}).items()},
+        availability_zone=availability_zone,
+        server_group=ServerGroupSpec(id=group.id, policy=group.policy) if group else None,
+        request_id=request_id,
     )
 
 
-def evaluate(session: Session, settings: Settings, spec: RequestSpec, *, fresh: bool = True
+def _snapshot(session: Session, settings: Settings, *, fresh: bool,
+              exclude_hosts: Collection[str], force_host: str | None) -> Snapshot:
+    """The hosts a placement may consider: one forced host read as of now, else the pool
+    (cached unless ``fresh``) without the excluded hosts."""
+    if force_host is not None:
+        snapshot = load_hosts(session, settings, only=[force_host])
+    elif fresh:
+        snapshot = load_hosts(session, settings)
+    else:
+        snapshot = snapshot_cache(session, settings).load(session, settings)
+    if exclude_hosts:
+        snapshot = replace(snapshot, hosts=[h for h in snapshot.hosts
+                                            if h.id not in exclude_hosts])
+    return snapshot
+
+
+def evaluate(session: Session, settings: Settings, spec: RequestSpec, *, fresh: bool = True,
+             exclude_hosts: Collection[str] = (), force_host: str | None = None
              ) -> tuple[RequestSpec, Snapshot, Decision, int | None]:
     """Read a snapshot and run the pipeline, without claiming anything.
 
     ``fresh`` reads every host in full; otherwise the process's ``SnapshotCache`` re-reads
-    only hosts whose generation moved.
+    only hosts whose generation moved. ``exclude_hosts`` and ``force_host`` as for ``place``.
 
     Returns the spec with the group's current members, the snapshot, the decision and the
     group's generation (None without a group). Raises nothing of its own; an unknown group id
@@ -119,15 +172,22 @@ def evaluate(session: Session, settings: Settings, spec: RequestSpec, *, fresh: 
         if group is not None:
             spec = replace(spec, server_group=group.spec)
             group_generation = group.generation
-    snapshot = (load_hosts(session, settings) if fresh
-                else snapshot_cache(session, settings).load(session, settings))
+    snapshot = _snapshot(session, settings, fresh=fresh, exclude_hosts=exclude_hosts,
+                         force_host=force_host)
     return spec, snapshot, decide(spec, snapshot, multipliers(settings)), group_generation
 
 
 def place(session: Session, settings: Settings, spec: RequestSpec, *,
-          request_id: str | None = None, explain_hosts: bool = False) -> PlacementResult:
+          request_id: str | None = None, explain_hosts: bool = False,
+          exclude_hosts: Collection[str] = (), force_host: str | None = None,
+          release_held: bool = False) -> PlacementResult:
     """Choose a host for ``spec`` and claim its resources for ``spec.server_id``.
 
+    Parameters that make one service of create, resize and (later) migrate/evacuate:
+    ``exclude_hosts`` are never considered; ``force_host`` is the only host considered
+    (read fresh, never from the cache); ``release_held`` first deletes the allocations
+    ``spec.server_id`` already holds, in a savepoint, so the fit check counts them as freed:
+    the new rows replace them atomically, or the savepoint rolls back and they stay.
     ``request_id`` (if given) replaces ``spec.request_id`` as the tie-break seed. Writes one
     allocation row per requested resource class; flushes, never commits; does not touch the
     server row (the caller sets ``host_id`` from the result).
@@ -141,14 +201,22 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
     ratios = pool_ratios(settings)
     conflicts = 0
     cache = snapshot_cache(session, settings)
+    # A forced host or released allocations are read as of now in this transaction: the
+    # process's cached copy knows neither.
+    cached = force_host is None and not release_held
     for attempt in range(1, settings.scheduler_max_attempts + 1):
-        current, snapshot, decision, group_generation = evaluate(session, settings, spec,
-                                                                 fresh=False)
-        if decision.host is None:
+        held = _release(session, spec.server_id) if release_held else None
+        current, snapshot, decision, group_generation = evaluate(
+            session, settings, spec, fresh=not cached, exclude_hosts=exclude_hosts,
+            force_host=force_host)
+        if decision.host is None and cached:
             # The cached copy may be pessimistic (freed allocations do not bump generations):
             # a refusal is only ever answered from a full read.
-            current, snapshot, decision, group_generation = evaluate(session, settings, spec)
+            current, snapshot, decision, group_generation = evaluate(
+                session, settings, spec, exclude_hosts=exclude_hosts)
         if decision.host is None:
+            if held is not None:
+                held.rollback()
             raise NoValidHost.from_decision(decision, snapshot, explain_hosts)
         group = current.server_group
         # The ranked runners-up come from the same snapshot: when a concurrent claim took the
@@ -158,7 +226,8 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         # queueing again on the second best.
         # On the first attempt a host row locked by a concurrent claim is skipped rather than
         # waited for (it will have moved on when that claim commits); later attempts wait, so
-        # a small pool under a storm still converges instead of skipping every host.
+        # a small pool under a storm still converges instead of skipping every host. A forced
+        # host has no alternative: it is always waited for.
         best, *rest = decision.ranked
         random.Random(f"{spec.request_id}/{attempt}").shuffle(rest)
         for host in (best, *rest):
@@ -170,12 +239,17 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
                 group_id=group.id if group else None, group_policy=group.policy if group else None,
-                group_generation=group_generation, wait=attempt > 1)
+                group_generation=group_generation,
+                wait=attempt > 1 or force_host is not None)
             if outcome is not ClaimOutcome.CLAIMED:
                 savepoint.rollback()
             else:
                 savepoint.commit()
-                cache.claimed(session, host, spec.resources)
+                if held is not None:
+                    held.commit()
+                    cache.forget(host.id)  # usage moved by new - old: re-read it
+                else:
+                    cache.claimed(session, host, spec.resources)
                 record = decision.summary()
                 record.update(host_id=host.id, host=host.name, attempts=attempt,
                               conflicts=conflicts, request_id=spec.request_id)
@@ -186,46 +260,14 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             log.debug("claim conflict %s on %s (attempt %d)", outcome.value, host.id, attempt)
             if outcome is ClaimOutcome.GROUP_CONFLICT:
                 break
+        if held is not None:
+            held.rollback()
     raise Conflict("Too many concurrent placements; try again.", code="placement_busy")
 
 
-def reclaim(session: Session, settings: Settings, spec: RequestSpec, host_id: str, *,
-            explain_hosts: bool = False) -> PlacementResult:
-    """Re-claim ``spec``'s (new) sizes for ``spec.server_id`` on the host it already holds.
-
-    For a resize: in a savepoint, the server's current allocations are deleted (so the fit
-    check counts them as freed), the one host is re-read and filtered like a placement
-    (status, resources, image), then claimed with the race-free claim; the new allocation rows
-    replace the old ones atomically, or the savepoint rolls back and the old ones stay. Server
-    group and zone filters do not apply (the server stays where it is). Flushes, never commits.
-
-    Raises NoValidHost (409 ``no_valid_host``) when the host has no room for the new sizes (or
-    is disabled or down), Conflict ``placement_busy`` when concurrent claims on the host won
-    ``settings.scheduler_max_attempts`` times in a row.
-    """
-    spec = replace(spec, server_group=None, availability_zone=None)
-    ratios = pool_ratios(settings)
-    for attempt in range(1, settings.scheduler_max_attempts + 1):
-        savepoint = session.begin_nested()
-        session.execute(delete(Allocation).where(Allocation.server_id == spec.server_id)
-                        .execution_options(synchronize_session=False))
-        snapshot = load_hosts(session, settings, only=[host_id])
-        decision = decide(spec, snapshot, multipliers(settings))
-        if decision.host is None:
-            savepoint.rollback()
-            raise NoValidHost.from_decision(decision, snapshot, explain_hosts)
-        host = decision.host
-        outcome = claim(session, server_id=spec.server_id, host_id=host.id,
-                        host_generation=host.generation, resources=spec.resources,
-                        pool_ratios=ratios)
-        if outcome is ClaimOutcome.CLAIMED:
-            savepoint.commit()
-            snapshot_cache(session, settings).forget(host.id)
-            record = decision.summary()
-            record.update(host_id=host.id, host=host.name, attempts=attempt,
-                          request_id=spec.request_id)
-            return PlacementResult(host.id, host.name, host.availability_zone, attempt,
-                                   attempt - 1, record)
-        savepoint.rollback()
-        log.debug("re-claim conflict %s on %s (attempt %d)", outcome.value, host_id, attempt)
-    raise Conflict("Too many concurrent placements; try again.", code="placement_busy")
+def _release(session: Session, server_id: str) -> SessionTransaction:
+    """Open a savepoint and delete the allocations ``server_id`` holds inside it."""
+    savepoint = session.begin_nested()
+    session.execute(delete(Allocation).where(Allocation.server_id == server_id)
+                    .execution_options(synchronize_session=False))
+    return savepoint

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1/scheduler", tags=["scheduler"])
 
 
 @router.post("/simulate", response_model=SimulateResponse)
-def simulate(body: SimulateRequest, _: AdminUser, session: SessionDep,
+def simulate(body: SimulateRequest, admin: AdminUser, session: SessionDep,
              settings: SettingsDep) -> SimulateResponse:
     """Would this request fit, where, and if not why; how many more fit. Claims nothing."""
-    return service.simulate(session, settings, body, request_id_var.get())
+    return service.simulate(session, settings, admin, body, request_id_var.get())

@@ -21,6 +21,9 @@ class SimulateRequest(BaseModel):
     image: Name | None = None
     availability_zone: Name | None = None
     server_group: Name | None = None
+    # Simulate as this project: only its flavors, images and server groups are visible
+    # (default: the caller's own visibility, as for a create).
+    project_id: Name | None = None
     # Replays a decision: the same seed on the same pool picks the same host as a create
     # whose X-Request-Id is this value. Default: this request's own id.
     request_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
@@ -67,6 +70,8 @@ class SimulateResponse(BaseModel):
     hosts: int
     candidates: int
     refusals: dict[str, int]
+    # Hosts refused per filter plugin name (each by the first filter that refused it).
+    refusals_by_filter: dict[str, int]
     detail: str
     per_host: list[dict[str, str]]
     top: list[dict[str, Any]]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from dataclasses import replace
+
 from sqlalchemy.orm import Session
 
 from api.config import Settings
+from api.deps import Principal
 from api.errors import NotFound
-from api.models import Flavor, Image, ServerGroup
-from api.scheduler.placement import evaluate, refusal_sentence
+from api.flavors import service as flavors
+from api.images import service as images
+from api.models import Project
+from api.scheduler.placement import evaluate, refusal_sentence, request_spec
 from api.scheduler.schemas import (
     Capacity,
     HostCapacity,
@@ -16,48 +20,40 @@ from api.scheduler.schemas import (
     SimulateRequest,
     SimulateResponse,
 )
+from api.server_groups import service as server_groups
 from scheduler.capacity import how_many
 from scheduler.filters.resources import ResourcesFilter
-from scheduler.framework import HostState, RequestSpec, ServerGroupSpec, Snapshot
+from scheduler.framework import HostState, RequestSpec, Snapshot
 from scheduler.pipeline import FILTERS
 
 
-def build_spec(session: Session, body: SimulateRequest, request_id: str) -> RequestSpec:
-    """The RequestSpec a create with these options would schedule.
+def build_spec(session: Session, principal: Principal, body: SimulateRequest,
+               request_id: str) -> RequestSpec:
+    """The RequestSpec a create with these options would schedule, through the placement
+    service's one builder, with the visibility that create would have.
 
-    Raises NotFound (``flavor_not_found``, ``image_not_found``, ``server_group_not_found``).
+    Flavor, image and server group are resolved as a create by the caller resolves them, or
+    by the project in ``body.project_id`` (its flavors, images and groups only): another
+    project's private flavor or image and another project's group are "not found".
+
+    Raises NotFound (``project_not_found``, ``flavor_not_found``, ``image_not_found``,
+    ``server_group_not_found``), Conflict ``image_name_ambiguous``.
     """
-    extra_specs: dict[str, object] = {}
-    if body.flavor is not None:
-        flavor = session.scalar(select(Flavor).where(
-            or_(Flavor.id == body.flavor, Flavor.name == body.flavor)))
-        if flavor is None:
-            raise NotFound(f"No flavor {body.flavor!r}.", code="flavor_not_found")
-        vcpus, ram_mb, disk_gb = flavor.vcpus, flavor.ram_mb, flavor.disk_gb
-        extra_specs = dict(flavor.extra_specs or {})
-    else:
-        vcpus, ram_mb, disk_gb = body.vcpus or 0, body.ram_mb or 0, body.disk_gb or 0
-    min_ram = min_disk = 0
-    arch: str | None = None
-    if body.image is not None:
-        image = session.scalar(select(Image).where(
-            or_(Image.id == body.image, Image.name == body.image)).limit(1))
-        if image is None:
-            raise NotFound(f"No image {body.image!r}.", code="image_not_found")
-        min_ram, min_disk = image.min_ram, image.min_disk
-        arch = (image.properties or {}).get("architecture")
-    group: ServerGroupSpec | None = None
-    if body.server_group is not None:
-        row = session.get(ServerGroup, body.server_group)
-        if row is None:
-            raise NotFound(f"No server group {body.server_group!r}.",
-                           code="server_group_not_found")
-        group = ServerGroupSpec(row.id, row.policy)
-    return RequestSpec(server_id="simulated", project_id="simulated", vcpus=vcpus,
-                       ram_mb=ram_mb, disk_gb=disk_gb, image_min_ram=min_ram,
-                       image_min_disk=min_disk, image_architecture=arch,
-                       extra_specs=extra_specs, availability_zone=body.availability_zone,
-                       server_group=group, request_id=request_id)
+    if body.project_id is not None:
+        if session.get(Project, body.project_id) is None:
+            raise NotFound("No such project.", code="project_not_found")
+        # "Simulate as this project": the visibility a member of that project has.
+        principal = replace(principal, project_id=body.project_id, role="member")
+    project_id = principal.project_id
+    flavor = flavors.get_flavor(session, principal, body.flavor) if body.flavor else None
+    sizes: object = flavor if flavor is not None else body
+    image = images.find_image(session, principal, body.image) if body.image else None
+    # A create may only join a group of its own project (admins included).
+    group = (server_groups.get_project_group(session, project_id, body.server_group)
+             if body.server_group is not None else None)
+    return request_spec(server_id="simulated", project_id=project_id or "simulated",
+                        sizes=sizes, flavor=flavor, image=image, group=group,
+                        availability_zone=body.availability_zone, request_id=request_id)
 
 
 def _eligible_but_for_resources(spec: RequestSpec, snapshot: Snapshot) -> list[HostState]:
@@ -92,13 +88,14 @@ def capacity_for(spec: RequestSpec, snapshot: Snapshot) -> Capacity:
                     additional=sum(h.count for h in by_host), by_host=by_host)
 
 
-def simulate(session: Session, settings: Settings, body: SimulateRequest,
+def simulate(session: Session, settings: Settings, principal: Principal, body: SimulateRequest,
              request_id: str) -> SimulateResponse:
     """Would the request fit, where, and if not why; nothing is written.
 
-    Raises NotFound for an unknown flavor, image or server group.
+    Raises NotFound for an unknown (or invisible) project, flavor, image or server group,
+    Conflict ``image_name_ambiguous``.
     """
-    spec = build_spec(session, body, body.request_id or request_id)
+    spec = build_spec(session, principal, body, body.request_id or request_id)
     spec, snapshot, decision, _ = evaluate(session, settings, spec)
     names = {h.id: h.name for h in snapshot.hosts}
     record = decision.summary()
@@ -114,6 +111,7 @@ def simulate(session: Session, settings: Settings, body: SimulateRequest,
         hosts=decision.hosts,
         candidates=decision.candidates,
         refusals=dict(sorted(decision.refusals.items())),
+        refusals_by_filter=dict(sorted(decision.refusals_by_filter.items())),
         detail=detail,
         per_host=[{"host_id": hid, "host": names.get(hid, hid), "reason": reason}
                   for hid, reason in sorted(decision.refused.items(),

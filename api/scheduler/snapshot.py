@@ -10,7 +10,7 @@
                       WHERE a.host_id = i.host_id AND a.resource_class = i.resource_class), 0)
       FROM inventories i;
 
-The usage subquery is ``scheduler.claim.used_expr``, the same expression the claim re-checks
+The usage subquery is ``api.scheduler.claim.used_expr``, the same expression the claim re-checks
 with; per inventory row it is an index lookup on allocations.host_id, which SQLite runs far
 faster than joining a GROUP BY over all allocations.
 """
@@ -30,22 +30,14 @@ from sqlalchemy.orm import Session
 from api.config import Settings
 from api.db import utcnow
 from api.models import Allocation, Host, Inventory, Server, ServerGroup
-from scheduler.claim import max_unit_expr, ratio_expr, used_expr
-from scheduler.framework import (
-    DISK_GB,
-    MEMORY_MB,
-    VCPU,
-    HostState,
-    InventoryState,
-    ServerGroupSpec,
-    Snapshot,
-)
+from api.scheduler.claim import max_unit_expr, ratio_expr, used_expr
+from scheduler import resources
+from scheduler.framework import HostState, InventoryState, ServerGroupSpec, Snapshot
 
 
 def pool_ratios(settings: Settings) -> dict[str, float]:
-    """The pool-wide allocation ratio of each resource class."""
-    return {VCPU: settings.cpu_allocation_ratio, MEMORY_MB: settings.ram_allocation_ratio,
-            DISK_GB: settings.disk_allocation_ratio}
+    """The pool-wide allocation ratio of each resource class (``scheduler.resources``)."""
+    return resources.pool_ratios(settings)
 
 
 @lru_cache(maxsize=8)

@@ -25,8 +25,9 @@ from api.flavors import service as flavors
 from api.images import service as images
 from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
 from api.quotas import service as quotas
+from api.scheduler import placement
 from api.server_groups import service as server_groups
-from api.servers import placement, repository, states
+from api.servers import repository, states
 from api.servers.schemas import RebootAction, ResizeAction, ServerAction, ServerCreate
 from api.usage import hooks as billing
 
@@ -132,7 +133,10 @@ def create_server(session: Session, settings: Settings, principal: Principal,
 
     # Placement step: the scheduler claims a host here, inside the same transaction; a
     # NoValidHost rolls the server row and the quota usage back with it.
-    spec = placement.request_spec(server, flavor, image, group, request_id_var.get())
+    spec = placement.request_spec(
+        server_id=server.id, project_id=server.project_id, sizes=server, flavor=flavor,
+        image=image, group=group, availability_zone=server.availability_zone,
+        request_id=request_id_var.get())
     placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin)
     server.host_id = placed.host_id
     server.availability_zone = placed.availability_zone
@@ -344,9 +348,11 @@ def resize(session: Session, settings: Settings, principal: Principal, server: S
         raise Conflict("The server holds no host.", code="invalid_state",
                        server_status=server.status, task_state=server.task_state,
                        action="resize")
-    spec = placement.resize_spec(server, flavor, image, request_id_var.get())
-    placed = placement.reclaim(session, settings, spec, server.host_id,
-                               explain_hosts=principal.is_admin)
+    spec = placement.request_spec(server_id=server.id, project_id=server.project_id,
+                                  sizes=flavor, flavor=flavor, image=image,
+                                  request_id=request_id_var.get())
+    placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin,
+                             force_host=server.host_id, release_held=True)
     _transition(session, server, states.SHUTOFF, states.RESIZING)
     server.flavor_id, server.vcpus = flavor.id, flavor.vcpus
     server.ram_mb, server.disk_gb = flavor.ram_mb, flavor.disk_gb

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from scheduler.framework import (
     ARCHITECTURE,
+    DISK_GB,
     IMAGE_MIN_DISK,
     IMAGE_MIN_RAM,
+    MEMORY_MB,
     HostCheck,
     HostState,
     RequestSpec,
@@ -22,10 +24,11 @@ class ImageFilter:
 
     def prepare(self, spec: RequestSpec, snapshot: Snapshot) -> HostCheck | None:
         """Applies when the image states a minimum or an architecture."""
-        if spec.image_min_ram > spec.ram_mb:
+        if spec.image_min_ram > spec.amount(MEMORY_MB):
             return lambda _host: IMAGE_MIN_RAM
         # A flavor with a 0 GB root disk takes the image's size: nothing to check.
-        if spec.disk_gb and spec.image_min_disk > spec.disk_gb:
+        disk_gb = spec.amount(DISK_GB)
+        if disk_gb and spec.image_min_disk > disk_gb:
             return lambda _host: IMAGE_MIN_DISK
         arch = spec.image_architecture
         if not arch:

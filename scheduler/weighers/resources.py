@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import operator
-
-from scheduler.framework import MEMORY_MB, VCPU, HostScore, RequestSpec
+from scheduler.framework import MEMORY_MB, VCPU, HostScore, HostState, RequestSpec
 
 
 class FreeResourceWeigher:
@@ -17,8 +15,11 @@ class FreeResourceWeigher:
 
     def prepare(self, spec: RequestSpec) -> HostScore:
         """Always applies."""
-        # attrgetter runs in C: this is the hottest loop of a decision on a large pool.
-        score: HostScore = operator.attrgetter(f"free_{self.resource_class.lower()}")
+        rc = self.resource_class
+
+        def score(host: HostState) -> float:
+            return host.free[rc]
+
         return score
 
 

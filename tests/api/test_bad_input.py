@@ -196,7 +196,7 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
         "addresses": [{"ip": "10.0.0.2", "mac": "52:54:00:00:00:01", "network": "default"}]},
     ("POST", "/v1/scheduler/simulate"): [  # a flavor or sizes, not both
         {"flavor": "tiny", "image": "{image_id}", "availability_zone": "nova",
-         "server_group": "{group_id}", "request_id": "r-1"},
+         "server_group": "{group_id}", "project_id": "{project_id}", "request_id": "r-1"},
         {"vcpus": 1, "ram_mb": 1, "disk_gb": 1}],
     ("POST", "/v1/usage/adjustments"): {"project_id": "{project_id}", "server_id": "{server_id}",
                                         "amount": "1.5", "reason": "refund",

@@ -21,9 +21,9 @@ from api.config import Settings
 from api.db import make_engine, make_sessionmaker
 from api.migrate import upgrade
 from api.models import Allocation, Host, Inventory, Server, ServerGroup
+from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.placement import NoValidHost, place
 from api.scheduler.snapshot import load_hosts, pool_ratios
-from scheduler.claim import ClaimOutcome, claim
 from tests.db import fresh_database
 from tests.scheduler.db_factories import (
     Catalog,
@@ -127,8 +127,10 @@ def test_no_valid_host_adds_up_refusals_and_hides_names_from_tenants(
         make_host(s, name="silent", heartbeat_age=3600)
     with pytest.raises(NoValidHost) as refused:
         create(factory, settings, catalog)
+    # Per filter plugin: status refused 3 disabled + 1 down = 4, resources the 7 small ones.
     assert refused.value.extra == {"hosts": 11, "refusals": {
-        "disabled": 3, "down": 1, "not_enough_MEMORY_MB": 7}}
+        "disabled": 3, "down": 1, "not_enough_MEMORY_MB": 7},
+        "refusals_by_filter": {"resources": 7, "status": 4}}
     assert refused.value.detail == "11 hosts: 7 not enough MEMORY_MB, 3 disabled, " \
                                    "1 down (no recent heartbeat)"
     with pytest.raises(NoValidHost) as for_admin:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.config import Settings
 from api.db import make_engine, make_sessionmaker
 from api.scheduler.placement import NoValidHost, place
-from tests.factories import make_account, unique
+from tests.factories import make_account, make_flavor, make_image, unique
 from tests.scheduler.db_factories import Catalog, make_catalog, make_host, make_server, spec_for
 
 
@@ -76,6 +76,7 @@ def test_simulate_explains_a_refusal_like_place_does(
         s.rollback()
     # Same snapshot arithmetic: hosts of other zones count as "availability_zone" in both.
     assert answer["refusals"] == refused.value.extra["refusals"]
+    assert answer["refusals_by_filter"] == refused.value.extra["refusals_by_filter"]
     assert answer["detail"] == refused.value.detail
     per_host = answer["per_host"]
     assert isinstance(per_host, list)
@@ -110,3 +111,63 @@ def test_simulate_is_admin_only_and_validates(client: TestClient, admin: dict[st
     assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
     r = client.post("/v1/scheduler/simulate", json={"flavor": "no-such"}, headers=admin)
     assert (r.status_code, r.json()["code"]) == (404, "flavor_not_found")
+
+
+# (reference that belongs to project A, the code a create by project B gets for it)
+PRIVATE_TO_A = [
+    ("flavor", "flavor_not_found"),
+    ("image", "image_not_found"),
+    ("server_group", "server_group_not_found"),
+]
+
+
+@pytest.mark.parametrize(("field", "code"), PRIVATE_TO_A)
+def test_simulate_resolves_references_with_the_visibility_of_a_create(
+        client: TestClient, admin: dict[str, str], field: str, code: str) -> None:
+    a = make_account(client, admin)
+    b = make_account(client, admin)
+    private_flavor = make_flavor(client, admin, is_public=False)
+    r = client.post(f"/v1/flavors/{private_flavor['id']}/access/{a.project_id}", headers=admin)
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/server-groups", json={"name": unique("g"), "policy": "affinity"},
+                    headers=a.headers)
+    assert r.status_code == 201, r.text
+    of_a = {"flavor": private_flavor["id"], "image": make_image(client, a.headers)["id"],
+            "server_group": r.json()["id"]}
+    # Everything else public, so only ``field`` can be refused.
+    public = {"flavor": make_flavor(client, admin)["id"],
+              "image": make_image(client, admin, visibility="public")["id"]}
+    body = public | {field: of_a[field]}
+
+    # Project B creating with A's private reference: 404, nothing more said.
+    created = client.post("/v1/servers", json={"name": unique("s"), **body}, headers=b.headers)
+    assert (created.status_code, created.json()["code"]) == (404, code)
+    # Simulating as B gets the same answer as B's create.
+    r = client.post("/v1/scheduler/simulate", json={**body, "project_id": b.project_id},
+                    headers=admin)
+    assert (r.status_code, r.json()["code"]) == (404, code)
+    # As A, the reference resolves and the pool is evaluated.
+    r = client.post("/v1/scheduler/simulate", json={**body, "project_id": a.project_id},
+                    headers=admin)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    # Each refused host counts once by reason and once for the filter that refused it.
+    refused = answer["hosts"] - answer["candidates"]
+    assert sum(answer["refusals"].values()) == refused
+    assert sum(answer["refusals_by_filter"].values()) == refused
+
+
+def test_simulate_without_a_project_joins_only_the_callers_own_groups(
+        client: TestClient, admin: dict[str, str]) -> None:
+    a = make_account(client, admin)
+    r = client.post("/v1/server-groups", json={"name": unique("g"), "policy": "affinity"},
+                    headers=a.headers)
+    group = r.json()["id"]
+    flavor = make_flavor(client, admin)["id"]
+    # An admin's create may not join another project's group either.
+    r = client.post("/v1/scheduler/simulate", json={"flavor": flavor, "server_group": group},
+                    headers=admin)
+    assert (r.status_code, r.json()["code"]) == (404, "server_group_not_found")
+    r = client.post("/v1/scheduler/simulate", json={"flavor": flavor, "project_id": "nope"},
+                    headers=admin)
+    assert (r.status_code, r.json()["code"]) == (404, "project_not_found")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from scheduler.framework import (
@@ -14,6 +15,7 @@ from scheduler.framework import (
     ServerGroupSpec,
     Snapshot,
 )
+from scheduler.resources import requested
 
 NOW = 1_000_000.0
 
@@ -39,8 +41,15 @@ def request(*, vcpus: int = 1, ram_mb: int = 1024, disk_gb: int = 10,
             group: tuple[str, dict[str, int]] | None = None, **attrs: Any) -> RequestSpec:
     """A request; ``group`` is (policy, {host id: members there})."""
     server_group = ServerGroupSpec("g1", group[0], group[1]) if group else None
-    return RequestSpec(server_id="s1", project_id="p1", vcpus=vcpus, ram_mb=ram_mb,
-                       disk_gb=disk_gb, server_group=server_group, **attrs)
+    return RequestSpec(server_id="s1", project_id="p1",
+                       resources=sizes(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb),
+                       server_group=server_group, **attrs)
+
+
+def sizes(*, vcpus: int, ram_mb: int, disk_gb: int) -> dict[str, int]:
+    """Requested amounts by resource class, as the placement service's builder reads them
+    from a flavor (a zero amount is not requested)."""
+    return requested(SimpleNamespace(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb))
 
 
 def snapshot(*hosts: HostState, down_after: float = 60.0) -> Snapshot:

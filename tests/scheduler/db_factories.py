@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.db import new_id, utcnow
 from api.models import Flavor, Host, Image, Inventory, Project, Server, ServerGroup
 from scheduler.framework import RequestSpec, ServerGroupSpec
+from tests.scheduler.builders import sizes
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,6 @@ def spec_for(server_id: str, catalog: Catalog, *, vcpus: int = 1, ram_mb: int = 
              policy: str | None = None, request_id: str = "req-1") -> RequestSpec:
     """The RequestSpec the servers code builds for such a server."""
     group = ServerGroupSpec(group_id, policy or "") if group_id else None
-    return RequestSpec(server_id=server_id, project_id=catalog.project_id, vcpus=vcpus,
-                       ram_mb=ram_mb, disk_gb=disk_gb, availability_zone=zone,
-                       server_group=group, request_id=request_id)
+    return RequestSpec(server_id=server_id, project_id=catalog.project_id,
+                       resources=sizes(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb),
+                       availability_zone=zone, server_group=group, request_id=request_id)

@@ -8,8 +8,8 @@ from sqlalchemy import Engine, insert, literal, select
 
 from api.db import Base, make_engine
 from api.models import Allocation, Host, Inventory
-from scheduler.capacity import fits, how_many
-from scheduler.claim import fit_clause
+from api.scheduler.claim import fit_clause
+from scheduler.capacity import fit_bounds, fits, how_many
 from scheduler.framework import InventoryState
 
 _ENGINE: list[Engine] = []
@@ -64,3 +64,16 @@ def test_how_many_follows_the_fit_rule() -> None:
     assert how_many(10240.0, 1024, 1, 16384) == 10
     assert how_many(1023.0, 1024, 1, 16384) == 0
     assert how_many(10240.0, 1024, 1, 512) == 0
+
+
+@given(total=st.integers(0, 1000), used=st.integers(0, 4000), reserved=st.integers(0, 1100),
+       ratio=st.one_of(st.sampled_from([0.5, 1.0, 1.5, 4.0]), st.floats(0.01, 32.0)),
+       min_unit=st.integers(1, 16), max_unit=st.integers(1, 1000),
+       requested=st.integers(1, 4000))
+def test_fit_bounds_are_the_fit_rule_solved_for_requested(
+        total: int, used: int, reserved: int, ratio: float, min_unit: int, max_unit: int,
+        requested: int) -> None:
+    # The resources filter keeps a host iff low <= requested <= high.
+    low, high = fit_bounds(used, total, reserved, ratio, min_unit, max_unit)
+    assert (low <= requested <= high) == fits(used, requested, total, reserved, ratio,
+                                              min_unit, max_unit)

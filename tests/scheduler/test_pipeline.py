@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from scheduler.framework import HostState
 from scheduler.pipeline import FILTERS, decide
 from tests.scheduler.builders import NOW, host, inv, request, snapshot
 
@@ -23,6 +28,42 @@ def test_refusals_add_up_per_filter_and_the_first_refusing_filter_counts() -> No
     assert (decision.hosts, decision.candidates) == (12, 0)
     assert decision.refusals == {"not_enough_MEMORY_MB": 7, "disabled": 3, "anti_affinity": 2}
     assert decision.refused["id-off0"] == "disabled"
+    # By plugin: status took the 3 disabled first, resources the 7 full, server_group the 2.
+    assert decision.refusals_by_filter == {"status": 3, "resources": 7, "server_group": 2}
+    assert decision.summary()["refusals_by_filter"] == {"status": 3, "resources": 7,
+                                                        "server_group": 2}
+
+
+# (case, hosts, request options, refusals by filter plugin name)
+BY_FILTER: list[tuple[str, list[HostState], dict[str, Any], dict[str, int]]] = [
+    # 2 silent (down) + 1 disabled -> status 3; the fresh one fits -> nothing else refused
+    ("status only", [host("d1", last_heartbeat=NOW - 600), host("d2", last_heartbeat=None),
+                     host("off", enabled=False), host("ok")], {}, {"status": 3}),
+    # 8 vCPU x 4.0 = 32 < 40 -> not_enough_VCPU; a host with max_unit 16 < 40 -> unit limit;
+    # both are the resources filter
+    ("resources, both reasons", [host("small"), host("capped", vcpu=inv(64, max_unit=16))],
+     {"vcpus": 40}, {"resources": 2}),
+    # zone "az2" requested: a host in "nova" is the availability_zone filter's
+    ("zone", [host("n1"), host("z", availability_zone="az2")], {"availability_zone": "az2"},
+     {"availability_zone": 1}),
+    # image needs aarch64: the x86_64 host is the image filter's; a missing tag is aggregates'
+    ("image then aggregates", [host("x86"), host("arm", architecture="aarch64"),
+                               host("arm-ssd", architecture="aarch64", aggregates={"ssd": "1"})],
+     {"image_architecture": "aarch64", "extra_specs": {"ssd": "1"}},
+     {"image": 1, "aggregates": 1}),
+]
+
+
+@pytest.mark.parametrize(("case", "hosts", "options", "expected"), BY_FILTER,
+                         ids=[c[0] for c in BY_FILTER])
+def test_refusals_are_counted_per_filter_plugin(case: str, hosts: list[HostState],
+                                                options: dict[str, Any],
+                                                expected: dict[str, int]) -> None:
+    decision = decide(request(**options), snapshot(*hosts))
+    assert dict(decision.refusals_by_filter) == expected, case
+    # Every refused host is counted once, for the first filter that refused it.
+    assert sum(decision.refusals_by_filter.values()) == len(decision.refused)
+    assert set(decision.refusals_by_filter) <= {f.name for f in FILTERS}
 
 
 def test_tie_break_is_seeded_by_the_request_id() -> None:

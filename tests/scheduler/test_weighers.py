@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from scheduler.framework import HostState, RequestSpec, Weigher
-from scheduler.pipeline import Multipliers, decide, normalize
+from scheduler.pipeline import WEIGHER_NAMES, Multipliers, UnknownWeigher, decide, normalize
 from scheduler.weighers.resources import cpu_weigher, ram_weigher
 from scheduler.weighers.server_group import SoftAffinityWeigher, SoftAntiAffinityWeigher
 from tests.scheduler.builders import host, inv, request, snapshot
@@ -62,11 +64,11 @@ B = host("b", ram=inv(16384, 12288), vcpu=inv(8, 0, ratio=4.0))
 
 COMBINED: list[tuple[str, Multipliers, str, dict[str, float]]] = [
     # ram normalized a=1, b=0; cpu a=0, b=1. ram 1.0 + cpu 0.5: a = 1.0, b = 0.5
-    ("spread, RAM first", Multipliers(ram=1.0, cpu=0.5), "a", {"a": 1.0, "b": 0.5}),
+    ("spread, RAM first", Multipliers({"ram": 1.0, "cpu": 0.5}), "a", {"a": 1.0, "b": 0.5}),
     # ram 0.5 + cpu 1.0: a = 0.5, b = 1.0
-    ("spread, vCPU first", Multipliers(ram=0.5, cpu=1.0), "b", {"a": 0.5, "b": 1.0}),
+    ("spread, vCPU first", Multipliers({"ram": 0.5, "cpu": 1.0}), "b", {"a": 0.5, "b": 1.0}),
     # pack: ram -1.0, cpu 0: a = -1.0, b = 0.0 -> the fuller host b
-    ("pack by RAM", Multipliers(ram=-1.0, cpu=0.0), "b", {"a": -1.0, "b": 0.0}),
+    ("pack by RAM", Multipliers({"ram": -1.0, "cpu": 0.0}), "b", {"a": -1.0, "b": 0.0}),
 ]
 
 
@@ -84,7 +86,8 @@ def test_soft_anti_affinity_outweighs_free_ram_when_multiplied() -> None:
     # a has more free RAM (ram: a=1, b=0) but a member (soft anti: a=0, b=1).
     # ram 1.0 + soft_anti 2.0: a = 1.0, b = 2.0 -> b
     spec = request(group=("soft-anti-affinity", {"id-a": 1}))
-    decision = decide(spec, snapshot(A, B), Multipliers(ram=1.0, cpu=0.0, soft_anti_affinity=2.0))
+    decision = decide(spec, snapshot(A, B),
+                      Multipliers({"ram": 1.0, "cpu": 0.0, "soft_anti_affinity": 2.0}))
     assert decision.host is not None and decision.host.name == "b"
 
 
@@ -92,5 +95,35 @@ def test_soft_affinity_prefers_the_members_host() -> None:
     # a has more free RAM (ram: a=1, b=0); b has 2 members (soft: a=0, b=1).
     # ram 1.0 + soft 2.0: a = 1.0, b = 2.0 -> b
     spec = request(group=("soft-affinity", {"id-b": 2}))
-    decision = decide(spec, snapshot(A, B), Multipliers(ram=1.0, cpu=0.0, soft_affinity=2.0))
+    decision = decide(spec, snapshot(A, B),
+                      Multipliers({"ram": 1.0, "cpu": 0.0, "soft_affinity": 2.0}))
     assert decision.host is not None and decision.host.name == "b"
+
+
+# (case, multipliers given, default, the error names...) for a configuration that must fail
+BAD_MULTIPLIERS: list[tuple[str, dict[str, float], float | None, str]] = [
+    # a typo: "rma" is no weigher, whatever the default
+    ("unknown name", {"rma": 2.0}, 1.0, "unknown weigher(s) rma"),
+    # no default: every weigher needs its own multiplier; cpu and the group ones are missing
+    ("no default, some missing", {"ram": 1.0}, None,
+     "no multiplier for weigher(s) cpu, soft_affinity, soft_anti_affinity"),
+]
+
+
+@pytest.mark.parametrize(("case", "given", "default", "message"), BAD_MULTIPLIERS,
+                         ids=[c[0] for c in BAD_MULTIPLIERS])
+def test_multipliers_refuse_unknown_or_missing_weighers(case: str, given: dict[str, float],
+                                                        default: float | None,
+                                                        message: str) -> None:
+    with pytest.raises(UnknownWeigher, match=re.escape(message)):
+        Multipliers(given, default=default)
+
+
+def test_multipliers_default_fills_the_weighers_not_named() -> None:
+    # ram named 2.0; cpu, soft_affinity, soft_anti_affinity take the default 0.5
+    mult = Multipliers({"ram": 2.0}, default=0.5)
+    assert mult.as_dict() == {"ram": 2.0, "cpu": 0.5, "soft_affinity": 0.5,
+                              "soft_anti_affinity": 0.5}
+    assert set(mult.as_dict()) == set(WEIGHER_NAMES)
+    with pytest.raises(UnknownWeigher):
+        mult.of("nope")

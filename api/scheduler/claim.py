@@ -7,7 +7,8 @@ A claim for server S on host H, in the caller's transaction:
    One row, or another claim (or an admin change) got there first: conflict. On PostgreSQL the
    row lock this takes serializes every later claim on H until our transaction ends; on SQLite
    the first write already holds the database write lock.
-2. Re-check every requested class with the shared fit rule (``scheduler.capacity``):
+2. Re-check every requested class with the fit rule (``scheduler.capacity.fit_rule``, built
+   here as SQL, the same rule the in-memory resources filter solves per host):
       SELECT count(*) FROM inventories i
        WHERE i.host_id = :host AND i.resource_class IN (:classes)
          AND coalesce((SELECT sum(a.used) FROM allocations a
