@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.agent import repository
@@ -100,7 +101,11 @@ def enroll(session: Session, body: EnrollIn) -> tuple[Host, str]:
                 libvirt_uri=body.libvirt_uri, virt_type=body.virt_type,
                 architecture=body.architecture, credential_digest=digest(credential))
     session.add(host)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # another enrollment of the same name won the race
+        raise Conflict(f"A host named {body.name!r} is already enrolled.",
+                       code="host_exists") from exc
     repository.set_token_host(session, token_digest, host.id)
     return host, credential
 
