@@ -78,10 +78,22 @@ async def create_token(body: TokenCreate, request: Request) -> TokenOut:
     return await run_in_threadpool(_finish_login, maker, settings, body, ok, address)
 
 
-@router.post("/auth/password", status_code=204, tags=["auth"])
-def change_password(body: PasswordChange, principal: CurrentUser, session: SessionDep) -> Response:
-    """Change the caller's password (needs the current one); every token of theirs ends."""
-    service.change_password(session, principal, body.old_password, body.new_password)
+@router.post("/auth/password", status_code=204, tags=["auth"],
+             responses={429: problem_doc("Too many wrong passwords (`login_throttled`); "
+                                         "see `Retry-After`.")})
+def change_password(body: PasswordChange, principal: CurrentUser, session: SessionDep,
+                    request: Request) -> Response:
+    """Change the caller's password (needs the current one); every token of theirs ends.
+
+    The check counts against the login throttle like a login does.
+    """
+    service.refuse_app_credential(principal)
+    address = request.client.host if request.client else "unknown"
+    # Its own unit of work: the count must stay committed when the password is wrong.
+    for counting in session_scope(request.app.state.sessionmaker):
+        service.count_password_attempt(counting, request.app.state.settings,
+                                       principal.user_name, address)
+    service.change_password(session, principal, body.old_password, body.new_password, address)
     return Response(status_code=204)
 
 

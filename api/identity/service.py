@@ -57,6 +57,18 @@ def begin_login(session: Session, settings: Settings, user: str,
     Raises TooManyRequests ``login_throttled`` (the unit of work rolls back, so a refused
     attempt does not extend anything).
     """
+    count_password_attempt(session, settings, user, address)
+    found = repository.user_by_name(session, user)
+    return found.password_hash if found is not None else _DUMMY_HASH
+
+
+def count_password_attempt(session: Session, settings: Settings, user: str,
+                           address: str) -> None:
+    """Count one password check of ``user`` from ``address``; raises TooManyRequests.
+
+    Logins and password changes share the count, so a stolen token does not open a second
+    way to guess the password.
+    """
     now = utcnow()
     window = timedelta(seconds=settings.login_throttle_window_seconds)
     for key, limit in ((_address_key(address), settings.login_failures_per_address),
@@ -66,9 +78,11 @@ def begin_login(session: Session, settings: Settings, user: str,
             retry_after = max(1, math.ceil((started + window - now).total_seconds()))
             raise TooManyRequests("Too many failed logins; try again later.",
                                   code="login_throttled", retry_after=retry_after)
-    found = repository.user_by_name(session, user)
-    # A fixed hash for an unknown user, so both paths cost the same.
-    return found.password_hash if found is not None else _DUMMY_HASH
+
+
+def _password_was_good(session: Session, user: str, address: str) -> None:
+    repository.clear_login_failures(session, _user_key(user))
+    repository.forget_login_attempt(session, _address_key(address))
 
 
 def finish_login(session: Session, settings: Settings, user: str, password_ok: bool,
@@ -85,8 +99,7 @@ def finish_login(session: Session, settings: Settings, user: str, password_ok: b
     assignment = repository.role_of(session, found.id, proj.id) if proj else None
     if proj is None or assignment is None:
         raise Unauthorized("The user has no role on that project.", code="invalid_credentials")
-    repository.clear_login_failures(session, _user_key(user))
-    repository.forget_login_attempt(session, _address_key(address))
+    _password_was_good(session, user, address)
     secret = new_secret(TOKEN_PREFIX)
     token = Token(
         digest=digest(secret), user_id=found.id, project_id=proj.id,
@@ -105,19 +118,23 @@ def _address_key(address: str) -> str:
     return f"addr:{address}"
 
 
-def change_password(session: Session, principal: Principal, old: str, new: str) -> None:
+def change_password(session: Session, principal: Principal, old: str, new: str,
+                    address: str) -> None:
     """Replace the caller's password and revoke every token of theirs.
 
+    The caller has counted the attempt with ``count_password_attempt`` in a unit of work of
+    its own (committed, so a wrong password counts); a right one takes it back.
     Application credentials stay: they are separate secrets the user manages by id.
     Raises Forbidden ``app_credential_forbidden`` for an application credential (it must not
     turn into a password), Forbidden ``wrong_password`` when ``old`` does not match.
     """
-    _refuse_app_credential(principal)
+    refuse_app_credential(principal)
     user = get_user(session, principal.user_id)
     if not verify_password_bounded(user.password_hash, old):
         raise Forbidden("The current password is wrong.", code="wrong_password")
     user.password_hash = hash_password_bounded(new)
     repository.delete_tokens(session, user.id)
+    _password_was_good(session, user.name, address)
     session.flush()
 
 
@@ -138,7 +155,9 @@ def set_user_enabled(session: Session, principal: Principal, user_id: str,
     return user
 
 
-def _refuse_app_credential(principal: Principal) -> None:
+def refuse_app_credential(principal: Principal) -> None:
+    """Raises Forbidden ``app_credential_forbidden`` when the caller is an application
+    credential."""
     # A leaked application credential must not be able to outlive its own deletion by
     # minting more credentials, nor turn itself into a password.
     if principal.credential == "application_credential":
@@ -248,7 +267,7 @@ def create_app_credential(session: Session, principal: Principal, name: str,
     Raises Forbidden ``app_credential_forbidden`` when the caller is itself an application
     credential, InvalidInput, Conflict ``credential_exists``.
     """
-    _refuse_app_credential(principal)
+    refuse_app_credential(principal)
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise InvalidInput("expires_at needs a timezone.", code="naive_datetime")

@@ -178,6 +178,20 @@ def test_a_password_change_needs_the_old_password_and_ends_every_token(
     assert client.get("/v1/auth/tokens/current", headers=cred).status_code == 200
 
 
+def test_wrong_current_passwords_count_against_the_login_throttle(
+        client: TestClient, admin: dict[str, str]) -> None:
+    # A stolen token is not a second way to guess the password.
+    acct, password = _user(client, admin)
+    for _ in range(USER_LIMIT):
+        r = client.post("/v1/auth/password", headers=acct.headers,
+                        json={"old_password": "guess", "new_password": "a-new-password"})
+        assert (r.status_code, r.json()["code"]) == (403, "wrong_password")
+    r = client.post("/v1/auth/password", headers=acct.headers,
+                    json={"old_password": password, "new_password": "a-new-password"})
+    _assert_throttled(r)
+    _assert_throttled(_login(client, acct.user_name, password, acct.project_id))
+
+
 def test_disabling_a_user_ends_their_tokens_and_credentials(
         client: TestClient, admin: dict[str, str]) -> None:
     acct, password = _user(client, admin)
