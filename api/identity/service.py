@@ -81,8 +81,10 @@ def count_password_attempt(session: Session, settings: Settings, user: str,
 
 
 def _password_was_good(session: Session, user: str, address: str) -> None:
-    repository.clear_login_failures(session, _user_key(user))
+    # Address row first, then user row: the order ``count_password_attempt`` locks them in,
+    # so two transactions never wait on each other's rows (a PostgreSQL deadlock).
     repository.forget_login_attempt(session, _address_key(address))
+    repository.clear_login_failures(session, _user_key(user))
 
 
 def finish_login(session: Session, settings: Settings, user: str, password_ok: bool,
