@@ -14,6 +14,8 @@ from api.identity import repository, service
 
 ADMIN_PROJECT = "admin"
 ADMIN_USER = "admin"
+# Set by the first bootstrap and never unset: the environment's bootstrap token works once.
+BOOTSTRAPPED = "bootstrapped"
 
 
 @dataclass
@@ -48,12 +50,20 @@ def bootstrap_admin(session: Session, *, password: str | None = None,
         session, principal, "bootstrap", None, secret=credential_secret
     )
     ensure_default_flavors(session)
+    repository.set_flag(session, BOOTSTRAPPED)
     return BootstrapResult(project.id, user.id, password, cred.id, secret)
 
 
 def bootstrap_from_env(session: Session, token: str) -> bool:
-    """Bootstrap with the given token as the admin credential, once; True if it ran."""
-    if repository.user_by_name(session, ADMIN_USER) is not None:
+    """Bootstrap with the given token as the admin credential, once ever; True if it ran.
+
+    Once the cloud was bootstrapped the token is ignored, even after the admin user is
+    deleted: a token left in a unit file or an environment must not recreate an admin (and
+    a known credential) on the next restart. ``minicloud-api bootstrap`` is the explicit,
+    operator-run way back.
+    """
+    if (repository.flag_is_set(session, BOOTSTRAPPED)
+            or repository.user_by_name(session, ADMIN_USER) is not None):
         return False
     bootstrap_admin(session, credential_secret=token)
     return True

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=8 * 3600, gt=0)
     enrollment_token_ttl_seconds: int = Field(default=3600, gt=0)
     bootstrap_admin_token: str | None = None
+    # Login throttle (docs/security.md): failed logins per user name and per client address
+    # within one window; beyond that, 429 until the window ends.
+    login_failures_per_user: int = Field(default=10, gt=0)
+    login_failures_per_address: int = Field(default=50, gt=0)
+    login_throttle_window_seconds: int = Field(default=300, gt=0)
 
     # Pool-wide allocation ratios (an inventory's own ratio wins); one field per resource
     # class of ``scheduler.resources``, whose registry holds the defaults.

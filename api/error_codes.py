@@ -37,12 +37,15 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_enrollment_token", 401,
               "The host enrollment token is unknown, used or expired."),
     ErrorCode("invalid_host_credential", 401,
-              "Not the credential of an existing host."),
+              "Not the credential of an existing host (unknown, rotated or revoked)."),
     # 403: known caller, not allowed
     ErrorCode("forbidden", 403, "The caller may not do this."),
     ErrorCode("admin_required", 403, "This needs the admin role."),
     ErrorCode("read_only_role", 403, "The reader role cannot change anything."),
     ErrorCode("image_not_owned", 403, "Only the owning project changes an image."),
+    ErrorCode("app_credential_forbidden", 403,
+              "An application credential may not create credentials or change the password."),
+    ErrorCode("wrong_password", 403, "Password change: the current password is wrong."),
     # 404: absent, or another project's (never disclosed)
     ErrorCode("not_found", 404, "No such path or object."),
     ErrorCode("server_not_found", 404, "No such server, or it belongs to another project."),
@@ -93,7 +96,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("project_in_use", 409, "The caller is logged into that project."),
     ErrorCode("project_not_empty", 409, "The project still has servers."),
     ErrorCode("user_exists", 409, "A user has that name."),
-    ErrorCode("user_in_use", 409, "Users cannot delete themselves."),
+    ErrorCode("user_in_use", 409, "Users cannot delete or disable themselves."),
+    ErrorCode("host_exists", 409,
+              "A host of that name is enrolled (the enrollment token is not used up)."),
     ErrorCode("credential_exists", 409,
               "The caller has an application credential with that name."),
     ErrorCode("not_a_token", 409,
@@ -127,6 +132,10 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_period", 422, "The period is not `YYYY-MM`."),
     ErrorCode("weak_bootstrap_token", 422,
               "The bootstrap credential needs at least 24 characters."),
+    # 429: too many requests for now (``Retry-After`` says when to retry)
+    ErrorCode("too_many_requests", 429, "Too many requests; retry after `Retry-After` seconds."),
+    ErrorCode("login_throttled", 429,
+              "Too many failed logins for that user or address; retry after `Retry-After`."),
     # 5xx: the server's side
     ErrorCode("internal_error", 500, "A bug: report it with the `request_id`."),
     ErrorCode("database_unavailable", 503, "The database does not answer (`/readyz`)."),

@@ -106,6 +106,17 @@ class QuotaExceeded(DomainError):
     status, code, title = 409, "quota_exceeded", "Quota exceeded"
 
 
+class TooManyRequests(DomainError):
+    """Refused for now; ``retry_after`` (whole seconds) also goes out as ``Retry-After``."""
+
+    status, code, title = 429, "too_many_requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail, code=code, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(DomainError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
@@ -158,7 +169,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return problem_response(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+        response = problem_response(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()
+
+# Argon2 is deliberately slow and memory hungry. Every hash runs in this small pool, never in
+# the server's shared request threads, so a flood of logins queues here while every other
+# route keeps its threads (each hash is ~64 MiB, so the pool also bounds memory).
+HASH_WORKERS = 2
+_hash_pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="argon2")
 
 # A random token carries 256 bits of entropy, so a plain SHA-256 digest cannot be brute-forced
 # and lets every request find its credential with one indexed lookup.
@@ -30,6 +38,21 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def hash_password_bounded(password: str) -> str:
+    """``hash_password`` in the bounded hashing pool (blocks the calling thread)."""
+    return _hash_pool.submit(hash_password, password).result()
+
+
+def verify_password_bounded(password_hash: str, password: str) -> bool:
+    """``verify_password`` in the bounded hashing pool (blocks the calling thread)."""
+    return _hash_pool.submit(verify_password, password_hash, password).result()
+
+
+async def verify_password_async(password_hash: str, password: str) -> bool:
+    """``verify_password`` in the bounded hashing pool, awaited without holding a thread."""
+    return await asyncio.wrap_future(_hash_pool.submit(verify_password, password_hash, password))
 
 
 def new_secret(prefix: str) -> str:

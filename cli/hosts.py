@@ -11,6 +11,8 @@ from cli.context import is_uuid, items_of, pick, state
 
 app = typer.Typer(help="Compute hosts (admin).", no_args_is_help=True)
 az_app = typer.Typer(help="Availability zones.", no_args_is_help=True)
+credential_app = typer.Typer(help="A host agent's credential (admin).", no_args_is_help=True)
+app.add_typer(credential_app, name="credential")
 
 HOST_COLUMNS = ["id", "name", "availability_zone", "state", "enabled", "disabled_reason",
                 "VCPU", "MEMORY_MB", "DISK_GB", "servers", "last_heartbeat_at"]
@@ -86,6 +88,30 @@ def host_enroll_token(ctx: typer.Context) -> None:
     typer.echo(body["token"])
     typer.echo(f"(single use, expires {body.get('expires_at')}); on the new host run:\n"
                f"  minicloud-agent --api {st.api.url} --enroll {body['token']}", err=True)
+
+
+@credential_app.command("rotate")
+def host_credential_rotate(ctx: typer.Context, host: str) -> None:
+    """Give HOST a new credential, shown once; the old one stops working at once."""
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    body: dict[str, Any] = st.api.post(f"/v1/hosts/{h['id']}/credential")
+    if st.json:
+        st.show(body)
+        return
+    typer.echo(body["credential"])
+    typer.echo("(shown only once) on the host, store it as the agent's credential and restart "
+               "the agent: see docs/operations.md, 'Host credentials'.", err=True)
+
+
+@credential_app.command("revoke")
+def host_credential_revoke(ctx: typer.Context, host: str) -> None:
+    """Refuse HOST's agent at once (its servers stay); 'rotate' issues a new credential."""
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    st.api.delete(f"/v1/hosts/{h['id']}/credential")
+    st.done(f"Revoked the credential of host {h['name']} ({h['id']}).",
+            {"id": h["id"], "revoked": True})
 
 
 @az_app.command("list")

@@ -16,6 +16,7 @@ member_app = typer.Typer(help="Who holds which role on a project (admin).",
                          no_args_is_help=True)
 credential_app = typer.Typer(help="Application credentials for automation.",
                              no_args_is_help=True)
+password_app = typer.Typer(help="Your own password.", no_args_is_help=True)
 
 PROJECT_COLUMNS = ["id", "name", "description", "created_at"]
 USER_COLUMNS = ["id", "name", "enabled", "created_at"]
@@ -109,6 +110,43 @@ def user_delete(ctx: typer.Context, user: str) -> None:
     u = resolve_user(st.api, user)
     st.api.delete(f"/v1/users/{u['id']}")
     st.done(f"Deleted user {u['name']} ({u['id']}).", {"id": u["id"], "deleted": True})
+
+
+def _set_enabled(ctx: typer.Context, user: str, enabled: bool) -> None:
+    st = state(ctx)
+    u = resolve_user(st.api, user)
+    st.show(st.api.patch(f"/v1/users/{u['id']}", {"enabled": enabled}))
+
+
+@user_app.command("disable")
+def user_disable(ctx: typer.Context, user: str) -> None:
+    """Stop USER logging in; their tokens and application credentials end at once (admin)."""
+    _set_enabled(ctx, user, False)
+
+
+@user_app.command("enable")
+def user_enable(ctx: typer.Context, user: str) -> None:
+    """Let a disabled USER log in again (credentials ended by disabling stay ended; admin)."""
+    _set_enabled(ctx, user, True)
+
+
+@password_app.command("change")
+def password_change(
+    ctx: typer.Context,
+    stdin: Annotated[bool, typer.Option(
+        "--stdin", help="Read the current and the new password from stdin, one a line.")
+    ] = False,
+) -> None:
+    """Change your password (needs the current one); every token of yours is revoked."""
+    st = state(ctx)
+    if stdin:
+        old, new = sys.stdin.readline().rstrip("\n"), sys.stdin.readline().rstrip("\n")
+    else:
+        old = typer.prompt("Current password", hide_input=True)
+        new = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    st.api.post("/v1/auth/password", {"old_password": old, "new_password": new})
+    st.done("Password changed; every token of yours was revoked: log in again with "
+            "'minicloud login'.", {"changed": True})
 
 
 @member_app.command("list")

@@ -1,8 +1,14 @@
-"""Output: rich tables for people, JSON for scripts, one readable line for errors."""
+"""Output: rich tables for people, JSON for scripts, one readable line for errors.
+
+Every string that reaches the terminal may come from a tenant (names, descriptions, console
+output, error details), so none is ever read as Rich markup (each goes out as a ``Text``) and
+each loses its terminal control sequences first (``terminal_safe``).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -10,8 +16,35 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cli.client import CliError
+
+# Escape sequences a terminal acts on: OSC (titles, hyperlinks, clipboard), CSI (cursor,
+# colours, screen clearing), DCS/SOS/PM/APC strings and two-byte escapes, in their 7-bit and
+# 8-bit (C1) forms; an unterminated sequence is dropped up to where it stops.
+_ESCAPE_SEQUENCES = re.compile(r"""
+      (?:\x1b\]|\x9d) [^\x07\x1b\x9c]* (?:\x07|\x1b\\|\x9c)?
+    | (?:\x1b\[|\x9b) [0-?]* [ -/]* [@-~]?
+    | (?:\x1b[PX^_]|[\x90\x98\x9e\x9f]) [^\x1b\x9c]* (?:\x1b\\|\x9c)?
+    | \x1b [ -/]* [0-~]?
+""", re.VERBOSE)
+# Every other C0 and C1 control except tab and newline (a lone carriage return could
+# overwrite what was printed before it on the line).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` without terminal control sequences or control characters (keeps tab, newline).
+
+    CRLF line ends (serial consoles) become newlines.
+    """
+    return _CONTROLS.sub("", _ESCAPE_SEQUENCES.sub("", text.replace("\r\n", "\n")))
+
+
+def plain(text: str) -> Text:
+    """``text`` made terminal-safe, as a ``Text`` Rich prints literally (never as markup)."""
+    return Text(terminal_safe(text))
 
 
 def console(stderr: bool = False) -> Console:
@@ -53,17 +86,17 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *,
     present = [c for c in columns if any(c in r for r in rows)]
     if not present and rows:
         present = list(rows[0].keys())
-    t = Table(title=title, header_style="bold")
+    t = Table(title=plain(title) if title else None, header_style="bold")
     for c in present or list(columns):
-        t.add_column(c.upper().replace("_", " "), overflow="fold")
+        t.add_column(plain(c.upper().replace("_", " ")), overflow="fold")
     for r in rows:
-        t.add_row(*(cell(r.get(c)) for c in present))
+        t.add_row(*(plain(cell(r.get(c))) for c in present))
     console().print(t)
 
 
 def record(obj: dict[str, Any], *, title: str | None = None) -> None:
     """Print one object as a two-column FIELD/VALUE table."""
-    t = Table(title=title, header_style="bold")
+    t = Table(title=plain(title) if title else None, header_style="bold")
     t.add_column("FIELD")
     t.add_column("VALUE", overflow="fold")
     for k, v in obj.items():
@@ -73,13 +106,13 @@ def record(obj: dict[str, Any], *, title: str | None = None) -> None:
             text = json.dumps(v)
         else:
             text = cell(v)
-        t.add_row(k, text)
+        t.add_row(plain(str(k)), plain(text))
     console().print(t)
 
 
 def message(text: str) -> None:
-    """A short confirmation for people (on stdout)."""
-    console().print(text)
+    """A short confirmation for people (on stdout), printed literally."""
+    console().print(plain(text))
 
 
 def error(exc: CliError) -> None:
@@ -90,8 +123,8 @@ def error(exc: CliError) -> None:
     if exc.request_id:
         where.append(f"request {exc.request_id}")
     err = console(stderr=True)
-    err.print(f"[bold red]Error:[/] {escape(exc.detail)} [dim]({escape(', '.join(where))})[/]",
-              markup=True, highlight=False)
+    detail, codes = escape(terminal_safe(exc.detail)), escape(terminal_safe(", ".join(where)))
+    err.print(f"[bold red]Error:[/] {detail} [dim]({codes})[/]", markup=True, highlight=False)
     for e in exc.errors[:10] if len(exc.errors) > 1 else []:
         loc = ".".join(str(p) for p in e.get("loc", []) if p != "body")
-        err.print(f"  - {loc}: {e.get('msg', '')}", markup=False)
+        err.print(plain(f"  - {loc}: {e.get('msg', '')}"))

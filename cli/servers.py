@@ -232,7 +232,9 @@ def server_console(ctx: typer.Context, server: str) -> None:
             render.record(body)
             return
         body = text
-    typer.echo(str(body), nl=not str(body).endswith("\n"))
+    # The console is whatever the guest (that is, the tenant) wrote to its serial port.
+    text = render.terminal_safe(str(body))
+    typer.echo(text, nl=not text.endswith("\n"))
 
 
 @group_app.command("list")

@@ -28,6 +28,7 @@ from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, Settin
 from api.deps import get_host_principal as _host_of
 from api.errors import NotFound, Unauthorized
 from api.fields import PathId
+from api.hosts import service as hosts_service
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 console_router = APIRouter(prefix="/v1", tags=["servers"])
@@ -38,6 +39,17 @@ def enroll(body: EnrollIn, session: SessionDep) -> EnrollOut:
     """Register this compute node with a single-use enrollment token (no bearer needed)."""
     host, credential = service.enroll(session, body)
     return EnrollOut(host_id=host.id, credential=credential)
+
+
+@router.post("/credential", status_code=201, response_model=EnrollOut)
+def rotate_credential(host: CurrentHost, session: SessionDep) -> EnrollOut:
+    """Replace this host's credential; the answer holds the new one, the old one is dead.
+
+    The agent stores the new credential durably before it uses it: once this answer is
+    committed only the new credential works (an admin can issue another one if it is lost).
+    """
+    _, credential = hosts_service.rotate_credential(session, host.host_id)
+    return EnrollOut(host_id=host.host_id, credential=credential)
 
 
 @router.put("/inventory", response_model=InventoryOut)
@@ -64,18 +76,22 @@ def _authenticate(maker: SessionFactory, authorization: str | None) -> HostPrinc
     raise AssertionError("unreachable")
 
 
-def _cursor(maker: SessionFactory, host_id: str) -> str:
+def _cursor(maker: SessionFactory, authorization: str | None) -> str:
+    # Each check re-authenticates: a credential rotated, revoked or whose host was deleted
+    # during a long poll is refused at the next check, not after the poll.
     for session in session_scope(maker):
-        current = service.cursor(session, host_id)
+        host = _host_of(session, authorization)
+        current = service.cursor(session, host.host_id)
         if current is None:
             raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
         return current
     raise AssertionError("unreachable")
 
 
-def _desired(maker: SessionFactory, host_id: str) -> DesiredOut:
+def _desired(maker: SessionFactory, authorization: str | None) -> DesiredOut:
     for session in session_scope(maker):
-        current, servers = service.desired_servers(session, host_id)
+        host = _host_of(session, authorization)
+        current, servers = service.desired_servers(session, host.host_id)
         return DesiredOut(cursor=current, servers=servers)
     raise AssertionError("unreachable")
 
@@ -95,16 +111,16 @@ async def desired_servers(
     """
     settings: Settings = request.app.state.settings
     maker: SessionFactory = request.app.state.sessionmaker
-    host = await run_in_threadpool(_authenticate, maker, authorization)
+    await run_in_threadpool(_authenticate, maker, authorization)
     deadline = time.monotonic() + min(wait, settings.agent_long_poll_max_seconds)
     while since is not None and time.monotonic() < deadline:
-        if await run_in_threadpool(_cursor, maker, host.host_id) != since:
+        if await run_in_threadpool(_cursor, maker, authorization) != since:
             break
         if await request.is_disconnected():
             break
         await asyncio.sleep(min(settings.agent_long_poll_interval_seconds,
                                 max(0.0, deadline - time.monotonic())))
-    return await run_in_threadpool(_desired, maker, host.host_id)
+    return await run_in_threadpool(_desired, maker, authorization)
 
 
 @router.post("/servers/{server_id}/observations", response_model=ObservationOut)

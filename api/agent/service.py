@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.agent import repository
@@ -54,7 +55,7 @@ from api.agent.schemas import (
 )
 from api.config import Settings
 from api.db import utcnow
-from api.errors import NotFound, Unauthorized, request_id_var
+from api.errors import Conflict, NotFound, Unauthorized, request_id_var
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
 from api.models import AgentObservation, Host, Image, Inventory, Server, ServerEvent
@@ -75,28 +76,36 @@ server, observed_state, seen_at)``. Billing uses it to resume after a host came 
 # ---------------------------------------------------------------- enrollment and inventory
 
 def enroll(session: Session, body: EnrollIn) -> tuple[Host, str]:
-    """Register a host (or re-enroll the host of that name) and issue its credential.
+    """Register a new host and issue its credential; the token is spent on success only.
 
-    Re-enrolling a known name keeps the host's id, servers and admin-managed attributes
-    (zone, enabled, aggregates, ratios), updates the libvirt URI, virt type and architecture,
-    and replaces the credential: the old one stops working. The token proves an admin's consent.
+    An enrollment token enrolls exactly one *new* host. A name that is already enrolled is
+    refused, so a leaked or spare token cannot take over an existing host (its servers,
+    user_data and keys): replacing a host's credential is the admin action
+    ``POST /v1/hosts/{id}/credential``.
 
-    Raises Unauthorized ``invalid_enrollment_token`` for an unknown, used or expired token.
+    Raises Unauthorized ``invalid_enrollment_token`` for an unknown, used or expired token,
+    Conflict ``host_exists`` for a known name (the unit of work rolls back, so the token
+    stays unused and the existing host's credential keeps working).
     """
     token_digest = digest(body.token)
+    # The token is checked before the name, so an anonymous caller cannot probe host names.
     if not repository.consume_enrollment_token(session, token_digest, utcnow()):
         raise Unauthorized("The enrollment token is unknown, used or expired.",
                            code="invalid_enrollment_token")
+    if repository.host_by_name(session, body.name) is not None:
+        raise Conflict(f"A host named {body.name!r} is already enrolled; an admin replaces "
+                       "its credential with 'minicloud host credential rotate'.",
+                       code="host_exists")
     credential = new_secret(HOST_CREDENTIAL_PREFIX)
-    host = repository.host_by_name(session, body.name)
-    if host is None:
-        host = Host(name=body.name, availability_zone=body.availability_zone)
-        session.add(host)
-    host.libvirt_uri = body.libvirt_uri
-    host.virt_type = body.virt_type
-    host.architecture = body.architecture
-    host.credential_digest = digest(credential)
-    session.flush()
+    host = Host(name=body.name, availability_zone=body.availability_zone,
+                libvirt_uri=body.libvirt_uri, virt_type=body.virt_type,
+                architecture=body.architecture, credential_digest=digest(credential))
+    session.add(host)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # another enrollment of the same name won the race
+        raise Conflict(f"A host named {body.name!r} is already enrolled.",
+                       code="host_exists") from exc
     repository.set_token_host(session, token_digest, host.id)
     return host, credential
 

@@ -7,7 +7,13 @@ from fastapi import APIRouter, Response
 from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.fields import PathId
 from api.hosts import service
-from api.hosts.schemas import AvailabilityZoneOut, EnrollmentTokenOut, HostOut, HostPatch
+from api.hosts.schemas import (
+    AvailabilityZoneOut,
+    EnrollmentTokenOut,
+    HostCredentialOut,
+    HostOut,
+    HostPatch,
+)
 
 router = APIRouter(prefix="/v1", tags=["hosts"])
 
@@ -44,6 +50,24 @@ def update_host(host_id: PathId, body: HostPatch, _: AdminUser, session: Session
 def delete_host(host_id: PathId, _: AdminUser, session: SessionDep) -> Response:
     """Remove a host with no servers left (admin); its credential stops working."""
     service.delete_host(session, host_id)
+    return Response(status_code=204)
+
+
+@router.post("/hosts/{host_id}/credential", status_code=201, response_model=HostCredentialOut)
+def rotate_host_credential(host_id: PathId, _: AdminUser, session: SessionDep) -> HostCredentialOut:
+    """Issue the host a new credential, shown only here; the old one stops working (admin).
+
+    Replacing a compute node's machine, or recovering a leaked credential: put the new
+    credential in the agent's state directory and restart the agent.
+    """
+    host, secret = service.rotate_credential(session, host_id)
+    return HostCredentialOut(host_id=host.id, credential=secret)
+
+
+@router.delete("/hosts/{host_id}/credential", status_code=204)
+def revoke_host_credential(host_id: PathId, _: AdminUser, session: SessionDep) -> Response:
+    """Revoke the host's credential at once: every agent call answers 401 (admin)."""
+    service.revoke_credential(session, host_id)
     return Response(status_code=204)
 
 

@@ -27,6 +27,13 @@ Ratio = Annotated[float, Field(gt=0, le=100)]
 Reserved = Annotated[int, Field(ge=0, le=1_000_000_000)]
 
 
+class HostCredentialOut(BaseModel):
+    """A host's new credential (shown only in this answer)."""
+
+    host_id: str
+    credential: str
+
+
 class EnrollmentTokenOut(BaseModel):
     """A new enrollment token: the secret is shown only here."""
 

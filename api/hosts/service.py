@@ -14,7 +14,7 @@ from api.errors import Conflict, InvalidInput, NotFound
 from api.hosts import repository
 from api.hosts.schemas import AvailabilityZoneOut, HostOut, HostPatch, ResourceOut
 from api.models import EnrollmentToken, Host, Inventory
-from api.security import ENROLLMENT_PREFIX, digest, new_secret
+from api.security import ENROLLMENT_PREFIX, HOST_CREDENTIAL_PREFIX, digest, new_secret
 from scheduler import resources
 from scheduler.capacity import capacity as fit_capacity
 
@@ -143,6 +143,29 @@ def delete_host(session: Session, host_id: str) -> None:
                        code="host_not_empty", servers=servers)
     repository.detach_deleted_servers(session, host.id)
     session.delete(host)
+    session.flush()
+
+
+def rotate_credential(session: Session, host_id: str) -> tuple[Host, str]:
+    """Give the host a new credential; the old one is refused from this commit on.
+
+    Raises NotFound. The new secret is only known here: the caller shows it once.
+    """
+    host = get_host(session, host_id)
+    secret = new_secret(HOST_CREDENTIAL_PREFIX)
+    host.credential_digest = digest(secret)
+    session.flush()
+    return host, secret
+
+
+def revoke_credential(session: Session, host_id: str) -> None:
+    """Take the host's credential away (its agent gets 401); raises NotFound.
+
+    The host keeps its servers and stays in the scheduler's view as it was; an admin gives
+    it a new credential with ``rotate_credential``.
+    """
+    host = get_host(session, host_id)
+    host.credential_digest = None
     session.flush()
 
 

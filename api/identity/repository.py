@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, case, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.models import ApplicationCredential, Project, RoleAssignment, User
+from api.db import UTCDateTime
+from api.models import (
+    ApplicationCredential,
+    LoginFailure,
+    Project,
+    RoleAssignment,
+    SystemFlag,
+    Token,
+    User,
+)
 
 
 def project_by_ref(session: Session, ref: str) -> Project | None:
@@ -57,3 +68,67 @@ def app_credentials(session: Session, user_id: str) -> Sequence[ApplicationCrede
         .where(ApplicationCredential.user_id == user_id)
         .order_by(ApplicationCredential.name)
     ).all()
+
+
+def count_login_attempt(session: Session, key: str, now: datetime,
+                        window_start: datetime) -> tuple[int, datetime]:
+    """Count one attempt for ``key``; returns (attempts in its window, window start).
+
+    One atomic upsert, so concurrent attempts in any number of API processes all count::
+
+        INSERT INTO login_failures (key, failures, window_started_at) VALUES (:k, 1, :now)
+        ON CONFLICT (key) DO UPDATE SET
+          failures = CASE WHEN window_started_at <= :window_start THEN 1 ELSE failures + 1 END,
+          window_started_at = CASE WHEN window_started_at <= :window_start
+                                   THEN :now ELSE window_started_at END
+        RETURNING failures, window_started_at
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now_param = bindparam("now_", now, type_=UTCDateTime())
+    expired = LoginFailure.window_started_at <= bindparam("window_start", window_start,
+                                                          type_=UTCDateTime())
+    upsert = insert(LoginFailure).values(key=key, failures=1, window_started_at=now)
+    stmt = upsert.on_conflict_do_update(
+        index_elements=[LoginFailure.key],
+        set_={"failures": case((expired, 1), else_=LoginFailure.failures + 1),
+              "window_started_at": case((expired, now_param),
+                                        else_=LoginFailure.window_started_at)},
+    ).returning(LoginFailure.failures, LoginFailure.window_started_at)
+    failures, started = session.execute(stmt).one()
+    return int(failures), started
+
+
+def forget_login_attempt(session: Session, key: str) -> None:
+    """Take back one counted attempt of ``key`` (it turned out to be a good login)."""
+    session.execute(
+        update(LoginFailure).where(LoginFailure.key == key, LoginFailure.failures > 0)
+        .values(failures=LoginFailure.failures - 1)
+    )
+
+
+def clear_login_failures(session: Session, key: str) -> None:
+    """Forget every counted attempt of ``key``."""
+    session.execute(delete(LoginFailure).where(LoginFailure.key == key))
+
+
+def delete_tokens(session: Session, user_id: str) -> None:
+    """Revoke every token of the user."""
+    session.execute(delete(Token).where(Token.user_id == user_id))
+
+
+def delete_app_credentials(session: Session, user_id: str) -> None:
+    """Delete every application credential of the user."""
+    session.execute(delete(ApplicationCredential).where(ApplicationCredential.user_id == user_id))
+
+
+def flag_is_set(session: Session, name: str) -> bool:
+    """Whether the one-way system flag ``name`` is set."""
+    return session.get(SystemFlag, name) is not None
+
+
+def set_flag(session: Session, name: str) -> None:
+    """Set the one-way system flag ``name`` (idempotent)."""
+    if session.get(SystemFlag, name) is None:
+        session.add(SystemFlag(name=name))
+        session.flush()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, Writer
+from api.config import Settings
+from api.db import SessionFactory, session_scope
+from api.deps import AdminUser, CurrentUser, SessionDep, Writer
+from api.errors import problem_doc
 from api.fields import PathId
 from api.identity import service
 from api.identity.schemas import (
@@ -12,6 +16,7 @@ from api.identity.schemas import (
     AppCredentialOut,
     IdName,
     MemberOut,
+    PasswordChange,
     ProjectCreate,
     ProjectOut,
     RoleSet,
@@ -19,23 +24,76 @@ from api.identity.schemas import (
     TokenOut,
     UserCreate,
     UserOut,
+    UserPatch,
 )
 from api.models import ApplicationCredential
+from api.security import verify_password_async
 
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/auth/tokens", status_code=201, response_model=TokenOut, tags=["auth"])
-def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep) -> TokenOut:
-    """Log in: exchange user name, password and project for a bearer token."""
-    issued = service.login(session, settings, body.user, body.password, body.project)
-    return TokenOut(
-        token=issued.secret, expires_at=issued.token.expires_at,
-        user=IdName(id=issued.user.id, name=issued.user.name),
-        project=IdName(id=issued.project.id, name=issued.project.name),
-        role=issued.role,
-        credential="token",
-    )
+# Each helper is one unit of work that commits when its loop ends (a ``return`` inside the
+# loop would close the generator and roll back).
+def _begin_login(maker: SessionFactory, settings: Settings, body: TokenCreate,
+                 address: str) -> str:
+    stored = ""
+    for session in session_scope(maker):
+        stored = service.begin_login(session, settings, body.user, address)
+    return stored
+
+
+def _finish_login(maker: SessionFactory, settings: Settings, body: TokenCreate,
+                  password_ok: bool, address: str) -> TokenOut:
+    out: TokenOut | None = None
+    for session in session_scope(maker):
+        issued = service.finish_login(session, settings, body.user, password_ok, body.project,
+                                      address)
+        out = TokenOut(
+            token=issued.secret, expires_at=issued.token.expires_at,
+            user=IdName(id=issued.user.id, name=issued.user.name),
+            project=IdName(id=issued.project.id, name=issued.project.name),
+            role=issued.role,
+            credential="token",
+        )
+    assert out is not None
+    return out
+
+
+@router.post("/auth/tokens", status_code=201, response_model=TokenOut, tags=["auth"],
+             responses={429: problem_doc("Too many failed logins (`login_throttled`); "
+                                         "see `Retry-After`.")})
+async def create_token(body: TokenCreate, request: Request) -> TokenOut:
+    """Log in: exchange user name, password and project for a bearer token.
+
+    Three short steps so that no request thread waits on Argon2: count the attempt (its own
+    unit of work, committed, so a failure counts in every API process), verify the password
+    in the bounded hashing pool, then issue the token in a second unit of work.
+    """
+    settings: Settings = request.app.state.settings
+    maker: SessionFactory = request.app.state.sessionmaker
+    address = request.client.host if request.client else "unknown"
+    stored = await run_in_threadpool(_begin_login, maker, settings, body, address)
+    ok = await verify_password_async(stored, body.password)
+    return await run_in_threadpool(_finish_login, maker, settings, body, ok, address)
+
+
+@router.post("/auth/password", status_code=204, tags=["auth"],
+             responses={429: problem_doc("Too many wrong passwords (`login_throttled`); "
+                                         "see `Retry-After`.")})
+def change_password(body: PasswordChange, principal: CurrentUser, session: SessionDep,
+                    request: Request) -> Response:
+    """Change the caller's password (needs the current one); every token of theirs ends.
+
+    The check counts against the login throttle like a login does.
+    """
+    service.refuse_app_credential(principal)
+    address = request.client.host if request.client else "unknown"
+    # Its own unit of work: the count must stay committed when the password is wrong.
+    for counting in session_scope(request.app.state.sessionmaker):
+        service.count_password_attempt(counting, request.app.state.settings,
+                                       principal.user_name, address)
+    service.change_password(session, principal, body.old_password, body.new_password, address)
+    return Response(status_code=204)
 
 
 @router.get("/auth/tokens/current", response_model=TokenOut, tags=["auth"])
@@ -127,6 +185,14 @@ def list_users(_: AdminUser, session: SessionDep) -> list[UserOut]:
 def show_user(user_id: PathId, _: AdminUser, session: SessionDep) -> UserOut:
     """One user (admin)."""
     return UserOut.model_validate(service.get_user(session, user_id))
+
+
+@router.patch("/users/{user_id}", response_model=UserOut, tags=["users"])
+def update_user(user_id: PathId, body: UserPatch, principal: AdminUser,
+                session: SessionDep) -> UserOut:
+    """Enable or disable a user (admin); disabling ends their tokens and credentials."""
+    return UserOut.model_validate(service.set_user_enabled(session, principal, user_id,
+                                                           body.enabled))
 
 
 @router.delete("/users/{user_id}", status_code=204, tags=["users"])

@@ -67,6 +67,21 @@ class UserCreate(BaseModel):
     role: Role = "member"
 
 
+class PasswordChange(BaseModel):
+    """The caller's current password and the new one."""
+
+    model_config = STRICT
+    old_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
+
+
+class UserPatch(BaseModel):
+    """What an admin may change on a user."""
+
+    model_config = STRICT
+    enabled: bool
+
+
 class UserOut(BaseModel):
     """A user (never the password)."""
 

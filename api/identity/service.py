@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from api.config import Settings
 from api.db import utcnow
 from api.deps import Principal
-from api.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthorized
 from api.identity import repository
 from api.models import (
     ApplicationCredential,
@@ -26,8 +27,9 @@ from api.security import (
     TOKEN_PREFIX,
     digest,
     hash_password,
+    hash_password_bounded,
     new_secret,
-    verify_password,
+    verify_password_bounded,
 )
 
 # A fixed hash to verify against when the user does not exist, so both paths cost the same.
@@ -45,17 +47,62 @@ class IssuedToken:
     role: str
 
 
-def login(session: Session, settings: Settings, user: str, password: str,
-          project: str) -> IssuedToken:
-    """Exchange a password for a project-scoped token; raises Unauthorized."""
+def begin_login(session: Session, settings: Settings, user: str,
+                address: str) -> str:
+    """Count a login attempt against the throttle and return the hash to verify against.
+
+    Every attempt counts as a failure until ``finish_login`` proves otherwise, so concurrent
+    guesses cannot slip past the limit. The address is counted first: an address over its
+    limit creates no rows for the names it tries.
+
+    Raises TooManyRequests ``login_throttled`` (the unit of work rolls back, so a refused
+    attempt does not extend anything).
+    """
+    count_password_attempt(session, settings, user, address)
     found = repository.user_by_name(session, user)
-    ok = verify_password(found.password_hash if found else _DUMMY_HASH, password)
-    if found is None or not ok or not found.enabled:
+    return found.password_hash if found is not None else _DUMMY_HASH
+
+
+def count_password_attempt(session: Session, settings: Settings, user: str,
+                           address: str) -> None:
+    """Count one password check of ``user`` from ``address``; raises TooManyRequests.
+
+    Logins and password changes share the count, so a stolen token does not open a second
+    way to guess the password.
+    """
+    now = utcnow()
+    window = timedelta(seconds=settings.login_throttle_window_seconds)
+    for key, limit in ((_address_key(address), settings.login_failures_per_address),
+                       (_user_key(user), settings.login_failures_per_user)):
+        failures, started = repository.count_login_attempt(session, key, now, now - window)
+        if failures > limit:
+            retry_after = max(1, math.ceil((started + window - now).total_seconds()))
+            raise TooManyRequests("Too many failed logins; try again later.",
+                                  code="login_throttled", retry_after=retry_after)
+
+
+def _password_was_good(session: Session, user: str, address: str) -> None:
+    # Address row first, then user row: the order ``count_password_attempt`` locks them in,
+    # so two transactions never wait on each other's rows (a PostgreSQL deadlock).
+    repository.forget_login_attempt(session, _address_key(address))
+    repository.clear_login_failures(session, _user_key(user))
+
+
+def finish_login(session: Session, settings: Settings, user: str, password_ok: bool,
+                 project: str, address: str) -> IssuedToken:
+    """Issue a project-scoped token after a good password; raises Unauthorized.
+
+    A good login clears the user name's failures and takes its own attempt back from the
+    address's count; a bad one leaves the counts ``begin_login`` made.
+    """
+    found = repository.user_by_name(session, user)
+    if found is None or not password_ok or not found.enabled:
         raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
     proj = repository.project_by_ref(session, project)
     assignment = repository.role_of(session, found.id, proj.id) if proj else None
     if proj is None or assignment is None:
         raise Unauthorized("The user has no role on that project.", code="invalid_credentials")
+    _password_was_good(session, user, address)
     secret = new_secret(TOKEN_PREFIX)
     token = Token(
         digest=digest(secret), user_id=found.id, project_id=proj.id,
@@ -64,6 +111,61 @@ def login(session: Session, settings: Settings, user: str, password: str,
     session.add(token)
     session.flush()
     return IssuedToken(secret, token, found, proj, assignment.role)
+
+
+def _user_key(user: str) -> str:
+    return f"user:{user}"
+
+
+def _address_key(address: str) -> str:
+    return f"addr:{address}"
+
+
+def change_password(session: Session, principal: Principal, old: str, new: str,
+                    address: str) -> None:
+    """Replace the caller's password and revoke every token of theirs.
+
+    The caller has counted the attempt with ``count_password_attempt`` in a unit of work of
+    its own (committed, so a wrong password counts); a right one takes it back.
+    Application credentials stay: they are separate secrets the user manages by id.
+    Raises Forbidden ``app_credential_forbidden`` for an application credential (it must not
+    turn into a password), Forbidden ``wrong_password`` when ``old`` does not match.
+    """
+    refuse_app_credential(principal)
+    user = get_user(session, principal.user_id)
+    if not verify_password_bounded(user.password_hash, old):
+        raise Forbidden("The current password is wrong.", code="wrong_password")
+    user.password_hash = hash_password_bounded(new)
+    repository.delete_tokens(session, user.id)
+    _password_was_good(session, user.name, address)
+    session.flush()
+
+
+def set_user_enabled(session: Session, principal: Principal, user_id: str,
+                     enabled: bool) -> User:
+    """Enable or disable a user (admin); disabling revokes every token and credential.
+
+    Raises NotFound, Conflict ``user_in_use`` when admins disable themselves.
+    """
+    user = get_user(session, user_id)
+    if not enabled and user.id == principal.user_id:
+        raise Conflict("You cannot disable yourself.", code="user_in_use")
+    user.enabled = enabled
+    if not enabled:
+        repository.delete_tokens(session, user.id)
+        repository.delete_app_credentials(session, user.id)
+    session.flush()
+    return user
+
+
+def refuse_app_credential(principal: Principal) -> None:
+    """Raises Forbidden ``app_credential_forbidden`` when the caller is an application
+    credential."""
+    # A leaked application credential must not be able to outlive its own deletion by
+    # minting more credentials, nor turn itself into a password.
+    if principal.credential == "application_credential":
+        raise Forbidden("An application credential cannot manage credentials; log in with "
+                        "a password.", code="app_credential_forbidden")
 
 
 def revoke_current(session: Session, principal: Principal) -> None:
@@ -119,7 +221,7 @@ def create_user(session: Session, name: str, password: str, project_id: str | No
         project = repository.project_by_ref(session, project_id)
         if project is None:
             raise NotFound(f"No project {project_id}.", code="project_not_found")
-    user = User(name=name, password_hash=hash_password(password))
+    user = User(name=name, password_hash=hash_password_bounded(password))
     session.add(user)
     session.flush()
     if project is not None:
@@ -163,7 +265,12 @@ def remove_role(session: Session, project_id: str, user_id: str) -> None:
 def create_app_credential(session: Session, principal: Principal, name: str,
                           expires_at: datetime | None,
                           secret: str | None = None) -> tuple[ApplicationCredential, str]:
-    """A new application credential for the caller; returns it with its one-time secret."""
+    """A new application credential for the caller; returns it with its one-time secret.
+
+    Raises Forbidden ``app_credential_forbidden`` when the caller is itself an application
+    credential, InvalidInput, Conflict ``credential_exists``.
+    """
+    refuse_app_credential(principal)
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise InvalidInput("expires_at needs a timezone.", code="naive_datetime")

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.db import utcnow
 from api.models import Image, Server
+from api.servers.states import DELETED as SERVER_DELETED
 
 # A tombstone: the image of soft-deleted servers, its bytes gone, hidden from everyone.
 DELETED = "deleted"
@@ -32,6 +33,14 @@ def list_visible(session: Session, project_id: str | None) -> Sequence[Image]:
 def visible(session: Session, project_id: str | None, image_id: str) -> Image | None:
     """A visible image by id."""
     return session.scalar(select(Image).where(_visible_to(project_id), Image.id == image_id))
+
+
+def images_of_host_servers(session: Session, host_id: str) -> Sequence[Image]:
+    """The images of the host's servers that are not DELETED (one row per server)."""
+    return session.scalars(
+        select(Image).join(Server, Server.image_id == Image.id)
+        .where(Server.host_id == host_id, Server.status != SERVER_DELETED)
+    ).all()
 
 
 def visible_by_name(session: Session, project_id: str | None, name: str) -> Sequence[Image]:

@@ -54,13 +54,29 @@ def find_image(session: Session, principal: Principal, ref: str) -> Image:
 
 def get_image_for_reader(session: Session, reader: Principal | HostPrincipal,
                          image_id: str) -> Image:
-    """An image a user may see or any enrolled host may fetch; raises NotFound."""
+    """An image a user may see, or one a host's servers boot from; raises NotFound.
+
+    A host may fetch the image of each of its servers that is not DELETED, and the kernel
+    and ramdisk images those reference: a compromised host learns nothing about other
+    projects' private images (404, as for a tenant).
+    """
     if isinstance(reader, Principal):
         return get_image(session, reader, image_id)
     image = repository.visible(session, None, image_id)
-    if image is None:
+    if image is None or image_id not in _host_image_ids(session, reader.host_id):
         raise NotFound(f"No image {image_id!r}.", code="image_not_found")
     return image
+
+
+def _host_image_ids(session: Session, host_id: str) -> set[str]:
+    ids: set[str] = set()
+    for image in repository.images_of_host_servers(session, host_id):
+        ids.add(image.id)
+        for part in ("kernel_id", "ramdisk_id"):
+            ref = (image.properties or {}).get(part)
+            if isinstance(ref, str):
+                ids.add(ref)
+    return ids
 
 
 def _owned(session: Session, principal: Principal, image_id: str) -> Image:

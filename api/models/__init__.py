@@ -2,7 +2,15 @@
 
 from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
-from api.models.identity import ApplicationCredential, Project, RoleAssignment, Token, User
+from api.models.identity import (
+    ApplicationCredential,
+    LoginFailure,
+    Project,
+    RoleAssignment,
+    SystemFlag,
+    Token,
+    User,
+)
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 from api.models.usage import (
     ClosedPeriod,
@@ -37,4 +45,6 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "RateCard",
     "UsagePiece",
     "UsageServer",
+    "LoginFailure",
+    "SystemFlag",
 ]

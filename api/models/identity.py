@@ -76,3 +76,25 @@ class ApplicationCredential(Base):
     )
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LoginFailure(Base):
+    """Recent failed logins of one user name or one client address (the login throttle).
+
+    A fixed window per key: ``failures`` counts the failures since ``window_started_at``; the
+    API refuses logins for the key while the count is at its limit and the window is open.
+    Kept in the database so every API process sees the same count.
+    """
+
+    __tablename__ = "login_failures"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)  # "user:<name>", "addr:<ip>"
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SystemFlag(Base):
+    """A one-way, cloud-wide fact (e.g. ``bootstrapped``): once set it is never unset."""
+
+    __tablename__ = "system_flags"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -159,6 +159,8 @@ SSH_KEY = "ssh-ed25519 " + base64.b64encode(
 VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
     ("POST", "/v1/auth/tokens"): {"user": "nobody", "password": "pw-secret",
                                   "project": "{project_id}"},
+    ("POST", "/v1/auth/password"): {"old_password": "pw-secret", "new_password": "pw-secret-2"},
+    ("PATCH", "/v1/users/{user_id}"): {"enabled": True},
     ("POST", "/v1/projects"): {"name": "proj-x", "description": "A project"},
     ("PUT", "/v1/projects/{project_id}/members/{user_id}"): {"role": "reader"},
     ("POST", "/v1/users"): {"name": "user-x", "password": "pw-secret-1",
@@ -208,9 +210,10 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
 # String fields where 10 KB is within their documented limit get a string past that limit.
 LONG_LIMITS = {"user_data": 87_385}
 # String fields that are not names: newlines and escapes are legitimate content there.
-FREE_TEXT = {"user_data", "password", "message", "reason", "kernel_cmdline", "token"}
+FREE_TEXT = {"user_data", "password", "old_password", "new_password", "message", "reason",
+             "kernel_cmdline", "token"}
 # A password is only ever hashed, never stored, shown or compared as text: any character goes.
-NUL_OK = {"password"}
+NUL_OK = {"password", "old_password", "new_password"}
 # Decimal fields whose sign is meaningful (an adjustment credits or debits).
 SIGNED = {"amount"}
 

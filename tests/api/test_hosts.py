@@ -13,7 +13,7 @@ from api.db import utcnow
 from api.models import EnrollmentToken, Host
 from api.security import digest
 from tests.agent_factories import db, enroll_host, enrollment_token, inventory, make_server
-from tests.factories import make_account, unique
+from tests.factories import bearer, make_account, unique
 
 
 def _enroll(client: TestClient, token: str, name: str | None = None,
@@ -85,18 +85,24 @@ def test_enrollment_validates_name_uri_zone_and_virt_type(
     assert _enroll(client, token).status_code == 201  # the failures did not use it up
 
 
-def test_re_enrolling_a_name_keeps_the_host_and_rotates_its_credential(
+def test_re_enrolling_a_name_is_refused_and_an_admin_rotation_replaces_the_credential(
     client: TestClient, admin: dict[str, str]
 ) -> None:
+    # Replacing a host's credential is an admin action, never a side effect of enrollment
+    # (tests/api/test_host_identity.py has the rest).
     host = enroll_host(client, admin)
     r = _enroll(client, enrollment_token(client, admin), name=host.name,
                 libvirt_uri="qemu+ssh://other/system")
+    assert (r.status_code, r.json()["code"]) == (409, "host_exists")
+    r = client.post(f"/v1/hosts/{host.id}/credential", headers=admin)
     assert r.status_code == 201
     assert r.json()["host_id"] == host.id
     assert client.put("/v1/agent/inventory", json=inventory(),
                       headers=host.headers).status_code == 401
+    assert client.put("/v1/agent/inventory", json=inventory(),
+                      headers=bearer(r.json()["credential"])).status_code == 200
     shown = client.get(f"/v1/hosts/{host.id}", headers=admin).json()
-    assert shown["libvirt_uri"] == "qemu+ssh://other/system"
+    assert shown["libvirt_uri"] == "test:///default"
 
 
 def test_host_list_shows_capacity_allocated_servers_and_state(

@@ -253,12 +253,18 @@ def test_only_admins_publish_and_public_images_are_read_only_to_others(
     assert client.delete(f"/v1/images/{public['id']}", headers=admin).status_code == 204
 
 
-def test_hosts_download_any_image_but_list_nothing(
+def test_hosts_download_their_servers_images_but_list_nothing(
     client: TestClient, admin: dict[str, str], database_url: str
 ) -> None:
+    from tests.agent_factories import make_server, set_server
+
     acct = make_account(client, admin)
     image = make_image(client, acct.headers, data=RAW + b"for the agent")
-    _, credential = insert_host_row(database_url)
+    host_id, credential = insert_host_row(database_url)
+    # Not yet used by a server on this host: the host cannot even tell the image exists.
+    r = client.get(f"/v1/images/{image['id']}/file", headers=bearer(credential))
+    assert (r.status_code, r.json()["code"]) == (404, "image_not_found")
+    set_server(client, make_server(client, acct.project_id, host_id), image_id=image["id"])
     r = client.get(f"/v1/images/{image['id']}/file", headers=bearer(credential))
     assert r.status_code == 200
     assert hashlib.sha256(r.content).hexdigest() == image["sha256"] == r.headers[

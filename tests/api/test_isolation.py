@@ -26,6 +26,7 @@ from tests.factories import Account, make_account, make_flavor, make_image, uniq
 READER_WRITES = {
     ("DELETE", "/v1/auth/tokens/current"),  # log out
     ("DELETE", "/v1/application-credentials/{cred_id}"),  # revoke one's own credential
+    ("POST", "/v1/auth/password"),  # change one's own password
 }
 
 # Path parameters naming objects that are not owned by a project (visible to every user), with
