@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.agent.service import notify_host
+from api.servers.lifecycle import notify_host
 from api.models import Allocation, Flavor, Image, Server
 from tests.factories import Client, bearer, unique
 

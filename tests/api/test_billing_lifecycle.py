@@ -27,10 +27,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.agent.service import force_delete
 from api.config import Settings
 from api.main import create_app
 from api.models import Host, Server
+from api.servers.lifecycle import force_delete
 from api.usage import host_monitor
 from api.usage.rules import epoch, from_epoch
 from tests.agent_factories import enroll_host, inventory, observe
@@ -176,8 +176,10 @@ def test_a_lifecycle_bills_the_observed_seconds_at_the_prices_in_force(
     act(client, acct, sid, "resize", flavor="medium")
     r = next(at for kind, at in kinds(server_usage(client, acct, sid)) if kind == "resized")
     desired = client.get("/v1/agent/servers", headers=pool).json()["servers"]
-    zid = next(d["resize"]["id"] for d in desired if d["server_id"] == sid)
-    seen(client, pool, sid, "shutoff", r, resize_done=zid)
+    op = next(d["operation"] for d in desired if d["server_id"] == sid)
+    assert op["kind"] == "resize"
+    seen(client, pool, sid, "shutoff", r,
+         operation={"operation_id": op["id"], "result": "success"})
     act(client, acct, sid, "start")
     wait_until(r + 2)
     seen(client, pool, sid, "running", r + 1)
@@ -282,12 +284,14 @@ def test_a_reboot_keeps_billing_without_a_new_run(
     seen(client, pool, sid, "running", c + 1)
     act(client, acct, sid, "reboot", type="hard")
     desired = client.get("/v1/agent/servers", headers=pool).json()["servers"]
-    rid = next(d["reboot"]["id"] for d in desired if d["server_id"] == sid)
+    op = next(d["operation"] for d in desired if d["server_id"] == sid)
+    assert (op["kind"], op["params"]) == ("reboot", {"type": "hard"})
     # Mid-reboot the domain is briefly off; then the agent reports the reboot done.
     r = client.post("/v1/agent/heartbeat", headers=pool, json={"observed": [
         {"server_id": sid, "state": "shutoff", "seen_at": iso(c + 2)}]})
     assert r.status_code == 200, r.text
-    seen(client, pool, sid, "running", c + 3, reboot_done=rid)
+    seen(client, pool, sid, "running", c + 3,
+         operation={"operation_id": op["id"], "result": "success"})
     assert status(client, acct, sid) == "ACTIVE"
     usage = server_usage(client, acct, sid, start=c, end=c + 4)
     assert kinds(usage) == [("created", c), ("running", c + 1)]
