@@ -189,23 +189,23 @@ def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest:
 def test_agent_killed_mid_build_finishes_it_after_restart(
         api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
         cleanup: list[str], step: str, domain_state: str) -> None:
-    marker = home / "paused"
-    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": step,
-                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    marker = home / "halted"
+    agent = new_agent(api, home, env={"MINICLOUD_TEST_HALT_AFTER": step,
+                                      "MINICLOUD_TEST_HALT_MARKER": str(marker)})
     try:
         s = create_server(api, member.headers, "tiny", guest.disk_id,
                           availability_zone=agent.az)
         sid = s["id"]
         cleanup.append(sid)
         assert_placed_on(api, sid, agent.name)
-        wait_until(lambda: marker.exists(), BOOT_WAIT, f"agent paused after {step}")
+        wait_until(lambda: marker.exists(), BOOT_WAIT, f"agent halted after {step}")
         agent.kill()
         # Killed after defining (or starting) the domain, before reporting: the API still
         # says BUILD.
         assert hv.observed(sid) == domain_state
         assert server(api, member.headers, sid)["status"] == "BUILD"
 
-        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})  # same state dir: same credential
+        agent.start(env={"MINICLOUD_TEST_HALT_AFTER": ""})  # same state dir: same credential
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         assert domains_of(hv, sid) == [domain_name(sid)]
         assert [p.name for p in (home / "instances").iterdir()] == [sid]
@@ -252,9 +252,9 @@ def test_a_guest_ignoring_the_power_button_is_forced_off(
 def test_agent_killed_after_a_reboot_does_not_reboot_again(
         api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
         cleanup: list[str]) -> None:
-    marker = home / "paused"
-    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": "reboot",
-                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    marker = home / "halted"
+    agent = new_agent(api, home, env={"MINICLOUD_TEST_HALT_AFTER": "reboot",
+                                      "MINICLOUD_TEST_HALT_MARKER": str(marker)})
     try:
         s = create_server(api, member.headers, "tiny", guest.disk_id,
                           availability_zone=agent.az)
@@ -262,12 +262,12 @@ def test_agent_killed_after_a_reboot_does_not_reboot_again(
         cleanup.append(sid)
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         action(api, member.headers, sid, "reboot", type="hard")
-        wait_until(lambda: marker.exists(), BOOT_WAIT, "agent paused after the reboot")
+        wait_until(lambda: marker.exists(), BOOT_WAIT, "agent halted after the reboot")
         agent.kill()
         assert server(api, member.headers, sid)["status"] == "REBOOT"
 
         before = agent.log.stat().st_size
-        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})
+        agent.start(env={"MINICLOUD_TEST_HALT_AFTER": ""})
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         # The new process found the reboot recorded and only reported it.
         assert f"reboot {sid}" not in agent.log.read_text()[before:]
