@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.servers.lifecycle import force_delete
 from api.db import utcnow
 from api.models import Allocation, Server, ServerEvent
+from api.servers.lifecycle import force_delete
 from tests.agent_factories import (
     EnrolledHost,
     db,
@@ -225,8 +225,9 @@ def test_observations_follow_the_state_machine_and_are_idempotent(
     r = _observe(client, host, sid, "running",
                  operation={"operation_id": spec["operation"]["id"], "result": "success"})
     assert (r.json()["status"], r.json()["task_state"]) == ("ACTIVE", None)
-    for bad in ({"state": "sleeping"}, {"operation": {"operation_id": "x", "result": "ok"}}, {"seen_at": "2026-01-01T00:00:00"},
-                {"idempotency_key": ""}, {"addresses": [{"ip": "not-an-ip"}]}):
+    for bad in ({"state": "sleeping"}, {"operation": {"operation_id": "x", "result": "ok"}},
+                {"seen_at": "2026-01-01T00:00:00"}, {"idempotency_key": ""},
+                {"addresses": [{"ip": "not-an-ip"}]}):
         body = {"state": "running", "seen_at": utcnow().isoformat(), "idempotency_key": "z"}
         r = client.post(f"/v1/agent/servers/{sid}/observations", json=body | bad,
                         headers=host.headers)
