@@ -1,9 +1,9 @@
 """Recording billable changes in the append-only usage ledger.
 
-Called by the servers service (created, resized, deleted), the agent endpoints (observed running
-and stopped, with the agent's time), the host monitor (host_down at the last heartbeat that saw a
-server running) and admins (adjustment). Each call only flushes; the caller's unit of work
-commits.
+Called by the servers service (created, resized, deleted), the agent endpoints (observed
+running, paused and stopped, with the agent's time), the host monitor (host_down at the last
+heartbeat that saw a server running) and admins (adjustment). Each call only flushes; the
+caller's unit of work commits.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from api.usage.rules import KINDS, epoch, from_epoch, pieces, state_after
 
 Source = Literal["api", "agent"]
 LedgerKind = Literal[
-    "created", "running", "stopped", "resized", "deleted", "host_down", "adjustment",
+    "created", "running", "paused", "stopped", "resized", "deleted", "host_down", "adjustment",
 ]
 
 

@@ -65,15 +65,16 @@ def line_cost(prices: Prices, flavor_id: str | None, t: Totals) -> Decimal:
     with localcontext() as ctx:
         ctx.prec = 50
         return _cost(prices, flavor_id, t.running_seconds, t.vcpu_seconds, t.ram_mib_seconds,
-                     t.disk_gib_seconds)
+                     t.disk_gib_seconds, 0)
 
 
 def _cost(prices: Prices, flavor_id: str | None, running: int, vcpu: int, ram: int,
-          disk: int) -> Decimal:
+          disk: int, paused_ram: int) -> Decimal:
     # Exact until the one division by 3600 (the caller's context has 50 digits).
     flavor_price = prices.flavor_hour.get(flavor_id) if flavor_id else None
     if flavor_price is not None:
-        per_hour = running * flavor_price
+        # The flavor price covers running time; paused time still holds RAM.
+        per_hour = running * flavor_price + paused_ram * prices.ram_gib_hour / 1024
     else:
         per_hour = vcpu * prices.vcpu_hour + ram * prices.ram_gib_hour / 1024
     return (per_hour + disk * prices.disk_gib_hour) / 3600
@@ -93,14 +94,15 @@ def server_lines(session: Session, start: int, end: int, now: int, minimum: int,
             if line is None:
                 line = out[r.project_id][r.server_id] = ServerLine(r.server_id)
             acc = line.seconds
-            for (_, _, prices), (srv, run, vcpu, ram, disk) in zip(segs, r.totals, strict=True):
+            for (_, _, prices), (srv, run, vcpu, ram, disk, paused_ram) in zip(
+                    segs, r.totals, strict=True):
                 acc[0] += srv
                 acc[1] += run
                 acc[2] += vcpu
                 acc[3] += ram
                 acc[4] += disk
-                if prices is not None and (run or disk):
-                    line.cost += _cost(prices, r.flavor_id, run, vcpu, ram, disk)
+                if prices is not None and (run or disk or ram):
+                    line.cost += _cost(prices, r.flavor_id, run, vcpu, ram, disk, paused_ram)
     return out
 
 

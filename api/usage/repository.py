@@ -138,8 +138,9 @@ class SegmentRow:
     project_id: str
     server_id: str
     flavor_id: str | None
-    # per window: (server, running, vcpu, ram MiB, disk GiB) seconds
-    totals: list[tuple[int, int, int, int, int]]
+    # per window: (server, running, vcpu, ram MiB, disk GiB, paused ram MiB) seconds; the last
+    # is part of ram, apart for servers whose flavor price replaces the vCPU and RAM prices
+    totals: list[tuple[int, int, int, int, int, int]]
 
 
 def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, minimum: int,
@@ -154,6 +155,8 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
                      THEN MAX(0, :min - (run_end_s - run_start_s)) ELSE 0 END
         disk seconds    = CASE resource WHEN 'disk' THEN ov ELSE 0 END
         running seconds = CASE resource WHEN 'compute' THEN ov WHEN 'stop' THEN extra ELSE 0 END
+        paused seconds  = CASE resource WHEN 'paused' THEN ov ELSE 0 END
+        vcpu = running * vcpus, ram = (running + paused) * ram_mb, disk = disk * disk_gb
 
     Only the month buckets the windows touch (and open pieces) are read.
     """
@@ -161,8 +164,8 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
     p = UsagePiece
     lo, hi = min(c[0] for c in cuts), max(c[1] for c in cuts)
     piece_end = func.coalesce(p.end_s, literal(now))
-    # The inner query computes each window's disk and running seconds once per piece; the
-    # OFFSET 0 keeps both databases from flattening it and evaluating them five times over.
+    # The inner query computes each window's disk, running and paused seconds once per piece;
+    # the OFFSET 0 keeps both databases from flattening it and evaluating them five times over.
     per_piece: list[Any] = []
     for i, (s, e) in enumerate(cuts):
         ov = _greatest(dialect, literal(0), _least(dialect, piece_end, literal(e))
@@ -174,7 +177,8 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
         )
         per_piece += [case((p.resource == "disk", ov), else_=0).label(f"d{i}"),
                       case((p.resource == "compute", ov), (p.resource == "stop", extra),
-                           else_=0).label(f"r{i}")]
+                           else_=0).label(f"r{i}"),
+                      case((p.resource == "paused", ov), else_=0).label(f"p{i}")]
     inner = (
         select(p.project_id, p.server_id, p.flavor_id, p.vcpus, p.ram_mb, p.disk_gb, *per_piece)
         .where(p.bucket.in_(buckets(lo, hi)), p.start_s < hi, piece_end >= lo)
@@ -184,9 +188,10 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
     q = inner.offset(0).subquery()
     columns: list[Any] = []
     for i in range(len(cuts)):
-        dcol, rcol = q.c[f"d{i}"], q.c[f"r{i}"]
-        columns += [_sum(dcol), _sum(rcol), _sum(rcol * q.c.vcpus), _sum(rcol * q.c.ram_mb),
-                    _sum(dcol * q.c.disk_gb)]
+        dcol, rcol, pcol = q.c[f"d{i}"], q.c[f"r{i}"], q.c[f"p{i}"]
+        columns += [_sum(dcol), _sum(rcol), _sum(rcol * q.c.vcpus),
+                    _sum((rcol + pcol) * q.c.ram_mb), _sum(dcol * q.c.disk_gb),
+                    _sum(pcol * q.c.ram_mb)]
     stmt = (select(func.min(q.c.project_id), q.c.server_id, q.c.flavor_id, *columns)
             .group_by(q.c.server_id, q.c.flavor_id))
     out = []
@@ -194,7 +199,7 @@ def segment_sums(session: Session, cuts: Sequence[tuple[int, int]], now: int, mi
     for r in session.connection().execute(stmt).all():
         v = [x or 0 for x in r[3:]]
         out.append(SegmentRow(r[0], r[1], r[2], [
-            (v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]) for i in range(0, len(v), 5)
+            (v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4], v[i + 5]) for i in range(0, len(v), 6)
         ]))
     return out
 
@@ -243,15 +248,19 @@ def hosts_with_heartbeat(session: Session) -> Sequence[Host]:
 
 
 def running_servers_on(session: Session, host_id: str) -> list[tuple[Server, UsageServer]]:
-    """Live servers of a host that the ledger bills as running, in server id order.
+    """Live servers of a host that the ledger bills as running or paused, in server id order.
+
+    A paused guest holds its RAM (billed), so a host going down ends its billing like a running
+    one's.
 
     SELECT s.*, u.* FROM servers s JOIN usage_servers u ON u.server_id = s.id
-    WHERE s.host_id = :host AND s.deleted_at IS NULL AND u.state = 'running' ORDER BY s.id
+    WHERE s.host_id = :host AND s.deleted_at IS NULL AND u.state IN ('running', 'paused')
+    ORDER BY s.id
     """
     rows = session.execute(
         select(Server, UsageServer).join(UsageServer, UsageServer.server_id == Server.id)
         .where(Server.host_id == host_id, Server.deleted_at.is_(None),
-               UsageServer.state == "running")
+               UsageServer.state.in_(("running", "paused")))
         .order_by(Server.id)
     ).all()
     return [(server, summary) for server, summary in rows]

@@ -10,8 +10,13 @@ Rules (see docs/billing.md):
   second are applied together; only the state after the last of them counts for that second,
   so a stop and a start in the same second do not open a new run.
 * Disk (and plain "server" existence) accrues from the first entry (``created``) to ``deleted``,
-  also while stopped. vCPU and RAM accrue only while observed running (``running`` opens a run;
+  also while stopped. vCPU and RAM accrue while observed running (``running`` opens a run;
   ``stopped``, ``host_down`` and ``deleted`` close it). BUILD and ERROR are never "running".
+* ``paused``: RAM (and disk) accrue, vCPU and running seconds do not. A pause is not a stop: a
+  pause inside a run keeps the run open, and ``running`` after it resumes vCPU in the same run
+  (no new minimum per start); the run ends at the next ``stopped``, ``host_down`` or
+  ``deleted``, its length counting the paused seconds. A ``paused`` outside a run (the agent
+  never saw the guest run) accrues RAM but opens no run.
 * ``resized`` (and any entry with a new snapshot) changes vcpus/ram/disk from that second on.
 * Minimum per start: a run shorter than ``minimum_run_seconds`` is billed the missing seconds
   extra, attributed to the second the run ended (so a window that closed before the run ended
@@ -27,13 +32,16 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Literal
 
-Kind = Literal["created", "running", "stopped", "resized", "deleted", "host_down", "adjustment"]
+Kind = Literal[
+    "created", "running", "paused", "stopped", "resized", "deleted", "host_down", "adjustment",
+]
 KINDS: tuple[str, ...] = (
-    "created", "running", "stopped", "resized", "deleted", "host_down", "adjustment",
+    "created", "running", "paused", "stopped", "resized", "deleted", "host_down", "adjustment",
 )
 STOPPING = frozenset({"stopped", "host_down", "deleted"})
 
-Resource = Literal["compute", "disk", "stop"]
+Resource = Literal["compute", "paused", "disk", "stop"]
+Mode = Literal["off", "running", "paused"]
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,9 @@ class Entry:
 class Piece:
     """A billable stretch [start_s, end_s) of one server with a constant snapshot.
 
-    ``compute`` pieces: observed running. ``disk`` pieces: existing. ``stop`` markers
-    (start_s == end_s == run_end_s) carry a finished run, for the minimum-per-start extra.
+    ``compute`` pieces: observed running. ``paused`` pieces: observed paused. ``disk`` pieces:
+    existing. ``stop`` markers (start_s == end_s == run_end_s) carry a finished run (paused
+    seconds inside it included), for the minimum-per-start extra.
     ``end_s`` None means still open (bills up to "now"). Closed compute and disk pieces never
     cross a UTC month boundary, so a month's report reads only that month's pieces.
     """
@@ -141,45 +150,51 @@ def ordered(entries: Iterable[Entry]) -> list[Entry]:
 def pieces(entries: Iterable[Entry]) -> list[Piece]:
     """Derive the billable pieces of one server from its ledger entries (any order)."""
     out: list[Piece] = []
-    exists = running = deleted = False
+    exists = deleted = run_open = False
+    mode: Mode = "off"
     snap: tuple[int, int, int, str | None] = (0, 0, 0, None)
-    disk_from = compute_from = run_start = 0
+    disk_from = mode_from = run_start = 0
     for second, group in groupby(ordered(e for e in entries if e.kind != "adjustment"),
                                  key=lambda e: e.at_s):
         if deleted:
             break
-        new_exists, new_running, new_snap = exists, running, snap
+        new_exists, new_mode, new_open, new_snap = exists, mode, run_open, snap
         for e in group:
             new_exists = True
             new_snap = (e.vcpus, e.ram_mb, e.disk_gb, e.flavor_id)
             if e.kind == "running":
-                new_running = True
+                new_mode, new_open = "running", True
+            elif e.kind == "paused":
+                new_mode = "paused"  # keeps a run open, opens none
             elif e.kind in STOPPING:
-                new_running = False
+                new_mode, new_open = "off", False
             if e.kind == "deleted":
                 deleted = True
                 break
         if deleted:
-            new_exists = new_running = False
+            new_exists, new_mode, new_open = False, "off", False
         # Close what changed at this second, then open what starts.
         if exists and (not new_exists or new_snap[2] != snap[2] or new_snap[3] != snap[3]):
             out.append(Piece("disk", disk_from, second, *snap))
             disk_from = second
-        if running and (not new_running or new_snap != snap):
-            out.append(Piece("compute", compute_from, second, *snap, run_start_s=run_start))
-            compute_from = second
-        if running and not new_running:
+        if mode != "off" and (new_mode != mode or new_snap != snap):
+            out.append(Piece("compute" if mode == "running" else "paused", mode_from, second,
+                             *snap, run_start_s=run_start if run_open else None))
+        if run_open and not new_open:
             out.append(Piece("stop", second, second, *snap,
                              run_start_s=run_start, run_end_s=second))
         if new_exists and not exists:
             disk_from = second
-        if new_running and not running:
-            compute_from = run_start = second
-        exists, running, snap = new_exists, new_running, new_snap
+        if new_mode != "off" and (new_mode != mode or new_snap != snap):
+            mode_from = second
+        if new_open and not run_open:
+            run_start = second
+        exists, mode, run_open, snap = new_exists, new_mode, new_open, new_snap
     if exists:
         out.append(Piece("disk", disk_from, None, *snap))
-    if running:
-        out.append(Piece("compute", compute_from, None, *snap, run_start_s=run_start))
+    if mode != "off":
+        out.append(Piece("compute" if mode == "running" else "paused", mode_from, None, *snap,
+                         run_start_s=run_start if run_open else None))
     result: list[Piece] = []
     for p in out:
         result.extend(_split_months(p))
@@ -206,6 +221,8 @@ def piece_totals(piece: Piece, start: int, end: int, now: int, minimum: int) -> 
     if piece.resource == "disk":
         s = overlap(piece, start, end, now)
         return Totals(server_seconds=s, disk_gib_seconds=s * piece.disk_gb)
+    if piece.resource == "paused":
+        return Totals(ram_mib_seconds=overlap(piece, start, end, now) * piece.ram_mb)
     s = (overlap(piece, start, end, now) if piece.resource == "compute"
          else extra_seconds(piece, start, end, minimum))
     return Totals(running_seconds=s, vcpu_seconds=s * piece.vcpus,
@@ -222,13 +239,14 @@ def window_totals(server_pieces: Sequence[Piece], start: int, end: int, now: int
 
 
 def state_after(entries: Iterable[Entry]) -> str:
-    """The server's billing state after its entries: building, running, stopped or deleted."""
+    """The server's billing state after its entries: building, running, paused, stopped or
+    deleted."""
     state = "building"
     for e in ordered(entries):
         if e.kind == "deleted":
             return "deleted"
-        if e.kind == "running":
-            state = "running"
+        if e.kind in ("running", "paused"):
+            state = e.kind
         elif e.kind in ("stopped", "host_down"):
             state = "stopped"
     return state

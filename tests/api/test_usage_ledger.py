@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.models import Flavor, LedgerEntry, UsagePiece
 from api.usage import ledger, rates, reports
 from api.usage.rules import Entry, Totals, epoch, from_epoch, pieces, window_totals
+from tests.usage.test_rules_properties import brute_force
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,6 +120,40 @@ def test_lifecycle_bills_exact_seconds_and_the_cost_of_the_card_in_force(db: Ses
     assert report["currency"] == "EUR"
 
 
+def test_a_paused_interval_is_billed_without_vcpu_in_the_sql_report(db: Session) -> None:
+    medium = db.scalar(select(Flavor).where(Flavor.name == "medium"))
+    assert medium is not None
+    project, server, flat = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    base = datetime(2026, 3, 5, tzinfo=UTC)
+    size = (2, 2048, 20)
+    rates.create_rate_card(db, valid_from=datetime(2026, 3, 5, tzinfo=UTC), currency="EUR",
+                           vcpu_hour=Decimal("0.036"), ram_gib_hour=Decimal("0.0072"),
+                           disk_gib_hour=Decimal("0.00036"), flavor_hour={"medium": Decimal(1)},
+                           created_by=None, now=base, allow_past=True)
+    for sid, flavor in ((server, None), (flat, medium.id)):
+        for kind, sec in [("created", 0), ("running", 0), ("paused", 1800), ("running", 5400),
+                          ("stopped", 7200)]:
+            rec(db, kind, project, sid, base + timedelta(seconds=sec), size, flavor_id=flavor,
+                now=base + timedelta(hours=3))
+    db.flush()
+    report = reports.build_report(db, start=base, end=base + timedelta(hours=2),
+                                  now=base + timedelta(hours=3), minimum=60,
+                                  project_id=project, group_by="server")
+    lines = {s["server_id"]: s for s in report["projects"][0]["servers"]}
+    line = lines[server]
+    # running 1800 + 1800 s; paused 3600 s bills RAM (2 GiB) and disk (20 GiB), not vCPU.
+    assert totals_of(line) == Totals(server_seconds=7200, running_seconds=3600,
+                                     vcpu_seconds=7200, ram_mib_seconds=7200 * 2048,
+                                     disk_gib_seconds=7200 * 20)
+    # vcpu 2 x 1 h x 0.036 + ram 2 GiB x 2 h x 0.0072 + disk 20 GiB x 2 h x 0.00036
+    assert line["cost"] == "0.115200"
+    assert line["state"] == "stopped"
+    # The flavor price (1/h) covers running time only; the paused hour still pays its RAM:
+    # 1 h x 1 + ram 2 GiB x 1 h x 0.0072 + disk 20 GiB x 2 h x 0.00036
+    assert totals_of(lines[flat]) == totals_of(line)
+    assert lines[flat]["cost"] == "1.028800"
+
+
 def test_a_future_price_change_changes_no_earlier_report(db: Session) -> None:
     project, server = str(uuid.uuid4()), str(uuid.uuid4())
     base = datetime(2026, 3, 10, tzinfo=UTC)
@@ -177,7 +212,7 @@ def fleets(draw: st.DrawFn) -> list[list[tuple[str, int, tuple[int, int, int]]]]
         steps = [("created", created, (1, 512, 1))]
         for sec in sorted(seconds):
             kind = draw(st.sampled_from(["running", "stopped", "running", "host_down",
-                                         "resized", "deleted"]))
+                                         "resized", "deleted", "paused"]))
             size = (draw(st.integers(1, 4)), draw(st.sampled_from([512, 2048])),
                     draw(st.sampled_from([1, 20])))
             steps.append((kind, created + sec, size))
@@ -218,6 +253,7 @@ def test_sql_reports_match_the_rules_whatever_the_arrival_order(
     total = Totals()
     for server, entries in expected.items():
         want = window_totals(pieces(entries), a, b, epoch(NOW), 60)
+        assert want == brute_force(entries, a, b, epoch(NOW), 60)  # the independent count
         assert lines.get(server, Totals()) == want
         total = total + want
     if report["projects"]:

@@ -12,12 +12,20 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.usage.rules import Entry, Totals, epoch, month_bucket, pieces, window_totals
+from api.usage.rules import (
+    Entry,
+    Totals,
+    epoch,
+    month_bucket,
+    pieces,
+    state_after,
+    window_totals,
+)
 
 BASE = epoch(datetime(2026, 1, 31, 23, 58, tzinfo=UTC))
 SPAN = 400
 KINDS = ["created", "running", "stopped", "resized", "deleted", "host_down", "running",
-         "running", "stopped"]
+         "running", "stopped", "paused", "paused"]
 
 
 @st.composite
@@ -40,41 +48,62 @@ def brute_force(entries: list[Entry], start: int, end: int, now: int, minimum: i
     """Count second by second: the state in second t is the state after every entry <= t."""
     order = sorted(entries, key=lambda e: (e.at_s, e.seq))
 
-    def state(t: int) -> tuple[bool, bool, Entry | None]:
+    def state(t: int) -> tuple[bool, str, bool, Entry | None]:
+        """(exists, mode off/running/paused, a run is open, last snapshot) during second t."""
         seen = [e for e in order if e.at_s <= t]
         if not seen or any(e.kind == "deleted" for e in seen):
-            return False, False, None
-        running = False
+            return False, "off", False, None
+        mode, run_open = "off", False
         for e in seen:
             if e.kind == "running":
-                running = True
+                mode, run_open = "running", True
+            elif e.kind == "paused":
+                mode = "paused"  # a pause is not a stop: the run (if any) stays open
             elif e.kind in ("stopped", "host_down"):
-                running = False
-        return True, running, seen[-1]
+                mode, run_open = "off", False
+        return True, mode, run_open, seen[-1]
 
     server = running_s = vcpu = ram = disk = 0
     lo = min([start, *(e.at_s for e in entries)]) - 1
     for t in range(start, min(end, now)):
-        exists, running, snap = state(t)
+        exists, mode, _, snap = state(t)
         if exists and snap is not None:
             server += 1
             disk += snap.disk_gb
-            if running:
+            if mode == "running":
                 running_s += 1
                 vcpu += snap.vcpus
                 ram += snap.ram_mb
-    # Minimum per start: a run ending at second t (running at t-1, not at t) inside the window.
+            elif mode == "paused":
+                ram += snap.ram_mb  # paused: RAM stays allocated, vCPUs stop
+    # Minimum per start: a run ending at second t (open at t-1, not at t) inside the window;
+    # its length counts the paused seconds inside it.
     for t in range(start, end):
         before = state(t - 1)
-        if t - 1 >= lo and before[1] and not state(t)[1] and before[2] is not None:
+        if t - 1 >= lo and before[2] and not state(t)[2] and before[3] is not None:
             s = t - 1
-            while s - 1 >= lo and state(s - 1)[1]:
+            while s - 1 >= lo and state(s - 1)[2]:
                 s -= 1
             extra = max(0, minimum - (t - s))
             running_s += extra
-            vcpu += extra * before[2].vcpus
-            ram += extra * before[2].ram_mb
+            vcpu += extra * before[3].vcpus
+            ram += extra * before[3].ram_mb
     return Totals(server, running_s, vcpu, ram, disk)
+
+
+def test_a_paused_stretch_bills_ram_and_disk_but_no_vcpu_and_keeps_the_run_open() -> None:
+    # created 0, running 100, paused 130..1130, running again until stopped at 1150.
+    # One run of 1050 s (the pause is inside it), so a 1200 s minimum adds 150 s.
+    size = {"vcpus": 2, "ram_mb": 1024, "disk_gb": 10}
+    entries = [Entry(i, BASE + sec, kind, **size) for i, (kind, sec) in enumerate(
+        [("created", 0), ("running", 100), ("paused", 130), ("running", 1130),
+         ("stopped", 1150)])]
+    got = window_totals(pieces(entries), BASE, BASE + 2000, BASE + 2000, 1200)
+    # running 30 + 20 + 150 extra; RAM also while paused (1000 s); disk all 2000 s.
+    assert got == Totals(server_seconds=2000, running_seconds=200, vcpu_seconds=400,
+                         ram_mib_seconds=(200 + 1000) * 1024, disk_gib_seconds=20000)
+    assert got == brute_force(entries, BASE, BASE + 2000, BASE + 2000, 1200)
+    assert state_after(entries[:3]) == "paused"
 
 
 window = st.tuples(st.integers(BASE - 10, BASE + SPAN + 10),
