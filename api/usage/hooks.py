@@ -4,7 +4,7 @@
 "Where entries come from"):
 
 * ``created``: the server is placed.
-* ``running`` / ``stopped``: what the agent observed, at the agent's ``seen_at`` (already capped
+* ``running`` / ``paused`` / ``stopped``: what the agent observed, at the agent's ``seen_at`` (already capped
   at the API's now), on a status change or not (a host back after ``host_down`` reports its
   server running again without any status change).
 * ``deleted``: whoever finished the delete (agent confirmation, force delete, no host).
@@ -34,7 +34,7 @@ from api.usage.rules import epoch, from_epoch, state_after
 
 log = logging.getLogger("minicloud.billing")
 
-Target = Literal["running", "stopped", "deleted"]
+Target = Literal["running", "paused", "stopped", "deleted"]
 
 
 def billing_target(status: str, observed: str | None) -> Target | None:
@@ -45,12 +45,14 @@ def billing_target(status: str, observed: str | None) -> Target | None:
 
     1. DELETED bills nothing any more.
     2. BUILD has not run yet; ERROR is never billed (a crashed build is stopped).
-    3. A guest seen running is running (ACTIVE, or a host back after ``host_down``).
+    3. A guest seen running is running (ACTIVE, or a host back after ``host_down``); a guest
+       seen paused is paused (RAM and disk billed, not vCPU).
     4. A REBOOT keeps the billing state: the guest is down inside the user's own reboot, so a
        reboot neither stops compute billing nor starts a new run (no new minimum per start).
     5. A guest seen shut off, gone or crashed stops compute billing at that moment, whatever
        the status says (a guest that powers itself off, a crash, the power-off of a delete).
-    6. Without an observation, the status decides: ACTIVE runs, SHUTOFF is stopped.
+    6. Without an observation, the status decides: ACTIVE runs, PAUSED is paused, SHUTOFF is
+       stopped.
     """
     if status == states.DELETED:
         return "deleted"
@@ -58,21 +60,23 @@ def billing_target(status: str, observed: str | None) -> Target | None:
         return None
     if status == states.ERROR:
         return "stopped"
-    if observed == "running":
-        return "running"
+    if observed in ("running", "paused"):
+        return "running" if observed == "running" else "paused"
     if status == states.REBOOT:
         return None
     if observed in ("shutoff", "absent", "error"):
         return "stopped"
     if status == states.ACTIVE:
         return "running"
+    if status == states.PAUSED:
+        return "paused"
     if status == states.SHUTOFF:
         return "stopped"
     return None
 
 
 def ledger_state(session: Session, server_id: str, at: datetime | None = None) -> str:
-    """The server's billing state in the ledger (building, running, stopped or deleted).
+    """The server's billing state in the ledger (building, running, paused, stopped, deleted).
 
     ``at``: the state at that time, from the entries up to it; the summary row answers
     when ``at`` is not before the server's last entry (the usual case: reports arrive in
@@ -138,15 +142,15 @@ def on_change(session: Session, change: Change) -> bool:
 
 def host_down(session: Session, server: Server, heartbeat: datetime,
               reason: str | None) -> bool:
-    """Stop compute of a server the ledger bills as running, its host being silent.
+    """Stop compute of a server the ledger bills as running or paused, its host being silent.
 
-    The entry is at the last sign of life that saw it running: the host's last heartbeat, or
+    The entry is at the last sign of life that saw it so: the host's last heartbeat, or
     the server's own last ledger entry when an agent report arrived after that heartbeat.
     Several API processes sweeping at once are safe: the idempotency key
     ``host_down:<server>:<time>`` lets one entry in.
     """
     summary = session.get(UsageServer, server.id)
-    if summary is None or summary.state != "running":
+    if summary is None or summary.state not in ("running", "paused"):
         return False
     at = max(heartbeat, from_epoch(summary.last_s))
     recorded = _record(session, server, "host_down", at,
