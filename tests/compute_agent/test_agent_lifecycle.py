@@ -2,8 +2,8 @@
 
 Covers the server lifecycle through the agent (build, stop, start, reboot, pause, unpause,
 stop and delete of a paused server, delete with allocations freed), inventory and heartbeats,
-addresses from the test driver's leases, a checksum mismatch becoming ERROR, and leftovers (unwanted domains, orphan directories) removed
-while a foreign domain is never touched.
+addresses from the test driver's leases, a checksum mismatch becoming ERROR, and leftovers
+(unwanted domains, orphan directories) removed while a foreign domain is never touched.
 """
 
 from __future__ import annotations
