@@ -6,18 +6,22 @@ stop -> domain shut off and SHUTOFF; start -> ACTIVE; delete -> domain, overlay,
 console log gone and the allocations freed.
 
 Acceptance 3: the agent is killed with SIGKILL after it defined (or started) the domain and
-before it reported ACTIVE (a test hook makes it stop right there); started again, it finishes
-the build: the server ends ACTIVE with exactly one domain and one instance directory.
+before it reported ACTIVE (tests/e2e/halting_agent.py halts it right there); started again, it
+finishes the build: the server ends ACTIVE with exactly one domain and one instance directory.
 
 A guest that ignores the ACPI power button (booted with acpi=off) is destroyed once the
 agent's shutdown timeout has passed, and ends SHUTOFF.
+
+Pause freezes the guest (its console heartbeat stops) and unpause lets the same boot go on.
 
 Waits are bounded (so a broken boot fails instead of hanging) but nothing asserts timing.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -180,6 +184,51 @@ def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest:
         assert not instance.exists()  # overlay, seed and console log
         assert allocated(api, host_id) == {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
         assert agent.alive(), agent.output()
+    finally:
+        agent.stop()
+
+
+def ticks(log: Path) -> list[int]:
+    """The guest's heartbeat counts, in console order (``minicloud-guest: tick <n> ...``)."""
+    return [int(n) for n in re.findall(r"minicloud-guest: tick (\d+) ",
+                                       log.read_text(errors="replace"))]
+
+
+def test_a_paused_guest_stops_and_resumes_in_the_same_boot(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str]) -> None:
+    agent = new_agent(api, home)
+    try:
+        s = create_server(api, member.headers, "tiny", guest.disk_id,
+                          availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        log = home / "instances" / sid / "console.log"  # what QEMU's serial port wrote
+        wait_until(lambda: len(ticks(log)) >= 2, BOOT_WAIT, "the guest ticking")
+
+        action(api, member.headers, sid, "pause")
+        wait_status(api, member.headers, sid, "PAUSED", BOOT_WAIT)
+        assert hv.observed(sid) == "paused"
+        assert allocated(api, host_id_of(home)) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+        time.sleep(1)  # a line the guest was writing as it froze lands first
+        frozen = ticks(log)
+        time.sleep(3)  # a running guest prints three ticks meanwhile
+        assert ticks(log) == frozen  # vCPUs stopped: not a single line
+
+        action(api, member.headers, sid, "unpause")
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        assert hv.observed(sid) == "running"
+        wait_until(lambda: len(ticks(log)) > len(frozen), BOOT_WAIT, "ticks after unpause")
+        counted = ticks(log)
+        # The same boot goes on: the count continues where it froze, nothing restarted.
+        assert counted == list(range(1, len(counted) + 1))
+        assert log.read_text(errors="replace").count("minicloud-guest: userspace started") == 1
+
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+        assert domains_of(hv, sid) == []
     finally:
         agent.stop()
 
