@@ -9,12 +9,15 @@ Decision table for a server the API lists (``desired``), by the domain found for
 
     desired   domain missing        shut off              running     paused
     running   build, start          (redefine,) start     -           unpause
-    paused    build, start          (redefine,) start     pause       -
+    paused    build                 (redefine)            pause       -
     shutoff   build (not ERROR)     (redefine)            stop        stop (at once)
     absent    remove                remove                remove      remove
 
-A crashed domain gets a hard reboot when it should run (or be paused) and a stop when it should
-not. ``redefine`` applies a changed flavor to a shut-off domain. A pending one-shot operation
+A paused guest whose domain is found shut off (the host rebooted) lost its memory: it is left
+off and reported so (the API then shows SHUTOFF), never booted afresh behind the user's back.
+
+A crashed domain gets a hard reboot when it should run and a stop otherwise. ``redefine``
+applies a changed flavor to a shut-off domain. A pending one-shot operation
 (``DesiredServer.operation``, not performed yet) adds an ``operation`` action after the power
 actions; the agent's handler for its kind performs it (a reboot whose domain this pass has just
 booted is settled by that boot). An operation waits while the domain is on its way to
@@ -89,25 +92,28 @@ def plan(desired: list[DesiredServer], domains: dict[str, SeenDomain],
             actions.append(Action("remove", s.server_id, s))
             ready = False
         elif dom is None:
-            if s.desired in ("running", "paused"):
+            if s.desired == "running":
                 actions.append(Action("build", s.server_id, s, start=True))
             elif s.status != "ERROR":
                 # A failed build keeps whatever it left; the user deletes the server.
                 actions.append(Action("build", s.server_id, s, start=False))
             else:
                 ready = False
-        elif dom.state == "error" and s.desired != "shutoff":
+        elif dom.state == "error" and s.desired == "running":
             actions.append(Action("reboot", s.server_id, s, hard=True))
-        elif s.desired in ("running", "paused"):
+        elif s.desired == "running":
             if dom.state == "shutoff":
                 if redefine:
                     actions.append(Action("redefine", s.server_id, s))
                 actions.append(Action("start", s.server_id, s))
-            elif dom.state == "paused" and s.desired == "running":
+            elif dom.state == "paused":
                 actions.append(Action("unpause", s.server_id, s))
-            elif dom.state == "running" and s.desired == "paused":
+        elif s.desired == "paused" and dom.state != "error":
+            if dom.state == "running":
                 actions.append(Action("pause", s.server_id, s))
-        elif dom.state in ("running", "error", "paused"):  # desired shutoff
+            elif dom.state == "shutoff" and redefine:
+                actions.append(Action("redefine", s.server_id, s))
+        elif dom.state in ("running", "error", "paused"):  # desired shutoff (or a crash)
             actions.append(Action("stop", s.server_id, s, hard=dom.state == "paused"))
             ready = False
         elif redefine:

@@ -85,8 +85,12 @@ CASES = [
      [("unpause", A)]),
     ("stop a paused domain", [server(desired="shutoff", status="PAUSED")], {A: dom("paused")},
      {A}, set(), [("stop", A)]),
-    ("PAUSED lost its domain: build and start (paused on the next pass)",
+    ("PAUSED lost its domain: defined again, not booted (its memory is gone)",
      [server(desired="paused", status="PAUSED")], {}, set(), set(), [("build", A)]),
+    ("PAUSED found shut off (host rebooted): left off", [server(desired="paused",
+     status="PAUSED")], {A: dom("shutoff")}, {A}, set(), []),
+    ("PAUSED found crashed: stopped", [server(desired="paused", status="PAUSED")],
+     {A: dom("error")}, {A}, set(), [("stop", A)]),
     ("crashed domain that should run: hard reboot", [server(status="ACTIVE")],
      {A: dom("error")}, {A}, set(), [("reboot", A)]),
     ("resized while shut off: redefine", [server(desired="shutoff", status="SHUTOFF", vcpus=2)],
@@ -120,6 +124,8 @@ def test_build_flags() -> None:
     assert build.start is True
     [define_only] = plan([server(desired="shutoff", status="SHUTOFF")], {}, set(), set())
     assert define_only.start is False
+    [lost_pause] = plan([server(desired="paused", status="PAUSED")], {}, set(), set())
+    assert lost_pause.start is False
     [op] = plan([server(status="REBOOT", operation=HARD_REBOOT)],
                 {A: dom("running")}, set(), set())
     assert op.kind == "operation" and op.server is not None
