@@ -229,7 +229,8 @@ def resize(session: Session, settings: Settings, principal: Principal, server: S
     server's host with the scheduler's race-free claim, the current allocations counted as
     freed (409 ``no_valid_host`` when the host has no room); (4) move the server to
     SHUTOFF/``resizing`` (optimistic on its generation, 409 ``state_changed``) with the new
-    sizes, which the agent applies before the task clears; (5) event and billing hook.
+    sizes (``lifecycle.resized``: event, billing), which the agent applies before the task
+    clears.
     Raises NotFound ``flavor_not_found``, Conflict, QuotaExceeded, NoValidHost.
     """
     flavor = _resolve_flavor(session, principal, flavor_ref)

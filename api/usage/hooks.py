@@ -4,9 +4,9 @@
 "Where entries come from"):
 
 * ``created``: the server is placed.
-* ``running`` / ``paused`` / ``stopped``: what the agent observed, at the agent's ``seen_at`` (already capped
-  at the API's now), on a status change or not (a host back after ``host_down`` reports its
-  server running again without any status change).
+* ``running`` / ``paused`` / ``stopped``: what the agent observed, at the agent's ``seen_at``
+  (already capped at the API's now), on a status change or not (a host back after
+  ``host_down`` reports its server running again without any status change).
 * ``deleted``: whoever finished the delete (agent confirmation, force delete, no host).
 * ``resized``: the resize action.
 * ``host_down``: the host monitor, through ``lifecycle.host_down``.
@@ -40,8 +40,8 @@ Target = Literal["running", "paused", "stopped", "deleted"]
 def billing_target(status: str, observed: str | None) -> Target | None:
     """The billing state a server should be in; None: leave it as it is.
 
-    ``observed`` is the agent's report (running, shutoff, absent, error = crashed), None when
-    only the status changed (``force_delete``, a transition hook). Rules, first match wins:
+    ``observed`` is the agent's report (running, paused, shutoff, absent, error = crashed), None
+    when only the status changed (a finished delete). Rules, first match wins:
 
     1. DELETED bills nothing any more.
     2. BUILD has not run yet; ERROR is never billed (a crashed build is stopped).
