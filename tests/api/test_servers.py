@@ -422,6 +422,39 @@ def test_pause_and_unpause_follow_what_the_agent_sees(
     assert client.get(f"/v1/servers/{sid}", headers=acct.headers).status_code == 404
 
 
+def test_a_hard_reboot_over_a_soft_one_is_a_new_operation(
+    client: TestClient, admin: dict[str, str], pool: dict[str, str], database_url: str
+) -> None:
+    acct = make_account(client, admin)
+    sid = boot(client, acct, database_url)["id"]
+    observe(client, pool, sid, "running")
+
+    def operation() -> dict[str, Any]:
+        servers = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+        op: dict[str, Any] = next(d["operation"] for d in servers if d["server_id"] == sid)
+        return op
+
+    def done(op: dict[str, Any]) -> dict[str, Any]:
+        return {"operation_id": op["id"], "result": "success"}
+
+    act(client, acct, sid, action="reboot", type="soft")
+    soft = operation()
+    assert (soft["kind"], soft["params"]) == ("reboot", {"type": "soft"})
+    act(client, acct, sid, action="reboot", type="hard")
+    hard = operation()
+    assert (hard["kind"], hard["params"]) == ("reboot", {"type": "hard"})
+    assert hard["id"] != soft["id"]
+    # The agent's late report of the soft reboot settles nothing; the hard one's does.
+    observe(client, pool, sid, "running", operation=done(soft))
+    shown = client.get(f"/v1/servers/{sid}", headers=acct.headers).json()
+    assert (shown["status"], shown["task_state"]) == ("REBOOT", "rebooting-hard")
+    observe(client, pool, sid, "running", operation=done(hard))
+    shown = client.get(f"/v1/servers/{sid}", headers=acct.headers).json()
+    assert (shown["status"], shown["task_state"]) == ("ACTIVE", None)
+    servers = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+    assert next(d["operation"] for d in servers if d["server_id"] == sid) is None
+
+
 def test_bad_action_bodies_are_422(
     client: TestClient, admin: dict[str, str], database_url: str
 ) -> None:
