@@ -35,7 +35,6 @@ from api.quotas.routes import router as quotas_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
 from api.servers.routes import router as servers_router
-from api.usage import hooks as usage_hooks
 from api.usage import host_monitor
 from api.usage.routes import router as usage_router
 
@@ -97,8 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     engine = make_engine(settings.effective_database_url)
-    # Billing follows what agents observe: register the ledger hooks in every API process.
-    usage_hooks.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

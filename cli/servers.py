@@ -200,6 +200,20 @@ def server_reboot(
     _action(ctx, server, {"action": "reboot", "type": "hard" if hard else "soft"}, wait, timeout)
 
 
+@app.command("pause")
+def server_pause(ctx: typer.Context, server: str, wait: Wait = False,
+                 timeout: Timeout = 600.0) -> None:
+    """Pause a running server: its vCPUs stop, its memory stays (billed: RAM and disk)."""
+    _action(ctx, server, {"action": "pause"}, wait, timeout)
+
+
+@app.command("unpause")
+def server_unpause(ctx: typer.Context, server: str, wait: Wait = False,
+                   timeout: Timeout = 600.0) -> None:
+    """Let a paused server run again, where it stopped (same boot)."""
+    _action(ctx, server, {"action": "unpause"}, wait, timeout)
+
+
 @app.command("resize")
 def server_resize(ctx: typer.Context, server: str,
                   flavor: Annotated[str, typer.Option(help="New flavor name or id.")],

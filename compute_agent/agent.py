@@ -12,13 +12,18 @@ A second thread sends heartbeats every ``heartbeat_interval`` seconds with the s
 last saw, so a long graceful shutdown never makes the host look down. API failures are retried
 with backoff forever; nothing is lost because every pass is level-triggered.
 
-Restart safety: besides its credential (and performed reboots) the agent keeps no state. A
+Pending operations (``DesiredServer.operation``: reboot, resize) are performed by one handler
+per kind (``Agent._handlers``); a new kind is one handler there. Once performed, the operation
+is recorded in the state directory and reported as ``{operation_id, result}``.
+
+Restart safety: besides its credential (and performed operations) the agent keeps no state. A
 new process re-lists libvirt and the instances directory and plans from there: a half-made
-overlay never has its final name, define is by server UUID, start/stop/destroy are no-ops
-when already done, and observation keys are deterministic (``<server>:<generation>:<state>``),
-so a report repeated after a crash is deduplicated by the API. Performed reboots are recorded
-in the state directory (``reboots.json``), so a kill between a reboot and its report does not
-reboot the guest twice.
+overlay never has its final name, define is by server UUID, start/stop/destroy/pause are
+no-ops when already done, and observation keys are deterministic
+(``<server>:<generation>:<state>``), so a report repeated after a crash is deduplicated by the
+API. Performed operations are recorded in the state directory (``operations.json``) before
+they are reported, so a kill between performing one and reporting it does not perform it twice
+(a guest is not rebooted again).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,11 +47,12 @@ from compute_agent.client import (
     InventoryItem,
     Observation,
     ObservedState,
+    Operation,
 )
 from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
 from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
 from compute_agent.imagecache import ImageCache, ImageError, prepare_instance_files
-from compute_agent.reconcile import Action, DomainState, SeenDomain, plan, reboot_key
+from compute_agent.reconcile import Action, DomainState, SeenDomain, operation_key, plan
 from compute_agent.spec import (
     ImageFormat,
     InstancePaths,
@@ -62,7 +69,7 @@ CONSOLE_BYTES = 64 * 1024
 # this long; otherwise once per long-poll.
 CONSOLE_HOT_SECONDS = 30.0
 STOP_POLL_SECONDS = 0.5
-REBOOTS_FILE = "reboots.json"
+OPERATIONS_FILE = "operations.json"
 MAX_BACKOFF = 10.0
 
 
@@ -146,8 +153,13 @@ class Agent:
         self.cursor: str | None = None
         self._stop = threading.Event()
         self._reported: set[str] = set()
-        self._reboots_file = Path(settings.state_dir) / REBOOTS_FILE
-        self._reboots_done: set[str] = self._load_reboots()
+        self._operations_file = Path(settings.state_dir) / OPERATIONS_FILE
+        self._operations_done: set[str] = self._load_operations()
+        # The handler of each pending operation kind: ``fn(server, operation)``, idempotent
+        # enough to be retried when it raised; it runs after the pass's power actions.
+        self._handlers: dict[str, Callable[[DesiredServer, Operation], None]] = {
+            "reboot": self._reboot, "resize": self._resize}
+        self._booted: set[str] = set()  # domains this pass has started (build, start, reset)
         self._console_sent: dict[str, tuple[float, str]] = {}
         self._console_hot_until = 0.0
         self._network_ready = False
@@ -158,9 +170,6 @@ class Agent:
         self._snapshot_lock = threading.Lock()
         self.passes = 0
         self._host_arch: str | None = None
-        # Test hook: pause for ever after the named build step (see tests/e2e).
-        self.pause_after: str | None = None
-        self.pause_marker: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -298,8 +307,7 @@ class Agent:
         seen: dict[str, SeenDomain] = {}
         for d in self.hv.list_managed_domains():
             obs = d.state.observed
-            state: DomainState = "error" if obs == "error" else \
-                "running" if obs == "running" else "shutoff"
+            state: DomainState = obs if obs in ("error", "running", "paused") else "shutoff"
             seen[d.server_id] = SeenDomain(state, d.metadata.vcpus, d.metadata.ram_mb)
         return seen
 
@@ -312,11 +320,12 @@ class Agent:
         """
         domains = self.seen()
         dirs = set(instance_ids_on_disk(self.instances))
-        # Remember only reboots still awaited: ids carry the generation, so they never repeat.
-        awaited = {reboot_key(d.server_id, d.reboot.id) for d in desired if d.reboot}
-        if self._reboots_done - awaited:
-            self._save_reboots(self._reboots_done & awaited)
-        actions = plan(desired, domains, dirs, self._reboots_done)
+        # Remember only operations still awaited: ids carry the generation, never repeating.
+        awaited = {operation_key(d.server_id, d.operation.id) for d in desired if d.operation}
+        if self._operations_done - awaited:
+            self._save_operations(self._operations_done & awaited)
+        actions = plan(desired, domains, dirs, self._operations_done)
+        self._booted = set()
         # Forget stop deadlines of domains that went off (or are no longer to be stopped).
         stopping = {a.server_id for a in actions if a.kind == "stop"}
         self._stopping = {k: v for k, v in self._stopping.items() if k in stopping}
@@ -362,7 +371,7 @@ class Agent:
             return
         assert server is not None
         if action.kind == "stop":
-            self._stop_domain(sid)
+            self._stop_domain(sid, at_once=action.hard)
         elif action.kind == "build":
             self._build(server, start=action.start)
         elif action.kind == "redefine":
@@ -370,38 +379,89 @@ class Agent:
             self.hv.redefine(spec, paths)
         elif action.kind == "start":
             self._start(sid)
-        elif action.kind == "reboot":
+        elif action.kind == "reboot":  # a crashed domain that should run: reset it
             self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
             self.hv.reboot(sid, hard=action.hard)
-        if action.reboot_id is not None and (action.kind != "build" or action.start):
-            self._save_reboots(self._reboots_done | {reboot_key(sid, action.reboot_id)})
-            self._checkpoint(action.kind, sid)
+            self._booted.add(sid)
+        elif action.kind == "pause":
+            self.hv.pause(sid)
+        elif action.kind == "unpause":
+            self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
+            self.hv.unpause(sid)
+        elif action.kind == "operation":
+            self._perform(server)
 
-    def _load_reboots(self) -> set[str]:
+    # -- pending operations ------------------------------------------------------------------
+
+    def _perform(self, server: DesiredServer) -> None:
+        """Run the handler of the server's pending operation, then record it as performed.
+
+        A kind this agent has no handler for stays pending (logged once per pass).
+        """
+        op = server.operation
+        assert op is not None
+        handler = self._handlers.get(op.kind)
+        if handler is None:
+            log.warning("server %s: no handler for operation %s (%s)", server.server_id,
+                        op.id, op.kind)
+            return
+        handler(server, op)
+        self._operation_performed(server, op)
+
+    def _operation_performed(self, server: DesiredServer, op: Operation) -> None:
+        """Record ``op`` as performed (persisted before it is reported)."""
+        self._save_operations(self._operations_done | {operation_key(server.server_id, op.id)})
+
+    def _reboot(self, server: DesiredServer, op: Operation) -> None:
+        """``reboot``: soft (ACPI) or hard (reset); a boot in this very pass is the reboot."""
+        sid = server.server_id
+        if sid in self._booted:
+            return
+        self._console_hot_until = time.monotonic() + CONSOLE_HOT_SECONDS
+        log.info("reboot %s", sid)
+        self.hv.reboot(sid, hard=op.params.get("type") == "hard")
+        self._booted.add(sid)
+
+    def _resize(self, server: DesiredServer, op: Operation) -> None:
+        """``resize``: redefine the shut-off domain with the flavor's sizes, grow the overlay.
+
+        Raises:
+            BuildError, DomainRunning (the domain was started meanwhile: retried next pass).
+        """
+        del op  # the new sizes are the server's flavor
+        spec, paths = self._prepare(server)
+        self.hv.redefine(spec, paths)
+
+    def _load_operations(self) -> set[str]:
         try:
-            data = json.loads(self._reboots_file.read_text())
+            data = json.loads(self._operations_file.read_text())
         except (FileNotFoundError, ValueError):
             return set()
         return {str(k) for k in data} if isinstance(data, list) else set()
 
-    def _save_reboots(self, keys: set[str]) -> None:
-        """Persist performed reboots (atomically), so a restart between a reboot and its report
-        reports it instead of rebooting the guest again."""
-        self._reboots_done = keys
-        tmp = self._reboots_file.with_name(REBOOTS_FILE + ".tmp")
+    def _save_operations(self, keys: set[str]) -> None:
+        """Persist performed operations (atomically), so a restart between an operation and
+        its report reports it instead of performing it again."""
+        self._operations_done = keys
+        tmp = self._operations_file.with_name(OPERATIONS_FILE + ".tmp")
         try:
             tmp.write_text(json.dumps(sorted(keys)))
-            tmp.replace(self._reboots_file)
+            tmp.replace(self._operations_file)
         except OSError as exc:  # memory still has it; only a crash right now would repeat it
-            log.warning("cannot record reboots in %s: %s", self._reboots_file, exc)
+            log.warning("cannot record operations in %s: %s", self._operations_file, exc)
 
-    def _stop_domain(self, server_id: str) -> None:
+    # -- power -------------------------------------------------------------------------------
+
+    def _stop_domain(self, server_id: str, *, at_once: bool = False) -> None:
         """Graceful stop without blocking the loop: ask (ACPI) now, destroy on a later pass
         once ``shutdown_timeout`` has passed, so one guest ignoring the power button does not
-        hold up every other server of the host."""
+        hold up every other server of the host. ``at_once``: destroy now."""
         now = time.monotonic()
         deadline = self._stopping.get(server_id)
-        if deadline is None and self.settings.shutdown_timeout > 0:
+        if at_once:  # a paused guest cannot see the power button
+            self.hv.shutdown(server_id, timeout=0)
+            self._stopping.pop(server_id, None)
+        elif deadline is None and self.settings.shutdown_timeout > 0:
             self._stopping[server_id] = now + self.settings.shutdown_timeout
             self.hv.request_shutdown(server_id)
         elif deadline is None or now >= deadline:
@@ -418,6 +478,7 @@ class Agent:
             raise
         except HypervisorError as exc:
             raise BuildError(str(exc)) from exc
+        self._booted.add(server_id)
 
     def _build(self, server: DesiredServer, *, start: bool) -> None:
         spec, paths = self._prepare(server)
@@ -425,20 +486,8 @@ class Agent:
             self.hv.define(spec, paths)
         except HypervisorError as exc:
             raise BuildError(str(exc)) from exc
-        self._checkpoint("define", server.server_id)
         if start:
             self._start(server.server_id)
-            self._checkpoint("start", server.server_id)
-
-    def _checkpoint(self, step: str, server_id: str) -> None:
-        """Test hook: with ``pause_after == step``, write the marker file and stop working."""
-        if self.pause_after != step:
-            return
-        if self.pause_marker is not None:
-            self.pause_marker.write_text(server_id)
-        log.warning("paused after %s of %s (test hook)", step, server_id)
-        while True:
-            time.sleep(3600)
 
     def _prepare(self, server: DesiredServer) -> tuple[ServerSpec, InstancePaths]:
         """Fetch the images, write the instance files; return the spec and paths.
@@ -509,18 +558,15 @@ class Agent:
         self._observe(server, "absent")
 
     def _observe(self, server: DesiredServer, state: ObservedState, *,
-                 message: str | None = None, reboot_done: str | None = None,
-                 addresses: list[Address] | None = None,
-                 resize_done: str | None = None) -> None:
+                 message: str | None = None, operation_id: str | None = None,
+                 addresses: list[Address] | None = None) -> None:
         """Report one observation once per (server, generation, state, extras).
 
         The key is deterministic, so after a crash the same report is deduplicated by the API.
         """
         key = f"{server.server_id}:{server.generation}:{state}"
-        if reboot_done:
-            key += f":{reboot_done}"
-        if resize_done:
-            key += f":{resize_done}"
+        if operation_id:
+            key += f":{operation_id}"
         if addresses:
             joined = ",".join(sorted(f"{a.ip}/{a.mac}" for a in addresses))
             key += ":" + hashlib.sha256(joined.encode()).hexdigest()[:8]
@@ -528,8 +574,8 @@ class Agent:
             return
         try:
             self.client.observe(server.server_id, state, _now(), idempotency_key=key,
-                                reboot_done=reboot_done, message=message, addresses=addresses,
-                                resize_done=resize_done)
+                                operation_id=operation_id, message=message,
+                                addresses=addresses)
         except AgentApiError as exc:
             if exc.status != 404:  # 404: deleted meanwhile; the next pass sees it gone
                 raise
@@ -542,10 +588,12 @@ class Agent:
             return
         if state == "absent":
             return
-        reboot_done = None
-        if server.reboot is not None and reboot_key(
-                server.server_id, server.reboot.id) in self._reboots_done:
-            reboot_done = server.reboot.id
+        # A performed operation is reported with what libvirt shows after this pass (a failed
+        # handler raised and kept the server out of this report).
+        operation_id = None
+        if server.operation is not None and operation_key(
+                server.server_id, server.operation.id) in self._operations_done:
+            operation_id = server.operation.id
         addresses: list[Address] | None = None
         if state == "running":
             try:
@@ -553,19 +601,13 @@ class Agent:
                              for a in self.hv.addresses(server.server_id)]
             except HypervisorError as exc:
                 log.info("addresses of %s: %s", server.server_id, exc)
-        # A pending resize is done once the domain is shut off after this pass: ``plan``
-        # redefined it (new vCPUs and memory, overlay grown) or it already matched, and a
-        # failed redefine keeps the server out of this report.
-        resize_done = (server.resize.id
-                       if server.resize is not None and state == "shutoff" else None)
-        self._observe(server, state, reboot_done=reboot_done, addresses=addresses or None,
-                      resize_done=resize_done)
+        self._observe(server, state, operation_id=operation_id, addresses=addresses or None)
 
     def _take_snapshot(self) -> None:
         now = _now()
         snap = [Observation(server_id=sid, state=st.observed, seen_at=now)
                 for sid, st in self.hv.list_managed().items()
-                if st.observed in ("running", "shutoff")]
+                if st.observed in ("running", "shutoff", "paused")]
         with self._snapshot_lock:
             self._snapshot = snap
 

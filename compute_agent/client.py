@@ -18,8 +18,8 @@ from typing import Any, Literal, Self
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-ObservedState = Literal["running", "shutoff", "absent", "error"]
-DesiredPower = Literal["running", "shutoff", "absent"]
+ObservedState = Literal["running", "shutoff", "paused", "absent", "error"]
+DesiredPower = Literal["running", "shutoff", "paused", "absent"]
 
 
 class _Model(BaseModel):
@@ -100,17 +100,14 @@ class ImageRef(_Model):
     kernel_cmdline: str | None = None
 
 
-class Reboot(_Model):
-    """A pending reboot; echo ``id`` as ``reboot_done`` when it is done."""
+class Operation(_Model):
+    """A one-shot operation to perform once (``kind`` names the agent's handler), then report
+    as ``{operation_id, result}`` in an observation. A kind this agent does not know is left
+    pending (a newer API's operation waits for an upgraded agent)."""
 
     id: str
-    type: Literal["soft", "hard"]
-
-
-class Resize(_Model):
-    """A resize to apply to the shut-off domain; echo ``id`` as ``resize_done`` once done."""
-
-    id: str
+    kind: str
+    params: dict[str, Any] = {}
 
 
 class DesiredServer(_Model):
@@ -125,8 +122,7 @@ class DesiredServer(_Model):
     user_data: str | None
     key_data: str | None
     desired: DesiredPower
-    reboot: Reboot | None
-    resize: Resize | None = None
+    operation: Operation | None = None
     status: str
     task_state: str | None
     generation: int
@@ -284,10 +280,12 @@ class AgentClient:
         return DesiredState.model_validate(r.json())
 
     def observe(self, server_id: str, state: ObservedState, seen_at: datetime | None = None, *,
-                idempotency_key: str | None = None, reboot_done: str | None = None,
-                message: str | None = None, addresses: list[Address] | None = None,
-                resize_done: str | None = None) -> ObservationResult:
+                idempotency_key: str | None = None, operation_id: str | None = None,
+                message: str | None = None,
+                addresses: list[Address] | None = None) -> ObservationResult:
         """Report a transition seen at ``seen_at`` (default now); raises AgentApiError.
+
+        ``operation_id``: the pending operation performed (reported with result ``success``).
 
         All retries carry the same idempotency key (a new random one unless given), so the
         API applies the observation at most once.
@@ -297,10 +295,8 @@ class AgentClient:
             "seen_at": (seen_at or datetime.now(UTC)).isoformat(),
             "idempotency_key": idempotency_key or f"obs-{uuid.uuid4()}",
         }
-        if reboot_done is not None:
-            body["reboot_done"] = reboot_done
-        if resize_done is not None:
-            body["resize_done"] = resize_done
+        if operation_id is not None:
+            body["operation"] = {"operation_id": operation_id, "result": "success"}
         if message is not None:
             body["message"] = message[:4096]
         if addresses is not None:

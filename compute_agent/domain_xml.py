@@ -62,12 +62,6 @@ def metadata_element(spec: ServerSpec) -> ET.Element:
     return inst
 
 
-def metadata_xml(spec: ServerSpec) -> str:
-    """The metadata element as a string (for ``virDomain.setMetadata``)."""
-    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
-    return ET.tostring(metadata_element(spec), encoding="unicode")
-
-
 def build_domain_xml(spec: ServerSpec, paths: InstancePaths) -> str:
     """Return the domain XML for ``spec`` with its files at ``paths``.
 
@@ -192,13 +186,3 @@ def console_log_path(domain_xml: str) -> str | None:
         return log.get("file")
     src = root.find("devices/serial[@type='file']/source")
     return src.get("path") if src is not None else None
-
-
-def interface_macs(domain_xml: str) -> list[str]:
-    """MAC addresses of the domain's network interfaces, lowercase."""
-    try:
-        root = ET.fromstring(domain_xml)
-    except ET.ParseError:
-        return []
-    return [m.get("address", "").lower() for m in root.findall("devices/interface/mac")
-            if m.get("address")]

@@ -33,7 +33,7 @@ from compute_agent.domain_xml import (
 )
 from compute_agent.spec import InstancePaths, ServerSpec, canonical_uuid
 
-Observed = Literal["running", "shutoff", "absent", "error"]
+Observed = Literal["running", "shutoff", "paused", "absent", "error"]
 
 # libvirt reports errors through a global callback that prints to stderr by default; the
 # adapter turns them into exceptions instead, so silence the printing once.
@@ -75,6 +75,8 @@ class PowerState(StrEnum):
             return "shutoff"
         if self is PowerState.CRASHED:
             return "error"
+        if self is PowerState.PAUSED:
+            return "paused"
         return "running"
 
 
@@ -362,7 +364,7 @@ class Hypervisor:
             raise HypervisorError(str(exc)) from exc
 
     def observed(self, server_id: str) -> Observed:
-        """The state in the API's vocabulary: running | shutoff | absent | error.
+        """The state in the API's vocabulary: running | shutoff | paused | absent | error.
 
         Raises:
             SpecError: ``server_id`` is not a canonical UUID.
@@ -508,6 +510,42 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"reboot {server_id}: {exc}") from exc
 
+    def pause(self, server_id: str) -> bool:
+        """Freeze a running domain's vCPUs (libvirt suspend); its memory stays allocated.
+
+        Returns False when it was not running (already paused, or shut off).
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        dom = self._lookup(server_id)
+        try:
+            if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+                return False
+            dom.suspend()
+            return True
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"pause {server_id}: {exc}") from exc
+
+    def unpause(self, server_id: str) -> bool:
+        """Let a paused domain's vCPUs run again (libvirt resume), where they stopped.
+
+        Returns False when it was not paused.
+
+        Raises:
+            DomainNotFound: no managed domain for ``server_id``.
+            HypervisorError: libvirt fails.
+        """
+        dom = self._lookup(server_id)
+        try:
+            if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                return False
+            dom.resume()
+            return True
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"unpause {server_id}: {exc}") from exc
+
     def destroy_and_undefine(self, server_id: str) -> bool:
         """Power off and undefine a server's domain; return False when there was none.
 
@@ -586,23 +624,6 @@ class Hypervisor:
                 continue
             if addrs:
                 out[d.server_id] = addrs
-        return out
-
-    def dhcp_leases(self, network: str) -> dict[str, list[str]]:
-        """{mac: [ip, ...]} from a libvirt network's DHCP leases (empty when unsupported).
-
-        Raises:
-            HypervisorError: the network does not exist or libvirt fails.
-        """
-        try:
-            leases = self._conn.networkLookupByName(network).DHCPLeases()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-                return {}
-            raise HypervisorError(f"leases of {network}: {exc}") from exc
-        out: dict[str, list[str]] = {}
-        for lease in leases or []:
-            out.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
         return out
 
     def all_domain_names(self) -> list[str]:

@@ -149,10 +149,6 @@ def run(argv: list[str] | None = None) -> None:
         log.error("%s", exc)
         sys.exit(2)
     agent = Agent(settings, cred, hv, virt_type)
-    # Test hook (tests/e2e): stop working right after a build step, to be killed there.
-    agent.pause_after = os.environ.get("MINICLOUD_AGENT_PAUSE_AFTER") or None
-    marker = os.environ.get("MINICLOUD_AGENT_PAUSE_MARKER")
-    agent.pause_marker = Path(marker) if marker else None
     log.info("agent %s (%s, virt type %s) serving %s", settings.name, settings.libvirt_uri,
              virt_type, settings.api_url)
     worker = threading.Thread(target=agent.run, name="reconcile", daemon=True)

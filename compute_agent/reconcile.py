@@ -1,21 +1,28 @@
 """Desired state vs observed state -> actions: a pure function, level-triggered.
 
 ``plan`` looks only at what the API wants now and what libvirt and the instances directory
-hold now, never at what happened before, so running it again after a crash (or twice in a row)
-asks only for what is still missing. Every action it emits is idempotent in the executor.
+hold now (plus the operations already performed), never at what happened before, so running
+it again after a crash (or twice in a row) asks only for what is still missing. Every action
+it emits is idempotent in the executor.
 
 Decision table for a server the API lists (``desired``), by the domain found for it::
 
-    desired   domain missing                 shut off                  running
-    running   build, start                   (redefine,) start         -            (+ reboot)
-    shutoff   build (not ERROR)              (redefine)                stop
-    absent    remove                         remove                    remove
+    desired   domain missing        shut off              running     paused
+    running   build, start          (redefine,) start     -           unpause
+    paused    build                 (redefine)            pause       -
+    shutoff   build (not ERROR)     (redefine)            stop        stop (at once)
+    absent    remove                remove                remove      remove
 
-A pending reboot (``reboot.id`` not done yet) on an existing domain adds ``reboot``; on a
-missing domain the build's first boot is the reboot. A crashed domain gets a hard reboot when
-it should run and a stop when it should not. ``redefine`` applies a changed flavor (resize)
-to a shut-off domain. Domains carrying minicloud metadata that the API does not list at all are
-removed; instance directories with neither a listed server nor a domain are deleted.
+A paused guest whose domain is found shut off (the host rebooted) lost its memory: it is left
+off and reported so (the API then shows SHUTOFF), never booted afresh behind the user's back.
+
+A crashed domain gets a hard reboot when it should run and a stop otherwise. ``redefine``
+applies a changed flavor to a shut-off domain. A pending one-shot operation
+(``DesiredServer.operation``, not performed yet) adds an ``operation`` action after the power
+actions; the agent's handler for its kind performs it (a reboot whose domain this pass has just
+booted is settled by that boot). An operation waits while the domain is on its way to
+shut-off. Domains carrying minicloud metadata that the API does not list at all are removed;
+instance directories with neither a listed server nor a domain are deleted.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from typing import Literal
 
 from compute_agent.client import DesiredServer
 
-ActionKind = Literal["remove", "stop", "build", "redefine", "start", "reboot", "clean_files"]
-DomainState = Literal["running", "shutoff", "error"]
+ActionKind = Literal["remove", "stop", "build", "redefine", "start", "reboot", "unpause",
+                     "pause", "operation", "clean_files"]
+DomainState = Literal["running", "shutoff", "paused", "error"]
 
-# Removals first (they free memory and disk), then stops, then the work that needs resources.
+# Removals first (they free memory and disk), then stops, then the work that needs resources,
+# then pending operations (which may rely on the power actions before them).
 _ORDER: dict[str, int] = {"remove": 0, "clean_files": 1, "stop": 2, "redefine": 3, "build": 4,
-                          "start": 5, "reboot": 6}
+                          "start": 5, "reboot": 6, "unpause": 7, "pause": 8, "operation": 9}
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,8 @@ class SeenDomain:
 class Action:
     """One step for the executor. ``server`` is None for leftovers the API no longer lists.
 
-    ``start`` (build only): start the domain after defining it. ``hard`` (reboot only).
-    ``report`` (remove only): confirm ``absent`` to the API afterwards.
+    ``start`` (build only): start the domain after defining it. ``hard`` (reboot: reset, not
+    ACPI; stop: destroy at once, for a paused guest that cannot see the power button).
     """
 
     kind: ActionKind
@@ -56,17 +65,10 @@ class Action:
     start: bool = False
     hard: bool = False
 
-    @property
-    def reboot_id(self) -> str | None:
-        """The reboot request this action settles (a reboot, or a build that boots it)."""
-        if self.server is None or self.server.reboot is None:
-            return None
-        return self.server.reboot.id if self.kind in ("reboot", "build", "start") else None
 
-
-def reboot_key(server_id: str, reboot_id: str) -> str:
-    """How the executor remembers that a reboot request was performed."""
-    return f"{server_id}:{reboot_id}"
+def operation_key(server_id: str, operation_id: str) -> str:
+    """How the executor remembers that an operation was performed."""
+    return f"{server_id}:{operation_id}"
 
 
 def _resized(server: DesiredServer, dom: SeenDomain) -> bool:
@@ -74,37 +76,50 @@ def _resized(server: DesiredServer, dom: SeenDomain) -> bool:
 
 
 def plan(desired: list[DesiredServer], domains: dict[str, SeenDomain],
-         instance_dirs: set[str], reboots_done: set[str]) -> list[Action]:
+         instance_dirs: set[str], operations_done: set[str]) -> list[Action]:
     """The actions that make the host match ``desired`` (see the module docstring)."""
     actions: list[Action] = []
     listed = {s.server_id for s in desired}
     for s in desired:
         dom = domains.get(s.server_id)
-        pending_reboot = s.reboot is not None and \
-            reboot_key(s.server_id, s.reboot.id) not in reboots_done
+        pending = s.operation is not None and \
+            operation_key(s.server_id, s.operation.id) not in operations_done
+        # A resize operation redefines the domain itself; no separate redefine for it.
+        redefine = dom is not None and _resized(s, dom) and not (
+            pending and s.operation is not None and s.operation.kind == "resize")
+        ready = True  # the domain is where the pending operation may run
         if s.desired == "absent":
             actions.append(Action("remove", s.server_id, s))
+            ready = False
         elif dom is None:
             if s.desired == "running":
                 actions.append(Action("build", s.server_id, s, start=True))
             elif s.status != "ERROR":
                 # A failed build keeps whatever it left; the user deletes the server.
                 actions.append(Action("build", s.server_id, s, start=False))
+            else:
+                ready = False
+        elif dom.state == "error" and s.desired == "running":
+            actions.append(Action("reboot", s.server_id, s, hard=True))
         elif s.desired == "running":
-            if dom.state == "error":
-                actions.append(Action("reboot", s.server_id, s, hard=True))
-            elif dom.state == "shutoff":
-                if _resized(s, dom):
+            if dom.state == "shutoff":
+                if redefine:
                     actions.append(Action("redefine", s.server_id, s))
                 actions.append(Action("start", s.server_id, s))
-            elif pending_reboot:
-                assert s.reboot is not None
-                actions.append(Action("reboot", s.server_id, s, hard=s.reboot.type == "hard"))
-        else:  # desired shutoff
-            if dom.state in ("running", "error"):
-                actions.append(Action("stop", s.server_id, s))
-            elif _resized(s, dom):
+            elif dom.state == "paused":
+                actions.append(Action("unpause", s.server_id, s))
+        elif s.desired == "paused" and dom.state != "error":
+            if dom.state == "running":
+                actions.append(Action("pause", s.server_id, s))
+            elif dom.state == "shutoff" and redefine:
                 actions.append(Action("redefine", s.server_id, s))
+        elif dom.state in ("running", "error", "paused"):  # desired shutoff (or a crash)
+            actions.append(Action("stop", s.server_id, s, hard=dom.state == "paused"))
+            ready = False
+        elif redefine:
+            actions.append(Action("redefine", s.server_id, s))
+        if pending and ready:
+            actions.append(Action("operation", s.server_id, s))
     for sid in sorted(set(domains) - listed):
         actions.append(Action("remove", sid))
     for sid in sorted(instance_dirs - listed - set(domains)):

@@ -77,6 +77,10 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt; then
 else
   echo "minicloud-guest: no cidata seed found"
 fi
+# A heartbeat on the console, one line a second with the guest's own uptime: a paused guest
+# prints none, and after an unpause the count goes on (same boot, no second "userspace started").
+( n=0; while true; do sleep 1; n=$((n + 1));
+    echo "minicloud-guest: tick $n uptime=$(cut -d' ' -f1 /proc/uptime)"; done ) &
 # Graceful shutdown: block on the ACPI power button's input device, then power off.
 # "ready" is printed once the button is found, just before listening to it.
 for ev in /sys/class/input/event*; do

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.agent.service import notify_host
 from api.models import Allocation, Flavor, Image, Server
+from api.servers.lifecycle import notify_host
 from tests.factories import Client, bearer, unique
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN
 from api.hosts.schemas import AvailabilityZone, ResourceOut
-from api.servers.states import Desired, Observed
+from api.servers.states import Desired, Observed, OperationKind
 
 HostName = Annotated[
     str,
@@ -124,6 +124,18 @@ class Address(BaseModel):
     network: Annotated[str, StringConstraints(max_length=64, pattern=r"^[!-~]*$")] | None = None
 
 
+class OperationResult(BaseModel):
+    """The agent performed the pending operation ``operation_id`` (``DesiredServer.operation``).
+
+    ``success`` is the only result: an operation that fails is retried by the agent on its
+    next pass, and the server stays in its transition until it succeeds or is deleted.
+    """
+
+    model_config = STRICT
+    operation_id: Annotated[str, StringConstraints(max_length=64, pattern=TOKEN_PATTERN)]
+    result: Literal["success"]
+
+
 class ObservationIn(BaseModel):
     """A transition the agent saw; the same ``idempotency_key`` is applied at most once."""
 
@@ -131,10 +143,7 @@ class ObservationIn(BaseModel):
     state: Observed
     seen_at: AwareDatetime
     idempotency_key: IdempotencyKey
-    reboot_done: Annotated[str, StringConstraints(max_length=64,
-                                                  pattern=TOKEN_PATTERN)] | None = None
-    resize_done: Annotated[str, StringConstraints(max_length=64,
-                                                  pattern=TOKEN_PATTERN)] | None = None
+    operation: OperationResult | None = None
     message: Text | None = None
     addresses: list[Address] | None = Field(default=None, max_length=64)
 
@@ -169,18 +178,17 @@ class ImageSpec(BaseModel):
     kernel_cmdline: str | None = None
 
 
-class RebootSpec(BaseModel):
-    """A reboot request: echo ``id`` as ``reboot_done`` once it is performed."""
+class OperationSpec(BaseModel):
+    """A one-shot operation to perform once, then report as ``{operation_id, result}``.
+
+    ``kind`` ``reboot``: ``params.type`` is ``soft`` (ACPI) or ``hard`` (reset); a build or a
+    start of the domain is the reboot. ``kind`` ``resize``: redefine the shut-off domain with
+    ``flavor``'s vCPUs and memory and grow the overlay to its disk size.
+    """
 
     id: str
-    type: Literal["soft", "hard"]
-
-
-class ResizeSpec(BaseModel):
-    """A resize to apply to the shut-off domain: redefine it with ``flavor``'s vCPUs and
-    memory, grow the overlay to its disk size, then echo ``id`` as ``resize_done``."""
-
-    id: str
+    kind: OperationKind
+    params: dict[str, Any]
 
 
 class DesiredServer(BaseModel):
@@ -195,8 +203,7 @@ class DesiredServer(BaseModel):
     user_data: str | None
     key_data: str | None
     desired: Desired
-    reboot: RebootSpec | None
-    resize: ResizeSpec | None = None
+    operation: OperationSpec | None
     status: str
     task_state: str | None
     generation: int

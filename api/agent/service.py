@@ -1,40 +1,28 @@
 """Agent rules: enrollment, inventory, heartbeats, desired state, observations, console.
 
-Contracts other modules follow
-------------------------------
-* **Desired-state changes.** Whoever changes what an agent should do with a server on a host
-  (assigns it to a host, runs an action, deletes it, changes anything listed in
-  ``DesiredServer``) bumps ``servers.generation`` and calls ``notify_host(session, host_id)``
-  in the same unit of work. Long-polling agents wake within one poll interval of the commit.
-  (The cursor also counts live servers and sums their generations, so a forgotten
-  ``notify_host`` is caught when the generation was bumped; do both anyway.)
-* **Reboot ids.** A REBOOT server's desired state carries ``reboot.id = "r<generation>"``; the
-  agent echoes it as ``reboot_done`` once done. A hard reboot over a soft one bumps the
-  generation, so an echo of the older soft reboot does not settle the hard one.
-* **Resize ids.** A SHUTOFF/``resizing`` server's desired state carries ``resize.id =
-  "z<generation>"`` and ``flavor`` already holds the new sizes; the agent redefines the
-  shut-off domain (vCPUs, memory), grows the overlay, and reports ``shutoff`` with
-  ``resize_done`` = that id. Only then does the server settle (task_state null), so a start
-  never boots the old definition.
-* **Transitions.** Every status change caused by an agent (or ``force_delete``) calls
-  ``on_transition(session, server, old_status, new_status, seen_at)``, which runs every
-  function in ``TRANSITION_HOOKS`` inside the same unit of work (billing hooks in there).
-  Every applied observation, with or without a status change, also runs
-  ``OBSERVATION_HOOKS`` (billing: a server seen running again after its host was down).
+The agent endpoints are an adapter: they authenticate hosts, keep observations idempotent
+(one row per ``idempotency_key``) and in order (a report older than the newest one changes
+nothing), and translate what agents see into ``api.servers.lifecycle`` calls, which own every
+server transition.
+
+Contracts with the agent
+------------------------
+* **Desired state.** ``DesiredServer.desired`` is the power state libvirt should show
+  (``states.desired_power``); the long-poll cursor moves whenever ``lifecycle.notify_host``
+  ran for the host (and, as a safety net, when the live servers' generations change).
+* **Pending operations.** A one-shot action (reboot, resize) is handed over as
+  ``operation = {id, kind, params}``; the agent performs it once and reports
+  ``operation = {operation_id, result}`` in an observation. The id carries the server's
+  generation, so a hard reboot over a soft one has a new id and a late report of the soft one
+  settles nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import os
 import re
-import tempfile
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -50,27 +38,20 @@ from api.agent.schemas import (
     InventoryOut,
     ObservationIn,
     ObservedItem,
-    RebootSpec,
-    ResizeSpec,
+    OperationSpec,
 )
 from api.config import Settings
 from api.db import utcnow
-from api.errors import Conflict, NotFound, Unauthorized, request_id_var
+from api.errors import Conflict, NotFound, Unauthorized
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
-from api.models import AgentObservation, Host, Image, Inventory, Server, ServerEvent
+from api.models import AgentObservation, Host, Image, Inventory, Server
 from api.models.compute import RESOURCE_CLASSES
 from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
-from api.servers import states
+from api.servers import lifecycle, states
+from api.servers.console import console_path, read_console, write_console
 
-TransitionHook = Callable[[Session, Server, str, str, datetime], None]
-TRANSITION_HOOKS: list[TransitionHook] = []
-"""Called on every agent-driven status change, in order, inside the unit of work."""
-
-ObservationHook = Callable[[Session, Server, str, datetime], None]
-OBSERVATION_HOOKS: list[ObservationHook] = []
-"""Called on every applied (not stale) observation, after any transition: ``fn(session,
-server, observed_state, seen_at)``. Billing uses it to resume after a host came back."""
+__all__ = ["console_path", "read_console", "write_console"]  # the console routes use them
 
 
 # ---------------------------------------------------------------- enrollment and inventory
@@ -194,29 +175,19 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
                  if body.addresses is not None else None)
     applied = apply_observation(
         session, settings, host_id, server, body.state, body.seen_at,
-        key=body.idempotency_key, reboot_done=body.reboot_done,
-        resize_done=body.resize_done, message=body.message,
+        key=body.idempotency_key,
+        operation_id=body.operation.operation_id if body.operation is not None else None,
+        message=body.message,
         addresses=addresses,
     )
     return server, applied
 
 
-def reboot_id(server: Server) -> str:
-    """The id of the reboot a REBOOT server waits for (see the module docstring)."""
-    return f"r{server.generation}"
-
-
-def resize_id(server: Server) -> str:
-    """The id of the resize a SHUTOFF/``resizing`` server waits for (module docstring)."""
-    return f"z{server.generation}"
-
-
 def apply_observation(session: Session, settings: Settings, host_id: str, server: Server,
                       state: states.Observed, seen_at: datetime, *, key: str | None = None,
-                      reboot_done: str | None = None, resize_done: str | None = None,
-                      message: str | None = None,
+                      operation_id: str | None = None, message: str | None = None,
                       addresses: list[Any] | None = None) -> bool:
-    """Move a locked server per ``states.on_observed``; False for a stale observation.
+    """Hand one observation of a locked server to the lifecycle; False when it is stale.
 
     ``seen_at`` is clamped to the API clock (an agent clock ahead of ours must not bill the
     future). An observation seen before the newest recorded one is stale: it is recorded (its
@@ -231,102 +202,19 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
             session.flush()
         return False
     old = server.status
-    done = reboot_done is not None and reboot_done == reboot_id(server)
-    resized = resize_done is not None and resize_done == resize_id(server)
-    move = states.on_observed(server.status, server.task_state, state, reboot_done=done,
-                              resize_done=resized)
-    if state in ("running", "shutoff", "absent"):
-        server.power_state = state
-    if addresses is not None:
-        server.addresses = addresses
-    if move is not None:
-        server.status, server.task_state = move.status, move.task_state
-        if move.status == states.ERROR:
-            server.fault_code = "spawn_failed"
-            server.fault_message = message or "The hypervisor could not start the server."
-        if move.status == states.DELETED:
-            _finish_delete(session, settings, server, seen)
-        server.generation += 1
-        repository.bump_desired_generation(session, host_id)
+    move = lifecycle.observe(session, settings, host_id, server, state, seen,
+                             operation_id=operation_id, message=message, addresses=addresses)
     if key is not None or move is not None:
         session.add(AgentObservation(
             host_id=host_id, idempotency_key=key or f"auto-{uuid.uuid4()}",
             server_id=server.id, state=state, seen_at=seen,
             transition=f"{old}->{move.status}" if move else "",
         ))
-    session.flush()
-    if move is not None:
-        on_transition(session, server, old, move.status, seen)
-        record_event(session, server, "observe", user_id=None,
-                     result="error" if move.status == states.ERROR else "success",
-                     message=message or f"{old} -> {move.status} (agent saw {state})",
-                     details={"state": state, "seen_at": seen.isoformat(), "host_id": host_id})
-    for hook in OBSERVATION_HOOKS:
-        hook(session, server, state, seen)
+        session.flush()
     return True
 
 
-def _finish_delete(session: Session, settings: Settings | None, server: Server,
-                   when: datetime) -> None:
-    server.status, server.task_state = states.DELETED, None
-    server.deleted_at = when
-    repository.delete_allocations(session, server.id)
-    if settings is not None:
-        with contextlib.suppress(FileNotFoundError):
-            console_path(settings, server.id).unlink()
-
-
-def force_delete(session: Session, server: Server, *, user_id: str | None = None,
-                 settings: Settings | None = None) -> None:
-    """Delete a server without the agent's confirmation (its host is down), as if confirmed.
-
-    Frees the allocations, marks it DELETED, tells the host (should it come back, its agent
-    sees the server gone and removes the leftovers) and runs the transition hooks.
-    """
-    if server.status == states.DELETED:
-        return
-    old, now = server.status, utcnow()
-    _finish_delete(session, settings, server, now)
-    server.generation += 1
-    if server.host_id is not None:
-        notify_host(session, server.host_id)
-    session.flush()
-    on_transition(session, server, old, states.DELETED, now)
-    record_event(session, server, "force_delete", user_id=user_id, result="success",
-                 message="Deleted without the agent's confirmation.")
-
-
-def on_transition(session: Session, server: Server, old_status: str, new_status: str,
-                  seen_at: datetime) -> None:
-    """Run every ``TRANSITION_HOOKS`` function for one status change."""
-    for hook in TRANSITION_HOOKS:
-        hook(session, server, old_status, new_status, seen_at)
-
-
-def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
-                 result: str, message: str = "", details: dict[str, Any] | None = None) -> None:
-    """Record a server event through the servers service when it exists, else directly."""
-    try:
-        servers_service = importlib.import_module("api.servers.service")
-    except ImportError:
-        servers_service = None
-    shared = getattr(servers_service, "record_event", None)
-    if callable(shared):
-        shared(session, server, action, user_id=user_id, result=result, message=message,
-               details=details)
-        return
-    session.add(ServerEvent(server_id=server.id, project_id=server.project_id, action=action,
-                            user_id=user_id, request_id=request_id_var.get(), result=result,
-                            message=message, details=details or {}))
-    session.flush()
-
-
 # ---------------------------------------------------------------- desired state
-
-def notify_host(session: Session, host_id: str) -> None:
-    """Wake the host's long-polling agent: call after changing any of its servers."""
-    repository.bump_desired_generation(session, host_id)
-
 
 def cursor(session: Session, host_id: str) -> str | None:
     """The host's opaque desired-state cursor; None when the host no longer exists."""
@@ -345,13 +233,9 @@ def safe_hostname(name: str, server_id: str) -> str:
 
 def _desired(server: Server, image: Image) -> DesiredServer:
     props = image.properties or {}
-    reboot = None
-    if server.status == states.REBOOT:
-        kind = "hard" if server.task_state == states.REBOOTING_HARD else "soft"
-        reboot = RebootSpec(id=reboot_id(server), type=kind)
-    resize = (ResizeSpec(id=resize_id(server))
-              if server.status == states.SHUTOFF and server.task_state == states.RESIZING
-              else None)
+    pending = lifecycle.pending_operation(server)
+    operation = (OperationSpec(id=pending.id, kind=pending.kind, params=pending.params)
+                 if pending is not None else None)
     return DesiredServer(
         server_id=server.id, project_id=server.project_id, name=server.name,
         hostname=safe_hostname(server.name, server.id),
@@ -364,7 +248,7 @@ def _desired(server: Server, image: Image) -> DesiredServer:
         ),
         user_data=server.user_data, key_data=server.key_data,
         desired=states.desired_power(server.status, server.task_state),
-        reboot=reboot, resize=resize, status=server.status, task_state=server.task_state,
+        operation=operation, status=server.status, task_state=server.task_state,
         generation=server.generation,
     )
 
@@ -387,44 +271,6 @@ def desired_servers(session: Session, host_id: str) -> tuple[str, list[DesiredSe
 
 
 # ---------------------------------------------------------------- console
-
-def console_path(settings: Settings, server_id: str) -> Path:
-    """The console file of a server, named only from its parsed UUID; raises NotFound."""
-    try:
-        name = str(uuid.UUID(server_id))
-    except ValueError:
-        raise NotFound("No such server.", code="server_not_found") from None
-    return settings.console_dir / f"{name}.log"
-
-
-def write_console(settings: Settings, server_id: str, data: bytes) -> int:
-    """Replace the stored console tail (last ``console_max_bytes``) atomically; returns size."""
-    path = console_path(settings, server_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = data[-settings.console_max_bytes:]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".console-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return len(data)
-
-
-def read_console(settings: Settings, server_id: str, lines: int | None) -> str:
-    """The stored tail as text, optionally only its last ``lines`` lines ("" if none yet)."""
-    try:
-        raw = console_path(settings, server_id).read_bytes()
-    except FileNotFoundError:
-        return ""
-    text = raw.decode("utf-8", errors="replace")
-    if lines is not None:
-        text = "".join(text.splitlines(keepends=True)[-lines:]) if lines else ""
-    return text
-
 
 def get_live_server(session: Session, server_id: str) -> Server:
     """A server that is not DELETED; raises NotFound."""

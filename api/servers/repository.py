@@ -77,3 +77,10 @@ def events(session: Session, server_id: str) -> Sequence[ServerEvent]:
         select(ServerEvent).where(ServerEvent.server_id == server_id)
         .order_by(ServerEvent.created_at, ServerEvent.id)
     ).all()
+
+
+def live_servers_on(session: Session, host_id: str) -> Sequence[Server]:
+    """The host's servers that are not deleted, in id order."""
+    return session.scalars(
+        select(Server).where(Server.host_id == host_id, Server.deleted_at.is_(None))
+        .order_by(Server.id)).all()

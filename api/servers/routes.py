@@ -44,9 +44,10 @@ _STATE_MACHINE = """
 | status | accepts | then |
 |---|---|---|
 | BUILD (`scheduling`, `spawning`) | delete | ACTIVE once running; ERROR (`fault`) |
-| ACTIVE | stop, reboot, delete | ACTIVE/`powering-off`; REBOOT/`rebooting(-hard)` |
+| ACTIVE | stop, reboot, pause, delete | `powering-off`; REBOOT/`rebooting(-hard)`; `pausing` |
 | SHUTOFF | start, resize, delete | `powering-on` then ACTIVE; `resizing` then SHUTOFF |
 | REBOOT | hard reboot (over a soft one), delete | ACTIVE once the agent confirms |
+| PAUSED | unpause, stop, delete | `unpausing` then ACTIVE (same boot); `powering-off` |
 | ERROR | delete | |
 | DELETING | delete (idempotent, 202) | DELETED (hidden) once the agent confirms |
 
@@ -54,7 +55,7 @@ A transition in flight blocks other actions: 409 `invalid_state` with the curren
 and `task_state`. A server with no host (not placed yet) is deleted at once.
 """
 
-StatusFilter = Literal["BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "DELETING", "ERROR"]
+StatusFilter = Literal["BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "PAUSED", "DELETING", "ERROR"]
 
 
 def _render(session: SessionDep, principal: Principal,
@@ -143,8 +144,9 @@ def delete_server(server_id: PathId, principal: Writer, session: SessionDep,
 
 @router.post("/servers/{server_id}/actions", status_code=202, response_model=ServerOut,
              description='`{"action": "start"}`, `{"action": "stop"}` or `{"action": '
-             '"reboot", "type": "soft"|"hard"}` or `{"action": "resize", "flavor": <id or '
-             'name>}`. An action the current state does not accept is 409 `invalid_state` '
+             '"reboot", "type": "soft"|"hard"}`, `{"action": "resize", "flavor": <id or '
+             'name>}`, `{"action": "pause"}` or `{"action": "unpause"}`. An action the '
+             'current state does not accept is 409 `invalid_state` '
              "(and an `error` event). Resize (SHUTOFF only) stays on the same host: 409 "
              "`no_valid_host` when it has no room, `resize_disk_shrink` for a smaller disk, "
              "`quota_exceeded` for growth over quota; the server is SHUTOFF/`resizing` until "

@@ -114,8 +114,23 @@ class ResizeAction(BaseModel):
     flavor: Ref
 
 
-ServerAction = Annotated[StartAction | StopAction | RebootAction | ResizeAction,
-                         Field(discriminator="action")]
+class PauseAction(BaseModel):
+    """Freeze an ACTIVE server's vCPUs; its memory stays allocated (and billed)."""
+
+    model_config = STRICT
+    action: Literal["pause"]
+
+
+class UnpauseAction(BaseModel):
+    """Let a PAUSED server's vCPUs run again, where they stopped (same boot)."""
+
+    model_config = STRICT
+    action: Literal["unpause"]
+
+
+ServerAction = Annotated[
+    StartAction | StopAction | RebootAction | ResizeAction | PauseAction | UnpauseAction,
+    Field(discriminator="action")]
 
 
 class FlavorRef(BaseModel):

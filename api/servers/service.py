@@ -1,71 +1,32 @@
 """Server rules: create (quota + placement), list, show, delete, actions and events.
 
-The state machine lives in ``api.servers.states``; this module only applies it. Every change
-of desired state bumps ``servers.generation`` (agents long-poll on it) and records an event.
+This module decides whether a request may happen (visibility, quotas, the state machine's
+``states.ALLOWED``); ``api.servers.lifecycle`` makes every change of state (generation
+compare-and-swap, events, agent notification, subscribers such as billing).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.agent.repository import lock_host
-from api.agent.service import notify_host
 from api.config import Settings
-from api.db import session_scope, utcnow
+from api.db import session_scope
 from api.deps import Principal
 from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, request_id_var
 from api.flavors import service as flavors
+from api.hosts.service import is_up
 from api.images import service as images
-from api.models import Flavor, Image, Server, ServerEvent, ServerGroup
+from api.models import Flavor, Host, Image, Server, ServerEvent, ServerGroup
 from api.quotas import service as quotas
 from api.scheduler import placement
 from api.server_groups import service as server_groups
-from api.servers import repository, states
+from api.servers import lifecycle, repository, states
+from api.servers.lifecycle import ACCEPTED, ERROR, SUCCESS, record_event
 from api.servers.schemas import RebootAction, ResizeAction, ServerAction, ServerCreate
-from api.usage import hooks as billing
-
-ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
-
-
-_EVENT_CLOCK = "server_event_clock"
-
-
-def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
-                 result: str, message: str = "",
-                 details: dict[str, Any] | None = None) -> ServerEvent:
-    """Append one event to the server's history, tagged with the current request id.
-
-    ``result`` is ``accepted`` (a request that started a transition), ``success`` or ``error``
-    (how a transition ended). Call it from any module (agent endpoints, scheduler) in the same
-    unit of work as the change it describes.
-    """
-    rid = request_id_var.get()
-    # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
-    # strictly increasing so "oldest first" is the order in which they were recorded. The
-    # unit of work remembers what it recorded (and that a server it created has no events
-    # yet), so only the first event of an existing server asks the database.
-    at = utcnow()
-    clock: dict[str, datetime | None] = session.info.setdefault(_EVENT_CLOCK, {})
-    last = clock[server.id] if server.id in clock else repository.last_event_at(
-        session, server.id)
-    if last is not None and at <= last:
-        at = last + timedelta(microseconds=1)
-    clock[server.id] = at
-    event = ServerEvent(
-        server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
-        request_id=None if rid == "-" else rid, result=result, message=message,
-        details=details or {}, created_at=at,
-    )
-    session.add(event)
-    session.flush()
-    return event
 
 
 def get_server(session: Session, principal: Principal, server_id: str) -> Server:
@@ -129,7 +90,6 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     )
     session.add(server)
     session.flush()
-    session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
 
     # Placement step: the scheduler claims a host here, inside the same transaction; a
     # NoValidHost rolls the server row and the quota usage back with it.
@@ -138,14 +98,8 @@ def create_server(session: Session, settings: Settings, principal: Principal,
         image=image, group=group, availability_zone=server.availability_zone,
         request_id=request_id_var.get())
     placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin)
-    server.host_id = placed.host_id
-    server.availability_zone = placed.availability_zone
-    server.task_state = states.SPAWNING
-    server.generation += 1
-    session.flush()
-    notify_host(session, placed.host_id)
-    # Billing starts once the server exists for good (placed): disk and server time from now.
-    billing.on_created(session, server)
+    # SPAWNING on its host; billing starts once the server exists for good (placed).
+    lifecycle.placed(session, server, placed.host_id, placed.availability_zone)
     record_event(session, server, "create", user_id=principal.user_id, result=ACCEPTED,
                  details={"flavor": flavor.name, "image": image.id})
     record_event(session, server, "schedule", user_id=None, result=SUCCESS,
@@ -197,47 +151,6 @@ def list_servers(session: Session, principal: Principal, *, status: str | None,
     return Page(rows, None)
 
 
-def mark_deleted(session: Session, server: Server, *, user_id: str | None,
-                 message: str = "") -> None:
-    """Finish a delete: DELETED, ``deleted_at`` set, allocations freed, one ``success`` event.
-
-    Call it when nothing holds the server any more (no host, or its agent confirmed the
-    domain and disks are gone). Frees quota at once: usage counts ``deleted_at IS NULL``.
-    Records ``deleted`` in the usage ledger (billing stops, a running server included).
-    """
-    server.status, server.task_state = states.DELETED, None
-    deleted_at = server.deleted_at = utcnow()
-    server.generation += 1
-    freed = repository.delete_allocations(session, server.id)
-    session.flush()
-    billing.on_deleted(session, server, deleted_at)
-    record_event(session, server, "delete", user_id=user_id, result=SUCCESS,
-                 message=message or "deleted", details={"allocations_freed": freed})
-
-
-def _transition(session: Session, server: Server, status: str, task_state: str | None) -> None:
-    """Move a placed server to a new desired state, race-free, and wake its agent.
-
-    Optimistic concurrency on ``servers.generation``: the update only applies if nobody (a
-    concurrent request, an agent observation) changed the server since it was read; otherwise
-    409 ``state_changed`` and the client retries against the new state.
-    """
-    if server.host_id is not None:
-        lock_host(session, server.host_id)  # lock order: host, then server (no deadlocks)
-    seen = server.generation
-    result = session.execute(
-        update(Server).where(Server.id == server.id, Server.generation == seen)
-        .values(status=status, task_state=task_state, generation=seen + 1,
-                updated_at=utcnow())
-        .execution_options(synchronize_session=False))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict("The server changed while this request ran; retry.",
-                       code="state_changed")
-    session.refresh(server)
-    if server.host_id is not None:
-        notify_host(session, server.host_id)
-
-
 def delete_server(session: Session, principal: Principal, server_id: str) -> Server:
     """Start deleting a server (any status); raises NotFound.
 
@@ -246,14 +159,7 @@ def delete_server(session: Session, principal: Principal, server_id: str) -> Ser
     answers 202 again and changes nothing.
     """
     server = get_server(session, principal, server_id)
-    if server.status == states.DELETING:
-        return server
-    if server.host_id is None:
-        mark_deleted(session, server, user_id=principal.user_id,
-                     message="deleted at once: no host held it")
-        return server
-    _transition(session, server, states.DELETING, states.DELETING_TASK)
-    record_event(session, server, "delete", user_id=principal.user_id, result=ACCEPTED)
+    lifecycle.delete(session, None, server, user_id=principal.user_id)
     return server
 
 
@@ -264,10 +170,6 @@ def force_delete_server(session: Session, settings: Settings, principal: Princip
     Raises Forbidden ``admin_required``, NotFound, Conflict ``host_up`` when the host still
     sends heartbeats (then the agent must do the delete, so nothing leaks on a live host).
     """
-    from api.agent.service import force_delete
-    from api.hosts.service import is_up
-    from api.models import Host
-
     if not principal.is_admin:
         raise Forbidden("Forcing a delete needs the admin role.", code="admin_required")
     server = get_server(session, principal, server_id)
@@ -275,9 +177,7 @@ def force_delete_server(session: Session, settings: Settings, principal: Princip
     if host is not None and is_up(host, settings):
         raise Conflict(f"Host {host.name} is up: delete without force and its agent "
                        "removes the server.", code="host_up")
-    if host is not None:
-        lock_host(session, host.id)
-    force_delete(session, server, user_id=principal.user_id, settings=settings)
+    lifecycle.force_delete(session, server, user_id=principal.user_id, settings=settings)
     return server
 
 
@@ -303,11 +203,9 @@ def act(session: Session, settings: Settings, principal: Principal, server_id: s
             action=action.action)
     if isinstance(action, ResizeAction):
         return resize(session, settings, principal, server, action.flavor)
-    move = states.on_action(server.status, action.action, reboot_type)
-    _transition(session, server, move.status, move.task_state)
     details = {"type": reboot_type} if isinstance(action, RebootAction) else {}
-    record_event(session, server, action.action, user_id=principal.user_id, result=ACCEPTED,
-                 details=details)
+    lifecycle.apply_action(session, server, action.action, user_id=principal.user_id,
+                           reboot_type=reboot_type, details=details)
     return server
 
 
@@ -321,7 +219,8 @@ def resize(session: Session, settings: Settings, principal: Principal, server: S
     server's host with the scheduler's race-free claim, the current allocations counted as
     freed (409 ``no_valid_host`` when the host has no room); (4) move the server to
     SHUTOFF/``resizing`` (optimistic on its generation, 409 ``state_changed``) with the new
-    sizes, which the agent applies before the task clears; (5) event and billing hook.
+    sizes (``lifecycle.resized``: event, billing), which the agent applies before the task
+    clears.
     Raises NotFound ``flavor_not_found``, Conflict, QuotaExceeded, NoValidHost.
     """
     flavor = _resolve_flavor(session, principal, flavor_ref)
@@ -353,31 +252,13 @@ def resize(session: Session, settings: Settings, principal: Principal, server: S
                                   request_id=request_id_var.get())
     placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin,
                              force_host=server.host_id, release_held=True)
-    _transition(session, server, states.SHUTOFF, states.RESIZING)
-    server.flavor_id, server.vcpus = flavor.id, flavor.vcpus
-    server.ram_mb, server.disk_gb = flavor.ram_mb, flavor.disk_gb
-    session.flush()
-    record_event(session, server, "resize", user_id=principal.user_id, result=ACCEPTED,
-                 details={"from": old, "to": {"flavor_id": flavor.id, "flavor": flavor.name,
-                          "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
-                          "disk_gb": flavor.disk_gb},
-                          "host_id": placed.host_id, "attempts": placed.attempts})
-    on_resized(session, server, utcnow())
+    lifecycle.resized(
+        session, server, flavor.id, flavor.vcpus, flavor.ram_mb, flavor.disk_gb,
+        user_id=principal.user_id,
+        details={"from": old, "to": {"flavor_id": flavor.id, "flavor": flavor.name,
+                 "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb, "disk_gb": flavor.disk_gb},
+                 "host_id": placed.host_id, "attempts": placed.attempts})
     return server
-
-
-def on_resized(session: Session, server: Server, at: datetime) -> None:
-    """The single billing call site of a resize: ``api.usage.hooks.on_resized`` if present.
-
-    Runs in the resize's unit of work, after the server row holds the new sizes.
-    """
-    try:
-        hooks = importlib.import_module("api.usage.hooks")
-    except ImportError:
-        return  # billing not wired on this build
-    hook = getattr(hooks, "on_resized", None)
-    if callable(hook):
-        hook(session, server, at)
 
 
 def record_rejection(factory: sessionmaker[Session], principal: Principal, server_id: str,

@@ -1,15 +1,24 @@
-"""The server state machine, as pure functions shared by the API and the agent endpoints.
+"""The server state machine, as pure functions shared by the lifecycle and the agent adapter.
 
 Statuses (what a tenant sees)::
 
     BUILD --(agent sees it running)--> ACTIVE <--stop/start--> SHUTOFF
-      |                                  |  ^
-      |                                reboot (soft|hard) -> REBOOT --(agent sees it running)--+
+      |                                  |  ^  \\
+      |                                  |  |   reboot (soft|hard) -> REBOOT --(done)--> ACTIVE
+      |                                pause unpause
+      |                                  v  |
+      |                                 PAUSED --stop--> SHUTOFF
       +--(spawn fails)--> ERROR (fault code + message)
     any status except DELETING --delete--> DELETING --(agent confirms gone)--> DELETED (hidden)
 
 ``task_state`` names the transition in flight (None when settled). A server with no host (not
 yet placed) is deleted at once, since no agent holds anything for it.
+
+Two kinds of action reach the agent. A *power* action (start, stop, pause, unpause) changes the
+desired power state (:func:`desired_power`); the agent converges on it and the server settles
+when the agent observes that state. A *one-shot* action (reboot, resize) cannot be read off a
+power state, so it is a pending operation (:func:`pending_operation`): the agent performs it
+once and reports its id back; only then does the server settle.
 """
 
 from __future__ import annotations
@@ -17,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-BUILD, ACTIVE, SHUTOFF, REBOOT, DELETING, ERROR, DELETED = (
-    "BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "DELETING", "ERROR", "DELETED",
+BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR, DELETED = (
+    "BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "PAUSED", "DELETING", "ERROR", "DELETED",
 )
-STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, DELETING, ERROR)
+STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR)
 
 # task_state values
 SCHEDULING, SPAWNING, POWERING_OFF, POWERING_ON = (
@@ -29,17 +38,22 @@ SCHEDULING, SPAWNING, POWERING_OFF, POWERING_ON = (
 REBOOTING, REBOOTING_HARD, DELETING_TASK, RESIZING = (
     "rebooting", "rebooting-hard", "deleting", "resizing",
 )
+PAUSING, UNPAUSING = "pausing", "unpausing"
 
-Action = Literal["start", "stop", "reboot", "resize"]
-Observed = Literal["running", "shutoff", "absent", "error"]
-Desired = Literal["running", "shutoff", "absent"]
+Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause"]
+Observed = Literal["running", "shutoff", "paused", "absent", "error"]
+Desired = Literal["running", "shutoff", "paused", "absent"]
+OperationKind = Literal["reboot", "resize"]
 
 # Which actions each settled status accepts; anything else is 409 ``invalid_state``.
+# A paused guest cannot answer the power button, so ``stop`` from PAUSED powers it off at once
+# (the agent destroys the paused domain); ``reboot`` needs ``unpause`` first, as in Nova.
 ALLOWED: dict[str, frozenset[str]] = {
     BUILD: frozenset(),
-    ACTIVE: frozenset({"stop", "reboot"}),
+    ACTIVE: frozenset({"stop", "reboot", "pause"}),
     SHUTOFF: frozenset({"start", "resize"}),
     REBOOT: frozenset({"reboot"}),  # a hard reboot may override a stuck soft one
+    PAUSED: frozenset({"unpause", "stop"}),
     DELETING: frozenset(),
     ERROR: frozenset(),
 }
@@ -65,13 +79,17 @@ def action_allowed(status: str, task_state: str | None, action: str) -> bool:
 def on_action(status: str, action: str, reboot_type: str = "soft") -> Transition:
     """Where an accepted action takes the server."""
     if action == "stop":
-        return Transition(ACTIVE, POWERING_OFF)
+        return Transition(status, POWERING_OFF)  # ACTIVE or PAUSED until the agent sees it off
     if action == "start":
         return Transition(SHUTOFF, POWERING_ON)
     if action == "reboot":
         return Transition(REBOOT, REBOOTING_HARD if reboot_type == "hard" else REBOOTING)
     if action == "resize":
         return Transition(SHUTOFF, RESIZING)
+    if action == "pause":
+        return Transition(ACTIVE, PAUSING)
+    if action == "unpause":
+        return Transition(PAUSED, UNPAUSING)
     raise ValueError(action)
 
 
@@ -82,24 +100,37 @@ def desired_power(status: str, task_state: str | None) -> Desired:
     if status == ERROR:
         # Keep a failed build's leftovers off: a user deletes an ERROR server to clean up.
         return "shutoff"
+    if task_state == POWERING_OFF:
+        return "shutoff"
     if status == ACTIVE:
-        return "shutoff" if task_state == POWERING_OFF else "running"
+        return "paused" if task_state == PAUSING else "running"
+    if status == PAUSED:
+        return "running" if task_state == UNPAUSING else "paused"
     if status == SHUTOFF:
         return "running" if task_state == POWERING_ON else "shutoff"
     return "running"  # BUILD, REBOOT
 
 
+def pending_operation(status: str, task_state: str | None) -> OperationKind | None:
+    """The one-shot operation a server in this state waits for the agent to perform."""
+    if status == REBOOT:
+        return "reboot"
+    if status == SHUTOFF and task_state == RESIZING:
+        return "resize"
+    return None
+
+
 def on_observed(status: str, task_state: str | None, observed: Observed,
-                reboot_done: bool = False, resize_done: bool = False) -> Transition | None:
+                operation_done: bool = False) -> Transition | None:
     """Where an agent's observation takes the server; None when it changes nothing.
 
-    ``reboot_done`` says the agent performed the reboot the server is waiting for (the agent
-    echoes the reboot request id it completed); only then does REBOOT settle to ACTIVE.
-    ``resize_done`` likewise says the agent applied the resize the server waits for (domain
-    redefined with the new sizes, overlay grown); only then does SHUTOFF/``resizing`` settle.
+    ``operation_done`` says the agent reported the pending operation (see
+    :func:`pending_operation`) performed: only then does REBOOT settle, and only then does
+    SHUTOFF/``resizing`` settle (the domain redefined with the new sizes, overlay grown).
 
     A guest that powers itself off (``ACTIVE`` observed ``shutoff`` with no task) becomes
-    SHUTOFF, as a user of a real cloud would expect.
+    SHUTOFF, and a guest paused or resumed from inside the host (``virsh suspend``) becomes
+    PAUSED or ACTIVE, as a user of a real cloud would expect.
     """
     if status == DELETING:
         return Transition(DELETED, None) if observed == "absent" else None
@@ -107,18 +138,16 @@ def on_observed(status: str, task_state: str | None, observed: Observed,
         return Transition(ERROR, None) if status == BUILD else None
     if status == BUILD and observed == "running":
         return Transition(ACTIVE, None)
-    if status == ACTIVE and observed == "shutoff":
+    if status in (ACTIVE, PAUSED) and observed == "shutoff":
         return Transition(SHUTOFF, None)
-    if status == ACTIVE and observed == "running" and task_state is None:
-        return None
-    if status == SHUTOFF and observed == "running" and task_state == POWERING_ON:
+    if status == ACTIVE and observed == "paused" and task_state in (None, PAUSING):
+        return Transition(PAUSED, None)
+    if status == PAUSED and observed == "running" and task_state in (None, UNPAUSING):
         return Transition(ACTIVE, None)
-    if status == SHUTOFF and observed == "running" and task_state is None:
-        return Transition(ACTIVE, None)  # started from inside the host (e.g. virsh)
+    if status == SHUTOFF and observed == "running" and task_state in (None, POWERING_ON):
+        return Transition(ACTIVE, None)  # None: started from inside the host (e.g. virsh)
     if status == SHUTOFF and task_state == RESIZING:
-        return Transition(SHUTOFF, None) if observed == "shutoff" and resize_done else None
-    if status == REBOOT and observed == "running" and reboot_done:
-        return Transition(ACTIVE, None)
-    if status == REBOOT and observed == "shutoff" and reboot_done:
-        return Transition(SHUTOFF, None)
+        return Transition(SHUTOFF, None) if observed == "shutoff" and operation_done else None
+    if status == REBOOT and observed in ("running", "shutoff") and operation_done:
+        return Transition(ACTIVE if observed == "running" else SHUTOFF, None)
     return None

@@ -1,16 +1,17 @@
-"""Billing follows the server lifecycle: the glue between servers, agents and the usage ledger.
+"""Billing, a subscriber of the server lifecycle (``api.servers.subscribers``).
 
-Who records what (docs/billing.md, "Where entries come from"):
+:func:`on_change` turns each published ``Change`` into usage ledger entries (docs/billing.md,
+"Where entries come from"):
 
-* ``created``: the servers service, once the server is placed (:func:`on_created`).
-* ``running`` / ``stopped``: what the agent observed, at the agent's ``seen_at`` (already capped
-  at the API's now). Registered in ``api.agent.service`` by :func:`install`, as a transition
-  hook (status changes) and as an observation hook (a host back after ``host_down`` reports
-  its server running again without any status change).
-* ``deleted``: the agent's confirmation, ``force_delete`` and a delete of a never-placed server.
-* ``resized``: :func:`on_resized`, called by the resize path.
-* ``host_down``: ``api.usage.host_monitor``.
+* ``created``: the server is placed.
+* ``running`` / ``paused`` / ``stopped``: what the agent observed, at the agent's ``seen_at``
+  (already capped at the API's now), on a status change or not (a host back after
+  ``host_down`` reports its server running again without any status change).
+* ``deleted``: whoever finished the delete (agent confirmation, force delete, no host).
+* ``resized``: the resize action.
+* ``host_down``: the host monitor, through ``lifecycle.host_down``.
 
+A user's action alone (stop, reboot, pause) bills nothing: billing follows what the agent sees.
 A server's billing state after an event is decided by :func:`billing_target`; an entry is only
 written when it differs from the ledger's state at the event's time, so the heartbeat's
 repeated "still running" reports add nothing. Keys are deterministic (server,
@@ -19,34 +20,39 @@ kind, time, generation): a retried report cannot record a second row.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.orm import Session
 
-from api.agent import service as agent_service
 from api.models import Server, UsageServer
 from api.servers import states
+from api.servers.changes import Change
 from api.usage import ledger, repository
-from api.usage.rules import epoch, state_after
+from api.usage.rules import epoch, from_epoch, state_after
 
-Target = Literal["running", "stopped", "deleted"]
+log = logging.getLogger("minicloud.billing")
+
+Target = Literal["running", "paused", "stopped", "deleted"]
 
 
 def billing_target(status: str, observed: str | None) -> Target | None:
     """The billing state a server should be in; None: leave it as it is.
 
-    ``observed`` is the agent's report (running, shutoff, absent, error = crashed), None when
-    only the status changed (``force_delete``, a transition hook). Rules, first match wins:
+    ``observed`` is the agent's report (running, paused, shutoff, absent, error = crashed), None
+    when only the status changed (a finished delete). Rules, first match wins:
 
     1. DELETED bills nothing any more.
     2. BUILD has not run yet; ERROR is never billed (a crashed build is stopped).
-    3. A guest seen running is running (ACTIVE, or a host back after ``host_down``).
+    3. A guest seen running is running (ACTIVE, or a host back after ``host_down``); a guest
+       seen paused is paused (RAM and disk billed, not vCPU).
     4. A REBOOT keeps the billing state: the guest is down inside the user's own reboot, so a
        reboot neither stops compute billing nor starts a new run (no new minimum per start).
     5. A guest seen shut off, gone or crashed stops compute billing at that moment, whatever
        the status says (a guest that powers itself off, a crash, the power-off of a delete).
-    6. Without an observation, the status decides: ACTIVE runs, SHUTOFF is stopped.
+    6. Without an observation, the status decides: ACTIVE runs, PAUSED is paused, SHUTOFF is
+       stopped.
     """
     if status == states.DELETED:
         return "deleted"
@@ -54,21 +60,23 @@ def billing_target(status: str, observed: str | None) -> Target | None:
         return None
     if status == states.ERROR:
         return "stopped"
-    if observed == "running":
-        return "running"
+    if observed in ("running", "paused"):
+        return "running" if observed == "running" else "paused"
     if status == states.REBOOT:
         return None
     if observed in ("shutoff", "absent", "error"):
         return "stopped"
     if status == states.ACTIVE:
         return "running"
+    if status == states.PAUSED:
+        return "paused"
     if status == states.SHUTOFF:
         return "stopped"
     return None
 
 
 def ledger_state(session: Session, server_id: str, at: datetime | None = None) -> str:
-    """The server's billing state in the ledger (building, running, stopped or deleted).
+    """The server's billing state in the ledger (building, running, paused, stopped, deleted).
 
     ``at``: the state at that time, from the entries up to it; the summary row answers
     when ``at`` is not before the server's last entry (the usual case: reports arrive in
@@ -85,65 +93,68 @@ def ledger_state(session: Session, server_id: str, at: datetime | None = None) -
 
 
 def follow(session: Session, server: Server, at: datetime, observed: str | None = None,
-           source: ledger.Source = "agent") -> None:
+           source: ledger.Source = "agent") -> bool:
     """Record the entry that brings the ledger to :func:`billing_target`, if any.
 
-    ``at`` is when it happened (the agent's capped ``seen_at``, or the API's clock). Only
-    flushes.
+    ``at`` is when it happened (the agent's capped ``seen_at``, or the API's clock). Returns
+    whether an entry was recorded. Only flushes.
     """
     target = billing_target(server.status, observed)
     if target is None or target == ledger_state(session, server.id, at):
-        return
+        return False
     if target == "deleted":
         key, source = f"server:{server.id}:deleted", "api"
     else:
         key = f"server:{server.id}:{target}:{at.isoformat()}:g{server.generation}"
-    _record(session, server, target, at, key, source)
+    return _record(session, server, target, at, key, source)
 
 
 def _record(session: Session, server: Server, kind: ledger.LedgerKind, at: datetime,
-            key: str, source: ledger.Source) -> None:
-    ledger.record(session, kind=kind, project_id=server.project_id, server_id=server.id,
-                  vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb, at=at,
-                  idempotency_key=key, source=source, flavor_id=server.flavor_id)
+            key: str, source: ledger.Source, reason: str | None = None) -> bool:
+    entry = ledger.record(
+        session, kind=kind, project_id=server.project_id, server_id=server.id,
+        vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb, at=at,
+        idempotency_key=key, source=source, flavor_id=server.flavor_id, reason=reason)
+    return entry is not None
 
 
-def on_created(session: Session, server: Server) -> None:
-    """Record ``created`` (disk and server time start) at the server's creation time."""
-    _record(session, server, "created", server.created_at, f"server:{server.id}:created", "api")
+def on_change(session: Session, change: Change) -> bool:
+    """The lifecycle subscriber: record what ``change`` means for the ledger, if anything.
 
-
-def on_deleted(session: Session, server: Server, at: datetime) -> None:
-    """Record ``deleted`` (everything stops; a running server stops with it) once."""
-    if ledger_state(session, server.id) != "deleted":
-        _record(session, server, "deleted", at, f"server:{server.id}:deleted", "api")
-
-
-def on_resized(session: Session, server: Server, at: datetime) -> None:
-    """Record ``resized``: the server's (already updated) flavor and sizes bill from ``at``.
-
-    For the resize action: call it in the same unit of work, after copying the new flavor's
-    id, vcpus, ram_mb and disk_gb onto ``server`` and bumping its generation. Only flushes.
+    ``created`` at the server's creation time; ``resized`` once the server holds the new sizes;
+    ``host_down`` (:func:`host_down`); otherwise :func:`follow` what the agent observed, or a
+    finished delete. Returns whether an entry was recorded. Only flushes.
     """
-    _record(session, server, "resized", at,
-            f"server:{server.id}:resized:{at.isoformat()}:g{server.generation}", "api")
+    server = change.server
+    if change.kind == "created":
+        return _record(session, server, "created", change.at, f"server:{server.id}:created",
+                       "api")
+    if change.kind == "resized":
+        return _record(session, server, "resized", change.at,
+                       f"server:{server.id}:resized:{change.at.isoformat()}"
+                       f":g{server.generation}", "api")
+    if change.kind == "host_down":
+        return host_down(session, server, change.at, change.reason)
+    if change.observed is None and server.status != states.DELETED:
+        return False  # a user's request: billing waits for what the agent sees
+    return follow(session, server, change.at, change.observed)
 
 
-def on_transition(session: Session, server: Server, old_status: str, new_status: str,
-                  seen_at: datetime) -> None:
-    """Transition hook: bill the new status from the agent's time (or the API's)."""
-    del old_status, new_status  # ``server`` already carries the new status
-    follow(session, server, seen_at)
+def host_down(session: Session, server: Server, heartbeat: datetime,
+              reason: str | None) -> bool:
+    """Stop compute of a server the ledger bills as running or paused, its host being silent.
 
-
-def on_observation(session: Session, server: Server, observed: str, seen_at: datetime) -> None:
-    """Observation hook: bill what the agent saw, also when the status did not change."""
-    follow(session, server, seen_at, observed)
-
-
-def install() -> None:
-    """Register the billing hooks with the agent service, once per process (idempotent)."""
-    if on_transition not in agent_service.TRANSITION_HOOKS:
-        agent_service.TRANSITION_HOOKS.append(on_transition)
-    if on_observation not in agent_service.OBSERVATION_HOOKS:
-        agent_service.OBSERVATION_HOOKS.append(on_observation)
+    The entry is at the last sign of life that saw it so: the host's last heartbeat, or
+    the server's own last ledger entry when an agent report arrived after that heartbeat.
+    Several API processes sweeping at once are safe: the idempotency key
+    ``host_down:<server>:<time>`` lets one entry in.
+    """
+    summary = session.get(UsageServer, server.id)
+    if summary is None or summary.state not in ("running", "paused"):
+        return False
+    at = max(heartbeat, from_epoch(summary.last_s))
+    recorded = _record(session, server, "host_down", at,
+                       f"host_down:{server.id}:{at.isoformat()}", "api", reason)
+    if recorded:
+        log.info("%s: compute of server %s stops at %s", reason, server.id, at.isoformat())
+    return recorded

@@ -1,10 +1,10 @@
 """The host monitor: servers of a host that stopped heartbeating stop accruing compute.
 
-A host is down once ``settings.host_down_after_seconds`` pass without a heartbeat. Each of its
-servers the ledger still bills as running gets a ``host_down`` entry at the last sign of life
-that saw it running: the host's last heartbeat, or the server's own last ledger entry when an
-agent report arrived after that heartbeat. When the host comes back and its agent reports the
-server running again, the observation hook records a new ``running`` (billing resumes).
+A host is down once ``settings.host_down_after_seconds`` pass without a heartbeat. The monitor
+hands each down host to ``lifecycle.host_down``, which publishes ``host_down`` for its servers;
+billing (a lifecycle subscriber) records a ``host_down`` entry for each server it still bills as
+running, at the last sign of life that saw it running. When the host comes back and its agent
+reports the server running again, billing records a new ``running`` (billing resumes).
 
 Every API process runs :func:`run` in its lifespan. Several processes sweeping at once are
 safe: the idempotency key ``host_down:<server>:<time>`` lets one entry in, the others change
@@ -23,14 +23,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.config import Settings
 from api.db import session_scope, utcnow
 from api.hosts.service import is_up
-from api.usage import ledger, repository
-from api.usage.rules import from_epoch
+from api.servers import lifecycle
+from api.usage import repository
 
 log = logging.getLogger("minicloud.host_monitor")
 
 
 def sweep(session: Session, settings: Settings, now: datetime | None = None) -> int:
-    """Record ``host_down`` for the running servers of every down host; return how many.
+    """Tell the lifecycle about every down host (``lifecycle.host_down``); return how many
+    entries its subscribers recorded (billing: ``host_down`` for servers billed as running).
 
     ``now`` decides which hosts are down (default: the API clock; tests pass a later one).
     Only flushes.
@@ -38,19 +39,8 @@ def sweep(session: Session, settings: Settings, now: datetime | None = None) -> 
     now = now or utcnow()
     recorded = 0
     for host in repository.hosts_with_heartbeat(session):
-        if host.last_heartbeat_at is None or is_up(host, settings, now):
-            continue
-        for server, summary in repository.running_servers_on(session, host.id):
-            at = max(host.last_heartbeat_at, from_epoch(summary.last_s))
-            entry = ledger.record(
-                session, kind="host_down", project_id=server.project_id, server_id=server.id,
-                vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb, at=at,
-                idempotency_key=f"host_down:{server.id}:{at.isoformat()}", source="api",
-                reason=f"host {host.name} missed its heartbeats", flavor_id=server.flavor_id)
-            if entry is not None:
-                recorded += 1
-                log.info("host %s down: compute of server %s stops at %s",
-                         host.name, server.id, at.isoformat())
+        if host.last_heartbeat_at is not None and not is_up(host, settings, now):
+            recorded += lifecycle.host_down(session, host)
     return recorded
 
 

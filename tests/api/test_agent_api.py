@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.agent.service import force_delete
 from api.db import utcnow
 from api.models import Allocation, Server, ServerEvent
+from api.servers.lifecycle import force_delete
 from tests.agent_factories import (
     EnrolledHost,
     db,
@@ -129,11 +129,12 @@ def test_desired_state_lists_the_hosts_servers(
     assert s["flavor"] == {"vcpus": 2, "ram_mb": 1024, "disk_gb": 5}
     assert (s["image"]["kernel_id"], s["image"]["ramdisk_id"], s["image"]["kernel_cmdline"]) \
         == ("k1", "r1", "console=ttyS0")
-    assert (s["desired"], s["reboot"], s["project_id"]) == ("running", None, project)
+    assert (s["desired"], s["operation"], s["project_id"]) == ("running", None, project)
     assert s["key_data"] == "ssh-ed25519 AAA"
     set_server(client, sid, status="REBOOT", task_state="rebooting-hard")
     [s] = _desired(client, host)["servers"]
-    assert s["reboot"] == {"id": f"r{s['generation']}", "type": "hard"}
+    assert s["operation"] == {"id": f"reboot-{s['generation']}", "kind": "reboot",
+                              "params": {"type": "hard"}}
     set_server(client, sid, status="DELETING", task_state="deleting")
     [s] = _desired(client, host)["servers"]
     assert s["desired"] == "absent"
@@ -218,12 +219,15 @@ def test_observations_follow_the_state_machine_and_are_idempotent(
     # reboot settles only with the current reboot id
     set_server(client, sid, status="REBOOT", task_state="rebooting")
     [spec] = [s for s in _desired(client, host)["servers"] if s["server_id"] == sid]
-    r = _observe(client, host, sid, "running", reboot_done="r0")
+    r = _observe(client, host, sid, "running",
+                 operation={"operation_id": "reboot-0", "result": "success"})
     assert r.json()["status"] == "REBOOT"
-    r = _observe(client, host, sid, "running", reboot_done=spec["reboot"]["id"])
+    r = _observe(client, host, sid, "running",
+                 operation={"operation_id": spec["operation"]["id"], "result": "success"})
     assert (r.json()["status"], r.json()["task_state"]) == ("ACTIVE", None)
-    for bad in ({"state": "paused"}, {"seen_at": "2026-01-01T00:00:00"},
-                {"idempotency_key": ""}, {"addresses": [{"ip": "not-an-ip"}]}):
+    for bad in ({"state": "sleeping"}, {"operation": {"operation_id": "x", "result": "ok"}},
+                {"seen_at": "2026-01-01T00:00:00"}, {"idempotency_key": ""},
+                {"addresses": [{"ip": "not-an-ip"}]}):
         body = {"state": "running", "seen_at": utcnow().isoformat(), "idempotency_key": "z"}
         r = client.post(f"/v1/agent/servers/{sid}/observations", json=body | bad,
                         headers=host.headers)
@@ -354,22 +358,25 @@ def test_concurrent_observations_move_a_server_once(
     assert _events(client, sid) == ["observe"]  # one transition, however many reports
 
 
-def test_transition_hooks_see_every_agent_driven_status_change(
+def test_subscribers_see_every_agent_driven_status_change(
     client: TestClient, host: EnrolledHost, project: str
 ) -> None:
-    from api.agent.service import TRANSITION_HOOKS
+    from api.servers.changes import Change
+    from api.servers.subscribers import SUBSCRIBERS
 
     seen: list[tuple[str, str, str]] = []
 
-    def hook(_s: Any, server: Server, old: str, new: str, _at: Any) -> None:
-        seen.append((server.id, old, new))
+    def hook(_s: Any, change: Change) -> bool:
+        if change.kind == "transition":
+            seen.append((change.server.id, change.old_status, change.server.status))
+        return False
 
     sid = make_server(client, project, host.id)
-    TRANSITION_HOOKS.append(hook)
+    SUBSCRIBERS.append(hook)
     try:
         _observe(client, host, sid, "running")
         _observe(client, host, sid, "running")  # no change, no call
         _observe(client, host, sid, "shutoff")
     finally:
-        TRANSITION_HOOKS.remove(hook)
+        SUBSCRIBERS.remove(hook)
     assert seen == [(sid, "BUILD", "ACTIVE"), (sid, "ACTIVE", "SHUTOFF")]

@@ -194,7 +194,7 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
         {"server_id": "{server_id}", "state": "running", "seen_at": "2026-01-01T00:00:00Z"}]},
     ("POST", "/v1/agent/servers/{server_id}/observations"): {
         "state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1",
-        "reboot_done": "r1", "resize_done": "z1", "message": "ok",
+        "operation": {"operation_id": "reboot-1", "result": "success"}, "message": "ok",
         "addresses": [{"ip": "10.0.0.2", "mac": "52:54:00:00:00:01", "network": "default"}]},
     ("POST", "/v1/scheduler/simulate"): [  # a flavor or sizes, not both
         {"flavor": "tiny", "image": "{image_id}", "availability_zone": "nova",

@@ -27,15 +27,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.agent.service import force_delete
 from api.config import Settings
 from api.main import create_app
 from api.models import Host, Server
+from api.servers.lifecycle import force_delete
 from api.usage import host_monitor
-from api.usage.rules import epoch, from_epoch
+from api.usage.rules import Entry, epoch, from_epoch
 from tests.agent_factories import enroll_host, inventory, observe
 from tests.catalog_rows import make_image_row
 from tests.factories import Account, make_account, unique
+from tests.usage.test_rules_properties import brute_force
 
 pytestmark = pytest.mark.usefixtures("pool")
 
@@ -176,8 +177,10 @@ def test_a_lifecycle_bills_the_observed_seconds_at_the_prices_in_force(
     act(client, acct, sid, "resize", flavor="medium")
     r = next(at for kind, at in kinds(server_usage(client, acct, sid)) if kind == "resized")
     desired = client.get("/v1/agent/servers", headers=pool).json()["servers"]
-    zid = next(d["resize"]["id"] for d in desired if d["server_id"] == sid)
-    seen(client, pool, sid, "shutoff", r, resize_done=zid)
+    op = next(d["operation"] for d in desired if d["server_id"] == sid)
+    assert op["kind"] == "resize"
+    seen(client, pool, sid, "shutoff", r,
+         operation={"operation_id": op["id"], "result": "success"})
     act(client, acct, sid, "start")
     wait_until(r + 2)
     seen(client, pool, sid, "running", r + 1)
@@ -282,12 +285,14 @@ def test_a_reboot_keeps_billing_without_a_new_run(
     seen(client, pool, sid, "running", c + 1)
     act(client, acct, sid, "reboot", type="hard")
     desired = client.get("/v1/agent/servers", headers=pool).json()["servers"]
-    rid = next(d["reboot"]["id"] for d in desired if d["server_id"] == sid)
+    op = next(d["operation"] for d in desired if d["server_id"] == sid)
+    assert (op["kind"], op["params"]) == ("reboot", {"type": "hard"})
     # Mid-reboot the domain is briefly off; then the agent reports the reboot done.
     r = client.post("/v1/agent/heartbeat", headers=pool, json={"observed": [
         {"server_id": sid, "state": "shutoff", "seen_at": iso(c + 2)}]})
     assert r.status_code == 200, r.text
-    seen(client, pool, sid, "running", c + 3, reboot_done=rid)
+    seen(client, pool, sid, "running", c + 3,
+         operation={"operation_id": op["id"], "result": "success"})
     assert status(client, acct, sid) == "ACTIVE"
     usage = server_usage(client, acct, sid, start=c, end=c + 4)
     assert kinds(usage) == [("created", c), ("running", c + 1)]
@@ -468,3 +473,37 @@ def test_a_stop_reported_late_bills_up_to_the_stop_not_to_the_host_down(
                             ("host_down", h)]
     # Running [c+1, c+2) = 1 s plus the minimum's 59 s at c+2.
     assert seconds(usage)[1] == 60
+
+
+def test_a_paused_stretch_bills_ram_and_disk_but_no_vcpu(
+    client: TestClient, admin: dict[str, str], pool: dict[str, str], settings: Settings,
+    database_url: str,
+) -> None:
+    acct = make_account(client, admin)
+    sid, c = create(client, acct, database_url)  # small: 1 vCPU, 2 GiB, 20 GiB
+    wait_until(c + 8)
+    seen(client, pool, sid, "running", c + 1)
+    act(client, acct, sid, "pause")
+    # The request alone bills nothing: billing follows what the agent sees.
+    assert kinds(server_usage(client, acct, sid))[-1] == ("running", c + 1)
+    desired = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+    assert next(d["desired"] for d in desired if d["server_id"] == sid) == "paused"
+    seen(client, pool, sid, "paused", c + 3)
+    assert status(client, acct, sid) == "PAUSED"
+    act(client, acct, sid, "unpause")
+    seen(client, pool, sid, "running", c + 5)
+    assert status(client, acct, sid) == "ACTIVE"
+    act(client, acct, sid, "stop")
+    seen(client, pool, sid, "shutoff", c + 6)
+    usage = server_usage(client, acct, sid, start=c, end=c + 8)
+    assert kinds(usage) == [("created", c), ("running", c + 1), ("paused", c + 3),
+                            ("running", c + 5), ("stopped", c + 6)]
+    # One run [c+1, c+6) of 5 s, the pause inside it: the minimum bills it 60 s, of which the
+    # 2 paused seconds [c+3, c+5) are RAM only. Disk and server time go on throughout.
+    assert seconds(usage) == (8, 58, 58, 60 * 2048, 8 * 20)
+    entries = [Entry(e["seq"], epoch(datetime.fromisoformat(e["at"])), e["kind"], e["vcpus"],
+                     e["ram_mb"], e["disk_gb"]) for e in usage["entries"]]
+    oracle = brute_force(entries, c, c + 8, c + 8, settings.billing_minimum_run_seconds)
+    assert seconds(usage) == (oracle.server_seconds, oracle.running_seconds,
+                              oracle.vcpu_seconds, oracle.ram_mib_seconds,
+                              oracle.disk_gib_seconds)

@@ -174,8 +174,8 @@ def test_delete_host_only_when_empty(client: TestClient, admin: dict[str, str]) 
     server_id = make_server(client, project, host.id)
     r = client.delete(f"/v1/hosts/{host.id}", headers=admin)
     assert (r.status_code, r.json()["code"]) == (409, "host_not_empty")
-    from api.agent.service import force_delete
     from api.models import Server
+    from api.servers.lifecycle import force_delete
 
     with db(client) as s:
         server = s.get(Server, server_id)

@@ -98,14 +98,15 @@ def test_resize_reclaims_on_the_same_host_counting_the_old_allocation_as_freed(
     r = client.get("/v1/agent/servers", headers=host.headers)
     desired = {s["server_id"]: s for s in r.json()["servers"]}[sid]
     assert desired["flavor"] == {"vcpus": 2, "ram_mb": 3072, "disk_gb": 20}
-    assert desired["desired"] == "shutoff" and desired["resize"] is not None
+    assert desired["desired"] == "shutoff" and desired["operation"]["kind"] == "resize"
     problem(client.post(f"/v1/servers/{sid}/actions", headers=acct.headers,
                         json={"action": "start"}), 409, "invalid_state")
     # A plain "shutoff" is not a confirmation; the echo of the resize id is.
     observe(client, host.headers, sid, "shutoff")
     assert client.get(f"/v1/servers/{sid}", headers=acct.headers).json()["task_state"] == (
         "resizing")
-    observe(client, host.headers, sid, "shutoff", resize_done=desired["resize"]["id"])
+    observe(client, host.headers, sid, "shutoff",
+            operation={"operation_id": desired["operation"]["id"], "result": "success"})
     shown = client.get(f"/v1/servers/{sid}", headers=acct.headers).json()
     assert (shown["status"], shown["task_state"]) == ("SHUTOFF", None)
     r = client.post(f"/v1/servers/{sid}/actions", headers=acct.headers, json={"action": "start"})

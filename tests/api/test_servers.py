@@ -355,6 +355,106 @@ def test_actions_follow_the_state_machine(
                for e in events if e["action"] != "schedule")
 
 
+def test_pause_and_unpause_follow_what_the_agent_sees(
+    client: TestClient, admin: dict[str, str], pool: dict[str, str], database_url: str
+) -> None:
+    acct = make_account(client, admin)
+    sid = boot(client, acct, database_url)["id"]
+    problem(act(client, acct, sid, action="pause"), 409, "invalid_state")  # BUILD
+
+    def desired() -> str:
+        servers = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+        value: str = next(d["desired"] for d in servers if d["server_id"] == sid)
+        return value
+
+    def shown() -> tuple[str, str | None, str | None]:
+        s = client.get(f"/v1/servers/{sid}", headers=acct.headers).json()
+        return s["status"], s["task_state"], s["power_state"]
+
+    observe(client, pool, sid, "running")
+    r = act(client, acct, sid, action="pause")
+    assert (r.status_code, r.json()["status"], r.json()["task_state"]) == (
+        202, "ACTIVE", "pausing")
+    assert desired() == "paused"
+    body = problem(act(client, acct, sid, action="stop"), 409, "invalid_state")
+    assert body["task_state"] == "pausing"  # a transition in flight blocks others
+    observe(client, pool, sid, "running")  # not paused yet: nothing changes
+    assert shown() == ("ACTIVE", "pausing", "running")
+    observe(client, pool, sid, "paused")
+    assert shown() == ("PAUSED", None, "paused")
+    assert [s["id"] for s in client.get("/v1/servers?status=PAUSED",
+                                         headers=acct.headers).json()["servers"]] == [sid]
+    for action in ({"action": "pause"}, {"action": "start"}, {"action": "reboot"},
+                   {"action": "resize", "flavor": "medium"}):
+        body = problem(act(client, acct, sid, **action), 409, "invalid_state")
+        assert (body["server_status"], body["task_state"]) == ("PAUSED", None)
+
+    r = act(client, acct, sid, action="unpause")
+    assert (r.status_code, r.json()["status"], r.json()["task_state"]) == (
+        202, "PAUSED", "unpausing")
+    assert desired() == "running"
+    observe(client, pool, sid, "running")
+    assert shown() == ("ACTIVE", None, "running")
+    problem(act(client, acct, sid, action="unpause"), 409, "invalid_state")
+
+    # Stop from PAUSED: the agent powers the frozen guest off (it cannot see ACPI).
+    act(client, acct, sid, action="pause")
+    observe(client, pool, sid, "paused")
+    r = act(client, acct, sid, action="stop")
+    assert (r.status_code, r.json()["status"], r.json()["task_state"]) == (
+        202, "PAUSED", "powering-off")
+    assert desired() == "shutoff"
+    observe(client, pool, sid, "shutoff")
+    assert shown() == ("SHUTOFF", None, "shutoff")
+
+    # Delete from PAUSED, and a guest paused from inside the host (virsh suspend).
+    act(client, acct, sid, action="start")
+    observe(client, pool, sid, "running")
+    observe(client, pool, sid, "paused")
+    assert shown() == ("PAUSED", None, "paused")
+    r = client.delete(f"/v1/servers/{sid}", headers=acct.headers)
+    assert (r.status_code, r.json()["status"]) == (202, "DELETING")
+    assert desired() == "absent"
+    events = client.get(f"/v1/servers/{sid}/events", headers=acct.headers).json()["events"]
+    assert [e["action"] for e in events if e["result"] == "accepted"] == [
+        "create", "pause", "unpause", "pause", "stop", "start", "delete"]
+    observe(client, pool, sid, "absent")
+    assert client.get(f"/v1/servers/{sid}", headers=acct.headers).status_code == 404
+
+
+def test_a_hard_reboot_over_a_soft_one_is_a_new_operation(
+    client: TestClient, admin: dict[str, str], pool: dict[str, str], database_url: str
+) -> None:
+    acct = make_account(client, admin)
+    sid = boot(client, acct, database_url)["id"]
+    observe(client, pool, sid, "running")
+
+    def operation() -> dict[str, Any]:
+        servers = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+        op: dict[str, Any] = next(d["operation"] for d in servers if d["server_id"] == sid)
+        return op
+
+    def done(op: dict[str, Any]) -> dict[str, Any]:
+        return {"operation_id": op["id"], "result": "success"}
+
+    act(client, acct, sid, action="reboot", type="soft")
+    soft = operation()
+    assert (soft["kind"], soft["params"]) == ("reboot", {"type": "soft"})
+    act(client, acct, sid, action="reboot", type="hard")
+    hard = operation()
+    assert (hard["kind"], hard["params"]) == ("reboot", {"type": "hard"})
+    assert hard["id"] != soft["id"]
+    # The agent's late report of the soft reboot settles nothing; the hard one's does.
+    observe(client, pool, sid, "running", operation=done(soft))
+    shown = client.get(f"/v1/servers/{sid}", headers=acct.headers).json()
+    assert (shown["status"], shown["task_state"]) == ("REBOOT", "rebooting-hard")
+    observe(client, pool, sid, "running", operation=done(hard))
+    shown = client.get(f"/v1/servers/{sid}", headers=acct.headers).json()
+    assert (shown["status"], shown["task_state"]) == ("ACTIVE", None)
+    servers = client.get("/v1/agent/servers", headers=pool).json()["servers"]
+    assert next(d["operation"] for d in servers if d["server_id"] == sid) is None
+
+
 def test_bad_action_bodies_are_422(
     client: TestClient, admin: dict[str, str], database_url: str
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.agent_factories import observe
 from tests.cli.conftest import Mc, assert_readable_error, parse
 from tests.conftest import ADMIN_TOKEN
 from tests.factories import Account, bearer, make_account, unique
@@ -168,6 +169,25 @@ def test_server_action_invalid_in_build_answers_409(mc: Mc, http: httpx.Client,
     result = mc("server", "start", server["id"], token=account.token)
 
     assert_readable_error(result, "HTTP 409")
+
+
+def test_server_pause_and_unpause(mc: Mc, http: httpx.Client, pool: dict[str, str],
+                                  tmp_path: Path) -> None:
+    account = member(http)
+    image = active_image(mc, account.token, tmp_path)
+    name = unique("web")
+    server = parse(mc("--json", "server", "create", name, "--flavor", "tiny", "--image",
+                      image["id"], token=account.token))
+    observe(http, pool, server["id"], "running")  # what the pool host's agent would report
+
+    paused = parse(mc("--json", "server", "pause", name, token=account.token))
+    assert (paused["status"], paused["task_state"]) == ("ACTIVE", "pausing")
+    assert_readable_error(mc("server", "pause", name, token=account.token), "HTTP 409")
+    observe(http, pool, server["id"], "paused")
+    assert parse(mc("--json", "server", "show", name, token=account.token))["status"] == (
+        "PAUSED")
+    resumed = parse(mc("--json", "server", "unpause", name, token=account.token))
+    assert (resumed["status"], resumed["task_state"]) == ("PAUSED", "unpausing")
 
 
 def test_server_group_create_list_use_delete(mc: Mc, http: httpx.Client,

@@ -1,9 +1,10 @@
 """Billing follows a real agent: the ledger holds what the agent saw, at the agent's times.
 
 A real agent (thread) on the libvirt test driver drives a server through a real
-``minicloud-api`` process: create, stop, start, a hard reboot, delete. The usage ledger must
-then hold exactly one entry per billable change (the reboot adds none), and the billed seconds
-must be what those entries' times imply.
+``minicloud-api`` process: create, stop, start, pause, unpause, a hard reboot, delete. The usage
+ledger must then hold exactly one entry per billable change (the reboot adds none), and the
+billed seconds must be what those entries' times imply, counted second by second by the
+brute-force oracle of tests/usage.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from api.config import Settings
-from api.usage.rules import epoch
+from api.usage.rules import Entry, epoch
 from tests.e2e.stack import (
     ADMIN,
     ThreadAgent,
@@ -30,6 +31,7 @@ from tests.e2e.stack import (
     wait_status,
 )
 from tests.factories import make_account, unique
+from tests.usage.test_rules_properties import brute_force
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -59,6 +61,12 @@ def test_the_ledger_holds_what_the_agent_saw_and_bills_exactly_that(
     wait_status(api, member.headers, sid, "SHUTOFF")
     action(api, member.headers, sid, "start")
     wait_status(api, member.headers, sid, "ACTIVE")
+    action(api, member.headers, sid, "pause")
+    wait_status(api, member.headers, sid, "PAUSED")
+    assert agent.agent.hv.observed(sid) == "paused"
+    action(api, member.headers, sid, "unpause")
+    wait_status(api, member.headers, sid, "ACTIVE")
+    assert agent.agent.hv.observed(sid) == "running"
     action(api, member.headers, sid, "reboot", type="hard")
     wait_status(api, member.headers, sid, "ACTIVE")
     assert httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers).status_code == 202
@@ -73,23 +81,35 @@ def test_the_ledger_holds_what_the_agent_saw_and_bills_exactly_that(
     # One entry per billable change; the reboot is none (the guest stays billed through it).
     assert [(k, s) for k, s, _ in entries] == [
         ("created", "api"), ("running", "agent"), ("stopped", "agent"),
-        ("running", "agent"), ("deleted", "api")]
-    created, run1, stop1, run2, deleted = (at for _, _, at in entries)
-    assert created <= run1 <= stop1 <= run2 <= deleted
+        ("running", "agent"), ("paused", "agent"), ("running", "agent"), ("deleted", "api")]
+    created, run1, stop1, run2, paused, run3, deleted = (at for _, _, at in entries)
+    assert created <= run1 <= stop1 <= run2 <= paused <= run3 <= deleted
     minimum = settings.billing_minimum_run_seconds
+    # The oracle counts the entries second by second: paused seconds bill RAM, not vCPU.
+    oracle = brute_force([Entry(e["seq"], epoch(datetime.fromisoformat(e["at"])), e["kind"],
+                                e["vcpus"], e["ram_mb"], e["disk_gb"])
+                          for e in usage["entries"]], created, deleted + 1, deleted + 1,
+                         minimum)
+    assert (usage["server_seconds"], usage["running_seconds"], usage["vcpu_seconds"],
+            usage["ram_mib_seconds"], usage["disk_gib_seconds"]) == (
+        oracle.server_seconds, oracle.running_seconds, oracle.vcpu_seconds,
+        oracle.ram_mib_seconds, oracle.disk_gib_seconds)
 
     def billed(start: int, end: int) -> int:
         # A run that starts and ends in the same second is no run (docs/billing.md); any
         # other is billed at least the minimum.
         return 0 if start == end else max(end - start, minimum)
 
+    # A pause keeps the run open (no new minimum at the unpause) and counts in its length for
+    # the minimum, but its seconds are not running ones: max(length, minimum) - paused.
+    frozen = run3 - paused
     if stop1 == run2:
         # Entries of one second apply together (docs/billing.md): a stop and a start in the
         # same second leave the guest running, so it is one run, not two.
-        running = billed(run1, deleted)
+        running = billed(run1, deleted) - frozen
     else:
-        running = billed(run1, stop1) + billed(run2, deleted)
+        running = billed(run1, stop1) + billed(run2, deleted) - frozen
     assert (usage["server_seconds"], usage["running_seconds"], usage["vcpu_seconds"],
             usage["ram_mib_seconds"], usage["disk_gib_seconds"]) == (
-        deleted - created, running, running, running * 512, deleted - created)
+        deleted - created, running, running, (running + frozen) * 512, deleted - created)
     assert usage["state"] == "deleted"

@@ -1,9 +1,9 @@
 """A real agent (thread) on the libvirt test driver against a real API process.
 
-Covers the server lifecycle through the agent (build, stop, start, reboot, delete with
-allocations freed), inventory and heartbeats, addresses from the test driver's leases, a
-checksum mismatch becoming ERROR, and leftovers (unwanted domains, orphan directories) removed
-while a foreign domain is never touched.
+Covers the server lifecycle through the agent (build, stop, start, reboot, pause, unpause,
+stop and delete of a paused server, delete with allocations freed), inventory and heartbeats,
+addresses from the test driver's leases, a checksum mismatch becoming ERROR, and leftovers
+(unwanted domains, orphan directories) removed while a foreign domain is never touched.
 """
 
 from __future__ import annotations
@@ -113,6 +113,26 @@ def test_server_lifecycle_through_the_agent(api: str, member: Account, disk_imag
         action(api, member.headers, sid, "reboot", type=kind)
         wait_status(api, member.headers, sid, "ACTIVE")
         assert hv.list_managed()[sid].observed == "running"
+
+    # Pause freezes the domain (memory kept: still allocated), unpause lets it run again.
+    action(api, member.headers, sid, "pause")
+    wait_status(api, member.headers, sid, "PAUSED")
+    assert hv.list_managed()[sid].observed == "paused"
+    assert allocated(api, agent.host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+    action(api, member.headers, sid, "unpause")
+    wait_status(api, member.headers, sid, "ACTIVE")
+    assert hv.list_managed()[sid].observed == "running"
+    # Stop from PAUSED: the frozen guest is powered off at once.
+    action(api, member.headers, sid, "pause")
+    wait_status(api, member.headers, sid, "PAUSED")
+    action(api, member.headers, sid, "stop")
+    wait_status(api, member.headers, sid, "SHUTOFF")
+    assert hv.list_managed()[sid].observed == "shutoff"
+    action(api, member.headers, sid, "start")
+    wait_status(api, member.headers, sid, "ACTIVE")
+    # Delete from PAUSED.
+    action(api, member.headers, sid, "pause")
+    wait_status(api, member.headers, sid, "PAUSED")
 
     assert allocated(api, agent.host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
     r = httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers)

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from compute_agent.client import DesiredServer
-from compute_agent.reconcile import SeenDomain, plan, reboot_key
+from compute_agent.reconcile import SeenDomain, operation_key, plan
 
 A = "11111111-1111-4111-8111-111111111111"
 B = "22222222-2222-4222-8222-222222222222"
 
 
 def server(sid: str = A, desired: str = "running", status: str = "BUILD", *,
-           reboot: dict[str, str] | None = None, vcpus: int = 1, ram_mb: int = 512,
+           operation: dict[str, Any] | None = None, vcpus: int = 1, ram_mb: int = 512,
            generation: int = 3) -> DesiredServer:
     """A desired server as GET /v1/agent/servers lists it."""
     return DesiredServer.model_validate({
@@ -23,8 +23,13 @@ def server(sid: str = A, desired: str = "running", status: str = "BUILD", *,
         "flavor": {"vcpus": vcpus, "ram_mb": ram_mb, "disk_gb": 1},
         "image": {"id": str(uuid.uuid4()), "sha256": "0" * 64, "disk_format": "qcow2",
                   "size": 1},
-        "user_data": None, "key_data": None, "desired": desired, "reboot": reboot,
+        "user_data": None, "key_data": None, "desired": desired, "operation": operation,
         "status": status, "task_state": None, "generation": generation})
+
+
+SOFT_REBOOT = {"id": "reboot-7", "kind": "reboot", "params": {"type": "soft"}}
+HARD_REBOOT = {"id": "reboot-7", "kind": "reboot", "params": {"type": "hard"}}
+RESIZE = {"id": "resize-7", "kind": "resize", "params": {}}
 
 
 def dom(state: str, vcpus: int = 1, ram_mb: int = 512) -> SeenDomain:
@@ -37,7 +42,7 @@ def steps(*args: Any, **kwargs: Any) -> list[tuple[str, str]]:
 
 
 CASES = [
-    # (why, desired, domains, instance dirs, done reboots, expected [(kind, id)])
+    # (why, desired, domains, instance dirs, done operations, expected [(kind, id)])
     ("new server: build and start", [server()], {}, set(), set(), [("build", A)]),
     ("running as wanted: nothing", [server(status="ACTIVE")], {A: dom("running")}, {A}, set(),
      []),
@@ -55,14 +60,37 @@ CASES = [
      {A: dom("running")}, {A}, set(), [("remove", A)]),
     ("delete already done on libvirt (killed before confirming): remove again (reports)",
      [server(desired="absent", status="DELETING")], {}, set(), set(), [("remove", A)]),
-    ("soft reboot pending", [server(status="REBOOT", reboot={"id": "r7", "type": "soft"})],
-     {A: dom("running")}, {A}, set(), [("reboot", A)]),
+    ("soft reboot pending", [server(status="REBOOT", operation=SOFT_REBOOT)],
+     {A: dom("running")}, {A}, set(), [("operation", A)]),
     ("reboot already done: nothing",
-     [server(status="REBOOT", reboot={"id": "r7", "type": "soft"})],
-     {A: dom("running")}, {A}, {reboot_key(A, "r7")}, []),
-    ("reboot of a shut-off domain is a start",
-     [server(status="REBOOT", reboot={"id": "r7", "type": "hard"})],
-     {A: dom("shutoff")}, {A}, set(), [("start", A)]),
+     [server(status="REBOOT", operation=SOFT_REBOOT)],
+     {A: dom("running")}, {A}, {operation_key(A, "reboot-7")}, []),
+    ("reboot of a shut-off domain: a start (the operation settles with it)",
+     [server(status="REBOOT", operation=HARD_REBOOT)],
+     {A: dom("shutoff")}, {A}, set(), [("start", A), ("operation", A)]),
+    ("reboot of a missing domain: a build (the operation settles with it)",
+     [server(status="REBOOT", operation=HARD_REBOOT)],
+     {}, set(), set(), [("build", A), ("operation", A)]),
+    ("resize pending: the operation redefines, no separate redefine",
+     [server(desired="shutoff", status="SHUTOFF", vcpus=2, operation=RESIZE)],
+     {A: dom("shutoff")}, {A}, set(), [("operation", A)]),
+    ("resize pending on a domain still powering off: stop first, the operation waits",
+     [server(desired="shutoff", status="SHUTOFF", vcpus=2, operation=RESIZE)],
+     {A: dom("running")}, {A}, set(), [("stop", A)]),
+    ("pause requested", [server(desired="paused", status="ACTIVE")], {A: dom("running")},
+     {A}, set(), [("pause", A)]),
+    ("paused as wanted: nothing", [server(desired="paused", status="PAUSED")],
+     {A: dom("paused")}, {A}, set(), []),
+    ("unpause requested", [server(status="PAUSED")], {A: dom("paused")}, {A}, set(),
+     [("unpause", A)]),
+    ("stop a paused domain", [server(desired="shutoff", status="PAUSED")], {A: dom("paused")},
+     {A}, set(), [("stop", A)]),
+    ("PAUSED lost its domain: defined again, not booted (its memory is gone)",
+     [server(desired="paused", status="PAUSED")], {}, set(), set(), [("build", A)]),
+    ("PAUSED found shut off (host rebooted): left off", [server(desired="paused",
+     status="PAUSED")], {A: dom("shutoff")}, {A}, set(), []),
+    ("PAUSED found crashed: stopped", [server(desired="paused", status="PAUSED")],
+     {A: dom("error")}, {A}, set(), [("stop", A)]),
     ("crashed domain that should run: hard reboot", [server(status="ACTIVE")],
      {A: dom("error")}, {A}, set(), [("reboot", A)]),
     ("resized while shut off: redefine", [server(desired="shutoff", status="SHUTOFF", vcpus=2)],
@@ -96,6 +124,16 @@ def test_build_flags() -> None:
     assert build.start is True
     [define_only] = plan([server(desired="shutoff", status="SHUTOFF")], {}, set(), set())
     assert define_only.start is False
-    [hard] = plan([server(status="REBOOT", reboot={"id": "r9", "type": "hard"})],
-                  {A: dom("running")}, set(), set())
-    assert (hard.kind, hard.hard, hard.reboot_id) == ("reboot", True, "r9")
+    [lost_pause] = plan([server(desired="paused", status="PAUSED")], {}, set(), set())
+    assert lost_pause.start is False
+    [op] = plan([server(status="REBOOT", operation=HARD_REBOOT)],
+                {A: dom("running")}, set(), set())
+    assert op.kind == "operation" and op.server is not None
+    assert op.server.operation is not None
+    assert (op.server.operation.id, op.server.operation.params) == ("reboot-7",
+                                                                     {"type": "hard"})
+    [crashed] = plan([server(status="ACTIVE")], {A: dom("error")}, set(), set())
+    assert (crashed.kind, crashed.hard) == ("reboot", True)
+    [frozen] = plan([server(desired="shutoff", status="PAUSED")], {A: dom("paused")},
+                    set(), set())
+    assert (frozen.kind, frozen.hard) == ("stop", True)  # no ACPI for a paused guest

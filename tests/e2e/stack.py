@@ -179,7 +179,12 @@ class AgentProcess:
         self.log = home / "agent.log"
 
     def start(self, token: str | None = None, env: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-c", "from compute_agent.main import run; run()",
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **self.env, **(env or {})}
+        # The test-only halting agent (tests/e2e/halting_agent.py) when a halt step is set.
+        entry = ("from tests.e2e.halting_agent import main; main()"
+                 if full_env.get("MINICLOUD_TEST_HALT_AFTER")
+                 else "from compute_agent.main import run; run()")
+        args = [sys.executable, "-c", entry,
                 "--api", self.api, "--name", self.name, "--libvirt-uri", self.uri,
                 "--az", self.az,
                 "--state-dir", str(self.home / "state"),
@@ -189,7 +194,6 @@ class AgentProcess:
                 "--console-interval", "0.5", "--shutdown-timeout", "30", *self.extra_args]
         if token:
             args += ["--enroll", token]
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), **self.env, **(env or {})}
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                                      cwd=REPO)

@@ -31,7 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 # QEMU runs as libvirt-qemu: its files must sit under world-traversable directories, which
 # pytest's tmp_path (under a 0700 directory) is not.
 TEST_ROOT = Path("/var/lib/minicloud-test")
-GUEST_IMAGE = TEST_ROOT / "guest-image"
+# One directory per version of the image builder, so worktrees with different guests never
+# rebuild each other's image under a running test.
+GUEST_IMAGE = TEST_ROOT / ("guest-image-" + hashlib.sha256(
+    (REPO / "deploy" / "guest_initramfs.py").read_bytes()
+    + (REPO / "deploy" / "build-guest-image.sh").read_bytes()).hexdigest()[:12])
 BOOT_WAIT = 120.0
 
 

@@ -126,6 +126,16 @@ def test_servers_run_where_the_scheduler_placed_them(
     wait_status(api, member.headers, victim, "SHUTOFF")
     action(api, member.headers, victim, "start")
     wait_status(api, member.headers, victim, "ACTIVE")
+    # Pause on its simulated host: frozen there, its allocations kept; unpause runs it again.
+    victim_host = next(h for h in hosts if victim in by_host.get(h.name, []))
+    before = allocated(api, ids[victim_host.name])
+    action(api, member.headers, victim, "pause")
+    wait_status(api, member.headers, victim, "PAUSED")
+    assert victim_host.agent.hv.list_managed()[victim].observed == "paused"
+    assert allocated(api, ids[victim_host.name]) == before
+    action(api, member.headers, victim, "unpause")
+    wait_status(api, member.headers, victim, "ACTIVE")
+    assert victim_host.agent.hv.list_managed()[victim].observed == "running"
     for s in servers:
         assert httpx.delete(f"{api}/v1/servers/{s['id']}", headers=member.headers
                             ).status_code == 202

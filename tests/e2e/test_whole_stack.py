@@ -6,18 +6,22 @@ stop -> domain shut off and SHUTOFF; start -> ACTIVE; delete -> domain, overlay,
 console log gone and the allocations freed.
 
 Acceptance 3: the agent is killed with SIGKILL after it defined (or started) the domain and
-before it reported ACTIVE (a test hook makes it stop right there); started again, it finishes
-the build: the server ends ACTIVE with exactly one domain and one instance directory.
+before it reported ACTIVE (tests/e2e/halting_agent.py halts it right there); started again, it
+finishes the build: the server ends ACTIVE with exactly one domain and one instance directory.
 
 A guest that ignores the ACPI power button (booted with acpi=off) is destroyed once the
 agent's shutdown timeout has passed, and ends SHUTOFF.
+
+Pause freezes the guest (its console heartbeat stops) and unpause lets the same boot go on.
 
 Waits are bounded (so a broken boot fails instead of hanging) but nothing asserts timing.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -184,28 +188,73 @@ def test_a_guest_boots_through_the_whole_stack(api: str, member: Account, guest:
         agent.stop()
 
 
+def ticks(log: Path) -> list[int]:
+    """The guest's heartbeat counts, in console order (``minicloud-guest: tick <n> ...``)."""
+    return [int(n) for n in re.findall(r"minicloud-guest: tick (\d+) ",
+                                       log.read_text(errors="replace"))]
+
+
+def test_a_paused_guest_stops_and_resumes_in_the_same_boot(
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
+        cleanup: list[str]) -> None:
+    agent = new_agent(api, home)
+    try:
+        s = create_server(api, member.headers, "tiny", guest.disk_id,
+                          availability_zone=agent.az)
+        sid = s["id"]
+        cleanup.append(sid)
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        log = home / "instances" / sid / "console.log"  # what QEMU's serial port wrote
+        wait_until(lambda: len(ticks(log)) >= 2, BOOT_WAIT, "the guest ticking")
+
+        action(api, member.headers, sid, "pause")
+        wait_status(api, member.headers, sid, "PAUSED", BOOT_WAIT)
+        assert hv.observed(sid) == "paused"
+        assert allocated(api, host_id_of(home)) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+        time.sleep(1)  # a line the guest was writing as it froze lands first
+        frozen = ticks(log)
+        time.sleep(3)  # a running guest prints three ticks meanwhile
+        assert ticks(log) == frozen  # vCPUs stopped: not a single line
+
+        action(api, member.headers, sid, "unpause")
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        assert hv.observed(sid) == "running"
+        wait_until(lambda: len(ticks(log)) > len(frozen), BOOT_WAIT, "ticks after unpause")
+        counted = ticks(log)
+        # The same boot goes on: the count continues where it froze, nothing restarted.
+        assert counted == list(range(1, len(counted) + 1))
+        assert log.read_text(errors="replace").count("minicloud-guest: userspace started") == 1
+
+        assert httpx.delete(f"{api}/v1/servers/{sid}",
+                            headers=member.headers).status_code == 202
+        wait_gone(api, member.headers, sid, BOOT_WAIT)
+        assert domains_of(hv, sid) == []
+    finally:
+        agent.stop()
+
+
 @pytest.mark.parametrize(("step", "domain_state"), [("define", "shutoff"),
                                                     ("start", "running")])
 def test_agent_killed_mid_build_finishes_it_after_restart(
         api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
         cleanup: list[str], step: str, domain_state: str) -> None:
-    marker = home / "paused"
-    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": step,
-                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    marker = home / "halted"
+    agent = new_agent(api, home, env={"MINICLOUD_TEST_HALT_AFTER": step,
+                                      "MINICLOUD_TEST_HALT_MARKER": str(marker)})
     try:
         s = create_server(api, member.headers, "tiny", guest.disk_id,
                           availability_zone=agent.az)
         sid = s["id"]
         cleanup.append(sid)
         assert_placed_on(api, sid, agent.name)
-        wait_until(lambda: marker.exists(), BOOT_WAIT, f"agent paused after {step}")
+        wait_until(lambda: marker.exists(), BOOT_WAIT, f"agent halted after {step}")
         agent.kill()
         # Killed after defining (or starting) the domain, before reporting: the API still
         # says BUILD.
         assert hv.observed(sid) == domain_state
         assert server(api, member.headers, sid)["status"] == "BUILD"
 
-        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})  # same state dir: same credential
+        agent.start(env={"MINICLOUD_TEST_HALT_AFTER": ""})  # same state dir: same credential
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         assert domains_of(hv, sid) == [domain_name(sid)]
         assert [p.name for p in (home / "instances").iterdir()] == [sid]
@@ -252,9 +301,9 @@ def test_a_guest_ignoring_the_power_button_is_forced_off(
 def test_agent_killed_after_a_reboot_does_not_reboot_again(
         api: str, member: Account, guest: GuestImage, hv: Hypervisor, home: Path,
         cleanup: list[str]) -> None:
-    marker = home / "paused"
-    agent = new_agent(api, home, env={"MINICLOUD_AGENT_PAUSE_AFTER": "reboot",
-                                      "MINICLOUD_AGENT_PAUSE_MARKER": str(marker)})
+    marker = home / "halted"
+    agent = new_agent(api, home, env={"MINICLOUD_TEST_HALT_AFTER": "reboot",
+                                      "MINICLOUD_TEST_HALT_MARKER": str(marker)})
     try:
         s = create_server(api, member.headers, "tiny", guest.disk_id,
                           availability_zone=agent.az)
@@ -262,12 +311,12 @@ def test_agent_killed_after_a_reboot_does_not_reboot_again(
         cleanup.append(sid)
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         action(api, member.headers, sid, "reboot", type="hard")
-        wait_until(lambda: marker.exists(), BOOT_WAIT, "agent paused after the reboot")
+        wait_until(lambda: marker.exists(), BOOT_WAIT, "agent halted after the reboot")
         agent.kill()
         assert server(api, member.headers, sid)["status"] == "REBOOT"
 
         before = agent.log.stat().st_size
-        agent.start(env={"MINICLOUD_AGENT_PAUSE_AFTER": ""})
+        agent.start(env={"MINICLOUD_TEST_HALT_AFTER": ""})
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         # The new process found the reboot recorded and only reported it.
         assert f"reboot {sid}" not in agent.log.read_text()[before:]

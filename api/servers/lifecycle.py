@@ -1,0 +1,292 @@
+"""The one owner of server transitions: user actions and agent observations alike.
+
+Everything that changes a server's status, task or desired state goes through here:
+
+* the state machine's rules (pure, in ``api.servers.states``) applied to a server row;
+* one optimistic compare-and-swap on ``servers.generation`` (:func:`swap`): a user's action
+  that lost a race is 409 ``state_changed``; an agent observation holds the host and server
+  locks, so its swap cannot lose;
+* one event history (:func:`record_event`);
+* one way to finish a delete (:func:`finish_delete`), whoever confirms it;
+* waking the host's agent (:func:`notify_host`) whenever its desired state changed;
+* publishing each change to the subscribers of ``api.servers.subscribers`` (billing).
+
+Callers (``api.servers.service`` for users, ``api.agent.service`` for agents,
+``api.usage.host_monitor`` for silent hosts) decide *whether* a change may happen; this module
+makes it happen the same way every time. Services only flush; the request commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from api.agent import repository as agent_repository
+from api.config import Settings
+from api.db import utcnow
+from api.errors import Conflict, request_id_var
+from api.models import Host, Server, ServerEvent
+from api.servers import repository, states
+from api.servers.changes import Change
+from api.servers.console import console_path
+from api.servers.subscribers import publish
+
+ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
+
+_EVENT_CLOCK = "server_event_clock"
+
+
+# ---------------------------------------------------------------- events and notification
+
+def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
+                 result: str, message: str = "",
+                 details: dict[str, Any] | None = None) -> ServerEvent:
+    """Append one event to the server's history, tagged with the current request id.
+
+    ``result`` is ``accepted`` (a request that started a transition), ``success`` or ``error``
+    (how a transition ended). Runs in the unit of work of the change it describes.
+    """
+    rid = request_id_var.get()
+    # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
+    # strictly increasing so "oldest first" is the order in which they were recorded. The
+    # unit of work remembers what it recorded (and that a server it created has no events
+    # yet), so only the first event of an existing server asks the database.
+    at = utcnow()
+    clock: dict[str, datetime | None] = session.info.setdefault(_EVENT_CLOCK, {})
+    last = clock[server.id] if server.id in clock else repository.last_event_at(
+        session, server.id)
+    if last is not None and at <= last:
+        at = last + timedelta(microseconds=1)
+    clock[server.id] = at
+    event = ServerEvent(
+        server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
+        request_id=None if rid == "-" else rid, result=result, message=message,
+        details=details or {}, created_at=at,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def notify_host(session: Session, host_id: str) -> None:
+    """Wake the host's long-polling agent: call after changing any of its servers."""
+    agent_repository.bump_desired_generation(session, host_id)
+
+
+# ---------------------------------------------------------------- the compare-and-swap
+
+def swap(session: Session, server: Server, **values: Any) -> None:
+    """Write ``values`` and bump the generation, only if nobody changed the server since it
+    was read (``UPDATE servers ... WHERE id = :id AND generation = :seen``).
+
+    Raises Conflict ``state_changed`` (409) when the row moved on; the client retries against
+    the new state. Pending changes of ``server`` are flushed first; ``server`` is re-read.
+    """
+    session.flush()
+    seen = server.generation
+    result = session.execute(
+        update(Server).where(Server.id == server.id, Server.generation == seen)
+        .values(generation=seen + 1, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False))
+    if getattr(result, "rowcount", 0) != 1:
+        raise Conflict("The server changed while this request ran; retry.",
+                       code="state_changed")
+    session.refresh(server)
+
+
+def _changed(session: Session, server: Server, old_status: str, at: datetime,
+             observed: str | None = None) -> None:
+    """Wake the agent and publish the change (a transition when the status moved)."""
+    if server.host_id is not None:
+        notify_host(session, server.host_id)
+    if server.status != old_status:
+        publish(session, Change("transition", server, at, old_status, observed=observed))
+    elif observed is not None:
+        publish(session, Change("observed", server, at, old_status, observed=observed))
+
+
+# ---------------------------------------------------------------- user-driven transitions
+
+def placed(session: Session, server: Server, host_id: str, availability_zone: str) -> None:
+    """A new server got its host: SPAWNING there; its agent wakes; billing starts."""
+    session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
+    swap(session, server, host_id=host_id, availability_zone=availability_zone,
+         task_state=states.SPAWNING)
+    notify_host(session, host_id)
+    publish(session, Change("created", server, server.created_at, server.status))
+
+
+def apply_action(session: Session, server: Server, action: str, *, user_id: str,
+                 reboot_type: str = "soft", details: dict[str, Any] | None = None) -> None:
+    """Move a placed server as ``action`` asks (already checked against ``states.ALLOWED``),
+    race-free, wake its agent and record the ``accepted`` event.
+
+    Raises Conflict ``state_changed`` when a concurrent request or observation won.
+    """
+    move = states.on_action(server.status, action, reboot_type)
+    _transition(session, server, move.status, move.task_state)
+    record_event(session, server, action, user_id=user_id, result=ACCEPTED,
+                 details=details or {})
+
+
+def _transition(session: Session, server: Server, status: str, task_state: str | None,
+                **values: Any) -> None:
+    old = server.status
+    if server.host_id is not None:
+        agent_repository.lock_host(session, server.host_id)  # lock order: host, then server
+    swap(session, server, status=status, task_state=task_state, **values)
+    _changed(session, server, old, utcnow())
+
+
+def resized(session: Session, server: Server, flavor_id: str, vcpus: int, ram_mb: int,
+            disk_gb: int, *, user_id: str, details: dict[str, Any]) -> None:
+    """Give a SHUTOFF server new sizes, pending the agent's ``resize`` operation.
+
+    Raises Conflict ``state_changed``.
+    """
+    _transition(session, server, states.SHUTOFF, states.RESIZING, flavor_id=flavor_id,
+                vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb)
+    record_event(session, server, "resize", user_id=user_id, result=ACCEPTED, details=details)
+    publish(session, Change("resized", server, utcnow(), server.status))
+
+
+def delete(session: Session, settings: Settings | None, server: Server, *,
+           user_id: str) -> None:
+    """Start a delete: DELETING (its agent removes it), or DELETED at once with no host.
+
+    Deleting a DELETING server changes nothing. Raises Conflict ``state_changed``.
+    """
+    if server.status == states.DELETING:
+        return
+    if server.host_id is None:
+        finish_delete(session, settings, server, utcnow(), user_id=user_id, action="delete",
+                      message="deleted at once: no host held it")
+        return
+    _transition(session, server, states.DELETING, states.DELETING_TASK)
+    record_event(session, server, "delete", user_id=user_id, result=ACCEPTED)
+
+
+def finish_delete(session: Session, settings: Settings | None, server: Server, at: datetime,
+                  *, user_id: str | None, action: str, message: str,
+                  result: str = SUCCESS, details: dict[str, Any] | None = None,
+                  observed: str | None = None) -> None:
+    """The one way a delete ends, whoever ends it (the agent's confirmation, a server no host
+    holds, an admin's force delete): DELETED with ``deleted_at = at``, allocations freed
+    (quota usage counts ``deleted_at IS NULL``), the console tail removed, the host told,
+    subscribers (billing: ``deleted``) and one event.
+    """
+    old = server.status
+    freed = repository.delete_allocations(session, server.id)
+    swap(session, server, status=states.DELETED, task_state=None, deleted_at=at)
+    if settings is not None:
+        with contextlib.suppress(FileNotFoundError):
+            console_path(settings, server.id).unlink()
+    _changed(session, server, old, at, observed)
+    record_event(session, server, action, user_id=user_id, result=result, message=message,
+                 details={"allocations_freed": freed, **(details or {})})
+
+
+def force_delete(session: Session, server: Server, *, user_id: str | None = None,
+                 settings: Settings | None = None) -> None:
+    """Delete a server without its agent's confirmation (its host is down), as if confirmed.
+
+    Should the host come back, its agent no longer finds the server listed and removes the
+    leftovers. A DELETED server is left as it is.
+    """
+    if server.status == states.DELETED:
+        return
+    if server.host_id is not None:
+        agent_repository.lock_host(session, server.host_id)
+    finish_delete(session, settings, server, utcnow(), user_id=user_id,
+                  action="force_delete", message="Deleted without the agent's confirmation.")
+
+
+# ---------------------------------------------------------------- agent observations
+
+@dataclass(frozen=True)
+class Operation:
+    """A one-shot operation the agent must perform once and report back by ``id``.
+
+    The id carries the server's generation, so a newer request of the same kind (a hard reboot
+    over a soft one) has a new id and a late report of the older one settles nothing.
+    """
+
+    id: str
+    kind: states.OperationKind
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def pending_operation(server: Server) -> Operation | None:
+    """The operation the server waits for (``states.pending_operation``), if any."""
+    kind = states.pending_operation(server.status, server.task_state)
+    if kind is None:
+        return None
+    params: dict[str, Any] = {}
+    if kind == "reboot":
+        params["type"] = "hard" if server.task_state == states.REBOOTING_HARD else "soft"
+    return Operation(f"{kind}-{server.generation}", kind, params)
+
+
+def observe(session: Session, settings: Settings, host_id: str, server: Server,
+            observed: states.Observed, at: datetime, *, operation_id: str | None = None,
+            message: str | None = None,
+            addresses: list[Any] | None = None) -> states.Transition | None:
+    """Apply what the host's agent saw of a server it holds (host and server rows locked).
+
+    ``at`` is the agent's ``seen_at``, already capped at the API's clock; ``operation_id`` the
+    operation it reports performed. Returns the transition made (None: the status stayed).
+    Every applied observation is published, so billing sees a guest running again after its
+    host was down even when the status did not change.
+    """
+    pending = pending_operation(server)
+    done = pending is not None and operation_id == pending.id
+    move = states.on_observed(server.status, server.task_state, observed, operation_done=done)
+    if observed in ("running", "shutoff", "paused", "absent"):
+        server.power_state = observed
+    if addresses is not None:
+        server.addresses = addresses
+    old = server.status
+    if move is None:
+        # Nothing moved: the agent is not woken, but subscribers still hear what it saw.
+        session.flush()
+        publish(session, Change("observed", server, at, old, observed=observed))
+        return None
+    detail = message or f"{old} -> {move.status} (agent saw {observed})"
+    event_details = {"state": observed, "seen_at": at.isoformat(), "host_id": host_id}
+    if move.status == states.DELETED:
+        finish_delete(session, settings, server, at, user_id=None, action="observe",
+                      message=detail, details=event_details, observed=observed)
+        return move
+    values: dict[str, Any] = {}
+    if move.status == states.ERROR:
+        values["fault_code"] = "spawn_failed"
+        values["fault_message"] = message or "The hypervisor could not start the server."
+    swap(session, server, status=move.status, task_state=move.task_state, **values)
+    _changed(session, server, old, at, observed)
+    record_event(session, server, "observe", user_id=None,
+                 result=ERROR if move.status == states.ERROR else SUCCESS,
+                 message=detail, details=event_details)
+    return move
+
+
+# ---------------------------------------------------------------- silent hosts
+
+def host_down(session: Session, host: Host) -> int:
+    """Publish ``host_down`` for every live server of a host that missed its heartbeats.
+
+    ``at`` is the host's last heartbeat. The servers keep their status (a host may come back);
+    subscribers decide what it means (billing: compute stops). Returns how many subscribers
+    recorded something; publishing again for the same silence records nothing new.
+    """
+    assert host.last_heartbeat_at is not None
+    recorded = 0
+    for server in repository.live_servers_on(session, host.id):
+        recorded += publish(session, Change(
+            "host_down", server, host.last_heartbeat_at, server.status,
+            reason=f"host {host.name} missed its heartbeats"))
+    return recorded
