@@ -222,3 +222,6 @@ def test_a_host_downloads_only_the_images_of_its_own_servers(
     # Once the server is gone, so is the host's access to its image.
     set_server(client, on_ours, status="DELETED")
     assert _download(client, ours, disk["id"]).status_code == 404
+    # The session's database is shared: a public image left behind would show in every
+    # other test's image list.
+    assert client.delete(f"/v1/images/{public['id']}", headers=admin).status_code == 204
