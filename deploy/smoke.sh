@@ -46,6 +46,8 @@ trap cleanup EXIT
 
 echo "== smoke: the quick start on port $MINICLOUD_PORT (data in $MINICLOUD_DATA_DIR)"
 bash deploy/quickstart.sh
+# What virt type auto chose, and why (the agent logs it once at start).
+grep -h "virt type" "$MINICLOUD_DATA_DIR/agent.log" || true
 minicloud server create web1 --flavor tiny --image tiny --wait
 
 echo "== smoke: waiting (up to ${WAIT}s) for the console to show hostname=web1"
