@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from compute_agent import host_files
 from compute_agent.client import (
     Address,
     AgentApiError,
@@ -176,7 +177,7 @@ class Agent:
     def run(self) -> None:
         """Run the heartbeat thread and the reconcile loop until ``stop``."""
         self.instances.mkdir(parents=True, exist_ok=True)
-        self.instances.chmod(0o755)
+        host_files.share_dir(self.instances)
         self.cache.cleanup_partial()
         hb = threading.Thread(target=self._heartbeat_loop, name=f"hb-{self.settings.name}",
                               daemon=True)
@@ -340,6 +341,24 @@ class Agent:
                 self._report(server)
         self._take_snapshot()
         self._ship_consoles(desired)
+        self._evict_images(desired)
+
+    def _evict_images(self, desired: list[DesiredServer]) -> None:
+        """Trim the image cache to its configured size, keeping every image in use here.
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        limit = self.settings.image_cache_max_mb
+        if limit is None:
+            return
+        in_use = {i for s in desired if s.desired != "absent"
+                  for i in (s.image.id, s.image.kernel_id, s.image.ramdisk_id) if i}
+        # Domains still defined (e.g. a removal that failed this pass) keep their base image.
+        in_use |= {d.metadata.image_id for d in self.hv.list_managed_domains()
+                   if d.metadata.image_id}
+        for image_id in self.cache.evict(limit * 1024**2, in_use):
+            log.info("evicted image %s from the cache", image_id)
 
     def _execute(self, action: Action) -> None:
         """Run one action (idempotent).
@@ -488,8 +507,9 @@ class Agent:
             AgentApiError: the download fails.
             SpecError: the id is not a UUID.
         """
-        if self.cache.has(image_id):
-            return self.cache.path(image_id)
+        cached = self.cache.use(image_id)
+        if cached is not None:
+            return cached
         expected = sha256 or self.client.image_sha256(image_id)
         log.info("downloading image %s", image_id)
         return self.cache.store(image_id, self.client.download_image(image_id), expected)

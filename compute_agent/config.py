@@ -38,6 +38,9 @@ class AgentSettings(BaseSettings):
     state_dir: Path = Path("/var/lib/minicloud-agent")
     instances_dir: Path = Path("/var/lib/minicloud/instances")
     image_cache_dir: Path = Path("/var/lib/minicloud/images")
+    # Cached images beyond this many MiB are evicted, least recently used first, never one a
+    # server on this host uses; None keeps every image.
+    image_cache_max_mb: int | None = Field(default=None, ge=0)
     libvirt_uri: str = "qemu:///system"
     virt_type: Literal["auto", "kvm", "qemu"] = "auto"
     # virt type auto: how long a KVM probe guest has to print its marker before TCG is used.
