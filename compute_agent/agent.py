@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from compute_agent.client import (
     InventoryItem,
     Observation,
     ObservedState,
+    tls_verify,
 )
 from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
 from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
@@ -77,7 +79,8 @@ def _now() -> datetime:
 
 # ------------------------------------------------------------------------------ enrollment
 
-def mint_enrollment_token(api_url: str, admin_token: str) -> str:
+def mint_enrollment_token(api_url: str, admin_token: str,
+                          verify: ssl.SSLContext | bool = True) -> str:
     """Ask the API for a single-use enrollment token with an admin's token.
 
     Raises:
@@ -85,7 +88,8 @@ def mint_enrollment_token(api_url: str, admin_token: str) -> str:
     """
     try:
         r = httpx.post(api_url.rstrip("/") + "/v1/hosts/enrollment-tokens",
-                       headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+                       headers={"Authorization": f"Bearer {admin_token}"}, timeout=10,
+                       verify=verify)
     except httpx.TransportError as exc:
         raise AgentApiError(0, "unreachable", str(exc)) from exc
     if r.status_code != 201:
@@ -104,10 +108,11 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
         AgentApiError: enrollment fails, or there is no usable credential and no token.
     """
     cred = load_credential(settings.state_dir)
+    verify = tls_verify(settings.ca_bundle)
     if cred is not None and cred.api_url.rstrip("/") == settings.api_url.rstrip("/"):
         if token is None and admin_token is None:
             return cred
-        with AgentClient(settings.api_url, cred.credential, retries=2) as client:
+        with AgentClient(settings.api_url, cred.credential, retries=2, verify=verify) as client:
             try:
                 client.heartbeat([])
                 return cred
@@ -116,13 +121,13 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
                     return cred  # cannot check now (API down?): the loop retries with it
         log.warning("stored credential rejected by %s; enrolling again", settings.api_url)
     if token is None and admin_token is not None:
-        token = mint_enrollment_token(settings.api_url, admin_token)
+        token = mint_enrollment_token(settings.api_url, admin_token, verify)
     if token is None:
         raise AgentApiError(401, "not_enrolled",
                             f"no credential in {settings.state_dir}; pass --enroll TOKEN")
     enrolled = AgentClient.enroll(settings.api_url, token, name=settings.name,
                                   libvirt_uri=settings.libvirt_uri, virt_type=virt_type,
-                                  availability_zone=settings.availability_zone)
+                                  availability_zone=settings.availability_zone, verify=verify)
     cred = Credential(api_url=settings.api_url, host_id=enrolled.host_id,
                       host_name=settings.name, credential=enrolled.credential)
     save_credential(settings.state_dir, cred)
@@ -140,8 +145,9 @@ class Agent:
         self.settings = settings
         self.hv = hypervisor
         self.virt_type = virt_type
-        self.client = AgentClient(settings.api_url, credential.credential)
-        self._hb_client = AgentClient(settings.api_url, credential.credential)
+        verify = tls_verify(settings.ca_bundle)
+        self.client = AgentClient(settings.api_url, credential.credential, verify=verify)
+        self._hb_client = AgentClient(settings.api_url, credential.credential, verify=verify)
         self.cache = ImageCache(settings.image_cache_dir)
         self.instances = Path(settings.instances_dir).resolve()
         self.cursor: str | None = None

@@ -33,6 +33,8 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINICLOUD_AGENT_", extra="ignore")
 
     api_url: str = "http://127.0.0.1:8774"
+    # PEM CA bundle the API's certificate (https api_url) must chain to; None: system trust.
+    ca_bundle: Path | None = None
     name: str = Field(default_factory=socket.gethostname)
     availability_zone: str = "nova"
     state_dir: Path = Path("/var/lib/minicloud-agent")
