@@ -230,7 +230,7 @@ def _probe_domain_xml(name: str, virt_type: str, disk: Path, log_file: Path) -> 
     ET.SubElement(disk_el, "source", file=str(disk))
     ET.SubElement(disk_el, "target", dev="hda", bus="ide")
     serial = ET.SubElement(devices, "serial", type="pty")
-    ET.SubElement(serial, "log", file=str(log_file), append="off")
+    ET.SubElement(serial, "log", file=str(log_file), append="on")
     ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(dom, encoding="unicode")
@@ -326,6 +326,10 @@ class Hypervisor:
             disk, log_file = tmp / "probe.img", tmp / "console.log"
             disk.write_bytes(probe_boot_sector() if sector is None else sector)
             host_files.share_file(disk)
+            # virtlogd keeps an existing log's owner and mode when appending; a log it creates
+            # is 0600 root, which an agent that is not root could not read.
+            log_file.touch()
+            host_files.share_file(log_file)
             started = time.monotonic()
             try:
                 dom = self._conn.createXML(_probe_domain_xml(name, virt_type, disk, log_file), 0)
