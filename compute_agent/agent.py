@@ -363,7 +363,12 @@ class Agent:
         # Domains still defined (e.g. a removal that failed this pass) keep their base image.
         in_use |= {d.metadata.image_id for d in self.hv.list_managed_domains()
                    if d.metadata.image_id}
-        for image_id in self.cache.evict(limit * 1024**2, in_use):
+        try:
+            evicted = self.cache.evict(limit * 1024**2, in_use)
+        except OSError as exc:  # e.g. a file the agent may not delete: the next pass retries
+            log.warning("image cache eviction failed: %s", exc)
+            return
+        for image_id in evicted:
             log.info("evicted image %s from the cache", image_id)
 
     def _execute(self, action: Action) -> None:
