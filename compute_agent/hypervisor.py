@@ -315,13 +315,14 @@ class Hypervisor:
         nested KVM can start a domain that libvirt calls running while its vCPU never executes
         a single instruction usefully. ``sector`` replaces the guest (tests).
 
-        Never raises for a guest that fails: the reason is in the result.
+        Never raises: a guest that fails, or files that cannot be written, give the reason.
         """
         name = f"minicloud-probe-{virt_type}-{os.getpid()}-{time.time_ns()}"
         workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=workdir, prefix=".probe-"))
+        tmp: Path | None = None
         try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=workdir, prefix=".probe-"))
             host_files.share_dir(tmp)
             disk, log_file = tmp / "probe.img", tmp / "console.log"
             disk.write_bytes(probe_boot_sector() if sector is None else sector)
@@ -330,6 +331,11 @@ class Hypervisor:
             # is 0600 root, which an agent that is not root could not read.
             log_file.touch()
             host_files.share_file(log_file)
+        except OSError as exc:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return GuestProbe(False, f"cannot write the probe's files under {workdir}: {exc}")
+        try:
             started = time.monotonic()
             try:
                 dom = self._conn.createXML(_probe_domain_xml(name, virt_type, disk, log_file), 0)

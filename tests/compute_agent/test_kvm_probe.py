@@ -62,3 +62,13 @@ def test_auto_chooses_a_type_whose_guests_print(hv: Hypervisor) -> None:
     chosen = resolve_virt_type("auto", lambda: hv.kvm_probe(WORKDIR, 5.0))
     probe = hv.guest_prints(chosen, WORKDIR, BOUND)
     assert probe.printed, f"auto chose {chosen}: {probe.reason}"
+
+
+def test_probe_files_that_cannot_be_written_fail_the_probe_without_raising(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    probe = hv.guest_prints("qemu", blocker / "work", BOUND)
+    assert not probe.printed
+    assert "cannot write the probe's files" in probe.reason
