@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8774
+    # HTTPS: PEM certificate (chain) and its private key; both or neither (then plain HTTP).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
     token_ttl_seconds: int = Field(default=8 * 3600, gt=0)
     enrollment_token_ttl_seconds: int = Field(default=3600, gt=0)

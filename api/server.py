@@ -12,7 +12,7 @@ from api.config import get_settings
 
 
 def run() -> None:
-    """Entry point of ``minicloud-api --host H --port P``."""
+    """Entry point of ``minicloud-api --host H --port P`` (HTTPS when ``tls_certfile`` is set)."""
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="minicloud-api", description=__doc__)
     parser.add_argument("--host", default=settings.host)
@@ -23,10 +23,15 @@ def run() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("MINICLOUD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
+        parser.error("MINICLOUD_TLS_CERTFILE and MINICLOUD_TLS_KEYFILE go together")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_migrate:
         from api.migrate import upgrade
 
         upgrade(settings.effective_database_url)
+    # With a certificate, uvicorn serves HTTPS only (no plain-HTTP listener).
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info")
+                workers=args.workers, log_level="info",
+                ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+                ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import httpx
 
+from compute_agent import host_files
 from compute_agent.client import (
     Address,
     AgentApiError,
@@ -48,6 +50,7 @@ from compute_agent.client import (
     Observation,
     ObservedState,
     Operation,
+    tls_verify,
 )
 from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
 from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
@@ -83,7 +86,8 @@ def _now() -> datetime:
 
 # ------------------------------------------------------------------------------ enrollment
 
-def mint_enrollment_token(api_url: str, admin_token: str) -> str:
+def mint_enrollment_token(api_url: str, admin_token: str,
+                          verify: ssl.SSLContext | bool = True) -> str:
     """Ask the API for a single-use enrollment token with an admin's token.
 
     Raises:
@@ -91,7 +95,8 @@ def mint_enrollment_token(api_url: str, admin_token: str) -> str:
     """
     try:
         r = httpx.post(api_url.rstrip("/") + "/v1/hosts/enrollment-tokens",
-                       headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+                       headers={"Authorization": f"Bearer {admin_token}"}, timeout=10,
+                       verify=verify)
     except httpx.TransportError as exc:
         raise AgentApiError(0, "unreachable", str(exc)) from exc
     if r.status_code != 201:
@@ -110,10 +115,11 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
         AgentApiError: enrollment fails, or there is no usable credential and no token.
     """
     cred = load_credential(settings.state_dir)
+    verify = tls_verify(settings.ca_bundle)
     if cred is not None and cred.api_url.rstrip("/") == settings.api_url.rstrip("/"):
         if token is None and admin_token is None:
             return cred
-        with AgentClient(settings.api_url, cred.credential, retries=2) as client:
+        with AgentClient(settings.api_url, cred.credential, retries=2, verify=verify) as client:
             try:
                 client.heartbeat([])
                 return cred
@@ -122,13 +128,13 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
                     return cred  # cannot check now (API down?): the loop retries with it
         log.warning("stored credential rejected by %s; enrolling again", settings.api_url)
     if token is None and admin_token is not None:
-        token = mint_enrollment_token(settings.api_url, admin_token)
+        token = mint_enrollment_token(settings.api_url, admin_token, verify)
     if token is None:
         raise AgentApiError(401, "not_enrolled",
                             f"no credential in {settings.state_dir}; pass --enroll TOKEN")
     enrolled = AgentClient.enroll(settings.api_url, token, name=settings.name,
                                   libvirt_uri=settings.libvirt_uri, virt_type=virt_type,
-                                  availability_zone=settings.availability_zone)
+                                  availability_zone=settings.availability_zone, verify=verify)
     cred = Credential(api_url=settings.api_url, host_id=enrolled.host_id,
                       host_name=settings.name, credential=enrolled.credential)
     save_credential(settings.state_dir, cred)
@@ -146,8 +152,9 @@ class Agent:
         self.settings = settings
         self.hv = hypervisor
         self.virt_type = virt_type
-        self.client = AgentClient(settings.api_url, credential.credential)
-        self._hb_client = AgentClient(settings.api_url, credential.credential)
+        verify = tls_verify(settings.ca_bundle)
+        self.client = AgentClient(settings.api_url, credential.credential, verify=verify)
+        self._hb_client = AgentClient(settings.api_url, credential.credential, verify=verify)
         self.cache = ImageCache(settings.image_cache_dir)
         self.instances = Path(settings.instances_dir).resolve()
         self.cursor: str | None = None
@@ -185,7 +192,7 @@ class Agent:
     def run(self) -> None:
         """Run the heartbeat thread and the reconcile loop until ``stop``."""
         self.instances.mkdir(parents=True, exist_ok=True)
-        self.instances.chmod(0o755)
+        host_files.share_dir(self.instances)
         self.cache.cleanup_partial()
         hb = threading.Thread(target=self._heartbeat_loop, name=f"hb-{self.settings.name}",
                               daemon=True)
@@ -349,6 +356,29 @@ class Agent:
                 self._report(server)
         self._take_snapshot()
         self._ship_consoles(desired)
+        self._evict_images(desired)
+
+    def _evict_images(self, desired: list[DesiredServer]) -> None:
+        """Trim the image cache to its configured size, keeping every image in use here.
+
+        Raises:
+            HypervisorError: libvirt cannot list domains.
+        """
+        limit = self.settings.image_cache_max_mb
+        if limit is None:
+            return
+        in_use = {i for s in desired if s.desired != "absent"
+                  for i in (s.image.id, s.image.kernel_id, s.image.ramdisk_id) if i}
+        # Domains still defined (e.g. a removal that failed this pass) keep their base image.
+        in_use |= {d.metadata.image_id for d in self.hv.list_managed_domains()
+                   if d.metadata.image_id}
+        try:
+            evicted = self.cache.evict(limit * 1024**2, in_use)
+        except OSError as exc:  # e.g. a file the agent may not delete: the next pass retries
+            log.warning("image cache eviction failed: %s", exc)
+            return
+        for image_id in evicted:
+            log.info("evicted image %s from the cache", image_id)
 
     def _execute(self, action: Action) -> None:
         """Run one action (idempotent).
@@ -537,8 +567,9 @@ class Agent:
             AgentApiError: the download fails.
             SpecError: the id is not a UUID.
         """
-        if self.cache.has(image_id):
-            return self.cache.path(image_id)
+        cached = self.cache.use(image_id)
+        if cached is not None:
+            return cached
         expected = sha256 or self.client.image_sha256(image_id)
         log.info("downloading image %s", image_id)
         return self.cache.store(image_id, self.client.download_image(image_id), expected)

@@ -8,10 +8,12 @@ level-triggered observations, and ``observe`` sends one idempotency key for all 
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -173,16 +175,28 @@ def _error_of(response: httpx.Response) -> AgentApiError:
     return AgentApiError(response.status_code, code, detail)
 
 
+def tls_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """How to verify the API's TLS certificate: against ``ca_bundle`` (a PEM file) when set,
+    else the default trust store (True). Only ``https://`` API URLs use it.
+
+    Raises:
+        OSError: the bundle cannot be read.
+        ssl.SSLError: the bundle holds no valid certificate.
+    """
+    return True if ca_bundle is None else ssl.create_default_context(cafile=str(ca_bundle))
+
+
 class AgentClient:
     """A compute agent's connection to the API, authenticated by its host credential."""
 
     def __init__(self, base_url: str, credential: str, timeout: float = 10.0, *,
-                 retries: int = 5, backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+                 retries: int = 5, backoff: float = 0.2, max_backoff: float = 5.0,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, verify=verify,
                                   headers={"Authorization": f"Bearer {credential}"})
 
     def __enter__(self) -> Self:
@@ -199,7 +213,8 @@ class AgentClient:
     @classmethod
     def enroll(cls, base_url: str, token: str, *, name: str, libvirt_uri: str,
                virt_type: Literal["kvm", "qemu"], availability_zone: str = "nova",
-               architecture: str = "x86_64", timeout: float = 10.0) -> Enrollment:
+               architecture: str = "x86_64", timeout: float = 10.0,
+               verify: ssl.SSLContext | bool = True) -> Enrollment:
         """Enroll this host with a single-use token; raises AgentApiError.
 
         Not retried after the request may have reached the API: the token is single use, so
@@ -213,7 +228,7 @@ class AgentClient:
         for attempt in range(5):
             try:
                 r = httpx.post(base_url.rstrip("/") + "/v1/agent/enroll", json=body,
-                               timeout=timeout)
+                               timeout=timeout, verify=verify)
                 break
             except httpx.ConnectError as exc:
                 if attempt == 4:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -23,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from compute_agent.spec import VirtType
 
 CREDENTIAL_FILE = "credential.json"
+log = logging.getLogger("minicloud.agent")
 
 
 class AgentSettings(BaseSettings):
@@ -31,13 +33,20 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINICLOUD_AGENT_", extra="ignore")
 
     api_url: str = "http://127.0.0.1:8774"
+    # PEM CA bundle the API's certificate (https api_url) must chain to; None: system trust.
+    ca_bundle: Path | None = None
     name: str = Field(default_factory=socket.gethostname)
     availability_zone: str = "nova"
     state_dir: Path = Path("/var/lib/minicloud-agent")
     instances_dir: Path = Path("/var/lib/minicloud/instances")
     image_cache_dir: Path = Path("/var/lib/minicloud/images")
+    # Cached images beyond this many MiB are evicted, least recently used first, never one a
+    # server on this host uses; None keeps every image.
+    image_cache_max_mb: int | None = Field(default=None, ge=0)
     libvirt_uri: str = "qemu:///system"
     virt_type: Literal["auto", "kvm", "qemu"] = "auto"
+    # virt type auto: how long a KVM probe guest has to print its marker before TCG is used.
+    kvm_probe_timeout: float = Field(default=5.0, gt=0, le=120)
     # A libvirt network name for the servers' NIC, or "none" for no NIC at all.
     network: str = "default"
     # Explicit disk size in GiB; None: the size of the instances directory's filesystem.
@@ -130,11 +139,22 @@ def kvm_usable() -> bool:
     return True
 
 
-def resolve_virt_type(setting: str, kvm_boots: Callable[[], bool]) -> VirtType:
+def resolve_virt_type(setting: str, kvm_probe: Callable[[], tuple[bool, str]]) -> VirtType:
     """The domain type to use: ``auto`` is kvm when /dev/kvm opens and a KVM guest really
-    starts (``kvm_boots``, e.g. ``Hypervisor.kvm_boots``), else qemu (TCG)."""
+    prints (``kvm_probe``, e.g. ``Hypervisor.kvm_probe``: (printed, reason)), else qemu (TCG).
+
+    The choice under ``auto`` and its reason are logged once, here.
+    """
     if setting == "kvm":
         return "kvm"
     if setting == "qemu":
         return "qemu"
-    return "kvm" if kvm_usable() and kvm_boots() else "qemu"
+    if not kvm_usable():
+        log.warning("virt type auto: using qemu (TCG): /dev/kvm cannot be opened")
+        return "qemu"
+    printed, reason = kvm_probe()
+    if printed:
+        log.info("virt type auto: using kvm (%s)", reason)
+        return "kvm"
+    log.warning("virt type auto: using qemu (TCG): %s", reason)
+    return "qemu"

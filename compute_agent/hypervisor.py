@@ -16,15 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import libvirt
 
+from compute_agent import host_files
 from compute_agent.domain_xml import (
     DomainMetadata,
     build_domain_xml,
@@ -171,6 +173,71 @@ def default_network_xml(name: str = "default") -> str:
     return ET.tostring(net, encoding="unicode")
 
 
+PROBE_MARKER = b"MINICLOUD-GUEST-PROBE-OK"
+
+
+def probe_boot_sector(marker: bytes = PROBE_MARKER) -> bytes:
+    """A 512-byte x86 boot sector that writes ``marker`` + CRLF to COM1, then halts forever.
+
+    Hand-assembled (16-bit real mode, loaded by the BIOS at 0000:7C00)::
+
+        00  FA          cli
+        01  31 C0       xor  ax, ax
+        03  8E D8       mov  ds, ax            ; the string is addressed from segment 0
+        05  BA F8 03    mov  dx, 0x3f8         ; COM1 data register
+        08  BE 17 7C    mov  si, 0x7c17        ; the string, right after this code
+        0B  FC          cld
+        0C  AC          lodsb                  ; next: al = [ds:si++]
+        0D  84 C0       test al, al
+        0F  74 03       jz   halt              ; NUL ends the string
+        11  EE          out  dx, al            ; QEMU's UART sends it without any setup
+        12  EB F8       jmp  next
+        14  F4          hlt                    ; halt: sleep with interrupts off, forever
+        15  EB FD       jmp  halt
+        17  <marker> 0D 0A 00
+        ... zeros, then the 55 AA boot signature at offset 510
+
+    Raises:
+        ValueError: the marker does not fit or contains a NUL byte.
+    """
+    code = bytes.fromhex("FA 31C0 8ED8 BAF803 BE177C FC AC 84C0 7403 EE EBF8 F4 EBFD")
+    text = marker + b"\r\n\0"
+    if b"\0" in marker or len(code) + len(text) > 510:
+        raise ValueError("the marker must be short and contain no NUL byte")
+    return (code + text).ljust(510, b"\0") + b"\x55\xaa"
+
+
+class GuestProbe(NamedTuple):
+    """Whether a probe guest printed its marker, and why not (or how fast) in words."""
+
+    printed: bool
+    reason: str
+
+
+def _probe_domain_xml(name: str, virt_type: str, disk: Path, log_file: Path) -> str:
+    """A transient 16 MiB domain booting ``disk`` with its serial port logged to ``log_file``."""
+    dom = ET.Element("domain", type=virt_type)
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="MiB").text = "16"
+    ET.SubElement(dom, "vcpu").text = "1"
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type").text = "hvm"
+    ET.SubElement(os_el, "boot", dev="hd")
+    if virt_type == "kvm":
+        # The CPU mode server domains use under kvm (domain_xml): broken nested setups fail on it.
+        ET.SubElement(dom, "cpu", mode="host-passthrough")
+    devices = ET.SubElement(dom, "devices")
+    disk_el = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(disk_el, "driver", name="qemu", type="raw")
+    ET.SubElement(disk_el, "source", file=str(disk))
+    ET.SubElement(disk_el, "target", dev="hda", bus="ide")
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=str(log_file), append="on")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(dom, encoding="unicode")
+
+
 class Hypervisor:
     """One libvirt connection, restricted to minicloud-managed domains.
 
@@ -238,34 +305,66 @@ class Hypervisor:
                 types += [d.get("type", "") for d in arch_el.findall("domain")]
         return sorted(set(types) - {""})
 
-    def kvm_boots(self) -> bool:
-        """True when libvirt can really start a KVM guest here (not just list the type).
+    def guest_prints(self, virt_type: str, workdir: Path, timeout: float,
+                     sector: bytes | None = None) -> GuestProbe:
+        """Boot a one-sector guest as a ``virt_type`` domain; report whether it printed.
 
-        Starts a tiny transient, paused domain of type kvm (no disks, no metadata, a unique
-        name) and destroys it at once. Nested KVM can be offered and still fail at vCPU setup
-        (e.g. "failed to set MSR"), which only such a start reveals.
+        The guest (``probe_boot_sector``) writes ``PROBE_MARKER`` to its serial port, which
+        libvirt logs to a file in a fresh directory under ``workdir``; the probe waits up to
+        ``timeout`` seconds for the marker, then destroys the transient domain and removes its
+        files. The domain uses the CPU mode server domains use under that type
+        (``domain_xml``), so a working probe means a working server. Starting is not enough:
+        nested KVM can start a domain that libvirt calls running while its vCPU never executes
+        a single instruction usefully. ``sector`` replaces the guest (tests).
+
+        Never raises: a guest that fails, or files that cannot be written, give the reason.
         """
-        if "kvm" not in self.virt_types():
-            return False
-        dom = ET.Element("domain", type="kvm")
-        ET.SubElement(dom, "name").text = f"minicloud-kvm-probe-{os.getpid()}-{time.time_ns()}"
-        ET.SubElement(dom, "memory", unit="MiB").text = "16"
-        ET.SubElement(dom, "vcpu").text = "1"
-        os_el = ET.SubElement(dom, "os")
-        ET.SubElement(os_el, "type").text = "hvm"
-        features = ET.SubElement(dom, "features")
-        ET.SubElement(features, "acpi")
-        ET.SubElement(features, "apic")
-        # The CPU mode server domains use under kvm (domain_xml): broken nested setups fail on it.
-        ET.SubElement(dom, "cpu", mode="host-passthrough")
+        name = f"minicloud-probe-{virt_type}-{os.getpid()}-{time.time_ns()}"
+        workdir = Path(workdir)
+        tmp: Path | None = None
         try:
-            probe = self._conn.createXML(ET.tostring(dom, encoding="unicode"),
-                                         libvirt.VIR_DOMAIN_START_PAUSED)
-        except libvirt.libvirtError:
-            return False
-        with contextlib.suppress(libvirt.libvirtError):
-            probe.destroy()
-        return True
+            workdir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=workdir, prefix=".probe-"))
+            host_files.share_dir(tmp)
+            disk, log_file = tmp / "probe.img", tmp / "console.log"
+            disk.write_bytes(probe_boot_sector() if sector is None else sector)
+            host_files.share_file(disk)
+            # virtlogd keeps an existing log's owner and mode when appending; a log it creates
+            # is 0600 root, which an agent that is not root could not read.
+            log_file.touch()
+            host_files.share_file(log_file)
+        except OSError as exc:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return GuestProbe(False, f"cannot write the probe's files under {workdir}: {exc}")
+        try:
+            started = time.monotonic()
+            try:
+                dom = self._conn.createXML(_probe_domain_xml(name, virt_type, disk, log_file), 0)
+            except libvirt.libvirtError as exc:
+                return GuestProbe(False, f"a {virt_type} guest does not start: {exc}")
+            try:
+                deadline = started + timeout
+                while True:
+                    with contextlib.suppress(OSError):
+                        if PROBE_MARKER in log_file.read_bytes():
+                            return GuestProbe(True, f"a {virt_type} guest printed in "
+                                              f"{time.monotonic() - started:.1f} s")
+                    if time.monotonic() >= deadline:
+                        return GuestProbe(False, f"a {virt_type} guest started but printed "
+                                          f"nothing within {timeout:g} s")
+                    time.sleep(0.05)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def kvm_probe(self, workdir: Path, timeout: float) -> GuestProbe:
+        """Whether KVM really runs guests here: listed by libvirt and ``guest_prints``."""
+        if "kvm" not in self.virt_types():
+            return GuestProbe(False, "libvirt offers no kvm domain type")
+        return self.guest_prints("kvm", workdir, timeout)
 
     def ensure_connected(self) -> None:
         """Reopen the connection if libvirtd went away (e.g. was restarted).

@@ -140,8 +140,9 @@ def run(argv: list[str] | None = None) -> None:
             stop_simulated(hosts)
             return
         settings, hv = open_hypervisor(settings)
-        virt_type = resolve_virt_type(
-            settings.virt_type, lambda: not hv.uri.startswith("test:") and hv.kvm_boots())
+        virt_type = resolve_virt_type(settings.virt_type, lambda: (
+            (False, "the test driver runs no guests") if hv.uri.startswith("test:") else
+            hv.kvm_probe(settings.instances_dir, settings.kvm_probe_timeout)))
         token = args.enroll[0] if args.enroll else None
         cred = ensure_enrolled(settings, virt_type, token=token,
                                admin_token=None if token else args.admin_token)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pycdlib
 
+from compute_agent import host_files
 from compute_agent.spec import ServerSpec
 
 VOLUME_LABEL = "cidata"
@@ -69,7 +70,7 @@ def build_seed_iso(dest: Path, *, instance_id: str, hostname: str,
             os.fsync(out.fileno())
     finally:
         iso.close()
-    tmp.chmod(0o644)
+    host_files.share_file(tmp)  # 0640: user_data may hold secrets
     tmp.replace(dest)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from compute_agent import host_files
+
 VirtType = Literal["kvm", "qemu"]
 ImageFormat = Literal["qcow2", "raw"]
 
@@ -169,10 +171,10 @@ class InstancePaths:
         return self.directory / "console.log"
 
     def create(self) -> None:
-        """Create the instance directory (and root) with traversable modes; idempotent."""
+        """Create the instance directory (and root), 0750 with QEMU's group; idempotent."""
         Path(self.root).mkdir(parents=True, exist_ok=True)
-        self.directory.mkdir(mode=0o711, exist_ok=True)
-        self.directory.chmod(0o711)
+        self.directory.mkdir(mode=0o750, exist_ok=True)
+        host_files.share_dir(self.directory)
 
     def remove(self) -> None:
         """Delete the instance directory and everything in it; a missing directory is fine."""

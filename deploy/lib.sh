@@ -4,7 +4,7 @@
 VENV="${MINICLOUD_VENV:-$PWD/.venv}"
 PG_URL="${MINICLOUD_PG_URL:-postgresql+psycopg://minicloud:minicloud@127.0.0.1/postgres}"
 SYSTEM_PACKAGES=(python3-venv python3-dev gcc pkg-config postgresql libvirt-daemon-system
-  libvirt-dev qemu-system-x86 qemu-utils busybox-static cpio dnsmasq-base)
+  libvirt-dev qemu-system-x86 qemu-utils busybox-static cpio dnsmasq-base openssl)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -15,16 +15,55 @@ HEAD_BYTES = 4096
 
 QCOW2_MAGIC = b"QFI\xfb"
 
-# Container formats QEMU would recognise by their first bytes; none may be uploaded as raw.
-CONTAINER_MAGICS: dict[bytes, str] = {
-    QCOW2_MAGIC: "qcow2",
-    b"KDMV": "vmdk",
-    b"# Disk DescriptorFile": "vmdk",
-    b"<<< ": "vdi",
-    b"vhdxfile": "vhdx",
-    b"QED\x00": "qed",
-    b"conectix": "vpc",
-}
+# What ``qemu-img`` recognises by content (its block drivers' ``bdrv_probe`` functions), as
+# (format, offset, magic); none of these may be uploaded as raw. A superset is safe here: the
+# check only refuses. Not detectable from content: a fixed VHD (its footer is at the end of
+# the file), dmg and vvfat (qemu recognises them by file name only; the agent names cached
+# files by image id, so it never offers such a name).
+QEMU_MAGICS: tuple[tuple[str, int, bytes], ...] = (
+    ("qcow2", 0, QCOW2_MAGIC),           # qcow2 (version 2/3) and qcow (version 1), see below
+    ("qed", 0, b"QED\x00"),
+    ("vmdk", 0, b"KDMV"),                # VMDK4 sparse extent
+    ("vmdk", 0, b"COWD"),                # VMDK3 (ESX COW disk)
+    ("vmdk", 0, b"# Disk DescriptorFile"),  # a descriptor's usual first line
+    ("vdi", 0x40, b"\x7f\x10\xda\xbe"),   # VDI header signature 0xbeda107f, little-endian
+    ("vdi", 0, b"<<< "),                 # the text VirtualBox writes before it
+    ("vhdx", 0, b"vhdxfile"),
+    ("vpc", 0, b"conectix"),             # dynamic VHD: a copy of the footer at offset 0
+    ("luks", 0, b"LUKS\xba\xbe"),
+    ("parallels", 0, b"WithoutFreeSpace"),
+    ("parallels", 0, b"WithouFreSpacExt"),
+    ("bochs", 0, b"Bochs Virtual HD Image"),
+    ("cloop", 0, b"#!/bin/sh\n#V2.0 Format\n"),
+)
+_VMDK_VERSION_LINES = tuple(f"version={v}{eol}".encode() for v in "123" for eol in ("\n", "\r\n"))
+
+
+def _is_vmdk_descriptor(head: bytes) -> bool:
+    """True when QEMU's vmdk probe would read ``head`` as a text VMDK descriptor.
+
+    Mirrors ``vmdk_probe``: comment lines (``#...``) and lines of blanks may precede a line
+    ``version=1``, ``2`` or ``3`` (LF or CRLF); anything else first means not a descriptor.
+    """
+    pos, end = 0, len(head)
+    while pos < end:
+        if head[pos:pos + 1] == b"#":
+            nl = head.find(b"\n", pos)
+            if nl < 0:
+                return False
+            pos = nl + 1
+        elif head[pos:pos + 1] == b" ":
+            while pos < end and head[pos:pos + 1] == b" ":
+                pos += 1
+            if head[pos:pos + 1] == b"\r":
+                pos += 1
+            if head[pos:pos + 1] != b"\n":
+                return False
+            pos += 1
+        else:
+            return head.startswith(_VMDK_VERSION_LINES, pos)
+    return False
+
 
 # Compressed or cpio initramfs archives (gzip, xz, zstd, lz4 frame, lz4 legacy, cpio newc/crc).
 RAMDISK_MAGICS: tuple[bytes, ...] = (
@@ -38,11 +77,13 @@ _QCOW2_INCOMPAT_EXTERNAL_DATA = 1 << 2
 
 
 def container_of(head: bytes) -> str | None:
-    """The container format ``head`` starts with, or None."""
-    for magic, name in CONTAINER_MAGICS.items():
-        if head.startswith(magic):
+    """The format ``qemu-img`` would read ``head`` (the first bytes of a file) as, None for raw."""
+    for name, offset, magic in QEMU_MAGICS:
+        if head[offset:offset + len(magic)] == magic:
+            if name == "qcow2" and head[4:8] == b"\x00\x00\x00\x01":
+                return "qcow"
             return name
-    return None
+    return "vmdk" if _is_vmdk_descriptor(head) else None
 
 
 def _qcow2_problem(head: bytes) -> str | None:

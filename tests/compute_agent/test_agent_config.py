@@ -38,13 +38,13 @@ def test_missing_and_broken_credential_files(tmp_path: Path) -> None:
     ("qemu", True, True, "qemu"),          # explicit wins
     ("kvm", False, False, "kvm"),
     ("auto", True, True, "kvm"),
-    ("auto", True, False, "qemu"),         # nested KVM offered but broken
+    ("auto", True, False, "qemu"),         # nested KVM offered but its guest prints nothing
     ("auto", False, True, "qemu"),         # /dev/kvm unusable
 ])
 def test_virt_type(monkeypatch: pytest.MonkeyPatch, setting: str, dev_kvm: bool,
                    guest_starts: bool, expected: str) -> None:
     monkeypatch.setattr("compute_agent.config.kvm_usable", lambda: dev_kvm)
-    assert resolve_virt_type(setting, lambda: guest_starts) == expected
+    assert resolve_virt_type(setting, lambda: (guest_starts, "probe")) == expected
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:

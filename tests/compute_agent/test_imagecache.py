@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -10,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from compute_agent.host_files import qemu_gid
 from compute_agent.imagecache import (
     GIB,
     ChecksumMismatch,
     DiskTooSmall,
     ImageCache,
+    ImageError,
     backing_file,
     create_overlay,
     grow_overlay,
@@ -48,7 +52,7 @@ def test_store_streams_verifies_and_publishes_a_readable_file(tmp_path: Path) ->
 
     assert path == cache.path(image_id) and cache.has(image_id)
     assert path.read_bytes() == data
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in (tmp_path / "images").iterdir()] == [image_id]
 
 
@@ -97,16 +101,16 @@ def test_overlay_has_explicit_backing_format_and_flavor_size(tmp_path: Path, fmt
 
     create_overlay(base, fmt, overlay, size_gb=2)  # type: ignore[arg-type]
 
-    assert image_info(overlay)["format"] == "qcow2"
+    assert image_info(overlay, "qcow2")["format"] == "qcow2"
     assert backing_file(overlay) == (str(base), fmt)
-    assert virtual_size(overlay) == 2 * GIB
+    assert virtual_size(overlay, "qcow2") == 2 * GIB
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_disk_size_zero_means_the_image_size(tmp_path: Path) -> None:
     base = make_image(tmp_path / "base.qcow2", "qcow2", "64M")
     create_overlay(base, "qcow2", tmp_path / "disk.qcow2", size_gb=0)
-    assert virtual_size(tmp_path / "disk.qcow2") == 64 * MIB
+    assert virtual_size(tmp_path / "disk.qcow2", "qcow2") == 64 * MIB
 
 
 def test_disk_smaller_than_the_image_is_refused(tmp_path: Path) -> None:
@@ -122,11 +126,11 @@ def test_resize_grows_and_never_shrinks(tmp_path: Path) -> None:
     create_overlay(base, "qcow2", overlay, size_gb=1)
 
     assert grow_overlay(overlay, 3) is True
-    assert virtual_size(overlay) == 3 * GIB
+    assert virtual_size(overlay, "qcow2") == 3 * GIB
     assert grow_overlay(overlay, 3) is False
     with pytest.raises(DiskTooSmall):
         grow_overlay(overlay, 2)
-    assert virtual_size(overlay) == 3 * GIB
+    assert virtual_size(overlay, "qcow2") == 3 * GIB
     assert backing_file(overlay) == (str(base), "qcow2")
 
 
@@ -142,8 +146,83 @@ def test_prepare_instance_files_is_idempotent_and_keeps_the_disk(tmp_path: Path)
     assert paths.disk.stat().st_ino == inode  # the guest's disk was not recreated
     assert backing_file(paths.disk) == (str(base), "qcow2")
     assert read_seed(paths.seed)[0] == "cidata"
-    assert sorted(p.name for p in paths.directory.iterdir()) == ["disk.qcow2", "seed.iso"]
+    assert sorted(p.name for p in paths.directory.iterdir()) == \
+        ["console.log", "disk.qcow2", "seed.iso"]
 
     bigger = make_spec(server_id=spec.server_id, image_path=base, disk_gb=2)
     prepare_instance_files(bigger, paths)
-    assert virtual_size(paths.disk) == 2 * GIB
+    assert virtual_size(paths.disk, "qcow2") == 2 * GIB
+
+
+def test_a_raw_image_holding_a_qcow2_header_is_read_as_raw(tmp_path: Path) -> None:
+    # A real qcow2 file of 1 GiB virtual size, declared raw: probing would read it as qcow2
+    # (its 1 GiB, and any backing file it names); with -f raw it is its own bytes.
+    base = make_image(tmp_path / "base", "qcow2", "1G")
+    overlay = tmp_path / "disk.qcow2"
+    create_overlay(base, "raw", overlay, size_gb=0)
+    # Its own bytes, rounded up to whole 512-byte sectors.
+    sectors = -(-base.stat().st_size // 512) * 512
+    assert virtual_size(overlay, "qcow2") == virtual_size(base, "raw") == sectors < GIB
+    assert backing_file(overlay) == (str(base), "raw")
+
+
+def test_qemu_img_that_blocks_times_out(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening a FIFO blocks until a writer comes: qemu-img would hang
+    with pytest.raises(ImageError, match="timed out after 1 s"):
+        image_info(fifo, "raw", timeout=1.0)
+
+
+def test_instance_files_are_readable_by_qemu_only(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.qcow2", "qcow2", "64M")
+    spec = make_spec(image_path=base, disk_gb=1)
+    paths = InstancePaths(tmp_path / "instances", spec.server_id)
+    prepare_instance_files(spec, paths)
+    cache = ImageCache(tmp_path / "images")
+    cached = cache.store(str(uuid.uuid4()), chunks(b"x"), hashlib.sha256(b"x").hexdigest())
+
+    gid = qemu_gid()
+    assert gid is not None  # this machine runs libvirt's QEMU driver
+    for path in (paths.directory, cache.root):
+        assert (stat.S_IMODE(path.stat().st_mode), path.stat().st_gid) == (0o750, gid), path
+    for path in (paths.disk, paths.seed, paths.console_log, cached):
+        assert (stat.S_IMODE(path.stat().st_mode), path.stat().st_gid) == (0o640, gid), path
+
+
+def cache_with(tmp_path: Path, sizes_by_age: list[int]) -> tuple[ImageCache, list[str]]:
+    """A cache holding images of these sizes, the first one used longest ago."""
+    cache = ImageCache(tmp_path / "images")
+    ids = []
+    for age, size in enumerate(sizes_by_age):
+        image_id = str(uuid.uuid4())
+        data = b"i" * size
+        path = cache.store(image_id, chunks(data, 4096), hashlib.sha256(data).hexdigest())
+        used = 1_000_000 + age * 60
+        os.utime(path, (used, used))
+        ids.append(image_id)
+    return cache, ids
+
+
+def test_eviction_removes_least_recently_used_until_under_the_limit(tmp_path: Path) -> None:
+    cache, (a, b, c, d) = cache_with(tmp_path, [300, 300, 300, 300])
+    (cache.root / f".{a}.x.part").write_bytes(b"p" * 5000)  # a download in progress: not counted
+
+    assert cache.evict(700, in_use=set()) == [a, b]  # 1200 -> 600 bytes, oldest first
+    assert [cache.has(i) for i in (a, b, c, d)] == [False, False, True, True]
+    assert cache.evict(700, in_use=set()) == []  # under the limit: nothing more
+
+
+def test_eviction_never_removes_an_image_in_use(tmp_path: Path) -> None:
+    cache, (a, b, c) = cache_with(tmp_path, [500, 500, 500])
+
+    assert cache.evict(0, in_use={a, c.upper()}) == [b]
+    assert [cache.has(i) for i in (a, b, c)] == [True, False, True]
+
+
+def test_using_an_image_makes_it_the_most_recent(tmp_path: Path) -> None:
+    cache, (a, b, c) = cache_with(tmp_path, [400, 400, 400])
+    assert cache.use(a) == cache.path(a)
+    assert cache.use(str(uuid.uuid4())) is None  # not cached
+
+    assert cache.evict(800, in_use=set()) == [b]
+    assert [cache.has(i) for i in (a, b, c)] == [True, False, True]

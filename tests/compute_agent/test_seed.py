@@ -55,11 +55,11 @@ def test_hostile_values_cannot_break_meta_data(tmp_path: Path) -> None:
     assert meta == {"instance-id": 'x"\ninstance-id: y', "local-hostname": "h\n- z"}
 
 
-def test_seed_is_written_atomically_and_world_readable(tmp_path: Path) -> None:
+def test_seed_is_written_atomically_and_readable_by_qemu_only(tmp_path: Path) -> None:
     dest = tmp_path / "seed.iso"
     write_seed(make_spec(), dest)
     write_seed(make_spec(name="again"), dest)  # replacing an existing seed works
 
     assert [p.name for p in tmp_path.iterdir()] == ["seed.iso"]
-    assert dest.stat().st_mode & 0o777 == 0o644
+    assert dest.stat().st_mode & 0o777 == 0o640  # it holds user_data
     assert json.loads(read_seed(dest)[1]["meta-data"])["local-hostname"] == "again"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import stat
 import subprocess
 import time
 import uuid
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from compute_agent.host_files import qemu_gid
 from compute_agent.hypervisor import Hypervisor, HypervisorError
-from compute_agent.imagecache import ImageCache, create_overlay
-from compute_agent.seed import write_seed
+from compute_agent.imagecache import ImageCache, prepare_instance_files
 from compute_agent.spec import InstancePaths, ServerSpec
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -103,9 +104,7 @@ def test_guest_boots_reads_its_seed_and_follows_the_lifecycle(hv: Hypervisor,
         user_data="#cloud-config\n{}\n", network=None, virt_type="qemu")
     paths = InstancePaths(workdir / "instances", spec.server_id)
     try:
-        paths.create()
-        create_overlay(spec.image_path, spec.image_format, paths.disk, spec.disk_gb)
-        write_seed(spec, paths.seed)
+        prepare_instance_files(spec, paths)  # directory, overlay, seed, console log
         hv.define(spec, paths)
         assert hv.observed(spec.server_id) == "shutoff"
 
@@ -116,6 +115,13 @@ def test_guest_boots_reads_its_seed_and_follows_the_lifecycle(hv: Hypervisor,
         assert spec.hostname == "e2e-guest-q-x"
         wait_for(paths, "user-data 17 bytes, first line: #cloud-config", 1)
         assert expected in hv.console_tail(spec.server_id, max_bytes=8192)
+        # The guest booted from files other local users cannot read. (While it runs, libvirt
+        # hands the disk and seed to its QEMU user; the directory and log keep QEMU's group.)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode)
+                 for p in (paths.directory, paths.disk, paths.seed, paths.console_log)}
+        assert modes == {paths.directory.name: 0o750, "disk.qcow2": 0o640, "seed.iso": 0o640,
+                         "console.log": 0o640}
+        assert paths.directory.stat().st_gid == paths.console_log.stat().st_gid == qemu_gid()
 
         # The guest handles the ACPI power button, so the stop is graceful.
         wait_for(paths, "minicloud-guest: ready", 1)
