@@ -3,6 +3,7 @@
 from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
 from api.models.identity import ApplicationCredential, Project, RoleAssignment, Token, User
+from api.models.keypairs import KeyPair
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 from api.models.usage import (
     ClosedPeriod,
@@ -37,4 +38,5 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "RateCard",
     "UsagePiece",
     "UsageServer",
+    "KeyPair",
 ]
