@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
@@ -20,15 +21,18 @@ from sqlalchemy.orm import Session
 
 from api.agent import service as agent_service
 from api.config import Settings
+from api.db import utcnow
 from api.deps import Principal, SessionDep, SettingsDep
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound
 from api.flavors import service as flavors
+from api.hosts import repository as hosts_repo
 from api.hosts import service as hosts
+from api.hosts.schemas import HostOut
 from api.keypairs import service as keypairs
 from api.keypairs.schemas import KeyPairCreate
 from api.models import Flavor, Host, KeyPair, Server, ServerGroup
 from api.openstack import repository
-from api.openstack.auth import BaseUrl, OsUser, OsWriter, os_id
+from api.openstack.auth import BaseUrl, OsAdmin, OsUser, OsWriter, os_id
 from api.openstack.identity import stamp
 from api.quotas import service as quotas
 from api.server_groups import service as server_groups
@@ -36,6 +40,8 @@ from api.server_groups.schemas import ServerGroupCreate
 from api.servers import repository as servers_repo
 from api.servers import service as servers
 from api.servers.schemas import RebootAction, ServerCreate, StartAction, StopAction
+from api.usage import reports
+from api.usage import service as usage_service
 
 router = APIRouter(prefix="/compute", tags=["openstack compute"], include_in_schema=False)
 
@@ -541,6 +547,17 @@ def availability_zones(principal: OsUser, session: SessionDep,
         for z in hosts.availability_zones(session, settings, principal)]}
 
 
+@router.get("/v2.1/os-availability-zone/detail")
+def availability_zones_detail(admin: OsAdmin, session: SessionDep,
+                              settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-availability-zone/detail`` (admin): zones with their hosts."""
+    return {"availabilityZoneInfo": [
+        {"zoneName": z.name, "zoneState": {"available": z.available},
+         "hosts": {h: {"nova-compute": {"available": z.available, "active": True,
+                                        "updated_at": None}} for h in z.hosts or []}}
+        for z in hosts.availability_zones(session, settings, admin)]}
+
+
 def _quota_values(session: Session, settings: Settings, project_id: str
                   ) -> tuple[dict[str, int], dict[str, int]]:
     limits = quotas.limits(session, settings, project_id)
@@ -594,3 +611,126 @@ def limits(principal: OsUser, session: SessionDep, settings: SettingsDep) -> dic
         "maxSecurityGroups": -1, "maxSecurityGroupRules": -1, "totalSecurityGroupsUsed": 0,
         "maxTotalFloatingIps": -1, "totalFloatingIpsUsed": 0}}}
 
+
+
+# ---- usage (from the billing ledger) -------------------------------------------------------
+
+
+def _when(value: str | None, default: datetime) -> datetime:
+    if not value:
+        return default
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        raise _bad(f"Invalid timestamp for date {value[:64]}") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _usage(session: Session, settings: Settings, principal: Principal, request: Request,
+           project_id: str | None) -> list[dict[str, Any]]:
+    """Nova's tenant usages from ``usage.reports.build_report``: hours are what the ledger
+    bills (a stopped server accrues no vCPU or RAM hours, only its disk)."""
+    now = utcnow()
+    start = _when(request.query_params.get("start"), now - timedelta(days=28))
+    end = _when(request.query_params.get("end"), now)
+    scope = usage_service.visible_project(session, principal, project_id)
+    report = reports.build_report(session, start=start, end=end, now=now,
+                                  minimum=settings.billing_minimum_run_seconds,
+                                  project_id=scope, group_by="server")
+    ids = [s["server_id"] for p in report["projects"] for s in p.get("servers", [])]
+    rows = {s.id: s for s in repository.servers_by_ids(session, ids)} if ids else {}
+    flavor_names = servers_repo.names_by_id(session, Flavor,
+                                            (s.flavor_id for s in rows.values()))
+    out = []
+    for p in report["projects"]:
+        server_usages = []
+        for line in p.get("servers", []):
+            s = rows.get(line["server_id"])
+            server_usages.append({
+                "instance_id": line["server_id"], "name": s.name if s else None,
+                "tenant_id": p["project_id"],
+                "hours": line["running_seconds"] / 3600,
+                "vcpus": s.vcpus if s else 0, "memory_mb": s.ram_mb if s else 0,
+                "local_gb": s.disk_gb if s else 0,
+                "flavor": flavor_names.get(s.flavor_id) if s else None,
+                "started_at": line["first_seen"], "ended_at": (
+                    line["last_seen"] if line["state"] == "deleted" else None),
+                "state": _VM_STATE.get(s.status, "error") if s else line["state"],
+                "uptime": line["server_seconds"]})
+        out.append({
+            "tenant_id": p["project_id"], "start": report["start"], "stop": report["end"],
+            "total_hours": p["running_seconds"] / 3600,
+            "total_vcpus_usage": p["vcpu_seconds"] / 3600,
+            "total_memory_mb_usage": p["ram_mib_seconds"] / 3600,
+            "total_local_gb_usage": p["disk_gib_seconds"] / 3600,
+            "server_usages": server_usages})
+    return out
+
+
+@router.get("/v2.1/os-simple-tenant-usage")
+def list_usage(request: Request, principal: OsUser, session: SessionDep,
+               settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-simple-tenant-usage``: every project's usage (tenants: their own)."""
+    usages = _usage(session, settings, principal, request, None)
+    if request.query_params.get("detailed", "0") in ("0", "false"):
+        for u in usages:
+            u.pop("server_usages")
+    return {"tenant_usages": usages}
+
+
+@router.get("/v2.1/os-simple-tenant-usage/{project_id}")
+def show_usage(project_id: str, request: Request, principal: OsUser, session: SessionDep,
+               settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-simple-tenant-usage/{project}`` (another tenant's project: 404)."""
+    usages = _usage(session, settings, principal, request, os_id(project_id))
+    return {"tenant_usage": usages[0] if usages else {}}
+
+
+# ---- admin: hypervisors and services -------------------------------------------------------
+
+
+def _hypervisor(h: HostOut, detail: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {"id": h.id, "hypervisor_hostname": h.name,
+                            "state": h.state, "status": "enabled" if h.enabled else "disabled"}
+    if detail:
+        res = h.resources
+        vcpu, ram, disk = res.get("VCPU"), res.get("MEMORY_MB"), res.get("DISK_GB")
+        view.update({
+            "hypervisor_type": "QEMU", "hypervisor_version": 0, "host_ip": None,
+            "vcpus": vcpu.total if vcpu else 0, "vcpus_used": vcpu.allocated if vcpu else 0,
+            "memory_mb": ram.total if ram else 0,
+            "memory_mb_used": ram.allocated if ram else 0,
+            "local_gb": disk.total if disk else 0,
+            "local_gb_used": disk.allocated if disk else 0,
+            "running_vms": h.servers, "service": {"host": h.name, "id": h.id,
+                                                  "disabled_reason": h.disabled_reason}})
+    return view
+
+
+@router.get("/v2.1/os-hypervisors")
+@router.get("/v2.1/os-hypervisors/detail")
+def list_hypervisors(request: Request, _: OsAdmin, session: SessionDep,
+                     settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-hypervisors[/detail]`` (admin): the compute hosts."""
+    views = hosts.host_views(session, settings, list(hosts_repo.list_hosts(session)))
+    detail = request.url.path.endswith("/detail")
+    return {"hypervisors": [_hypervisor(h, detail) for h in views]}
+
+
+@router.get("/v2.1/os-hypervisors/{host_id}")
+def show_hypervisor(host_id: str, _: OsAdmin, session: SessionDep,
+                    settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-hypervisors/{id}`` (admin)."""
+    host = hosts.get_host(session, os_id(host_id))
+    return {"hypervisor": _hypervisor(hosts.host_views(session, settings, [host])[0], True)}
+
+
+@router.get("/v2.1/os-services")
+def list_services(_: OsAdmin, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-services`` (admin): one ``nova-compute`` per host (its agent)."""
+    views = hosts.host_views(session, settings, list(hosts_repo.list_hosts(session)))
+    return {"services": [
+        {"id": h.id, "binary": "nova-compute", "host": h.name, "zone": h.availability_zone,
+         "status": "enabled" if h.enabled else "disabled", "state": h.state,
+         "updated_at": stamp_z(h.last_heartbeat_at), "disabled_reason": h.disabled_reason,
+         "forced_down": False} for h in views]}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ApplicationCredential, KeyPair, Token, User
+from api.models import ApplicationCredential, KeyPair, Server, Token, User
 from api.security import digest
 
 
@@ -35,3 +37,8 @@ def keypair_names_by_key(session: Session, user_ids: set[str]) -> dict[tuple[str
     rows = session.execute(select(KeyPair.user_id, KeyPair.public_key, KeyPair.name)
                            .where(KeyPair.user_id.in_(user_ids))).all()
     return {(u, k): n for u, k, n in rows}
+
+
+def servers_by_ids(session: Session, ids: list[str]) -> Sequence[Server]:
+    """Server rows (deleted ones included: usage reports name them too)."""
+    return session.scalars(select(Server).where(Server.id.in_(ids))).all()
