@@ -291,7 +291,7 @@ class AppCredentialCreate(_Loose):
 
 
 def _own(principal: Principal, user_id: str) -> None:
-    if os_id(user_id) != principal.user_id != principal.user_id:
+    if os_id(user_id) != principal.user_id:
         raise NotFound(f"Could not find user: {user_id}.", code="user_not_found")
 
 
