@@ -112,6 +112,14 @@ def _addresses(raw: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _first_ip(raw: Sequence[Any], version: int) -> str:
+    for entries in _addresses(raw).values():
+        for e in entries:
+            if e["version"] == version:
+                return str(e["addr"])
+    return ""
+
+
 def _status(s: Server) -> str:
     if s.status == "REBOOT" and s.task_state == "rebooting-hard":
         return "HARD_REBOOT"
@@ -138,7 +146,10 @@ def _render(session: Session, principal: Principal, base: str,
                 {"rel": "bookmark", "href": f"{base}/compute/flavors/{s.flavor_id}"}]},
             "created": stamp_z(s.created_at), "updated": stamp_z(s.updated_at),
             "addresses": _addresses(s.addresses or []),
-            "accessIPv4": "", "accessIPv6": "",
+            # minicloud has no floating IPs: the address to reach a server by is its own
+            # (clients such as openstacksdk's cloud layer then do not look for a floating IP).
+            "accessIPv4": _first_ip(s.addresses or [], 4),
+            "accessIPv6": _first_ip(s.addresses or [], 6),
             "links": _links(base, "servers", s.id),
             "OS-DCF:diskConfig": "MANUAL", "progress": 0,
             "OS-EXT-AZ:availability_zone": s.availability_zone or "",
