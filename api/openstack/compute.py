@@ -586,13 +586,23 @@ _UNLIMITED = ("key_pairs", "metadata_items", "server_groups", "server_group_memb
 
 
 @router.get("/v2.1/os-quota-sets/{project_id}")
-@router.get("/v2.1/os-quota-sets/{project_id}/defaults")
 def show_quota(project_id: str, principal: OsUser, session: SessionDep,
                settings: SettingsDep) -> dict[str, Any]:
     """``GET /os-quota-sets/{project}``: the limits ``quotas.service`` enforces."""
     project = quotas.visible_project(session, principal, os_id(project_id))
     limits, _ = _quota_values(session, settings, project.id)
     return {"quota_set": {"id": project.id, **limits, **{k: -1 for k in _UNLIMITED}}}
+
+
+@router.get("/v2.1/os-quota-sets/{project_id}/defaults")
+def show_default_quota(project_id: str, principal: OsUser, session: SessionDep,
+                       settings: SettingsDep) -> dict[str, Any]:
+    """``GET /os-quota-sets/{project}/defaults``: the configured defaults."""
+    project = quotas.visible_project(session, principal, os_id(project_id))
+    defaults = quotas.default_limits(settings)
+    return {"quota_set": {"id": project.id, "instances": defaults["instances"],
+                          "cores": defaults["vcpus"], "ram": defaults["ram_mb"],
+                          **{k: -1 for k in _UNLIMITED}}}
 
 
 @router.get("/v2.1/os-quota-sets/{project_id}/detail")

@@ -306,6 +306,10 @@ def test_quota_placement_and_billing_are_the_same_through_v1_and_compute(
                         headers=tok(via_os)).json()["quota_set"]
     assert (detail["instances"]["in_use"], detail["cores"]["in_use"],
             detail["ram"]["in_use"]) == (1, 2, 1024)
+    assert (detail["instances"]["limit"], detail["cores"]["limit"]) == (1, 20)
+    defaults = client.get(f"/compute/v2.1/os-quota-sets/{via_os.project_id}/defaults",
+                          headers=tok(via_os)).json()["quota_set"]
+    assert (defaults["instances"], defaults["cores"], defaults["ram"]) == (10, 20, 51200)
 
     # The quota refuses the second one on both paths, with the same message (Nova: 403).
     over_v1, over_os = v1(image_v1, flavor["id"]), nova(image_os, flavor["id"])
