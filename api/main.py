@@ -36,6 +36,7 @@ from api.openstack import compute as os_compute
 from api.openstack import errors as os_errors
 from api.openstack import identity as os_identity
 from api.openstack import image as os_image
+from api.openstack.microversion import ComputeMicroversion
 from api.quotas.routes import router as quotas_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Under /identity, /compute and /image errors take the OpenStack services' shapes.
     os_errors.install(app)
 
+    app.add_middleware(ComputeMicroversion)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["health"])

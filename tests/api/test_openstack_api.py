@@ -299,6 +299,7 @@ def test_quota_placement_and_billing_are_the_same_through_v1_and_compute(
     # Both succeed once, with the same quota usage.
     made_v1, made_os = v1(image_v1, flavor["id"]), nova(image_os, flavor["id"])
     assert made_v1.status_code == made_os.status_code == 202, (made_v1.text, made_os.text)
+    assert made_os.headers["OpenStack-API-Version"] == "compute 2.1"
     assert _usage(client, admin, via_v1.project_id) == _usage(
         client, admin, via_os.project_id) == {"instances": 1, "vcpus": 2, "ram_mb": 1024,
                                                "disk_gb": 2}
