@@ -3,7 +3,7 @@ token), projects and application credentials, over ``api.identity.service``."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
@@ -27,6 +27,9 @@ DOMAIN = {"id": "default", "name": "Default"}
 IMPLIED_ROLES = {"admin": ["admin", "member", "reader"], "member": ["member", "reader"],
                  "reader": ["reader"]}
 _UPDATED = "2024-01-01T00:00:00Z"
+# What a token body says of an application credential that never expires (Keystone needs a
+# date): a year on, re-stated at every validation.
+NO_EXPIRY = timedelta(days=365)
 
 
 def stamp(at: datetime | None) -> str | None:
@@ -98,10 +101,14 @@ class _Domain(_Loose):
     name: str | None = None
 
 
+# Bounded like /v1's login: hashing an unbounded password would be a cheap denial of service.
+_Text = Annotated[str, StringConstraints(max_length=1024)]
+
+
 class _UserRef(_Loose):
-    id: str | None = None
-    name: str | None = None
-    password: str | None = None
+    id: _Text | None = None
+    name: _Text | None = None
+    password: _Text | None = None
     domain: _Domain | None = None
 
 
@@ -205,7 +212,7 @@ def issue_token(body: AuthRequest, session: SessionDep, settings: SettingsDep) -
     if "application_credential" in identity_.methods and identity_.application_credential:
         secret, principal, app_cred, expires = _app_credential(session, body.auth)
         issued_at = now
-        expires_at = expires or now.replace(year=now.year + 1)
+        expires_at = expires or now + NO_EXPIRY
     elif "password" in identity_.methods and identity_.password is not None:
         secret, principal, issued_at, expires_at = _password(session, settings, body.auth)
     elif "token" in identity_.methods and identity_.token is not None:
@@ -229,8 +236,7 @@ def _lifetime(session: SessionDep,
             return token.created_at, token.expires_at, None
         return now, now, None
     cred = repository.app_credential(session, principal.credential_id)
-    expires = cred.expires_at if cred is not None and cred.expires_at else now.replace(
-        year=now.year + 1)
+    expires = cred.expires_at if cred is not None and cred.expires_at else now + NO_EXPIRY
     return (cred.created_at if cred else now), expires, (
         (cred.id, cred.name) if cred else None)
 
