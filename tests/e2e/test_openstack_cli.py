@@ -215,9 +215,9 @@ def test_cli_negative_cases_exit_non_zero_with_the_message(cloud: Cloud) -> None
     assert missing.returncode != 0 and "No Server found for no-such-server" in missing.stderr
     image = osc(cloud.env(), "image", "show", "no-such-image", ok=False)
     assert image.returncode != 0 and "no-such-image" in image.stderr
-    flavor = osc(cloud.env(), "server", "create", "--flavor", "no-such-flavor", "--image",
+    create = osc(cloud.env(), "server", "create", "--flavor", "no-such-flavor", "--image",
                  "no-such-image", "vm", ok=False)
-    assert flavor.returncode != 0 and "no-such-flavor" in flavor.stderr
+    assert create.returncode != 0 and "No Image found for no-such-image" in create.stderr
 
 
 def test_cli_tenant_cannot_see_another_projects_server(cloud: Cloud) -> None:
