@@ -368,3 +368,68 @@ def test_v1_key_pairs_and_key_name_at_server_create(
     assert client.get("/v1/keypairs/k1", headers=other.headers).status_code == 404
     assert client.delete("/v1/keypairs/k1", headers=acc.headers).status_code == 204
     assert client.get("/v1/keypairs", headers=acc.headers).json() == {"keypairs": []}
+
+
+def test_admin_views_hosts_and_only_admins_see_a_servers_host(
+        client: TestClient, admin: dict[str, str], world: World) -> None:
+    as_admin = {"X-Auth-Token": admin["Authorization"].split()[1]}
+    hypervisors = client.get("/compute/v2.1/os-hypervisors/detail", headers=as_admin).json()
+    pool = next(h for h in hypervisors["hypervisors"] if h["hypervisor_hostname"] == "pool-host")
+    assert pool["vcpus"] == 4096 and pool["running_vms"] >= 1 and pool["state"] == "up"
+    services = client.get("/compute/v2.1/os-services", headers=as_admin).json()["services"]
+    assert {"binary": "nova-compute", "host": "pool-host", "zone": "nova"}.items() <= next(
+        s for s in services if s["host"] == "pool-host").items()
+    zones = client.get("/compute/v2.1/os-availability-zone/detail",
+                       headers=as_admin).json()["availabilityZoneInfo"]
+    assert "pool-host" in next(z for z in zones if z["zoneName"] == "nova")["hosts"]
+    member_view = client.get("/compute/v2.1/os-availability-zone", headers=tok(world.a)).json()
+    assert {"zoneName": "nova", "zoneState": {"available": True}, "hosts": None} in member_view[
+        "availabilityZoneInfo"]
+
+    seen_by_admin = client.get(f"/compute/v2.1/servers/{world.server_id}",
+                               headers=as_admin).json()["server"]
+    seen_by_member = client.get(f"/compute/v2.1/servers/{world.server_id}",
+                                headers=tok(world.a)).json()["server"]
+    assert seen_by_admin["OS-EXT-SRV-ATTR:host"] == "pool-host"
+    assert not any(k.startswith("OS-EXT-SRV-ATTR") for k in seen_by_member)
+    assert seen_by_member["status"] == "ACTIVE" and seen_by_member["key_name"] == world.keypair
+    assert seen_by_member["OS-EXT-STS:vm_state"] == "active"
+    assert seen_by_member["OS-EXT-STS:power_state"] == 1
+    # Admins list every project's servers only when they ask for all_tenants.
+    everyone = client.get("/compute/v2.1/servers?all_tenants=1", headers=as_admin).json()
+    assert world.server_id in {s["id"] for s in everyone["servers"]}
+    own = client.get("/compute/v2.1/servers", headers=as_admin).json()
+    assert world.server_id not in {s["id"] for s in own["servers"]}
+
+
+def test_servers_and_images_page_with_limit_marker_and_next_links(
+        client: TestClient, admin: dict[str, str], pool: dict[str, str]) -> None:
+    acc = make_account(client, admin)
+    image = make_image(client, acc.headers)
+    second = make_image(client, acc.headers)
+    made = []
+    for _ in range(3):
+        r = client.post("/compute/v2.1/servers", headers=tok(acc), json={"server": {
+            "name": unique("vm"), "imageRef": image["id"], "flavorRef": "tiny"}})
+        assert r.status_code == 202, r.text
+        made.append(r.json()["server"]["id"])
+    seen: list[str] = []
+    url = "/compute/v2.1/servers/detail?limit=2"
+    while url:
+        page = client.get(url, headers=tok(acc)).json()
+        seen += [s["id"] for s in page["servers"]]
+        links = page.get("servers_links", [])
+        url = links[0]["href"].split("://", 1)[1].split("/", 1)[1] if links else ""
+        url = "/" + url if url else ""
+    assert seen == made
+    r = client.get("/compute/v2.1/servers?marker=unknown", headers=tok(acc))
+    assert _nova_fault(r, 400) is None
+    # Unknown query parameters are ignored, as Nova does.
+    assert len(client.get("/compute/v2.1/servers?sort_key=x&whatever=1",
+                          headers=tok(acc)).json()["servers"]) == 3
+
+    first = client.get("/image/v2/images?limit=1", headers=tok(acc)).json()
+    assert len(first["images"]) == 1 and first["next"].startswith("/v2/images?")
+    rest = client.get("/image" + first["next"], headers=tok(acc)).json()
+    ids = [first["images"][0]["id"]] + [i["id"] for i in rest["images"]]
+    assert {image["id"], second["id"]} <= set(ids) and len(ids) == len(set(ids))
