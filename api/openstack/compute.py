@@ -268,6 +268,15 @@ def _limit(value: str | None) -> int:
     return min(limit, MAX_LIMIT) or MAX_LIMIT
 
 
+def _text_param(value: str | None, what: str) -> str | None:
+    """A text filter as ``/v1`` accepts it (printable, at most 255): else 400, before SQL."""
+    if not value:
+        return None
+    if len(value) > 255 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise _bad(f"Invalid {what} filter: printable text of at most 255 characters.")
+    return value
+
+
 def _list(request: Request, principal: Principal, session: Session,
           base: BaseUrl, path: str) -> tuple[list[Server], list[dict[str, str]]]:
     q = request.query_params
@@ -284,11 +293,11 @@ def _list(request: Request, principal: Principal, session: Session,
         marker = None
     if marker is not None:
         os_id(marker)
-    name = q.get("name") or None
+    name = _text_param(q.get("name"), "name")
     page = servers.list_servers(
         session, principal, status=_STATUS_FILTER[status.upper()] if status else None,
         name=name.strip("^$") if name else None,
-        host=q.get("host") if principal.is_admin else None,
+        host=_text_param(q.get("host"), "host") if principal.is_admin else None,
         all_projects=all_projects, limit=limit, marker=marker)
     rows = list(page.servers)
     if status and status.upper() == "HARD_REBOOT":

@@ -94,6 +94,15 @@ def install(app: FastAPI) -> None:
         return error_response(request.url.path, 409,
                               "A concurrent request changed the same object; retry.")
 
+    unexpected = handlers[Exception]
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        logged = await unexpected(request, exc)  # logs it with the request id
+        if not _ours(request):
+            return logged
+        return error_response(request.url.path, 500, "An unexpected error.")
+
+    app.add_exception_handler(Exception, internal)
     wrap(DomainError, domain)
     wrap(RequestValidationError, validation)
     wrap(StarletteHTTPException, http)
