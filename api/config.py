@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
 
+    # OpenStack surface (docs/openstack.md): the URL clients reach this API at (absolute links
+    # and the catalog; empty: http://<host>:<port>) and the region the catalog names.
+    public_url: str = ""
+    region_name: str = Field(default="RegionOne", min_length=1, max_length=64)
+
     token_ttl_seconds: int = Field(default=8 * 3600, gt=0)
     enrollment_token_ttl_seconds: int = Field(default=3600, gt=0)
     bootstrap_admin_token: str | None = None
@@ -90,6 +95,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'minicloud.db'}"
+
+    @property
+    def effective_public_url(self) -> str:
+        """The configured public URL without a trailing slash, or one from host and port."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def image_dir(self) -> Path:

@@ -31,6 +31,12 @@ from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
+from api.keypairs.routes import router as keypairs_router
+from api.openstack import compute as os_compute
+from api.openstack import errors as os_errors
+from api.openstack import identity as os_identity
+from api.openstack import image as os_image
+from api.openstack.microversion import ComputeMicroversion
 from api.quotas.routes import router as quotas_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
@@ -42,10 +48,12 @@ log = logging.getLogger("minicloud.api")
 
 # Every domain's router, in the order they appear in /docs.
 ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
-ROUTERS += [servers_router, server_groups_router, quotas_router]
+ROUTERS += [servers_router, server_groups_router, quotas_router, keypairs_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
+# The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.
+ROUTERS += [os_identity.router, os_compute.router, os_image.router]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -127,7 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     install_error_handlers(app)
+    # Under /identity, /compute and /image errors take the OpenStack services' shapes.
+    os_errors.install(app)
 
+    app.add_middleware(ComputeMicroversion)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["health"])

@@ -14,7 +14,19 @@ import httpx
 import typer
 from typer.core import TyperGroup
 
-from cli import admin, config, flavors, hosts, identity, images, quotas, render, servers, usage
+from cli import (
+    admin,
+    config,
+    flavors,
+    hosts,
+    identity,
+    images,
+    keypairs,
+    quotas,
+    render,
+    servers,
+    usage,
+)
 from cli.client import ApiClient, CliError
 from cli.context import State, state
 
@@ -161,6 +173,7 @@ app.add_typer(quotas.app, name="quota")
 app.add_typer(hosts.app, name="host")
 app.add_typer(hosts.az_app, name="availability-zone")
 app.add_typer(usage.app, name="usage")
+app.add_typer(keypairs.app, name="keypair")
 
 
 def run() -> None:

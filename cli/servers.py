@@ -104,6 +104,7 @@ def server_create(
     image: Annotated[str, typer.Option(help="Image name or id.")],
     user_data: Annotated[Path | None, typer.Option(help="cloud-init user-data file.")] = None,
     key: Annotated[Path | None, typer.Option(help="SSH public key file.")] = None,
+    key_name: Annotated[str | None, typer.Option(help="One of your key pairs.")] = None,
     group: Annotated[str | None, typer.Option(help="Server group name or id.")] = None,
     az: Annotated[str | None, typer.Option("--az", help="Availability zone.")] = None,
     wait: Wait = False,
@@ -116,6 +117,8 @@ def server_create(
         body["user_data"] = _read_text(user_data, "user-data")
     if key is not None:
         body["key_data"] = _read_text(key, "key").strip()
+    if key_name is not None:
+        body["key_name"] = key_name
     if group is not None:
         body["server_group"] = resolve_group(st.api, group)["id"]
     if az is not None:

@@ -33,6 +33,24 @@ ensure_venv() {
   fi
 }
 
+# The OpenStack clients the compatibility tests drive (tests/e2e/test_openstack_cli.py), in a
+# virtualenv of their own so their dependencies never pin minicloud's. Pinned: a new client
+# release is a deliberate upgrade.
+OSC_VENV="${MINICLOUD_OSC_VENV:-$PWD/.venv-osc}"
+OSC_PACKAGES=(python-openstackclient==10.5.0 openstacksdk==4.22.0)
+
+ensure_osc_venv() {
+  if [ ! -x "$OSC_VENV/bin/python" ]; then
+    python3 -m venv "$OSC_VENV"
+  fi
+  # Re-installed only when the pins change (cached like the main virtualenv).
+  if [ "$(cat "$OSC_VENV/.installed" 2>/dev/null)" != "${OSC_PACKAGES[*]}" ]; then
+    echo "== installing ${OSC_PACKAGES[*]} into $OSC_VENV"
+    "$OSC_VENV/bin/pip" install -q "${OSC_PACKAGES[@]}"
+    echo "${OSC_PACKAGES[*]}" > "$OSC_VENV/.installed"
+  fi
+}
+
 ensure_postgresql() {
   if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
     local ver

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 ensure_system_packages
 ensure_venv
+ensure_osc_venv
 ensure_postgresql
 ensure_libvirtd || echo "!! libvirtd is not reachable: the tests marked qemu will fail"
 

@@ -80,7 +80,8 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
         for _ in range(count):
             port = _free_port()
             env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
-                       MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING")
+                       MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING",
+                       MINICLOUD_PUBLIC_URL=f"http://127.0.0.1:{port}")
             log = open(Path(settings.data_dir) / f"api-{port}.log", "wb")  # noqa: SIM115
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", "from api.server import run; run()",

@@ -11,6 +11,7 @@ from api.models.identity import (
     Token,
     User,
 )
+from api.models.keypairs import KeyPair
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 from api.models.usage import (
     ClosedPeriod,
@@ -45,6 +46,7 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "RateCard",
     "UsagePiece",
     "UsageServer",
+    "KeyPair",
     "LoginFailure",
     "SystemFlag",
 ]

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from api.deps import CurrentUser, Principal, SessionDep, SettingsDep, Writer
 from api.errors import Conflict
 from api.fields import PathId
+from api.keypairs import service as keypairs
 from api.models import Server
 from api.servers import service, views
 from api.servers.schemas import (
@@ -85,11 +86,13 @@ def _render(session: SessionDep, principal: Principal,
              "(instances, vcpus, ram_mb, disk_gb) is checked atomically: over quota is 409 "
              "`quota_exceeded` and nothing is written. `flavor` and `image` are ids or names "
              "visible to the project; `user_data` is base64 or plain text (<= 64 KiB); "
-             "`key_data` an OpenSSH public key; `server_group` an own group's id."
+             "`key_data` an OpenSSH public key (or `key_name`, one of the caller's key pairs); "
+             "`server_group` an own group's id."
              + _STATE_MACHINE)
 def create_server(body: ServerCreate, principal: Writer, session: SessionDep,
                   settings: SettingsDep) -> ServerOut:
     """Create a server (202: it is built asynchronously)."""
+    body = keypairs.with_key_data(session, principal, body)
     server = service.create_server(session, settings, principal, body)
     return _render(session, principal, [server])[0]
 

@@ -80,6 +80,8 @@ class ServerCreate(BaseModel):
     user_data: UserData | None = Field(
         default=None, description="cloud-init user data, base64 or plain text, <= 64 KiB")
     key_data: SshPublicKey | None = Field(default=None, description="an OpenSSH public key")
+    key_name: Name | None = Field(default=None, description="one of the caller's key pairs "
+                                  "(instead of key_data)")
     server_group: Ref | None = Field(default=None, description="own project's group (id)")
     availability_zone: ShortName | None = None
 

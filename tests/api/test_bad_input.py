@@ -174,9 +174,13 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
                              "properties": {"kernel_id": "{image_id}", "ramdisk_id": "{image_id}",
                                             "kernel_cmdline": "console=ttyS0",
                                             "architecture": "x86_64"}},
-    ("POST", "/v1/servers"): {"name": "vm x", "flavor": "tiny", "image": "{image_id}",
-                              "user_data": "#cloud-config\n", "key_data": SSH_KEY,
-                              "server_group": "{group_id}", "availability_zone": "nova"},
+    ("POST", "/v1/servers"): [
+        {"name": "vm x", "flavor": "tiny", "image": "{image_id}",
+         "user_data": "#cloud-config\n", "key_data": SSH_KEY,
+         "server_group": "{group_id}", "availability_zone": "nova"},
+        # key_name instead of key_data (both at once are refused: key_name_with_key_data).
+        {"name": "vm x", "flavor": "tiny", "image": "{image_id}", "key_name": "key x"}],
+    ("POST", "/v1/keypairs"): {"name": "key x", "public_key": SSH_KEY},
     ("POST", "/v1/servers/{server_id}/actions"): {"action": "reboot", "type": "soft"},
     ("POST", "/v1/server-groups"): {"name": "group x", "policy": "affinity"},
     ("PUT", "/v1/quotas/{project_id}"): {"instances": 1, "vcpus": 1, "ram_mb": 1, "disk_gb": 1},

@@ -60,6 +60,7 @@ class World:
     cred_id: str
     image_name: str
     flavor_name: str
+    keypair_name: str
 
     def tenant_values(self, op: Operation) -> dict[str, str]:
         """Path values naming A's objects for ``op``."""
@@ -67,7 +68,8 @@ class World:
         return {"server_id": self.server_id, "image_id": self.image_id, "group_id": self.group_id,
                 "project_id": self.a_member.project_id, "cred_id": self.cred_id, "ref": ref,
                 "flavor_id": self.flavor_id, "user_id": self.a_member.user_id,
-                "host_id": self.host.id, "period": "2026-01", "card_id": new_id()}
+                "host_id": self.host.id, "period": "2026-01", "card_id": new_id(),
+                "name": self.keypair_name}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,12 @@ def world(client: TestClient, admin: dict[str, str], _pool_host: dict[str, str])
     r = client.post("/v1/application-credentials", headers=a.headers,
                     json={"name": unique("cred")})
     assert r.status_code == 201, r.text
+    cred_id = r.json()["id"]
+    r = client.post("/v1/keypairs", headers=a.headers, json={"name": unique("key")})
+    assert r.status_code == 201, r.text
     return World(a, a_reader, b, b_reader, enroll_host(client, admin), server_id, image["id"],
-                 group_id, flavor["id"], r.json()["id"], image["name"], flavor["name"])
+                 group_id, flavor["id"], cred_id, image["name"], flavor["name"],
+                 r.json()["name"])
 
 
 def _call(client: TestClient, op: Operation, url: str, headers: dict[str, str],
