@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.errors import Conflict, DomainError
+from api.metrics import observe_placement
 from api.models import Allocation
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
 from scheduler.claim import ClaimOutcome, claim
@@ -148,6 +149,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             # The cached copy may be pessimistic (freed allocations do not bump generations):
             # a refusal is only ever answered from a full read.
             current, snapshot, decision, group_generation = evaluate(session, settings, spec)
+        observe_placement(decision)
         if decision.host is None:
             raise NoValidHost.from_decision(decision, snapshot, explain_hosts)
         group = current.server_group
