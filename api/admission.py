@@ -15,7 +15,7 @@ import asyncio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import problem_response
-from api.metrics import ADMISSION_REJECTED
+from api.metrics import ADMISSION_REJECTED, ADMITTED
 
 ADMITTED_PATHS = frozenset({"/v1/agent/enroll", "/v1/agent/inventory", "/v1/agent/heartbeat"})
 """The agent calls that take a turn; the long-poll and observations are not limited here."""
@@ -44,9 +44,11 @@ class AgentAdmission:
                 headers={"Retry-After": str(self.retry_after)})
             await response(scope, receive, send)
             return
+        ADMITTED.inc()
         try:
             await self.app(scope, receive, send)
         finally:
+            ADMITTED.dec()
             self._turns.release()
 
     async def _turn(self) -> bool:

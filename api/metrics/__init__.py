@@ -51,6 +51,10 @@ POOL_SIZE = Gauge(
 DATABASE_ERRORS = Counter(
     "minicloud_database_errors",
     "Requests answered 503 because of the database, by problem code.", ["code"])
+ADMITTED = Gauge(
+    "minicloud_agent_admitted",
+    "Agent enrollments, inventories and heartbeats being handled right now.",
+    multiprocess_mode="livesum")
 ADMISSION_REJECTED = Counter(
     "minicloud_agent_admission_rejected",
     "Agent enrollments, inventories and heartbeats answered 503 agent_busy.", ["route"])
