@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stop.set()
             await monitor
             engine.dispose()
+            metrics.process_exited()
 
     app = FastAPI(
         title="minicloud",

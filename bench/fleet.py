@@ -309,15 +309,20 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         await asyncio.sleep(window)
         elapsed = time.monotonic() - t0
         cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in args.measure_pid}
+        load = os.getloadavg()
+        try:
+            up = await fleet.hosts_up()
+        except AgentApiError:
+            up = -1  # the API did not answer the listing
         summary: dict[str, Any] = {
             "hosts": args.hosts, "heartbeat_s": args.heartbeat,
             "long_poll_wait_s": args.long_poll_wait, "enrolled_in_s": round(enrolled_in, 1),
-            "enroll_failed": len(fleet.failed), "hosts_up": await fleet.hosts_up(),
+            "enroll_failed": len(fleet.failed), "hosts_up": up,
             "server_errors": fleet.stats.server_errors,
             "calls": fleet.stats.summary(), "window_s": round(elapsed, 1),
             "api_cpu_percent_of_one_core": {
                 str(pid): round(100 * c / elapsed, 1) for pid, c in cpu.items()},
-            "load_average": os.getloadavg(),
+            "load_average": load,
         }
     finally:
         await fleet.close()

@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, multiprocess
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import QueuePool
 
@@ -99,6 +99,12 @@ async def waiting_long_poll(wait: Awaitable[T]) -> T:
         LONG_POLLS_WAITING.dec()
 
 
+def process_exited() -> None:
+    """Drop this process's live gauges from the shared directory (multiprocess mode only)."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 def watch_pool(engine: Engine, pool_size: int) -> None:
     """Keep the pool gauges current on every checkout and checkin (cheap: two sets)."""
     pool = engine.pool
@@ -114,5 +120,5 @@ def watch_pool(engine: Engine, pool_size: int) -> None:
     event.listen(pool, "checkin", update)
 
 
-__all__ = ["observe_ledger_write", "observe_placement", "waiting_long_poll",
+__all__ = ["observe_ledger_write", "observe_placement", "process_exited", "waiting_long_poll",
            "watch_pool"]
