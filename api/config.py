@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     default_quota_ram_mb: int = Field(default=51200, ge=0)
     default_quota_disk_gb: int = Field(default=1000, ge=0)
 
+    # Database connection pool of each API process (docs/operations.md): a request waits at
+    # most db_pool_timeout_seconds for a connection, then answers 503 database_busy.
+    db_pool_size: int = Field(default=10, gt=0)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Agent enrollments, inventories and heartbeats handled at once per API process; more wait
+    # up to agent_admission_wait_seconds for a turn, then answer 503 agent_busy.
+    agent_admission_concurrency: int = Field(default=8, gt=0)
+    agent_admission_wait_seconds: float = Field(default=2.0, ge=0)
+    # Retry-After of 503 answers (agent_busy, database_busy); database_unavailable uses 5x.
+    retry_after_seconds: int = Field(default=1, gt=0)
+    # GET /metrics: admin token required unless this is true (e.g. a loopback-only API).
+    metrics_public: bool = False
+
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
 
     # Compute hosts: a host is down after this long without a heartbeat.

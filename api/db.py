@@ -13,6 +13,8 @@ from typing import Any, TypeAlias
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -180,20 +182,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
+                pool_timeout: float | None = None, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the per-backend settings minicloud relies on.
+
+    ``pool_size``, ``max_overflow`` and ``pool_timeout`` size the connection pool (default:
+    SQLAlchemy's 5 + 10 and 30 s on SQLite, 10 + 20 on PostgreSQL); an in-memory SQLite
+    database has no such pool and ignores them.
 
     SQLite keeps pysqlite's default transaction handling: a transaction begins at the first
     write statement, so a unit of work that writes first (see ``lock_project``) holds the
     database write lock for its whole critical section and never hits a stale read snapshot.
     Write transactions of one process queue in a ``WriteGate`` (first come, first served).
     """
+    pool = {k: v for k, v in (("pool_size", pool_size), ("max_overflow", max_overflow),
+                               ("pool_timeout", pool_timeout)) if v is not None}
     if url.startswith("sqlite"):
+        if url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url:
+            pool = {}
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False,
                           "factory": GatedConnection},
-            **kwargs,
+            **pool, **kwargs,
         )
         gate = write_gate(engine.url.database or url)
 
@@ -205,7 +216,42 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", connect)
         event.listen(engine, "before_cursor_execute", _enter_gate)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    pool = {"pool_size": 10, "max_overflow": 20} | pool
+    return create_engine(url, pool_pre_ping=True, **pool, **kwargs)
+
+
+# SQLite primary result codes (https://sqlite.org/rescode.html).
+_SQLITE_BUSY = {5, 6}  # BUSY, LOCKED
+_SQLITE_UNAVAILABLE = {8, 10, 11, 13, 14, 26}  # READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB
+
+
+def database_trouble(exc: BaseException) -> str | None:
+    """Whether ``exc`` means the database is busy or unreachable rather than a bug.
+
+    Returns ``database_busy`` (no pool connection within the pool timeout, SQLite locked,
+    PostgreSQL out of connections), ``database_unavailable`` (no connection can be made or it
+    was lost: refused, terminated, shut down) or None for anything else, e.g. a deadlock or a
+    constraint, which keeps its own handling.
+    """
+    if isinstance(exc, PoolTimeout):
+        return "database_busy"
+    if not isinstance(exc, DBAPIError) or isinstance(exc, IntegrityError):
+        return None
+    if exc.connection_invalidated:
+        return "database_unavailable"
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        primary = (getattr(orig, "sqlite_errorcode", None) or 0) & 0xFF
+        if primary in _SQLITE_BUSY:
+            return "database_busy"
+        return "database_unavailable" if primary in _SQLITE_UNAVAILABLE else None
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:  # psycopg: a failed or broken connection carries no SQLSTATE
+        return "database_unavailable" if isinstance(exc, OperationalError | InterfaceError) \
+            else None
+    if sqlstate.startswith(("08", "57P")):  # connection exception, admin shutdown
+        return "database_unavailable"
+    return "database_busy" if sqlstate.startswith("53") else None  # insufficient resources
 
 
 SessionFactory: TypeAlias = sessionmaker[Session]

@@ -145,7 +145,14 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "Too many failed logins for that user or address; retry after `Retry-After`."),
     # 5xx: the server's side
     ErrorCode("internal_error", 500, "A bug: report it with the `request_id`."),
-    ErrorCode("database_unavailable", 503, "The database does not answer (`/readyz`)."),
+    ErrorCode("database_unavailable", 503,
+              "The database does not answer (`/readyz`); retry after `Retry-After` seconds."),
+    ErrorCode("database_busy", 503,
+              "No database connection came free within the pool timeout; retry after "
+              "`Retry-After` seconds."),
+    ErrorCode("agent_busy", 503,
+              "Too many agent enrollments, inventories or heartbeats at once; retry after "
+              "`Retry-After` seconds."),
     ErrorCode("http_error", None, "Any other HTTP error, with its own status."),
 )
 

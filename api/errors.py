@@ -16,10 +16,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.db import database_trouble
 from api.error_codes import status_of
+from api.metrics import DATABASE_ERRORS
 
 log = logging.getLogger("minicloud.api")
 
@@ -122,9 +125,10 @@ class PayloadTooLarge(DomainError):
 
 
 def problem_response(
-    status: int, code: str, title: str, detail: str, **extra: Any
+    status: int, code: str, title: str, detail: str, *,
+    headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    """Build a problem+json response carrying the current request id."""
+    """Build a problem+json response carrying the current request id (and ``headers``)."""
     body: dict[str, Any] = {
         "type": f"https://minicloud.dev/problems/{code}",
         "title": title,
@@ -134,7 +138,8 @@ def problem_response(
         "request_id": request_id_var.get(),
     }
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"} | (headers or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -162,6 +167,27 @@ def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, str, list[dic
     first = clean[0] if clean else {"loc": [], "msg": "invalid"}
     where = ".".join(p for p in first["loc"] if p != "body") or "request"
     return "invalid_input", f"{where}: {first['msg']}", clean
+
+
+# Seconds a client should wait before retrying after a database 503 (Retry-After).
+DATABASE_RETRY_AFTER = {"database_busy": 1, "database_unavailable": 5}
+_DATABASE_DETAIL = {
+    "database_busy": "The database is busy (no connection free in time); retry.",
+    "database_unavailable": "The database does not answer; retry later.",
+}
+
+
+def database_problem(exc: BaseException) -> JSONResponse | None:
+    """A 503 ``database_busy``/``database_unavailable`` answer with ``Retry-After`` when
+    ``exc`` means the database is saturated or unreachable (``api.db.database_trouble``),
+    else None. The driver's text is logged, never answered."""
+    code = database_trouble(exc)
+    if code is None:
+        return None
+    log.warning("%s request_id=%s: %s", code, request_id_var.get(), exc)
+    DATABASE_ERRORS.labels(code).inc()
+    return problem_response(503, code, "Service unavailable", _DATABASE_DETAIL[code],
+                            headers={"Retry-After": str(DATABASE_RETRY_AFTER[code])})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -193,6 +219,17 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("integrity conflict request_id=%s: %s", request_id_var.get(), exc.orig)
         return problem_response(409, "conflict", "Conflict",
                                 "A concurrent request changed the same object; retry.")
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        # A saturated or unreachable database is the server's condition, not a bug: 503 with
+        # Retry-After. Any other driver error is a bug like any other.
+        database = database_problem(exc)
+        if database is not None:
+            return database
+        log.exception("unexpected database error request_id=%s", request_id_var.get())
+        return problem_response(500, "internal_error", "Internal error", "An unexpected error.")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

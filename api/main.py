@@ -15,13 +15,17 @@ from sqlalchemy import text
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import metrics
+from api.admission import AgentAdmission
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import (
+    DATABASE_RETRY_AFTER,
     PROBLEM_RESPONSES,
     Problem,
+    database_problem,
     install_error_handlers,
     problem_doc,
     problem_response,
@@ -32,6 +36,8 @@ from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
 from api.keypairs.routes import router as keypairs_router
+from api.metrics import routes as metrics_routes
+from api.metrics.middleware import RequestMetricsMiddleware
 from api.openstack import compute as os_compute
 from api.openstack import errors as os_errors
 from api.openstack import identity as os_identity
@@ -89,12 +95,14 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error request_id=%s", rid)
+        except Exception as exc:
+            database = None if started else database_problem(exc)
+            if database is None:
+                log.exception("unhandled error request_id=%s", rid)
             if started:
                 raise
-            response = problem_response(500, "internal_error", "Internal error",
-                                        "An unexpected error.")
+            response = database or problem_response(500, "internal_error", "Internal error",
+                                                    "An unexpected error.")
             await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
@@ -103,7 +111,10 @@ class RequestIdMiddleware:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size,
+                         max_overflow=settings.db_max_overflow,
+                         pool_timeout=settings.db_pool_timeout_seconds)
+    metrics.watch_pool(engine, settings.db_pool_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stop.set()
             await monitor
             engine.dispose()
+            metrics.process_exited()
 
     app = FastAPI(
         title="minicloud",
@@ -139,7 +151,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     os_errors.install(app)
 
     app.add_middleware(ComputeMicroversion)
+    # Outermost last: request ids first, then per-route metrics, then admission of agents.
+    app.add_middleware(AgentAdmission, concurrency=settings.agent_admission_concurrency,
+                       wait_seconds=settings.agent_admission_wait_seconds,
+                       retry_after=settings.retry_after_seconds)
+    app.add_middleware(RequestMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    metrics_routes.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -150,12 +168,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         200: {"content": {"application/json": {"schema": {"type": "object"}}}},
         503: problem_doc("The database does not answer.")})
     def readyz() -> Response:
-        """Readiness: the database answers."""
+        """Readiness: the database answers (a 503 names what is down, never driver text)."""
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any driver error means "not ready"
-            return problem_response(503, "database_unavailable", "Not ready", str(exc)[:200])
+        except Exception:  # any driver error means "not ready"
+            log.warning("readiness check: the database does not answer", exc_info=True)
+            code = "database_unavailable"
+            return problem_response(
+                503, code, "Not ready", "The database does not answer.",
+                headers={"Retry-After": str(DATABASE_RETRY_AFTER[code])},
+                checks={"database": "unavailable"})
         return Response('{"status":"ready"}', media_type="application/json")
 
     for router in ROUTERS:

@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 import uvicorn
 
 from api.config import get_settings
+
+
+def _share_metrics(default: Path) -> None:
+    """Let the worker processes add up their metrics (api.metrics): PROMETHEUS_MULTIPROC_DIR,
+    given or ``default``, emptied before any worker starts (files of old processes would count
+    twice)."""
+    directory = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(default)))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
 
 
 def run() -> None:
@@ -26,6 +37,8 @@ def run() -> None:
     if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
         parser.error("MINICLOUD_TLS_CERTFILE and MINICLOUD_TLS_KEYFILE go together")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1:
+        _share_metrics(settings.data_dir / "prometheus")
     if not args.no_migrate:
         from api.migrate import upgrade
 

@@ -1,13 +1,15 @@
 """The agent's typed HTTP client for the API's agent endpoints (never imports ``api``).
 
 Every call except enrollment is safe to repeat, so transport errors and 5xx answers are
-retried with bounded exponential backoff: inventory and console are PUTs, heartbeats re-apply
-level-triggered observations, and ``observe`` sends one idempotency key for all its attempts.
+retried with bounded exponential backoff (a 503 or 429 after its ``Retry-After`` instead):
+inventory and console are PUTs, heartbeats re-apply level-triggered observations, and
+``observe`` sends one idempotency key for all its attempts.
 4xx answers raise ``AgentApiError`` at once, with the API's stable ``code``.
 """
 
 from __future__ import annotations
 
+import random
 import ssl
 import time
 import uuid
@@ -186,6 +188,26 @@ def tls_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
     return True if ca_bundle is None else ssl.create_default_context(cafile=str(ca_bundle))
 
 
+MAX_RETRY_AFTER = 60.0
+"""The longest ``Retry-After`` the agent honours, in seconds."""
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The delay a 503 or 429 answer asks for (its ``Retry-After`` seconds, at most
+    ``MAX_RETRY_AFTER``), or None for any other answer."""
+    if response.status_code not in (429, 503):
+        return None
+    try:
+        return min(max(float(response.headers.get("Retry-After", "")), 0.0), MAX_RETRY_AFTER)
+    except ValueError:  # absent, or an HTTP date: fall back to the caller's own backoff
+        return None
+
+
+def jittered(delay: float) -> float:
+    """``delay`` plus up to half of it at random, so refused clients do not return together."""
+    return delay * (1 + random.random() / 2)
+
+
 class AgentClient:
     """A compute agent's connection to the API, authenticated by its host credential."""
 
@@ -229,7 +251,10 @@ class AgentClient:
             try:
                 r = httpx.post(base_url.rstrip("/") + "/v1/agent/enroll", json=body,
                                timeout=timeout, verify=verify)
-                break
+                # 503/429 with Retry-After: refused before any work, the token is unused.
+                if (hint := retry_after(r)) is None or attempt == 4:
+                    break
+                time.sleep(jittered(hint))
             except httpx.ConnectError as exc:
                 if attempt == 4:
                     raise AgentApiError(0, "unreachable", str(exc)) from exc
@@ -241,22 +266,25 @@ class AgentClient:
 
     # ------------------------------------------------------------ requests with retries
 
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(min(self.backoff * 2**attempt, self.max_backoff))
+    def _sleep(self, attempt: int, hint: float | None = None) -> None:
+        time.sleep(jittered(hint) if hint is not None
+                   else min(self.backoff * 2**attempt, self.max_backoff))
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  **kwargs: Any) -> httpx.Response:
         """Send with retries on transport errors and 5xx; raises AgentApiError."""
         last: AgentApiError | None = None
+        hint: float | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                self._sleep(attempt - 1)
+                self._sleep(attempt - 1, hint)
             try:
                 r = self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
             except httpx.TransportError as exc:
-                last = AgentApiError(0, "unreachable", str(exc))
+                last, hint = AgentApiError(0, "unreachable", str(exc)), None
                 continue
-            if r.status_code >= 500:
+            hint = retry_after(r)
+            if r.status_code >= 500 or hint is not None:
                 last = _error_of(r)
                 continue
             if r.status_code >= 400:

@@ -63,6 +63,8 @@ class AgentSettings(BaseSettings):
     inventory_interval: float = Field(default=60.0, gt=0)
     # Bound of one long-poll; also how long a stopping agent may take to finish it.
     long_poll_wait: float = Field(default=10.0, ge=0, le=30)
+    # Prometheus metrics on 127.0.0.1:metrics_port (compute_agent.metrics); None: off.
+    metrics_port: int | None = Field(default=None, gt=0, lt=65536)
 
     @property
     def network_name(self) -> str | None:

@@ -29,6 +29,7 @@ from api.deps import get_host_principal as _host_of
 from api.errors import NotFound, Unauthorized
 from api.fields import PathId
 from api.hosts import service as hosts_service
+from api.metrics import waiting_long_poll
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 console_router = APIRouter(prefix="/v1", tags=["servers"])
@@ -118,8 +119,8 @@ async def desired_servers(
             break
         if await request.is_disconnected():
             break
-        await asyncio.sleep(min(settings.agent_long_poll_interval_seconds,
-                                max(0.0, deadline - time.monotonic())))
+        await waiting_long_poll(asyncio.sleep(min(settings.agent_long_poll_interval_seconds,
+                                                  max(0.0, deadline - time.monotonic()))))
     return await run_in_threadpool(_desired, maker, authorization)
 
 

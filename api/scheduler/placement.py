@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from api.config import Settings
 from api.errors import Conflict, DomainError
+from api.metrics import observe_placement
 from api.models import Allocation, Flavor, Image, ServerGroup
 from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
@@ -214,6 +215,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             # a refusal is only ever answered from a full read.
             current, snapshot, decision, group_generation = evaluate(
                 session, settings, spec, exclude_hosts=exclude_hosts)
+        observe_placement(decision)
         if decision.host is None:
             if held is not None:
                 held.rollback()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.db import utcnow
 from api.errors import InvalidInput
+from api.metrics import observe_ledger_write
 from api.models import LedgerEntry, UsagePiece, UsageServer
 from api.usage import repository
 from api.usage.rules import KINDS, epoch, from_epoch, pieces, state_after
@@ -109,6 +110,7 @@ def record(
         raise
     if server_id is not None and kind != "adjustment":
         _refresh(session, project_id, server_id, summary)
+    observe_ledger_write(kind)
     return entry
 
 

@@ -53,7 +53,8 @@ class _FlakyProxy:
     """A loopback HTTP proxy that fails requests as planned, in front of the real API.
 
     ``plan`` holds one entry per coming request: "before" answers 503 without forwarding;
-    "after" forwards, lets the API process it, then loses the answer (502).
+    "after" forwards, lets the API process it, then loses the answer (502); "busy" and "slow"
+    answer 503 and 429 with ``Retry-After: 1`` without forwarding (an API refusing new work).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -68,6 +69,9 @@ class _FlakyProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if fault == "before":
                     return self._send(503, b'{"code":"unavailable"}')
+                if fault in ("busy", "slow"):
+                    return self._send(503 if fault == "busy" else 429, b'{"code":"agent_busy"}',
+                                      {"Retry-After": "1"})
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() in ("authorization", "content-type")}
                 r = httpx.request(self.command, upstream + self.path, content=body,
@@ -76,8 +80,11 @@ class _FlakyProxy:
                     return self._send(502, b'{"code":"bad_gateway"}')
                 return self._send(r.status_code, r.content)
 
-            def _send(self, status: int, body: bytes) -> None:
+            def _send(self, status: int, body: bytes,
+                      extra: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -168,5 +175,30 @@ def test_retries_after_lost_answers_apply_an_observation_once(
                 flaky.heartbeat()
             assert err.value.status == 503
             assert proxy.seen == 4 + 6  # first try + 5 retries, then it gives up
+    finally:
+        proxy.close()
+
+
+def test_busy_answers_are_retried_after_their_retry_after(
+    client: TestClient, admin: dict[str, str], agent: Agent, api_url: str,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("compute_agent.client.time.sleep", slept.append)
+    proxy = _FlakyProxy(api_url)
+    try:
+        with AgentClient(proxy.url, agent.credential, backoff=0.01) as busy:
+            proxy.plan = ["busy", "slow"]
+            assert busy.heartbeat().host_id == agent.host_id
+            assert proxy.seen == 3
+            # Retry-After (1 s, plus up to half of it as jitter), not the 0.01 s backoff.
+            assert len(slept) == 2 and all(1.0 <= s <= 1.5 for s in slept)
+        # A refused enrollment did nothing: the same single-use token enrolls on the retry.
+        proxy.plan = ["busy"]
+        enrolled = AgentClient.enroll(proxy.url, enrollment_token(client, admin),
+                                      name=unique("busy"), libvirt_uri="test:///default",
+                                      virt_type="qemu")
+        assert enrolled.host_id and proxy.seen == 5
+        assert len(slept) == 3 and 1.0 <= slept[-1] <= 1.5
     finally:
         proxy.close()

@@ -1,0 +1,124 @@
+"""Prometheus metrics of the API process (``GET /metrics``, docs/operations.md).
+
+Every metric is declared here, once; other modules call the small ``observe_*`` functions so
+they need not know prometheus-client. Under several API processes, set
+``PROMETHEUS_MULTIPROC_DIR`` (an empty directory, wiped at service start) before the processes
+start: values then live in per-process files that ``/metrics`` adds up
+(``minicloud-api --workers N`` sets one up by itself). Without it each process counts alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, multiprocess
+from sqlalchemy import Engine, event
+from sqlalchemy.pool import QueuePool
+
+T = TypeVar("T")
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+"""Whether values are shared through PROMETHEUS_MULTIPROC_DIR (read once, at import)."""
+
+# The *_created series double the exposition for no use here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Latency buckets up to the longest agent long-poll (30 s).
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter(
+    "minicloud_http_requests", "HTTP requests answered, by route template and status class.",
+    ["method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "minicloud_http_request_duration_seconds",
+    "Time from request to the end of the answer, by route template.",
+    ["method", "route"], buckets=_BUCKETS)
+LONG_POLLS_WAITING = Gauge(
+    "minicloud_agent_long_polls_waiting",
+    "Agent desired-state long-polls waiting for a change right now.",
+    multiprocess_mode="livesum")
+POOL_IN_USE = Gauge(
+    "minicloud_db_pool_in_use", "Database connections checked out of the pool.",
+    multiprocess_mode="livesum")
+POOL_OVERFLOW = Gauge(
+    "minicloud_db_pool_overflow", "Connections open beyond the pool size (max_overflow).",
+    multiprocess_mode="livesum")
+POOL_SIZE = Gauge(
+    "minicloud_db_pool_size", "Configured pool size (MINICLOUD_DB_POOL_SIZE).",
+    multiprocess_mode="livesum")
+DATABASE_ERRORS = Counter(
+    "minicloud_database_errors",
+    "Requests answered 503 because of the database, by problem code.", ["code"])
+ADMITTED = Gauge(
+    "minicloud_agent_admitted",
+    "Agent enrollments, inventories and heartbeats being handled right now.",
+    multiprocess_mode="livesum")
+ADMISSION_REJECTED = Counter(
+    "minicloud_agent_admission_rejected",
+    "Agent enrollments, inventories and heartbeats answered 503 agent_busy.", ["route"])
+LEDGER_WRITES = Counter(
+    "minicloud_ledger_writes", "Usage ledger entries written, by kind.", ["kind"])
+PLACEMENTS = Counter(
+    "minicloud_placement_decisions",
+    "Placement decisions, by outcome (host_found or no_valid_host).", ["outcome"])
+PLACEMENT_REFUSALS = Counter(
+    "minicloud_placement_refusals",
+    "Hosts refused by a placement decision, by the filter's reason.", ["reason"])
+
+
+class Decision(Protocol):
+    """What ``observe_placement`` reads of a scheduler decision."""
+
+    @property
+    def host(self) -> object | None: ...
+
+    @property
+    def refusals(self) -> Mapping[str, int]: ...
+
+
+def observe_placement(decision: Decision) -> None:
+    """Count one placement decision and the hosts it refused, per reason."""
+    PLACEMENTS.labels("no_valid_host" if decision.host is None else "host_found").inc()
+    for reason, hosts in decision.refusals.items():
+        PLACEMENT_REFUSALS.labels(reason).inc(hosts)
+
+
+def observe_ledger_write(kind: str) -> None:
+    """Count one ledger entry written."""
+    LEDGER_WRITES.labels(kind).inc()
+
+
+async def waiting_long_poll(wait: Awaitable[T]) -> T:
+    """Await ``wait`` (a long-poll's sleep) counted in ``minicloud_agent_long_polls_waiting``."""
+    LONG_POLLS_WAITING.inc()
+    try:
+        return await wait
+    finally:
+        LONG_POLLS_WAITING.dec()
+
+
+def process_exited() -> None:
+    """Drop this process's live gauges from the shared directory (multiprocess mode only)."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def watch_pool(engine: Engine, pool_size: int) -> None:
+    """Keep the pool gauges current on every checkout and checkin (cheap: two sets)."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return
+    POOL_SIZE.set(pool_size)
+
+    def update(*_args: Any) -> None:
+        POOL_IN_USE.set(pool.checkedout())
+        POOL_OVERFLOW.set(max(pool.overflow(), 0))
+
+    event.listen(pool, "checkout", update)
+    event.listen(pool, "checkin", update)
+
+
+__all__ = ["observe_ledger_write", "observe_placement", "process_exited", "waiting_long_poll",
+           "watch_pool"]

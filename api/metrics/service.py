@@ -1,0 +1,57 @@
+"""Rendering ``/metrics``: the process's (or every process's) metrics plus the host gauges."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.orm import Session
+
+from api.config import Settings
+from api.db import utcnow
+from api.metrics import MULTIPROCESS
+from api.metrics.repository import host_counts
+
+
+def _hosts_family(session: Session, settings: Settings) -> GaugeMetricFamily:
+    # Read from the database at scrape time: the answer is the same whichever API process
+    # is scraped, and costs one grouped count instead of work on every heartbeat.
+    cutoff = utcnow() - timedelta(seconds=settings.host_down_after_seconds)
+    family = GaugeMetricFamily(
+        "minicloud_hosts", "Compute hosts by state (up: a heartbeat within "
+        "host_down_after_seconds) and whether they are enabled.", labels=["state", "enabled"])
+    counts = host_counts(session, cutoff)
+    for enabled in (True, False):
+        for up in (True, False):
+            family.add_metric(["up" if up else "down", "true" if enabled else "false"],
+                              counts.get((enabled, up), 0))
+    return family
+
+
+class _Families:
+    """A one-off collector of already built families."""
+
+    def __init__(self, *families: GaugeMetricFamily) -> None:
+        self.families = families
+
+    def collect(self) -> tuple[GaugeMetricFamily, ...]:
+        return self.families
+
+
+def exposition(session: Session, settings: Settings) -> bytes:
+    """The Prometheus text exposition of the API's metrics."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    extra.register(_Families(_hosts_family(session, settings)))
+    return body + generate_latest(extra)
