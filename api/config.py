@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     default_quota_disk_gb: int = Field(default=1000, ge=0)
 
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
+    # Largest request body of every route but the image upload (which streams under
+    # ``max_image_bytes``); refused with 413 before parsing. user_data alone may be 64 KiB.
+    max_request_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
     # Compute hosts: a host is down after this long without a heartbeat.
     host_down_after_seconds: int = Field(default=60, gt=0)

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
+from api.body_limit import BodyLimitMiddleware
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import (
@@ -139,6 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     os_errors.install(app)
 
     app.add_middleware(ComputeMicroversion)
+    # Inside the request-id middleware, so a 413 carries the request's id.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["health"])
