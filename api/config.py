@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # ``max_image_bytes``); refused with 413 before parsing. user_data alone may be 64 KiB.
     max_request_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
+    # Refused server actions recorded as ``error`` events per server within any 60 seconds;
+    # further refusals are answered the same but not recorded.
+    rejected_action_events_per_minute: int = Field(default=10, ge=0)
+
     # Compute hosts: a host is down after this long without a heartbeat.
     host_down_after_seconds: int = Field(default=60, gt=0)
     heartbeat_interval_seconds: int = Field(default=10, gt=0)

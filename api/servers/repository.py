@@ -71,6 +71,15 @@ def last_event_at(session: Session, server_id: str) -> datetime | None:
                           .where(ServerEvent.server_id == server_id))
 
 
+def count_rejections(session: Session, server_id: str, since: datetime) -> int:
+    """How many refused requests were recorded for the server since ``since``: the ``error``
+    events a user caused (the agent's error observations carry no user)."""
+    return int(session.scalar(
+        select(func.count()).select_from(ServerEvent)
+        .where(ServerEvent.server_id == server_id, ServerEvent.result == "error",
+               ServerEvent.user_id.is_not(None), ServerEvent.created_at >= since)) or 0)
+
+
 def events(session: Session, server_id: str) -> Sequence[ServerEvent]:
     """The server's events, oldest first."""
     return session.scalars(

@@ -164,7 +164,7 @@ def server_action(server_id: PathId, body: ServerAction, principal: Writer,
         # of work of its own. End this one first: it may hold the write lock (SQLite) or a row
         # lock (PostgreSQL) the rejection's unit of work would wait for.
         session.rollback()
-        service.record_rejection(request.app.state.sessionmaker, principal, server_id,
+        service.record_rejection(request.app.state.sessionmaker, settings, principal, server_id,
                                  body.action, exc)
         raise
     return _render(session, principal, [server])[0]
