@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     default_quota_vcpus: int = Field(default=20, ge=0)
     default_quota_ram_mb: int = Field(default=51200, ge=0)
     default_quota_disk_gb: int = Field(default=1000, ge=0)
+    # Images a project may hold (not deleted), and their uploaded bytes together.
+    default_quota_images: int = Field(default=100, ge=0)
+    default_quota_image_bytes: int = Field(default=256 * 1024**3, ge=0)
 
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
     # Largest request body of every route but the image upload (which streams under

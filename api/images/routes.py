@@ -54,9 +54,11 @@ def list_images(principal: CurrentUser, session: SessionDep) -> list[ImageOut]:
 
 
 @router.post("", status_code=201, response_model=ImageOut)
-def create_image(body: ImageCreate, principal: Writer, session: SessionDep) -> ImageOut:
-    """Create a queued image record owned by the caller's project."""
-    return ImageOut.model_validate(service.create_image(session, principal, body))
+def create_image(body: ImageCreate, principal: Writer, session: SessionDep,
+                 settings: SettingsDep) -> ImageOut:
+    """Create a queued image record owned by the caller's project (409 `quota_exceeded`
+    beyond its `images` quota)."""
+    return ImageOut.model_validate(service.create_image(session, settings, principal, body))
 
 
 @router.get("/{ref}", response_model=ImageOut)
@@ -86,6 +88,10 @@ async def upload_image_file(image_id: PathId, request: Request, principal: Write
     can last minutes: (1) claim queued -> saving, committed so a concurrent upload sees it;
     (2) stream to a temporary file with no transaction open; (3) publish the file and move
     saving -> active. Any failure in (2) gives the claim back (saving -> queued).
+
+    The project's `image_bytes` quota is checked against the declared length, while the
+    bytes stream and again before the image becomes active: 409 `quota_exceeded`, and
+    nothing is kept.
     """
     if content_length is not None and content_length > settings.max_image_bytes:
         raise PayloadTooLarge(f"The image is larger than the limit of "
@@ -96,15 +102,17 @@ async def upload_image_file(image_id: PathId, request: Request, principal: Write
     store = ImageStore(settings.image_dir)
     disk_format = image.disk_format
     try:
+        quota = await run_in_threadpool(service.upload_quota, session, settings, image,
+                                        content_length)
         received = await store.receive(
             image.id, request.stream(), settings.max_image_bytes,
-            lambda head: service.check_head(disk_format, head))
+            lambda head: service.check_head(disk_format, head), quota.check)
     except BaseException:
         await run_in_threadpool(_give_back, session, image.id)
         raise
     try:
         store.publish(received, image.id)
-        image = await run_in_threadpool(service.finish_upload, session, image.id,
+        image = await run_in_threadpool(service.finish_upload, session, settings, image.id,
                                         received.size, received.sha256)
         await run_in_threadpool(session.commit)
     except BaseException:

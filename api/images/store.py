@@ -51,11 +51,13 @@ class ImageStore:
         return self.root / image_id
 
     async def receive(self, image_id: str, chunks: AsyncIterator[bytes], max_bytes: int,
-                      check_head: Callable[[bytes], None]) -> Received:
+                      check_head: Callable[[bytes], None],
+                      check_size: Callable[[int], None] | None = None) -> Received:
         """Stream ``chunks`` into a temporary file; returns its size and sha256.
 
         ``check_head`` sees the first ``HEAD_BYTES`` (or the whole file if shorter) before
-        the rest is accepted. Raises PayloadTooLarge ``image_too_large`` past ``max_bytes``,
+        the rest is accepted; ``check_size`` sees the running size after each chunk, before
+        it is written. Raises PayloadTooLarge ``image_too_large`` past ``max_bytes``,
         InvalidInput ``image_empty`` for no bytes, whatever ``check_head`` raises, or the
         client's disconnect; on any error the temporary file is gone.
         """
@@ -84,6 +86,8 @@ class ImageStore:
                     raise PayloadTooLarge(
                         f"The image is larger than the limit of {max_bytes} bytes.",
                         code="image_too_large", limit=max_bytes)
+                if check_size is not None:
+                    check_size(size)
                 if not head_checked:
                     head += chunk[:HEAD_BYTES - len(head)]
                     if len(head) >= HEAD_BYTES:
