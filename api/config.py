@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Largest request body of every route but the image upload (which streams under
     # ``max_image_bytes``); refused with 413 before parsing. user_data alone may be 64 KiB.
     max_request_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # /readyz reports the image store full (503) below this much free space.
+    image_store_min_free_bytes: int = Field(default=64 * 1024**2, ge=0)
 
     # Refused server actions recorded as ``error`` events per server within any 60 seconds;
     # further refusals are answered the same but not recorded.

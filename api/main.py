@@ -32,6 +32,7 @@ from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
+from api.images.store import ImageStore
 from api.keypairs.routes import router as keypairs_router
 from api.openstack import compute as os_compute
 from api.openstack import errors as os_errors
@@ -151,14 +152,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={
         200: {"content": {"application/json": {"schema": {"type": "object"}}}},
-        503: problem_doc("The database does not answer.")})
+        503: problem_doc("The database does not answer (`database_unavailable`), or the "
+                         "image store is out of space (`image_store_full`).")})
     def readyz() -> Response:
-        """Readiness: the database answers."""
+        """Readiness: the database answers and the image store has room."""
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # any driver error means "not ready"
             return problem_response(503, "database_unavailable", "Not ready", str(exc)[:200])
+        try:
+            free = ImageStore(settings.image_dir).free_bytes()
+        except OSError:
+            free = 0
+        if free < settings.image_store_min_free_bytes:
+            # Says what is down, not where or how much (no paths, no sizes).
+            return problem_response(503, "image_store_full", "Not ready",
+                                    "The image store is out of space.")
         return Response('{"status":"ready"}', media_type="application/json")
 
     for router in ROUTERS:
