@@ -80,12 +80,24 @@ def count_rejections(session: Session, server_id: str, since: datetime) -> int:
                ServerEvent.user_id.is_not(None), ServerEvent.created_at >= since)) or 0)
 
 
-def events(session: Session, server_id: str) -> Sequence[ServerEvent]:
-    """The server's events, oldest first."""
-    return session.scalars(
-        select(ServerEvent).where(ServerEvent.server_id == server_id)
-        .order_by(ServerEvent.created_at, ServerEvent.id)
-    ).all()
+def events(session: Session, server_id: str, *, after: tuple[datetime, str] | None = None,
+           limit: int | None = None) -> Sequence[ServerEvent]:
+    """The server's events, oldest first, starting after the ``after`` key."""
+    query = select(ServerEvent).where(ServerEvent.server_id == server_id)
+    if after is not None:
+        created, eid = after
+        query = query.where(or_(ServerEvent.created_at > created,
+                                and_(ServerEvent.created_at == created, ServerEvent.id > eid)))
+    query = query.order_by(ServerEvent.created_at, ServerEvent.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return session.scalars(query).all()
+
+
+def get_event(session: Session, server_id: str, event_id: str) -> ServerEvent | None:
+    """One event of the server."""
+    return session.scalar(select(ServerEvent).where(ServerEvent.server_id == server_id,
+                                                    ServerEvent.id == event_id))
 
 
 def live_servers_on(session: Session, host_id: str) -> Sequence[Server]:

@@ -171,11 +171,18 @@ def server_action(server_id: PathId, body: ServerAction, principal: Writer,
 
 
 @router.get("/servers/{server_id}/events", response_model=EventList)
-def server_events(server_id: PathId, principal: CurrentUser, session: SessionDep) -> EventList:
-    """Every accepted request and state change of a server, oldest first."""
+def server_events(
+    server_id: PathId, principal: CurrentUser, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    marker: MarkerId = None,
+) -> EventList:
+    """Every accepted request and state change of a server, oldest first, one page at a time:
+    pass `next_marker` as `marker` for the next page; an unknown marker is 400
+    `invalid_marker`. Tenants never see host ids or names in `details`."""
+    page = service.list_events(session, principal, server_id, limit=limit, marker=marker)
     return EventList(events=[
         EventOut(id=e.id, action=e.action, user_id=e.user_id, request_id=e.request_id,
                  result=e.result, message=e.message,
                  details=service.visible_details(e, principal), created_at=e.created_at)
-        for e in service.list_events(session, principal, server_id)
-    ])
+        for e in page.events
+    ], next_marker=page.next_marker)

@@ -303,7 +303,30 @@ def visible_details(event: ServerEvent, principal: Principal) -> dict[str, Any]:
     return {k: v for k, v in details.items() if k not in _HOST_KEYS}
 
 
-def list_events(session: Session, principal: Principal, server_id: str) -> Sequence[ServerEvent]:
-    """The server's events, oldest first; raises NotFound."""
+@dataclass(frozen=True)
+class EventPage:
+    """One page of a server's events and the marker of the next page (None: last page)."""
+
+    events: Sequence[ServerEvent]
+    next_marker: str | None
+
+
+def list_events(session: Session, principal: Principal, server_id: str, *, limit: int,
+                marker: str | None = None) -> EventPage:
+    """A page of the server's events, oldest first (by (created_at, id)).
+
+    Raises NotFound, DomainError ``invalid_marker`` (400) for a marker that is not one of
+    the server's events.
+    """
     server = get_server(session, principal, server_id)
-    return repository.events(session, server.id)
+    after = None
+    if marker is not None:
+        mark = repository.get_event(session, server.id, marker)
+        if mark is None:
+            raise DomainError("The marker is not an event of this server.",
+                              code="invalid_marker")
+        after = (mark.created_at, mark.id)
+    rows = repository.events(session, server.id, after=after, limit=limit + 1)
+    if len(rows) > limit:
+        return EventPage(rows[:limit], rows[limit - 1].id)
+    return EventPage(rows, None)

@@ -90,3 +90,38 @@ def test_tenants_never_see_host_ids_in_events_admins_do(
     assert full["observe"]["host_id"] == host.id
     assert full["resize"]["host_id"] == host.id
     assert full["schedule"]["host_id"] == host.id
+
+
+def test_events_are_listed_completely_page_by_page(
+        client: TestClient, admin: dict[str, str]) -> None:
+    acct, _, sid = _server(client, admin)
+    for _ in range(8):
+        assert client.post(f"/v1/servers/{sid}/actions", headers=acct.headers,
+                           json={"action": "start"}).status_code == 409
+    everything = _events(client, acct.headers, sid)
+    assert len(everything) > 9
+    seen: list[str] = []
+    marker = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3} | ({"marker": marker} if marker else {})
+        r = client.get(f"/v1/servers/{sid}/events", headers=acct.headers, params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["events"]) <= 3
+        seen += [e["id"] for e in page["events"]]
+        pages += 1
+        marker = page["next_marker"]
+        if marker is None:
+            break
+    assert pages > 3
+    assert len(seen) == len(set(seen))
+    assert seen == [e["id"] for e in everything]
+
+    # A marker that is not one of this server's events is refused.
+    _, _, other = _server(client, admin)
+    foreign = _events(client, admin, other)[0]["id"]
+    for bad in (foreign, "00000000-0000-0000-0000-000000000000"):
+        r = client.get(f"/v1/servers/{sid}/events", headers=acct.headers,
+                       params={"marker": bad})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_marker")
