@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,7 @@ from api.fields import PathId, PathRef
 from api.images import service
 from api.images.schemas import ImageCreate, ImageOut
 from api.images.store import ImageStore
+from api.servers.schemas import MarkerId
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -48,9 +49,18 @@ ImageReader = Annotated[Principal | HostPrincipal, Depends(get_image_reader)]
 
 
 @router.get("", response_model=list[ImageOut])
-def list_images(principal: CurrentUser, session: SessionDep) -> list[ImageOut]:
-    """Images the caller may see: the project's own and public ones (admins: all)."""
-    return [ImageOut.model_validate(i) for i in service.list_images(session, principal)]
+def list_images(principal: CurrentUser, session: SessionDep, response: Response,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+                marker: MarkerId = None) -> list[ImageOut]:
+    """Images the caller may see: the project's own and public ones (admins: all), oldest
+    first, one page at a time. When more follow, a `Link: <...>; rel="next"` header names
+    the next page (`marker` = the last id of this one); an unknown marker is 400
+    `invalid_marker`."""
+    page = service.list_image_page(session, principal, limit=limit, marker=marker)
+    if page.next_marker is not None:
+        response.headers["Link"] = (
+            f'</v1/images?limit={limit}&marker={page.next_marker}>; rel="next"')
+    return [ImageOut.model_validate(i) for i in page.images]
 
 
 @router.post("", status_code=201, response_model=ImageOut)

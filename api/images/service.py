@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.deps import HostPrincipal, Principal
-from api.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
+from api.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+)
 from api.images import formats, repository
 from api.images.schemas import ImageCreate
 from api.models import Image
@@ -24,6 +31,34 @@ from api.quotas import service as quotas
 def list_images(session: Session, principal: Principal) -> Sequence[Image]:
     """Images the caller may see."""
     return repository.list_visible(session, principal.project_scope)
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of images and the marker of the next page (None: last page)."""
+
+    images: Sequence[Image]
+    next_marker: str | None
+
+
+def list_image_page(session: Session, principal: Principal, *, limit: int,
+                    marker: str | None) -> ImagePage:
+    """A page of the images the caller may see, oldest first.
+
+    Raises DomainError ``invalid_marker`` (400) for a marker that is not a visible image.
+    """
+    after = None
+    if marker is not None:
+        mark = repository.visible(session, principal.project_scope, marker)
+        if mark is None:
+            raise DomainError("The marker is not an image of this listing.",
+                              code="invalid_marker")
+        after = (mark.created_at, mark.id)
+    rows = repository.list_visible(session, principal.project_scope, after=after,
+                                   limit=limit + 1)
+    if len(rows) > limit:
+        return ImagePage(rows[:limit], rows[limit - 1].id)
+    return ImagePage(rows, None)
 
 
 def get_image(session: Session, principal: Principal, image_id: str) -> Image:

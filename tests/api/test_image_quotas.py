@@ -98,3 +98,28 @@ def test_uploads_over_the_bytes_quota_are_409_and_keep_nothing(
     assert client.delete(f"/v1/images/{a['id']}", headers=acct.headers).status_code == 204
     q = client.get(f"/v1/quotas/{acct.project_id}", headers=acct.headers).json()
     assert (q["usage"]["images"], q["usage"]["image_bytes"]) == (1, len(data))
+
+
+def test_images_are_listed_completely_page_by_page(
+        client: TestClient, admin: dict[str, str]) -> None:
+    acct = make_account(client, admin)
+    for _ in range(7):
+        _image(client, acct)
+    everything = [i["id"] for i in client.get("/v1/images", headers=acct.headers).json()]
+    assert len(everything) >= 7
+    seen: list[str] = []
+    url: str | None = "/v1/images?limit=2"
+    pages = 0
+    while url is not None:
+        r = client.get(url, headers=acct.headers)
+        assert r.status_code == 200, r.text
+        assert len(r.json()) <= 2
+        seen += [i["id"] for i in r.json()]
+        pages += 1
+        url = r.links.get("next", {}).get("url")
+    assert pages >= 4
+    assert len(seen) == len(set(seen))
+    assert seen == everything
+    r = client.get("/v1/images", headers=acct.headers,
+                   params={"marker": "00000000-0000-0000-0000-000000000000"})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_marker")
