@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     default_quota_vcpus: int = Field(default=20, ge=0)
     default_quota_ram_mb: int = Field(default=51200, ge=0)
     default_quota_disk_gb: int = Field(default=1000, ge=0)
+    # Images a project may hold (not deleted), and their uploaded bytes together.
+    default_quota_images: int = Field(default=100, ge=0)
+    default_quota_image_bytes: int = Field(default=256 * 1024**3, ge=0)
 
     # Database connection pool of each API process (docs/operations.md): a request waits at
     # most db_pool_timeout_seconds for a connection, then answers 503 database_busy.
@@ -65,6 +68,15 @@ class Settings(BaseSettings):
     metrics_public: bool = False
 
     max_image_bytes: int = Field(default=64 * 1024**3, gt=0)
+    # Largest request body of every route but the image upload (which streams under
+    # ``max_image_bytes``); refused with 413 before parsing. user_data alone may be 64 KiB.
+    max_request_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # /readyz reports the image store full (503) below this much free space.
+    image_store_min_free_bytes: int = Field(default=64 * 1024**2, ge=0)
+
+    # Refused server actions recorded as ``error`` events per server within any 60 seconds;
+    # further refusals are answered the same but not recorded.
+    rejected_action_events_per_minute: int = Field(default=10, ge=0)
 
     # Compute hosts: a host is down after this long without a heartbeat.
     host_down_after_seconds: int = Field(default=60, gt=0)

@@ -128,6 +128,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "A kernel or ramdisk property that is not an active, visible image of that kind."),
     ErrorCode("image_format_mismatch", 422, "The uploaded bytes do not match `disk_format`."),
     ErrorCode("image_empty", 422, "The upload is empty."),
+    # 507: the server's storage
+    ErrorCode("insufficient_storage", 507,
+              "The image store is out of space; nothing was kept (the image stays queued)."),
     ErrorCode("invalid_reserved", 422, "A reserved amount exceeds the host's total."),
     ErrorCode("invalid_ledger_entry", 422, "A ledger entry is incomplete or inconsistent."),
     ErrorCode("invalid_rate_card", 422,
@@ -145,6 +148,8 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "Too many failed logins for that user or address; retry after `Retry-After`."),
     # 5xx: the server's side
     ErrorCode("internal_error", 500, "A bug: report it with the `request_id`."),
+    ErrorCode("image_store_full", 503,
+              "The image store is out of space (`/readyz`); uploads fail until space is freed."),
     ErrorCode("database_unavailable", 503,
               "The database does not answer (`/readyz`); retry after `Retry-After` seconds."),
     ErrorCode("database_busy", 503,

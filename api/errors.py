@@ -124,6 +124,10 @@ class PayloadTooLarge(DomainError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+class InsufficientStorage(DomainError):
+    status, code, title = 507, "insufficient_storage", "Insufficient storage"
+
+
 def problem_response(
     status: int, code: str, title: str, detail: str, *,
     headers: dict[str, str] | None = None, **extra: Any

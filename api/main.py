@@ -19,6 +19,7 @@ from api import metrics
 from api.admission import AgentAdmission
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
+from api.body_limit import BodyLimitMiddleware
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
 from api.errors import (
@@ -35,6 +36,7 @@ from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
+from api.images.store import ImageStore
 from api.keypairs.routes import router as keypairs_router
 from api.metrics import routes as metrics_routes
 from api.metrics.middleware import RequestMetricsMiddleware
@@ -151,11 +153,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     os_errors.install(app)
 
     app.add_middleware(ComputeMicroversion)
-    # Outermost last: request ids first, then per-route metrics, then admission of agents.
+    # Outermost last: request ids first, then the body cap (a 413 carries the request's id),
+    # then per-route metrics, then admission of agents.
     app.add_middleware(AgentAdmission, concurrency=settings.agent_admission_concurrency,
                        wait_seconds=settings.agent_admission_wait_seconds,
                        retry_after=settings.retry_after_seconds)
     app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     metrics_routes.install(app)
 
@@ -166,9 +170,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={
         200: {"content": {"application/json": {"schema": {"type": "object"}}}},
-        503: problem_doc("The database does not answer.")})
+        503: problem_doc("The database does not answer (`database_unavailable`), or the "
+                         "image store is out of space (`image_store_full`).")})
     def readyz() -> Response:
-        """Readiness: the database answers (a 503 names what is down, never driver text)."""
+        """Readiness: the database answers and the image store has room (a 503 names what
+        is down, never driver text, paths or sizes)."""
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -179,6 +185,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 503, code, "Not ready", "The database does not answer.",
                 headers={"Retry-After": str(DATABASE_RETRY_AFTER[code])},
                 checks={"database": "unavailable"})
+        try:
+            free = ImageStore(settings.image_dir).free_bytes()
+        except OSError:
+            free = 0
+        if free < settings.image_store_min_free_bytes:
+            # Says what is down, not where or how much (no paths, no sizes).
+            return problem_response(503, "image_store_full", "Not ready",
+                                    "The image store is out of space.",
+                                    checks={"image_store": "full"})
         return Response('{"status":"ready"}', media_type="application/json")
 
     for router in ROUTERS:

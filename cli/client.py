@@ -92,6 +92,24 @@ class ApiClient:
         except ValueError:
             return response.text
 
+    def get_all(self, path: str, **params: Any) -> list[Any]:
+        """GET a JSON array and every further page its ``Link: <...>; rel="next"`` names."""
+        out: list[Any] = []
+        url: str | None = path
+        query: dict[str, Any] | None = {k: v for k, v in params.items() if v is not None}
+        while url is not None:
+            try:
+                response = self._http.get(url, params=query)
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+            if response.status_code >= 400:
+                raise _error_from(response)
+            body = response.json()
+            out.extend(body if isinstance(body, list) else [])
+            nxt = response.links.get("next", {}).get("url")
+            url, query = (nxt, None) if nxt else (None, None)
+        return out
+
     def get_text(self, path: str, accept: str, **params: Any) -> str:
         """GET a non-JSON representation (e.g. ``text/csv``); raises ApiError or Unreachable."""
         clean = {k: v for k, v in params.items() if v is not None}

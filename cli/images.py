@@ -18,7 +18,7 @@ from rich.progress import (
 
 from cli import render
 from cli.client import ApiClient, CliError
-from cli.context import is_uuid, items_of, pick, state
+from cli.context import is_uuid, pick, state
 
 app = typer.Typer(help="Images (boot disks, kernels, initramfs).", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def resolve_image(api: ApiClient, ref: str) -> dict[str, Any]:
     if is_uuid(ref):
         body: dict[str, Any] = api.get(f"/v1/images/{ref}")
         return body
-    return pick(items_of(api.get("/v1/images"), "images"), ref, "image")
+    return pick(api.get_all("/v1/images"), ref, "image")
 
 
 def _progress() -> Progress:
@@ -76,7 +76,7 @@ def _sniff_format(path: Path) -> str:
 def image_list(ctx: typer.Context) -> None:
     """Images you can see (yours and public ones)."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/images"), "images"), IMAGE_COLUMNS)
+    st.show(st.api.get_all("/v1/images"), IMAGE_COLUMNS)
 
 
 @app.command("show")

@@ -12,7 +12,7 @@ from cli.identity import resolve_project
 
 app = typer.Typer(help="Project quotas.", no_args_is_help=True)
 
-RESOURCES = ("instances", "vcpus", "ram_mb", "disk_gb")
+RESOURCES = ("instances", "vcpus", "ram_mb", "disk_gb", "images", "image_bytes")
 
 
 @app.command("show")
@@ -43,13 +43,17 @@ def quota_set(
     vcpus: Annotated[int | None, typer.Option(help="Virtual CPUs.")] = None,
     ram_mb: Annotated[int | None, typer.Option("--ram-mb", help="Memory in MiB.")] = None,
     disk_gb: Annotated[int | None, typer.Option("--disk-gb", help="Disk in GiB.")] = None,
+    images: Annotated[int | None, typer.Option(help="Images.")] = None,
+    image_bytes: Annotated[int | None, typer.Option(
+        "--image-bytes", help="Bytes of all images together.")] = None,
 ) -> None:
     """Change some of a project's limits (admin)."""
     st = state(ctx)
-    given = {"instances": instances, "vcpus": vcpus, "ram_mb": ram_mb, "disk_gb": disk_gb}
+    given = {"instances": instances, "vcpus": vcpus, "ram_mb": ram_mb, "disk_gb": disk_gb,
+             "images": images, "image_bytes": image_bytes}
     body = {k: v for k, v in given.items() if v is not None}
     if not body:
-        raise CliError("Give at least one of --instances, --vcpus, --ram-mb, --disk-gb.",
-                       code="usage")
+        raise CliError("Give at least one of --instances, --vcpus, --ram-mb, --disk-gb, "
+                       "--images, --image-bytes.", code="usage")
     pid = resolve_project(st.api, project)["id"]
     st.show(st.api.put(f"/v1/quotas/{pid}", body))

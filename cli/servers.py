@@ -230,7 +230,15 @@ def server_events(ctx: typer.Context, server: str) -> None:
     """What happened to a server: requests and state changes, who, when, result."""
     st = state(ctx)
     s = resolve_server(st.api, server)
-    st.show(items_of(st.api.get(f"/v1/servers/{s['id']}/events"), "events"), EVENT_COLUMNS)
+    events: list[dict[str, Any]] = []
+    marker: str | None = None
+    while True:  # every page
+        body = st.api.get(f"/v1/servers/{s['id']}/events", marker=marker)
+        events.extend(items_of(body, "events"))
+        marker = body.get("next_marker") if isinstance(body, dict) else None
+        if not marker:
+            break
+    st.show(events, EVENT_COLUMNS)
 
 
 @app.command("console")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.db import utcnow
@@ -23,11 +24,19 @@ def _visible_to(project_id: str | None) -> ColumnElement[bool]:
     return live & or_(Image.project_id == project_id, Image.visibility == "public")
 
 
-def list_visible(session: Session, project_id: str | None) -> Sequence[Image]:
-    """Visible images, oldest first."""
-    return session.scalars(
-        select(Image).where(_visible_to(project_id)).order_by(Image.created_at, Image.id)
-    ).all()
+def list_visible(session: Session, project_id: str | None, *,
+                 after: tuple[datetime, str] | None = None,
+                 limit: int | None = None) -> Sequence[Image]:
+    """Visible images, oldest first (by (created_at, id)), starting after the ``after`` key."""
+    query = select(Image).where(_visible_to(project_id))
+    if after is not None:
+        created, iid = after
+        query = query.where(or_(Image.created_at > created,
+                                and_(Image.created_at == created, Image.id > iid)))
+    query = query.order_by(Image.created_at, Image.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return session.scalars(query).all()
 
 
 def visible(session: Session, project_id: str | None, image_id: str) -> Image | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,7 @@ from api.fields import PathId, PathRef
 from api.images import service
 from api.images.schemas import ImageCreate, ImageOut
 from api.images.store import ImageStore
+from api.servers.schemas import MarkerId
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -48,15 +49,26 @@ ImageReader = Annotated[Principal | HostPrincipal, Depends(get_image_reader)]
 
 
 @router.get("", response_model=list[ImageOut])
-def list_images(principal: CurrentUser, session: SessionDep) -> list[ImageOut]:
-    """Images the caller may see: the project's own and public ones (admins: all)."""
-    return [ImageOut.model_validate(i) for i in service.list_images(session, principal)]
+def list_images(principal: CurrentUser, session: SessionDep, response: Response,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+                marker: MarkerId = None) -> list[ImageOut]:
+    """Images the caller may see: the project's own and public ones (admins: all), oldest
+    first, one page at a time. When more follow, a `Link: <...>; rel="next"` header names
+    the next page (`marker` = the last id of this one); an unknown marker is 400
+    `invalid_marker`."""
+    page = service.list_image_page(session, principal, limit=limit, marker=marker)
+    if page.next_marker is not None:
+        response.headers["Link"] = (
+            f'</v1/images?limit={limit}&marker={page.next_marker}>; rel="next"')
+    return [ImageOut.model_validate(i) for i in page.images]
 
 
 @router.post("", status_code=201, response_model=ImageOut)
-def create_image(body: ImageCreate, principal: Writer, session: SessionDep) -> ImageOut:
-    """Create a queued image record owned by the caller's project."""
-    return ImageOut.model_validate(service.create_image(session, principal, body))
+def create_image(body: ImageCreate, principal: Writer, session: SessionDep,
+                 settings: SettingsDep) -> ImageOut:
+    """Create a queued image record owned by the caller's project (409 `quota_exceeded`
+    beyond its `images` quota)."""
+    return ImageOut.model_validate(service.create_image(session, settings, principal, body))
 
 
 @router.get("/{ref}", response_model=ImageOut)
@@ -86,6 +98,10 @@ async def upload_image_file(image_id: PathId, request: Request, principal: Write
     can last minutes: (1) claim queued -> saving, committed so a concurrent upload sees it;
     (2) stream to a temporary file with no transaction open; (3) publish the file and move
     saving -> active. Any failure in (2) gives the claim back (saving -> queued).
+
+    The project's `image_bytes` quota is checked against the declared length, while the
+    bytes stream and again before the image becomes active: 409 `quota_exceeded`, and
+    nothing is kept.
     """
     if content_length is not None and content_length > settings.max_image_bytes:
         raise PayloadTooLarge(f"The image is larger than the limit of "
@@ -96,15 +112,17 @@ async def upload_image_file(image_id: PathId, request: Request, principal: Write
     store = ImageStore(settings.image_dir)
     disk_format = image.disk_format
     try:
+        quota = await run_in_threadpool(service.upload_quota, session, settings, image,
+                                        content_length)
         received = await store.receive(
             image.id, request.stream(), settings.max_image_bytes,
-            lambda head: service.check_head(disk_format, head))
+            lambda head: service.check_head(disk_format, head), quota.check)
     except BaseException:
         await run_in_threadpool(_give_back, session, image.id)
         raise
     try:
         store.publish(received, image.id)
-        image = await run_in_threadpool(service.finish_upload, session, image.id,
+        image = await run_in_threadpool(service.finish_upload, session, settings, image.id,
                                         received.size, received.sha256)
         await run_in_threadpool(session.commit)
     except BaseException:

@@ -7,20 +7,58 @@ goes back to queued, so the owner can try again; nothing is kept of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from api.config import Settings
 from api.deps import HostPrincipal, Principal
-from api.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+)
 from api.images import formats, repository
 from api.images.schemas import ImageCreate
 from api.models import Image
+from api.quotas import service as quotas
 
 
 def list_images(session: Session, principal: Principal) -> Sequence[Image]:
     """Images the caller may see."""
     return repository.list_visible(session, principal.project_scope)
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of images and the marker of the next page (None: last page)."""
+
+    images: Sequence[Image]
+    next_marker: str | None
+
+
+def list_image_page(session: Session, principal: Principal, *, limit: int,
+                    marker: str | None) -> ImagePage:
+    """A page of the images the caller may see, oldest first.
+
+    Raises DomainError ``invalid_marker`` (400) for a marker that is not a visible image.
+    """
+    after = None
+    if marker is not None:
+        mark = repository.visible(session, principal.project_scope, marker)
+        if mark is None:
+            raise DomainError("The marker is not an image of this listing.",
+                              code="invalid_marker")
+        after = (mark.created_at, mark.id)
+    rows = repository.list_visible(session, principal.project_scope, after=after,
+                                   limit=limit + 1)
+    if len(rows) > limit:
+        return ImagePage(rows[:limit], rows[limit - 1].id)
+    return ImagePage(rows, None)
 
 
 def get_image(session: Session, principal: Principal, image_id: str) -> Image:
@@ -97,12 +135,14 @@ def _boot_part(session: Session, principal: Principal, image_id: str, disk_forma
             code="invalid_image_reference", field=field)
 
 
-def create_image(session: Session, principal: Principal, body: ImageCreate) -> Image:
-    """A queued image record owned by the caller's project.
+def create_image(session: Session, settings: Settings, principal: Principal,
+                 body: ImageCreate) -> Image:
+    """A queued image record owned by the caller's project, within its ``images`` quota.
 
     Raises Forbidden ``admin_required`` for a public image by a non-admin (public images are
     offered to every project, so only the cloud operator publishes them), InvalidInput
-    ``invalid_image_reference`` for a kernel/ramdisk that is not an active aki/ari image.
+    ``invalid_image_reference`` for a kernel/ramdisk that is not an active aki/ari image,
+    QuotaExceeded for one image too many.
     """
     if body.visibility == "public" and not principal.is_admin:
         raise Forbidden("Only admins publish public images.", code="admin_required")
@@ -117,6 +157,7 @@ def create_image(session: Session, principal: Principal, body: ImageCreate) -> I
         _boot_part(session, principal, props.kernel_id, "aki", "kernel_id")
     if props.ramdisk_id:
         _boot_part(session, principal, props.ramdisk_id, "ari", "ramdisk_id")
+    quotas.lock_and_check(session, settings, principal.project_id, {"images": 1})
     image = Image(
         project_id=principal.project_id, name=body.name, status="queued",
         disk_format=body.disk_format, visibility=body.visibility,
@@ -155,11 +196,44 @@ def release_upload(session: Session, image_id: str) -> None:
     repository.move_status(session, image_id, "saving", "queued")
 
 
-def finish_upload(session: Session, image_id: str, size: int, sha256: str) -> Image:
-    """saving -> active with the size and checksum.
+@dataclass(frozen=True)
+class ByteQuota:
+    """The project's ``image_bytes`` use and limit when an upload starts."""
 
-    Raises Conflict ``image_deleted`` when the image was deleted during the upload.
+    used: int
+    limit: int
+
+    def check(self, requested: int) -> None:
+        """Raise QuotaExceeded unless ``requested`` more bytes fit."""
+        if self.used + requested > self.limit:
+            raise QuotaExceeded(
+                f"Quota exceeded for image_bytes: requested {requested}, used {self.used}, "
+                f"limit {self.limit}.",
+                resource="image_bytes", requested=requested, used=self.used, limit=self.limit)
+
+
+def upload_quota(session: Session, settings: Settings, image: Image,
+                 declared: int | None) -> ByteQuota:
+    """The image's project's byte quota; raises QuotaExceeded when the declared size alone
+    does not fit."""
+    quota = ByteQuota(quotas.usage(session, image.project_id)["image_bytes"],
+                      quotas.limits(session, settings, image.project_id)["image_bytes"])
+    if declared is not None:
+        quota.check(declared)
+    return quota
+
+
+def finish_upload(session: Session, settings: Settings, image_id: str, size: int,
+                  sha256: str) -> Image:
+    """saving -> active with the size and checksum, within the ``image_bytes`` quota (checked
+    again under the project lock: concurrent uploads of one project cannot both fit).
+
+    Raises Conflict ``image_deleted`` when the image was deleted during the upload,
+    QuotaExceeded when the bytes do not fit.
     """
+    owner = session.get(Image, image_id)
+    if owner is not None:
+        quotas.lock_and_check(session, settings, owner.project_id, {"image_bytes": size})
     if not repository.move_status(session, image_id, "saving", "active",
                                   size=size, sha256=sha256):
         raise Conflict("The image was deleted during the upload.", code="image_deleted")

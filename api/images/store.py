@@ -6,8 +6,10 @@ one file system), hashing and counting as they go; no upload is ever held in mem
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,13 +18,20 @@ from pathlib import Path
 
 from anyio import to_thread
 
-from api.errors import Conflict, InvalidInput, PayloadTooLarge
+from api.errors import Conflict, InsufficientStorage, InvalidInput, PayloadTooLarge
 from api.images.formats import HEAD_BYTES
 
 # Bytes handed to a worker thread per write: large enough that the thread hop is cheap, small
 # enough to keep memory flat.
 _WRITE_BATCH = 1024 * 1024
 _TMP_PREFIX = ".upload-"
+# Out of space (or of the file system's quota): the client's request was fine.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space() -> InsufficientStorage:
+    return InsufficientStorage("The image store is out of space; nothing was kept.",
+                               code="insufficient_storage")
 
 
 @dataclass(frozen=True)
@@ -51,17 +60,25 @@ class ImageStore:
         return self.root / image_id
 
     async def receive(self, image_id: str, chunks: AsyncIterator[bytes], max_bytes: int,
-                      check_head: Callable[[bytes], None]) -> Received:
+                      check_head: Callable[[bytes], None],
+                      check_size: Callable[[int], None] | None = None) -> Received:
         """Stream ``chunks`` into a temporary file; returns its size and sha256.
 
         ``check_head`` sees the first ``HEAD_BYTES`` (or the whole file if shorter) before
-        the rest is accepted. Raises PayloadTooLarge ``image_too_large`` past ``max_bytes``,
-        InvalidInput ``image_empty`` for no bytes, whatever ``check_head`` raises, or the
-        client's disconnect; on any error the temporary file is gone.
+        the rest is accepted; ``check_size`` sees the running size after each chunk, before
+        it is written. Raises PayloadTooLarge ``image_too_large`` past ``max_bytes``,
+        InvalidInput ``image_empty`` for no bytes, InsufficientStorage when the file system
+        is full, whatever ``check_head`` raises, or the client's disconnect; on any error the
+        temporary file is gone.
         """
         self.path(image_id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{image_id}-", dir=self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{image_id}-", dir=self.root)
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise _out_of_space() from None
+            raise
         tmp = Path(name)
         digest = hashlib.sha256()
         size = 0
@@ -84,6 +101,8 @@ class ImageStore:
                     raise PayloadTooLarge(
                         f"The image is larger than the limit of {max_bytes} bytes.",
                         code="image_too_large", limit=max_bytes)
+                if check_size is not None:
+                    check_size(size)
                 if not head_checked:
                     head += chunk[:HEAD_BYTES - len(head)]
                     if len(head) >= HEAD_BYTES:
@@ -100,12 +119,23 @@ class ImageStore:
             if batch:
                 await to_thread.run_sync(write, bytes(batch))
             await to_thread.run_sync(os.fsync, fd)
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            if exc.errno in _NO_SPACE:
+                raise _out_of_space() from None
+            raise
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
         return Received(tmp, size, digest.hexdigest())
+
+    def free_bytes(self) -> int:
+        """Bytes free for uploads on the store's file system (the root made if missing)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
 
     def publish(self, received: Received, image_id: str) -> Path:
         """Atomically move a received upload to the image's file.

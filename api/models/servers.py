@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db import Base, UTCDateTime, new_id, utcnow
@@ -13,6 +13,8 @@ from scheduler.resources import RESOURCE_CLASSES
 
 # What a quota can limit: server count, then each resource class's quota key.
 QUOTA_RESOURCES = ("instances", *(rc.quota_key for rc in RESOURCE_CLASSES))
+# What a quota can limit of images: how many, and their bytes together.
+IMAGE_QUOTA_RESOURCES = ("images", "image_bytes")
 
 
 class Quota(Base):
@@ -23,7 +25,8 @@ class Quota(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     resource: Mapped[str] = mapped_column(String(32))
-    limit: Mapped[int] = mapped_column(Integer)
+    # Bytes (image_bytes) outgrow 32 bits.
+    limit: Mapped[int] = mapped_column(BigInteger)
 
 
 class ServerGroup(Base):

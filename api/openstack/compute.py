@@ -394,7 +394,7 @@ def server_action(server_id: str, request: Request, principal: OsUser, session: 
     except Conflict as exc:
         # As on /v1: the refusal is written to the server's history in its own unit of work.
         session.rollback()
-        servers.record_rejection(request.app.state.sessionmaker, principal, server_id,
+        servers.record_rejection(request.app.state.sessionmaker, settings, principal, server_id,
                                  action.action, exc)
         raise
     return Response(status_code=202)

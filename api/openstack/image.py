@@ -111,11 +111,11 @@ def _image_create(body: dict[str, Any]) -> tuple[ImageCreate, dict[str, str]]:
 
 
 @router.post("/v2/images", status_code=201)
-def create_image(principal: OsWriter, session: SessionDep,
+def create_image(principal: OsWriter, session: SessionDep, settings: SettingsDep,
                  body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     """``POST /v2/images``: ``images.service.create_image``; extra properties are kept."""
     create, extra = _image_create(body)
-    image = images.create_image(session, principal, create)
+    image = images.create_image(session, settings, principal, create)
     if extra:
         image.properties = {**image.properties, GLANCE_KEY: {"extra": extra}}
         session.flush()

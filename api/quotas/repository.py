@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api.models import Project, Quota, Server
+from api.models import Image, Project, Quota, Server
 from scheduler.resources import RESOURCE_CLASSES
 
 
@@ -27,7 +27,8 @@ def lock_project(session: Session, project_id: str) -> bool:
 
 def usage(session: Session, project_id: str) -> dict[str, int]:
     """What the project holds now: its servers not yet deleted (DELETING still holds); per
-    resource class, the sum of the server column that requests it, under its quota key."""
+    resource class, the sum of the server column that requests it, under its quota key; its
+    images not deleted and their uploaded bytes."""
     row = session.execute(
         select(
             func.count(Server.id),
@@ -35,9 +36,15 @@ def usage(session: Session, project_id: str) -> dict[str, int]:
               for rc in RESOURCE_CLASSES),
         ).where(Server.project_id == project_id, Server.deleted_at.is_(None))
     ).one()
+    # Images not deleted (a tombstone's bytes are gone); only uploaded bytes have a size.
+    images = session.execute(
+        select(func.count(Image.id), func.coalesce(func.sum(Image.size), 0))
+        .where(Image.project_id == project_id, Image.status != "deleted")
+    ).one()
     return {"instances": int(row[0]),
             **{rc.quota_key: int(value) for rc, value in zip(RESOURCE_CLASSES, row[1:],
-                                                               strict=True)}}
+                                                               strict=True)},
+            "images": int(images[0]), "image_bytes": int(images[1] or 0)}
 
 
 def stored_limits(session: Session, project_id: str) -> dict[str, Quota]:

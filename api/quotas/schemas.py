@@ -10,6 +10,8 @@ from api.fields import STRICT
 
 Limit = Annotated[int, Field(ge=0, le=2_147_483_647, strict=True)]
 """A quota limit: a non-negative integer that fits the database column."""
+ByteLimit = Annotated[int, Field(ge=0, le=9_223_372_036_854_775_807, strict=True)]
+"""A limit in bytes (the column is 64-bit)."""
 
 
 class QuotaValues(BaseModel):
@@ -19,6 +21,8 @@ class QuotaValues(BaseModel):
     vcpus: int
     ram_mb: int
     disk_gb: int
+    images: int
+    image_bytes: int
 
 
 class QuotaOut(BaseModel):
@@ -37,3 +41,5 @@ class QuotaUpdate(BaseModel):
     vcpus: Limit | None = None
     ram_mb: Limit | None = None
     disk_gb: Limit | None = None
+    images: Limit | None = None
+    image_bytes: ByteLimit | None = None

@@ -15,15 +15,15 @@ from api.config import Settings
 from api.deps import Principal
 from api.errors import NotFound, QuotaExceeded
 from api.models import Project, Quota
-from api.models.servers import QUOTA_RESOURCES
+from api.models.servers import IMAGE_QUOTA_RESOURCES, QUOTA_RESOURCES
 from api.quotas import repository
 from scheduler.resources import RESOURCE_CLASSES
 
 
 def default_limits(settings: Settings) -> dict[str, int]:
     """The configured limits of a project without quota rows: ``default_quota_<key>`` for
-    instances and for each resource class's quota key (``scheduler.resources``)."""
-    keys = ("instances", *(rc.quota_key for rc in RESOURCE_CLASSES))
+    instances, for each resource class's quota key (``scheduler.resources``) and images."""
+    keys = ("instances", *(rc.quota_key for rc in RESOURCE_CLASSES), *IMAGE_QUOTA_RESOURCES)
     return {key: int(getattr(settings, f"default_quota_{key}")) for key in keys}
 
 
@@ -61,7 +61,7 @@ def lock_and_check(session: Session, settings: Settings, project_id: str,
         raise NotFound("No such project.", code="project_not_found")
     used = repository.usage(session, project_id)
     limit = limits(session, settings, project_id)
-    for resource in QUOTA_RESOURCES:
+    for resource in (*QUOTA_RESOURCES, *IMAGE_QUOTA_RESOURCES):
         want = requested.get(resource, 0)
         if want and used[resource] + want > limit[resource]:
             raise QuotaExceeded(

@@ -71,12 +71,33 @@ def last_event_at(session: Session, server_id: str) -> datetime | None:
                           .where(ServerEvent.server_id == server_id))
 
 
-def events(session: Session, server_id: str) -> Sequence[ServerEvent]:
-    """The server's events, oldest first."""
-    return session.scalars(
-        select(ServerEvent).where(ServerEvent.server_id == server_id)
-        .order_by(ServerEvent.created_at, ServerEvent.id)
-    ).all()
+def count_rejections(session: Session, server_id: str, since: datetime) -> int:
+    """How many refused requests were recorded for the server since ``since``: the ``error``
+    events a user caused (the agent's error observations carry no user)."""
+    return int(session.scalar(
+        select(func.count()).select_from(ServerEvent)
+        .where(ServerEvent.server_id == server_id, ServerEvent.result == "error",
+               ServerEvent.user_id.is_not(None), ServerEvent.created_at >= since)) or 0)
+
+
+def events(session: Session, server_id: str, *, after: tuple[datetime, str] | None = None,
+           limit: int | None = None) -> Sequence[ServerEvent]:
+    """The server's events, oldest first, starting after the ``after`` key."""
+    query = select(ServerEvent).where(ServerEvent.server_id == server_id)
+    if after is not None:
+        created, eid = after
+        query = query.where(or_(ServerEvent.created_at > created,
+                                and_(ServerEvent.created_at == created, ServerEvent.id > eid)))
+    query = query.order_by(ServerEvent.created_at, ServerEvent.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return session.scalars(query).all()
+
+
+def get_event(session: Session, server_id: str, event_id: str) -> ServerEvent | None:
+    """One event of the server."""
+    return session.scalar(select(ServerEvent).where(ServerEvent.server_id == server_id,
+                                                    ServerEvent.id == event_id))
 
 
 def live_servers_on(session: Session, host_id: str) -> Sequence[Server]:

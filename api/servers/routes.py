@@ -164,18 +164,25 @@ def server_action(server_id: PathId, body: ServerAction, principal: Writer,
         # of work of its own. End this one first: it may hold the write lock (SQLite) or a row
         # lock (PostgreSQL) the rejection's unit of work would wait for.
         session.rollback()
-        service.record_rejection(request.app.state.sessionmaker, principal, server_id,
+        service.record_rejection(request.app.state.sessionmaker, settings, principal, server_id,
                                  body.action, exc)
         raise
     return _render(session, principal, [server])[0]
 
 
 @router.get("/servers/{server_id}/events", response_model=EventList)
-def server_events(server_id: PathId, principal: CurrentUser, session: SessionDep) -> EventList:
-    """Every accepted request and state change of a server, oldest first."""
+def server_events(
+    server_id: PathId, principal: CurrentUser, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    marker: MarkerId = None,
+) -> EventList:
+    """Every accepted request and state change of a server, oldest first, one page at a time:
+    pass `next_marker` as `marker` for the next page; an unknown marker is 400
+    `invalid_marker`. Tenants never see host ids or names in `details`."""
+    page = service.list_events(session, principal, server_id, limit=limit, marker=marker)
     return EventList(events=[
         EventOut(id=e.id, action=e.action, user_id=e.user_id, request_id=e.request_id,
                  result=e.result, message=e.message,
                  details=service.visible_details(e, principal), created_at=e.created_at)
-        for e in service.list_events(session, principal, server_id)
-    ])
+        for e in page.events
+    ], next_marker=page.next_marker)

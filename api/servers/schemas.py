@@ -201,6 +201,8 @@ class EventOut(BaseModel):
 
 
 class EventList(BaseModel):
-    """A server's events, oldest first."""
+    """A page of a server's events, oldest first; ``next_marker`` (None: last page) is the
+    ``marker`` of the next page."""
 
     events: list[EventOut]
+    next_marker: str | None = None

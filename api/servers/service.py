@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
-from api.db import session_scope
+from api.db import session_scope, utcnow
 from api.deps import Principal
 from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, request_id_var
 from api.flavors import service as flavors
@@ -261,36 +262,71 @@ def resize(session: Session, settings: Settings, principal: Principal, server: S
     return server
 
 
-def record_rejection(factory: sessionmaker[Session], principal: Principal, server_id: str,
-                     action: str, error: DomainError) -> None:
+def record_rejection(factory: sessionmaker[Session], settings: Settings, principal: Principal,
+                     server_id: str, action: str, error: DomainError) -> None:
     """Record a refused request (e.g. 409 ``invalid_state``) as an ``error`` event.
 
     Runs its own unit of work, because the request's unit of work rolls back with the error.
-    Only for a server the caller may see: nothing is recorded for other projects' ids.
+    Only for a server the caller may see: nothing is recorded for other projects' ids. At most
+    ``settings.rejected_action_events_per_minute`` refusals are recorded per server within
+    any 60 seconds, so a client hammering a refused action cannot grow the history without
+    bound; the refusals beyond that are answered the same but not recorded.
     """
     for session in session_scope(factory):
         server = repository.get_server(session, server_id, principal.project_scope)
-        if server is not None:
-            record_event(session, server, action, user_id=principal.user_id, result=ERROR,
-                         message=error.detail, details={"code": error.code})
+        if server is None:
+            return
+        since = utcnow() - timedelta(seconds=60)
+        if repository.count_rejections(session, server.id, since) >= \
+                settings.rejected_action_events_per_minute:
+            return
+        record_event(session, server, action, user_id=principal.user_id, result=ERROR,
+                     message=error.detail, details={"code": error.code})
 
 
 # What a tenant may see of the scheduler's decision: never host names or ids.
 _TENANT_SCHEDULE_KEYS = ("availability_zone", "conflicts")
+# Keys naming a host, in any event's details (``observe``, ``resize``, ...): admins only.
+_HOST_KEYS = frozenset({"host_id", "host", "host_name"})
 
 
 def visible_details(event: ServerEvent, principal: Principal) -> dict[str, Any]:
-    """An event's details as ``principal`` may see them (host data only for admins)."""
+    """An event's details as ``principal`` may see them (host ids and names only for admins)."""
     details = dict(event.details or {})
-    if principal.is_admin or event.action != "schedule":
+    if principal.is_admin:
         return details
-    decision = details.get("decision") or {}
-    shown = {k: details[k] for k in _TENANT_SCHEDULE_KEYS if k in details}
-    shown["candidates"] = decision.get("candidates")
-    return shown
+    if event.action == "schedule":
+        decision = details.get("decision") or {}
+        shown = {k: details[k] for k in _TENANT_SCHEDULE_KEYS if k in details}
+        shown["candidates"] = decision.get("candidates")
+        return shown
+    return {k: v for k, v in details.items() if k not in _HOST_KEYS}
 
 
-def list_events(session: Session, principal: Principal, server_id: str) -> Sequence[ServerEvent]:
-    """The server's events, oldest first; raises NotFound."""
+@dataclass(frozen=True)
+class EventPage:
+    """One page of a server's events and the marker of the next page (None: last page)."""
+
+    events: Sequence[ServerEvent]
+    next_marker: str | None
+
+
+def list_events(session: Session, principal: Principal, server_id: str, *, limit: int,
+                marker: str | None = None) -> EventPage:
+    """A page of the server's events, oldest first (by (created_at, id)).
+
+    Raises NotFound, DomainError ``invalid_marker`` (400) for a marker that is not one of
+    the server's events.
+    """
     server = get_server(session, principal, server_id)
-    return repository.events(session, server.id)
+    after = None
+    if marker is not None:
+        mark = repository.get_event(session, server.id, marker)
+        if mark is None:
+            raise DomainError("The marker is not an event of this server.",
+                              code="invalid_marker")
+        after = (mark.created_at, mark.id)
+    rows = repository.events(session, server.id, after=after, limit=limit + 1)
+    if len(rows) > limit:
+        return EventPage(rows[:limit], rows[limit - 1].id)
+    return EventPage(rows, None)

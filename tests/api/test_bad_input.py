@@ -183,7 +183,8 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
     ("POST", "/v1/keypairs"): {"name": "key x", "public_key": SSH_KEY},
     ("POST", "/v1/servers/{server_id}/actions"): {"action": "reboot", "type": "soft"},
     ("POST", "/v1/server-groups"): {"name": "group x", "policy": "affinity"},
-    ("PUT", "/v1/quotas/{project_id}"): {"instances": 1, "vcpus": 1, "ram_mb": 1, "disk_gb": 1},
+    ("PUT", "/v1/quotas/{project_id}"): {"instances": 1, "vcpus": 1, "ram_mb": 1, "disk_gb": 1,
+                                         "images": 1, "image_bytes": 1},
     ("PATCH", "/v1/hosts/{host_id}"): {
         "enabled": True, "disabled_reason": "why", "availability_zone": "nova",
         "aggregates": {"ssd": "true"}, "allocation_ratios": {"VCPU": 4.0},

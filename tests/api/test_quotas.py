@@ -16,7 +16,7 @@ from tests.factories import make_account
 # Servers created through the API need a host to be placed on.
 pytestmark = pytest.mark.usefixtures("pool")
 
-ZERO = {"instances": 0, "vcpus": 0, "ram_mb": 0, "disk_gb": 0}
+ZERO = {"instances": 0, "vcpus": 0, "ram_mb": 0, "disk_gb": 0, "images": 0, "image_bytes": 0}
 
 
 def quota(client: TestClient, headers: dict[str, str], project_id: str) -> dict[str, Any]:
@@ -33,7 +33,9 @@ def test_a_new_project_has_the_configured_defaults_and_no_usage(
     body = quota(client, acct.headers, acct.project_id)
     assert body == {"project_id": acct.project_id, "usage": ZERO, "limits": {
         "instances": settings.default_quota_instances, "vcpus": settings.default_quota_vcpus,
-        "ram_mb": settings.default_quota_ram_mb, "disk_gb": settings.default_quota_disk_gb}}
+        "ram_mb": settings.default_quota_ram_mb, "disk_gb": settings.default_quota_disk_gb,
+        "images": settings.default_quota_images,
+        "image_bytes": settings.default_quota_image_bytes}}
 
 
 def test_usage_is_exact_and_follows_creates_and_deletes(
@@ -43,14 +45,17 @@ def test_usage_is_exact_and_follows_creates_and_deletes(
     boot(client, acct, database_url, flavor="tiny")  # 1 vcpu, 512 MB, 1 GB
     small = boot(client, acct, database_url, flavor="small")  # 1, 2048, 20
     boot(client, acct, database_url, flavor="medium")  # 2, 4096, 40
+    # Each boot() also made an image of 1024 bytes in the project.
+    images = {"images": 3, "image_bytes": 3 * 1024}
     assert quota(client, acct.headers, acct.project_id)["usage"] == {
-        "instances": 3, "vcpus": 4, "ram_mb": 512 + 2048 + 4096, "disk_gb": 1 + 20 + 40}
+        "instances": 3, "vcpus": 4, "ram_mb": 512 + 2048 + 4096, "disk_gb": 1 + 20 + 40,
+        **images}
     client.delete(f"/v1/servers/{small['id']}", headers=acct.headers)
     # DELETING still holds its resources until the agent confirms the domain is gone.
     assert quota(client, acct.headers, acct.project_id)["usage"]["instances"] == 3
     observe(client, pool, small["id"], "absent")
     assert quota(client, acct.headers, acct.project_id)["usage"] == {
-        "instances": 2, "vcpus": 3, "ram_mb": 512 + 4096, "disk_gb": 41}
+        "instances": 2, "vcpus": 3, "ram_mb": 512 + 4096, "disk_gb": 41, **images}
     # Admins read any project's quota and see the same numbers.
     assert quota(client, admin, acct.project_id)["usage"]["instances"] == 2
 
@@ -100,7 +105,9 @@ def test_put_changes_only_the_given_limits(
     r = client.put(f"/v1/quotas/{acct.project_id}", json={"ram_mb": 1024}, headers=admin)
     assert r.json()["limits"] == {"instances": settings.default_quota_instances,
                                   "vcpus": settings.default_quota_vcpus, "ram_mb": 1024,
-                                  "disk_gb": settings.default_quota_disk_gb}
+                                  "disk_gb": settings.default_quota_disk_gb,
+                                  "images": settings.default_quota_images,
+                                  "image_bytes": settings.default_quota_image_bytes}
     r = client.put(f"/v1/quotas/{acct.project_id}", json={"vcpus": 0, "ram_mb": 2048},
                    headers=admin)
     assert (r.json()["limits"]["vcpus"], r.json()["limits"]["ram_mb"]) == (0, 2048)

@@ -213,7 +213,8 @@ def test_quota_show_and_set(mc: Mc, http: httpx.Client, tmp_path: Path) -> None:
     parse(mc("--json", "server", "create", unique("web"), "--flavor", "tiny", "--image",
              image["id"], token=account.token))
 
-    updated = parse(mc("--json", "quota", "set", account.project_name, "--instances", "3"))
+    updated = parse(mc("--json", "quota", "set", account.project_name, "--instances", "3",
+                       "--images", "7", "--image-bytes", str(10 * 1024**3)))
     mine = parse(mc("--json", "quota", "show", token=account.token))
     table = mc("quota", "show", account.project_id)
 
@@ -221,8 +222,11 @@ def test_quota_show_and_set(mc: Mc, http: httpx.Client, tmp_path: Path) -> None:
     assert mine["project_id"] == account.project_id
     assert mine["limits"]["instances"] == 3
     # tiny: 1 vCPU, 512 MiB, 1 GiB
-    assert mine["usage"] == {"instances": 1, "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
+    assert (mine["limits"]["images"], mine["limits"]["image_bytes"]) == (7, 10 * 1024**3)
+    assert mine["usage"] == {"instances": 1, "vcpus": 1, "ram_mb": 512, "disk_gb": 1,
+                             "images": 1, "image_bytes": image["size"]}
     assert table.exit_code == 0 and "instances" in table.stdout
+    assert "image_bytes" in table.stdout
 
 
 def test_quota_set_is_admin_only(mc: Mc, http: httpx.Client) -> None:
