@@ -190,16 +190,14 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
     """Hand one observation of a locked server to the lifecycle; False when it is stale.
 
     ``seen_at`` is clamped to the API clock (an agent clock ahead of ours must not bill the
-    future). An observation seen before the newest recorded one is stale: it is recorded (its
-    key stays used) but changes nothing, so a late retry cannot undo a newer state.
+    future). An observation seen before the newest recorded one is stale: it changes nothing,
+    so a late retry cannot undo a newer state, and it is not recorded, so its key stays free:
+    a later, current report under the same key is still applied (a burnt key would leave the
+    server in DELETING, REBOOT or resizing for good).
     """
     seen = min(seen_at, utcnow())
     last = repository.last_seen_at(session, server.id)
     if last is not None and seen < last:
-        if key is not None:
-            session.add(AgentObservation(host_id=host_id, idempotency_key=key,
-                                         server_id=server.id, state=state, seen_at=seen))
-            session.flush()
         return False
     old = server.status
     move = lifecycle.observe(session, settings, host_id, server, state, seen,
