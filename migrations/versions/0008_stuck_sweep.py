@@ -1,0 +1,28 @@
+"""stuck_sweep: indexes for the sweep of servers stuck in a transition
+
+Revision ID: 0008_stuck_sweep
+Revises: 0007_keypairs
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0008_stuck_sweep"
+down_revision: str | None = "0007_keypairs"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("servers", schema=None) as batch_op:
+        batch_op.create_index("ix_servers_status_updated", ["status", "updated_at"],
+                              unique=False)
+        batch_op.create_index("ix_servers_task_state_updated", ["task_state", "updated_at"],
+                              unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("servers", schema=None) as batch_op:
+        batch_op.drop_index("ix_servers_task_state_updated")
+        batch_op.drop_index("ix_servers_status_updated")
