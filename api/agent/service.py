@@ -45,6 +45,7 @@ from api.db import utcnow
 from api.errors import Conflict, NotFound, Unauthorized
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
+from api.hosts.schemas import ForeignDomain
 from api.models import AgentObservation, Host, Image, Inventory, Server
 from api.models.compute import RESOURCE_CLASSES
 from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
@@ -138,13 +139,17 @@ class HeartbeatResult:
 
 
 def heartbeat(session: Session, settings: Settings, host_id: str,
-              observed: list[ObservedItem]) -> HeartbeatResult:
+              observed: list[ObservedItem],
+              foreign: list[ForeignDomain] | None = None) -> HeartbeatResult:
     """Record the heartbeat (API clock) and apply the observations of this host's servers.
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
+    ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts.
     """
     host = hosts_service.get_host(session, host_id)
     host.last_heartbeat_at = utcnow()
+    if foreign is not None:
+        host.foreign_domains = [f.model_dump() for f in foreign]
     session.flush()
     applied, ignored = 0, []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.

@@ -1,20 +1,23 @@
-"""stuck_sweep: indexes for the sweep of servers stuck in a transition
+"""stuck: indexes for the sweep of stuck transitions; hosts' quarantined foreign domains
 
-Revision ID: 0008_stuck_sweep
+Revision ID: 0008_stuck
 Revises: 0007_keypairs
 """
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_stuck_sweep"
+revision: str = "0008_stuck"
 down_revision: str | None = "0007_keypairs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("hosts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("foreign_domains", sa.JSON(), nullable=True))
     with op.batch_alter_table("servers", schema=None) as batch_op:
         batch_op.create_index("ix_servers_status_updated", ["status", "updated_at"],
                               unique=False)
@@ -26,3 +29,5 @@ def downgrade() -> None:
     with op.batch_alter_table("servers", schema=None) as batch_op:
         batch_op.drop_index("ix_servers_task_state_updated")
         batch_op.drop_index("ix_servers_status_updated")
+    with op.batch_alter_table("hosts", schema=None) as batch_op:
+        batch_op.drop_column("foreign_domains")
