@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # Compute hosts: a host is down after this long without a heartbeat.
     host_down_after_seconds: int = Field(default=60, gt=0)
     heartbeat_interval_seconds: int = Field(default=10, gt=0)
+    # Transitions that make no progress this long end in ERROR (api.servers.timeouts):
+    # BUILD; DELETING; REBOOT, resizing, pausing and unpausing (one "operation" limit).
+    build_timeout_seconds: int = Field(default=600, gt=0)
+    delete_timeout_seconds: int = Field(default=600, gt=0)
+    operation_timeout_seconds: int = Field(default=600, gt=0)
     # Longest wait of the agent's desired-state long-poll, and how often it re-checks.
     agent_long_poll_max_seconds: float = Field(default=30.0, gt=0)
     agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)

@@ -177,6 +177,10 @@ class Agent:
         self._snapshot_lock = threading.Lock()
         self.passes = 0
         self._host_arch: str | None = None
+        self.host_id = credential.host_id
+        # Domains whose metadata names another host: quarantined (never started, stopped,
+        # destroyed or deleted), logged and reported in the heartbeat.
+        self.foreign: dict[str, str] = {}  # server id -> the host id its metadata names
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -295,7 +299,7 @@ class Agent:
             with self._snapshot_lock:
                 observed = list(self._snapshot)
             try:
-                self._hb_client.heartbeat(observed)
+                self._hb_client.heartbeat(observed, dict(self.foreign))
                 delay = 0.5
                 self._stop.wait(self.settings.heartbeat_interval)
             except Exception as exc:  # API down, or a bug: keep beating either way
@@ -312,10 +316,18 @@ class Agent:
             HypervisorError: libvirt cannot list domains.
         """
         seen: dict[str, SeenDomain] = {}
+        foreign: dict[str, str] = {}
         for d in self.hv.list_managed_domains():
+            if d.metadata.host_id not in ("", self.host_id):
+                foreign[d.server_id] = d.metadata.host_id
+                continue
             obs = d.state.observed
             state: DomainState = obs if obs in ("error", "running", "paused") else "shutoff"
             seen[d.server_id] = SeenDomain(state, d.metadata.vcpus, d.metadata.ram_mb)
+        for sid in foreign.keys() - self.foreign.keys():
+            log.warning("domain %s belongs to host %s, not to this host (%s): quarantined, "
+                        "left as it is", sid, foreign[sid], self.host_id)
+        self.foreign = foreign
         return seen
 
     def reconcile(self, desired: list[DesiredServer]) -> None:
@@ -326,7 +338,9 @@ class Agent:
             HypervisorError: libvirt cannot list domains.
         """
         domains = self.seen()
-        dirs = set(instance_ids_on_disk(self.instances))
+        # Another host's domains and their files are never touched, even when listed here.
+        dirs = set(instance_ids_on_disk(self.instances)) - self.foreign.keys()
+        desired = [d for d in desired if d.server_id not in self.foreign]
         # Remember only operations still awaited: ids carry the generation, never repeating.
         awaited = {operation_key(d.server_id, d.operation.id) for d in desired if d.operation}
         if self._operations_done - awaited:
@@ -543,7 +557,7 @@ class Agent:
                 user_data=server.user_data,
                 ssh_keys=(server.key_data.strip(),) if server.key_data else (),
                 network=self.settings.network_name, virt_type=self.virt_type,
-                arch=self._arch())
+                arch=self._arch(), host_id=self.host_id)
             paths = InstancePaths(self.instances, server.server_id)
             prepare_instance_files(spec, paths)
         except (SpecError, ImageError, OSError) as exc:
@@ -638,7 +652,7 @@ class Agent:
         now = _now()
         snap = [Observation(server_id=sid, state=st.observed, seen_at=now)
                 for sid, st in self.hv.list_managed().items()
-                if st.observed in ("running", "shutoff", "paused")]
+                if st.observed in ("running", "shutoff", "paused") and sid not in self.foreign]
         with self._snapshot_lock:
             self._snapshot = snap
 

@@ -304,9 +304,13 @@ class AgentClient:
         return InventoryResult.model_validate(
             self._request("PUT", "/v1/agent/inventory", json=body).json())
 
-    def heartbeat(self, observed: list[Observation] | None = None) -> HeartbeatResult:
-        """Say the host is alive, with the states it sees; raises AgentApiError."""
-        body = {"observed": [o.model_dump(mode="json") for o in observed or []]}
+    def heartbeat(self, observed: list[Observation] | None = None,
+                  foreign: dict[str, str] | None = None) -> HeartbeatResult:
+        """Say the host is alive, with the states it sees and (``foreign``: server id -> host
+        id) the other hosts' domains it quarantined; raises AgentApiError."""
+        body: dict[str, Any] = {"observed": [o.model_dump(mode="json") for o in observed or []]}
+        if foreign is not None:
+            body["foreign"] = [{"server_id": s, "host_id": h} for s, h in sorted(foreign.items())]
         return HeartbeatResult.model_validate(
             self._request("POST", "/v1/agent/heartbeat", json=body).json())
 

@@ -30,6 +30,7 @@ class DomainMetadata:
     ram_mb: int
     disk_gb: int
     image_id: str
+    host_id: str = ""  # "" for a domain defined before host ids were recorded
 
 
 # Characters XML 1.0 cannot carry at all (not even escaped); they are dropped from text.
@@ -59,6 +60,8 @@ def metadata_element(spec: ServerSpec) -> ET.Element:
     _sub(inst, ns + "flavor", spec.flavor_name, id=spec.flavor_id, vcpus=str(spec.vcpus),
          ram_mb=str(spec.ram_mb), disk_gb=str(spec.disk_gb))
     _sub(inst, ns + "image", id=spec.image_id)
+    if spec.host_id:
+        _sub(inst, ns + "host", id=spec.host_id)
     return inst
 
 
@@ -166,13 +169,15 @@ def parse_metadata(domain_xml: str) -> DomainMetadata | None:
             return 0
 
     image = inst.find("m:image", ns)
+    host = inst.find("m:host", ns)
     return DomainMetadata(
         server_id=server_id, project_id=project_id,
         name=inst.findtext("m:name", "", ns),
         flavor_id=flavor.get("id", "") if flavor is not None else "",
         flavor_name=(flavor.text or "") if flavor is not None else "",
         vcpus=flavor_int("vcpus"), ram_mb=flavor_int("ram_mb"), disk_gb=flavor_int("disk_gb"),
-        image_id=image.get("id", "") if image is not None else "")
+        image_id=image.get("id", "") if image is not None else "",
+        host_id=host.get("id", "") if host is not None else "")
 
 
 def console_log_path(domain_xml: str) -> str | None:

@@ -94,6 +94,9 @@ class ServerSpec:
     network: str | None = None
     virt_type: VirtType = "kvm"
     arch: str = "x86_64"
+    # The enrolled host that defines the domain; recorded in its metadata so another host's
+    # agent on the same libvirt never mistakes it for a leftover of its own.
+    host_id: str = ""
 
     def __post_init__(self) -> None:
         canonical_uuid(self.server_id, "server_id")

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN
-from api.hosts.schemas import AvailabilityZone, ResourceOut
+from api.hosts.schemas import AvailabilityZone, ForeignDomain, ResourceOut
 from api.servers.states import Desired, Observed, OperationKind
 
 HostName = Annotated[
@@ -103,6 +103,8 @@ class HeartbeatIn(BaseModel):
 
     model_config = STRICT
     observed: list[ObservedItem] = Field(default_factory=list, max_length=10_000)
+    # Domains of other hosts the agent quarantined; None (an older agent) keeps what is known.
+    foreign: list[ForeignDomain] | None = Field(default=None, max_length=10_000)
 
 
 class HeartbeatOut(BaseModel):

@@ -45,6 +45,7 @@ from api.db import utcnow
 from api.errors import Conflict, NotFound, Unauthorized
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
+from api.hosts.schemas import ForeignDomain
 from api.models import AgentObservation, Host, Image, Inventory, Server
 from api.models.compute import RESOURCE_CLASSES
 from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
@@ -138,13 +139,17 @@ class HeartbeatResult:
 
 
 def heartbeat(session: Session, settings: Settings, host_id: str,
-              observed: list[ObservedItem]) -> HeartbeatResult:
+              observed: list[ObservedItem],
+              foreign: list[ForeignDomain] | None = None) -> HeartbeatResult:
     """Record the heartbeat (API clock) and apply the observations of this host's servers.
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
+    ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts.
     """
     host = hosts_service.get_host(session, host_id)
     host.last_heartbeat_at = utcnow()
+    if foreign is not None:
+        host.foreign_domains = [f.model_dump() for f in foreign]
     session.flush()
     applied, ignored = 0, []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.
@@ -190,16 +195,14 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
     """Hand one observation of a locked server to the lifecycle; False when it is stale.
 
     ``seen_at`` is clamped to the API clock (an agent clock ahead of ours must not bill the
-    future). An observation seen before the newest recorded one is stale: it is recorded (its
-    key stays used) but changes nothing, so a late retry cannot undo a newer state.
+    future). An observation seen before the newest recorded one is stale: it changes nothing,
+    so a late retry cannot undo a newer state, and it is not recorded, so its key stays free:
+    a later, current report under the same key is still applied (a burnt key would leave the
+    server in DELETING, REBOOT or resizing for good).
     """
     seen = min(seen_at, utcnow())
     last = repository.last_seen_at(session, server.id)
     if last is not None and seen < last:
-        if key is not None:
-            session.add(AgentObservation(host_id=host_id, idempotency_key=key,
-                                         server_id=server.id, state=state, seen_at=seen))
-            session.flush()
         return False
     old = server.status
     move = lifecycle.observe(session, settings, host_id, server, state, seen,

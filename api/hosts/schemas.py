@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from api.fields import STRICT, Description
+from api.fields import ID_PATTERN, STRICT, Description
 
 ResourceClass = Literal["VCPU", "MEMORY_MB", "DISK_GB"]
 
@@ -53,6 +53,15 @@ class ResourceOut(BaseModel):
     max_unit: int | None
 
 
+class ForeignDomain(BaseModel):
+    """A minicloud domain on the host's libvirt whose metadata names another host: its agent
+    leaves it alone (quarantined) and reports it."""
+
+    model_config = STRICT
+    server_id: str = Field(max_length=36, pattern=ID_PATTERN)
+    host_id: str = Field(max_length=36, pattern=ID_PATTERN)
+
+
 class HostOut(BaseModel):
     """A compute host as admins see it."""
 
@@ -70,6 +79,8 @@ class HostOut(BaseModel):
     resources: dict[str, ResourceOut]
     servers: int
     created_at: datetime
+    # Quarantined domains of other hosts, as the agent's last heartbeat reported them.
+    foreign_domains: list[ForeignDomain]
 
 
 class HostPatch(BaseModel):

@@ -12,7 +12,7 @@ from api.db import utcnow
 from api.deps import Principal
 from api.errors import Conflict, InvalidInput, NotFound
 from api.hosts import repository
-from api.hosts.schemas import AvailabilityZoneOut, HostOut, HostPatch, ResourceOut
+from api.hosts.schemas import AvailabilityZoneOut, ForeignDomain, HostOut, HostPatch, ResourceOut
 from api.models import EnrollmentToken, Host, Inventory
 from api.security import ENROLLMENT_PREFIX, HOST_CREDENTIAL_PREFIX, digest, new_secret
 from scheduler import resources
@@ -83,6 +83,7 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
             last_heartbeat_at=h.last_heartbeat_at,
             aggregates={str(k): str(v) for k, v in h.aggregates.items()},
             resources=resources, servers=counts.get(h.id, 0), created_at=h.created_at,
+            foreign_domains=[ForeignDomain.model_validate(f) for f in h.foreign_domains or []],
         ))
     return out
 

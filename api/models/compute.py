@@ -30,6 +30,8 @@ class Host(Base):
     # Aggregate tags (key -> value) that flavors' extra_specs can require.
     aggregates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # [{server_id, host_id}]: other hosts' domains its agent quarantined (last heartbeat).
+    foreign_domains: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     credential_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     # Bumped by every claim on this host: concurrent claims conflict instead of overcommitting.
     generation: Mapped[int] = mapped_column(Integer, default=0)

@@ -51,6 +51,9 @@ class Server(Base):
     __table_args__ = (
         Index("ix_servers_project_created", "project_id", "created_at", "id"),
         Index("ix_servers_host_id", "host_id"),
+        # The stuck-transition sweep (api.servers.timeouts) reads only stuck servers.
+        Index("ix_servers_status_updated", "status", "updated_at"),
+        Index("ix_servers_task_state_updated", "task_state", "updated_at"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

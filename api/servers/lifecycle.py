@@ -12,8 +12,9 @@ Everything that changes a server's status, task or desired state goes through he
 * publishing each change to the subscribers of ``api.servers.subscribers`` (billing).
 
 Callers (``api.servers.service`` for users, ``api.agent.service`` for agents,
-``api.usage.host_monitor`` for silent hosts) decide *whether* a change may happen; this module
-makes it happen the same way every time. Services only flush; the request commits.
+``api.usage.host_monitor`` for silent hosts, ``api.servers.timeouts`` for stuck transitions)
+decide *whether* a change may happen; this module makes it happen the same way every time.
+Services only flush; the request commits.
 """
 
 from __future__ import annotations
@@ -290,3 +291,37 @@ def host_down(session: Session, host: Host) -> int:
             "host_down", server, host.last_heartbeat_at, server.status,
             reason=f"host {host.name} missed its heartbeats"))
     return recorded
+
+
+# ---------------------------------------------------------------- stuck transitions
+
+def timed_out(session: Session, settings: Settings, server: Server, step: str,
+              limit_seconds: int, *, host_up: bool) -> str:
+    """End a transition that made no progress within its limit; returns what was done.
+
+    * a BUILD ends in ERROR (fault ``build_timeout``) and frees its allocations: the server
+      never ran, so the host's room goes back to the scheduler at once (the server still
+      counts against the project's quota until the user deletes it);
+    * a DELETING whose host is down (or that no host holds) is finished as a force delete
+      would (``deleted``); with its host up it ends in ERROR (fault ``delete_timeout``) and
+      keeps its allocations, because the domain and disk may still exist there: deleting it
+      again retries, an admin's force delete frees them;
+    * REBOOT, resizing, pausing and unpausing end in ERROR (fault ``<step>_timeout``).
+
+    The caller holds the host and server locks and re-checked that the server is still stuck;
+    the compare-and-swap makes a second sweeper's attempt a Conflict ``state_changed``.
+    """
+    message = (f"The {step} made no progress within {limit_seconds} s and timed out"
+               + ("." if host_up else " (its host is down)."))
+    if server.status == states.DELETING and not host_up:
+        finish_delete(session, settings, server, utcnow(), user_id=None, action="timeout",
+                      message=message + " Deleted without the agent's confirmation.")
+        return "deleted"
+    old = server.status
+    swap(session, server, status=states.ERROR, task_state=None,
+         fault_code=f"{step}_timeout", fault_message=message)
+    freed = repository.delete_allocations(session, server.id) if old == states.BUILD else 0
+    _changed(session, server, old, utcnow())
+    record_event(session, server, "timeout", user_id=None, result=ERROR, message=message,
+                 details={"step": step, "allocations_freed": freed})
+    return "error"

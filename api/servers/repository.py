@@ -105,3 +105,19 @@ def live_servers_on(session: Session, host_id: str) -> Sequence[Server]:
     return session.scalars(
         select(Server).where(Server.host_id == host_id, Server.deleted_at.is_(None))
         .order_by(Server.id)).all()
+
+
+def stuck_servers(session: Session, statuses: dict[str, datetime],
+                  task_states: dict[str, datetime]) -> Sequence[Server]:
+    """Live servers in one of ``statuses`` (or ``task_states``) not updated since its cutoff.
+
+    One query over the ``(status, updated_at)`` and ``(task_state, updated_at)`` indexes: its
+    cost grows with the stuck servers, not with all servers.
+    """
+    conds = [and_(Server.status == st, Server.updated_at < cutoff)
+             for st, cutoff in statuses.items()]
+    conds += [and_(Server.task_state == ts, Server.updated_at < cutoff)
+              for ts, cutoff in task_states.items()]
+    return session.scalars(
+        select(Server).where(or_(*conds), Server.deleted_at.is_(None))
+        .order_by(Server.id)).all()

@@ -6,6 +6,8 @@ billing (a lifecycle subscriber) records a ``host_down`` entry for each server i
 running, at the last sign of life that saw it running. When the host comes back and its agent
 reports the server running again, billing records a new ``running`` (billing resumes).
 
+The same task ends transitions stuck beyond their limits (``api.servers.timeouts``).
+
 Every API process runs :func:`run` in its lifespan. Several processes sweeping at once are
 safe: the idempotency key ``host_down:<server>:<time>`` lets one entry in, the others change
 nothing.
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.config import Settings
 from api.db import session_scope, utcnow
 from api.hosts.service import is_up
-from api.servers import lifecycle
+from api.servers import lifecycle, timeouts
 from api.usage import repository
 
 log = logging.getLogger("minicloud.host_monitor")
@@ -45,10 +47,13 @@ def sweep(session: Session, settings: Settings, now: datetime | None = None) -> 
 
 
 def sweep_once(factory: sessionmaker[Session], settings: Settings) -> int:
-    """One sweep in its own unit of work (committed); returns the entries recorded."""
+    """One sweep in its own unit of work (committed), then the stuck-transition sweep
+    (``api.servers.timeouts``) in another; returns the entries recorded."""
     recorded = 0
     for session in session_scope(factory):
         recorded = sweep(session, settings)
+    for session in session_scope(factory):
+        timeouts.sweep(session, settings)
     return recorded
 
 

@@ -255,6 +255,23 @@ def test_a_stale_observation_cannot_undo_a_newer_one(
     assert (r.json()["status"], r.json()["applied"]) == ("ACTIVE", False)
 
 
+def test_a_stale_report_does_not_burn_its_idempotency_key(
+    client: TestClient, host: EnrolledHost, project: str
+) -> None:
+    sid = make_server(client, project, host.id, status="ACTIVE", task_state=None)
+    assert _observe(client, host, sid, "running").json()["applied"] is True
+    set_server(client, sid, status="DELETING", task_state="deleting")
+    key = unique("k")
+    old = (utcnow() - timedelta(minutes=5)).isoformat()
+    r = client.post(f"/v1/agent/servers/{sid}/observations", headers=host.headers,
+                    json={"state": "absent", "seen_at": old, "idempotency_key": key})
+    assert (r.json()["status"], r.json()["applied"]) == ("DELETING", False)
+    # The agent retries with a fresh seen_at under the same key: the delete completes.
+    r = _observe(client, host, sid, "absent", key=key)
+    assert (r.json()["status"], r.json()["applied"]) == ("DELETED", True)
+    assert _server(client, sid).status == "DELETED"
+
+
 def test_delete_frees_allocations_only_when_the_agent_confirms(
     client: TestClient, host: EnrolledHost, project: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 
 import httpx
@@ -204,3 +205,33 @@ def test_availability_zones_for_users_and_admins(
     client.patch(f"/v1/hosts/{up.id}", json={"enabled": False}, headers=admin)
     zones = {z["name"]: z for z in client.get("/v1/availability-zones", headers=admin).json()}
     assert zones[zone]["available"] is False
+
+
+def test_quarantined_foreign_domains_reach_the_admins_host_view(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    host = enroll_host(client, admin)
+    theirs = {"server_id": str(uuid.uuid4()), "host_id": str(uuid.uuid4())}
+
+    def beat(**body: object) -> None:
+        r = client.post("/v1/agent/heartbeat", json={"observed": [], **body},
+                        headers=host.headers)
+        assert r.status_code == 200, r.text
+
+    def shown() -> object:
+        return client.get(f"/v1/hosts/{host.id}", headers=admin).json()["foreign_domains"]
+
+    assert shown() == []
+    beat(foreign=[theirs])
+    assert shown() == [theirs]
+    assert [h["foreign_domains"] for h in client.get("/v1/hosts", headers=admin).json()
+            if h["id"] == host.id] == [[theirs]]
+    beat()  # an agent that does not report foreign domains changes nothing
+    assert shown() == [theirs]
+    beat(foreign=[])
+    assert shown() == []
+    r = client.post("/v1/agent/heartbeat", headers=host.headers,
+                    json={"observed": [], "foreign": [{"server_id": "../x", "host_id": "y"}]})
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    member = make_account(client, admin)
+    assert client.get(f"/v1/hosts/{host.id}", headers=member.headers).status_code in (403, 404)

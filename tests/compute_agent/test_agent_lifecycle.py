@@ -191,6 +191,38 @@ def test_leftovers_are_removed_and_foreign_domains_kept(
     conn.lookupByUUIDString(foreign_uuid).undefine()
 
 
+def test_another_hosts_domains_are_quarantined_not_destroyed(
+        api: str, agent: ThreadAgent) -> None:
+    a = agent.agent
+    wait_until(lambda: a.passes > 0, WAIT, "first pass")
+    # A minicloud domain (and its files) that another host's agent defined on this libvirt,
+    # e.g. the same machine enrolled before under another name.
+    sid, other_host = str(uuid.uuid4()), str(uuid.uuid4())
+    files = InstancePaths(a.instances, sid)
+    files.create()
+    (files.directory / "disk.qcow2").write_bytes(b"x")
+    conn: Any = a.hv._conn
+    conn.defineXML(
+        f"<domain type='test'><name>instance-{sid}</name><uuid>{sid}</uuid>"
+        "<memory>1024</memory><os><type>hvm</type></os><metadata>"
+        "<minicloud:instance xmlns:minicloud='https://minicloud.dev/xmlns/domain/1.0'>"
+        f"<minicloud:server id='{sid}'/><minicloud:project id='{uuid.uuid4()}'/>"
+        f"<minicloud:name>theirs</minicloud:name><minicloud:host id='{other_host}'/>"
+        "</minicloud:instance></metadata></domain>")
+    passes = a.passes
+    wait_until(lambda: a.passes >= passes + 2, WAIT, "two more passes")
+    dom = conn.lookupByUUIDString(sid)
+    assert dom is not None and not dom.isActive()  # neither destroyed nor started
+    assert files.exists()
+    assert a.foreign == {sid: other_host}
+    # The heartbeat reports it; admins see it on the host.
+    wait_until(lambda: host(api, agent.host_id)["foreign_domains"], WAIT, "foreign reported")
+    assert host(api, agent.host_id)["foreign_domains"] == [
+        {"server_id": sid, "host_id": other_host}]
+    dom.undefine()
+    files.remove()
+
+
 def test_raw_images_boot_too(api: str, member: Account, agent: ThreadAgent,
                              tmp_path: Path) -> None:
     raw = tmp_path / "disk.raw"
