@@ -52,14 +52,24 @@ ensure_osc_venv() {
 }
 
 ensure_postgresql() {
+  local ver max
   if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
-    local ver
     ver=$(pg_lsclusters -h | awk 'NR==1{print $1}')
     as_root pg_ctlcluster "$ver" main start
   fi
   for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
   as_root su postgres -c "psql -q -tc \"SELECT 1 FROM pg_roles WHERE rolname='minicloud'\" \
     | grep -q 1 || psql -q -c \"CREATE ROLE minicloud LOGIN SUPERUSER PASSWORD 'minicloud'\""
+  # The suite runs several API processes at once (2 x pool 10 + overflow 10 each, plus the
+  # test session's own): PostgreSQL's default of 100 connections is too tight for that.
+  max=$(as_root su postgres -c "psql -qAtc 'SHOW max_connections'")
+  if [ "${max:-0}" -lt 300 ]; then
+    echo "== raising PostgreSQL max_connections from $max to 300 (restarts the cluster)"
+    as_root su postgres -c "psql -q -c 'ALTER SYSTEM SET max_connections = 300'"
+    ver=$(pg_lsclusters -h | awk 'NR==1{print $1}')
+    as_root pg_ctlcluster "$ver" main restart
+    for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
+  fi
 }
 
 ensure_libvirtd() {
