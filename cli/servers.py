@@ -20,7 +20,7 @@ SERVER_COLUMNS = ["id", "name", "status", "task_state", "power_state", "flavor",
 EVENT_COLUMNS = ["created_at", "action", "event", "user_name", "user_id", "result", "status",
                  "message", "request_id"]
 GROUP_COLUMNS = ["id", "name", "policy", "members"]
-SETTLED = ("ACTIVE", "ERROR", "SHUTOFF")
+SETTLED = ("ACTIVE", "ERROR", "PAUSED", "SHUTOFF")
 
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the server until it settles.")]
 Timeout = Annotated[float, typer.Option(help="Give up waiting after this many seconds.")]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -188,6 +190,47 @@ def test_server_pause_and_unpause(mc: Mc, http: httpx.Client, pool: dict[str, st
         "PAUSED")
     resumed = parse(mc("--json", "server", "unpause", name, token=account.token))
     assert (resumed["status"], resumed["task_state"]) == ("PAUSED", "unpausing")
+
+
+def _report_when(http: httpx.Client, pool: dict[str, str], server_id: str, headers: dict[str, str],
+                 task_state: str, observed: str) -> threading.Thread:
+    """Play the pool host's agent: once the server waits in ``task_state``, report
+    ``observed`` (bounded: gives up after 60 s, and the waiting CLI then fails)."""
+    def agent() -> None:
+        with httpx.Client(base_url=str(http.base_url), timeout=30) as own:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if own.get(f"/v1/servers/{server_id}", headers=headers).json().get(
+                        "task_state") == task_state:
+                    observe(own, pool, server_id, observed)
+                    return
+                time.sleep(0.1)
+    thread = threading.Thread(target=agent, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_server_pause_and_unpause_wait_until_the_agent_confirms(
+        mc: Mc, http: httpx.Client, pool: dict[str, str], tmp_path: Path) -> None:
+    account = member(http)
+    image = active_image(mc, account.token, tmp_path)
+    name = unique("web")
+    server = parse(mc("--json", "server", "create", name, "--flavor", "tiny", "--image",
+                      image["id"], token=account.token))
+    observe(http, pool, server["id"], "running")
+    headers = bearer(account.token)
+
+    agent = _report_when(http, pool, server["id"], headers, "pausing", "paused")
+    paused = parse(mc("--json", "server", "pause", name, "--wait", "--timeout", "60",
+                      token=account.token))
+    agent.join()
+    assert (paused["status"], paused["task_state"]) == ("PAUSED", None)
+
+    agent = _report_when(http, pool, server["id"], headers, "unpausing", "running")
+    resumed = parse(mc("--json", "server", "unpause", name, "--wait", "--timeout", "60",
+                       token=account.token))
+    agent.join()
+    assert (resumed["status"], resumed["task_state"]) == ("ACTIVE", None)
 
 
 def test_server_group_create_list_use_delete(mc: Mc, http: httpx.Client,
