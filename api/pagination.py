@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Generic, TypeVar
+from urllib.parse import quote
 
 from fastapi import Query, Response
 
 from api.errors import DomainError
-from api.fields import ID_PATTERN
+from api.fields import ID_PATTERN, PRINTABLE_PATTERN
 
 MAX_PAGE = 1000
 """Default and largest page size: clients that never ask for a page get up to this many."""
@@ -20,6 +21,9 @@ PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 Marker = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
 """The id of the last object of the previous page."""
+
+NameMarker = Annotated[str | None, Query(min_length=1, max_length=255, pattern=PRINTABLE_PATTERN)]
+"""The name of the last object of the previous page, for lists keyed by name (key pairs)."""
 
 T = TypeVar("T")
 
@@ -48,5 +52,6 @@ def link_next(response: Response, path: str, limit: int, page: Page[T]) -> Seque
     """Set the `Link: <path?limit=..&marker=..>; rel="next"` header when more follow; return
     the page's items."""
     if page.next_marker is not None:
-        response.headers["Link"] = f'<{path}?limit={limit}&marker={page.next_marker}>; rel="next"'
+        response.headers["Link"] = (
+            f'<{path}?limit={limit}&marker={quote(page.next_marker, safe="")}>; rel="next"')
     return page.items
