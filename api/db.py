@@ -7,15 +7,24 @@ import sqlite3
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Engine,
+    MetaData,
+    and_,
+    create_engine,
+    event,
+    or_,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, QueryableAttribute, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -274,3 +283,14 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def after_key(columns: Sequence[QueryableAttribute[Any]],
+              key: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows after ``key`` in the order of ``columns`` (the last one unique): the keyset
+    condition of a page, spelled out because row-value comparison is not portable."""
+    first, *rest = columns
+    later: ColumnElement[bool] = first > key[0]
+    if not rest:
+        return later
+    return or_(later, and_(first == key[0], after_key(rest, key[1:])))

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 # Printable text only: no control characters (C0, DEL, C1), no leading/trailing blanks.
 _PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"
+PRINTABLE_PATTERN = _PRINTABLE
 
 
 def _no_outer_space(value: str) -> str:

@@ -92,8 +92,9 @@ class ApiClient:
         except ValueError:
             return response.text
 
-    def get_all(self, path: str, **params: Any) -> list[Any]:
-        """GET a JSON array and every further page its ``Link: <...>; rel="next"`` names."""
+    def get_all(self, path: str, *, items: str | None = None, **params: Any) -> list[Any]:
+        """GET a JSON array (or the array under ``items`` of an object) and every further
+        page its ``Link: <...>; rel="next"`` names."""
         out: list[Any] = []
         url: str | None = path
         query: dict[str, Any] | None = {k: v for k, v in params.items() if v is not None}
@@ -105,6 +106,8 @@ class ApiClient:
             if response.status_code >= 400:
                 raise _error_from(response)
             body = response.json()
+            if items is not None and isinstance(body, dict):
+                body = body.get(items)
             out.extend(body if isinstance(body, list) else [])
             nxt = response.links.get("next", {}).get("url")
             url, query = (nxt, None) if nxt else (None, None)

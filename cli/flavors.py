@@ -29,7 +29,7 @@ def _key_values(pairs: list[str], what: str) -> dict[str, str]:
 def flavor_list(ctx: typer.Context) -> None:
     """Flavors you may use."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/flavors"), "flavors"), FLAVOR_COLUMNS)
+    st.show(items_of(st.api.get_all("/v1/flavors"), "flavors"), FLAVOR_COLUMNS)
 
 
 @app.command("show")

@@ -32,14 +32,14 @@ def resolve_host(api: ApiClient, ref: str) -> dict[str, Any]:
     if is_uuid(ref):
         body: dict[str, Any] = api.get(f"/v1/hosts/{ref}")
         return body
-    return pick(items_of(api.get("/v1/hosts"), "hosts"), ref, "host")
+    return pick(items_of(api.get_all("/v1/hosts"), "hosts"), ref, "host")
 
 
 @app.command("list")
 def host_list(ctx: typer.Context) -> None:
     """Every compute host with its state and capacity."""
     st = state(ctx)
-    hosts = items_of(st.api.get("/v1/hosts"), "hosts")
+    hosts = items_of(st.api.get_all("/v1/hosts"), "hosts")
     st.show(hosts if st.json else [_with_capacity(h) for h in hosts], HOST_COLUMNS)
 
 

@@ -29,7 +29,7 @@ def resolve_project(api: ApiClient, ref: str) -> dict[str, Any]:
     if is_uuid(ref):
         body: dict[str, Any] = api.get(f"/v1/projects/{ref}")
         return body
-    return pick(items_of(api.get("/v1/projects"), "projects"), ref, "project")
+    return pick(items_of(api.get_all("/v1/projects"), "projects"), ref, "project")
 
 
 def resolve_user(api: ApiClient, ref: str) -> dict[str, Any]:
@@ -37,14 +37,14 @@ def resolve_user(api: ApiClient, ref: str) -> dict[str, Any]:
     if is_uuid(ref):
         body: dict[str, Any] = api.get(f"/v1/users/{ref}")
         return body
-    return pick(items_of(api.get("/v1/users"), "users"), ref, "user")
+    return pick(items_of(api.get_all("/v1/users"), "users"), ref, "user")
 
 
 @project_app.command("list")
 def project_list(ctx: typer.Context) -> None:
     """Projects you can see (admins: all)."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/projects"), "projects"), PROJECT_COLUMNS)
+    st.show(items_of(st.api.get_all("/v1/projects"), "projects"), PROJECT_COLUMNS)
 
 
 @project_app.command("show")
@@ -75,7 +75,7 @@ def project_delete(ctx: typer.Context, project: str) -> None:
 def user_list(ctx: typer.Context) -> None:
     """Every user (admin)."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/users"), "users"), USER_COLUMNS)
+    st.show(items_of(st.api.get_all("/v1/users"), "users"), USER_COLUMNS)
 
 
 @user_app.command("show")
@@ -180,7 +180,7 @@ def member_remove(ctx: typer.Context, project: str, user: str) -> None:
 def credential_list(ctx: typer.Context) -> None:
     """Your application credentials (never their secrets)."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/application-credentials"), "application_credentials"),
+    st.show(items_of(st.api.get_all("/v1/application-credentials"), "application_credentials"),
             CREDENTIAL_COLUMNS)
 
 
@@ -207,7 +207,7 @@ def credential_create(
 def credential_delete(ctx: typer.Context, credential: str) -> None:
     """Delete one of your application credentials, by name or id."""
     st = state(ctx)
-    creds = items_of(st.api.get("/v1/application-credentials"), "application_credentials")
+    creds = items_of(st.api.get_all("/v1/application-credentials"), "application_credentials")
     try:
         c = pick(creds, credential, "credential")
     except CliError:

@@ -61,7 +61,7 @@ def keypair_create(
 def keypair_list(ctx: typer.Context) -> None:
     """Your key pairs."""
     st = state(ctx)
-    st.show(st.api.get("/v1/keypairs")["keypairs"], COLUMNS)
+    st.show(st.api.get_all("/v1/keypairs", items="keypairs"), COLUMNS)
 
 
 @app.command("show")

@@ -52,7 +52,7 @@ def resolve_group(api: ApiClient, ref: str) -> dict[str, Any]:
     if is_uuid(ref):
         body: dict[str, Any] = api.get(f"/v1/server-groups/{ref}")
         return body
-    return pick(items_of(api.get("/v1/server-groups"), "server_groups"), ref, "server group")
+    return pick(api.get_all("/v1/server-groups", items="server_groups"), ref, "server group")
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -266,7 +266,7 @@ def server_console(ctx: typer.Context, server: str) -> None:
 def group_list(ctx: typer.Context) -> None:
     """Your project's server groups."""
     st = state(ctx)
-    st.show(items_of(st.api.get("/v1/server-groups"), "server_groups"), GROUP_COLUMNS)
+    st.show(st.api.get_all("/v1/server-groups", items="server_groups"), GROUP_COLUMNS)
 
 
 @group_app.command("show")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from api.db import after_key
 from api.models import Flavor, FlavorAccess, Server
 
 
@@ -19,12 +20,22 @@ def _visible_to(project_id: str | None) -> ColumnElement[bool]:
     return live & or_(Flavor.is_public.is_(True), Flavor.id.in_(shared))
 
 
-def list_visible(session: Session, project_id: str | None) -> Sequence[Flavor]:
-    """Visible flavors, smallest first."""
-    return session.scalars(
-        select(Flavor).where(_visible_to(project_id))
-        .order_by(Flavor.vcpus, Flavor.ram_mb, Flavor.disk_gb, Flavor.name)
-    ).all()
+_ORDER = (Flavor.vcpus, Flavor.ram_mb, Flavor.disk_gb, Flavor.name, Flavor.id)
+
+
+def list_visible(session: Session, project_id: str | None, *, after: Flavor | None = None,
+                 limit: int | None = None) -> Sequence[Flavor]:
+    """Visible flavors, smallest first, starting after the flavor ``after``."""
+    query = select(Flavor).where(_visible_to(project_id))
+    if after is not None:
+        key = (after.vcpus, after.ram_mb, after.disk_gb, after.name, after.id)
+        query = query.where(after_key(_ORDER, key))
+    return session.scalars(query.order_by(*_ORDER).limit(limit)).all()
+
+
+def visible(session: Session, project_id: str | None, flavor_id: str) -> Flavor | None:
+    """A visible flavor by id."""
+    return session.scalar(select(Flavor).where(_visible_to(project_id), Flavor.id == flavor_id))
 
 
 def visible_by_ref(session: Session, project_id: str | None, ref: str) -> Flavor | None:

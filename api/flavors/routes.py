@@ -8,14 +8,17 @@ from api.deps import AdminUser, CurrentUser, SessionDep
 from api.fields import PathId, PathRef
 from api.flavors import service
 from api.flavors.schemas import FlavorAccessOut, FlavorCreate, FlavorOut
+from api.pagination import MAX_PAGE, Marker, PageLimit, link_next
 
 router = APIRouter(prefix="/v1/flavors", tags=["flavors"])
 
 
 @router.get("", response_model=list[FlavorOut])
-def list_flavors(principal: CurrentUser, session: SessionDep) -> list[FlavorOut]:
-    """Flavors the caller may see (admins: all)."""
-    return [FlavorOut.model_validate(f) for f in service.list_flavors(session, principal)]
+def list_flavors(principal: CurrentUser, session: SessionDep, response: Response,
+                 limit: PageLimit = MAX_PAGE, marker: Marker = None) -> list[FlavorOut]:
+    """Flavors the caller may see (admins: all), smallest first. Paginated."""
+    page = service.list_flavor_page(session, principal, limit=limit, marker=marker)
+    return [FlavorOut.model_validate(f) for f in link_next(response, "/v1/flavors", limit, page)]
 
 
 @router.get("/{ref}", response_model=FlavorOut)

@@ -12,6 +12,7 @@ from api.deps import Principal
 from api.errors import Conflict, NotFound
 from api.flavors import repository
 from api.models import Flavor, FlavorAccess, Project
+from api.pagination import Page, invalid_marker, page_of
 
 # name: (vcpus, ram_mb, disk_gb)
 DEFAULT_FLAVORS: dict[str, tuple[int, int, int]] = {
@@ -36,8 +37,22 @@ def ensure_default_flavors(session: Session) -> list[Flavor]:
 
 
 def list_flavors(session: Session, principal: Principal) -> Sequence[Flavor]:
-    """Flavors the caller may see."""
+    """Flavors the caller may see, smallest first."""
     return repository.list_visible(session, principal.project_scope)
+
+
+def list_flavor_page(session: Session, principal: Principal, *, limit: int,
+                     marker: str | None) -> Page[Flavor]:
+    """A page of the flavors the caller may see, smallest first; raises DomainError
+    ``invalid_marker`` for a marker that is not one of them."""
+    mark = None
+    if marker is not None:
+        mark = repository.visible(session, principal.project_scope, marker)
+        if mark is None:
+            raise invalid_marker()
+    rows = repository.list_visible(session, principal.project_scope, after=mark,
+                                   limit=limit + 1)
+    return page_of(rows, limit, lambda f: f.id)
 
 
 def get_flavor(session: Session, principal: Principal, ref: str) -> Flavor:

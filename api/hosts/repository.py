@@ -7,13 +7,18 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from api.db import after_key
 from api.models import Allocation, Host, Inventory, Server
 from api.servers.states import DELETED
 
 
-def list_hosts(session: Session) -> Sequence[Host]:
-    """Every host, by name."""
-    return session.scalars(select(Host).order_by(Host.name)).all()
+def list_hosts(session: Session, *, after: tuple[str, str] | None = None,
+               limit: int | None = None) -> Sequence[Host]:
+    """Every host, by (name, id), starting after the ``after`` key."""
+    query = select(Host)
+    if after is not None:
+        query = query.where(after_key((Host.name, Host.id), after))
+    return session.scalars(query.order_by(Host.name, Host.id).limit(limit)).all()
 
 
 def inventories(session: Session, host_ids: Sequence[str]) -> dict[str, dict[str, Inventory]]:

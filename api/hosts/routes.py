@@ -14,6 +14,7 @@ from api.hosts.schemas import (
     HostOut,
     HostPatch,
 )
+from api.pagination import MAX_PAGE, Marker, PageLimit, link_next
 
 router = APIRouter(prefix="/v1", tags=["hosts"])
 
@@ -27,9 +28,12 @@ def create_enrollment_token(admin: AdminUser, session: SessionDep,
 
 
 @router.get("/hosts", response_model=list[HostOut])
-def list_hosts(_: AdminUser, session: SessionDep, settings: SettingsDep) -> list[HostOut]:
-    """Every host with capacity, allocations, server count and up/down state (admin)."""
-    return service.list_host_views(session, settings)
+def list_hosts(_: AdminUser, session: SessionDep, settings: SettingsDep, response: Response,
+               limit: PageLimit = MAX_PAGE, marker: Marker = None) -> list[HostOut]:
+    """Every host with capacity, allocations, server count and up/down state (admin), by
+    name. Paginated (see "Pagination")."""
+    page = service.list_host_views(session, settings, limit=limit, marker=marker)
+    return list(link_next(response, "/v1/hosts", limit, page))
 
 
 @router.get("/hosts/{host_id}", response_model=HostOut)

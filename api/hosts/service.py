@@ -14,6 +14,7 @@ from api.errors import Conflict, InvalidInput, NotFound
 from api.hosts import repository
 from api.hosts.schemas import AvailabilityZoneOut, ForeignDomain, HostOut, HostPatch, ResourceOut
 from api.models import EnrollmentToken, Host, Inventory
+from api.pagination import Page, invalid_marker, page_of
 from api.security import ENROLLMENT_PREFIX, HOST_CREDENTIAL_PREFIX, digest, new_secret
 from scheduler import resources
 from scheduler.capacity import capacity as fit_capacity
@@ -52,9 +53,19 @@ def capacity(inv: Inventory, settings: Settings) -> int:
                                           effective_ratio(inv, settings))))
 
 
-def list_host_views(session: Session, settings: Settings) -> list[HostOut]:
-    """Every host as the admin sees it."""
-    return host_views(session, settings, list(repository.list_hosts(session)))
+def list_host_views(session: Session, settings: Settings, *, limit: int,
+                    marker: str | None) -> Page[HostOut]:
+    """A page of every host as the admin sees it, by name; raises DomainError
+    ``invalid_marker`` for a marker that is no host."""
+    after = None
+    if marker is not None:
+        mark = session.get(Host, marker)
+        if mark is None:
+            raise invalid_marker()
+        after = (mark.name, mark.id)
+    page = page_of(repository.list_hosts(session, after=after, limit=limit + 1), limit,
+                   lambda h: h.id)
+    return Page(host_views(session, settings, list(page.items)), page.next_marker)
 
 
 def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[HostOut]:

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.db import UTCDateTime
+from api.db import UTCDateTime, after_key
 from api.models import (
     ApplicationCredential,
     LoginFailure,
@@ -40,14 +40,22 @@ def role_of(session: Session, user_id: str, project_id: str) -> RoleAssignment |
     )
 
 
-def list_projects(session: Session) -> Sequence[Project]:
-    """Every project, by name."""
-    return session.scalars(select(Project).order_by(Project.name)).all()
+def list_projects(session: Session, *, after: tuple[str, str] | None = None,
+                  limit: int | None = None) -> Sequence[Project]:
+    """Every project, by (name, id), starting after the ``after`` key."""
+    query = select(Project)
+    if after is not None:
+        query = query.where(after_key((Project.name, Project.id), after))
+    return session.scalars(query.order_by(Project.name, Project.id).limit(limit)).all()
 
 
-def list_users(session: Session) -> Sequence[User]:
-    """Every user, by name."""
-    return session.scalars(select(User).order_by(User.name)).all()
+def list_users(session: Session, *, after: tuple[str, str] | None = None,
+               limit: int | None = None) -> Sequence[User]:
+    """Every user, by (name, id), starting after the ``after`` key."""
+    query = select(User)
+    if after is not None:
+        query = query.where(after_key((User.name, User.id), after))
+    return session.scalars(query.order_by(User.name, User.id).limit(limit)).all()
 
 
 def members(session: Session, project_id: str) -> Sequence[tuple[User, str]]:
@@ -61,13 +69,15 @@ def members(session: Session, project_id: str) -> Sequence[tuple[User, str]]:
     return [(u, r) for u, r in rows]
 
 
-def app_credentials(session: Session, user_id: str) -> Sequence[ApplicationCredential]:
-    """A user's application credentials, by name."""
+def app_credentials(session: Session, user_id: str, *, after: tuple[str, str] | None = None,
+                    limit: int | None = None) -> Sequence[ApplicationCredential]:
+    """A user's application credentials, by (name, id), starting after the ``after`` key."""
+    query = select(ApplicationCredential).where(ApplicationCredential.user_id == user_id)
+    if after is not None:
+        query = query.where(after_key(
+            (ApplicationCredential.name, ApplicationCredential.id), after))
     return session.scalars(
-        select(ApplicationCredential)
-        .where(ApplicationCredential.user_id == user_id)
-        .order_by(ApplicationCredential.name)
-    ).all()
+        query.order_by(ApplicationCredential.name, ApplicationCredential.id).limit(limit)).all()
 
 
 def count_login_attempt(session: Session, key: str, now: datetime,

@@ -27,6 +27,7 @@ from api.identity.schemas import (
     UserPatch,
 )
 from api.models import ApplicationCredential
+from api.pagination import MAX_PAGE, Marker, PageLimit, link_next
 from api.security import verify_password_async
 
 router = APIRouter(prefix="/v1")
@@ -122,9 +123,11 @@ def create_project(body: ProjectCreate, _: AdminUser, session: SessionDep) -> Pr
 
 
 @router.get("/projects", response_model=list[ProjectOut], tags=["projects"])
-def list_projects(principal: CurrentUser, session: SessionDep) -> list[ProjectOut]:
-    """Admins see every project; others see their own."""
-    return [ProjectOut.model_validate(p) for p in service.list_projects(session, principal)]
+def list_projects(principal: CurrentUser, session: SessionDep, response: Response,
+                  limit: PageLimit = MAX_PAGE, marker: Marker = None) -> list[ProjectOut]:
+    """Admins see every project; others see their own. Paginated (see "Pagination")."""
+    page = service.list_projects(session, principal, limit=limit, marker=marker)
+    return [ProjectOut.model_validate(p) for p in link_next(response, "/v1/projects", limit, page)]
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
@@ -176,9 +179,11 @@ def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserOut:
 
 
 @router.get("/users", response_model=list[UserOut], tags=["users"])
-def list_users(_: AdminUser, session: SessionDep) -> list[UserOut]:
-    """Every user (admin)."""
-    return [UserOut.model_validate(u) for u in service.list_users(session)]
+def list_users(_: AdminUser, session: SessionDep, response: Response,
+               limit: PageLimit = MAX_PAGE, marker: Marker = None) -> list[UserOut]:
+    """Every user (admin). Paginated (see "Pagination")."""
+    page = service.list_users(session, limit=limit, marker=marker)
+    return [UserOut.model_validate(u) for u in link_next(response, "/v1/users", limit, page)]
 
 
 @router.get("/users/{user_id}", response_model=UserOut, tags=["users"])
@@ -217,9 +222,13 @@ def create_app_credential(body: AppCredentialCreate, principal: Writer,
 
 
 @router.get("/application-credentials", response_model=list[AppCredentialOut], tags=["auth"])
-def list_app_credentials(principal: CurrentUser, session: SessionDep) -> list[AppCredentialOut]:
-    """The caller's application credentials (never their secrets)."""
-    return [_cred_out(c) for c in service.list_app_credentials(session, principal)]
+def list_app_credentials(principal: CurrentUser, session: SessionDep, response: Response,
+                         limit: PageLimit = MAX_PAGE,
+                         marker: Marker = None) -> list[AppCredentialOut]:
+    """The caller's application credentials (never their secrets). Paginated."""
+    page = service.list_app_credentials(session, principal, limit=limit, marker=marker)
+    return [_cred_out(c)
+            for c in link_next(response, "/v1/application-credentials", limit, page)]
 
 
 @router.delete("/application-credentials/{cred_id}", status_code=204, tags=["auth"])

@@ -22,6 +22,7 @@ from api.models import (
     Token,
     User,
 )
+from api.pagination import MAX_PAGE, Page, invalid_marker, page_of
 from api.security import (
     APP_CREDENTIAL_PREFIX,
     TOKEN_PREFIX,
@@ -307,11 +308,19 @@ def credential_expiry(session: Session, principal: Principal) -> datetime | None
     return cred.expires_at if cred else None
 
 
-def list_projects(session: Session, principal: Principal) -> Sequence[Project]:
-    """Admins: every project, by name; others: their own."""
-    if principal.is_admin:
-        return repository.list_projects(session)
-    return [get_project(session, principal, principal.project_id)]
+def list_projects(session: Session, principal: Principal, *, limit: int = MAX_PAGE,
+                  marker: str | None = None) -> Page[Project]:
+    """A page of the projects the caller sees (admins: every project, by name; others: their
+    own); raises DomainError ``invalid_marker`` for a marker that is not one of them."""
+    mark = session.get(Project, marker) if marker is not None else None
+    if marker is not None and (mark is None or not principal.sees_project(mark.id)):
+        raise invalid_marker()
+    if not principal.is_admin:
+        own = [] if mark is not None else [get_project(session, principal, principal.project_id)]
+        return Page(own, None)
+    after = (mark.name, mark.id) if mark is not None else None
+    rows = repository.list_projects(session, after=after, limit=limit + 1)
+    return page_of(rows, limit, lambda p: p.id)
 
 
 def list_members(session: Session, principal: Principal,
@@ -321,9 +330,18 @@ def list_members(session: Session, principal: Principal,
     return project, repository.members(session, project.id)
 
 
-def list_users(session: Session) -> Sequence[User]:
-    """Every user, by name."""
-    return repository.list_users(session)
+def list_users(session: Session, *, limit: int = MAX_PAGE,
+               marker: str | None = None) -> Page[User]:
+    """A page of every user, by name; raises DomainError ``invalid_marker`` for a marker that
+    is no user."""
+    after = None
+    if marker is not None:
+        mark = session.get(User, marker)
+        if mark is None:
+            raise invalid_marker()
+        after = (mark.name, mark.id)
+    return page_of(repository.list_users(session, after=after, limit=limit + 1), limit,
+                   lambda u: u.id)
 
 
 def delete_user(session: Session, principal: Principal, user_id: str) -> None:
@@ -336,7 +354,15 @@ def delete_user(session: Session, principal: Principal, user_id: str) -> None:
     session.flush()
 
 
-def list_app_credentials(session: Session,
-                         principal: Principal) -> Sequence[ApplicationCredential]:
-    """The caller's application credentials, by name."""
-    return repository.app_credentials(session, principal.user_id)
+def list_app_credentials(session: Session, principal: Principal, *, limit: int = MAX_PAGE,
+                         marker: str | None = None) -> Page[ApplicationCredential]:
+    """A page of the caller's application credentials, by name; raises DomainError
+    ``invalid_marker`` for a marker that is not one of them."""
+    after = None
+    if marker is not None:
+        mark = session.get(ApplicationCredential, marker)
+        if mark is None or mark.user_id != principal.user_id:
+            raise invalid_marker()
+        after = (mark.name, mark.id)
+    rows = repository.app_credentials(session, principal.user_id, after=after, limit=limit + 1)
+    return page_of(rows, limit, lambda c: c.id)

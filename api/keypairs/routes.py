@@ -9,6 +9,7 @@ from api.fields import PathRef
 from api.keypairs import service
 from api.keypairs.schemas import KeyPairCreate, KeyPairList, KeyPairOut
 from api.models import KeyPair
+from api.pagination import MAX_PAGE, NameMarker, PageLimit, link_next
 
 router = APIRouter(prefix="/v1", tags=["keypairs"])
 
@@ -29,9 +30,13 @@ def create_keypair(body: KeyPairCreate, principal: Writer, session: SessionDep) 
 
 
 @router.get("/keypairs", response_model=KeyPairList)
-def list_keypairs(principal: CurrentUser, session: SessionDep) -> KeyPairList:
-    """The caller's key pairs, by name."""
-    return KeyPairList(keypairs=[_out(k) for k in service.list_keypairs(session, principal)])
+def list_keypairs(principal: CurrentUser, session: SessionDep, response: Response,
+                  limit: PageLimit = MAX_PAGE, marker: NameMarker = None) -> KeyPairList:
+    """The caller's key pairs, by name. Paginated (see "Pagination"; the page is the
+    `keypairs` array and the marker is a key pair's name)."""
+    page = service.list_keypair_page(session, principal, limit=limit, marker=marker)
+    return KeyPairList(keypairs=[_out(k) for k in link_next(response, "/v1/keypairs", limit,
+                                                            page)])
 
 
 @router.get("/keypairs/{name}", response_model=KeyPairOut, response_model_exclude_none=True)

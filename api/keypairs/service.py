@@ -16,6 +16,7 @@ from api.deps import Principal
 from api.errors import Conflict, InvalidInput, NotFound
 from api.keypairs import repository
 from api.models import KeyPair
+from api.pagination import Page, invalid_marker, page_of
 from api.servers.schemas import ServerCreate
 
 
@@ -62,6 +63,16 @@ def create_keypair(session: Session, principal: Principal, name: str,
 def list_keypairs(session: Session, principal: Principal) -> Sequence[KeyPair]:
     """The caller's key pairs, by name."""
     return repository.of_user(session, principal.user_id)
+
+
+def list_keypair_page(session: Session, principal: Principal, *, limit: int,
+                      marker: str | None) -> Page[KeyPair]:
+    """A page of the caller's key pairs, by name; the marker is a name. Raises DomainError
+    ``invalid_marker`` for a marker that names none of them."""
+    if marker is not None and repository.by_name(session, principal.user_id, marker) is None:
+        raise invalid_marker()
+    rows = repository.of_user(session, principal.user_id, after=marker, limit=limit + 1)
+    return page_of(rows, limit, lambda k: k.name)
 
 
 def get_keypair(session: Session, principal: Principal, name: str) -> KeyPair:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.db import after_key
 from api.models import Server, ServerGroup
 
 
@@ -18,12 +19,18 @@ def get_group(session: Session, group_id: str, project_id: str | None) -> Server
     return session.scalar(query)
 
 
-def list_groups(session: Session, project_id: str | None) -> Sequence[ServerGroup]:
-    """Groups of a project (None: all), oldest first."""
+def list_groups(session: Session, project_id: str | None, *,
+                after: ServerGroup | None = None, limit: int | None = None,
+                ) -> Sequence[ServerGroup]:
+    """Groups of a project (None: all), oldest first, starting after the group ``after``."""
     query = select(ServerGroup)
     if project_id is not None:
         query = query.where(ServerGroup.project_id == project_id)
-    return session.scalars(query.order_by(ServerGroup.created_at, ServerGroup.id)).all()
+    if after is not None:
+        query = query.where(after_key((ServerGroup.created_at, ServerGroup.id),
+                                      (after.created_at, after.id)))
+    return session.scalars(
+        query.order_by(ServerGroup.created_at, ServerGroup.id).limit(limit)).all()
 
 
 def members(session: Session, group_ids: Iterable[str]) -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from api.deps import CurrentUser, SessionDep, Writer
 from api.fields import PathId
 from api.models import ServerGroup
+from api.pagination import MAX_PAGE, Marker, PageLimit, link_next
 from api.server_groups import service
 from api.server_groups.schemas import ServerGroupCreate, ServerGroupList, ServerGroupOut
 
@@ -32,10 +33,13 @@ def create_group(body: ServerGroupCreate, principal: Writer,
 
 
 @router.get("/server-groups", response_model=ServerGroupList)
-def list_groups(principal: CurrentUser, session: SessionDep) -> ServerGroupList:
-    """The project's server groups, oldest first."""
-    return ServerGroupList(server_groups=_render(session, service.list_groups(session,
-                                                                               principal)))
+def list_groups(principal: CurrentUser, session: SessionDep, response: Response,
+                limit: PageLimit = MAX_PAGE, marker: Marker = None) -> ServerGroupList:
+    """The project's server groups, oldest first. Paginated (see "Pagination"; the page is
+    the `server_groups` array)."""
+    page = service.list_group_page(session, principal, limit=limit, marker=marker)
+    groups = link_next(response, "/v1/server-groups", limit, page)
+    return ServerGroupList(server_groups=_render(session, groups))
 
 
 @router.get("/server-groups/{group_id}", response_model=ServerGroupOut)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from api.deps import Principal
 from api.errors import Conflict, NotFound
 from api.models import Server, ServerGroup
+from api.pagination import Page, invalid_marker, page_of
 from api.quotas.repository import lock_project
 from api.server_groups import repository
 
@@ -42,6 +43,19 @@ def get_project_group(session: Session, project_id: str, group_id: str) -> Serve
 def list_groups(session: Session, principal: Principal) -> Sequence[ServerGroup]:
     """The caller's project's groups."""
     return repository.list_groups(session, principal.project_id)
+
+
+def list_group_page(session: Session, principal: Principal, *, limit: int,
+                    marker: str | None) -> Page[ServerGroup]:
+    """A page of the caller's project's groups, oldest first; raises DomainError
+    ``invalid_marker`` for a marker that is not one of them."""
+    mark = None
+    if marker is not None:
+        mark = repository.get_group(session, marker, principal.project_id)
+        if mark is None:
+            raise invalid_marker()
+    rows = repository.list_groups(session, principal.project_id, after=mark, limit=limit + 1)
+    return page_of(rows, limit, lambda g: g.id)
 
 
 def members(session: Session, groups: Sequence[ServerGroup]) -> dict[str, list[str]]:

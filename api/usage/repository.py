@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
+from api.db import after_key
 from api.models import (
     ClosedPeriod,
     Host,
@@ -235,6 +236,16 @@ def adjustments(session: Session, start: int, end: int,
 def rate_cards(session: Session) -> list[RateCard]:
     """Every rate card, oldest first."""
     return list(session.scalars(select(RateCard).order_by(RateCard.valid_from)))
+
+
+def rate_card_page(session: Session, *, after: RateCard | None,
+                   limit: int) -> Sequence[RateCard]:
+    """Rate cards by (valid_from, id), starting after the card ``after``."""
+    query = select(RateCard)
+    if after is not None:
+        query = query.where(after_key((RateCard.valid_from, RateCard.id),
+                                      (after.valid_from, after.id)))
+    return session.scalars(query.order_by(RateCard.valid_from, RateCard.id).limit(limit)).all()
 
 
 def closed_period(session: Session, period: str) -> ClosedPeriod | None:

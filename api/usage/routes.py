@@ -12,6 +12,7 @@ from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from api.errors import NotFound
 from api.fields import ID_PATTERN, PathId
 from api.models import ClosedPeriod, LedgerEntry, RateCard
+from api.pagination import MAX_PAGE, Marker, PageLimit, link_next
 from api.usage import ledger, rates, reports, service
 from api.usage.meters import PRICE_KEYS
 from api.usage.reports import GroupBy
@@ -165,9 +166,11 @@ def _card_out(c: RateCard) -> RateCardOut:
 
 
 @router.get("/rates", response_model=list[RateCardOut], tags=["rates"])
-def list_rates(_: CurrentUser, session: SessionDep) -> list[RateCardOut]:
-    """Every rate card, past, present and future, oldest first."""
-    return [_card_out(c) for c in service.rate_cards(session)]
+def list_rates(_: CurrentUser, session: SessionDep, response: Response,
+               limit: PageLimit = MAX_PAGE, marker: Marker = None) -> list[RateCardOut]:
+    """Every rate card, past, present and future, oldest first. Paginated."""
+    page = service.rate_card_page(session, limit=limit, marker=marker)
+    return [_card_out(c) for c in link_next(response, "/v1/rates", limit, page)]
 
 
 @router.post("/rates", status_code=201, response_model=RateCardOut, tags=["rates"])

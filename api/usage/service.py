@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.deps import Principal
 from api.errors import NotFound
 from api.models import ClosedPeriod, LedgerEntry, RateCard, UsageServer
+from api.pagination import Page, invalid_marker, page_of
 from api.usage import reports, repository
 from api.usage.meters import SECONDS_FIELDS
 from api.usage.reports import GroupBy, iso
@@ -59,6 +60,18 @@ def closed_periods(session: Session) -> list[ClosedPeriod]:
 def rate_cards(session: Session) -> list[RateCard]:
     """Every rate card, oldest first."""
     return repository.rate_cards(session)
+
+
+def rate_card_page(session: Session, *, limit: int, marker: str | None) -> Page[RateCard]:
+    """A page of every rate card, oldest first; raises DomainError ``invalid_marker`` for a
+    marker that is no rate card."""
+    mark = None
+    if marker is not None:
+        mark = session.get(RateCard, marker)
+        if mark is None:
+            raise invalid_marker()
+    rows = repository.rate_card_page(session, after=mark, limit=limit + 1)
+    return page_of(rows, limit, lambda c: c.id)
 
 
 def server_usage(session: Session, principal: Principal, server_id: str, *,
