@@ -77,12 +77,11 @@ def _authenticate(maker: SessionFactory, authorization: str | None) -> HostPrinc
     raise AssertionError("unreachable")
 
 
-def _cursor(maker: SessionFactory, authorization: str | None) -> str:
-    # Each check re-authenticates: a credential rotated, revoked or whose host was deleted
-    # during a long poll is refused at the next check, not after the poll.
+def _cursor(maker: SessionFactory, host_id: str) -> str:
+    # A rotated or revoked credential bumps the host's cursor (api.hosts.service), so the
+    # check needs no credential look-up: the poll wakes, and ``_desired`` refuses it.
     for session in session_scope(maker):
-        host = _host_of(session, authorization)
-        current = service.cursor(session, host.host_id)
+        current = service.cursor(session, host_id)
         if current is None:
             raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
         return current
@@ -112,10 +111,10 @@ async def desired_servers(
     """
     settings: Settings = request.app.state.settings
     maker: SessionFactory = request.app.state.sessionmaker
-    await run_in_threadpool(_authenticate, maker, authorization)
+    host = await run_in_threadpool(_authenticate, maker, authorization)
     deadline = time.monotonic() + min(wait, settings.agent_long_poll_max_seconds)
     while since is not None and time.monotonic() < deadline:
-        if await run_in_threadpool(_cursor, maker, authorization) != since:
+        if await run_in_threadpool(_cursor, maker, host.host_id) != since:
             break
         if await request.is_disconnected():
             break

@@ -166,6 +166,7 @@ def rotate_credential(session: Session, host_id: str) -> tuple[Host, str]:
     host = get_host(session, host_id)
     secret = new_secret(HOST_CREDENTIAL_PREFIX)
     host.credential_digest = digest(secret)
+    _wake_agent(host)
     session.flush()
     return host, secret
 
@@ -178,7 +179,14 @@ def revoke_credential(session: Session, host_id: str) -> None:
     """
     host = get_host(session, host_id)
     host.credential_digest = None
+    _wake_agent(host)
     session.flush()
+
+
+def _wake_agent(host: Host) -> None:
+    # A changed credential changes the host's desired-state cursor, so a long-poll waiting
+    # with the old credential wakes now and is refused when it reads the answer.
+    host.desired_generation = Host.desired_generation + 1
 
 
 def availability_zones(session: Session, settings: Settings,
