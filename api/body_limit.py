@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import problem_response
 
 # Routes that stream their body to disk under their own cap (``max_image_bytes``).
-_EXEMPT = re.compile(r"^(/v1/images|/image/v2/images)/[^/]+/file/?$")
+_EXEMPT = re.compile(r"^(/v1/images|/image/v2/images|/ui/images)/[^/]+/file/?$")
 
 
 class BodyLimitMiddleware:

@@ -49,6 +49,7 @@ from api.quotas.routes import router as quotas_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
 from api.servers.routes import router as servers_router
+from api.ui import routes as ui_routes
 from api.usage import host_monitor
 from api.usage.routes import router as usage_router
 
@@ -198,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in ROUTERS:
         app.include_router(router)
+    ui_routes.install(app)  # the web console at /ui (docs/ui.md)
 
     base_openapi = app.openapi
 

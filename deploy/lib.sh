@@ -5,12 +5,15 @@ VENV="${MINICLOUD_VENV:-$PWD/.venv}"
 PG_URL="${MINICLOUD_PG_URL:-postgresql+psycopg://minicloud:minicloud@127.0.0.1/postgres}"
 SYSTEM_PACKAGES=(python3-venv python3-dev gcc pkg-config postgresql libvirt-daemon-system
   libvirt-dev qemu-system-x86 qemu-utils busybox-static cpio dnsmasq-base openssl)
+# Only the test suite needs these (the web console's browser tests).
+TEST_PACKAGES=(chromium chromium-driver)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 ensure_system_packages() {
+  # Extra package names as arguments are installed as well.
   local missing=()
-  for p in "${SYSTEM_PACKAGES[@]}"; do
+  for p in "${SYSTEM_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

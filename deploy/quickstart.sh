@@ -193,6 +193,8 @@ next_steps() {
 
 minicloud is up: API $API_URL (docs: $API_URL/docs), data in $DATA_DIR
 The admin credential is in $ADMIN_CRED (mode 0600); the CLI is configured with it.
+Web console: $API_URL/ui (log in with a user's password, or as admin with the
+"credential" secret in $ADMIN_CRED under "application credential").
 
 Next steps:
   export PATH="$VENV/bin:\$PATH"

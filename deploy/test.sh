@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
 
-ensure_system_packages
+ensure_system_packages "${TEST_PACKAGES[@]}"
 ensure_venv
 ensure_osc_venv
 ensure_postgresql

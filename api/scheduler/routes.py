@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import AdminUser, SessionDep, SettingsDep
+from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.errors import request_id_var
 from api.scheduler import service
 from api.scheduler.schemas import SimulateRequest, SimulateResponse
@@ -13,7 +13,10 @@ router = APIRouter(prefix="/v1/scheduler", tags=["scheduler"])
 
 
 @router.post("/simulate", response_model=SimulateResponse)
-def simulate(body: SimulateRequest, admin: AdminUser, session: SessionDep,
+def simulate(body: SimulateRequest, principal: CurrentUser, session: SessionDep,
              settings: SettingsDep) -> SimulateResponse:
-    """Would this request fit, where, and if not why; how many more fit. Claims nothing."""
-    return service.simulate(session, settings, admin, body, request_id_var.get())
+    """Would this request fit, where, and if not why; how many more fit. Claims nothing.
+
+    Tenants ask for their own project and see no host; admins see hosts and may ask as any
+    project (``project_id``)."""
+    return service.simulate(session, settings, principal, body, request_id_var.get())

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.deps import Principal
-from api.errors import NotFound
+from api.errors import Forbidden, NotFound
 from api.flavors import service as flavors
 from api.images import service as images
 from api.models import Project
@@ -92,9 +92,15 @@ def simulate(session: Session, settings: Settings, principal: Principal, body: S
              request_id: str) -> SimulateResponse:
     """Would the request fit, where, and if not why; nothing is written.
 
+    A tenant asks as its own project and the answer names no host (as ``no_valid_host``
+    does): the counts, the refusals per reason and per filter and how many more fit.
+
     Raises NotFound for an unknown (or invisible) project, flavor, image or server group,
-    Conflict ``image_name_ambiguous``.
+    Conflict ``image_name_ambiguous``, Forbidden ``admin_required`` for a tenant naming
+    ``project_id``.
     """
+    if not principal.is_admin and body.project_id is not None:
+        raise Forbidden("Only admins simulate as another project.", code="admin_required")
     spec = build_spec(session, principal, body, body.request_id or request_id)
     spec, snapshot, decision, _ = evaluate(session, settings, spec)
     names = {h.id: h.name for h in snapshot.hosts}
@@ -104,6 +110,17 @@ def simulate(session: Session, settings: Settings, principal: Principal, body: S
     else:
         detail = (f"{decision.candidates} of {decision.hosts} hosts fit; "
                   f"{decision.host.name} scores best.")
+    capacity = capacity_for(spec, snapshot)
+    if not principal.is_admin:
+        detail = (refusal_sentence(decision.hosts, decision.refusals) if decision.host is None
+                  else f"{decision.candidates} of {decision.hosts} hosts fit.")
+        return SimulateResponse(
+            fits=decision.host is not None, host=None, request_id=spec.request_id,
+            hosts=decision.hosts, candidates=decision.candidates,
+            refusals=dict(sorted(decision.refusals.items())),
+            refusals_by_filter=dict(sorted(decision.refusals_by_filter.items())),
+            detail=detail, per_host=[], top=[],
+            capacity=capacity.model_copy(update={"by_host": []}))
     return SimulateResponse(
         fits=decision.host is not None,
         host=HostRef(id=decision.host.id, name=decision.host.name) if decision.host else None,
@@ -117,5 +134,5 @@ def simulate(session: Session, settings: Settings, principal: Principal, body: S
                   for hid, reason in sorted(decision.refused.items(),
                                             key=lambda kv: names.get(kv[0], kv[0]))],
         top=record["top"],
-        capacity=capacity_for(spec, snapshot),
+        capacity=capacity,
     )

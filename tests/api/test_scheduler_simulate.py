@@ -103,9 +103,26 @@ def test_simulate_counts_how_many_more_fit(client: TestClient, admin: dict[str, 
     assert answer["capacity"]["additional"] == 9
 
 
-def test_simulate_is_admin_only_and_validates(client: TestClient, admin: dict[str, str]) -> None:
+def test_simulate_for_a_tenant_names_no_host_and_validates(
+        client: TestClient, admin: dict[str, str], pool: dict[str, str]) -> None:
     member = make_account(client, admin, role="member")
-    r = client.post("/v1/scheduler/simulate", json={"flavor": "tiny"}, headers=member.headers)
+    flavor = make_flavor(client, admin)
+    r = client.post("/v1/scheduler/simulate", json={"flavor": flavor["id"]},
+                    headers=member.headers)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["fits"] is True and answer["candidates"] >= 1
+    # The same decision an admin sees, without any host's identity.
+    assert answer["host"] is None and answer["per_host"] == [] and answer["top"] == []
+    assert answer["capacity"]["by_host"] == [] and answer["capacity"]["additional"] >= 1
+    assert "scores best" not in answer["detail"]
+    seen_by_admin = client.post("/v1/scheduler/simulate", json={"flavor": flavor["id"]},
+                                headers=admin).json()
+    assert seen_by_admin["host"] is not None and seen_by_admin["top"]
+    # Only admins ask as another project.
+    r = client.post("/v1/scheduler/simulate",
+                    json={"flavor": flavor["id"], "project_id": member.project_id},
+                    headers=member.headers)
     assert (r.status_code, r.json()["code"]) == (403, "admin_required")
     r = client.post("/v1/scheduler/simulate", json={"vcpus": 1}, headers=admin)
     assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
@@ -145,6 +162,9 @@ def test_simulate_resolves_references_with_the_visibility_of_a_create(
     # Simulating as B gets the same answer as B's create.
     r = client.post("/v1/scheduler/simulate", json={**body, "project_id": b.project_id},
                     headers=admin)
+    assert (r.status_code, r.json()["code"]) == (404, code)
+    # ... and as B itself.
+    r = client.post("/v1/scheduler/simulate", json=body, headers=b.headers)
     assert (r.status_code, r.json()["code"]) == (404, code)
     # As A, the reference resolves and the pool is evaluated.
     r = client.post("/v1/scheduler/simulate", json={**body, "project_id": a.project_id},
