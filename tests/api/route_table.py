@@ -121,6 +121,9 @@ def operations(app: FastAPI, *, openstack: bool = False) -> list[Operation]:
     """
     found = []
     for route, extra in _api_routes(list(app.routes)):
+        # The web console (/ui) is HTML over the API, not part of it (tests/ui).
+        if route.path.startswith("/ui"):
+            continue
         if route.path.startswith(OPENSTACK_PREFIXES) != openstack:
             continue
         calls = set(_calls(route.dependant)) | set(extra)

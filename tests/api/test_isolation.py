@@ -27,6 +27,7 @@ READER_WRITES = {
     ("DELETE", "/v1/auth/tokens/current"),  # log out
     ("DELETE", "/v1/application-credentials/{cred_id}"),  # revoke one's own credential
     ("POST", "/v1/auth/password"),  # change one's own password
+    ("POST", "/v1/scheduler/simulate"),  # a question: claims and writes nothing
 }
 
 # Path parameters naming objects that are not owned by a project (visible to every user), with
