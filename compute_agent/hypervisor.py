@@ -1,4 +1,5 @@
-"""The libvirt adapter: the only module of minicloud that imports ``libvirt``.
+"""The libvirt adapter: with its migration primitives (``compute_agent.migration``), the only
+module of minicloud that imports ``libvirt``.
 
 ``Hypervisor`` wraps one libvirt connection (``qemu:///system`` in production, the test driver
 ``test:///default`` or ``test:///<abs path>/node.xml`` in tests and simulations). It only ever
@@ -258,6 +259,27 @@ class Hypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.close()
             self._conn = None
+
+    @property
+    def connection(self) -> Any:
+        """The open ``libvirt.virConnect`` (for ``compute_agent.migration``).
+
+        Raises:
+            HypervisorError: the connection was closed.
+        """
+        if self._conn is None:
+            raise HypervisorError(f"connection to {self.uri} is closed")
+        return self._conn
+
+    def domain(self, server_id: str) -> Any:
+        """The ``libvirt.virDomain`` of a managed server (for ``compute_agent.migration``).
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            DomainNotFound: no domain with that UUID, or one without minicloud metadata.
+            HypervisorError: libvirt fails.
+        """
+        return self._lookup(server_id)
 
     def __enter__(self) -> Hypervisor:
         return self
