@@ -66,7 +66,8 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -226,8 +227,11 @@ class LibvirtHost:
     def qemu_pids(self) -> list[int]:
         """Process ids of the QEMU processes this daemon runs (from its pid files)."""
         qemu_run = self.root / "run" / "qemu"
-        pids = [_read_pid(p) for p in qemu_run.glob("*.pid")] if qemu_run.is_dir() else []
-        return [p for p in pids if p is not None and _alive(p)]
+        # driver.pid there is libvirtd's own; each domain has <name>.pid.
+        files = [p for p in qemu_run.glob("*.pid") if p.name != "driver.pid"] \
+            if qemu_run.is_dir() else []
+        pids = [_read_pid(p) for p in files]
+        return [p for p in pids if p is not None and process_alive(p)]
 
     def kill(self) -> None:
         """Simulate a dead host: kill -9 its QEMU processes, libvirtd and virtlogd.
@@ -244,7 +248,7 @@ class LibvirtHost:
         if logd is not None:
             _kill9(logd)
         deadline = time.monotonic() + 30
-        while any(_alive(p) for p in self.qemu_pids()) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in self.qemu_pids()) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def restart(self, *, reboot: bool = True, timeout: float = READY_TIMEOUT) -> None:
@@ -299,7 +303,7 @@ class LibvirtHost:
         for pid in self.qemu_pids():
             _kill9(pid)
         logd = _read_pid(self.root / "run" / "virtlogd.pid")
-        if logd is not None and _alive(logd):
+        if logd is not None and process_alive(logd):
             os.kill(logd, signal.SIGTERM)
 
 

@@ -32,7 +32,7 @@ from compute_agent.migration import (
     rewrite_paths,
 )
 from compute_agent.spec import InstancePaths, ServerSpec
-from tests.e2e.libvirt_hosts import LibvirtHost
+from tests.e2e.libvirt_hosts import LibvirtHost, process_alive
 from tests.e2e.test_qemu_boot import build_guest_image, wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -214,3 +214,30 @@ def test_a_failed_or_aborted_migration_leaves_the_guest_running_on_the_source(
         last = ticks(guest_on_a.paths.console_log.read_text(errors="replace"))[-1][0]
         log = wait_for(guest_on_a.paths, f"minicloud-guest: tick {last + 2} ", 1)
         assert log.count("userspace started") == 1
+
+
+def test_a_killed_host_comes_back_with_its_domain_defined_and_shut_off(
+        hosts: tuple[LibvirtHost, LibvirtHost]) -> None:
+    """The fixture's dead-host simulation, which evacuation tests rely on."""
+    a, _ = hosts
+    # The daemon's bind mounts exist only in its own namespace, never in ours.
+    assert str(a.root) not in Path("/proc/self/mountinfo").read_text()
+    spec = spec_on(a, "7c0d5e1a-2b3c-4d5e-8f60-718293a4b5c6")
+    paths = InstancePaths(a.instances_dir, spec.server_id)
+    prepare_instance_files(spec, paths)
+    with Hypervisor(a.uri) as hv:
+        hv.define(spec, paths)
+        hv.start(spec.server_id)
+    qemu = a.qemu_pids()
+    assert len(qemu) == 1
+
+    a.kill()
+    assert a.pid is None
+    assert not process_alive(qemu[0])
+    with pytest.raises(libvirt.libvirtError):
+        libvirt.open(a.uri)
+
+    a.restart()
+    with Hypervisor(a.uri) as hv:
+        assert hv.observed(spec.server_id) == "shutoff"
+    assert a.qemu_pids() == []
