@@ -389,7 +389,7 @@ def _actions_for(server: dict[str, Any]) -> list[str]:
 async def server_detail(request: Request, server_id: str,
                         session: Session = Depends(open_session)) -> Response:
     detail = await _server_detail(session, server_id)
-    return render(request, "server_detail.html", session=session, **detail)
+    return render(request, "server_detail.html", session=session, graphs=GRAPHS, **detail)
 
 
 @router.get("/servers/{server_id}/live", response_class=HTMLResponse)
@@ -410,6 +410,27 @@ async def server_console(request: Request, server_id: str,
     output = answer.body.get("output", "") if answer.ok else ""
     return render(request, "_console.html", session=session, output=output,
                   unavailable=None if answer.ok else answer.problem)
+
+
+GRAPHS = {"cpu_util": "CPU %", "memory_used_mb": "Memory used (MiB)",
+          "disk_write_bps": "Disk writes (bytes/s)", "net_rx_bps": "Network in (bytes/s)"}
+
+
+@router.get("/servers/{server_id}/metrics.json")
+async def server_metrics(request: Request, server_id: str, name: str = "cpu_util",
+                         session: Session = Depends(open_session)) -> Response:
+    """One metric of the last hour, for the detail page's graphs (the API's own series)."""
+    if name not in GRAPHS:
+        return JSONResponse({"error": "unknown metric"}, status_code=404)
+    answer = await session.api.get(f"/v1/servers/{quote(server_id, safe='')}/metrics",
+                                   name=name, step=60)
+    if answer.status == 401:
+        raise LoginRequired
+    if not answer.ok:
+        return JSONResponse({"error": answer.problem}, status_code=answer.status)
+    return JSONResponse({"name": name, "label": GRAPHS[name], "unit": answer.body["unit"],
+                         "points": [[p["at"], p["value"]] for p in answer.body["points"]]},
+                        headers={"Cache-Control": "no-store"})
 
 
 @router.post("/servers/{server_id}/action", response_class=HTMLResponse)
@@ -436,7 +457,7 @@ async def server_action(request: Request, server_id: str,
     detail = await _server_detail(session, server_id)
     flash = (Flash("ok", f"{action} requested") if answer.ok
              else Flash("error", answer.problem, _problem_lines(answer)))
-    return render(request, "server_detail.html", session=session, flash=flash,
+    return render(request, "server_detail.html", session=session, flash=flash, graphs=GRAPHS,
                   code=200 if answer.ok else answer.status, **detail)
 
 

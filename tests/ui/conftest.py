@@ -71,7 +71,7 @@ def fleet(api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[S
     """Two simulated hosts in their own zone."""
     base = AgentSettings(api_url=api, name=unique("uisim"), availability_zone=unique("az"),
                          heartbeat_interval=1, shutdown_timeout=1, console_interval=0.5,
-                         long_poll_wait=5)
+                         long_poll_wait=5, guest_metrics_interval=1)
     root = tmp_path_factory.mktemp("uisim")
     hosts = start_simulated(base, [HostSize(4, 8192, 80), HostSize(4, 8192, 80)], root,
                             admin_token=ADMIN_TOKEN)

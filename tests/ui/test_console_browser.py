@@ -141,6 +141,16 @@ def test_tenant_and_operator_flows(browser: WebDriver, api: str,
     log.write_text(f"minicloud-guest: hostname={name}\n")
     wait(browser, lambda b: f"hostname={name}" in text_of(b, "#console"), "console line")
     assert browser.execute_script("return window.__noReload === true;")
+
+    # Its metrics graph draws the API's series once the agent has reported samples.
+    wait_until(lambda: httpx.get(f"{api}/v1/servers/{server_id}/metrics",
+                                 params={"name": "cpu_util", "step": 60},
+                                 headers=tenant.headers).json()["points"], WAIT, "samples")
+    browser.refresh()
+    wait(browser, lambda b: int(b.find_element(By.ID, "metric-cpu_util")
+                                .get_attribute("data-points") or 0) > 0, "cpu graph")
+    assert browser.execute_script(
+        "return window.Chart.getChart('metric-cpu_util').data.datasets[0].data.length") > 0
     shot(browser, "server-detail")
 
     # The operator's capacity bars moved on the host that runs it.

@@ -90,3 +90,48 @@ document.addEventListener("DOMContentLoaded", () => {
   drawUsageChart();
   followConsole();
 });
+
+// Guest metric graphs on the server page: fetched from /ui/servers/{id}/metrics.json and
+// redrawn every 20 s.
+const metricCharts = new Map();
+
+function drawMetric(canvas) {
+  fetch(canvas.getAttribute("data-src"), {credentials: "same-origin"})
+    .then((r) => r.json())
+    .then((body) => {
+      const points = body.points || [];
+      const empty = canvas.closest("figure").querySelector(".graph-empty");
+      empty.hidden = points.length > 0;
+      canvas.setAttribute("data-points", String(points.length));
+      const labels = points.map((p) => p[0].slice(11, 16));
+      const values = points.map((p) => p[1]);
+      let chart = metricCharts.get(canvas.id);
+      if (!chart) {
+        chart = new window.Chart(canvas, {
+          type: "line",
+          data: {labels, datasets: [{label: body.label || "", data: values, pointRadius: 0,
+                                     tension: 0.2}]},
+          options: {animation: false, responsive: true, maintainAspectRatio: false,
+                    plugins: {legend: {display: false}},
+                    scales: {y: {beginAtZero: true}}},
+        });
+        metricCharts.set(canvas.id, chart);
+      } else {
+        chart.data.labels = labels;
+        chart.data.datasets[0].data = values;
+        chart.update();
+      }
+    })
+    .catch(() => {});
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  if (typeof window.Chart === "undefined") {
+    return;
+  }
+  const canvases = document.querySelectorAll("canvas.metric-chart");
+  canvases.forEach(drawMetric);
+  if (canvases.length) {
+    window.setInterval(() => canvases.forEach(drawMetric), 20000);
+  }
+});
