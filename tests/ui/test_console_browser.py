@@ -47,7 +47,7 @@ def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], what: str) -
                                                  NoSuchElementException)).until(condition)
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what} on {browser.current_url}: "
-                             f"{browser.page_source[:3000]}") from None
+                             f"{browser.find_element(By.TAG_NAME, 'body').text[:2000]}") from None
 
 
 def text_of(browser: WebDriver, css: str) -> str:
@@ -302,3 +302,41 @@ def test_servers_page_of_a_big_project_loads_one_page(
     assert len(second) == 25 and not first & second
     browser.get(f"{api}/ui/servers")
     shot(browser, "servers")
+
+
+def test_image_upload_with_progress_and_credential_login(
+        browser: WebDriver, api: str, tmp_path: Path) -> None:
+    """An application credential logs in; an image uploads through the page with its progress
+    bar, ends active in the list; the usage CSV downloads with the session."""
+    tenant = make_login(api)
+    r = httpx.post(f"{api}/v1/application-credentials", headers=tenant.headers,
+                   json={"name": unique("ui-cred")})
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    browser.delete_all_cookies()
+    browser.get(f"{api}/ui/login")
+    browser.find_element(By.ID, "secret").send_keys(secret)
+    browser.find_element(By.ID, "login-credential").click()
+    wait(browser, lambda b: b.find_elements(By.ID, "who"), "logged in with the credential")
+    assert tenant.user in text_of(browser, "#who")
+
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(IMAGE_BYTES["raw"] + b"\0" * (3 * 1024 * 1024))
+    browser.get(f"{api}/ui/images")
+    name = unique("uploaded")
+    browser.find_element(By.ID, "image-name").send_keys(name)
+    Select(browser.find_element(By.ID, "disk-format")).select_by_value("raw")
+    browser.find_element(By.ID, "image-file").send_keys(str(disk))
+    browser.find_element(By.ID, "upload").click()
+    wait(browser, lambda b: any(e.text == name for e in
+                                b.find_elements(By.CSS_SELECTOR, "td.image-name")),
+         "the uploaded image listed")
+    images = httpx.get(f"{api}/v1/images", headers=tenant.headers).json()
+    listed = images["images"] if isinstance(images, dict) else images
+    mine = next(i for i in listed if i["name"] == name)
+    assert mine["status"] == "active"
+    # The CSV comes from the API with the browser's session (no token in the URL).
+    jar = {"mc_session": browser.get_cookie("mc_session")["value"]}
+    r = httpx.get(f"{api}/ui/usage.csv", cookies=jar)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]

@@ -27,12 +27,16 @@ function uploadImage(form) {
     return;
   }
   status.textContent = "Creating the image…";
-  fetch(form.action, {method: "POST", body: new FormData(form), credentials: "same-origin",
+  // The record first (name and format only); the bytes follow in one streamed PUT.
+  const record = new FormData();
+  record.append("name", form.elements.name.value);
+  record.append("disk_format", form.elements.disk_format.value);
+  fetch(form.action, {method: "POST", body: record, credentials: "same-origin",
                       headers: {"X-CSRF-Token": csrf}})
     .then((r) => r.json().then((body) => ({ok: r.ok, body})))
     .then(({ok, body}) => {
       if (!ok) {
-        throw new Error(body.error || "refused");
+        throw new Error(body.error || body.detail || "refused");
       }
       const xhr = new XMLHttpRequest();
       xhr.open("PUT", body.upload);
@@ -52,7 +56,7 @@ function uploadImage(form) {
           status.textContent = "Uploaded: " + (answer.status || "done");
           window.setTimeout(() => window.location.reload(), 800);
         } else {
-          status.textContent = "Upload refused: " + (answer.error || xhr.status);
+          status.textContent = "Upload refused: " + (answer.error || answer.detail || xhr.status);
         }
       });
       xhr.addEventListener("error", () => { status.textContent = "Upload failed."; });
