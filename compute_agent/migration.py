@@ -78,15 +78,19 @@ class MigrationFailed(MigrationError):
     """A live migration failed, timed out or was aborted; the guest still runs on the source.
 
     ``source_state`` is the domain's observed state on the source afterwards ("running" in
-    every case libvirt handled; anything else deserves a fault on the server).
+    every case libvirt handled; anything else deserves a fault on the server). ``settled`` is
+    False only when libvirt's migration call had not returned ``ABORT_GRACE_S`` after the
+    abort: then the job may still finish, and where the guest ends must be read from both
+    hosts before anything is cleaned up.
     """
 
     def __init__(self, message: str, *, source_state: str = "running",
-                 aborted: bool = False, timed_out: bool = False) -> None:
+                 aborted: bool = False, timed_out: bool = False, settled: bool = True) -> None:
         super().__init__(message)
         self.source_state = source_state
         self.aborted = aborted
         self.timed_out = timed_out
+        self.settled = settled
 
 
 @dataclass(frozen=True)
@@ -455,7 +459,8 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
 
     Raises:
         MigrationFailed: libvirt refused or failed the migration, it timed out or was aborted;
-            the guest runs on the source (``source_state`` says what was observed).
+            the guest runs on the source (``source_state`` says what was observed; see
+            ``MigrationFailed.settled`` for a job that did not end after its abort).
         DomainNotFound: no managed domain for ``server_id`` on the source.
         SpecError: ``server_id`` is not a canonical UUID.
         MigrationError: ``dest_xml`` is not a definition of this server.
@@ -517,8 +522,11 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
                 worker.join(ABORT_GRACE_S)
+                break
     wall_ms = int((time.monotonic() - started) * 1000)
-    error = outcome[0] if outcome else MigrationError("migration did not end after abort")
+    settled = bool(outcome)
+    error = outcome[0] if settled else MigrationError(
+        f"migration did not end within {ABORT_GRACE_S:g} s of its abort")
     if error is None:
         completed = _completed_stats(dest_libvirt_uri, sid)
         if completed is None:
@@ -543,7 +551,7 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
     else:
         message = f"live migration of {sid} failed: {error}"
     raise MigrationFailed(message, source_state=state, aborted=aborted,
-                          timed_out=timed_out) from error
+                          timed_out=timed_out, settled=settled) from error
 
 
 def completed_migration_stats(hv: Hypervisor, server_id: str) -> MigrationStats | None:

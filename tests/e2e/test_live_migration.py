@@ -138,10 +138,17 @@ def test_live_migration_moves_the_running_guest_and_its_disk(
         endpoint = b.endpoint
         assert (endpoint.libvirt_uri, endpoint.migrate_uri) == (b.tcp_uri, b.migrate_uri)
         assert (endpoint.port_min, endpoint.port_max) == b.migration_ports
+        downtime_limits: list[int | None] = []
+
+        def on_progress(reading: MigrationProgress) -> None:
+            progress.append(reading)
+            # The limit holds for the running job (libvirt does not reset it at job start).
+            downtime_limits.append(hv_a.domain(sid).migrateGetMaxDowntime(0))
+
         stats = live_migrate(hv_a, sid, dest_libvirt_uri=endpoint.libvirt_uri,
                              migrate_uri=endpoint.migrate_uri,
                              dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
-                             timeout_s=MIGRATION_TIMEOUT_S, on_progress=progress.append)
+                             timeout_s=MIGRATION_TIMEOUT_S, on_progress=on_progress)
 
         # The source domain is gone (undefined too); B runs it and keeps it defined with B's
         # paths.
@@ -159,6 +166,8 @@ def test_live_migration_moves_the_running_guest_and_its_disk(
 
         # The job reported progress and its stats.
         assert progress and all(p.data_total >= p.data_processed for p in progress)
+        # (libvirt-python answers None while the job is between phases)
+        assert {limit for limit in downtime_limits if limit is not None} == {300}
         assert stats.elapsed_ms > 0
         assert stats.downtime_ms is not None and stats.downtime_ms >= 0
 
@@ -217,10 +226,22 @@ def test_a_failed_or_aborted_migration_leaves_the_guest_running_on_the_source(
                          dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
                          timeout_s=MIGRATION_TIMEOUT_S, on_progress=lambda _p: abort.set(),
                          abort=abort)
-        assert aborted.value.aborted
+        assert aborted.value.aborted and aborted.value.settled
         assert aborted.value.source_state == "running"
         assert hv_a.observed(sid) == "running"
         assert hv_a.domain(sid).isPersistent() == 1
+        assert domain_names(b) == []
+
+        # 3. Over its time limit (the first check comes after one poll interval, long before
+        # the destination's QEMU is even up).
+        _, dest_xml, persist_xml = incoming(guest_on_a, a, b, hv_a)
+        with pytest.raises(MigrationFailed) as timed_out:
+            live_migrate(hv_a, sid, dest_libvirt_uri=b.tcp_uri, migrate_uri=b.migrate_uri,
+                         dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
+                         timeout_s=0.001)
+        assert timed_out.value.timed_out and timed_out.value.settled
+        assert timed_out.value.source_state == "running"
+        assert hv_a.observed(sid) == "running"
         assert domain_names(b) == []
 
         # The guest on A never stopped: its ticks go on in the same boot.
