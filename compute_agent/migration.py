@@ -554,6 +554,50 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
                           timed_out=timed_out, settled=settled) from error
 
 
+def active_migration(hv: Hypervisor, server_id: str) -> MigrationProgress | None:
+    """Progress of the outgoing migration libvirt is running for ``server_id`` on this host,
+    or None when there is none.
+
+    A peer-to-peer migration is driven by the source libvirtd: it goes on (and usually
+    completes) when the agent that started it dies. An agent that starts again finds such a
+    job here and can wait for it to end or abort it (``abort_migration``).
+
+    Raises:
+        DomainNotFound: no managed domain for ``server_id`` (e.g. it has just left).
+        HypervisorError: libvirt fails.
+    """
+    try:
+        stats = hv.domain(server_id).jobStats(0)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"job stats of {server_id}: {exc}") from exc
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    operation = stats.get("operation")
+    if operation is not None and operation != libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
+        return None
+    return _progress(stats)
+
+
+def abort_migration(hv: Hypervisor, server_id: str) -> bool:
+    """Abort the outgoing migration of ``server_id`` on this host, whoever started it; False
+    when none was running. libvirt then resumes the guest here (if the switch-over had not
+    completed: check where it runs afterwards).
+
+    Raises:
+        DomainNotFound: no managed domain for ``server_id``.
+        HypervisorError: libvirt fails.
+    """
+    if active_migration(hv, server_id) is None:
+        return False
+    try:
+        hv.domain(server_id).abortJob()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+            return False  # the job ended meanwhile
+        raise HypervisorError(f"abort migration of {server_id}: {exc}") from exc
+    return True
+
+
 def completed_migration_stats(hv: Hypervisor, server_id: str) -> MigrationStats | None:
     """On the destination: the stats of the live migration that just brought ``server_id``
     here, or None when libvirt has none (reading them clears them).
