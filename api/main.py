@@ -32,6 +32,8 @@ from api.errors import (
     problem_response,
     request_id_var,
 )
+from api.evacuation.routes import agent_router as evacuation_agent_router
+from api.evacuation.routes import router as evacuation_router
 from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
@@ -58,6 +60,7 @@ log = logging.getLogger("minicloud.api")
 ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 ROUTERS += [servers_router, server_groups_router, quotas_router, keypairs_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
+ROUTERS += [evacuation_router, evacuation_agent_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
 # The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.

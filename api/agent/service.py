@@ -43,6 +43,7 @@ from api.agent.schemas import (
 from api.config import Settings
 from api.db import utcnow
 from api.errors import Conflict, NotFound, Unauthorized
+from api.evacuation.service import require_fenced
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
 from api.hosts.schemas import ForeignDomain
@@ -98,7 +99,9 @@ def put_inventory(session: Session, settings: Settings, host_id: str,
 
     A total below what is already allocated is accepted (the hardware is what it is) and
     reported in ``overcommitted``; the scheduler then simply finds no room there.
+    Raises Conflict ``fencing_required`` (``api.evacuation.service.require_fenced``).
     """
+    require_fenced(session, host_id)
     invs = hosts_repository.inventories(session, [host_id])[host_id]
     changed = False
     for rc in RESOURCE_CLASSES:
@@ -145,7 +148,10 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
     ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts.
+    Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the host
+    stays down until its agent removed their old copies.
     """
+    require_fenced(session, host_id)
     host = hosts_service.get_host(session, host_id)
     host.last_heartbeat_at = utcnow()
     if foreign is not None:
@@ -168,8 +174,9 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     """Apply one keyed observation; returns the server and whether it was applied.
 
     A repeated ``idempotency_key`` changes nothing. Raises NotFound ``server_not_found`` when
-    the server is not a live server of this host.
+    the server is not a live server of this host, Conflict ``fencing_required``.
     """
+    require_fenced(session, host_id)
     repository.lock_host(session, host_id)  # lock order: host, then server
     server = repository.lock_server(session, server_id, host_id)
     if server is None:
@@ -264,8 +271,10 @@ def desired_servers(session: Session, host_id: str) -> tuple[str, list[DesiredSe
     """The cursor and every live server of the host; raises Unauthorized if the host is gone.
 
     The cursor is read first, so a change racing with this read makes the next poll return
-    at once rather than be missed.
+    at once rather than be missed. Raises Conflict ``fencing_required`` while evacuated servers
+    of the host wait to be fenced: an agent back from the dead learns nothing it could start.
     """
+    require_fenced(session, host_id)
     current = cursor(session, host_id)
     if current is None:
         raise Unauthorized("The host no longer exists.", code="invalid_host_credential")

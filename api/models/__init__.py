@@ -2,6 +2,7 @@
 
 from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
+from api.models.evacuations import Evacuation
 from api.models.identity import (
     ApplicationCredential,
     LoginFailure,
@@ -49,4 +50,5 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "KeyPair",
     "LoginFailure",
     "SystemFlag",
+    "Evacuation",
 ]
