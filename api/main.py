@@ -35,6 +35,7 @@ from api.errors import (
 from api.evacuation.routes import agent_router as evacuation_agent_router
 from api.evacuation.routes import router as evacuation_router
 from api.flavors.routes import router as flavors_router
+from api.guest_metrics import routes as guest_metrics_routes
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
@@ -63,6 +64,7 @@ ROUTERS += [hosts_router, agent_router, agent_console_router]
 ROUTERS += [evacuation_router, evacuation_agent_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
+ROUTERS += [guest_metrics_routes.router, guest_metrics_routes.agent_router]
 # The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.
 ROUTERS += [os_identity.router, os_compute.router, os_image.router]
 

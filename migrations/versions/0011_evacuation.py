@@ -1,7 +1,7 @@
 """evacuation: servers of down hosts rebuilt elsewhere, and the fence orders of those hosts
 
 Revision ID: 0011_evacuation
-Revises: 0009_stuck
+Revises: 0012_guest_metrics
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 from api.db import UTCDateTime
 
 revision: str = "0011_evacuation"
-down_revision: str | None = "0009_stuck"
+down_revision: str | None = "0012_guest_metrics"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
