@@ -1,10 +1,15 @@
-"""Evacuation end to end: real API and agent processes on libvirt's test driver, over HTTP.
+"""Evacuation end to end: real API and agent processes over HTTP.
 
 One host's agent is killed with SIGKILL; once the API (short monitor settings) calls the host
 down, an admin evacuates it and its servers come up on the other host, ACTIVE and SHUTOFF as
-they were. The dead host then comes back with its old libvirt state (its domains still defined
-and running, as a libvirtd that outlived its agent would hold them): its agent destroys and
-undefines them and deletes their files before it reports anything, and never starts them.
+they were. The dead host then comes back with its old libvirt state: its agent destroys and
+undefines the old domains and deletes their files before it reports anything, and never starts
+them.
+
+* libvirt's test driver: the restarted agent's node file holds the old domains, running (as a
+  libvirtd that outlived its agent would hold them).
+* real QEMU (``qemu`` mark): two libvirt daemons (``tests/e2e/libvirt_hosts.py``); the dead one
+  loses its QEMU processes and libvirtd too, and comes back with its domain defined, shut off.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import libvirt
 import pytest
 
 from api.config import Settings
@@ -26,6 +32,7 @@ from compute_agent.domain_xml import build_domain_xml
 from compute_agent.hypervisor import write_test_node_xml
 from compute_agent.imagecache import ImageCache
 from compute_agent.spec import InstancePaths, ServerSpec
+from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
     ADMIN,
     REPO,
@@ -40,8 +47,10 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
+from tests.e2e.test_qemu_boot import build_guest_image
 from tests.factories import make_account, unique
 
+BOOT_WAIT = 180.0
 DOWN_AFTER = 4  # seconds without a heartbeat before the API calls a host down
 
 
@@ -206,5 +215,99 @@ def test_a_killed_host_is_evacuated_and_fenced_when_it_comes_back(
         assert httpx.get(f"{api}/v1/servers", headers=ADMIN,
                          params={"host": dead.name}).json()["servers"] == []
     finally:
+        dead.stop()
+        survivor.stop()
+
+
+# ------------------------------------------------------------------ real QEMU, two libvirtds
+
+def _domain(host: LibvirtHost, server_id: str) -> tuple[bool, int] | None:
+    """(running, autostart) of the server's domain on ``host``'s libvirtd; None: not defined."""
+    conn = libvirt.open(host.uri)
+    try:
+        dom = conn.lookupByUUIDString(server_id)
+        return bool(dom.isActive()), int(dom.autostart())
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_dead_qemu_host_is_evacuated_and_its_old_domain_is_never_started(
+    api: str, client: Any, two_libvirt_hosts: list[LibvirtHost]
+) -> None:
+    a, b = two_libvirt_hosts
+    zone = unique("evac-qemu")
+    member = make_account(client, ADMIN)
+    built = build_guest_image()
+    kernel = upload_image(api, member.headers, (built / "vmlinuz").read_bytes(), "aki")
+    ramdisk = upload_image(api, member.headers, (built / "initrd.img").read_bytes(), "ari")
+    disk = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
+                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
+                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
+    agents = {h.name: AgentProcess(api, h.data_dir, unique(f"evac-{h.name}"), h.uri, az=zone,
+                                   extra_args=["--network", "none"]) for h in (a, b)}
+    dead, survivor = agents[a.name], agents[b.name]
+    sid = None
+    try:
+        dead.start(enrollment_token(api))
+        dead_id = wait_until(lambda: (a.data_dir / "state/credential.json").exists()
+                             and host_id_of(a.data_dir), 60, "enrolled")
+        _wait_host(api, dead_id, "up")
+        sid = create_server(api, member.headers, "tiny", disk["id"], name="evac-guest",
+                            availability_zone=zone)["id"]
+        wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        hostname_line = f"minicloud-guest: hostname=evac-guest instance-id={sid}"
+        wait_until(lambda: hostname_line in (a.instances_dir / sid / "console.log").read_text(
+            errors="replace"), BOOT_WAIT, "hostname on A's console")
+        survivor.start(enrollment_token(api))
+        survivor_id = wait_until(lambda: (b.data_dir / "state/credential.json").exists()
+                                 and host_id_of(b.data_dir), 60, "enrolled")
+        _wait_host(api, survivor_id, "up")
+
+        # Host A dies: kill -9 of its QEMU, libvirtd and agent.
+        dead.kill()
+        a.kill()
+        assert a.qemu_pids() == []
+        _wait_host(api, dead_id, "down")
+        r = httpx.post(f"{api}/v1/hosts/{dead_id}/evacuate", headers=ADMIN)
+        assert r.status_code == 202, r.text
+        assert [(s["server_id"], s["target_host_id"]) for s in r.json()["servers"]] == [
+            (sid, survivor_id)]
+
+        # ACTIVE on B, booted afresh there: B's console shows the hostname.
+        assert wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
+        assert server(api, ADMIN, sid)["host"] == survivor.name
+        wait_until(lambda: hostname_line in (b.instances_dir / sid / "console.log").read_text(
+            errors="replace") if (b.instances_dir / sid / "console.log").exists() else False,
+            BOOT_WAIT, "hostname on B's console")
+        wait_until(lambda: hostname_line in httpx.get(
+            f"{api}/v1/servers/{sid}/console", headers=member.headers).json()["output"],
+            BOOT_WAIT, "hostname on the API console")
+        assert _domain(b, sid) == (True, 0)
+
+        # A's libvirtd comes back (after a reboot): the old domain is defined, shut off, and
+        # not autostart, so nothing starts it before the agent fences it.
+        a.restart(reboot=True)
+        assert _domain(a, sid) == (False, 0)
+        dead.start()
+        _wait_host(api, dead_id, "up")
+        assert _domain(a, sid) is None  # destroyed and undefined
+        assert not (a.instances_dir / sid).exists()
+        assert a.qemu_pids() == []  # never started on A
+        fence = [e for e in httpx.get(f"{api}/v1/servers/{sid}/events",
+                                      headers=ADMIN).json()["events"] if e["action"] == "fence"]
+        assert [e["details"]["domain"] for e in fence] == ["undefined"]
+        # It runs exactly once, on B, and stays there.
+        assert _domain(b, sid) == (True, 0)
+        assert server(api, ADMIN, sid)["status"] == "ACTIVE"
+        assert server(api, ADMIN, sid)["host"] == survivor.name
+        assert host(api, dead_id)["evacuation"]["fencing_pending"] == 0
+        assert dead.alive(), dead.output()
+    finally:
+        if sid is not None:
+            httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers)
         dead.stop()
         survivor.stop()
