@@ -217,6 +217,8 @@ def test_a_killed_host_is_evacuated_and_fenced_when_it_comes_back(
     finally:
         dead.stop()
         survivor.stop()
+        # Shown by pytest only when the test failed.
+        print("dead host's agent:\n", dead.output(), "\nsurvivor's agent:\n", survivor.output())
 
 
 # ------------------------------------------------------------------ real QEMU, two libvirtds
@@ -311,3 +313,5 @@ def test_a_dead_qemu_host_is_evacuated_and_its_old_domain_is_never_started(
             httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers)
         dead.stop()
         survivor.stop()
+        # Shown by pytest only when the test failed.
+        print("dead host's agent:\n", dead.output(), "\nsurvivor's agent:\n", survivor.output())
