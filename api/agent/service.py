@@ -151,12 +151,14 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the host
     stays down until its agent removed their old copies.
     """
-    require_fenced(session, host_id)
     host = hosts_service.get_host(session, host_id)
     host.last_heartbeat_at = utcnow()
     if foreign is not None:
         host.foreign_domains = [f.model_dump() for f in foreign]
     session.flush()
+    # Checked under the host row's lock (taken by the write above), so an evacuation that
+    # committed while this heartbeat waited for it is seen, and the heartbeat rolls back.
+    require_fenced(session, host_id)
     applied, ignored = 0, []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.
     for item in sorted(observed, key=lambda o: o.server_id):
@@ -176,8 +178,8 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     A repeated ``idempotency_key`` changes nothing. Raises NotFound ``server_not_found`` when
     the server is not a live server of this host, Conflict ``fencing_required``.
     """
-    require_fenced(session, host_id)
     repository.lock_host(session, host_id)  # lock order: host, then server
+    require_fenced(session, host_id)  # under the host lock, as in heartbeat
     server = repository.lock_server(session, server_id, host_id)
     if server is None:
         raise NotFound("No such server on this host.", code="server_not_found")
