@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,9 @@ from tests.factories import make_account, unique
 
 BOOT_WAIT = 180.0
 DOWN_AFTER = 4  # seconds without a heartbeat before the API calls a host down
+# The API evacuates the hosts of this zone (only) by itself, 2 s after they went down.
+AUTO_ZONE = unique("auto-evac")
+AUTO_GRACE = 2
 
 
 class ShortMonitorApi:
@@ -62,7 +66,8 @@ class ShortMonitorApi:
         env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
                    MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING",
                    MINICLOUD_HOST_DOWN_AFTER_SECONDS=str(DOWN_AFTER),
-                   MINICLOUD_HEARTBEAT_INTERVAL_SECONDS="1", PYTHONPATH=str(REPO))
+                   MINICLOUD_HEARTBEAT_INTERVAL_SECONDS="1", PYTHONPATH=str(REPO),
+                   MINICLOUD_AUTO_EVACUATE_AFTER_SECONDS=json.dumps({AUTO_ZONE: AUTO_GRACE}))
         out = open(Path(settings.data_dir) / f"api-{port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from api.server import run; run()", "--host", "127.0.0.1",
@@ -113,7 +118,6 @@ def _keep_old_domains(api: str, home: Path) -> list[str]:
     They are built the way the agent built them, from what the API handed that agent (read
     now with its credential, which the fence gate refuses: so read before the evacuation).
     """
-    import json
     cred = json.loads((home / "state" / "credential.json").read_text())
     with AgentClient(api, cred["credential"]) as agent_api:
         desired = agent_api.desired_servers().servers
@@ -218,6 +222,49 @@ def test_a_killed_host_is_evacuated_and_fenced_when_it_comes_back(
         dead.stop()
         survivor.stop()
         # Shown by pytest only when the test failed.
+        print("dead host's agent:\n", dead.output(), "\nsurvivor's agent:\n", survivor.output())
+
+
+def test_a_host_down_beyond_its_zone_grace_is_evacuated_without_an_admin(
+    api: str, client: Any, tmp_path: Path
+) -> None:
+    member = make_account(client, ADMIN)
+    r = httpx.post(f"{api}/v1/flavors", headers=ADMIN, json={
+        "name": unique("evac"), "vcpus": 1, "ram_mb": 256, "disk_gb": 1})
+    assert r.status_code == 201, r.text
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    image = upload_image(api, member.headers, disk.read_bytes(), "qcow2")["id"]
+    dead = _agent(api, tmp_path / "dead", AUTO_ZONE)
+    survivor = _agent(api, tmp_path / "survivor", AUTO_ZONE)
+    try:
+        dead.start(enrollment_token(api))
+        dead_id = wait_until(lambda: (tmp_path / "dead/state/credential.json").exists()
+                             and host_id_of(tmp_path / "dead"), 60, "enrolled")
+        _wait_host(api, dead_id, "up")
+        sid = create_server(api, member.headers, r.json()["name"], image,
+                            availability_zone=AUTO_ZONE)["id"]
+        wait_status(api, member.headers, sid, "ACTIVE")
+        survivor.start(enrollment_token(api))
+        survivor_id = wait_until(lambda: (tmp_path / "survivor/state/credential.json").exists()
+                                 and host_id_of(tmp_path / "survivor"), 60, "enrolled")
+        _wait_host(api, survivor_id, "up")
+
+        dead.kill()
+        # Nobody calls evacuate: the host monitor does, once the host is down for its grace.
+        wait_until(lambda: (s := server(api, ADMIN, sid))["host"] == survivor.name
+                   and s["status"] == "ACTIVE" and s["task_state"] is None, 120,
+                   "the server rebuilt on the survivor")
+        progress = host(api, dead_id)["evacuation"]
+        assert (progress["automatic"], progress["done"], progress["fencing_pending"]) == (
+            True, 1, 1)
+        evacuate = [e for e in httpx.get(f"{api}/v1/servers/{sid}/events",
+                                         headers=member.headers).json()["events"]
+                    if e["action"] == "evacuate"]
+        assert [(e["user_id"], e["details"]["automatic"]) for e in evacuate] == [(None, True)]
+    finally:
+        dead.stop()
+        survivor.stop()
         print("dead host's agent:\n", dead.output(), "\nsurvivor's agent:\n", survivor.output())
 
 
