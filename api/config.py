@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     build_timeout_seconds: int = Field(default=600, gt=0)
     delete_timeout_seconds: int = Field(default=600, gt=0)
     operation_timeout_seconds: int = Field(default=600, gt=0)
+    # Automatic evacuation of down hosts (off by default): seconds after a host went down, by
+    # availability zone ("*": every zone), e.g. '{"edge": 300}'. A host's aggregate tag
+    # ``auto_evacuate_after_seconds`` wins over its zone's entry.
+    auto_evacuate_after_seconds: dict[str, int] = Field(default_factory=dict)
     # Longest wait of the agent's desired-state long-poll, and how often it re-checks.
     agent_long_poll_max_seconds: float = Field(default=30.0, gt=0)
     agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)

@@ -32,6 +32,8 @@ from api.errors import (
     problem_response,
     request_id_var,
 )
+from api.evacuation.routes import agent_router as evacuation_agent_router
+from api.evacuation.routes import router as evacuation_router
 from api.flavors.routes import router as flavors_router
 from api.guest_metrics import routes as guest_metrics_routes
 from api.hosts.routes import router as hosts_router
@@ -59,6 +61,7 @@ log = logging.getLogger("minicloud.api")
 ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 ROUTERS += [servers_router, server_groups_router, quotas_router, keypairs_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
+ROUTERS += [evacuation_router, evacuation_agent_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
 ROUTERS += [guest_metrics_routes.router, guest_metrics_routes.agent_router]

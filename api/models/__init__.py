@@ -2,6 +2,7 @@
 
 from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
+from api.models.evacuations import Evacuation
 from api.models.guest_metrics import GuestMetricCounters, GuestMetricRollup
 from api.models.identity import (
     ApplicationCredential,
@@ -50,6 +51,7 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "KeyPair",
     "LoginFailure",
     "SystemFlag",
+    "Evacuation",
     "GuestMetricCounters",
     "GuestMetricRollup",
 ]

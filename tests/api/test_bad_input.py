@@ -195,6 +195,8 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
     ("PUT", "/v1/agent/inventory"): {
         rc: {"total": 1_000_000, "reserved": 0, "min_unit": 1, "max_unit": 1024}
         for rc in ("VCPU", "MEMORY_MB", "DISK_GB")},
+    ("POST", "/v1/agent/fencing"): {"fenced": [
+        {"server_id": "{server_id}", "domain": "destroyed", "files_removed": True}]},
     ("POST", "/v1/agent/heartbeat"): {"observed": [
         {"server_id": "{server_id}", "state": "running", "seen_at": "2026-01-01T00:00:00Z"}],
         "foreign": [{"server_id": "0b5e3c1e-8d3e-4f5a-9b1c-2d3e4f5a6b7c",
