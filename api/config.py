@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
     billing_minimum_run_seconds: int = Field(default=60, ge=0)
 
+    # Scaling groups (docs/scaling.md): how often the leader reconciles every group, how long
+    # its database lease lasts without renewal (another API process takes over after that),
+    # members launched per group and pass, and the backoff of failed launches (doubling from
+    # base up to max).
+    scaling_interval_seconds: float = Field(default=10.0, gt=0)
+    scaling_lease_seconds: float = Field(default=30.0, gt=0)
+    scaling_launches_per_pass: int = Field(default=10, gt=0)
+    scaling_retry_base_seconds: float = Field(default=10.0, gt=0)
+    scaling_retry_max_seconds: float = Field(default=300.0, gt=0)
+
     @model_validator(mode="after")
     def _weighers(self) -> Settings:
         try:

@@ -1,0 +1,114 @@
+"""Scaling group queries (flush only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from api.db import after_key, utcnow
+from api.models import Host, ScalingActivity, ScalingGroup, ScalingMember, Server
+
+
+def get_group(session: Session, group_id: str, project_id: str | None) -> ScalingGroup | None:
+    """A group by id, within a project (None: any project)."""
+    query = select(ScalingGroup).where(ScalingGroup.id == group_id)
+    if project_id is not None:
+        query = query.where(ScalingGroup.project_id == project_id)
+    return session.scalar(query)
+
+
+def name_taken(session: Session, project_id: str, name: str) -> bool:
+    """Whether the project already has a group of that name (also one being deleted)."""
+    return session.scalar(select(func.count()).select_from(ScalingGroup).where(
+        ScalingGroup.project_id == project_id, ScalingGroup.name == name)) != 0
+
+
+def list_groups(session: Session, project_id: str | None, *, after: ScalingGroup | None = None,
+                limit: int | None = None) -> Sequence[ScalingGroup]:
+    """Groups of a project (None: all), oldest first, after the group ``after``."""
+    query = select(ScalingGroup)
+    if project_id is not None:
+        query = query.where(ScalingGroup.project_id == project_id)
+    if after is not None:
+        query = query.where(after_key((ScalingGroup.created_at, ScalingGroup.id),
+                                      (after.created_at, after.id)))
+    return session.scalars(
+        query.order_by(ScalingGroup.created_at, ScalingGroup.id).limit(limit)).all()
+
+
+def group_ids(session: Session) -> Sequence[str]:
+    """Every group's id (the reconciler's work list)."""
+    return session.scalars(select(ScalingGroup.id).order_by(ScalingGroup.created_at)).all()
+
+
+def bump(session: Session, group: ScalingGroup, **values: Any) -> bool:
+    """Write ``values`` and bump the generation only if nobody changed the group since it was
+    read (``UPDATE scaling_groups ... WHERE id = :id AND generation = :seen``); False when it
+    moved on. ``group`` is re-read."""
+    session.flush()
+    result = session.execute(
+        update(ScalingGroup)
+        .where(ScalingGroup.id == group.id, ScalingGroup.generation == group.generation)
+        .values(generation=group.generation + 1, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False))
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    session.refresh(group)
+    return True
+
+
+def live_members(session: Session, group_ids: Sequence[str],
+                 ) -> dict[str, list[tuple[ScalingMember, Server]]]:
+    """group id -> its members not yet released, with their servers, by sequence number."""
+    found: dict[str, list[tuple[ScalingMember, Server]]] = {g: [] for g in group_ids}
+    if not group_ids:
+        return found
+    rows = session.execute(
+        select(ScalingMember, Server).join(Server, Server.id == ScalingMember.server_id)
+        .where(ScalingMember.group_id.in_(group_ids), ScalingMember.released_at.is_(None))
+        .order_by(ScalingMember.group_id, ScalingMember.seq)).tuples().all()
+    for member, server in rows:
+        found[member.group_id].append((member, server))
+    return found
+
+
+def member(session: Session, group_id: str,
+           server_id: str) -> tuple[ScalingMember, Server] | None:
+    """A live member of the group by its server id, with the server."""
+    row = session.execute(
+        select(ScalingMember, Server).join(Server, Server.id == ScalingMember.server_id)
+        .where(ScalingMember.group_id == group_id, ScalingMember.server_id == server_id,
+               ScalingMember.released_at.is_(None))).tuples().first()
+    return None if row is None else (row[0], row[1])
+
+
+def servers_not_deleted(session: Session, group_id: str) -> int:
+    """How many servers the group ever launched still exist (not DELETED)."""
+    return int(session.scalar(
+        select(func.count()).select_from(ScalingMember)
+        .join(Server, Server.id == ScalingMember.server_id)
+        .where(ScalingMember.group_id == group_id, Server.deleted_at.is_(None))) or 0)
+
+
+def hosts(session: Session, host_ids: Sequence[str]) -> dict[str, Host]:
+    """Hosts by id."""
+    if not host_ids:
+        return {}
+    return {h.id: h for h in session.scalars(select(Host).where(Host.id.in_(host_ids)))}
+
+
+def activities(session: Session, group_id: str, limit: int) -> Sequence[ScalingActivity]:
+    """The group's latest activities, newest first."""
+    return session.scalars(
+        select(ScalingActivity).where(ScalingActivity.group_id == group_id)
+        .order_by(ScalingActivity.created_at.desc(), ScalingActivity.id.desc())
+        .limit(limit)).all()
+
+
+def delete_group(session: Session, group: ScalingGroup) -> None:
+    """Remove the group row (members and activities cascade)."""
+    session.delete(group)
+    session.flush()
