@@ -69,7 +69,7 @@ def live_members(session: Session, group_ids: Sequence[str],
     rows = session.execute(
         select(ScalingMember, Server).join(Server, Server.id == ScalingMember.server_id)
         .where(ScalingMember.group_id.in_(group_ids), ScalingMember.released_at.is_(None))
-        .order_by(ScalingMember.group_id, ScalingMember.seq)).tuples().all()
+        .order_by(ScalingMember.group_id, ScalingMember.seq)).all()
     for member, server in rows:
         found[member.group_id].append((member, server))
     return found
@@ -81,7 +81,7 @@ def member(session: Session, group_id: str,
     row = session.execute(
         select(ScalingMember, Server).join(Server, Server.id == ScalingMember.server_id)
         .where(ScalingMember.group_id == group_id, ScalingMember.server_id == server_id,
-               ScalingMember.released_at.is_(None))).tuples().first()
+               ScalingMember.released_at.is_(None))).first()
     return None if row is None else (row[0], row[1])
 
 
