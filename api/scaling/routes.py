@@ -64,44 +64,48 @@ def list_groups(principal: CurrentUser, session: SessionDep, response: Response,
     return ScalingGroupList(scaling_groups=_render(session, groups))
 
 
-@router.get("/scaling-groups/{group_id}", response_model=ScalingGroupOut)
-def show_group(group_id: PathId, principal: CurrentUser,
+@router.get("/scaling-groups/{scaling_group_id}", response_model=ScalingGroupOut)
+def show_group(scaling_group_id: PathId, principal: CurrentUser,
                session: SessionDep) -> ScalingGroupOut:
     """One scaling group with its members (404 `scaling_group_not_found` for other
     projects' groups)."""
-    return _render(session, [service.get_group(session, principal, group_id)])[0]
+    return _render(session, [service.get_group(session, principal, scaling_group_id)])[0]
 
 
-@router.patch("/scaling-groups/{group_id}", response_model=ScalingGroupOut)
-def update_group(group_id: PathId, body: ScalingGroupUpdate, principal: Writer,
+@router.patch("/scaling-groups/{scaling_group_id}", response_model=ScalingGroupOut)
+def update_group(scaling_group_id: PathId, body: ScalingGroupUpdate, principal: Writer,
                  session: SessionDep) -> ScalingGroupOut:
     """Change min/max/desired (manual scaling), the scale-in policy, the target tracking
     policy (`null` removes it) or the scheduled actions."""
-    return _render(session, [service.update_group(session, principal, group_id, body)])[0]
+    return _render(session, [service.update_group(session, principal, scaling_group_id, body)])[0]
 
 
-@router.delete("/scaling-groups/{group_id}", status_code=202, response_model=ScalingGroupOut)
-def delete_group(group_id: PathId, principal: Writer, session: SessionDep) -> ScalingGroupOut:
+@router.delete("/scaling-groups/{scaling_group_id}", status_code=202,
+               response_model=ScalingGroupOut)
+def delete_group(scaling_group_id: PathId, principal: Writer,
+                 session: SessionDep) -> ScalingGroupOut:
     """Delete the group and its members: the members start deleting at once; the group
     (status `deleting`) disappears once they are gone."""
-    return _render(session, [service.delete_group(session, principal, group_id)])[0]
+    return _render(session, [service.delete_group(session, principal, scaling_group_id)])[0]
 
 
-@router.patch("/scaling-groups/{group_id}/members/{server_id}", response_model=MemberOut)
-def update_member(group_id: PathId, server_id: PathId, body: MemberUpdate, principal: Writer,
+@router.patch("/scaling-groups/{scaling_group_id}/members/{server_id}",
+              response_model=MemberOut)
+def update_member(scaling_group_id: PathId, server_id: PathId, body: MemberUpdate,
+                  principal: Writer,
                   session: SessionDep) -> MemberOut:
     """Set a member's scale-in protection: a protected member is never picked by scale-in."""
-    m, s = service.set_protection(session, principal, group_id, server_id, body.protected)
+    m, s = service.set_protection(session, principal, scaling_group_id, server_id, body.protected)
     return MemberOut(server_id=s.id, name=s.name, seq=m.seq, status=s.status,
                      protected=m.protected, created_at=m.created_at)
 
 
-@router.get("/scaling-groups/{group_id}/activities", response_model=ActivityList)
-def list_activities(group_id: PathId, principal: CurrentUser, session: SessionDep,
+@router.get("/scaling-groups/{scaling_group_id}/activities", response_model=ActivityList)
+def list_activities(scaling_group_id: PathId, principal: CurrentUser, session: SessionDep,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> ActivityList:
     """The group's activities, newest first: every decision with why (rule, metric values),
     what (created and deleted server ids) and failures with the refusal."""
-    rows = service.activities(session, principal, group_id, limit)
+    rows = service.activities(session, principal, scaling_group_id, limit)
     return ActivityList(activities=[ActivityOut(
         id=a.id, kind=a.kind, result=a.result, rule=a.rule, cause=a.cause,
         from_desired=a.from_desired, to_desired=a.to_desired, created=list(a.created),

@@ -39,7 +39,8 @@ class ScheduledActionIn(BaseModel):
 
     model_config = STRICT
     name: ShortName
-    cron: Annotated[str, StringConstraints(min_length=9, max_length=100)]
+    cron: Annotated[str, StringConstraints(
+        min_length=9, max_length=100, pattern=r"^[0-9A-Za-z*/,-]+( [0-9A-Za-z*/,-]+){4}$")]
     min_size: Size | None = None
     max_size: Size | None = None
     desired: Size | None = None
