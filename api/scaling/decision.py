@@ -224,6 +224,9 @@ def decide(state: GroupState, metrics: Mapping[str, float], now: datetime) -> De
                         rule = "stabilization"
                         reasons.append(f"scale in only to {highest}, the highest proposal "
                                        f"of the last {policy.scale_in_stabilization_s} s")
+    if rule != "schedule" and reasons and desired == state.desired and details.get(
+            "scheduled_actions"):
+        rule = "schedule"  # the policy held: what changed (min/max) came from a schedule
     clamped = min(max(desired, state.min_size), state.max_size)
     if clamped != desired:
         rule = "clamp_min" if clamped > desired else "clamp_max"

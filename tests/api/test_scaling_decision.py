@@ -220,3 +220,12 @@ def test_scale_in_victims(name: str, count: int, protected: tuple[int, ...], pol
                                            ("0 9 * * * *", False), ("banana", False)])
 def test_cron_expressions(expression: str, ok: bool) -> None:
     assert valid_cron(expression) is ok
+
+
+def test_a_schedule_that_moves_only_a_bound_is_the_rule_when_the_policy_holds() -> None:
+    # min 1 -> 2 at 08:00; 2 ready members at 50 %: inside the band, desired stays 2.
+    state = GroupState(min_size=1, max_size=10, desired=2, members=members(2), policy=POLICY,
+                       schedules=[ScheduledAction("office", "0 8 * * *", min_size=2)],
+                       schedule_checked_at=datetime(2026, 1, 5, 7, 59, tzinfo=UTC))
+    result = decide(state, {"s0": 50.0, "s1": 50.0}, datetime(2026, 1, 5, 8, 0, 5, tzinfo=UTC))
+    assert (result.min_size, result.desired, result.rule) == (2, 2, "schedule")

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.db import utcnow
-from api.models import Host
+from api.models import Host, Lease
 from api.scaling import reconciler
 from tests.agent_factories import EnrolledHost, db, enroll_host, inventory, observe
 from tests.catalog_rows import make_image_row
@@ -28,10 +28,16 @@ pytestmark = pytest.mark.usefixtures("pool")
 def run(client: TestClient, **settings: Any) -> reconciler.PassResult:
     """One reconciler pass as the app's lease holder (``settings`` override the app's)."""
     app_settings = client.app.state.settings  # type: ignore[attr-defined]
-    result = reconciler.run_pass(
-        client.app.state.sessionmaker,  # type: ignore[attr-defined]
-        app_settings.model_copy(update=settings) if settings else app_settings,
-        client.app.state.scaling_holder)  # type: ignore[attr-defined]
+    factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    holder = client.app.state.scaling_holder  # type: ignore[attr-defined]
+    merged = app_settings.model_copy(update=settings) if settings else app_settings
+    result = reconciler.run_pass(factory, merged, holder)
+    if not result.leader:
+        # Another API process of this test session (live_api) leads: let its lease lapse.
+        with db(client) as s:
+            s.execute(update(Lease).where(Lease.name == reconciler.LEASE)
+                      .values(expires_at=utcnow() - timedelta(seconds=1)))
+        result = reconciler.run_pass(factory, merged, holder)
     assert result.leader
     return result
 
