@@ -60,6 +60,17 @@ def bump(session: Session, group: ScalingGroup, **values: Any) -> bool:
     return True
 
 
+def lock(session: Session, group: ScalingGroup) -> None:
+    """Take the group's row lock (``UPDATE ... SET generation = generation + 1``) and re-read
+    it: a user's change then waits for a reconciler transaction in flight instead of losing a
+    compare-and-swap to it."""
+    session.execute(
+        update(ScalingGroup).where(ScalingGroup.id == group.id)
+        .values(generation=ScalingGroup.generation + 1)
+        .execution_options(synchronize_session=False))
+    session.refresh(group)
+
+
 def live_members(session: Session, group_ids: Sequence[str],
                  ) -> dict[str, list[tuple[ScalingMember, Server]]]:
     """group id -> its members not yet released, with their servers, by sequence number."""

@@ -149,6 +149,7 @@ def update_group(session: Session, principal: Principal, group_id: str,
     ``scaling_size_invalid``.
     """
     group = get_group(session, principal, group_id)
+    repository.lock(session, group)
     _writable(group)
     given = body.model_fields_set
     low = body.min_size if body.min_size is not None else group.min_size
@@ -194,6 +195,7 @@ def delete_group(session: Session, principal: Principal, group_id: str) -> Scali
     reconciler removes the group (and its server group) once they are gone. Deleting a group
     being deleted changes nothing. Raises NotFound, Conflict ``scaling_group_changed``."""
     group = get_group(session, principal, group_id)
+    repository.lock(session, group)
     if group.status == DELETING:
         return group
     before = group.desired
