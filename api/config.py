@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     scheduler_max_attempts: int = Field(default=20, gt=0)
     # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
     billing_minimum_run_seconds: int = Field(default=60, ge=0)
+    # Guest metrics (docs/operations.md, "Guest metrics"): rollup levels as [step, retention]
+    # pairs in seconds, finest first; every derived sample is added to each level, and rows
+    # older than a level's retention are pruned every guest_metrics_prune_interval_seconds.
+    guest_metrics_levels: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(10, 3600), (60, 86400), (3600, 30 * 86400)], min_length=1)
+    guest_metrics_prune_interval_seconds: float = Field(default=60.0, gt=0)
+    # Servers with per-server gauges on /metrics (the busiest by cpu_util of the last
+    # finest-level bucket): bounds the exposition's label cardinality.
+    guest_metrics_exposed_servers: int = Field(default=100, ge=0, le=10_000)
 
     # Scaling groups (docs/scaling.md): how often the leader reconciles every group, how long
     # its database lease lasts without renewal (another API process takes over after that),
@@ -119,6 +128,16 @@ class Settings(BaseSettings):
         except UnknownWeigher as error:
             raise ValueError(f"scheduler_weight_multipliers: {error}") from None
         return self
+
+    @field_validator("guest_metrics_levels")
+    @classmethod
+    def _levels(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        steps = [step for step, _ in value]
+        if any(step <= 0 or keep < step for step, keep in value):
+            raise ValueError("each guest metrics level is [step > 0, retention >= step]")
+        if steps != sorted(set(steps)):
+            raise ValueError("guest metrics levels go from the finest step to the coarsest")
+        return value
 
     def multipliers(self) -> Multipliers:
         """The weigher multipliers; raises UnknownWeigher (see ``scheduler.pipeline``)."""

@@ -38,6 +38,7 @@ from api.config import Settings
 from api.db import utcnow
 from api.deps import Principal
 from api.errors import Conflict, DomainError
+from api.guest_metrics import service as guest_metrics
 from api.hosts.service import is_up
 from api.models import ScalingGroup, ScalingMember, Server
 from api.scaling import decision, lease, repository, service
@@ -50,14 +51,16 @@ log = logging.getLogger("minicloud.scaling")
 
 LEASE = "scaling-reconciler"
 
-MetricSource = Callable[[Session, Sequence[str], str, int, datetime], Mapping[str, float]]
+MetricSource = Callable[[Session, Settings, Sequence[str], str, int, datetime],
+                        Mapping[str, float]]
 
 
-def member_metrics(session: Session, server_ids: Sequence[str], name: str, window_s: int,
-                   now: datetime) -> Mapping[str, float]:
+def member_metrics(session: Session, settings: Settings, server_ids: Sequence[str], name: str,
+                   window_s: int, now: datetime) -> Mapping[str, float]:
     """The average of metric ``name`` per member over the last ``window_s`` seconds (members
     without samples absent): the one place the reconciler reads guest metrics."""
-    return {}
+    return guest_metrics.recent_average(session, server_ids, name, window_s, now,
+                                        settings=settings)
 
 
 class LeaseLost(Exception):
@@ -166,7 +169,8 @@ def _decide_and_scale_in(session: Session, settings: Settings, group: ScalingGro
     state = _state(group, live)
     metrics: Mapping[str, float] = {}
     if state.policy is not None and live:
-        metrics = metric_source(session, [s.id for _, s in live], state.policy.metric,
+        metrics = metric_source(session, settings, [s.id for _, s in live],
+                                state.policy.metric,
                                 state.policy.window_s, now)
     verdict = decision.decide(state, metrics, now)
     before = (group.min_size, group.max_size, group.desired)

@@ -2,7 +2,7 @@
 the leases that elect one reconciler across API processes
 
 Revision ID: 0013_scaling_groups
-Revises: 0009_stuck
+Revises: 0012_guest_metrics
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 import api.db
 
 revision: str = "0013_scaling_groups"
-down_revision: str | None = "0009_stuck"
+down_revision: str | None = "0012_guest_metrics"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

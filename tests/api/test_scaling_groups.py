@@ -8,6 +8,7 @@ nothing a test asserts (passes are idempotent).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +23,36 @@ from tests.agent_factories import EnrolledHost, db, enroll_host, inventory, obse
 from tests.catalog_rows import make_image_row
 from tests.factories import Account, make_account, make_flavor, unique
 
-pytestmark = pytest.mark.usefixtures("pool")
+pytestmark = pytest.mark.usefixtures("pool", "_tidy")
+
+# Groups a test created (id, owner's headers) and the agents of hosts tests enrolled (name ->
+# headers): ``_tidy`` deletes the groups after each test and confirms their servers gone, so
+# no group of a finished test keeps its reconciler writing while later tests count rows.
+_GROUPS: list[tuple[str, dict[str, str]]] = []
+_AGENTS: dict[str, dict[str, str]] = {}
+
+
+@pytest.fixture
+def _tidy(client: TestClient, admin: dict[str, str], pool: dict[str, str]) -> Iterator[None]:
+    _AGENTS["pool-host"] = pool
+    yield
+    for group_id, headers in _GROUPS:
+        group = client.get(f"/v1/scaling-groups/{group_id}", headers=headers)
+        if group.status_code != 200:
+            continue
+        client.delete(f"/v1/scaling-groups/{group_id}", headers=headers)
+        ids = [a for act in client.get(f"/v1/scaling-groups/{group_id}/activities",
+                                       headers=headers, params={"limit": 1000}).json()[
+                   "activities"] for a in act["created"]]
+        for server_id in ids:
+            server = client.get(f"/v1/servers/{server_id}", headers=admin)
+            if server.status_code == 200 and server.json()["host"] in _AGENTS:
+                observe(client, _AGENTS[server.json()["host"]], server_id, "absent")
+    run(client)
+    for group_id, headers in _GROUPS:
+        gone = client.get(f"/v1/scaling-groups/{group_id}", headers=headers)
+        assert gone.status_code == 404, gone.text
+    _GROUPS.clear()
 
 
 def run(client: TestClient, **settings: Any) -> reconciler.PassResult:
@@ -50,6 +80,7 @@ def make_group(client: TestClient, acct: Account, database_url: str, *,
                     json={"name": unique("web"), "launch": launch, "max_size": 10} | body)
     assert r.status_code == 201, r.text
     group: dict[str, Any] = r.json()
+    _GROUPS.append((group["id"], acct.headers))
     return group
 
 
@@ -219,6 +250,7 @@ def test_bad_input_is_a_4xx_problem_and_writes_nothing(
 
     created = client.post(url, headers=acct.headers, json=base)
     assert created.status_code == 201
+    _GROUPS.append((created.json()["id"], acct.headers))
     problem(client.post(url, headers=acct.headers, json=base), 409,
             "scaling_group_name_in_use")
     gid = created.json()["id"]
@@ -265,6 +297,7 @@ def zone_host(client: TestClient, admin: dict[str, str], zone: str, *,
     assert r.status_code == 200, r.text
     r = client.post("/v1/agent/heartbeat", headers=host.headers, json={"observed": []})
     assert r.status_code == 200, r.text
+    _AGENTS[host.name] = host.headers
     return host
 
 

@@ -78,6 +78,11 @@ def test_group_create_show_set_wait_protect_activities_delete(
     assert deleted.exit_code == 0 and "Deleting scaling group" in deleted.stdout
     servers = http.get("/v1/servers", headers=account.headers).json()["servers"]
     assert {s["status"] for s in servers} == {"DELETING"}
+    for s in servers:  # the agent confirms; the next pass removes the group
+        observe(client, pool, s["id"], "absent")
+    run(client)
+    assert http.get(f"/v1/scaling-groups/{created['id']}",
+                    headers=account.headers).status_code == 404
 
 
 def test_group_errors_are_readable(mc: Mc, http: httpx.Client, tmp_path: Path) -> None:
