@@ -5,11 +5,12 @@ Every API process runs :func:`run`; each pass first takes the database lease
 units of work, each of which first renews the lease (a holder that lost it rolls back):
 
 1. **Health and decision** (one unit of work per group): members whose server is gone,
-   DELETING behind the group's back, in ERROR, stuck in BUILD past ``build_timeout_seconds`` or
-   on a host that is down are released (the broken server deleted; a down host's server
-   force-deleted) and an activity says why; then :func:`api.scaling.decision.decide` sets
-   min/max/desired from the schedules and the target tracking policy, and surplus members are
-   deleted by the scale-in policy (never a protected one).
+   DELETING behind the group's back, in ERROR, SHUTOFF (its domain stopped), stuck in BUILD
+   past ``build_timeout_seconds`` or on a host that is down are released (the broken server
+   deleted; a down host's server force-deleted) and an activity says why; then
+   :func:`api.scaling.decision.decide` sets min/max/desired from the schedules and the target
+   tracking policy, and surplus members are deleted by the scale-in policy (never a protected
+   one).
 2. **Launches** (one unit of work per member): a member is created through the servers
    service (quota, placement, billing and events as for any server) under the key
    ``(group, next_seq)``: the group's generation compare-and-swap and the unique
@@ -117,6 +118,9 @@ def _unhealthy(server: Server, hosts: Mapping[str, Any], settings: Settings,
     if server.status == states.ERROR:
         fault = f" ({server.fault_code})" if server.fault_code else ""
         return "error", f"server {server.name} is in ERROR{fault}"
+    if server.status == states.SHUTOFF and server.task_state is None:
+        # Its domain stopped (killed on the host, or powered off): not serving.
+        return "shutoff", f"server {server.name} is SHUTOFF (its domain stopped)"
     host = hosts.get(server.host_id) if server.host_id else None
     if host is not None and not is_up(host, settings, now):
         return "host_down", f"server {server.name}'s host {host.name} is down"
@@ -144,7 +148,7 @@ def _replace_unhealthy(session: Session, settings: Settings, group: ScalingGroup
                 # Its host cannot confirm a delete; should it return, its agent no longer
                 # finds the server listed and removes the leftovers.
                 lifecycle.force_delete(session, server, settings=settings)
-            elif reason in ("error", "build_timeout"):
+            elif reason in ("error", "build_timeout", "shutoff"):
                 lifecycle.delete(session, settings, server, user_id=group.user_id)
         except Conflict:
             healthy.append((member, server))  # it moved meanwhile: look again next pass

@@ -380,8 +380,8 @@ def test_unhealthy_members_are_replaced_and_the_activity_says_why(
                                               params={"host": host.name}).json()["servers"]}
 
     # 1: its spawn failed (ERROR); 2: the user deleted it behind the group's back.
-    agent = {sid: (host if sid in on_host else spare) for sid in members.values()}
-    observe(client, agent[members[1]].headers, members[1], "error", message="boom")
+    first = host if members[1] in on_host else spare
+    observe(client, first.headers, members[1], "error", message="boom")
     r = client.delete(f"/v1/servers/{members[2]}", headers=acct.headers)
     assert r.status_code == 202
     run(client)
@@ -397,9 +397,24 @@ def test_unhealthy_members_are_replaced_and_the_activity_says_why(
     assert client.get(f"/v1/servers/{members[1]}", headers=acct.headers).json()["status"] == \
         "DELETING"
 
-    # 3: its host goes down (no heartbeat for an hour): force-deleted and replaced.
-    victim = members[3]
-    victim_host = agent[victim]
+    def agent_of(server_id: str) -> EnrolledHost:
+        name = client.get(f"/v1/servers/{server_id}", headers=admin).json()["host"]
+        return host if name == host.name else spare
+
+    # 4: its guest shut off on the host (the agent reports it SHUTOFF).
+    shut = members[3]
+    observe(client, agent_of(shut).headers, shut, "running")
+    observe(client, agent_of(shut).headers, shut, "shutoff")
+    run(client)
+    replaced = {a["deleted"][0]: a for a in activities(client, acct, group["id"])
+                if a["kind"] == "replace"}
+    assert replaced[shut]["rule"] == "shutoff"
+    assert "is SHUTOFF" in replaced[shut]["cause"]
+    assert len(show(client, acct, group["id"])["members"]) == 3
+
+    # 5: its host goes down (no heartbeat for an hour): force-deleted and replaced.
+    victim = show(client, acct, group["id"])["members"][0]["server_id"]
+    victim_host = agent_of(victim)
     with db(client) as s:
         s.execute(update(Host).where(Host.id == victim_host.id)
                   .values(last_heartbeat_at=utcnow() - timedelta(hours=1)))
