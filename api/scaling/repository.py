@@ -123,3 +123,16 @@ def delete_group(session: Session, group: ScalingGroup) -> None:
     """Remove the group row (members and activities cascade)."""
     session.delete(group)
     session.flush()
+
+
+def groups_of_servers(session: Session,
+                      server_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """server id -> (group id, group name) of the scaling group that launched it (members
+    released since included; groups deleted since are gone with their members)."""
+    if not server_ids:
+        return {}
+    rows = session.execute(
+        select(ScalingMember.server_id, ScalingGroup.id, ScalingGroup.name)
+        .join(ScalingGroup, ScalingGroup.id == ScalingMember.group_id)
+        .where(ScalingMember.server_id.in_(list(server_ids)))).all()
+    return {sid: (gid, name) for sid, gid, name in rows}

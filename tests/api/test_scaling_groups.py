@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -426,3 +427,38 @@ def test_unhealthy_members_are_replaced_and_the_activity_says_why(
     problem(client.get(f"/v1/servers/{victim}", headers=acct.headers), 404, "server_not_found")
     live = show(client, acct, group["id"])["members"]
     assert len(live) == 3 and victim not in {m["server_id"] for m in live}
+
+
+def test_usage_reports_group_by_scaling_group(
+    client: TestClient, admin: dict[str, str], database_url: str, pool: dict[str, str]
+) -> None:
+    acct = make_account(client, admin)
+    group = make_group(client, acct, database_url, desired=2)
+    run(client)
+    members = [m["server_id"] for m in show(client, acct, group["id"])["members"]]
+    loose = client.post("/v1/servers", headers=acct.headers, json={
+        "name": "loose", "flavor": "tiny", "image": make_image_row(database_url,
+                                                                   acct.project_id)})
+    assert loose.status_code == 202, loose.text
+    for sid in [*members, loose.json()["id"]]:
+        observe(client, pool, sid, "running")
+    start = (utcnow() - timedelta(hours=1)).isoformat()
+    end = (utcnow() + timedelta(hours=1)).isoformat()
+    by_server = client.get("/v1/usage", headers=acct.headers,
+                           params={"start": start, "end": end, "group_by": "server"}).json()
+    r = client.get("/v1/usage", headers=acct.headers,
+                   params={"start": start, "end": end, "group_by": "scaling_group"})
+    assert r.status_code == 200, r.text
+    [project] = r.json()["projects"]
+    assert "servers" not in project
+    groups = {g["name"]: g for g in project["scaling_groups"]}
+    assert set(groups) == {group["name"], None}
+    assert (groups[group["name"]]["servers"], groups[None]["servers"]) == (2, 1)
+    assert groups[group["name"]]["scaling_group_id"] == group["id"]
+    # The group's lines add up the servers' lines of the same report by server.
+    servers = {s["server_id"]: s for s in by_server["projects"][0]["servers"]}
+    fields = [k for k in groups[None] if k.endswith("_seconds")]
+    assert "server_seconds" in fields
+    for field in fields:
+        assert groups[group["name"]][field] == sum(servers[s][field] for s in members)
+    assert sum(Decimal(g["cost"]) for g in groups.values()) == Decimal(project["usage_cost"])
