@@ -345,9 +345,12 @@ async def run(factory: sessionmaker[Session], settings: Settings, holder: str,
     """Run a pass every ``scaling_interval_seconds`` until ``stop`` is set (passes run in a
     worker thread; a failed pass is logged and the next one retries)."""
     while not stop.is_set():
+        # Wait first: a process that starts (or a test app) makes no database work at once.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.scaling_interval_seconds)
+        if stop.is_set():
+            break
         try:
             await asyncio.to_thread(run_pass, factory, settings, holder)
         except Exception:  # a database hiccup must not end the reconciler
             log.exception("scaling pass failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.scaling_interval_seconds)
