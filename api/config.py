@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     scaling_launches_per_pass: int = Field(default=10, gt=0)
     scaling_retry_base_seconds: float = Field(default=10.0, gt=0)
     scaling_retry_max_seconds: float = Field(default=300.0, gt=0)
+    # Activities kept per group: a refused launch trims the older ones beyond this.
+    scaling_activities_kept: int = Field(default=1000, gt=0)
 
     @model_validator(mode="after")
     def _weighers(self) -> Settings:

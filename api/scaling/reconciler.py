@@ -277,6 +277,8 @@ def _refused(factory: sessionmaker[Session], settings: Settings, holder: str, gr
             error={"code": error.code, "detail": error.detail, **error.extra},
             details={"attempt": failures, "retry_at": retry_at.isoformat(),
                      "members": live})
+        # Refusals repeat while room is short: keep the log bounded.
+        repository.trim_activities(session, group.id, settings.scaling_activities_kept)
 
 
 def _finish_delete(session: Session, group: ScalingGroup) -> None:

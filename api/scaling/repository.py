@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api.db import after_key, utcnow
@@ -136,3 +136,17 @@ def groups_of_servers(session: Session,
         .join(ScalingGroup, ScalingGroup.id == ScalingMember.group_id)
         .where(ScalingMember.server_id.in_(list(server_ids)))).all()
     return {sid: (gid, name) for sid, gid, name in rows}
+
+
+def trim_activities(session: Session, group_id: str, keep: int) -> int:
+    """Delete the group's activities older than its newest ``keep``; returns how many."""
+    cutoff = session.scalar(
+        select(ScalingActivity.created_at).where(ScalingActivity.group_id == group_id)
+        .order_by(ScalingActivity.created_at.desc()).offset(keep - 1).limit(1))
+    if cutoff is None:
+        return 0
+    result = session.execute(
+        delete(ScalingActivity).where(ScalingActivity.group_id == group_id,
+                                      ScalingActivity.created_at < cutoff)
+        .execution_options(synchronize_session=False))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -42,9 +42,10 @@ def _tidy(client: TestClient, admin: dict[str, str], pool: dict[str, str]) -> It
         if group.status_code != 200:
             continue
         client.delete(f"/v1/scaling-groups/{group_id}", headers=headers)
-        ids = [a for act in client.get(f"/v1/scaling-groups/{group_id}/activities",
-                                       headers=headers, params={"limit": 1000}).json()[
-                   "activities"] for a in act["created"]]
+        ids = {m["server_id"] for m in group.json()["members"]} | {
+            a for act in client.get(f"/v1/scaling-groups/{group_id}/activities",
+                                    headers=headers, params={"limit": 1000}).json()[
+                "activities"] for a in act["created"]}
         for server_id in ids:
             server = client.get(f"/v1/servers/{server_id}", headers=admin)
             if server.status_code == 200 and server.json()["host"] in _AGENTS:
@@ -333,6 +334,10 @@ def test_capacity_exhausted_mid_scale_out_records_the_refusal_and_completes_late
     run(client, **fast)
     failures = [a for a in activities(client, acct, group["id"]) if a["kind"] == "failure"]
     assert [f["details"]["attempt"] for f in failures[:2]] == [2, 1]
+    # Refusals repeat while room is short; the log keeps the newest (here 3) activities.
+    run(client, **fast, scaling_activities_kept=3)
+    kept = activities(client, acct, group["id"])
+    assert [a["details"].get("attempt") for a in kept] == [3, 2, 1]
 
     # The admin enables the host: the next pass completes the scale-out.
     r = client.patch(f"/v1/hosts/{second.id}", headers=admin, json={"enabled": True})
