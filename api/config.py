@@ -115,6 +115,18 @@ class Settings(BaseSettings):
     # finest-level bucket): bounds the exposition's label cardinality.
     guest_metrics_exposed_servers: int = Field(default=100, ge=0, le=10_000)
 
+    # Scaling groups (docs/scaling.md): how often the leader reconciles every group, how long
+    # its database lease lasts without renewal (another API process takes over after that),
+    # members launched per group and pass, and the backoff of failed launches (doubling from
+    # base up to max).
+    scaling_interval_seconds: float = Field(default=10.0, gt=0)
+    scaling_lease_seconds: float = Field(default=30.0, gt=0)
+    scaling_launches_per_pass: int = Field(default=10, gt=0)
+    scaling_retry_base_seconds: float = Field(default=10.0, gt=0)
+    scaling_retry_max_seconds: float = Field(default=300.0, gt=0)
+    # Activities kept per group: a refused launch trims the older ones beyond this.
+    scaling_activities_kept: int = Field(default=1000, gt=0)
+
     @model_validator(mode="after")
     def _weighers(self) -> Settings:
         try:

@@ -168,6 +168,15 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("agent_busy", 503,
               "Too many agent enrollments, inventories or heartbeats at once; retry after "
               "`Retry-After` seconds."),
+    # scaling groups (docs/scaling.md)
+    ErrorCode("scaling_group_not_found", 404,
+              "No such scaling group, or it belongs to another project."),
+    ErrorCode("scaling_member_not_found", 404, "The server is not a live member of the group."),
+    ErrorCode("scaling_group_name_in_use", 409, "The project already has a group of that name."),
+    ErrorCode("scaling_group_deleting", 409, "The scaling group is being deleted."),
+    ErrorCode("scaling_group_changed", 409,
+              "The scaling group changed while the request ran (e.g. its reconciler); retry."),
+    ErrorCode("scaling_size_invalid", 422, "Sizes break `min_size <= desired <= max_size`."),
     ErrorCode("http_error", None, "Any other HTTP error, with its own status."),
 )
 
