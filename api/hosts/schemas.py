@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from api.evacuation.schemas import EvacuationProgress
 from api.fields import ID_PATTERN, STRICT, Description
 
 ResourceClass = Literal["VCPU", "MEMORY_MB", "DISK_GB"]
@@ -81,6 +82,8 @@ class HostOut(BaseModel):
     created_at: datetime
     # Quarantined domains of other hosts, as the agent's last heartbeat reported them.
     foreign_domains: list[ForeignDomain]
+    # The newest evacuation of the host (None: never evacuated); see api.evacuation.
+    evacuation: EvacuationProgress | None = None
 
 
 class HostPatch(BaseModel):
