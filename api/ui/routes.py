@@ -522,6 +522,56 @@ async def server_group_create(request: Request,
                   code=200 if answer.ok else answer.status)
 
 
+@router.get("/scaling-groups", response_class=HTMLResponse)
+async def scaling_groups(request: Request,
+                         session: Session = Depends(open_session)) -> Response:
+    body = expect(await session.api.get("/v1/scaling-groups"))
+    return render(request, "scaling_groups.html", session=session,
+                  groups=_items(body, "scaling_groups"))
+
+
+async def _scaling_group(session: Session, group_id: str) -> dict[str, Any]:
+    path = f"/v1/scaling-groups/{quote(group_id, safe='')}"
+    group, activities = await asyncio.gather(session.api.get(path),
+                                             session.api.get(f"{path}/activities", limit=50))
+    return {"group": expect(group), "activities": _items(expect(activities), "activities")}
+
+
+@router.get("/scaling-groups/{group_id}", response_class=HTMLResponse)
+async def scaling_group(request: Request, group_id: str,
+                        session: Session = Depends(open_session)) -> Response:
+    return render(request, "scaling_group.html", session=session,
+                  **await _scaling_group(session, group_id))
+
+
+@router.get("/scaling-groups/{group_id}/live", response_class=HTMLResponse)
+async def scaling_group_live(request: Request, group_id: str,
+                             session: Session = Depends(open_session)) -> Response:
+    return render(request, "_scaling_live.html", session=session,
+                  **await _scaling_group(session, group_id))
+
+
+@router.post("/scaling-groups/{group_id}/desired", response_class=HTMLResponse)
+async def scaling_group_desired(request: Request, group_id: str,
+                                session: Session = Depends(checked_session)) -> Response:
+    values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    try:
+        desired: Any = int(values.get("desired", ""))
+    except ValueError:
+        desired = values.get("desired", "")
+    answer = await session.api.call("PATCH", f"/v1/scaling-groups/{quote(group_id, safe='')}",
+                                    json={"desired": desired})
+    if answer.status == 401:
+        raise LoginRequired
+    if answer.status == 404:
+        raise UiError(404, answer.problem)
+    flash = (Flash("ok", f"Desired size set to {desired}") if answer.ok
+             else Flash("error", answer.problem, _problem_lines(answer)))
+    return render(request, "scaling_group.html", session=session, flash=flash,
+                  code=200 if answer.ok else answer.status,
+                  **await _scaling_group(session, group_id))
+
+
 @router.get("/quotas", response_class=HTMLResponse)
 async def quotas(request: Request, session: Session = Depends(open_session)) -> Response:
     quota = expect(await session.api.get(f"/v1/quotas/{session.project_id}"))
@@ -653,6 +703,28 @@ async def admin_host_state(request: Request, host_id: str,
              else Flash("error", answer.problem))
     return render(request, "admin_hosts.html", session=session, flash=flash, enroll=None,
                   **await _hosts(session, ""))
+
+
+@router.post("/admin/hosts/{host_id}/evacuate", response_class=HTMLResponse)
+async def admin_host_evacuate(request: Request, host_id: str,
+                              session: Session = Depends(checked_session)) -> Response:
+    """Rebuild every server of a down host elsewhere (the API refuses a host that is up)."""
+    _admin(session)
+    answer = await session.api.call("POST", f"/v1/hosts/{quote(host_id, safe='')}/evacuate")
+    if answer.status == 401:
+        raise LoginRequired
+    if answer.ok:
+        servers = answer.body.get("servers", [])
+        flash = Flash("ok", f"Evacuating {answer.body.get('host', '')}: "
+                            f"{len(servers)} server(s)",
+                      [f"{s.get('name', '')}: {s.get('result', '')}"
+                       + (f" on {s['target_host']}" if s.get("target_host") else "")
+                       + (f" ({s['detail']})" if s.get("detail") else "")
+                       for s in servers if isinstance(s, dict)])
+    else:
+        flash = Flash("error", answer.problem, _problem_lines(answer))
+    return render(request, "admin_hosts.html", session=session, flash=flash, enroll=None,
+                  code=200 if answer.ok else answer.status, **await _hosts(session, ""))
 
 
 @router.post("/admin/enrollment-token", response_class=HTMLResponse)

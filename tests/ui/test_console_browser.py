@@ -340,3 +340,65 @@ def test_image_upload_with_progress_and_credential_login(
     r = httpx.get(f"{api}/ui/usage.csv", cookies=jar)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
+
+
+def test_scaling_group_page_follows_the_group(browser: WebDriver, api: str,
+                                              fleet: list[SimulatedHost]) -> None:
+    """A tenant's group grows to its desired size on the page without a reload; setting the
+    desired size through the form shrinks it, and the activities say so."""
+    flavor, image = public_catalog(api)
+    tenant = make_login(api)
+    r = httpx.post(f"{api}/v1/scaling-groups", headers=tenant.headers, json={
+        "name": unique("grp"), "min_size": 0, "max_size": 3, "desired": 2,
+        "launch": {"flavor": flavor["id"], "image": image["id"],
+                   "availability_zone": fleet[0].agent.settings.availability_zone}})
+    assert r.status_code == 201, r.text
+    group = r.json()
+    login(browser, api, tenant)
+    browser.get(f"{api}/ui/scaling-groups")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-group-id="{group["id"]}"] a').click()
+    wait(browser, ec.presence_of_element_located((By.ID, "group-size")), "group page")
+    browser.execute_script("window.__noReload = true;")
+    wait(browser, lambda b: text_of(b, "#group-size").startswith("2 member(s)"), "2 members")
+    field = browser.find_element(By.ID, "desired")
+    field.clear()
+    field.send_keys("1")
+    browser.find_element(By.ID, "set-desired").click()
+    wait(browser, lambda b: "Desired size set to 1" in text_of(b, "#flash"), "flash")
+    browser.execute_script("window.__noReload = true;")
+    wait(browser, lambda b: text_of(b, "#group-size").startswith("1 member(s)"), "1 member")
+    assert browser.execute_script("return window.__noReload === true;")
+    assert "1" in text_of(browser, "#activities")
+    # A size beyond max is refused with the API's explanation (the browser's own number
+    # limits bypassed: the API decides).
+    browser.execute_script("document.getElementById('desired').removeAttribute('max');")
+    field = browser.find_element(By.ID, "desired")
+    field.clear()
+    field.send_keys("4")
+    browser.find_element(By.ID, "set-desired").click()
+    flash = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#flash.error"), "refusal")
+    assert "max" in flash[0].text.lower()
+    r = httpx.delete(f"{api}/v1/scaling-groups/{group['id']}", headers=tenant.headers)
+    assert r.status_code == 202, r.text
+
+
+def test_evacuating_a_host_that_is_up_shows_the_apis_refusal(
+        api: str, fleet: list[SimulatedHost]) -> None:
+    """The hosts page offers Evacuate only for down hosts; a forged request for an up host
+    gets the API's refusal on the page, and the host keeps its servers."""
+    operator = make_login(api, role="admin")
+    with httpx.Client(base_url=api) as web:
+        page = web.get("/ui/login")
+        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = web.post("/ui/login", data={"csrf": csrf, "next": "/ui/admin/hosts",
+                                        "user": operator.user, "password": operator.password,
+                                        "project": operator.project, "method": "password"},
+                     follow_redirects=True)
+        assert r.status_code == 200 and 'id="hosts"' in r.text
+        assert "host-evacuate" not in r.text  # every host is up
+        session_csrf = r.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        host_id = httpx.get(f"{api}/v1/hosts", headers=ADMIN, params={"limit": 1000}).json()
+        host_id = next(h["id"] for h in host_id if h["name"] == fleet[0].name)
+        r = web.post(f"/ui/admin/hosts/{host_id}/evacuate", data={"csrf": session_csrf})
+        assert r.status_code == 409
+        assert 'class="flash error"' in r.text
