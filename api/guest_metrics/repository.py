@@ -149,20 +149,31 @@ def series(session: Session, server_id: str, column: str, level_step: int, out_s
     return [(int(a), float(total), int(n)) for a, total, n in rows if n]
 
 
-def latest_buckets(session: Session, step: int, bucket: int, column: str,
-                   limit: int) -> list[tuple[str, str, float]]:
-    """(server id, project id, average) of the ``limit`` highest averages of ``column`` in
-    one bucket of one level.
+def busiest_in_bucket(session: Session, step: int, bucket: int,
+                      limit: int) -> list[tuple[str, str, int, tuple[float, ...]]]:
+    """(server id, project id, samples, sums in ``SUM_COLUMNS[1:]`` order) of the ``limit``
+    live servers with the highest cpu_util in one bucket of one level.
 
-    SELECT r.server_id, s.project_id, r.<column> / r.samples FROM guest_metric_rollups r
+    SELECT r.server_id, s.project_id, r.samples, r.<m>_sum ... FROM guest_metric_rollups r
     JOIN servers s ON s.id = r.server_id WHERE r.step = :step AND r.bucket = :bucket
-    ORDER BY 3 DESC LIMIT :limit
+    AND s.status != 'DELETED' ORDER BY r.cpu_util_sum / r.samples DESC LIMIT :limit
     """
-    avg = (ROLLUPS.c[column] / ROLLUPS.c.samples).label("avg")
+    sums = [ROLLUPS.c[name] for name in SUM_COLUMNS[1:]]
     rows = session.execute(
-        select(ROLLUPS.c.server_id, Server.project_id, avg)
+        select(ROLLUPS.c.server_id, Server.project_id, ROLLUPS.c.samples, *sums)
         .join(Server, Server.id == ROLLUPS.c.server_id)
-        .where(ROLLUPS.c.step == step, ROLLUPS.c.bucket == bucket, ROLLUPS.c.samples > 0)
-        .order_by(avg.desc(), ROLLUPS.c.server_id).limit(limit))
-    return [(sid, pid, float(v)) for sid, pid, v in rows]
+        .where(ROLLUPS.c.step == step, ROLLUPS.c.bucket == bucket, ROLLUPS.c.samples > 0,
+               Server.status != DELETED)
+        .order_by((ROLLUPS.c.cpu_util_sum / ROLLUPS.c.samples).desc(), ROLLUPS.c.server_id)
+        .limit(limit))
+    return [(row[0], row[1], int(row[2]), tuple(float(v) for v in row[3:])) for row in rows]
 
+
+def servers_in_bucket(session: Session, step: int, bucket: int) -> int:
+    """How many servers have samples in one bucket of one level.
+
+    SELECT count(*) FROM guest_metric_rollups WHERE step = :step AND bucket = :bucket
+    (a range of ix_guest_metric_rollups_step_bucket: one row per reporting server)
+    """
+    return int(session.scalar(select(func.count()).select_from(ROLLUPS).where(
+        ROLLUPS.c.step == step, ROLLUPS.c.bucket == bucket)) or 0)
