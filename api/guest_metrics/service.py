@@ -40,6 +40,7 @@ from api.servers import service as servers
 # Most points one series answer may hold.
 MAX_POINTS = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def series(session: Session, settings: Settings, principal: Principal, server_id
     server = servers.get_server(session, principal, server_id)
     wanted = metric(name)
     end = end or now
-    start = start or end - timedelta(hours=1)
+    if start is None:  # the hour before end (or what there is of it at the start of time)
+        start = end - min(timedelta(hours=1), end - _MIN_TIME)
     if start >= end or (step is not None and step <= 0):
         raise InvalidInput("The range needs start before end and a positive step.",
                            code="invalid_metric_range")

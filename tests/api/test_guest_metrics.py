@@ -290,3 +290,20 @@ def test_admins_see_per_server_gauges_capped_in_number(settings: Settings, clien
     reporting = [line for line in text.splitlines()
                  if line.startswith("minicloud_guest_servers_reporting ")]
     assert float(reporting[0].split()[1]) >= 2
+
+
+def test_ranges_at_the_ends_of_time_are_refused_not_crashed(client: TestClient,
+                                                            admin: dict[str, str]) -> None:
+    owner, _, server = _setup(client, admin)
+    url = f"/v1/servers/{server}/metrics"
+    for params in ({"end": "0001-01-01T00:00:00Z"},
+                   {"start": "0001-01-01T00:00:00Z", "end": "9999-12-31T23:59:59Z"},
+                   {"start": "9999-12-31T23:59:58Z", "end": "9999-12-31T23:59:59Z",
+                    "step": 3600}):
+        r = client.get(url, headers=owner.headers, params=params)
+        assert r.status_code in (200, 422), (params, r.text)
+        if r.status_code == 422:
+            assert r.json()["code"] == "invalid_metric_range"
+    r = client.get(url, headers=owner.headers, params={"start": "9999-12-31T23:59:58Z",
+                                                       "end": "9999-12-31T23:59:59Z"})
+    assert r.status_code == 200 and r.json()["points"] == []
