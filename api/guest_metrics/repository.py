@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, Table, delete, func, select
+from sqlalchemy import Insert, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -92,23 +92,31 @@ def add_to_rollups(session: Session, rows: list[dict[str, Any]]) -> None:
     session.execute(stmt, rows)
 
 
-def prune_rollups(session: Session, step: int, before_bucket: int) -> int:
-    """Delete the level's buckets that start before ``before_bucket``; returns how many.
+def prune_rollups(session: Session, step: int, before_bucket: int, limit: int) -> int:
+    """Delete up to ``limit`` of the level's buckets that start before ``before_bucket``;
+    returns how many.
 
-    DELETE FROM guest_metric_rollups WHERE step = :step AND bucket < :before
-    (a range of ix_guest_metric_rollups_step_bucket: the cost is the rows deleted).
+    DELETE FROM guest_metric_rollups WHERE (server_id, step, bucket) IN
+      (SELECT server_id, step, bucket FROM guest_metric_rollups
+       WHERE step = :step AND bucket < :before LIMIT :limit)
+    (a range of ix_guest_metric_rollups_step_bucket: the cost is the rows deleted)
     """
-    result = session.execute(delete(ROLLUPS).where(ROLLUPS.c.step == step,
-                                                    ROLLUPS.c.bucket < before_bucket))
+    oldest = (select(ROLLUPS.c.server_id, ROLLUPS.c.step, ROLLUPS.c.bucket)
+              .where(ROLLUPS.c.step == step, ROLLUPS.c.bucket < before_bucket).limit(limit))
+    result = session.execute(delete(ROLLUPS).where(
+        tuple_(ROLLUPS.c.server_id, ROLLUPS.c.step, ROLLUPS.c.bucket).in_(oldest)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def prune_counters(session: Session, before_ms: int) -> int:
-    """Forget the baselines of servers silent since ``before_ms``; returns how many.
+def prune_counters(session: Session, before_ms: int, limit: int) -> int:
+    """Forget up to ``limit`` baselines of servers silent since ``before_ms``; returns how
+    many.
 
-    DELETE FROM guest_metric_counters WHERE at_ms < :before (a range of its at_ms index)
+    DELETE FROM guest_metric_counters WHERE server_id IN
+      (SELECT server_id FROM guest_metric_counters WHERE at_ms < :before LIMIT :limit)
     """
-    result = session.execute(delete(COUNTERS).where(COUNTERS.c.at_ms < before_ms))
+    silent = select(COUNTERS.c.server_id).where(COUNTERS.c.at_ms < before_ms).limit(limit)
+    result = session.execute(delete(COUNTERS).where(COUNTERS.c.server_id.in_(silent)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 

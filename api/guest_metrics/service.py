@@ -9,7 +9,9 @@ batch, and a counter that went backwards (the domain restarted) only set the bas
 
 Retention (``prune``): each level keeps its buckets for its retention; the delete is a range
 of the (step, bucket) index, so it costs what it deletes, and it runs at most once per
-``guest_metrics_prune_interval_seconds`` per API process, from the ingestion path.
+``guest_metrics_prune_interval_seconds`` per API process, from the ingestion path, in
+statements of at most ``guest_metrics_prune_batch`` rows (a backlog goes on with the next
+batch that arrives).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def derive(prev: Counters, cur: Counters, vcpus: int, memory_mb: float) -> dict[
 
 class _PruneClock:
     """When this process last pruned (monotonic), so the ingestion path prunes at most once
-    per interval whatever the request rate."""
+    per interval whatever the request rate; a prune that left work behind asks for the next
+    request to go on."""
 
     def __init__(self) -> None:
         self._last: float | None = None
@@ -117,6 +120,11 @@ class _PruneClock:
                 return False
             self._last = now
             return True
+
+    def again(self) -> None:
+        """Make the next check due at once."""
+        with self._lock:
+            self._last = None
 
 
 _prune_clock = _PruneClock()
@@ -159,20 +167,23 @@ def ingest(session: Session, settings: Settings, host_id: str, body: GuestSample
                                 "samples": 1, **sums})
     repository.put_counters(session, counter_rows)
     repository.add_to_rollups(session, rollup_rows)
-    if _prune_clock.due(settings.guest_metrics_prune_interval_seconds):
-        prune(session, settings, now)
+    if _prune_clock.due(settings.guest_metrics_prune_interval_seconds) \
+            and prune(session, settings, now) >= settings.guest_metrics_prune_batch:
+        _prune_clock.again()  # a backlog (e.g. after downtime): the next batch goes on
     return GuestSamplesOut(accepted=len(live), ignored=ignored)
 
 
 def prune(session: Session, settings: Settings, now: datetime) -> int:
-    """Delete every level's buckets older than its retention, and the baselines of servers
-    silent for longer than the finest level keeps; returns the rows deleted."""
+    """Delete buckets older than their level's retention and the baselines of servers silent
+    for longer than the finest level keeps, at most ``guest_metrics_prune_batch`` rows per
+    statement (so one request never carries a long backlog); returns the rows deleted."""
     now_s = _epoch(now)
+    limit = settings.guest_metrics_prune_batch
     deleted = 0
     for step, keep in settings.guest_metrics_levels:
-        deleted += repository.prune_rollups(session, step, now_s - keep)
+        deleted += repository.prune_rollups(session, step, now_s - keep, limit)
     finest_keep = settings.guest_metrics_levels[0][1]
-    deleted += repository.prune_counters(session, (now_s - finest_keep) * 1000)
+    deleted += repository.prune_counters(session, (now_s - finest_keep) * 1000, limit)
     return deleted
 
 

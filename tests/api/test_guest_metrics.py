@@ -307,3 +307,27 @@ def test_ranges_at_the_ends_of_time_are_refused_not_crashed(client: TestClient,
     r = client.get(url, headers=owner.headers, params={"start": "9999-12-31T23:59:58Z",
                                                        "end": "9999-12-31T23:59:59Z"})
     assert r.status_code == 200 and r.json()["points"] == []
+
+
+def test_a_pruning_backlog_is_deleted_in_bounded_steps(settings: Settings,
+                                                       admin: dict[str, str]) -> None:
+    # Reported under a long retention, then pruned under a short one with at most 7 rows per
+    # statement: each batch deletes 7 old buckets, until the bound holds again.
+    long = settings.model_copy(update={"guest_metrics_levels": [(1, 1000), (5, 1000)]})
+    short = settings.model_copy(update={"guest_metrics_levels": [(1, 20), (5, 60)],
+                                        "guest_metrics_prune_interval_seconds": 1e-9,
+                                        "guest_metrics_prune_batch": 7})
+    end = datetime.now(UTC).replace(microsecond=0)
+    with TestClient(create_app(long)) as before:
+        _, host, server = _setup(before, admin, vcpus=1)
+        for i in range(100, 29, -1):
+            _report(before, host, _batch(end - timedelta(seconds=i), _sample(server, 100 - i)))
+        backlog = _rollup_rows(before, [server])[(server, 1)]
+    assert backlog == 70
+    with TestClient(create_app(short)) as after:
+        _report(after, host, _batch(end - timedelta(seconds=29), _sample(server, 71)))
+        assert _rollup_rows(after, [server])[(server, 1)] == backlog + 1 - 7
+        for i in range(28, -1, -1):
+            _report(after, host, _batch(end - timedelta(seconds=i), _sample(server, 100 - i)))
+        rows = _rollup_rows(after, [server])
+    assert rows[(server, 1)] <= 21 and rows[(server, 5)] <= 13, rows
