@@ -149,7 +149,7 @@ def ingest(session: Session, settings: Settings, host_id: str, body: GuestSample
     levels = [step for step, _ in settings.guest_metrics_levels]
     counter_rows: list[dict[str, Any]] = []
     rollup_rows: list[dict[str, Any]] = []
-    for sid, vcpus in live.items():
+    for sid, vcpus in sorted(live.items()):  # one key order for every writer's upserts
         sample = latest[sid]
         cur = counters_of(sample, at_ms)
         old = baselines.get(sid)
