@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     guest_metrics_levels: list[tuple[int, int]] = Field(
         default_factory=lambda: [(10, 3600), (60, 86400), (3600, 30 * 86400)], min_length=1)
     guest_metrics_prune_interval_seconds: float = Field(default=60.0, gt=0)
+    # Rows one prune statement deletes at most; a longer backlog goes on with the next batch.
+    guest_metrics_prune_batch: int = Field(default=20_000, gt=0)
     # Servers with per-server gauges on /metrics (the busiest by cpu_util of the last
     # finest-level bucket): bounds the exposition's label cardinality.
     guest_metrics_exposed_servers: int = Field(default=100, ge=0, le=10_000)

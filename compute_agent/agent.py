@@ -166,7 +166,7 @@ class Agent:
         self.guest_stats = GuestStatsReporter(
             hypervisor, AgentClient(settings.api_url, credential.credential, retries=0,
                                     verify=verify),
-            settings.guest_metrics_interval,
+            settings.guest_metrics_interval or None,
             SimulatedLoad(settings.simulated_load_file) if settings.simulated_load_file else None)
         self.cache = ImageCache(settings.image_cache_dir)
         self.instances = Path(settings.instances_dir).resolve()

@@ -4,6 +4,7 @@
     minicloud-agent --api URL                                           later starts
     minicloud-agent --api URL --admin-token ADMIN                      enroll automatically
     minicloud-agent --api URL --simulate 3 --admin-token ADMIN [--sim-size 4:8192:100 ...]
+                    [--sim-load load.json]
 
 Flags override ``MINICLOUD_AGENT_*`` environment variables (see ``compute_agent.config``).
 """
@@ -36,7 +37,8 @@ _FLAGS: dict[str, str] = {
     "disk_gb": "disk_gb", "reserved_vcpus": "reserved_vcpus",
     "reserved_ram_mb": "reserved_ram_mb", "reserved_disk_gb": "reserved_disk_gb",
     "heartbeat_interval": "heartbeat_interval", "shutdown_timeout": "shutdown_timeout",
-    "console_interval": "console_interval",
+    "console_interval": "console_interval", "guest_metrics_interval": "guest_metrics_interval",
+    "sim_load": "simulated_load_file",
 }
 
 
@@ -71,6 +73,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-size", action="append", default=[], metavar="VCPUS:RAM_MB:DISK_GB",
                    help="size of simulated host i (repeat; default cycles 4/8/16 CPUs)")
     p.add_argument("--sim-dir", type=Path, help="directory of the simulated hosts' files")
+    p.add_argument("--guest-metrics-interval", type=float,
+                   help="seconds between guest metrics reports (default 10)")
+    p.add_argument("--sim-load", type=Path, metavar="FILE",
+                   help="TEST ONLY: JSON {server name or id: CPU %%} added to the servers' "
+                        "CPU time (re-read when it changes; docs/operations.md)")
     p.add_argument("--log-level", default=os.environ.get("MINICLOUD_LOG_LEVEL", "INFO"))
     return p
 

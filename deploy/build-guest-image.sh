@@ -8,6 +8,8 @@
 #   initrd.img  busybox initramfs that reads the NoCloud seed (label cidata) from a virtio
 #               disk, sets the hostname and prints
 #               "minicloud-guest: hostname=<h> instance-id=<id>" on ttyS0 (disk_format ari)
+#               test load: user-data lines "burn_cpu: N" (N busy loops; true: one per CPU)
+#               and "burn_cpu_seconds: S" (the loops end after S seconds) burn CPU
 #   disk.qcow2  an empty 512 MiB qcow2 root disk (the image whose properties name the
 #               kernel_id and ramdisk_id)
 #   cmdline     the kernel command line to boot with

@@ -51,6 +51,8 @@ find_seed() {
   return 1
 }
 dev=""
+burn=""
+burn_s=""
 i=0
 while [ $i -lt 100 ]; do
   dev=$(find_seed) && break
@@ -73,9 +75,32 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt; then
   if [ -f /mnt/user-data ]; then
     first=$(head -n 1 /mnt/user-data | tr -cd ' -~' | cut -c1-60)
     echo "minicloud-guest: user-data $(wc -c < /mnt/user-data) bytes, first line: $first"
+    # Test load: "burn_cpu: N" (N busy loops; true: one per CPU) and optionally
+    # "burn_cpu_seconds: S" (the loops end after S seconds), as top-level user-data lines.
+    burn=$(sed -n 's/^burn_cpu:[[:space:]]*\([0-9A-Za-z]*\).*/\1/p' /mnt/user-data | head -n 1)
+    burn_s=$(sed -n 's/^burn_cpu_seconds:[[:space:]]*\([0-9]*\).*/\1/p' /mnt/user-data \
+      | head -n 1)
   fi
 else
   echo "minicloud-guest: no cidata seed found"
+fi
+case "$burn" in
+  true|yes|on) burn=$(grep -c ^processor /proc/cpuinfo) ;;
+  ''|*[!0-9]*) burn=0 ;;
+esac
+[ "$burn" -gt 64 ] && burn=64
+if [ "$burn" -gt 0 ]; then
+  echo "minicloud-guest: burning CPU with $burn loop(s)${burn_s:+ for $burn_s s}"
+  pids=""
+  i=0
+  while [ $i -lt "$burn" ]; do
+    ( while :; do :; done ) &
+    pids="$pids $!"
+    i=$((i + 1))
+  done
+  if [ -n "$burn_s" ]; then
+    ( sleep "$burn_s"; kill $pids; echo "minicloud-guest: CPU burn ended" ) &
+  fi
 fi
 # A heartbeat on the console, one line a second with the guest's own uptime: a paused guest
 # prints none, and after an unpause the count goes on (same boot, no second "userspace started").

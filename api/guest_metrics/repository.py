@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, Table, delete, func, select
+from sqlalchemy import Insert, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -92,23 +92,31 @@ def add_to_rollups(session: Session, rows: list[dict[str, Any]]) -> None:
     session.execute(stmt, rows)
 
 
-def prune_rollups(session: Session, step: int, before_bucket: int) -> int:
-    """Delete the level's buckets that start before ``before_bucket``; returns how many.
+def prune_rollups(session: Session, step: int, before_bucket: int, limit: int) -> int:
+    """Delete up to ``limit`` of the level's buckets that start before ``before_bucket``;
+    returns how many.
 
-    DELETE FROM guest_metric_rollups WHERE step = :step AND bucket < :before
-    (a range of ix_guest_metric_rollups_step_bucket: the cost is the rows deleted).
+    DELETE FROM guest_metric_rollups WHERE (server_id, step, bucket) IN
+      (SELECT server_id, step, bucket FROM guest_metric_rollups
+       WHERE step = :step AND bucket < :before LIMIT :limit)
+    (a range of ix_guest_metric_rollups_step_bucket: the cost is the rows deleted)
     """
-    result = session.execute(delete(ROLLUPS).where(ROLLUPS.c.step == step,
-                                                    ROLLUPS.c.bucket < before_bucket))
+    oldest = (select(ROLLUPS.c.server_id, ROLLUPS.c.step, ROLLUPS.c.bucket)
+              .where(ROLLUPS.c.step == step, ROLLUPS.c.bucket < before_bucket).limit(limit))
+    result = session.execute(delete(ROLLUPS).where(
+        tuple_(ROLLUPS.c.server_id, ROLLUPS.c.step, ROLLUPS.c.bucket).in_(oldest)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def prune_counters(session: Session, before_ms: int) -> int:
-    """Forget the baselines of servers silent since ``before_ms``; returns how many.
+def prune_counters(session: Session, before_ms: int, limit: int) -> int:
+    """Forget up to ``limit`` baselines of servers silent since ``before_ms``; returns how
+    many.
 
-    DELETE FROM guest_metric_counters WHERE at_ms < :before (a range of its at_ms index)
+    DELETE FROM guest_metric_counters WHERE server_id IN
+      (SELECT server_id FROM guest_metric_counters WHERE at_ms < :before LIMIT :limit)
     """
-    result = session.execute(delete(COUNTERS).where(COUNTERS.c.at_ms < before_ms))
+    silent = select(COUNTERS.c.server_id).where(COUNTERS.c.at_ms < before_ms).limit(limit)
+    result = session.execute(delete(COUNTERS).where(COUNTERS.c.server_id.in_(silent)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -149,20 +157,31 @@ def series(session: Session, server_id: str, column: str, level_step: int, out_s
     return [(int(a), float(total), int(n)) for a, total, n in rows if n]
 
 
-def latest_buckets(session: Session, step: int, bucket: int, column: str,
-                   limit: int) -> list[tuple[str, str, float]]:
-    """(server id, project id, average) of the ``limit`` highest averages of ``column`` in
-    one bucket of one level.
+def busiest_in_bucket(session: Session, step: int, bucket: int,
+                      limit: int) -> list[tuple[str, str, int, tuple[float, ...]]]:
+    """(server id, project id, samples, sums in ``SUM_COLUMNS[1:]`` order) of the ``limit``
+    live servers with the highest cpu_util in one bucket of one level.
 
-    SELECT r.server_id, s.project_id, r.<column> / r.samples FROM guest_metric_rollups r
+    SELECT r.server_id, s.project_id, r.samples, r.<m>_sum ... FROM guest_metric_rollups r
     JOIN servers s ON s.id = r.server_id WHERE r.step = :step AND r.bucket = :bucket
-    ORDER BY 3 DESC LIMIT :limit
+    AND s.status != 'DELETED' ORDER BY r.cpu_util_sum / r.samples DESC LIMIT :limit
     """
-    avg = (ROLLUPS.c[column] / ROLLUPS.c.samples).label("avg")
+    sums = [ROLLUPS.c[name] for name in SUM_COLUMNS[1:]]
     rows = session.execute(
-        select(ROLLUPS.c.server_id, Server.project_id, avg)
+        select(ROLLUPS.c.server_id, Server.project_id, ROLLUPS.c.samples, *sums)
         .join(Server, Server.id == ROLLUPS.c.server_id)
-        .where(ROLLUPS.c.step == step, ROLLUPS.c.bucket == bucket, ROLLUPS.c.samples > 0)
-        .order_by(avg.desc(), ROLLUPS.c.server_id).limit(limit))
-    return [(sid, pid, float(v)) for sid, pid, v in rows]
+        .where(ROLLUPS.c.step == step, ROLLUPS.c.bucket == bucket, ROLLUPS.c.samples > 0,
+               Server.status != DELETED)
+        .order_by((ROLLUPS.c.cpu_util_sum / ROLLUPS.c.samples).desc(), ROLLUPS.c.server_id)
+        .limit(limit))
+    return [(row[0], row[1], int(row[2]), tuple(float(v) for v in row[3:])) for row in rows]
 
+
+def servers_in_bucket(session: Session, step: int, bucket: int) -> int:
+    """How many servers have samples in one bucket of one level.
+
+    SELECT count(*) FROM guest_metric_rollups WHERE step = :step AND bucket = :bucket
+    (a range of ix_guest_metric_rollups_step_bucket: one row per reporting server)
+    """
+    return int(session.scalar(select(func.count()).select_from(ROLLUPS).where(
+        ROLLUPS.c.step == step, ROLLUPS.c.bucket == bucket)) or 0)

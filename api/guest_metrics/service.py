@@ -9,12 +9,13 @@ batch, and a counter that went backwards (the domain restarted) only set the bas
 
 Retention (``prune``): each level keeps its buckets for its retention; the delete is a range
 of the (step, bucket) index, so it costs what it deletes, and it runs at most once per
-``guest_metrics_prune_interval_seconds`` per API process, from the ingestion path.
+``guest_metrics_prune_interval_seconds`` per API process, from the ingestion path, in
+statements of at most ``guest_metrics_prune_batch`` rows (a backlog goes on with the next
+batch that arrives).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ from api.servers import service as servers
 
 # Most points one series answer may hold.
 MAX_POINTS = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -102,19 +105,26 @@ def derive(prev: Counters, cur: Counters, vcpus: int, memory_mb: float) -> dict[
 
 class _PruneClock:
     """When this process last pruned (monotonic), so the ingestion path prunes at most once
-    per interval whatever the request rate."""
+    per interval whatever the request rate; a prune that left work behind asks for the next
+    request to go on."""
 
     def __init__(self) -> None:
-        self._next = 0.0
+        self._last: float | None = None
         self._lock = threading.Lock()
 
     def due(self, interval: float) -> bool:
+        """Whether ``interval`` seconds have passed since the last prune (then it is now)."""
         now = time.monotonic()
         with self._lock:
-            if now < self._next:
+            if self._last is not None and now - self._last < interval:
                 return False
-            self._next = now + interval
+            self._last = now
             return True
+
+    def again(self) -> None:
+        """Make the next check due at once."""
+        with self._lock:
+            self._last = None
 
 
 _prune_clock = _PruneClock()
@@ -130,7 +140,7 @@ def ingest(session: Session, settings: Settings, host_id: str, body: GuestSample
     sample twice, never move a baseline backwards.
     """
     at = min(body.at, now)
-    at_ms = int(at.timestamp() * 1000)
+    at_ms = (at - _EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
     latest: dict[str, GuestSample] = {s.server_id: s for s in body.samples}
     live = repository.live_servers_of_host(session, host_id, sorted(latest))
     ignored = sorted(sid for sid in latest if sid not in live)
@@ -139,7 +149,7 @@ def ingest(session: Session, settings: Settings, host_id: str, body: GuestSample
     levels = [step for step, _ in settings.guest_metrics_levels]
     counter_rows: list[dict[str, Any]] = []
     rollup_rows: list[dict[str, Any]] = []
-    for sid, vcpus in live.items():
+    for sid, vcpus in sorted(live.items()):  # one key order for every writer's upserts
         sample = latest[sid]
         cur = counters_of(sample, at_ms)
         old = baselines.get(sid)
@@ -157,20 +167,23 @@ def ingest(session: Session, settings: Settings, host_id: str, body: GuestSample
                                 "samples": 1, **sums})
     repository.put_counters(session, counter_rows)
     repository.add_to_rollups(session, rollup_rows)
-    if _prune_clock.due(settings.guest_metrics_prune_interval_seconds):
-        prune(session, settings, now)
+    if _prune_clock.due(settings.guest_metrics_prune_interval_seconds) \
+            and prune(session, settings, now) >= settings.guest_metrics_prune_batch:
+        _prune_clock.again()  # a backlog (e.g. after downtime): the next batch goes on
     return GuestSamplesOut(accepted=len(live), ignored=ignored)
 
 
 def prune(session: Session, settings: Settings, now: datetime) -> int:
-    """Delete every level's buckets older than its retention, and the baselines of servers
-    silent for longer than the finest level keeps; returns the rows deleted."""
-    now_s = int(now.timestamp())
+    """Delete buckets older than their level's retention and the baselines of servers silent
+    for longer than the finest level keeps, at most ``guest_metrics_prune_batch`` rows per
+    statement (so one request never carries a long backlog); returns the rows deleted."""
+    now_s = _epoch(now)
+    limit = settings.guest_metrics_prune_batch
     deleted = 0
     for step, keep in settings.guest_metrics_levels:
-        deleted += repository.prune_rollups(session, step, now_s - keep)
+        deleted += repository.prune_rollups(session, step, now_s - keep, limit)
     finest_keep = settings.guest_metrics_levels[0][1]
-    deleted += repository.prune_counters(session, (now_s - finest_keep) * 1000)
+    deleted += repository.prune_counters(session, (now_s - finest_keep) * 1000, limit)
     return deleted
 
 
@@ -207,13 +220,14 @@ def recent_average(session: Session, server_ids: Sequence[str], name: str, windo
     if not server_ids or window_s <= 0:
         return {}
     step = _level_for_window(settings, window_s)
-    now_s = int(now.timestamp())
+    now_s = _epoch(now)
     return repository.averages(session, list(dict.fromkeys(server_ids)), column, step,
                                now_s - window_s, now_s)
 
 
 def _epoch(value: datetime) -> int:
-    return math.floor(value.timestamp())
+    """Whole epoch seconds (floor), exactly."""
+    return (value - _EPOCH) // timedelta(seconds=1)
 
 
 def series(session: Session, settings: Settings, principal: Principal, server_id: str,
@@ -230,7 +244,8 @@ def series(session: Session, settings: Settings, principal: Principal, server_id
     server = servers.get_server(session, principal, server_id)
     wanted = metric(name)
     end = end or now
-    start = start or end - timedelta(hours=1)
+    if start is None:  # the hour before end (or what there is of it at the start of time)
+        start = end - min(timedelta(hours=1), end - _MIN_TIME)
     if start >= end or (step is not None and step <= 0):
         raise InvalidInput("The range needs start before end and a positive step.",
                            code="invalid_metric_range")
@@ -244,7 +259,8 @@ def series(session: Session, settings: Settings, principal: Principal, server_id
         level = fitting[-1] if fitting else keeping[0][0]
     out_step = max(level, step or level)
     out_step -= out_step % level  # points made of whole buckets
-    first, last = _epoch(start), math.ceil(end.timestamp()) - 1
+    # [start, end) in whole seconds: the last second that starts before ``end``.
+    first, last = _epoch(start), _epoch(end - timedelta(microseconds=1))
     if (last - first) // out_step + 1 > MAX_POINTS:
         raise InvalidInput(f"The range holds more than {MAX_POINTS} steps; use a larger step.",
                            code="invalid_metric_range")
@@ -254,3 +270,32 @@ def series(session: Session, settings: Settings, principal: Principal, server_id
               for at, total, n in rows]
     return MetricSeriesOut(server_id=server.id, name=wanted.name, unit=wanted.unit,
                            start=start, end=end, step=out_step, points=points)
+
+
+@dataclass(frozen=True)
+class ServerGauges:
+    """One server's averages over the last complete bucket of the finest level."""
+
+    server_id: str
+    project_id: str
+    values: dict[str, float]
+
+
+def exposed_gauges(session: Session, settings: Settings,
+                   now: datetime) -> tuple[int, int, list[ServerGauges]]:
+    """What ``/metrics`` shows: (bucket start, servers reporting in it, the gauges of the
+    ``guest_metrics_exposed_servers`` busiest by cpu_util).
+
+    The bucket is the last complete one of the finest level. Capping the servers bounds the
+    exposition's label cardinality (server_id x project_id) whatever the fleet's size.
+    """
+    step = settings.guest_metrics_levels[0][0]
+    now_s = _epoch(now)
+    bucket = now_s - now_s % step - step
+    reporting = repository.servers_in_bucket(session, step, bucket)
+    limit = settings.guest_metrics_exposed_servers
+    rows = repository.busiest_in_bucket(session, step, bucket, limit) if limit else []
+    gauges = [ServerGauges(sid, pid, {m.name: total / n for m, total in zip(METRICS, sums,
+                                                                           strict=True)})
+              for sid, pid, n, sums in rows]
+    return bucket, reporting, gauges

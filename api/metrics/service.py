@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.db import utcnow
+from api.guest_metrics import service as guest_metrics
+from api.guest_metrics.registry import METRICS as GUEST_METRICS
 from api.metrics import MULTIPROCESS
 from api.metrics.repository import host_counts
 
@@ -32,6 +34,25 @@ def _hosts_family(session: Session, settings: Settings) -> GaugeMetricFamily:
             family.add_metric(["up" if up else "down", "true" if enabled else "false"],
                               counts.get((enabled, up), 0))
     return family
+
+
+def _guest_families(session: Session, settings: Settings) -> list[GaugeMetricFamily]:
+    # Per-server gauges for at most guest_metrics_exposed_servers servers (the busiest), so
+    # the number of series stays bounded whatever the fleet (docs/operations.md).
+    _, reporting, gauges = guest_metrics.exposed_gauges(session, settings, utcnow())
+    families = [GaugeMetricFamily(
+        "minicloud_guest_servers_reporting",
+        "Servers with guest metrics in the last complete finest rollup bucket.",
+        value=reporting)]
+    for m in GUEST_METRICS:
+        family = GaugeMetricFamily(
+            f"minicloud_guest_{m.name}", f"{m.description} ({m.unit}; the last complete "
+            "finest bucket; the busiest guest_metrics_exposed_servers servers only).",
+            labels=["server_id", "project_id"])
+        for g in gauges:
+            family.add_metric([g.server_id, g.project_id], g.values[m.name])
+        families.append(family)
+    return families
 
 
 class _Families:
@@ -53,5 +74,6 @@ def exposition(session: Session, settings: Settings) -> bytes:
     else:
         body = generate_latest(REGISTRY)
     extra = CollectorRegistry()
-    extra.register(_Families(_hosts_family(session, settings)))
+    extra.register(_Families(_hosts_family(session, settings),
+                             *_guest_families(session, settings)))
     return body + generate_latest(extra)

@@ -1,15 +1,16 @@
 """Guest metrics from real agents on libvirt's test driver, through a real API process.
 
 The test driver's counters are zero, so an idle server's cpu_util is 0; the test-only
-simulated load file (``MINICLOUD_AGENT_SIMULATED_LOAD_FILE``) gives a server a CPU load that
-comes out as its cpu_util.
+simulated load file (``minicloud-agent --simulate N --sim-load FILE``) gives a server a CPU load
+that comes out as its cpu_util.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import threading
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,13 @@ import httpx
 import libvirt
 import pytest
 
-from compute_agent.agent import Agent, ensure_enrolled
-from compute_agent.hypervisor import Hypervisor, parse_domain_stats, write_test_node_xml
+from compute_agent.hypervisor import Hypervisor, parse_domain_stats
+from tests.conftest import ADMIN_TOKEN
 from tests.e2e.stack import (
     ADMIN,
+    REPO,
     WAIT,
-    ThreadAgent,
-    agent_settings,
-    assert_placed_on,
     create_server,
-    enrollment_token,
-    host,
     upload_image,
     wait_status,
     wait_until,
@@ -62,27 +59,31 @@ def load_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def agent(api: str, tmp_path: Path, load_file: Path) -> Iterator[ThreadAgent]:
-    home, name, az = tmp_path / "host", unique("sim"), unique("az")
-    home.mkdir()
-    uri = write_test_node_xml(home / "node.xml", 8, 16384)
-    settings = agent_settings(api, home, name, uri, disk_gb=50, availability_zone=az,
-                              guest_metrics_interval=0.5, simulated_load_file=load_file)
-    cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
-    a = Agent(settings, cred, Hypervisor(uri), "qemu")
-    thread = threading.Thread(target=a.run, name=f"agent-{name}", daemon=True)
-    thread.start()
-    wait_until(lambda: host(api, cred.host_id)["state"] == "up", WAIT, "host up")
-    agent = ThreadAgent(a, thread, cred.host_id, name, az)
-    yield agent
-    agent.stop()
+def zone(api: str, tmp_path: Path, load_file: Path) -> Iterator[str]:
+    """A zone with one ``minicloud-agent --simulate`` host reporting every 0.5 s and reading
+    the simulated load file."""
+    name, az = unique("gm"), unique("az")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from compute_agent.main import run; run()", "--api", api,
+         "--name", name, "--az", az, "--simulate", "1", "--sim-size", "8:16384:50",
+         "--sim-dir", str(tmp_path / "sim"), "--state-dir", str(tmp_path / "state"),
+         "--heartbeat-interval", "1", "--guest-metrics-interval", "0.5",
+         "--sim-load", str(load_file)],
+        env={**os.environ, "PYTHONPATH": str(REPO), "MINICLOUD_TOKEN": ADMIN_TOKEN}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: any(h["name"] == f"{name}-sim0" and h["state"] == "up"
+                               and h["resources"]
+                               for h in httpx.get(f"{api}/v1/hosts", headers=ADMIN).json()),
+                   WAIT, "simulated host up")
+        yield az
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
 
 
-def _boot(api: str, member: Account, image_id: str, agent: ThreadAgent, flavor: str,
-          name: str) -> str:
-    s = create_server(api, member.headers, flavor, image_id, availability_zone=agent.az,
-                      name=name)
-    assert_placed_on(api, s["id"], agent.name)
+def _boot(api: str, member: Account, image_id: str, zone: str, flavor: str, name: str) -> str:
+    s = create_server(api, member.headers, flavor, image_id, availability_zone=zone, name=name)
     wait_status(api, member.headers, s["id"], "ACTIVE")
     return str(s["id"])
 
@@ -96,23 +97,23 @@ def _cpu_points(api: str, member: Account, server_id: str) -> list[dict[str, Any
 
 
 def test_reported_counters_become_cpu_util(api: str, member: Account, image_id: str,
-                                           agent: ThreadAgent, load_file: Path) -> None:
+                                           zone: str, load_file: Path) -> None:
     busy_name = unique("busy")
     load_file.write_text(json.dumps({busy_name: 60}))
-    busy = _boot(api, member, image_id, agent, "small", busy_name)
-    idle = _boot(api, member, image_id, agent, "tiny", unique("idle"))
+    busy = _boot(api, member, image_id, zone, "small", busy_name)
+    idle = _boot(api, member, image_id, zone, "tiny", unique("idle"))
     # A simulated load of 60 % of the server's vCPUs is its cpu_util (the sample times and the
     # simulated CPU time come from one clock; milliseconds of rounding remain).
     points = wait_until(lambda: _cpu_points(api, member, busy) or None, WAIT, "busy samples")
     assert all(abs(p["value"] - 60) < 1 for p in points), points
+    # The test driver's own counters are zero: an unlisted server is idle.
     idle_points = wait_until(lambda: _cpu_points(api, member, idle) or None, WAIT,
                              "idle samples")
     assert all(p["value"] == 0 for p in idle_points), idle_points
-    # Load changes with the file; a server it names by id works as well.
+    # Load follows the file; a server it names by id works as well.
     load_file.write_text(json.dumps({idle: 25}))
     wait_until(lambda: any(abs(p["value"] - 25) < 1 for p in _cpu_points(api, member, idle)),
                WAIT, "idle server loaded")
-    assert agent.agent.guest_stats.reports > 0
 
 
 def test_bulk_stats_parse_every_counter_group() -> None:
