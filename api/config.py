@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     scheduler_max_attempts: int = Field(default=20, gt=0)
     # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
     billing_minimum_run_seconds: int = Field(default=60, ge=0)
+    # How long an API process may answer a bearer secret from memory (docs/security.md): a
+    # revocation made in another API process takes effect there within this time; 0: off.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _weighers(self) -> Settings:

@@ -34,6 +34,7 @@ from api.errors import (
 )
 from api.flavors.routes import router as flavors_router
 from api.hosts.routes import router as hosts_router
+from api.identity import auth_cache
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
 from api.images.store import ImageStore
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    auth_cache.attach(engine, settings.auth_cache_seconds)
     app.state.sessionmaker = make_sessionmaker(engine)
     install_error_handlers(app)
     # Under /identity, /compute and /image errors take the OpenStack services' shapes.
