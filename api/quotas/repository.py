@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from api.models import Image, Project, Quota, Server
+from api.models.servers import IMAGE_QUOTA_RESOURCES
 from scheduler.resources import RESOURCE_CLASSES
 
 
@@ -25,16 +29,59 @@ def lock_project(session: Session, project_id: str) -> bool:
     return bool(getattr(result, "rowcount", 0) == 1)
 
 
+def _server_usage_columns() -> list[ColumnElement[Any]]:
+    return [func.count(Server.id),
+            *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
+              for rc in RESOURCE_CLASSES)]
+
+
+def usage_and_limits(session: Session, project_id: str, resources: Sequence[str]
+                     ) -> tuple[dict[str, int], dict[str, int | None]]:
+    """What the project uses of ``resources`` and its stored limit of each (None: the
+    default applies), in one statement::
+
+        SELECT count(s.id), coalesce(sum(s.vcpus), 0), ...,          -- server resources
+               (SELECT count(i.id) ... FROM images i WHERE ...),      -- only if asked
+               (SELECT q."limit" FROM quotas q
+                 WHERE q.project_id = :p AND q.resource = 'instances'), ...
+          FROM servers s WHERE s.project_id = :p AND s.deleted_at IS NULL
+
+    Server usage is always counted (one aggregate over the project's servers); image usage
+    only when an image resource is asked for.
+    """
+    columns = _server_usage_columns()
+    image_keys = [r for r in IMAGE_QUOTA_RESOURCES if r in resources]
+    live_images = (Image.project_id == project_id, Image.status != "deleted")
+    if image_keys:
+        columns += [select(func.count(Image.id)).where(*live_images).scalar_subquery(),
+                    select(func.coalesce(func.sum(Image.size), 0)).where(*live_images)
+                    .scalar_subquery()]
+    columns += [select(Quota.limit).where(Quota.project_id == project_id,
+                                          Quota.resource == resource).scalar_subquery()
+                for resource in resources]
+    row = session.execute(
+        select(*columns).where(Server.project_id == project_id, Server.deleted_at.is_(None))
+    ).one()
+    n_server = 1 + len(RESOURCE_CLASSES)
+    used = {"instances": int(row[0]),
+            **{rc.quota_key: int(value) for rc, value in zip(RESOURCE_CLASSES, row[1:n_server],
+                                                               strict=True)}}
+    rest = list(row[n_server:])
+    if image_keys:
+        used.update(images=int(rest[0]), image_bytes=int(rest[1] or 0))
+        rest = rest[2:]
+    stored = {resource: None if value is None else int(value)
+              for resource, value in zip(resources, rest, strict=True)}
+    return used, stored
+
+
 def usage(session: Session, project_id: str) -> dict[str, int]:
     """What the project holds now: its servers not yet deleted (DELETING still holds); per
     resource class, the sum of the server column that requests it, under its quota key; its
     images not deleted and their uploaded bytes."""
     row = session.execute(
-        select(
-            func.count(Server.id),
-            *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
-              for rc in RESOURCE_CLASSES),
-        ).where(Server.project_id == project_id, Server.deleted_at.is_(None))
+        select(*_server_usage_columns())
+        .where(Server.project_id == project_id, Server.deleted_at.is_(None))
     ).one()
     # Images not deleted (a tombstone's bytes are gone); only uploaded bytes have a size.
     images = session.execute(
