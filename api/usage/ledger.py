@@ -21,7 +21,7 @@ from api.errors import InvalidInput
 from api.metrics import observe_ledger_write
 from api.models import LedgerEntry, UsagePiece, UsageServer
 from api.usage import repository
-from api.usage.rules import KINDS, epoch, from_epoch, pieces, state_after
+from api.usage.rules import KINDS, Entry, epoch, from_epoch, pieces, state_after
 
 Source = Literal["api", "agent"]
 LedgerKind = Literal[
@@ -61,8 +61,14 @@ def record(
     flavor_id: str | None = None,
     amount: Decimal | None = None,
     now: datetime | None = None,
+    new_server: bool = False,
 ) -> LedgerEntry | None:
     """Record one billable change; return it, or None if ``idempotency_key`` is known.
+
+    ``new_server`` says that the server row was inserted in this unit of work (its
+    ``created`` entry): nothing can be recorded for it yet, not even by a concurrent twin (its
+    id is new and uncommitted), so the idempotency look-up, the summary lock and the re-read of
+    its entries and pieces are skipped: 4 statements and a savepoint less on every create.
 
     A time outside the API's bounds (after ``now``, before the server's first entry, or inside
     a closed period) is clamped to the nearest bound, flagged ``clamped`` and the reported time
@@ -83,11 +89,14 @@ def record(
                                code="invalid_ledger_entry")
     elif server_id is None:
         raise InvalidInput("a server entry needs server_id", code="invalid_ledger_entry")
-    if repository.find_by_key(session, idempotency_key) is not None:
+    if new_server and (kind != "created" or server_id is None):
+        raise InvalidInput("only a created entry starts a new server",
+                           code="invalid_ledger_entry")
+    if not new_server and repository.find_by_key(session, idempotency_key) is not None:
         return None
     now = now or utcnow()
-    summary = repository.lock_server(session, server_id) if server_id and kind != "adjustment" \
-        else None
+    summary = repository.lock_server(session, server_id) \
+        if server_id and kind != "adjustment" and not new_server else None
     lower, upper = bounds(session, server_id if kind != "adjustment" else None, kind, now)
     at_s = epoch(at)
     clamped_s = min(max(at_s, lower), upper)
@@ -99,6 +108,15 @@ def record(
         reported_at=at if clamped else None, clamped=clamped, source=source, reason=reason,
         admin_id=admin_id, amount=None if amount is None else str(amount), recorded_at=now,
     )
+    if new_server and server_id is not None:
+        session.add(entry)
+        session.flush()
+        # Its only entry is this one: no need to read back what was just written.
+        _refresh(session, project_id, server_id, None, [Entry(
+            entry.seq, entry.at_s, entry.kind, entry.vcpus, entry.ram_mb, entry.disk_gb,
+            entry.flavor_id)])
+        observe_ledger_write(kind)
+        return entry
     try:
         # A savepoint: a concurrent twin with the same key loses here and changes nothing.
         with session.begin_nested():
@@ -115,9 +133,14 @@ def record(
 
 
 def _refresh(session: Session, project_id: str, server_id: str,
-             summary: UsageServer | None) -> None:
-    entries = repository.entries_of(session, server_id)
-    repository.replace_pieces(session, project_id, server_id, pieces(entries))
+             summary: UsageServer | None, entries: list[Entry] | None = None) -> None:
+    """Rebuild the server's pieces and summary from its entries (read unless given: a new
+    server's only entry, whose pieces are then inserted without reading the stored ones)."""
+    if entries is None:
+        entries = repository.entries_of(session, server_id)
+        repository.replace_pieces(session, project_id, server_id, pieces(entries))
+    else:
+        repository.insert_pieces(session, project_id, server_id, pieces(entries))
     first = min(e.at_s for e in entries)
     last = max(e.at_s for e in entries)
     if summary is None:

@@ -108,6 +108,14 @@ def replace_pieces(session: Session, project_id: str, server_id: str,
         session.execute(insert(table), wanted)
 
 
+def insert_pieces(session: Session, project_id: str, server_id: str,
+                  pieces: Sequence[Piece]) -> None:
+    """Store the pieces of a server that has none yet (one executemany)."""
+    if pieces:
+        session.execute(insert(cast(Table, UsagePiece.__table__)),
+                        piece_rows(project_id, server_id, pieces))
+
+
 def _least(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:
     return func.min(a, b) if dialect == "sqlite" else func.least(a, b)
 
