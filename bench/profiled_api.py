@@ -6,9 +6,10 @@ Used by ``scheduler_bench.py --profile DIR`` (bench only, never in production)::
 
 SIGUSR1 starts a measurement (clears the counters, enables the profilers); SIGUSR2 stops it and
 writes ``$MINICLOUD_PROFILE_OUT.pstats`` (the event loop thread and every worker thread the
-request ran on, merged) and ``$MINICLOUD_PROFILE_OUT.sql`` (statements by text, most frequent
-first). Sync routes and dependencies run in anyio's worker threads, so the profiler follows each
-``anyio.to_thread.run_sync`` call there instead of profiling the main thread only.
+request ran on, merged; times are each thread's CPU time) and ``$MINICLOUD_PROFILE_OUT.sql``
+(statements by text, most frequent first). Sync routes and dependencies run in anyio's worker
+threads, so the profiler follows each ``anyio.to_thread.run_sync`` call there instead of
+profiling the main thread only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pstats
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,13 +39,15 @@ _lock = threading.Lock()
 _profiles: list[cProfile.Profile] = []
 _local = threading.local()
 _statements: collections.Counter[str] = collections.Counter()
-_main = cProfile.Profile()
+# CPU time of the profiled thread, not the wall clock: on a shared machine the wall clock
+# also counts the time the thread waited for a core.
+_main = cProfile.Profile(time.thread_time)
 
 
 def _thread_profile() -> cProfile.Profile:
     prof: cProfile.Profile | None = getattr(_local, "prof", None)
     if prof is None or getattr(_local, "generation", -1) != _generation:
-        prof = _local.prof = cProfile.Profile()
+        prof = _local.prof = cProfile.Profile(time.thread_time)
         _local.generation = _generation
         with _lock:
             _profiles.append(prof)
