@@ -118,6 +118,7 @@ class SnapshotCache:
         self._lock = threading.Lock()
         self._hosts: dict[str, HostState] = {}
         self._ordered: list[HostState] = []
+        self._position: dict[str, int] = {}  # host id -> index in _ordered
         self._fingerprint: tuple[int, int] | None = None
         self._marks_at = 0.0
 
@@ -156,6 +157,7 @@ class SnapshotCache:
         with self._lock:
             self._hosts = {h.id: h for h in hosts}
             self._ordered = hosts
+            self._position = {h.id: i for i, h in enumerate(hosts)}
             # The fingerprint was read before the marks: a change committed in between makes
             # the next load's fingerprint differ, so it reads again.
             self._fingerprint = fingerprint if complete else None
@@ -183,7 +185,11 @@ class SnapshotCache:
                     rc: replace(inv, used=inv.used + resources.get(rc, 0))
                     for rc, inv in current.inventories.items()})
                 self._hosts[host.id] = updated
-                self._ordered = [updated if h.id == host.id else h for h in self._ordered]
+                # Snapshots handed out hold the old list: copy it (a C-level copy), then
+                # replace the one entry in place of a Python scan of every host.
+                ordered = list(self._ordered)
+                ordered[self._position[host.id]] = updated
+                self._ordered = ordered
                 count, total = self._fingerprint
                 self._fingerprint = (count, total + 1)
 

@@ -101,7 +101,7 @@ def record(
     at_s = epoch(at)
     clamped_s = min(max(at_s, lower), upper)
     clamped = clamped_s != at_s
-    entry = LedgerEntry(
+    values = dict(
         idempotency_key=idempotency_key, kind=kind, project_id=project_id, server_id=server_id,
         flavor_id=flavor_id, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
         at=from_epoch(clamped_s) if clamped else at, at_s=clamped_s,
@@ -109,14 +109,18 @@ def record(
         admin_id=admin_id, amount=None if amount is None else str(amount), recorded_at=now,
     )
     if new_server and server_id is not None:
-        session.add(entry)
-        session.flush()
-        # Its only entry is this one: no need to read back what was just written.
-        _refresh(session, project_id, server_id, None, [Entry(
-            entry.seq, entry.at_s, entry.kind, entry.vcpus, entry.ram_mb, entry.disk_gb,
-            entry.flavor_id)])
+        # Core inserts (the ORM's flushes cost more than the statements), and no read back:
+        # this entry is the server's only one.
+        entry = LedgerEntry(seq=repository.insert_entry(session, values), **values)
+        entries = [Entry(entry.seq, entry.at_s, entry.kind, entry.vcpus, entry.ram_mb,
+                         entry.disk_gb, entry.flavor_id)]
+        repository.insert_pieces(session, project_id, server_id, pieces(entries))
+        repository.insert_summary(session, server_id=server_id, project_id=project_id,
+                                  first_s=entry.at_s, last_s=entry.at_s,
+                                  state=state_after(entries))
         observe_ledger_write(kind)
         return entry
+    entry = LedgerEntry(**values)
     try:
         # A savepoint: a concurrent twin with the same key loses here and changes nothing.
         with session.begin_nested():
@@ -133,14 +137,9 @@ def record(
 
 
 def _refresh(session: Session, project_id: str, server_id: str,
-             summary: UsageServer | None, entries: list[Entry] | None = None) -> None:
-    """Rebuild the server's pieces and summary from its entries (read unless given: a new
-    server's only entry, whose pieces are then inserted without reading the stored ones)."""
-    if entries is None:
-        entries = repository.entries_of(session, server_id)
-        repository.replace_pieces(session, project_id, server_id, pieces(entries))
-    else:
-        repository.insert_pieces(session, project_id, server_id, pieces(entries))
+             summary: UsageServer | None) -> None:
+    entries = repository.entries_of(session, server_id)
+    repository.replace_pieces(session, project_id, server_id, pieces(entries))
     first = min(e.at_s for e in entries)
     last = max(e.at_s for e in entries)
     if summary is None:

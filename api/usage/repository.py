@@ -108,6 +108,20 @@ def replace_pieces(session: Session, project_id: str, server_id: str,
         session.execute(insert(table), wanted)
 
 
+def insert_entry(session: Session, values: dict[str, Any]) -> int:
+    """Append one ledger entry (Core ``INSERT ... RETURNING seq``); returns its ``seq``."""
+    table = cast(Table, LedgerEntry.__table__)
+    return int(session.execute(insert(table).returning(table.c.seq), values).scalar_one())
+
+
+def insert_summary(session: Session, *, server_id: str, project_id: str, first_s: int,
+                   last_s: int, state: str) -> None:
+    """Store the summary row of a server that has none yet."""
+    session.execute(insert(cast(Table, UsageServer.__table__)),
+                    {"server_id": server_id, "project_id": project_id, "first_s": first_s,
+                     "last_s": last_s, "state": state})
+
+
 def insert_pieces(session: Session, project_id: str, server_id: str,
                   pieces: Sequence[Piece]) -> None:
     """Store the pieces of a server that has none yet (one executemany)."""
