@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -99,8 +99,9 @@ class SnapshotCache:
     the copy was read at (plus the bumps of this process's own committed claims, applied to
     the copy by ``claimed``) and the heartbeats were read less than ``HEARTBEAT_REFRESH``
     seconds ago, nothing the filters look at changed and the copy is used as it is. Otherwise
-    it reads ``id, generation, last_heartbeat_at`` of every host (cheap) and re-reads in full
-    only the hosts whose generation moved, plus new ones.
+    it reads ``id, generation, last_heartbeat_at`` of every host (cheap; ``id, generation``
+    only while the heartbeats are not due, e.g. after another API process's claims) and
+    re-reads in full only the hosts whose generation moved, plus new ones.
 
     Every claim bumps its host's generation, and so must every other change of a host or its
     inventory that the filters look at (admin PATCH, agent inventory, enable/disable). A change
@@ -128,12 +129,20 @@ class SnapshotCache:
         fingerprint = (int(count), int(total or 0))
         refresh = min(self.HEARTBEAT_REFRESH, settings.host_down_after_seconds / 4)
         with self._lock:
-            if (fingerprint == self._fingerprint
-                    and time.monotonic() - self._marks_at < refresh):
+            heartbeats_due = time.monotonic() - self._marks_at >= refresh
+            if fingerprint == self._fingerprint and not heartbeats_due:
                 return _snapshot(self._ordered, settings)
             known = dict(self._hosts)
         marks_at = time.monotonic()
-        marks = session.execute(_MARKS).all()
+        marks: Sequence[tuple[str, int, Any]]
+        if heartbeats_due:
+            marks = session.execute(_MARKS).tuples().all()
+        else:
+            # Only generations moved (another process's claims, most often): the heartbeats
+            # are not due yet, so read the generations alone and keep the cached heartbeats,
+            # which are never newer than the real ones.
+            marks = [(hid, generation, _KEEP)
+                     for hid, generation in session.execute(_GENERATIONS)]
         stale = [hid for hid, generation, _ in marks
                  if (h := known.get(hid)) is None or h.generation != generation]
         if len(stale) * 2 > len(marks):
@@ -149,6 +158,9 @@ class SnapshotCache:
             if cached is None or cached.generation != generation:
                 complete = False
                 continue  # changed again between the two reads: absent from this snapshot
+            if heartbeat is _KEEP:
+                hosts.append(cached)
+                continue
             seen = heartbeat.timestamp() if heartbeat is not None else None
             if cached.last_heartbeat != seen:
                 # HostState objects are shared with concurrent readers: replace, never mutate.
@@ -161,7 +173,8 @@ class SnapshotCache:
             # The fingerprint was read before the marks: a change committed in between makes
             # the next load's fingerprint differ, so it reads again.
             self._fingerprint = fingerprint if complete else None
-            self._marks_at = marks_at
+            if heartbeats_due:
+                self._marks_at = marks_at
         return _snapshot(hosts, settings)
 
     def claimed(self, session: Session, host: HostState, resources: Mapping[str, int]) -> None:
@@ -204,6 +217,8 @@ class SnapshotCache:
 
 _FINGERPRINT = select(func.count(), func.sum(Host.generation)).select_from(Host)
 _MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at).order_by(Host.id)
+_GENERATIONS = select(Host.id, Host.generation).order_by(Host.id)
+_KEEP = object()  # in place of a heartbeat: keep the cached one
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()
 
