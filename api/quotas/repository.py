@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import BindParameter, ColumnElement, Select, String, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from api.models import Image, Project, Quota, Server
@@ -21,18 +22,37 @@ def lock_project(session: Session, project_id: str) -> bool:
     PostgreSQL it takes the project's row lock. Either way a second create of the same project
     waits here until the first commits, then counts usage that includes the first's server.
     """
-    result = session.execute(
-        update(Project).where(Project.id == project_id)
-        .values(generation=Project.generation + 1)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_LOCK_PROJECT, {"project_id": project_id})
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+# Built once (only the parameters change): building statements costs more than running them.
+_LOCK_PROJECT = (update(Project).where(Project.id == bindparam("project_id"))
+                 .values(generation=Project.generation + 1)
+                 .execution_options(synchronize_session=False))
 
 
 def _server_usage_columns() -> list[ColumnElement[Any]]:
     return [func.count(Server.id),
             *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
               for rc in RESOURCE_CLASSES)]
+
+
+@lru_cache(maxsize=32)
+def _usage_and_limits(resources: tuple[str, ...], images: bool) -> Select[Any]:
+    """The statement of ``usage_and_limits`` for these resources, built once."""
+    project_id: BindParameter[str] = bindparam("project_id", type_=String())
+    columns = _server_usage_columns()
+    live_images = (Image.project_id == project_id, Image.status != "deleted")
+    if images:
+        columns += [select(func.count(Image.id)).where(*live_images).scalar_subquery(),
+                    select(func.coalesce(func.sum(Image.size), 0)).where(*live_images)
+                    .scalar_subquery()]
+    columns += [select(Quota.limit).where(Quota.project_id == project_id,
+                                          Quota.resource == resource).scalar_subquery()
+                for resource in resources]
+    return select(*columns).where(Server.project_id == project_id,
+                                  Server.deleted_at.is_(None))
 
 
 def usage_and_limits(session: Session, project_id: str, resources: Sequence[str]
@@ -49,19 +69,9 @@ def usage_and_limits(session: Session, project_id: str, resources: Sequence[str]
     Server usage is always counted (one aggregate over the project's servers); image usage
     only when an image resource is asked for.
     """
-    columns = _server_usage_columns()
     image_keys = [r for r in IMAGE_QUOTA_RESOURCES if r in resources]
-    live_images = (Image.project_id == project_id, Image.status != "deleted")
-    if image_keys:
-        columns += [select(func.count(Image.id)).where(*live_images).scalar_subquery(),
-                    select(func.coalesce(func.sum(Image.size), 0)).where(*live_images)
-                    .scalar_subquery()]
-    columns += [select(Quota.limit).where(Quota.project_id == project_id,
-                                          Quota.resource == resource).scalar_subquery()
-                for resource in resources]
-    row = session.execute(
-        select(*columns).where(Server.project_id == project_id, Server.deleted_at.is_(None))
-    ).one()
+    row = session.execute(_usage_and_limits(tuple(resources), bool(image_keys)),
+                          {"project_id": project_id}).one()
     n_server = 1 + len(RESOURCE_CLASSES)
     used = {"instances": int(row[0]),
             **{rc.quota_key: int(value) for rc, value in zip(RESOURCE_CLASSES, row[1:n_server],

@@ -64,7 +64,10 @@ def lock_server(session: Session, server_id: str) -> UsageServer | None:
 
 def latest_closed_end(session: Session) -> int | None:
     """End (epoch seconds) of the latest closed period, if any."""
-    return session.scalar(select(func.max(ClosedPeriod.end_s)))
+    return session.scalar(_LATEST_CLOSED_END)
+
+
+_LATEST_CLOSED_END = select(func.max(ClosedPeriod.end_s))  # built once: every create reads it
 
 
 def piece_rows(project_id: str, server_id: str, pieces: Sequence[Piece]) -> list[dict[str, Any]]:
