@@ -13,6 +13,12 @@
     loopback HTTP, token auth, quota, placement, events, commit) with the same 1,000-host
     pool, from 1 and 8 concurrent clients (each client its own project, as tenants are).
         /work/venv/bin/python bench/scheduler_bench.py --only e2e [--pg URL] [--api-processes 2]
+    ``--before TREE`` runs each setup first with the API code of another checkout (e.g.
+    ``git archive <commit> | tar -x -C TREE``), then with this one, each on a fresh pool, so
+    before and after are measured side by side in one run. ``--profile DIR`` runs the API
+    under ``bench/profiled_api.py`` and writes each scenario's cProfile (per-thread CPU time)
+    and SQL statement counts to DIR (the profiler slows the API down: rates from a profiled
+    run are not comparable).
 
 Prints one line per scenario; results go to docs/benchmarks.md by hand.
 """
