@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, event, func, select
 from sqlalchemy.orm import Session
@@ -136,7 +136,7 @@ class SnapshotCache:
         marks_at = time.monotonic()
         marks: Sequence[tuple[str, int, Any]]
         if heartbeats_due:
-            marks = session.execute(_MARKS).tuples().all()
+            marks = cast(Sequence[tuple[str, int, Any]], session.execute(_MARKS).all())
         else:
             # Only generations moved (another process's claims, most often): the heartbeats
             # are not due yet, so read the generations alone and keep the cached heartbeats,
