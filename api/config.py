@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # Activities kept per group: a refused launch trims the older ones beyond this.
     scaling_activities_kept: int = Field(default=1000, gt=0)
 
+    # How long an API process may answer a bearer secret from memory (docs/security.md): a
+    # revocation made in another API process takes effect there within this time; 0: off.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+
     @model_validator(mode="after")
     def _weighers(self) -> Settings:
         try:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.db import session_scope, utcnow
 from api.errors import Forbidden, Unauthorized
+from api.identity import auth_cache
 from api.models import ApplicationCredential, Host, Project, RoleAssignment, Token, User
 from api.security import digest
 
 
-def get_app_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are async: FastAPI runs a sync one in a worker thread, a hop
+# that costs more than the function itself.
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
@@ -85,34 +89,81 @@ def _bearer(authorization: str | None) -> str:
     return value.strip()
 
 
-def _principal_for(session: Session, secret: str) -> Principal | None:
-    key = digest(secret)
+def _who(credential: Any) -> Select[Any]:
+    """The credential row joined (outer) with the role of its user on its project::
+
+        SELECT c.id, c.expires_at, u.id, u.name, u.enabled, p.id, p.name, ra.role
+          FROM <credentials> c
+          LEFT JOIN role_assignments ra
+                 ON ra.user_id = c.user_id AND ra.project_id = c.project_id
+          LEFT JOIN users u ON u.id = ra.user_id
+          LEFT JOIN projects p ON p.id = ra.project_id
+         WHERE c.digest = :digest
+    """
+    return (
+        select(credential.id, credential.expires_at, User.id, User.name, User.enabled,
+               Project.id, Project.name, RoleAssignment.role)
+        .select_from(credential)
+        .outerjoin(RoleAssignment, and_(RoleAssignment.user_id == credential.user_id,
+                                        RoleAssignment.project_id == credential.project_id))
+        .outerjoin(User, User.id == RoleAssignment.user_id)
+        .outerjoin(Project, Project.id == RoleAssignment.project_id)
+        .where(credential.digest == bindparam("digest"))
+    )
+
+
+# Built once: one statement per credential kind, only its digest changes.
+_TOKEN_QUERY = _who(Token)
+_APP_CREDENTIAL_QUERY = _who(ApplicationCredential)
+
+
+def _lookup(session: Session, key: str) -> tuple[Principal | None, datetime | None]:
+    """Who the secret with digest ``key`` is (None: nobody), and when it expires.
+
+    A token is tried first, then an application credential: one query each. Raises
+    Unauthorized ``token_expired`` for an expired one.
+    """
     now = utcnow()
-    token = session.scalar(select(Token).where(Token.digest == key))
-    if token is not None:
-        if token.expires_at <= now:
+    kind = "token"
+    row = session.execute(_TOKEN_QUERY, {"digest": key}).first()
+    if row is not None:
+        if row[1] <= now:
             raise Unauthorized("The token has expired; log in again.", code="token_expired")
-        user_id, project_id, kind, cred_id = token.user_id, token.project_id, "token", token.id
     else:
-        cred = session.scalar(
-            select(ApplicationCredential).where(ApplicationCredential.digest == key)
-        )
-        if cred is None:
-            return None
-        if cred.expires_at is not None and cred.expires_at <= now:
+        kind = "application_credential"
+        row = session.execute(_APP_CREDENTIAL_QUERY, {"digest": key}).first()
+        if row is None:
+            return None, None
+        if row[1] is not None and row[1] <= now:
             raise Unauthorized("The application credential has expired.", code="token_expired")
-        user_id, project_id = cred.user_id, cred.project_id
-        kind, cred_id = "application_credential", cred.id
-    row = session.execute(
-        select(User, Project, RoleAssignment.role)
-        .join(RoleAssignment, RoleAssignment.user_id == User.id)
-        .join(Project, Project.id == RoleAssignment.project_id)
-        .where(User.id == user_id, Project.id == project_id)
-    ).first()
-    if row is None or not row[0].enabled:
-        return None
-    user, project, role = row
-    return Principal(user.id, user.name, project.id, project.name, role, kind, cred_id)
+    cred_id, expires_at, user_id, user_name, enabled, project_id, project_name, role = row
+    if role is None or not enabled:
+        return None, None
+    return Principal(user_id, user_name, project_id, project_name, role, kind,
+                     cred_id), expires_at
+
+
+def _principal_for(session: Session, secret: str) -> Principal | None:
+    """Who ``secret`` is: from the process's short cache (``api.identity.auth_cache``) when
+    it answered within its TTL, else from the database. Raises Unauthorized
+    ``token_expired``."""
+    key = digest(secret)
+    cache = auth_cache.for_session(session)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            if hit.expires_at is not None and hit.expires_at <= utcnow():
+                raise Unauthorized("The token has expired; log in again."
+                                   if hit.value.credential == "token"
+                                   else "The application credential has expired.",
+                                   code="token_expired")
+            principal: Principal = hit.value
+            return principal
+    seen = auth_cache.epoch()
+    principal_or_none, expires_at = _lookup(session, key)
+    if cache is not None and principal_or_none is not None:
+        cache.put(key, principal_or_none, expires_at, seen)
+    return principal_or_none
 
 
 def get_principal(
@@ -125,7 +176,7 @@ def get_principal(
     return principal
 
 
-def require_writer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_writer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     """A member or admin; raises Forbidden for readers."""
     if not principal.can_write:
         raise Forbidden("The reader role cannot change anything.", code="read_only_role")

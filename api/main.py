@@ -37,6 +37,7 @@ from api.evacuation.routes import router as evacuation_router
 from api.flavors.routes import router as flavors_router
 from api.guest_metrics import routes as guest_metrics_routes
 from api.hosts.routes import router as hosts_router
+from api.identity import auth_cache
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
 from api.images.store import ImageStore
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    auth_cache.attach(engine, settings.auth_cache_seconds)
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.scaling_holder = scaling_lease.new_holder()
     install_error_handlers(app)

@@ -13,6 +13,12 @@
     loopback HTTP, token auth, quota, placement, events, commit) with the same 1,000-host
     pool, from 1 and 8 concurrent clients (each client its own project, as tenants are).
         /work/venv/bin/python bench/scheduler_bench.py --only e2e [--pg URL] [--api-processes 2]
+    ``--before TREE`` runs each setup first with the API code of another checkout (e.g.
+    ``git archive <commit> | tar -x -C TREE``), then with this one, each on a fresh pool, so
+    before and after are measured side by side in one run. ``--profile DIR`` runs the API
+    under ``bench/profiled_api.py`` and writes each scenario's cProfile (per-thread CPU time)
+    and SQL statement counts to DIR (the profiler slows the API down: rates from a profiled
+    run are not comparable).
 
 Prints one line per scenario; results go to docs/benchmarks.md by hand.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -200,23 +207,30 @@ def claim_scenario(label: str, url: str, settings: Settings, threads: int, count
 
 
 ADMIN_TOKEN = "mcac_bench-admin-token-0123456789abcdef"
+REPO = Path(__file__).resolve().parent.parent
 E2E_FLAVORS = ["tiny", "small", "medium", "large"]
 
 
-def start_api(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """One ``minicloud-api`` process on ``url``; returns it and its base URL."""
+def start_api(url: str, data_dir: Path, tree: Path = REPO,
+              profile: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """One ``minicloud-api`` process on ``url`` running the code in ``tree``; returns it and
+    its base URL. With ``profile`` it runs under ``bench/profiled_api.py`` (of this tree),
+    writing ``<profile>-<pid>.pstats`` / ``.sql`` when ``profile_window`` ends."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, MINICLOUD_DATABASE_URL=url, MINICLOUD_DATA_DIR=str(data_dir),
                MINICLOUD_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN, MINICLOUD_LOG_LEVEL="WARNING",
-               MINICLOUD_HOST_DOWN_AFTER_SECONDS="86400")
+               MINICLOUD_HOST_DOWN_AFTER_SECONDS="86400", PYTHONPATH=str(tree))
+    if profile is not None:
+        env["MINICLOUD_PROFILE_OUT"] = str(profile)
+        command = [sys.executable, str(REPO / "bench" / "profiled_api.py")]
+    else:
+        command = [sys.executable, "-c", "from api.server import run; run()"]
     log = open(data_dir / f"api-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from api.server import run; run()", "--host", "127.0.0.1",
-         "--port", str(port), "--no-migrate"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-        cwd=str(Path(__file__).resolve().parent.parent))
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tree))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -251,12 +265,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def load_average() -> str:
+    """The 1-minute load average now (the machine may be shared)."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
-                 pids: list[int] | None = None) -> None:
+                 pids: list[int] | None = None, profiling: bool = False) -> None:
     """(c) ``count`` creates through POST /v1/servers from ``clients`` concurrent clients.
 
-    With ``pids`` also reports the API processes' CPU time per create: on a shared machine
-    the wall clock measures the neighbours too.
+    Each client first makes one create that is not measured (the API process's first create
+    loads the host snapshot). With ``pids`` also reports the API processes' CPU time per
+    create: on a shared machine the wall clock measures the neighbours too. With
+    ``profiling`` the API processes (started under ``bench/profiled_api.py``) profile exactly
+    the measured creates.
     """
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with httpx.Client(base_url=bases[0], timeout=120) as http:
@@ -265,11 +287,11 @@ def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
     lock = threading.Lock()
     failures: list[str] = []
 
-    def client(k: int) -> None:
+    def client(k: int, creates: range) -> None:
         headers, image = tenants[k]
         # One connection per client, spread over the API processes, like separate users.
         with httpx.Client(base_url=bases[k % len(bases)], timeout=120) as http:
-            for i in range(k, count, clients):
+            for i in creates:
                 body = {"name": f"e2e-{i}", "flavor": E2E_FLAVORS[i % len(E2E_FLAVORS)],
                         "image": image}
                 t0 = time.perf_counter()
@@ -281,40 +303,70 @@ def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
                     else:
                         failures.append(f"{r.status_code} {r.text[:200]}")
 
+    with ThreadPoolExecutor(max_workers=clients) as pool:  # warm-up, not measured
+        list(pool.map(lambda k: client(k, range(k, k + 1)), range(clients)))
+    latencies.clear()
+    profile_window(pids or [], signal.SIGUSR1 if profiling else None)
     cpu0 = cpu_seconds(pids or [])
+    load = load_average()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(client, range(clients)))
+        list(pool.map(lambda k: client(k, range(k, count, clients)), range(clients)))
     wall = time.perf_counter() - start
     cpu = (cpu_seconds(pids or []) - cpu0) / max(1, len(latencies))
+    profile_window(pids or [], signal.SIGUSR2 if profiling else None)
     report(f"POST /v1/servers {label}, {clients} client(s)", latencies, wall,
            (f"api cpu={cpu * 1e3:.2f} ms/create " if pids else "")
+           + f"load={load}-{load_average()} "
            + f"failed={len(failures)}" + (f" first: {failures[0]}" if failures else ""))
 
 
+def profile_window(pids: list[int], sig: signal.Signals | None) -> None:
+    """Start (SIGUSR1) or end (SIGUSR2) the profiled window of ``bench/profiled_api.py``."""
+    if sig is None:
+        return
+    for pid in pids:
+        os.kill(pid, sig)
+    time.sleep(1.0 if sig == signal.SIGUSR2 else 0.2)  # the handler runs between requests
+
+
 def run_e2e(args: argparse.Namespace) -> None:
-    """(c) on SQLite (one API process), and on PostgreSQL when --pg is given."""
+    """(c) on SQLite (one API process), and on PostgreSQL when --pg is given; with
+    ``--before TREE`` each setup runs first with the API code of TREE, then with this tree's,
+    each on a fresh pool (side by side in one run)."""
     backends = [("sqlite", "sqlite", 1)] + (
         [("postgresql", args.pg, args.api_processes)] if args.pg else [])
+    trees = ([("before", Path(args.before).resolve())] if args.before else []) + [
+        ("after" if args.before else "", REPO)]
     for name, server, processes in backends:
-        os.environ["MINICLOUD_TEST_DATABASE_URL"] = server
-        with fresh_database(Path(tempfile.mkdtemp())) as url:
-            settings = build_pool(url, args.hosts)
-            procs = []
-            try:
-                bases = []
-                for _ in range(processes):
-                    proc, base = start_api(url, settings.data_dir)
-                    procs.append(proc)
-                    bases.append(base)
-                for clients in (1, 8):
-                    e2e_scenario(f"{name} {args.hosts} hosts, {processes} API process(es)",
-                                 bases, clients, args.placements, [p.pid for p in procs])
-            finally:
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:
-                    proc.wait(timeout=30)
+        for tag, tree in trees:
+            os.environ["MINICLOUD_TEST_DATABASE_URL"] = server
+            with fresh_database(Path(tempfile.mkdtemp())) as url:
+                settings = build_pool(url, args.hosts)
+                procs = []
+                try:
+                    bases = []
+                    outs = ([Path(args.profile).resolve() / f"{tag or 'tree'}-{name}-{i}"
+                             for i in range(processes)] if args.profile else [])
+                    for i in range(processes):
+                        proc, base = start_api(url, settings.data_dir, tree,
+                                               outs[i] if outs else None)
+                        procs.append(proc)
+                        bases.append(base)
+                    for clients in args.clients:
+                        e2e_scenario(f"{tag} {name} {args.hosts} hosts, {processes} API",
+                                     bases, clients, args.placements,
+                                     [p.pid for p in procs], profiling=bool(args.profile))
+                        for out in outs:  # keep each scenario's profile
+                            for ext in (".pstats", ".sql"):
+                                done = out.with_name(out.name + ext)
+                                if done.exists():
+                                    done.rename(out.with_name(f"{out.name}-{clients}c{ext}"))
+                finally:
+                    for proc in procs:
+                        proc.terminate()
+                    for proc in procs:
+                        proc.wait(timeout=30)
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {}
@@ -354,6 +406,14 @@ def main() -> None:
     parser.add_argument("--placements", type=int, default=400, help="claims per thread setup")
     parser.add_argument("--api-processes", type=int, default=2,
                         help="API processes for the PostgreSQL end-to-end run")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8],
+                        help="concurrent clients of the end-to-end runs")
+    parser.add_argument("--before", metavar="TREE",
+                        help="e2e: also run the API code of another checkout (e.g. a "
+                        "'git archive' of main), each setup side by side in one run")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="e2e: run the API under bench/profiled_api.py and write a "
+                        "cProfile and statement counts of each measured scenario to DIR")
     args = parser.parse_args()
     for name in args.only or list(SCENARIOS):
         SCENARIOS[name](args)

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
-from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from api.db import after_key
 from api.models import Flavor, FlavorAccess, Server
 
 
-def _visible_to(project_id: str | None) -> ColumnElement[bool]:
+def _visible_to(project_id: str | BindParameter[str] | None) -> ColumnElement[bool]:
     """Live flavors the project may see (``None``: every live flavor, for admins)."""
     live = Flavor.deleted_at.is_(None)
     if project_id is None:
@@ -40,10 +51,18 @@ def visible(session: Session, project_id: str | None, flavor_id: str) -> Flavor 
 
 def visible_by_ref(session: Session, project_id: str | None, ref: str) -> Flavor | None:
     """A visible flavor by id or name (an id wins over another flavor's equal name)."""
-    return session.scalars(
-        select(Flavor).where(_visible_to(project_id), or_(Flavor.id == ref, Flavor.name == ref))
-        .order_by((Flavor.id == ref).desc(), Flavor.id).limit(1)
-    ).first()
+    params = {"ref": ref} if project_id is None else {"ref": ref, "project_id": project_id}
+    return session.scalars(_by_ref_statement(project_id is None), params).first()
+
+
+@lru_cache(maxsize=2)
+def _by_ref_statement(every_project: bool) -> Select[Flavor]:
+    # Built once per scope (every server create resolves its flavor here): building the
+    # expression costs more than running it.
+    ref = bindparam("ref", type_=String())
+    visible_to = _visible_to(None if every_project else bindparam("project_id", type_=String()))
+    return (select(Flavor).where(visible_to, or_(Flavor.id == ref, Flavor.name == ref))
+            .order_by((Flavor.id == ref).desc(), Flavor.id).limit(1))
 
 
 def by_name(session: Session, name: str) -> Flavor | None:

@@ -14,7 +14,7 @@ from api.config import Settings
 from api.db import utcnow
 from api.deps import Principal
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthorized
-from api.identity import repository
+from api.identity import auth_cache, repository
 from api.models import (
     ApplicationCredential,
     Project,
@@ -138,6 +138,7 @@ def change_password(session: Session, principal: Principal, old: str, new: str,
         raise Forbidden("The current password is wrong.", code="wrong_password")
     user.password_hash = hash_password_bounded(new)
     repository.delete_tokens(session, user.id)
+    auth_cache.changed(session)
     _password_was_good(session, user.name, address)
     session.flush()
 
@@ -155,6 +156,7 @@ def set_user_enabled(session: Session, principal: Principal, user_id: str,
     if not enabled:
         repository.delete_tokens(session, user.id)
         repository.delete_app_credentials(session, user.id)
+        auth_cache.changed(session)
     session.flush()
     return user
 
@@ -177,6 +179,7 @@ def revoke_current(session: Session, principal: Principal) -> None:
     if token is not None:
         session.delete(token)
         session.flush()
+    auth_cache.changed(session)
 
 
 def create_project(session: Session, name: str, description: str = "") -> Project:
@@ -209,6 +212,7 @@ def delete_project(session: Session, principal: Principal, project_id: str) -> N
                                               Server.deleted_at.is_(None)).limit(1)):
         raise Conflict("The project still has servers.", code="project_not_empty")
     session.delete(project)
+    auth_cache.changed(session)
     session.flush()
 
 
@@ -250,6 +254,7 @@ def set_role(session: Session, project_id: str, user_id: str, role: str) -> Role
         session.add(assignment)
     else:
         assignment.role = role
+        auth_cache.changed(session)
     session.flush()
     return assignment
 
@@ -260,6 +265,7 @@ def remove_role(session: Session, project_id: str, user_id: str) -> None:
     if assignment is None:
         raise NotFound("The user has no role on that project.", code="role_not_found")
     session.delete(assignment)
+    auth_cache.changed(session)
     session.flush()
 
 
@@ -296,6 +302,7 @@ def delete_app_credential(session: Session, principal: Principal, cred_id: str) 
     if cred is None or cred.user_id != principal.user_id:
         raise NotFound(f"No application credential {cred_id}.", code="credential_not_found")
     session.delete(cred)
+    auth_cache.changed(session)
     session.flush()
 
 
@@ -351,6 +358,7 @@ def delete_user(session: Session, principal: Principal, user_id: str) -> None:
     if user.id == principal.user_id:
         raise Conflict("You cannot delete yourself.", code="user_in_use")
     session.delete(user)
+    auth_cache.changed(session)
     session.flush()
 
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from api.db import utcnow
@@ -16,7 +28,7 @@ from api.servers.states import DELETED as SERVER_DELETED
 DELETED = "deleted"
 
 
-def _visible_to(project_id: str | None) -> ColumnElement[bool]:
+def _visible_to(project_id: str | BindParameter[str] | None) -> ColumnElement[bool]:
     """Images the project may see (``None``: every image, for admins)."""
     live = Image.status != DELETED
     if project_id is None:
@@ -41,7 +53,16 @@ def list_visible(session: Session, project_id: str | None, *,
 
 def visible(session: Session, project_id: str | None, image_id: str) -> Image | None:
     """A visible image by id."""
-    return session.scalar(select(Image).where(_visible_to(project_id), Image.id == image_id))
+    params = {"image_id": image_id} if project_id is None else {
+        "image_id": image_id, "project_id": project_id}
+    return session.scalar(_by_id_statement(project_id is None), params)
+
+
+@lru_cache(maxsize=2)
+def _by_id_statement(every_project: bool) -> Select[Image]:
+    # Built once per scope (every server create resolves its image here).
+    visible_to = _visible_to(None if every_project else bindparam("project_id", type_=String()))
+    return select(Image).where(visible_to, Image.id == bindparam("image_id", type_=String()))
 
 
 def images_of_host_servers(session: Session, host_id: str) -> Sequence[Image]:

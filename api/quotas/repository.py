@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import BindParameter, ColumnElement, Select, String, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from api.models import Image, Project, Quota, Server
+from api.models.servers import IMAGE_QUOTA_RESOURCES
 from scheduler.resources import RESOURCE_CLASSES
 
 
@@ -17,12 +22,67 @@ def lock_project(session: Session, project_id: str) -> bool:
     PostgreSQL it takes the project's row lock. Either way a second create of the same project
     waits here until the first commits, then counts usage that includes the first's server.
     """
-    result = session.execute(
-        update(Project).where(Project.id == project_id)
-        .values(generation=Project.generation + 1)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_LOCK_PROJECT, {"project_id": project_id})
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+# Built once (only the parameters change): building statements costs more than running them.
+_LOCK_PROJECT = (update(Project).where(Project.id == bindparam("project_id"))
+                 .values(generation=Project.generation + 1)
+                 .execution_options(synchronize_session=False))
+
+
+def _server_usage_columns() -> list[ColumnElement[Any]]:
+    return [func.count(Server.id),
+            *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
+              for rc in RESOURCE_CLASSES)]
+
+
+@lru_cache(maxsize=32)
+def _usage_and_limits(resources: tuple[str, ...], images: bool) -> Select[Any]:
+    """The statement of ``usage_and_limits`` for these resources, built once."""
+    project_id: BindParameter[str] = bindparam("project_id", type_=String())
+    columns = _server_usage_columns()
+    live_images = (Image.project_id == project_id, Image.status != "deleted")
+    if images:
+        columns += [select(func.count(Image.id)).where(*live_images).scalar_subquery(),
+                    select(func.coalesce(func.sum(Image.size), 0)).where(*live_images)
+                    .scalar_subquery()]
+    columns += [select(Quota.limit).where(Quota.project_id == project_id,
+                                          Quota.resource == resource).scalar_subquery()
+                for resource in resources]
+    return select(*columns).where(Server.project_id == project_id,
+                                  Server.deleted_at.is_(None))
+
+
+def usage_and_limits(session: Session, project_id: str, resources: Sequence[str]
+                     ) -> tuple[dict[str, int], dict[str, int | None]]:
+    """What the project uses of ``resources`` and its stored limit of each (None: the
+    default applies), in one statement::
+
+        SELECT count(s.id), coalesce(sum(s.vcpus), 0), ...,          -- server resources
+               (SELECT count(i.id) ... FROM images i WHERE ...),      -- only if asked
+               (SELECT q."limit" FROM quotas q
+                 WHERE q.project_id = :p AND q.resource = 'instances'), ...
+          FROM servers s WHERE s.project_id = :p AND s.deleted_at IS NULL
+
+    Server usage is always counted (one aggregate over the project's servers); image usage
+    only when an image resource is asked for.
+    """
+    image_keys = [r for r in IMAGE_QUOTA_RESOURCES if r in resources]
+    row = session.execute(_usage_and_limits(tuple(resources), bool(image_keys)),
+                          {"project_id": project_id}).one()
+    n_server = 1 + len(RESOURCE_CLASSES)
+    used = {"instances": int(row[0]),
+            **{rc.quota_key: int(value) for rc, value in zip(RESOURCE_CLASSES, row[1:n_server],
+                                                               strict=True)}}
+    rest = list(row[n_server:])
+    if image_keys:
+        used.update(images=int(rest[0]), image_bytes=int(rest[1] or 0))
+        rest = rest[2:]
+    stored = {resource: None if value is None else int(value)
+              for resource, value in zip(resources, rest, strict=True)}
+    return used, stored
 
 
 def usage(session: Session, project_id: str) -> dict[str, int]:
@@ -30,11 +90,8 @@ def usage(session: Session, project_id: str) -> dict[str, int]:
     resource class, the sum of the server column that requests it, under its quota key; its
     images not deleted and their uploaded bytes."""
     row = session.execute(
-        select(
-            func.count(Server.id),
-            *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
-              for rc in RESOURCE_CLASSES),
-        ).where(Server.project_id == project_id, Server.deleted_at.is_(None))
+        select(*_server_usage_columns())
+        .where(Server.project_id == project_id, Server.deleted_at.is_(None))
     ).one()
     # Images not deleted (a tombstone's bytes are gone); only uploaded bytes have a size.
     images = session.execute(

@@ -59,15 +59,21 @@ def lock_and_check(session: Session, settings: Settings, project_id: str,
     """
     if not repository.lock_project(session, project_id):
         raise NotFound("No such project.", code="project_not_found")
-    used = repository.usage(session, project_id)
-    limit = limits(session, settings, project_id)
-    for resource in (*QUOTA_RESOURCES, *IMAGE_QUOTA_RESOURCES):
-        want = requested.get(resource, 0)
-        if want and used[resource] + want > limit[resource]:
+    # Only what is requested is checked: its usage and limits come in one statement.
+    wanted = [r for r in (*QUOTA_RESOURCES, *IMAGE_QUOTA_RESOURCES) if requested.get(r, 0)]
+    if not wanted:
+        return
+    used, stored = repository.usage_and_limits(session, project_id, wanted)
+    defaults = default_limits(settings)
+    for resource in wanted:
+        want = requested[resource]
+        stored_limit = stored[resource]
+        limit = defaults[resource] if stored_limit is None else stored_limit
+        if used[resource] + want > limit:
             raise QuotaExceeded(
                 f"Quota exceeded for {resource}: requested {want}, used {used[resource]}, "
-                f"limit {limit[resource]}.",
-                resource=resource, requested=want, used=used[resource], limit=limit[resource],
+                f"limit {limit}.",
+                resource=resource, requested=want, used=used[resource], limit=limit,
             )
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, event, func, select
 from sqlalchemy.orm import Session
@@ -99,8 +99,9 @@ class SnapshotCache:
     the copy was read at (plus the bumps of this process's own committed claims, applied to
     the copy by ``claimed``) and the heartbeats were read less than ``HEARTBEAT_REFRESH``
     seconds ago, nothing the filters look at changed and the copy is used as it is. Otherwise
-    it reads ``id, generation, last_heartbeat_at`` of every host (cheap) and re-reads in full
-    only the hosts whose generation moved, plus new ones.
+    it reads ``id, generation, last_heartbeat_at`` of every host (cheap; ``id, generation``
+    only while the heartbeats are not due, e.g. after another API process's claims) and
+    re-reads in full only the hosts whose generation moved, plus new ones.
 
     Every claim bumps its host's generation, and so must every other change of a host or its
     inventory that the filters look at (admin PATCH, agent inventory, enable/disable). A change
@@ -118,6 +119,7 @@ class SnapshotCache:
         self._lock = threading.Lock()
         self._hosts: dict[str, HostState] = {}
         self._ordered: list[HostState] = []
+        self._position: dict[str, int] = {}  # host id -> index in _ordered
         self._fingerprint: tuple[int, int] | None = None
         self._marks_at = 0.0
 
@@ -127,12 +129,20 @@ class SnapshotCache:
         fingerprint = (int(count), int(total or 0))
         refresh = min(self.HEARTBEAT_REFRESH, settings.host_down_after_seconds / 4)
         with self._lock:
-            if (fingerprint == self._fingerprint
-                    and time.monotonic() - self._marks_at < refresh):
+            heartbeats_due = time.monotonic() - self._marks_at >= refresh
+            if fingerprint == self._fingerprint and not heartbeats_due:
                 return _snapshot(self._ordered, settings)
             known = dict(self._hosts)
         marks_at = time.monotonic()
-        marks = session.execute(_MARKS).all()
+        marks: Sequence[tuple[str, int, Any]]
+        if heartbeats_due:
+            marks = cast(Sequence[tuple[str, int, Any]], session.execute(_MARKS).all())
+        else:
+            # Only generations moved (another process's claims, most often): the heartbeats
+            # are not due yet, so read the generations alone and keep the cached heartbeats,
+            # which are never newer than the real ones.
+            marks = [(hid, generation, _KEEP)
+                     for hid, generation in session.execute(_GENERATIONS)]
         stale = [hid for hid, generation, _ in marks
                  if (h := known.get(hid)) is None or h.generation != generation]
         if len(stale) * 2 > len(marks):
@@ -148,6 +158,9 @@ class SnapshotCache:
             if cached is None or cached.generation != generation:
                 complete = False
                 continue  # changed again between the two reads: absent from this snapshot
+            if heartbeat is _KEEP:
+                hosts.append(cached)
+                continue
             seen = heartbeat.timestamp() if heartbeat is not None else None
             if cached.last_heartbeat != seen:
                 # HostState objects are shared with concurrent readers: replace, never mutate.
@@ -156,10 +169,12 @@ class SnapshotCache:
         with self._lock:
             self._hosts = {h.id: h for h in hosts}
             self._ordered = hosts
+            self._position = {h.id: i for i, h in enumerate(hosts)}
             # The fingerprint was read before the marks: a change committed in between makes
             # the next load's fingerprint differ, so it reads again.
             self._fingerprint = fingerprint if complete else None
-            self._marks_at = marks_at
+            if heartbeats_due:
+                self._marks_at = marks_at
         return _snapshot(hosts, settings)
 
     def claimed(self, session: Session, host: HostState, resources: Mapping[str, int]) -> None:
@@ -183,7 +198,11 @@ class SnapshotCache:
                     rc: replace(inv, used=inv.used + resources.get(rc, 0))
                     for rc, inv in current.inventories.items()})
                 self._hosts[host.id] = updated
-                self._ordered = [updated if h.id == host.id else h for h in self._ordered]
+                # Snapshots handed out hold the old list: copy it (a C-level copy), then
+                # replace the one entry in place of a Python scan of every host.
+                ordered = list(self._ordered)
+                ordered[self._position[host.id]] = updated
+                self._ordered = ordered
                 count, total = self._fingerprint
                 self._fingerprint = (count, total + 1)
 
@@ -198,6 +217,8 @@ class SnapshotCache:
 
 _FINGERPRINT = select(func.count(), func.sum(Host.generation)).select_from(Host)
 _MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at).order_by(Host.id)
+_GENERATIONS = select(Host.id, Host.generation).order_by(Host.id)
+_KEEP = object()  # in place of a heartbeat: keep the cached one
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()
 

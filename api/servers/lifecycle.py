@@ -46,11 +46,13 @@ _EVENT_CLOCK = "server_event_clock"
 
 def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
                  result: str, message: str = "",
-                 details: dict[str, Any] | None = None) -> ServerEvent:
+                 details: dict[str, Any] | None = None, flush: bool = True) -> ServerEvent:
     """Append one event to the server's history, tagged with the current request id.
 
     ``result`` is ``accepted`` (a request that started a transition), ``success`` or ``error``
     (how a transition ended). Runs in the unit of work of the change it describes.
+    ``flush=False`` leaves the insert to the next flush, so events recorded together go in
+    one batched insert.
     """
     rid = request_id_var.get()
     # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
@@ -70,7 +72,8 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
         details=details or {}, created_at=at,
     )
     session.add(event)
-    session.flush()
+    if flush:
+        session.flush()
     return event
 
 
@@ -114,10 +117,17 @@ def _changed(session: Session, server: Server, old_status: str, at: datetime,
 # ---------------------------------------------------------------- user-driven transitions
 
 def placed(session: Session, server: Server, host_id: str, availability_zone: str) -> None:
-    """A new server got its host: SPAWNING there; its agent wakes; billing starts."""
+    """A new server, inserted by this unit of work, got its host: SPAWNING there; its agent
+    wakes; billing starts."""
     session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
-    swap(session, server, host_id=host_id, availability_zone=availability_zone,
-         task_state=states.SPAWNING)
+    # Nobody else can see the row before this unit of work commits, so no compare-and-swap
+    # (and no re-read) is needed: one plain UPDATE with the same values a swap would write.
+    server.host_id = host_id
+    server.availability_zone = availability_zone
+    server.task_state = states.SPAWNING
+    server.generation = server.generation + 1
+    server.updated_at = utcnow()
+    session.flush()
     notify_host(session, host_id)
     publish(session, Change("created", server, server.created_at, server.status))
 

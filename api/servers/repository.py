@@ -48,14 +48,29 @@ def list_servers(session: Session, *, project_id: str | None, status: str | None
     return session.scalars(query.order_by(Server.created_at, Server.id).limit(limit)).all()
 
 
-def names_by_id(session: Session, model: type[Flavor] | type[Image] | type[Host],
+_KNOWN_NAMES = "known_names"
+NamedModel = type[Flavor] | type[Image] | type[Host]
+
+
+def remember_name(session: Session, model: NamedModel, row_id: str, name: str) -> None:
+    """Note the name of a row this unit of work already read (a create's flavor, image and
+    host), so ``names_by_id`` answers it without a query."""
+    session.info.setdefault(_KNOWN_NAMES, {})[(model.__tablename__, row_id)] = name
+
+
+def names_by_id(session: Session, model: NamedModel,
                 ids: Iterable[str | None]) -> dict[str, str]:
-    """id -> name for the given rows of one table."""
+    """id -> name for the given rows of one table: the ones noted by ``remember_name`` from
+    memory, the others in one query."""
     wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    rows = session.execute(select(model.id, model.name).where(model.id.in_(wanted))).all()
-    return {row[0]: row[1] for row in rows}
+    known: dict[tuple[str, str], str] = session.info.get(_KNOWN_NAMES, {})
+    names = {i: known[(model.__tablename__, i)] for i in wanted
+             if (model.__tablename__, i) in known}
+    wanted.difference_update(names)
+    if wanted:
+        rows = session.execute(select(model.id, model.name).where(model.id.in_(wanted))).all()
+        names.update({row[0]: row[1] for row in rows})
+    return names
 
 
 def delete_allocations(session: Session, server_id: str) -> int:

@@ -101,8 +101,12 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin)
     # SPAWNING on its host; billing starts once the server exists for good (placed).
     lifecycle.placed(session, server, placed.host_id, placed.availability_zone)
+    # The answer shows these names: no need to read them again.
+    repository.remember_name(session, Flavor, flavor.id, flavor.name)
+    repository.remember_name(session, Image, image.id, image.name)
+    repository.remember_name(session, Host, placed.host_id, placed.host_name)
     record_event(session, server, "create", user_id=principal.user_id, result=ACCEPTED,
-                 details={"flavor": flavor.name, "image": image.id})
+                 details={"flavor": flavor.name, "image": image.id}, flush=False)
     record_event(session, server, "schedule", user_id=None, result=SUCCESS,
                  message=f"placed after {placed.attempts} attempt(s)",
                  details={"host_id": placed.host_id, "host": placed.host_name,

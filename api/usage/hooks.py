@@ -110,11 +110,13 @@ def follow(session: Session, server: Server, at: datetime, observed: str | None 
 
 
 def _record(session: Session, server: Server, kind: ledger.LedgerKind, at: datetime,
-            key: str, source: ledger.Source, reason: str | None = None) -> bool:
+            key: str, source: ledger.Source, reason: str | None = None,
+            new_server: bool = False) -> bool:
     entry = ledger.record(
         session, kind=kind, project_id=server.project_id, server_id=server.id,
         vcpus=server.vcpus, ram_mb=server.ram_mb, disk_gb=server.disk_gb, at=at,
-        idempotency_key=key, source=source, flavor_id=server.flavor_id, reason=reason)
+        idempotency_key=key, source=source, flavor_id=server.flavor_id, reason=reason,
+        new_server=new_server)
     return entry is not None
 
 
@@ -127,8 +129,9 @@ def on_change(session: Session, change: Change) -> bool:
     """
     server = change.server
     if change.kind == "created":
+        # Published once, by the unit of work that inserted the server (``lifecycle.placed``).
         return _record(session, server, "created", change.at, f"server:{server.id}:created",
-                       "api")
+                       "api", new_server=True)
     if change.kind == "resized":
         return _record(session, server, "resized", change.at,
                        f"server:{server.id}:resized:{change.at.isoformat()}"

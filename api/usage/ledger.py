@@ -21,7 +21,7 @@ from api.errors import InvalidInput
 from api.metrics import observe_ledger_write
 from api.models import LedgerEntry, UsagePiece, UsageServer
 from api.usage import repository
-from api.usage.rules import KINDS, epoch, from_epoch, pieces, state_after
+from api.usage.rules import KINDS, Entry, epoch, from_epoch, pieces, state_after
 
 Source = Literal["api", "agent"]
 LedgerKind = Literal[
@@ -61,8 +61,14 @@ def record(
     flavor_id: str | None = None,
     amount: Decimal | None = None,
     now: datetime | None = None,
+    new_server: bool = False,
 ) -> LedgerEntry | None:
     """Record one billable change; return it, or None if ``idempotency_key`` is known.
+
+    ``new_server`` says that the server row was inserted in this unit of work (its
+    ``created`` entry): nothing can be recorded for it yet, not even by a concurrent twin (its
+    id is new and uncommitted), so the idempotency look-up, the summary lock and the re-read of
+    its entries and pieces are skipped: 4 statements and a savepoint less on every create.
 
     A time outside the API's bounds (after ``now``, before the server's first entry, or inside
     a closed period) is clamped to the nearest bound, flagged ``clamped`` and the reported time
@@ -83,22 +89,38 @@ def record(
                                code="invalid_ledger_entry")
     elif server_id is None:
         raise InvalidInput("a server entry needs server_id", code="invalid_ledger_entry")
-    if repository.find_by_key(session, idempotency_key) is not None:
+    if new_server and (kind != "created" or server_id is None):
+        raise InvalidInput("only a created entry starts a new server",
+                           code="invalid_ledger_entry")
+    if not new_server and repository.find_by_key(session, idempotency_key) is not None:
         return None
     now = now or utcnow()
-    summary = repository.lock_server(session, server_id) if server_id and kind != "adjustment" \
-        else None
+    summary = repository.lock_server(session, server_id) \
+        if server_id and kind != "adjustment" and not new_server else None
     lower, upper = bounds(session, server_id if kind != "adjustment" else None, kind, now)
     at_s = epoch(at)
     clamped_s = min(max(at_s, lower), upper)
     clamped = clamped_s != at_s
-    entry = LedgerEntry(
+    values = dict(
         idempotency_key=idempotency_key, kind=kind, project_id=project_id, server_id=server_id,
         flavor_id=flavor_id, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
         at=from_epoch(clamped_s) if clamped else at, at_s=clamped_s,
         reported_at=at if clamped else None, clamped=clamped, source=source, reason=reason,
         admin_id=admin_id, amount=None if amount is None else str(amount), recorded_at=now,
     )
+    if new_server and server_id is not None:
+        # Core inserts (the ORM's flushes cost more than the statements), and no read back:
+        # this entry is the server's only one.
+        entry = LedgerEntry(seq=repository.insert_entry(session, values), **values)
+        entries = [Entry(entry.seq, entry.at_s, entry.kind, entry.vcpus, entry.ram_mb,
+                         entry.disk_gb, entry.flavor_id)]
+        repository.insert_pieces(session, project_id, server_id, pieces(entries))
+        repository.insert_summary(session, server_id=server_id, project_id=project_id,
+                                  first_s=entry.at_s, last_s=entry.at_s,
+                                  state=state_after(entries))
+        observe_ledger_write(kind)
+        return entry
+    entry = LedgerEntry(**values)
     try:
         # A savepoint: a concurrent twin with the same key loses here and changes nothing.
         with session.begin_nested():

@@ -64,7 +64,10 @@ def lock_server(session: Session, server_id: str) -> UsageServer | None:
 
 def latest_closed_end(session: Session) -> int | None:
     """End (epoch seconds) of the latest closed period, if any."""
-    return session.scalar(select(func.max(ClosedPeriod.end_s)))
+    return session.scalar(_LATEST_CLOSED_END)
+
+
+_LATEST_CLOSED_END = select(func.max(ClosedPeriod.end_s))  # built once: every create reads it
 
 
 def piece_rows(project_id: str, server_id: str, pieces: Sequence[Piece]) -> list[dict[str, Any]]:
@@ -106,6 +109,28 @@ def replace_pieces(session: Session, project_id: str, server_id: str,
     if wanted:
         # Core insert: one executemany, whatever columns are NULL.
         session.execute(insert(table), wanted)
+
+
+def insert_entry(session: Session, values: dict[str, Any]) -> int:
+    """Append one ledger entry (Core ``INSERT ... RETURNING seq``); returns its ``seq``."""
+    table = cast(Table, LedgerEntry.__table__)
+    return int(session.execute(insert(table).returning(table.c.seq), values).scalar_one())
+
+
+def insert_summary(session: Session, *, server_id: str, project_id: str, first_s: int,
+                   last_s: int, state: str) -> None:
+    """Store the summary row of a server that has none yet."""
+    session.execute(insert(cast(Table, UsageServer.__table__)),
+                    {"server_id": server_id, "project_id": project_id, "first_s": first_s,
+                     "last_s": last_s, "state": state})
+
+
+def insert_pieces(session: Session, project_id: str, server_id: str,
+                  pieces: Sequence[Piece]) -> None:
+    """Store the pieces of a server that has none yet (one executemany)."""
+    if pieces:
+        session.execute(insert(cast(Table, UsagePiece.__table__)),
+                        piece_rows(project_id, server_id, pieces))
 
 
 def _least(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:
