@@ -74,6 +74,25 @@ class Observation(_Model):
     seen_at: datetime
 
 
+class FailingServer(_Model):
+    """A server whose reconcile failed on its last attempt (retried with backoff)."""
+
+    server_id: str
+    message: str
+
+
+class LoopProgress(_Model):
+    """The reconcile loop's progress, carried by every heartbeat: passes completed since the
+    agent started, when the current pass started, when the last one ended, and the servers
+    failing (``failing_count`` of them; ``failing`` names the first few)."""
+
+    passes: int
+    pass_started_at: datetime | None = None
+    last_pass_at: datetime | None = None
+    failing_count: int = 0
+    failing: list[FailingServer] = []
+
+
 class HeartbeatResult(_Model):
     """What the API did with a heartbeat."""
 
@@ -305,12 +324,16 @@ class AgentClient:
             self._request("PUT", "/v1/agent/inventory", json=body).json())
 
     def heartbeat(self, observed: list[Observation] | None = None,
-                  foreign: dict[str, str] | None = None) -> HeartbeatResult:
-        """Say the host is alive, with the states it sees and (``foreign``: server id -> host
-        id) the other hosts' domains it quarantined; raises AgentApiError."""
+                  foreign: dict[str, str] | None = None,
+                  progress: LoopProgress | None = None) -> HeartbeatResult:
+        """Say the host is alive, with the states it sees, (``foreign``: server id -> host
+        id) the other hosts' domains it quarantined and its reconcile loop's ``progress``;
+        raises AgentApiError."""
         body: dict[str, Any] = {"observed": [o.model_dump(mode="json") for o in observed or []]}
         if foreign is not None:
             body["foreign"] = [{"server_id": s, "host_id": h} for s, h in sorted(foreign.items())]
+        if progress is not None:
+            body["progress"] = progress.model_dump(mode="json")
         return HeartbeatResult.model_validate(
             self._request("POST", "/v1/agent/heartbeat", json=body).json())
 
@@ -419,9 +442,11 @@ __all__ = [
     "DesiredServer",
     "DesiredState",
     "Enrollment",
+    "FailingServer",
     "HeartbeatResult",
     "InventoryItem",
     "InventoryResult",
+    "LoopProgress",
     "Observation",
     "ObservationResult",
 ]

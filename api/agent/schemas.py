@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN
-from api.hosts.schemas import AvailabilityZone, ForeignDomain, ResourceOut
+from api.hosts.schemas import AvailabilityZone, ForeignDomain, LoopProgress, ResourceOut
 from api.servers.states import Desired, Observed, OperationKind
 
 HostName = Annotated[
@@ -105,6 +105,8 @@ class HeartbeatIn(BaseModel):
     observed: list[ObservedItem] = Field(default_factory=list, max_length=10_000)
     # Domains of other hosts the agent quarantined; None (an older agent) keeps what is known.
     foreign: list[ForeignDomain] | None = Field(default=None, max_length=10_000)
+    # The reconcile loop's progress; None (an older agent) never makes the host degraded.
+    progress: LoopProgress | None = None
 
 
 class HeartbeatOut(BaseModel):
