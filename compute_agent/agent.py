@@ -36,6 +36,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -56,7 +57,13 @@ from compute_agent.client import (
     Operation,
     tls_verify,
 )
-from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
+from compute_agent.config import (
+    AgentSettings,
+    Credential,
+    load_credential,
+    new_host_secret,
+    save_credential,
+)
 from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
 from compute_agent.imagecache import ImageCache, ImageError, prepare_instance_files
 from compute_agent.metrics import AgentMetrics
@@ -151,7 +158,8 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
                                   libvirt_uri=settings.libvirt_uri, virt_type=virt_type,
                                   availability_zone=settings.availability_zone, verify=verify)
     cred = Credential(api_url=settings.api_url, host_id=enrolled.host_id,
-                      host_name=settings.name, credential=enrolled.credential)
+                      host_name=settings.name, credential=enrolled.credential,
+                      issued_at=_now())
     save_credential(settings.state_dir, cred)
     log.info("enrolled as host %s (%s)", settings.name, enrolled.host_id)
     return cred
@@ -165,6 +173,7 @@ class Agent:
     def __init__(self, settings: AgentSettings, credential: Credential, hypervisor: Hypervisor,
                  virt_type: VirtType, metrics: AgentMetrics | None = None) -> None:
         self.settings = settings
+        self.credential = replace(credential, issued_at=credential.issued_at or _now())
         self.hv = hypervisor
         self.virt_type = virt_type
         verify = tls_verify(settings.ca_bundle)
@@ -263,6 +272,7 @@ class Agent:
                 self.hv.ensure_network(self.settings.network_name)
             self._network_ready = True
         self.pass_started_at = _now()
+        self.rotate_credential()
         self.report_inventory()
         wait = self._poll_wait()
         state = self.client.desired_servers(since=self.cursor, wait=wait)
@@ -281,6 +291,65 @@ class Agent:
         return LoopProgress(passes=self.passes, pass_started_at=self.pass_started_at,
                             last_pass_at=self.last_pass_at, failing_count=len(self.failing),
                             failing=failing)
+
+    # -- credential rotation -----------------------------------------------------------------
+
+    def rotate_credential(self) -> None:
+        """Replace the host credential once it is ``credential_max_age`` old, or finish a
+        rotation a previous process started.
+
+        Crash-safe in this order: (1) a new secret is chosen here and written to the
+        credential file as ``pending`` (atomically, fsynced) before the API hears of it;
+        (2) the API is asked to make it the host's credential (the same request repeated
+        changes nothing); (3) the file is rewritten with it as the credential. Killed after
+        (1) the old credential still works and the next process sends the same pending one;
+        killed after (2) the old one is refused and the pending one, proven by repeating
+        (2) with it, is promoted. Nothing is lost at any point.
+
+        Raises:
+            AgentApiError: the API refuses both credentials or cannot be reached (the next
+                pass tries again).
+            OSError: the state directory cannot be written (the rotation does not start).
+        """
+        cred = self.credential
+        if cred.pending is None:
+            max_age = self.settings.credential_max_age
+            issued = cred.issued_at or _now()
+            if max_age is None or (_now() - issued).total_seconds() < max_age:
+                return
+            cred = replace(cred, pending=new_host_secret())
+            save_credential(self.settings.state_dir, cred)
+            self.credential = cred
+        self._send_rotation(cred)
+        self._promote(cred)
+
+    def _send_rotation(self, cred: Credential) -> None:
+        """Step (2) of ``rotate_credential``: the API takes ``cred.pending``.
+
+        Raises:
+            AgentApiError: neither credential is accepted, or the API is unreachable.
+        """
+        assert cred.pending is not None
+        try:
+            self.client.rotate_credential(cred.pending)
+        except AgentApiError as exc:
+            if exc.status != 401:
+                raise
+            # The API took the pending credential already (its answer was lost, or the last
+            # process died before promoting it): the same request made with it proves it.
+            with AgentClient(self.settings.api_url, cred.pending, retries=2,
+                             verify=tls_verify(self.settings.ca_bundle)) as probe:
+                probe.rotate_credential(cred.pending)
+
+    def _promote(self, cred: Credential) -> None:
+        """Step (3) of ``rotate_credential``: the pending credential becomes the credential."""
+        assert cred.pending is not None
+        promoted = replace(cred, credential=cred.pending, pending=None, issued_at=_now())
+        save_credential(self.settings.state_dir, promoted)
+        self.credential = promoted
+        self.client.set_credential(promoted.credential)
+        self._hb_client.set_credential(promoted.credential)
+        log.info("host credential rotated")
 
     def _poll_wait(self) -> float:
         if self.cursor is None:

@@ -323,6 +323,19 @@ class AgentClient:
         return InventoryResult.model_validate(
             self._request("PUT", "/v1/agent/inventory", json=body).json())
 
+    def set_credential(self, credential: str) -> None:
+        """Authenticate every later request with ``credential`` (after a rotation)."""
+        self._http.headers["Authorization"] = f"Bearer {credential}"
+
+    def rotate_credential(self, new_credential: str) -> Enrollment:
+        """Make ``new_credential`` (``config.new_host_secret``) the host's only credential;
+        raises AgentApiError (401 once the credential this client sends is no longer valid).
+
+        Repeating it with the same secret changes nothing, so it is retried like any call.
+        """
+        return Enrollment.model_validate(self._request(
+            "POST", "/v1/agent/credential", json={"credential": new_credential}).json())
+
     def heartbeat(self, observed: list[Observation] | None = None,
                   foreign: dict[str, str] | None = None,
                   progress: LoopProgress | None = None) -> HeartbeatResult:

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.agent import service
 from api.agent.schemas import (
     ConsoleOut,
+    CredentialIn,
     DesiredOut,
     EnrollIn,
     EnrollOut,
@@ -43,13 +44,16 @@ def enroll(body: EnrollIn, session: SessionDep) -> EnrollOut:
 
 
 @router.post("/credential", status_code=201, response_model=EnrollOut)
-def rotate_credential(host: CurrentHost, session: SessionDep) -> EnrollOut:
+def rotate_credential(host: CurrentHost, session: SessionDep,
+                      body: CredentialIn | None = None) -> EnrollOut:
     """Replace this host's credential; the answer holds the new one, the old one is dead.
 
-    The agent stores the new credential durably before it uses it: once this answer is
-    committed only the new credential works (an admin can issue another one if it is lost).
+    Without a body the API chooses the new credential. The agent sends one it chose and
+    stored first (``body.credential``), so a crash anywhere loses nothing: sent again, with
+    either credential, the request changes nothing more.
     """
-    _, credential = hosts_service.rotate_credential(session, host.host_id)
+    _, credential = hosts_service.rotate_credential(
+        session, host.host_id, body.credential if body is not None else None)
     return EnrollOut(host_id=host.host_id, credential=credential)
 
 

@@ -48,6 +48,15 @@ class EnrollIn(BaseModel):
     architecture: Architecture = "x86_64"
 
 
+class CredentialIn(BaseModel):
+    """The new credential an agent chose for itself (``mch_`` + 43 URL-safe characters, as
+    the API's own secrets are): sending it again changes nothing, so the agent can store it
+    before the request and retry or finish the rotation after a crash."""
+
+    model_config = STRICT
+    credential: str = Field(pattern=r"^mch_[A-Za-z0-9_-]{43}$")
+
+
 class EnrollOut(BaseModel):
     """The host's id and its credential (shown only here)."""
 

@@ -194,13 +194,15 @@ def delete_host(session: Session, host_id: str) -> None:
     session.flush()
 
 
-def rotate_credential(session: Session, host_id: str) -> tuple[Host, str]:
-    """Give the host a new credential; the old one is refused from this commit on.
+def rotate_credential(session: Session, host_id: str,
+                      secret: str | None = None) -> tuple[Host, str]:
+    """Give the host a new credential (``secret``, or a fresh one); the old one is refused
+    from this commit on.
 
-    Raises NotFound. The new secret is only known here: the caller shows it once.
+    Raises NotFound. A fresh secret is only known here: the caller shows it once.
     """
     host = get_host(session, host_id)
-    secret = new_secret(HOST_CREDENTIAL_PREFIX)
+    secret = secret or new_secret(HOST_CREDENTIAL_PREFIX)
     host.credential_digest = digest(secret)
     _wake_agent(host)
     session.flush()
