@@ -676,6 +676,7 @@ class Agent:
         except DomainNotFound:
             raise
         except HypervisorError as exc:
+            self.metrics.libvirt_errors.inc()
             raise BuildError(str(exc)) from exc
         self._booted.add(server_id)
 
@@ -684,6 +685,7 @@ class Agent:
         try:
             self.hv.define(spec, paths)
         except HypervisorError as exc:
+            self.metrics.libvirt_errors.inc()
             raise BuildError(str(exc)) from exc
         if start:
             self._start(server.server_id)
@@ -800,6 +802,7 @@ class Agent:
                 addresses = [Address(ip=a.address, mac=a.mac, network=a.network)
                              for a in self.hv.addresses(server.server_id)]
             except HypervisorError as exc:
+                self.metrics.libvirt_errors.inc()
                 log.info("addresses of %s: %s", server.server_id, exc)
         self._observe(server, state, operation_id=operation_id, addresses=addresses or None)
 
@@ -824,6 +827,7 @@ class Agent:
             try:
                 tail = self.hv.console_tail(sid, CONSOLE_BYTES)
             except HypervisorError:
+                self.metrics.libvirt_errors.inc()
                 continue
             digest = hashlib.sha256(tail.encode()).hexdigest()
             if digest != last_digest and tail:
