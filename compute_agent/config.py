@@ -124,9 +124,9 @@ def load_credential(state_dir: Path) -> Credential | None:
         return Credential(
             api_url=str(data["api_url"]), host_id=str(data["host_id"]),
             host_name=str(data["host_name"]), credential=str(data["credential"]),
-            # A file from before issued_at was kept: its age is the file's.
-            issued_at=(datetime.fromisoformat(issued) if issued else
-                       datetime.fromtimestamp(path.stat().st_mtime, UTC)),
+            # A file without issued_at (older, or written by hand): its age is the file's.
+            issued_at=(datetime.fromisoformat(issued) if issued else None if "issued_at" in data
+                       else datetime.fromtimestamp(path.stat().st_mtime, UTC)),
             pending=str(pending) if pending else None)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a minicloud credential file") from exc
@@ -147,7 +147,7 @@ def save_credential(state_dir: Path, cred: Credential) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump({"api_url": cred.api_url, "host_id": cred.host_id,
                        "host_name": cred.host_name, "credential": cred.credential,
-                       "issued_at": (cred.issued_at or datetime.now(UTC)).isoformat(),
+                       "issued_at": cred.issued_at.isoformat() if cred.issued_at else None,
                        "pending": cred.pending}, f)
             f.flush()
             os.fsync(f.fileno())
