@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api.agent import service
@@ -27,7 +27,7 @@ from api.config import Settings
 from api.db import SessionFactory, session_scope
 from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, SettingsDep
 from api.deps import get_host_principal as _host_of
-from api.errors import NotFound, Unauthorized
+from api.errors import InvalidInput, NotFound, Unauthorized
 from api.fields import PathId
 from api.hosts import service as hosts_service
 from api.metrics import waiting_long_poll
@@ -43,7 +43,16 @@ def enroll(body: EnrollIn, session: SessionDep) -> EnrollOut:
     return EnrollOut(host_id=host.id, credential=credential)
 
 
-@router.post("/credential", status_code=201, response_model=EnrollOut)
+async def _object_if_json(request: Request) -> None:
+    """The body may be left out, but one declared as JSON is an object: ``null`` or an
+    empty body is not "no body" (raises InvalidInput)."""
+    if "json" in request.headers.get("content-type", "") and \
+            (await request.body()).strip() in (b"", b"null"):
+        raise InvalidInput("The request body must be a JSON object.")
+
+
+@router.post("/credential", status_code=201, response_model=EnrollOut,
+             dependencies=[Depends(_object_if_json)])
 def rotate_credential(host: CurrentHost, session: SessionDep,
                       body: CredentialIn | None = None) -> EnrollOut:
     """Replace this host's credential; the answer holds the new one, the old one is dead.
