@@ -1,4 +1,5 @@
-"""Request-body caps, enforced before any route parses a body (413 ``payload_too_large``)."""
+"""Request-body caps, enforced before any route parses a body (413 ``payload_too_large``;
+under the OpenStack prefixes, 413 in that service's own error shape)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem_response
+from api.openstack.errors import PREFIXES as OPENSTACK_PREFIXES
+from api.openstack.errors import error_response as openstack_error
 
 # Routes that stream their body to disk under their own cap (``max_image_bytes``).
 _EXEMPT = re.compile(r"^(/v1/images|/image/v2/images|/ui/images)/[^/]+/file/?$")
@@ -63,10 +66,13 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            413, "payload_too_large", "Payload too large",
-            f"The request body is larger than {self.max_bytes} bytes.",
-            limit=self.max_bytes)
+        detail = f"The request body is larger than {self.max_bytes} bytes."
+        path: str = scope["path"]
+        # The middleware runs outside the exception handlers, so the OpenStack layer's
+        # renderer (api.openstack.errors) is called here for its paths.
+        response = (openstack_error(path, 413, detail) if path.startswith(OPENSTACK_PREFIXES)
+                    else problem_response(413, "payload_too_large", "Payload too large",
+                                          detail, limit=self.max_bytes))
         # Close the connection: the rest of the body is never read.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Compute hosts: a host is down after this long without a heartbeat.
     host_down_after_seconds: int = Field(default=60, gt=0)
     heartbeat_interval_seconds: int = Field(default=10, gt=0)
+    # A host whose heartbeats arrive but whose agent completed no reconcile pass for this long
+    # is degraded (no new placements). Keep it above the agent's long-poll bound plus its
+    # longest legitimate pass (a large image download).
+    host_degraded_after_seconds: int = Field(default=300, gt=0)
     # Transitions that make no progress this long end in ERROR (api.servers.timeouts):
     # BUILD; DELETING; REBOOT, resizing, pausing and unpausing (one "operation" limit).
     build_timeout_seconds: int = Field(default=600, gt=0)

@@ -37,11 +37,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -52,16 +55,25 @@ from compute_agent.client import (
     AgentApiError,
     AgentClient,
     DesiredServer,
+    FailingServer,
     InventoryItem,
+    LoopProgress,
     Observation,
     ObservedState,
     Operation,
     tls_verify,
 )
-from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
+from compute_agent.config import (
+    AgentSettings,
+    Credential,
+    load_credential,
+    new_host_secret,
+    save_credential,
+)
 from compute_agent.guest_stats import GuestStatsReporter, SimulatedLoad
 from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
 from compute_agent.imagecache import ImageCache, ImageError, prepare_instance_files
+from compute_agent.metrics import AgentMetrics
 from compute_agent.reconcile import Action, DomainState, SeenDomain, operation_key, plan
 from compute_agent.spec import (
     ImageFormat,
@@ -81,6 +93,16 @@ CONSOLE_HOT_SECONDS = 30.0
 STOP_POLL_SECONDS = 0.5
 OPERATIONS_FILE = "operations.json"
 MAX_BACKOFF = 10.0
+# A server whose reconcile failed is retried after this long, doubling up to the maximum.
+SERVER_RETRY_FIRST = 1.0
+SERVER_RETRY_MAX = 60.0
+# Failing servers named in a heartbeat (and the length of each message).
+FAILING_REPORTED = 50
+FAILING_MESSAGE_CHARS = 300
+
+
+# Control characters the API refuses in text (an exception message may carry any).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class BuildError(Exception):
@@ -143,7 +165,8 @@ def ensure_enrolled(settings: AgentSettings, virt_type: VirtType, *, token: str 
                                   libvirt_uri=settings.libvirt_uri, virt_type=virt_type,
                                   availability_zone=settings.availability_zone, verify=verify)
     cred = Credential(api_url=settings.api_url, host_id=enrolled.host_id,
-                      host_name=settings.name, credential=enrolled.credential)
+                      host_name=settings.name, credential=enrolled.credential,
+                      issued_at=_now())
     save_credential(settings.state_dir, cred)
     log.info("enrolled as host %s (%s)", settings.name, enrolled.host_id)
     return cred
@@ -155,8 +178,9 @@ class Agent:
     """One host's agent; ``run`` blocks until ``stop`` is called."""
 
     def __init__(self, settings: AgentSettings, credential: Credential, hypervisor: Hypervisor,
-                 virt_type: VirtType) -> None:
+                 virt_type: VirtType, metrics: AgentMetrics | None = None) -> None:
         self.settings = settings
+        self.credential = replace(credential, issued_at=credential.issued_at or _now())
         self.hv = hypervisor
         self.virt_type = virt_type
         verify = tls_verify(settings.ca_bundle)
@@ -189,6 +213,14 @@ class Agent:
         self._snapshot: list[Observation] = []
         self._snapshot_lock = threading.Lock()
         self.passes = 0
+        # Loop progress, sent with every heartbeat: when the current pass started, when the
+        # last one ended, and the servers whose reconcile failed (id -> why, retried with a
+        # per-server backoff: id -> (next attempt, delay)).
+        self.pass_started_at: datetime | None = None
+        self.last_pass_at: datetime | None = None
+        self.failing: dict[str, str] = {}
+        self._retry: dict[str, tuple[float, float]] = {}
+        self.metrics = metrics or AgentMetrics()
         self._host_arch: str | None = None
         self.host_id = credential.host_id
         # Domains whose metadata names another host: quarantined (never started, stopped,
@@ -235,6 +267,7 @@ class Agent:
                 self._stop.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
             except HypervisorError as exc:
+                self.metrics.libvirt_errors.inc()
                 log.warning("libvirt: %s; reconnecting in %.1fs", exc, delay)
                 if self._stop.wait(delay):
                     break
@@ -281,14 +314,87 @@ class Agent:
             if self.settings.network_name is not None:
                 self.hv.ensure_network(self.settings.network_name)
             self._network_ready = True
+        self.pass_started_at = _now()
+        self.rotate_credential()
         self.report_inventory()
         wait = self._poll_wait()
         state = self.client.desired_servers(since=self.cursor, wait=wait)
+        started = time.monotonic()
         self.reconcile(state.servers)
+        self.metrics.pass_seconds.observe(time.monotonic() - started)
         self.guest_stats.maybe_report({s.server_id: s for s in state.servers
                                        if s.desired == "running"})
         self.cursor = state.cursor
         self.passes += 1
+        self.last_pass_at = _now()
+
+    def progress(self) -> LoopProgress:
+        """The reconcile loop's progress, as heartbeats carry it."""
+        failing = [FailingServer(server_id=sid,
+                                 message=_CONTROL.sub(" ", msg)[:FAILING_MESSAGE_CHARS])
+                   for sid, msg in sorted(self.failing.items())[:FAILING_REPORTED]]
+        return LoopProgress(passes=self.passes, pass_started_at=self.pass_started_at,
+                            last_pass_at=self.last_pass_at, failing_count=len(self.failing),
+                            failing=failing)
+
+    # -- credential rotation -----------------------------------------------------------------
+
+    def rotate_credential(self) -> None:
+        """Replace the host credential once it is ``credential_max_age`` old, or finish a
+        rotation a previous process started.
+
+        Crash-safe in this order: (1) a new secret is chosen here and written to the
+        credential file as ``pending`` (atomically, fsynced) before the API hears of it;
+        (2) the API is asked to make it the host's credential (the same request repeated
+        changes nothing); (3) the file is rewritten with it as the credential. Killed after
+        (1) the old credential still works and the next process sends the same pending one;
+        killed after (2) the old one is refused and the pending one, proven by repeating
+        (2) with it, is promoted. Nothing is lost at any point.
+
+        Raises:
+            AgentApiError: the API refuses both credentials or cannot be reached (the next
+                pass tries again).
+            OSError: the state directory cannot be written (the rotation does not start).
+        """
+        cred = self.credential
+        if cred.pending is None:
+            max_age = self.settings.credential_max_age
+            issued = cred.issued_at or _now()
+            if max_age is None or (_now() - issued).total_seconds() < max_age:
+                return
+            cred = replace(cred, pending=new_host_secret())
+            save_credential(self.settings.state_dir, cred)
+            self.credential = cred
+        self._send_rotation(cred)
+        self._promote(cred)
+
+    def _send_rotation(self, cred: Credential) -> None:
+        """Step (2) of ``rotate_credential``: the API takes ``cred.pending``.
+
+        Raises:
+            AgentApiError: neither credential is accepted, or the API is unreachable.
+        """
+        assert cred.pending is not None
+        try:
+            self.client.rotate_credential(cred.pending)
+        except AgentApiError as exc:
+            if exc.status != 401:
+                raise
+            # The API took the pending credential already (its answer was lost, or the last
+            # process died before promoting it): the same request made with it proves it.
+            with AgentClient(self.settings.api_url, cred.pending, retries=2,
+                             verify=tls_verify(self.settings.ca_bundle)) as probe:
+                probe.rotate_credential(cred.pending)
+
+    def _promote(self, cred: Credential) -> None:
+        """Step (3) of ``rotate_credential``: the pending credential becomes the credential."""
+        assert cred.pending is not None
+        promoted = replace(cred, credential=cred.pending, pending=None, issued_at=_now())
+        save_credential(self.settings.state_dir, promoted)
+        self.credential = promoted
+        self.client.set_credential(promoted.credential)
+        self._hb_client.set_credential(promoted.credential)
+        log.info("host credential rotated")
 
     def _poll_wait(self) -> float:
         if self.cursor is None:
@@ -347,7 +453,7 @@ class Agent:
             with self._snapshot_lock:
                 observed = list(self._snapshot)
             try:
-                self._hb_client.heartbeat(observed, dict(self.foreign))
+                self._hb_client.heartbeat(observed, dict(self.foreign), self.progress())
                 delay = 0.5
                 self._stop.wait(self.settings.heartbeat_interval)
             except Exception as exc:  # API down, or a bug: keep beating either way
@@ -398,27 +504,76 @@ class Agent:
         # Forget stop deadlines of domains that went off (or are no longer to be stopped).
         stopping = {a.server_id for a in actions if a.kind == "stop"}
         self._stopping = {k: v for k, v in self._stopping.items() if k in stopping}
-        failed: set[str] = set()
+        # One server's trouble never starves the others: whatever one server's step raises
+        # (a 5xx image download, a libvirt refusal, a bug) is contained to that server, kept
+        # in ``failing`` (sent with the heartbeats) and retried after a per-server backoff.
+        now = time.monotonic()
+        waiting = {sid for sid, (at, _) in self._retry.items() if at > now}
+        failed: dict[str, str] = {}
         for action in actions:
-            if action.server_id in failed:
+            sid = action.server_id
+            # A removal is never held back: a user deleting a failing server waits for nothing.
+            if sid in failed or (sid in waiting and action.kind not in ("remove", "clean_files")):
                 continue
             try:
                 self._execute(action)
             except BuildError as exc:
-                failed.add(action.server_id)
-                log.error("server %s: %s", action.server_id, exc)
+                log.error("server %s: %s", sid, exc)
+                failed[sid] = str(exc)
                 if action.server is not None:
-                    self._observe(action.server, "error", message=str(exc))
-            except (HypervisorError, OSError, SpecError) as exc:
-                # One server's trouble must not starve the others; the next pass retries it.
-                failed.add(action.server_id)
-                log.warning("%s %s failed: %s", action.kind, action.server_id, exc)
+                    self._contain(sid, failed, partial(self._observe, action.server, "error",
+                                                       message=str(exc)))
+            except Exception as exc:  # contained to this server, see above
+                self._failed(sid, failed, f"{action.kind}: {exc}", exc)
         for server in desired:
-            if server.server_id not in failed and server.desired != "absent":
-                self._report(server)
+            sid = server.server_id
+            if sid not in failed and sid not in waiting and server.desired != "absent":
+                self._contain(sid, failed, partial(self._report, server))
+        self._settle_failures(failed, waiting, {d.server_id for d in desired}
+                              | {a.server_id for a in actions})
         self._take_snapshot()
         self._ship_consoles(desired)
         self._evict_images(desired)
+
+    def _failed(self, server_id: str, failed: dict[str, str], message: str,
+                exc: Exception) -> None:
+        """Record one server's failure; an unreachable API is no server's fault and ends the
+        pass (raised again)."""
+        if isinstance(exc, AgentApiError) and exc.code == "unreachable":
+            raise exc
+        if isinstance(exc, HypervisorError):
+            self.metrics.libvirt_errors.inc()
+        if isinstance(exc, (AgentApiError, HypervisorError, OSError, SpecError)):
+            log.warning("server %s: %s", server_id, message)
+        else:
+            log.exception("server %s: %s", server_id, message)
+        failed[server_id] = message
+
+    def _contain(self, server_id: str, failed: dict[str, str],
+                 step: Callable[[], None]) -> None:
+        """Run one server's ``step``, containing what it raises to that server."""
+        try:
+            step()
+        except Exception as exc:  # contained to this server
+            self._failed(server_id, failed, str(exc), exc)
+
+    def _settle_failures(self, failed: dict[str, str], waiting: set[str],
+                         known: set[str]) -> None:
+        """Back off the servers that failed this pass; forget those that went through (or
+        that the API no longer lists)."""
+        now = time.monotonic()
+        for sid, message in failed.items():
+            _, delay = self._retry.get(sid, (0.0, SERVER_RETRY_FIRST / 2))
+            delay = min(delay * 2, SERVER_RETRY_MAX)
+            self._retry[sid] = (now + delay, delay)
+            self.failing[sid] = message
+        for sid in list(self._retry):
+            if sid not in failed and (sid not in waiting or sid not in known):
+                del self._retry[sid]
+                self.failing.pop(sid, None)
+        for sid in list(self.failing):
+            if sid not in self._retry:
+                del self.failing[sid]
 
     def _evict_images(self, desired: list[DesiredServer]) -> None:
         """Trim the image cache to its configured size, keeping every image in use here.
@@ -569,6 +724,7 @@ class Agent:
         except DomainNotFound:
             raise
         except HypervisorError as exc:
+            self.metrics.libvirt_errors.inc()
             raise BuildError(str(exc)) from exc
         self._booted.add(server_id)
 
@@ -577,6 +733,7 @@ class Agent:
         try:
             self.hv.define(spec, paths)
         except HypervisorError as exc:
+            self.metrics.libvirt_errors.inc()
             raise BuildError(str(exc)) from exc
         if start:
             self._start(server.server_id)
@@ -693,6 +850,7 @@ class Agent:
                 addresses = [Address(ip=a.address, mac=a.mac, network=a.network)
                              for a in self.hv.addresses(server.server_id)]
             except HypervisorError as exc:
+                self.metrics.libvirt_errors.inc()
                 log.info("addresses of %s: %s", server.server_id, exc)
         self._observe(server, state, operation_id=operation_id, addresses=addresses or None)
 
@@ -717,6 +875,7 @@ class Agent:
             try:
                 tail = self.hv.console_tail(sid, CONSOLE_BYTES)
             except HypervisorError:
+                self.metrics.libvirt_errors.inc()
                 continue
             digest = hashlib.sha256(tail.encode()).hexdigest()
             if digest != last_digest and tail:
@@ -724,6 +883,9 @@ class Agent:
                 try:
                     self.client.put_console(sid, tail.encode())
                 except AgentApiError as exc:
-                    if exc.status != 404:
+                    if exc.code == "unreachable":
                         raise
+                    if exc.status != 404:  # one console refused must not stop the others
+                        log.warning("console of %s: %s", sid, exc)
+                        continue
             self._console_sent[sid] = (now, digest)

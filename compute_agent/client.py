@@ -96,6 +96,25 @@ class GuestSamplesResult(_Model):
     ignored: list[str]
 
 
+class FailingServer(_Model):
+    """A server whose reconcile failed on its last attempt (retried with backoff)."""
+
+    server_id: str
+    message: str
+
+
+class LoopProgress(_Model):
+    """The reconcile loop's progress, carried by every heartbeat: passes completed since the
+    agent started, when the current pass started, when the last one ended, and the servers
+    failing (``failing_count`` of them; ``failing`` names the first few)."""
+
+    passes: int
+    pass_started_at: datetime | None = None
+    last_pass_at: datetime | None = None
+    failing_count: int = 0
+    failing: list[FailingServer] = []
+
+
 class HeartbeatResult(_Model):
     """What the API did with a heartbeat."""
 
@@ -337,13 +356,30 @@ class AgentClient:
         return InventoryResult.model_validate(
             self._request("PUT", "/v1/agent/inventory", json=body).json())
 
+    def set_credential(self, credential: str) -> None:
+        """Authenticate every later request with ``credential`` (after a rotation)."""
+        self._http.headers["Authorization"] = f"Bearer {credential}"
+
+    def rotate_credential(self, new_credential: str) -> Enrollment:
+        """Make ``new_credential`` (``config.new_host_secret``) the host's only credential;
+        raises AgentApiError (401 once the credential this client sends is no longer valid).
+
+        Repeating it with the same secret changes nothing, so it is retried like any call.
+        """
+        return Enrollment.model_validate(self._request(
+            "POST", "/v1/agent/credential", json={"credential": new_credential}).json())
+
     def heartbeat(self, observed: list[Observation] | None = None,
-                  foreign: dict[str, str] | None = None) -> HeartbeatResult:
-        """Say the host is alive, with the states it sees and (``foreign``: server id -> host
-        id) the other hosts' domains it quarantined; raises AgentApiError."""
+                  foreign: dict[str, str] | None = None,
+                  progress: LoopProgress | None = None) -> HeartbeatResult:
+        """Say the host is alive, with the states it sees, (``foreign``: server id -> host
+        id) the other hosts' domains it quarantined and its reconcile loop's ``progress``;
+        raises AgentApiError."""
         body: dict[str, Any] = {"observed": [o.model_dump(mode="json") for o in observed or []]}
         if foreign is not None:
             body["foreign"] = [{"server_id": s, "host_id": h} for s, h in sorted(foreign.items())]
+        if progress is not None:
+            body["progress"] = progress.model_dump(mode="json")
         return HeartbeatResult.model_validate(
             self._request("POST", "/v1/agent/heartbeat", json=body).json())
 
@@ -469,10 +505,12 @@ __all__ = [
     "DesiredServer",
     "DesiredState",
     "Enrollment",
+    "FailingServer",
     "FenceReport",
     "HeartbeatResult",
     "InventoryItem",
     "InventoryResult",
+    "LoopProgress",
     "Observation",
     "ObservationResult",
 ]

@@ -2,7 +2,9 @@
 host credential kept in the state directory.
 
 The credential file is written with mode 0600 by an atomic rename, so a crash never leaves a
-half-written or world-readable secret behind.
+half-written or world-readable secret behind. During a rotation it also holds the next
+credential (``pending``), written before the API hears of it, so a crash at any point of the
+rotation leaves a file with a credential the API accepts (see ``Agent.rotate_credential``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -80,6 +84,8 @@ class AgentSettings(BaseSettings):
     # Test-only: a JSON file {server name or id: CPU load %} whose load is added to the
     # servers' CPU time (compute_agent.guest_stats.SimulatedLoad; docs/operations.md).
     simulated_load_file: Path | None = None
+    # The agent rotates its host credential once it is this many seconds old; None: never.
+    credential_max_age: float | None = Field(default=None, gt=0)
 
     @property
     def network_name(self) -> str | None:
@@ -89,12 +95,26 @@ class AgentSettings(BaseSettings):
 
 @dataclass(frozen=True)
 class Credential:
-    """The host identity an enrollment produced."""
+    """The host identity an enrollment produced.
+
+    ``issued_at``: when ``credential`` was obtained (enrollment or rotation; None: unknown).
+    ``pending``: the next credential of a rotation in progress, stored before it is sent.
+    """
 
     api_url: str
     host_id: str
     host_name: str
     credential: str
+    issued_at: datetime | None = None
+    pending: str | None = None
+
+
+HOST_CREDENTIAL_PREFIX = "mch_"
+
+
+def new_host_secret() -> str:
+    """A fresh host credential in the API's format (``mch_`` + 43 URL-safe characters)."""
+    return HOST_CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
 
 
 def credential_path(state_dir: Path) -> Path:
@@ -114,9 +134,16 @@ def load_credential(state_dir: Path) -> Credential | None:
     except FileNotFoundError:
         return None
     try:
-        return Credential(api_url=str(data["api_url"]), host_id=str(data["host_id"]),
-                          host_name=str(data["host_name"]), credential=str(data["credential"]))
-    except (KeyError, TypeError) as exc:
+        issued = data.get("issued_at")
+        pending = data.get("pending")
+        return Credential(
+            api_url=str(data["api_url"]), host_id=str(data["host_id"]),
+            host_name=str(data["host_name"]), credential=str(data["credential"]),
+            # A file without issued_at (older, or written by hand): its age is the file's.
+            issued_at=(datetime.fromisoformat(issued) if issued else None if "issued_at" in data
+                       else datetime.fromtimestamp(path.stat().st_mtime, UTC)),
+            pending=str(pending) if pending else None)
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a minicloud credential file") from exc
 
 
@@ -134,7 +161,9 @@ def save_credential(state_dir: Path, cred: Credential) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump({"api_url": cred.api_url, "host_id": cred.host_id,
-                       "host_name": cred.host_name, "credential": cred.credential}, f)
+                       "host_name": cred.host_name, "credential": cred.credential,
+                       "issued_at": cred.issued_at.isoformat() if cred.issued_at else None,
+                       "pending": cred.pending}, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)

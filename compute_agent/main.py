@@ -25,6 +25,7 @@ from compute_agent.agent import Agent, ensure_enrolled
 from compute_agent.client import AgentApiError
 from compute_agent.config import AgentSettings, resolve_virt_type
 from compute_agent.hypervisor import Hypervisor, HypervisorError, write_test_node_xml
+from compute_agent.metrics import AgentMetrics
 from compute_agent.metrics import serve as serve_metrics
 from compute_agent.simulate import DEFAULT_SIZES, parse_size, start_simulated, stop_simulated
 
@@ -132,7 +133,8 @@ def run(argv: list[str] | None = None) -> None:
     # One line per HTTP request (every long-poll) drowns what the agent does.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = settings_from(args)
-    serve_metrics(settings)  # only with MINICLOUD_AGENT_METRICS_PORT
+    metrics = AgentMetrics()
+    serve_metrics(settings, metrics)  # only with MINICLOUD_AGENT_METRICS_PORT
     stop = threading.Event()
     _on_signal(stop)
     try:
@@ -158,7 +160,7 @@ def run(argv: list[str] | None = None) -> None:
     except (AgentApiError, HypervisorError, ValueError, OSError) as exc:
         log.error("%s", exc)
         sys.exit(2)
-    agent = Agent(settings, cred, hv, virt_type)
+    agent = Agent(settings, cred, hv, virt_type, metrics)
     log.info("agent %s (%s, virt type %s) serving %s", settings.name, settings.libvirt_uri,
              virt_type, settings.api_url)
     worker = threading.Thread(target=agent.run, name="reconcile", daemon=True)

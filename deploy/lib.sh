@@ -75,10 +75,28 @@ ensure_postgresql() {
   fi
 }
 
+# Without a D-Bus system bus (no systemd: containers, some CI machines) libvirtd cannot ask
+# polkit, and its default polkit authentication then refuses every non-root client, the
+# agent's user minicloud-agent included. Before such a libvirtd starts, let the members of
+# group libvirt in through the socket's group and mode instead (what polkit's rule
+# 60-libvirt.rules grants on systemd machines).
+libvirt_group_access() {
+  local conf=/etc/libvirt/libvirtd.conf
+  [ -S /run/dbus/system_bus_socket ] && return 0
+  getent group libvirt >/dev/null || return 0
+  grep -q '^# minicloud: group access' "$conf" 2>/dev/null && return 0
+  as_root tee -a "$conf" >/dev/null <<'CONF'
+# minicloud: group access without polkit (no D-Bus system bus), see deploy/lib.sh
+unix_sock_group = "libvirt"
+unix_sock_rw_perms = "0770"
+auth_unix_rw = "none"
+CONF
+}
+
 ensure_libvirtd() {
   if ! virsh -c qemu:///system version >/dev/null 2>&1; then
     pgrep -x virtlogd >/dev/null || as_root virtlogd -d
-    pgrep -x libvirtd >/dev/null || as_root libvirtd -d
+    pgrep -x libvirtd >/dev/null || { libvirt_group_access; as_root libvirtd -d; }
     for _ in $(seq 30); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done
   fi
   virsh -c qemu:///system version >/dev/null 2>&1

@@ -27,6 +27,7 @@ IMAGE_MIN_RAM = "image_min_ram"
 IMAGE_MIN_DISK = "image_min_disk"
 ARCHITECTURE = "architecture"
 AGGREGATE = "aggregate"
+DEGRADED = "degraded"
 
 
 def not_enough(resource_class: str) -> str:
@@ -109,6 +110,9 @@ class HostState:
     aggregates: Mapping[str, object] = field(default_factory=dict)
     # Seconds since the epoch of the last heartbeat, or None if never seen.
     last_heartbeat: float | None = None
+    # Seconds since the epoch when the agent's reconcile loop last completed a pass (as the
+    # API saw its pass count move), or None if the agent never reported its progress.
+    last_progress: float | None = None
     generation: int = 0
     inventories: dict[str, InventoryState] = field(default_factory=dict)
     # Derived from ``inventories`` by ``refresh()``: the free capacity per resource class
@@ -170,6 +174,7 @@ class Snapshot:
     hosts: list[HostState]
     now: float
     host_down_after_seconds: float = 60.0
+    host_degraded_after_seconds: float = 300.0
 
 
 # A prepared per-host check: returns a reason code to refuse the host, None to keep it.

@@ -16,6 +16,7 @@ from typing import Any
 from scheduler.filters.aggregates import AggregatesFilter
 from scheduler.filters.availability_zone import AvailabilityZoneFilter
 from scheduler.filters.image import ImageFilter
+from scheduler.filters.progress import HostProgressFilter
 from scheduler.filters.resources import ResourcesFilter
 from scheduler.filters.server_group import ServerGroupFilter
 from scheduler.filters.status import HostStatusFilter
@@ -25,11 +26,12 @@ from scheduler.weighers.server_group import SoftAffinityWeigher, SoftAntiAffinit
 
 FILTERS: tuple[Filter, ...] = (
     HostStatusFilter(),        # 1. two attribute reads: drops disabled and silent hosts early
-    ResourcesFilter(),         # 2. the fit rule for each requested resource class
-    AvailabilityZoneFilter(),  # 3. one string compare, only when a zone is requested
-    ServerGroupFilter(),       # 4. hard affinity / anti-affinity, only for such groups
-    ImageFilter(),             # 5. image minimums and CPU architecture
-    AggregatesFilter(),        # 6. flavor extra_specs vs host tags: a dict walk, so last
+    HostProgressFilter(),      # 2. one compare: drops hosts whose agent loop is stuck
+    ResourcesFilter(),         # 3. the fit rule for each requested resource class
+    AvailabilityZoneFilter(),  # 4. one string compare, only when a zone is requested
+    ServerGroupFilter(),       # 5. hard affinity / anti-affinity, only for such groups
+    ImageFilter(),             # 6. image minimums and CPU architecture
+    AggregatesFilter(),        # 7. flavor extra_specs vs host tags: a dict walk, so last
 )
 
 WEIGHERS: tuple[Weigher, ...] = (

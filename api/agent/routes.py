@@ -6,12 +6,13 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api.agent import service
 from api.agent.schemas import (
     ConsoleOut,
+    CredentialIn,
     DesiredOut,
     EnrollIn,
     EnrollOut,
@@ -26,7 +27,7 @@ from api.config import Settings
 from api.db import SessionFactory, session_scope
 from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, SettingsDep
 from api.deps import get_host_principal as _host_of
-from api.errors import NotFound, Unauthorized
+from api.errors import InvalidInput, NotFound, Unauthorized
 from api.fields import PathId
 from api.hosts import service as hosts_service
 from api.metrics import waiting_long_poll
@@ -42,14 +43,26 @@ def enroll(body: EnrollIn, session: SessionDep) -> EnrollOut:
     return EnrollOut(host_id=host.id, credential=credential)
 
 
-@router.post("/credential", status_code=201, response_model=EnrollOut)
-def rotate_credential(host: CurrentHost, session: SessionDep) -> EnrollOut:
+async def _object_if_json(request: Request) -> None:
+    """The body may be left out, but one declared as JSON is an object: ``null`` or an
+    empty body is not "no body" (raises InvalidInput)."""
+    if "json" in request.headers.get("content-type", "") and \
+            (await request.body()).strip() in (b"", b"null"):
+        raise InvalidInput("The request body must be a JSON object.")
+
+
+@router.post("/credential", status_code=201, response_model=EnrollOut,
+             dependencies=[Depends(_object_if_json)])
+def rotate_credential(host: CurrentHost, session: SessionDep,
+                      body: CredentialIn | None = None) -> EnrollOut:
     """Replace this host's credential; the answer holds the new one, the old one is dead.
 
-    The agent stores the new credential durably before it uses it: once this answer is
-    committed only the new credential works (an admin can issue another one if it is lost).
+    Without a body the API chooses the new credential. The agent sends one it chose and
+    stored first (``body.credential``), so a crash anywhere loses nothing: sent again, with
+    either credential, the request changes nothing more.
     """
-    _, credential = hosts_service.rotate_credential(session, host.host_id)
+    _, credential = hosts_service.rotate_credential(
+        session, host.host_id, body.credential if body is not None else None)
     return EnrollOut(host_id=host.host_id, credential=credential)
 
 
@@ -64,7 +77,8 @@ def put_inventory(body: InventoryIn, host: CurrentHost, session: SessionDep,
 def heartbeat(body: HeartbeatIn, host: CurrentHost, session: SessionDep,
               settings: SettingsDep) -> HeartbeatOut:
     """I am alive, and this is what I see."""
-    result = service.heartbeat(session, settings, host.host_id, body.observed, body.foreign)
+    result = service.heartbeat(session, settings, host.host_id, body.observed, body.foreign,
+                               body.progress)
     assert result.host.last_heartbeat_at is not None
     return HeartbeatOut(host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
                         applied=result.applied, ignored=result.ignored,

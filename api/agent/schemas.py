@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, TOKEN_PATTERN
-from api.hosts.schemas import AvailabilityZone, ForeignDomain, ResourceOut
+from api.hosts.schemas import AvailabilityZone, ForeignDomain, LoopProgress, ResourceOut
 from api.servers.states import Desired, Observed, OperationKind
 
 HostName = Annotated[
@@ -46,6 +46,15 @@ class EnrollIn(BaseModel):
     libvirt_uri: LibvirtUri
     virt_type: Literal["kvm", "qemu"]
     architecture: Architecture = "x86_64"
+
+
+class CredentialIn(BaseModel):
+    """The new credential an agent chose for itself (``mch_`` + 43 URL-safe characters, as
+    the API's own secrets are): sending it again changes nothing, so the agent can store it
+    before the request and retry or finish the rotation after a crash."""
+
+    model_config = STRICT
+    credential: str = Field(pattern=r"^mch_[A-Za-z0-9_-]{43}$")
 
 
 class EnrollOut(BaseModel):
@@ -105,6 +114,8 @@ class HeartbeatIn(BaseModel):
     observed: list[ObservedItem] = Field(default_factory=list, max_length=10_000)
     # Domains of other hosts the agent quarantined; None (an older agent) keeps what is known.
     foreign: list[ForeignDomain] | None = Field(default=None, max_length=10_000)
+    # The reconcile loop's progress; None (an older agent) never makes the host degraded.
+    progress: LoopProgress | None = None
 
 
 class HeartbeatOut(BaseModel):

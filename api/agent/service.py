@@ -46,7 +46,7 @@ from api.errors import Conflict, NotFound, Unauthorized
 from api.evacuation.service import require_fenced
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
-from api.hosts.schemas import ForeignDomain
+from api.hosts.schemas import ForeignDomain, LoopProgress
 from api.models import AgentObservation, Host, Image, Inventory, Server
 from api.models.compute import RESOURCE_CLASSES
 from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
@@ -143,16 +143,20 @@ class HeartbeatResult:
 
 def heartbeat(session: Session, settings: Settings, host_id: str,
               observed: list[ObservedItem],
-              foreign: list[ForeignDomain] | None = None) -> HeartbeatResult:
+              foreign: list[ForeignDomain] | None = None,
+              progress: LoopProgress | None = None) -> HeartbeatResult:
     """Record the heartbeat (API clock) and apply the observations of this host's servers.
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
-    ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts.
+    ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts;
+    ``progress`` (when given) is the agent's loop progress (``hosts.service.record_progress``).
     Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the host
     stays down until its agent removed their old copies.
     """
     host = hosts_service.get_host(session, host_id)
     host.last_heartbeat_at = utcnow()
+    if progress is not None:
+        hosts_service.record_progress(host, progress, host.last_heartbeat_at)
     if foreign is not None:
         host.foreign_domains = [f.model_dump() for f in foreign]
     session.flush()

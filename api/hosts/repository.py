@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.db import after_key
@@ -62,3 +63,21 @@ def bump_generation(session: Session, host_id: str) -> None:
     session.execute(
         update(Host).where(Host.id == host_id).values(generation=Host.generation + 1)
     )
+
+
+def claim_down_publication(session: Session, host_id: str, heartbeat: datetime) -> bool:
+    """Mark the silence that began at ``heartbeat`` as published; False when it already was
+    (by this or another API process: the second UPDATE waits for the first and matches no
+    row). Only flushes.
+
+    UPDATE hosts SET down_published_for = :heartbeat
+     WHERE id = :host_id AND (down_published_for IS NULL OR down_published_for <> :heartbeat)
+    """
+    result = session.execute(
+        update(Host)
+        .where(Host.id == host_id, or_(Host.down_published_for.is_(None),
+                                       Host.down_published_for != heartbeat))
+        .values(down_published_for=heartbeat)
+        .execution_options(synchronize_session=False))
+    return bool(getattr(result, "rowcount", 0) == 1)
+

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from api.evacuation.schemas import EvacuationProgress
-from api.fields import ID_PATTERN, STRICT, Description
+from api.fields import ID_PATTERN, STRICT, TEXT_PATTERN, Description
 
 ResourceClass = Literal["VCPU", "MEMORY_MB", "DISK_GB"]
 
@@ -63,6 +63,25 @@ class ForeignDomain(BaseModel):
     host_id: str = Field(max_length=36, pattern=ID_PATTERN)
 
 
+class FailingServer(BaseModel):
+    """A server whose reconcile failed on the agent's last attempt (it retries with backoff)."""
+
+    model_config = STRICT
+    server_id: str = Field(max_length=36, pattern=ID_PATTERN)
+    message: str = Field(max_length=4096, pattern=TEXT_PATTERN)
+
+
+class LoopProgress(BaseModel):
+    """The agent's reconcile-loop progress, as its heartbeats carry it."""
+
+    model_config = STRICT
+    passes: int = Field(ge=0, le=2**62)
+    pass_started_at: AwareDatetime | None = None
+    last_pass_at: AwareDatetime | None = None
+    failing_count: int = Field(default=0, ge=0, le=1_000_000_000)
+    failing: list[FailingServer] = Field(default_factory=list, max_length=100)
+
+
 class HostOut(BaseModel):
     """A compute host as admins see it."""
 
@@ -74,7 +93,9 @@ class HostOut(BaseModel):
     architecture: str
     enabled: bool
     disabled_reason: str | None
-    state: Literal["up", "down"]
+    # down: no heartbeat within host_down_after_seconds; degraded: heartbeats arrive but the
+    # agent's reconcile loop completed no pass within host_degraded_after_seconds.
+    state: Literal["up", "down", "degraded"]
     last_heartbeat_at: datetime | None
     aggregates: dict[str, str]
     resources: dict[str, ResourceOut]
@@ -84,6 +105,9 @@ class HostOut(BaseModel):
     foreign_domains: list[ForeignDomain]
     # The newest evacuation of the host (None: never evacuated); see api.evacuation.
     evacuation: EvacuationProgress | None = None
+    # The agent's last reported loop progress, and when (API clock) its pass count last moved.
+    loop_progress: LoopProgress | None = None
+    loop_progress_at: datetime | None = None
 
 
 class HostPatch(BaseModel):

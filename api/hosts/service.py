@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
@@ -13,7 +14,14 @@ from api.deps import Principal
 from api.errors import Conflict, InvalidInput, NotFound
 from api.evacuation.progress import progress as evacuation_progress
 from api.hosts import repository
-from api.hosts.schemas import AvailabilityZoneOut, ForeignDomain, HostOut, HostPatch, ResourceOut
+from api.hosts.schemas import (
+    AvailabilityZoneOut,
+    ForeignDomain,
+    HostOut,
+    HostPatch,
+    LoopProgress,
+    ResourceOut,
+)
 from api.models import EnrollmentToken, Host, Inventory
 from api.pagination import Page, invalid_marker, page_of
 from api.security import ENROLLMENT_PREFIX, HOST_CREDENTIAL_PREFIX, digest, new_secret
@@ -38,6 +46,31 @@ def is_up(host: Host, settings: Settings, now: datetime | None = None) -> bool:
         return False
     now = now or utcnow()
     return now - host.last_heartbeat_at <= timedelta(seconds=settings.host_down_after_seconds)
+
+
+HostStateName = Literal["up", "down", "degraded"]
+
+
+def host_state(host: Host, settings: Settings, now: datetime | None = None) -> HostStateName:
+    """``down`` without a heartbeat within ``host_down_after_seconds``; ``degraded`` when the
+    heartbeats arrive but the agent's reconcile loop completed no pass within
+    ``host_degraded_after_seconds`` (it reported progress before); else ``up``."""
+    now = now or utcnow()
+    if not is_up(host, settings, now):
+        return "down"
+    if host.loop_progress_at is not None and now - host.loop_progress_at > timedelta(
+            seconds=settings.host_degraded_after_seconds):
+        return "degraded"
+    return "up"
+
+
+def record_progress(host: Host, progress: LoopProgress, now: datetime) -> None:
+    """Keep the agent's loop progress; its pass count moving (or a first report) is progress
+    (a restarted agent counts from 0 again, which is a move too)."""
+    previous = host.loop_progress or {}
+    if host.loop_progress_at is None or previous.get("passes") != progress.passes:
+        host.loop_progress_at = now
+    host.loop_progress = progress.model_dump(mode="json")
 
 
 def effective_ratio(inv: Inventory, settings: Settings) -> float:
@@ -92,12 +125,15 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
             id=h.id, name=h.name, availability_zone=h.availability_zone,
             libvirt_uri=h.libvirt_uri, virt_type=h.virt_type, architecture=h.architecture,
             enabled=h.enabled, disabled_reason=h.disabled_reason,
-            state="up" if is_up(h, settings, now) else "down",
+            state=host_state(h, settings, now),
             last_heartbeat_at=h.last_heartbeat_at,
             aggregates={str(k): str(v) for k, v in h.aggregates.items()},
             resources=resources, servers=counts.get(h.id, 0), created_at=h.created_at,
             foreign_domains=[ForeignDomain.model_validate(f) for f in h.foreign_domains or []],
             evacuation=evacuations.get(h.id),
+            loop_progress=(LoopProgress.model_validate(h.loop_progress)
+                           if h.loop_progress else None),
+            loop_progress_at=h.loop_progress_at,
         ))
     return out
 
@@ -161,13 +197,15 @@ def delete_host(session: Session, host_id: str) -> None:
     session.flush()
 
 
-def rotate_credential(session: Session, host_id: str) -> tuple[Host, str]:
-    """Give the host a new credential; the old one is refused from this commit on.
+def rotate_credential(session: Session, host_id: str,
+                      secret: str | None = None) -> tuple[Host, str]:
+    """Give the host a new credential (``secret``, or a fresh one); the old one is refused
+    from this commit on.
 
-    Raises NotFound. The new secret is only known here: the caller shows it once.
+    Raises NotFound. A fresh secret is only known here: the caller shows it once.
     """
     host = get_host(session, host_id)
-    secret = new_secret(HOST_CREDENTIAL_PREFIX)
+    secret = secret or new_secret(HOST_CREDENTIAL_PREFIX)
     host.credential_digest = digest(secret)
     _wake_agent(host)
     session.flush()
@@ -201,7 +239,7 @@ def availability_zones(session: Session, settings: Settings,
         zone = zones.setdefault(h.availability_zone, AvailabilityZoneOut(
             name=h.availability_zone, available=False,
             hosts=[] if principal.is_admin else None))
-        zone.available = zone.available or (h.enabled and is_up(h, settings, now))
+        zone.available = zone.available or (h.enabled and host_state(h, settings, now) == "up")
         if zone.hosts is not None:
             zone.hosts.append(h.name)
     return [zones[name] for name in sorted(zones)]

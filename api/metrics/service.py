@@ -24,15 +24,19 @@ from api.metrics.repository import host_counts
 def _hosts_family(session: Session, settings: Settings) -> GaugeMetricFamily:
     # Read from the database at scrape time: the answer is the same whichever API process
     # is scraped, and costs one grouped count instead of work on every heartbeat.
-    cutoff = utcnow() - timedelta(seconds=settings.host_down_after_seconds)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.host_down_after_seconds)
+    progress_cutoff = now - timedelta(seconds=settings.host_degraded_after_seconds)
     family = GaugeMetricFamily(
         "minicloud_hosts", "Compute hosts by state (up: a heartbeat within "
-        "host_down_after_seconds) and whether they are enabled.", labels=["state", "enabled"])
-    counts = host_counts(session, cutoff)
+        "host_down_after_seconds; degraded: heartbeating, but no reconcile pass within "
+        "host_degraded_after_seconds) and whether they are enabled.",
+        labels=["state", "enabled"])
+    counts = host_counts(session, cutoff, progress_cutoff)
     for enabled in (True, False):
-        for up in (True, False):
-            family.add_metric(["up" if up else "down", "true" if enabled else "false"],
-                              counts.get((enabled, up), 0))
+        for state in ("up", "down", "degraded"):
+            family.add_metric([state, "true" if enabled else "false"],
+                              counts.get((enabled, state), 0))
     return family
 
 

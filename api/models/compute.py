@@ -39,6 +39,14 @@ class Host(Base):
     # Bumped by whoever changes the desired state of a server on this host
     # (``api.agent.service.notify_host``): the agent's long-poll cursor.
     desired_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The agent's reconcile-loop progress as its last heartbeat reported it ({passes,
+    # pass_started_at, last_pass_at, failing_count, failing}), and when (API clock) its
+    # pass count last moved: a host heartbeating without progress is degraded.
+    loop_progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    loop_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The last heartbeat the host monitor published ``host_down`` for: one publication per
+    # silence, however many sweeps see the host down.
+    down_published_for: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Inventory(Base):

@@ -43,6 +43,7 @@ log = logging.getLogger("minicloud.scheduler")
 _PHRASES = {
     "disabled": "disabled",
     "down": "down (no recent heartbeat)",
+    "degraded": "degraded (its agent's reconcile loop makes no progress)",
     "availability_zone": "in another availability zone",
     "affinity": "affinity",
     "anti_affinity": "anti-affinity",

@@ -1,7 +1,7 @@
 """Loading a scheduler snapshot from SQL: two cheap queries for all hosts.
 
     SELECT id, name, availability_zone, architecture, enabled, disabled_reason, aggregates,
-           last_heartbeat_at, generation FROM hosts ORDER BY id;
+           last_heartbeat_at, loop_progress_at, generation FROM hosts ORDER BY id;
 
     SELECT i.host_id, i.resource_class, i.total, i.reserved,
            coalesce(i.allocation_ratio, <pool ratio of the class>), i.min_unit,
@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
@@ -45,7 +46,8 @@ def _statements(ratios: tuple[tuple[str, float], ...]) -> tuple[Select[Any], Sel
     # Building the expressions costs more than running them on a small pool: build once.
     hosts = select(
         Host.id, Host.name, Host.availability_zone, Host.architecture, Host.enabled,
-        Host.disabled_reason, Host.aggregates, Host.last_heartbeat_at, Host.generation,
+        Host.disabled_reason, Host.aggregates, Host.last_heartbeat_at, Host.loop_progress_at,
+        Host.generation,
     ).order_by(Host.id)
     inventories = select(
         Inventory.host_id, Inventory.resource_class, Inventory.total, Inventory.reserved,
@@ -72,16 +74,21 @@ def _read_hosts(session: Session, settings: Settings,
     return [
         HostState(id=hid, name=name, availability_zone=zone, architecture=arch,
                   enabled=bool(enabled), disabled_reason=reason, aggregates=aggregates or {},
-                  last_heartbeat=heartbeat.timestamp() if heartbeat is not None else None,
+                  last_heartbeat=_epoch(heartbeat), last_progress=_epoch(progress),
                   generation=generation, inventories=inventories.get(hid, {}))
-        for hid, name, zone, arch, enabled, reason, aggregates, heartbeat, generation
+        for hid, name, zone, arch, enabled, reason, aggregates, heartbeat, progress, generation
         in host_rows
     ]
 
 
+def _epoch(at: datetime | None) -> float | None:
+    return at.timestamp() if at is not None else None
+
+
 def _snapshot(hosts: list[HostState], settings: Settings) -> Snapshot:
     return Snapshot(hosts=hosts, now=utcnow().timestamp(),
-                    host_down_after_seconds=float(settings.host_down_after_seconds))
+                    host_down_after_seconds=float(settings.host_down_after_seconds),
+                    host_degraded_after_seconds=float(settings.host_degraded_after_seconds))
 
 
 def load_hosts(session: Session, settings: Settings,
@@ -99,9 +106,10 @@ class SnapshotCache:
     the copy was read at (plus the bumps of this process's own committed claims, applied to
     the copy by ``claimed``) and the heartbeats were read less than ``HEARTBEAT_REFRESH``
     seconds ago, nothing the filters look at changed and the copy is used as it is. Otherwise
-    it reads ``id, generation, last_heartbeat_at`` of every host (cheap; ``id, generation``
-    only while the heartbeats are not due, e.g. after another API process's claims) and
-    re-reads in full only the hosts whose generation moved, plus new ones.
+    it reads ``id, generation, last_heartbeat_at, loop_progress_at`` of every host (cheap;
+    ``id, generation`` only while the heartbeats are not due, e.g. after another API
+    process's claims) and re-reads in full only the hosts whose generation moved, plus new
+    ones.
 
     Every claim bumps its host's generation, and so must every other change of a host or its
     inventory that the filters look at (admin PATCH, agent inventory, enable/disable). A change
@@ -134,16 +142,16 @@ class SnapshotCache:
                 return _snapshot(self._ordered, settings)
             known = dict(self._hosts)
         marks_at = time.monotonic()
-        marks: Sequence[tuple[str, int, Any]]
+        marks: Sequence[tuple[str, int, Any, Any]]
         if heartbeats_due:
-            marks = cast(Sequence[tuple[str, int, Any]], session.execute(_MARKS).all())
+            marks = cast(Sequence[tuple[str, int, Any, Any]], session.execute(_MARKS).all())
         else:
             # Only generations moved (another process's claims, most often): the heartbeats
-            # are not due yet, so read the generations alone and keep the cached heartbeats,
-            # which are never newer than the real ones.
-            marks = [(hid, generation, _KEEP)
+            # and loop progress are not due yet, so read the generations alone and keep the
+            # cached ones, which are never newer than the real ones.
+            marks = [(hid, generation, _KEEP, _KEEP)
                      for hid, generation in session.execute(_GENERATIONS)]
-        stale = [hid for hid, generation, _ in marks
+        stale = [hid for hid, generation, _, _ in marks
                  if (h := known.get(hid)) is None or h.generation != generation]
         if len(stale) * 2 > len(marks):
             fresh = _read_hosts(session, settings)
@@ -153,7 +161,7 @@ class SnapshotCache:
             known[host.id] = host
         hosts: list[HostState] = []
         complete = True
-        for hid, generation, heartbeat in marks:
+        for hid, generation, heartbeat, progress in marks:
             cached = known.get(hid)
             if cached is None or cached.generation != generation:
                 complete = False
@@ -161,10 +169,10 @@ class SnapshotCache:
             if heartbeat is _KEEP:
                 hosts.append(cached)
                 continue
-            seen = heartbeat.timestamp() if heartbeat is not None else None
-            if cached.last_heartbeat != seen:
+            seen, moved = _epoch(heartbeat), _epoch(progress)
+            if (cached.last_heartbeat, cached.last_progress) != (seen, moved):
                 # HostState objects are shared with concurrent readers: replace, never mutate.
-                cached = replace(cached, last_heartbeat=seen)
+                cached = replace(cached, last_heartbeat=seen, last_progress=moved)
             hosts.append(cached)
         with self._lock:
             self._hosts = {h.id: h for h in hosts}
@@ -216,9 +224,10 @@ class SnapshotCache:
 
 
 _FINGERPRINT = select(func.count(), func.sum(Host.generation)).select_from(Host)
-_MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at).order_by(Host.id)
+_MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at,
+                Host.loop_progress_at).order_by(Host.id)
 _GENERATIONS = select(Host.id, Host.generation).order_by(Host.id)
-_KEEP = object()  # in place of a heartbeat: keep the cached one
+_KEEP = object()  # in place of a heartbeat and loop progress: keep the cached ones
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()
 

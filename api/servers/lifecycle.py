@@ -31,6 +31,7 @@ from api.agent import repository as agent_repository
 from api.config import Settings
 from api.db import utcnow
 from api.errors import Conflict, request_id_var
+from api.hosts import repository as hosts_repository
 from api.models import Host, Server, ServerEvent
 from api.servers import repository, states
 from api.servers.changes import Change
@@ -288,15 +289,24 @@ def observe(session: Session, settings: Settings, host_id: str, server: Server,
 # ---------------------------------------------------------------- silent hosts
 
 def host_down(session: Session, host: Host) -> int:
-    """Publish ``host_down`` for every live server of a host that missed its heartbeats.
+    """Publish ``host_down`` for every live server of a host that missed its heartbeats, once
+    per silence, and record a ``host_down`` event on each.
 
     ``at`` is the host's last heartbeat. The servers keep their status (a host may come back);
-    subscribers decide what it means (billing: compute stops). Returns how many subscribers
-    recorded something; publishing again for the same silence records nothing new.
+    subscribers decide what it means (billing: compute stops). A silence already published
+    (by an earlier sweep, or another API process) publishes nothing; a new silence after the
+    host came back is published again. Returns how many subscribers recorded something.
     """
     assert host.last_heartbeat_at is not None
+    if not hosts_repository.claim_down_publication(session, host.id, host.last_heartbeat_at):
+        return 0
     recorded = 0
     for server in repository.live_servers_on(session, host.id):
+        # No host name or id: tenants read their servers' events.
+        record_event(session, server, "host_down", user_id=None, result=ERROR,
+                     message="The server's host stopped sending heartbeats; its state is "
+                             "unknown until the host is back.",
+                     details={"last_heartbeat_at": host.last_heartbeat_at.isoformat()})
         recorded += publish(session, Change(
             "host_down", server, host.last_heartbeat_at, server.status,
             reason=f"host {host.name} missed its heartbeats"))

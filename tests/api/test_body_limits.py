@@ -78,3 +78,41 @@ def test_image_upload_streams_past_the_body_cap(
         r = c.put(f"/v1/images/{r.json()['id']}/file", content=data, headers=acct.headers)
         assert r.status_code == 200, r.text
         assert r.json()["size"] == len(data)
+
+
+def test_the_openstack_layer_refuses_oversized_bodies_in_its_own_error_shape(
+        client: TestClient, admin: dict[str, str],
+        live_api: Callable[[int], list[str]]) -> None:
+    url = live_api(1)[0]
+    acct = make_account(client, admin)
+    os_headers = {"X-Auth-Token": acct.token, "Content-Type": "application/json"}
+    padded = b'{"server": {"name": "x"}' + b" " * (CAP + 1) + b"}"
+    with httpx.Client(base_url=url, timeout=30) as c:
+        # Nova's other errors: {"<fault>": {"code", "message"}}; 413 is its "overLimit".
+        other = c.get("/compute/v2.1/servers/00000000-0000-0000-0000-000000000000",
+                      headers=os_headers)
+        assert other.status_code == 404 and set(other.json()["itemNotFound"]) == {
+            "code", "message"}
+        for body in (padded, iter([padded[:CAP], padded[CAP:]])):  # declared, chunked
+            r = c.post("/compute/v2.1/servers", content=body, headers=os_headers)
+            assert r.status_code == 413, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert set(r.json()) == {"overLimit"}, r.json()
+            assert r.json()["overLimit"]["code"] == 413
+            assert str(CAP) in r.json()["overLimit"]["message"]
+
+        # Glance's other errors: {"error": {"code", "title", "message"}}.
+        other = c.get("/image/v2/images/00000000-0000-0000-0000-000000000000",
+                      headers=os_headers)
+        assert other.status_code == 404 and set(other.json()["error"]) == {
+            "code", "title", "message"}
+        name = unique("os-big")
+        big = _image_body(name, CAP + 1)
+        for body in (big, iter([big[:CAP], big[CAP:]])):
+            r = c.post("/image/v2/images", content=body, headers=os_headers)
+            assert r.status_code == 413, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert r.json() == {"error": {"code": 413, "title": "Request Entity Too Large",
+                                          "message": r.json()["error"]["message"]}}
+            assert str(CAP) in r.json()["error"]["message"]
+        assert name not in _names(c, acct.headers)

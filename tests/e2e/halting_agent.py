@@ -7,9 +7,12 @@ there, to prove a restarted agent finishes the work without doing any of it twic
 * ``define``: a build defined the domain but has not started it;
 * ``start``: a build started the domain, not reported yet;
 * an operation kind (``reboot``, ``resize``): the operation was performed and recorded, not
-  reported yet.
+  reported yet;
+* ``rotate-saved``: a credential rotation stored its next credential, the API knows nothing;
+* ``rotate-sent``: the API took the next credential, the agent has not promoted it yet.
 
-The marker file (``MINICLOUD_TEST_HALT_MARKER``) receives the server id.
+The marker file (``MINICLOUD_TEST_HALT_MARKER``) receives the server id (the host id for the
+rotation steps).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from compute_agent import main as agent_main
 from compute_agent.agent import Agent
 from compute_agent.client import DesiredServer, Operation
+from compute_agent.config import Credential
 
 log = logging.getLogger("minicloud.agent")
 
@@ -44,6 +48,11 @@ class HaltingAgent(Agent):
         self._halt("define", server_id)
         super()._start(server_id)
         self._halt("start", server_id)
+
+    def _send_rotation(self, cred: Credential) -> None:
+        self._halt("rotate-saved", self.host_id)
+        super()._send_rotation(cred)
+        self._halt("rotate-sent", self.host_id)
 
     def _operation_performed(self, server: DesiredServer, op: Operation) -> None:
         super()._operation_performed(server, op)

@@ -171,10 +171,14 @@ class AgentProcess:
     """``minicloud-agent`` as its own process (so it can be killed with SIGKILL)."""
 
     def __init__(self, api: str, home: Path, name: str, uri: str, *, az: str = "nova",
-                 extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 run_as: list[str] | None = None, umask: int = -1) -> None:
         self.api, self.home, self.name, self.uri, self.az = api, home, name, uri, az
         self.extra_args = extra_args or []
         self.env = env or {}
+        # A command the agent runs under (e.g. setpriv to another user), and its umask.
+        self.run_as = run_as or []
+        self.umask = umask
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "agent.log"
 
@@ -195,8 +199,8 @@ class AgentProcess:
         if token:
             args += ["--enroll", token]
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=REPO)
+        self.proc = subprocess.Popen([*self.run_as, *args], env=full_env, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=REPO, umask=self.umask)
         out.close()
 
     def kill(self) -> None:

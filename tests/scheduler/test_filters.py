@@ -7,6 +7,7 @@ import pytest
 from scheduler.filters.aggregates import AggregatesFilter
 from scheduler.filters.availability_zone import AvailabilityZoneFilter
 from scheduler.filters.image import ImageFilter
+from scheduler.filters.progress import HostProgressFilter
 from scheduler.filters.resources import ResourcesFilter
 from scheduler.filters.server_group import ServerGroupFilter
 from scheduler.filters.status import HostStatusFilter
@@ -30,6 +31,14 @@ STATUS: list[Case] = [
     ("never heard from", host("a", last_heartbeat=None), request(), "down"),
     ("disabled wins over down", host("a", enabled=False, last_heartbeat=None), request(),
      "disabled"),
+]
+
+PROGRESS: list[Case] = [
+    ("loop progressed now", host("a", last_progress=NOW), request(), None),
+    ("agent never reported progress", host("a", last_progress=None), request(), None),
+    # degraded_after 300 s (the snapshot's default): NOW - 300 is the oldest progress kept.
+    ("last pass exactly 300 s ago", host("a", last_progress=NOW - 300), request(), None),
+    ("last pass 301 s ago", host("a", last_progress=NOW - 301), request(), "degraded"),
 ]
 
 RESOURCES: list[Case] = [
@@ -114,7 +123,8 @@ AGGREGATES: list[Case] = [
 
 @pytest.mark.parametrize(("flt", "case", "h", "spec", "expected"), [
     pytest.param(flt, *case, id=f"{flt.name}: {case[0]}")
-    for flt, table in ((HostStatusFilter(), STATUS), (ResourcesFilter(), RESOURCES),
+    for flt, table in ((HostStatusFilter(), STATUS), (HostProgressFilter(), PROGRESS),
+                       (ResourcesFilter(), RESOURCES),
                        (AvailabilityZoneFilter(), ZONES), (ServerGroupFilter(), GROUPS),
                        (ImageFilter(), IMAGES), (AggregatesFilter(), AGGREGATES))
     for case in table

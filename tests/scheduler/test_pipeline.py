@@ -12,8 +12,9 @@ from tests.scheduler.builders import NOW, host, inv, request, snapshot
 
 
 def test_filters_run_in_the_documented_order() -> None:
-    assert [f.name for f in FILTERS] == ["status", "resources", "availability_zone",
-                                         "server_group", "image", "aggregates"]
+    assert [f.name for f in FILTERS] == ["status", "progress", "resources",
+                                         "availability_zone", "server_group", "image",
+                                         "aggregates"]
 
 
 def test_refusals_add_up_per_filter_and_the_first_refusing_filter_counts() -> None:
