@@ -12,6 +12,7 @@ from api.models.identity import (
     User,
 )
 from api.models.keypairs import KeyPair
+from api.models.mobility import Migration
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 from api.models.usage import (
     ClosedPeriod,
@@ -49,4 +50,5 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "KeyPair",
     "LoginFailure",
     "SystemFlag",
+    "Migration",
 ]

@@ -39,6 +39,9 @@ class Host(Base):
     # Bumped by whoever changes the desired state of a server on this host
     # (``api.agent.service.notify_host``): the agent's long-poll cursor.
     desired_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # None, or "draining" (no new placements; its servers are being moved off) or "drained"
+    # (api.mobility.drain).
+    maintenance: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Inventory(Base):
@@ -61,7 +64,9 @@ class Allocation(Base):
     """What one server consumes of one resource class on one host."""
 
     __tablename__ = "allocations"
-    __table_args__ = (UniqueConstraint("server_id", "resource_class"),)
+    # One row per class per host: a migrating server holds rows on its source host (owned by
+    # its migration record) and on its destination at once.
+    __table_args__ = (UniqueConstraint("server_id", "host_id", "resource_class"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     server_id: Mapped[str] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
