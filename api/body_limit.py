@@ -9,8 +9,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem_response
 
-# Routes that stream their body to disk under their own cap (``max_image_bytes``).
-_EXEMPT = re.compile(r"^(/v1/images|/image/v2/images)/[^/]+/file/?$")
+# Routes that stream their body to disk: images under their own cap (``max_image_bytes``),
+# a cold migration's disk (as large as the server's disk, from its authenticated source host).
+_EXEMPT = re.compile(r"^(/v1/images|/image/v2/images)/[^/]+/file/?$"
+                     r"|^/v1/agent/servers/[^/]+/migration/[a-z]+$")
 
 
 class BodyLimitMiddleware:

@@ -159,6 +159,12 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "Too many agent enrollments, inventories or heartbeats at once; retry after "
               "`Retry-After` seconds."),
     ErrorCode("http_error", None, "Any other HTTP error, with its own status."),
+    # migration (api.mobility)
+    ErrorCode("migration_same_host", 409, "The named destination is the server's own host."),
+    ErrorCode("migration_not_found", 404,
+              "No migration step of that server for this host (agent file relay)."),
+    ErrorCode("migration_file_checksum", 400,
+              "A migration file's bytes do not match the sha256 its sender announced."),
 )
 
 ERROR_CODES: dict[str, ErrorCode] = {e.code: e for e in REGISTRY}

@@ -10,6 +10,9 @@ Statuses (what a tenant sees)::
       |                                 PAUSED --stop--> SHUTOFF
       +--(spawn fails)--> ERROR (fault code + message)
     any status except DELETING --delete--> DELETING --(agent confirms gone)--> DELETED (hidden)
+    ACTIVE|SHUTOFF --migrate--> MIGRATING/migrating-export --(source sent the disk)-->
+      MIGRATING/migrating-import --(destination defined it)--> SHUTOFF on the destination
+      (then powering-on -> ACTIVE if it was ACTIVE); a failure returns it to the source
 
 ``task_state`` names the transition in flight (None when settled). A server with no host (not
 yet placed) is deleted at once, since no agent holds anything for it.
@@ -19,6 +22,11 @@ desired power state (:func:`desired_power`); the agent converges on it and the s
 when the agent observes that state. A *one-shot* action (reboot, resize) cannot be read off a
 power state, so it is a pending operation (:func:`pending_operation`): the agent performs it
 once and reports its id back; only then does the server settle.
+
+A migration (``api.mobility``) is MIGRATING with one task per step. The server's ``host_id``
+stays the source until the destination holds it; the agent of the destination sees the
+server in its desired state during ``migrating-import`` only, and the operation each host must
+perform depends on its role (:func:`pending_operation`'s ``role``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from typing import Literal
 BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR, DELETED = (
     "BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "PAUSED", "DELETING", "ERROR", "DELETED",
 )
-STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR)
+MIGRATING = "MIGRATING"
+STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR, MIGRATING)
 
 # task_state values
 SCHEDULING, SPAWNING, POWERING_OFF, POWERING_ON = (
@@ -39,23 +48,29 @@ REBOOTING, REBOOTING_HARD, DELETING_TASK, RESIZING = (
     "rebooting", "rebooting-hard", "deleting", "resizing",
 )
 PAUSING, UNPAUSING = "pausing", "unpausing"
+# A cold migration: the source stops the guest and sends its disk and seed (export), then the
+# destination defines the server from them (import).
+MIGRATING_EXPORT, MIGRATING_IMPORT = "migrating-export", "migrating-import"
+MIGRATION_TASKS = frozenset({MIGRATING_EXPORT, MIGRATING_IMPORT})
 
-Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause"]
+Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause", "migrate"]
 Observed = Literal["running", "shutoff", "paused", "absent", "error"]
 Desired = Literal["running", "shutoff", "paused", "absent"]
-OperationKind = Literal["reboot", "resize"]
+OperationKind = Literal["reboot", "resize", "migrate_export", "migrate_import"]
+Role = Literal["source", "destination"]
 
 # Which actions each settled status accepts; anything else is 409 ``invalid_state``.
 # A paused guest cannot answer the power button, so ``stop`` from PAUSED powers it off at once
 # (the agent destroys the paused domain); ``reboot`` needs ``unpause`` first, as in Nova.
 ALLOWED: dict[str, frozenset[str]] = {
     BUILD: frozenset(),
-    ACTIVE: frozenset({"stop", "reboot", "pause"}),
-    SHUTOFF: frozenset({"start", "resize"}),
+    ACTIVE: frozenset({"stop", "reboot", "pause", "migrate"}),
+    SHUTOFF: frozenset({"start", "resize", "migrate"}),
     REBOOT: frozenset({"reboot"}),  # a hard reboot may override a stuck soft one
     PAUSED: frozenset({"unpause", "stop"}),
     DELETING: frozenset(),
     ERROR: frozenset(),
+    MIGRATING: frozenset(),
 }
 
 
@@ -90,6 +105,8 @@ def on_action(status: str, action: str, reboot_type: str = "soft") -> Transition
         return Transition(ACTIVE, PAUSING)
     if action == "unpause":
         return Transition(PAUSED, UNPAUSING)
+    if action == "migrate":
+        return Transition(MIGRATING, MIGRATING_EXPORT)
     raise ValueError(action)
 
 
@@ -100,8 +117,8 @@ def desired_power(status: str, task_state: str | None) -> Desired:
     if status == ERROR:
         # Keep a failed build's leftovers off: a user deletes an ERROR server to clean up.
         return "shutoff"
-    if task_state == POWERING_OFF:
-        return "shutoff"
+    if task_state == POWERING_OFF or task_state in MIGRATION_TASKS:
+        return "shutoff"  # a cold migration moves a shut-off guest
     if status == ACTIVE:
         return "paused" if task_state == PAUSING else "running"
     if status == PAUSED:
@@ -111,8 +128,21 @@ def desired_power(status: str, task_state: str | None) -> Desired:
     return "running"  # BUILD, REBOOT
 
 
-def pending_operation(status: str, task_state: str | None) -> OperationKind | None:
-    """The one-shot operation a server in this state waits for the agent to perform."""
+def pending_operation(status: str, task_state: str | None,
+                      role: Role = "source") -> OperationKind | None:
+    """The one-shot operation a server in this state waits for the agent to perform.
+
+    ``role``: the host asking is the server's own (``source``) or a migration's
+    ``destination``; a destination performs only ``migrate_import``.
+    """
+    if status == MIGRATING:
+        if task_state == MIGRATING_EXPORT and role == "source":
+            return "migrate_export"
+        if task_state == MIGRATING_IMPORT and role == "destination":
+            return "migrate_import"
+        return None
+    if role == "destination":
+        return None
     if status == REBOOT:
         return "reboot"
     if status == SHUTOFF and task_state == RESIZING:
