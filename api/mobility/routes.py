@@ -44,8 +44,8 @@ def server_migrations(server_id: PathId, principal: CurrentUser,
                                                                          server)])
 
 
-@agent_router.put("/servers/{server_id}/migration/{name}", status_code=204)
-async def upload_migration_file(server_id: PathId, name: relay.FileName, request: Request,
+@agent_router.put("/servers/{server_id}/migration/{migration_file}", status_code=204)
+async def upload_migration_file(server_id: PathId, migration_file: relay.FileName, request: Request,
                                 host: CurrentHost, session: SessionDep, settings: SettingsDep,
                                 sha256: Sha256) -> None:
     """The source host sends one file of the server's cold migration (its disk overlay or its
@@ -53,20 +53,20 @@ async def upload_migration_file(server_id: PathId, name: relay.FileName, request
     `migration_file_checksum` when the bytes do not match."""
     migration = await run_in_threadpool(service.relay_migration, session, host.host_id,
                                         server_id, upload=True)
-    await relay.receive(settings, migration.id, name, request.stream(), sha256)
+    await relay.receive(settings, migration.id, migration_file, request.stream(), sha256)
 
 
-@agent_router.get("/servers/{server_id}/migration/{name}", response_class=FileResponse,
+@agent_router.get("/servers/{server_id}/migration/{migration_file}", response_class=FileResponse,
                   responses={200: {"content": {"application/octet-stream": {
                       "schema": {"type": "string", "format": "binary"}}}}})
-def download_migration_file(server_id: PathId, name: relay.FileName, host: CurrentHost,
+def download_migration_file(server_id: PathId, migration_file: relay.FileName, host: CurrentHost,
                             session: SessionDep, settings: SettingsDep) -> FileResponse:
     """The destination host fetches one relayed file (`X-Content-Sha256` carries its digest);
     404 `migration_not_found` for any other host or step."""
     migration = service.relay_migration(session, host.host_id, server_id, upload=False)
-    digest = relay.digest_of(settings, migration.id, name)
+    digest = relay.digest_of(settings, migration.id, migration_file)
     if digest is None:
         raise NotFound("The source has not sent this file.", code="migration_not_found")
-    return FileResponse(relay.path(settings, migration.id, name),
+    return FileResponse(relay.path(settings, migration.id, migration_file),
                         media_type="application/octet-stream",
                         headers={"X-Content-Sha256": digest})

@@ -69,7 +69,8 @@ def ids(client: TestClient, admin: dict[str, str], _pool_host: dict[str, str]) -
     values = {"server_id": server_id, "image_id": image["id"], "ref": image["id"],
               "group_id": group_id, "project_id": member.project_id, "user_id": member.user_id,
               "flavor_id": flavor_id, "host_id": host_id, "cred_id": unique("cred"),
-              "period": "2026-01", "card_id": unique("card")}
+              "period": "2026-01", "card_id": unique("card"),
+              "migration_file": "disk"}
     return Ids(member, admin, _pool_host, values)
 
 
