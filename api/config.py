@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     scheduler_max_attempts: int = Field(default=20, gt=0)
     # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
     billing_minimum_run_seconds: int = Field(default=60, ge=0)
+    # Migration (api.mobility): a step that makes no progress this long is reverted to the
+    # source (a dead agent on either side; a cold move's copy counts as one step).
+    migration_step_timeout_seconds: int = Field(default=1800, gt=0)
 
     @model_validator(mode="after")
     def _weighers(self) -> Settings:

@@ -81,6 +81,8 @@ class HostOut(BaseModel):
     created_at: datetime
     # Quarantined domains of other hosts, as the agent's last heartbeat reported them.
     foreign_domains: list[ForeignDomain]
+    # "draining" while a drain moves its servers off (GET /v1/hosts/{id}/drain), else null.
+    maintenance: str | None = None
 
 
 class HostPatch(BaseModel):

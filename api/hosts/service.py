@@ -95,6 +95,7 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
             aggregates={str(k): str(v) for k, v in h.aggregates.items()},
             resources=resources, servers=counts.get(h.id, 0), created_at=h.created_at,
             foreign_domains=[ForeignDomain.model_validate(f) for f in h.foreign_domains or []],
+            maintenance=h.maintenance,
         ))
     return out
 

@@ -14,6 +14,7 @@ A migration record's ``status``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -102,3 +103,10 @@ def touch(session: Session, migration: Migration, **values: object) -> None:
                     .values(updated_at=utcnow(), **values)
                     .execution_options(synchronize_session=False))
     session.refresh(migration)
+
+
+def stale_open(session: Session, cutoff: datetime) -> Sequence[Migration]:
+    """Migrations in flight whose record has not moved since ``cutoff``."""
+    return session.scalars(select(Migration).where(Migration.status.in_((PREPARING, MIGRATING)),
+                                                   Migration.updated_at < cutoff)
+                           .order_by(Migration.updated_at)).all()

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import CurrentHost, CurrentUser, SessionDep, SettingsDep
+from api.deps import AdminUser, CurrentHost, CurrentUser, SessionDep, SettingsDep
 from api.errors import NotFound
 from api.fields import PathId
-from api.mobility import relay, service
-from api.mobility.schemas import MigrationList, MigrationOut
+from api.mobility import drain, relay, service
+from api.mobility.schemas import DrainOut, MigrationList, MigrationOut, RefusalOut
 from api.models import Migration
 from api.servers import service as servers
 from api.servers.schemas import Fault
@@ -70,3 +70,33 @@ def download_migration_file(server_id: PathId, migration_file: relay.FileName, h
     return FileResponse(relay.path(settings, migration.id, migration_file),
                         media_type="application/octet-stream",
                         headers={"X-Content-Sha256": digest})
+
+
+def _drain_out(v: drain.DrainView) -> DrainOut:
+    return DrainOut(host_id=v.host_id, state=v.state, servers_left=v.servers_left,
+                    moving=v.moving, completed=v.completed,
+                    refused=[RefusalOut(server_id=r.server_id, code=r.code, reason=r.reason)
+                             for r in v.refused])
+
+
+@router.post("/hosts/{host_id}/drain", status_code=202, response_model=DrainOut,
+             tags=["hosts"])
+def drain_host(host_id: PathId, admin: AdminUser, session: SessionDep,
+               settings: SettingsDep) -> DrainOut:
+    """Drain a host (admin): no new placements there, and every ACTIVE or SHUTOFF server is
+    cold-migrated to a host the placement service picks. Servers that cannot move are listed
+    in `refused` with the scheduler's explained refusal; posting again retries them. Once
+    `servers_left` is 0 the state is `drained` and `DELETE /v1/hosts/{id}` decommissions it."""
+    return _drain_out(drain.start(session, settings, admin, host_id))
+
+
+@router.get("/hosts/{host_id}/drain", response_model=DrainOut, tags=["hosts"])
+def show_drain(host_id: PathId, _: AdminUser, session: SessionDep) -> DrainOut:
+    """A drain's progress (admin): servers left, moving, moved, refused with reasons."""
+    return _drain_out(drain.view(session, host_id))
+
+
+@router.delete("/hosts/{host_id}/drain", response_model=DrainOut, tags=["hosts"])
+def cancel_drain(host_id: PathId, _: AdminUser, session: SessionDep) -> DrainOut:
+    """End a drain (admin): the host takes placements again; moves in flight go on."""
+    return _drain_out(drain.cancel(session, host_id))

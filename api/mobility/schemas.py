@@ -30,3 +30,22 @@ class MigrationList(BaseModel):
     """A server's migrations, newest first."""
 
     migrations: list[MigrationOut]
+
+
+class RefusalOut(BaseModel):
+    """A server the drain could not move: the scheduler's (or the state's) reason."""
+
+    server_id: str
+    code: str
+    reason: str
+
+
+class DrainOut(BaseModel):
+    """A host drain's progress (`state`: draining, drained, or null when not draining)."""
+
+    host_id: str
+    state: str | None
+    servers_left: int
+    moving: list[str]
+    completed: int
+    refused: list[RefusalOut]

@@ -21,6 +21,8 @@ Every change of the server goes through ``api.servers.lifecycle``.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from sqlalchemy.orm import Session
 
 from api.agent import repository as agent_repository
@@ -43,7 +45,7 @@ def _host(session: Session, ref: str) -> Host:
 
 
 def migrate(session: Session, settings: Settings, principal: Principal, server: Server,
-            host_ref: str | None) -> Migration:
+            host_ref: str | None, *, drain_host_id: str | None = None) -> Migration:
     """Start a cold migration of an ACTIVE or SHUTOFF server (state already checked).
 
     Raises Forbidden ``admin_required`` (a named host from a non-admin), NotFound
@@ -76,7 +78,8 @@ def migrate(session: Session, settings: Settings, principal: Principal, server: 
     migration = Migration(
         server_id=server.id, project_id=server.project_id, kind="cold",
         status=repository.PREPARING, source_host_id=source, dest_host_id=placed.host_id,
-        server_status=server.status, requested_by=principal.user_id, progress=0)
+        server_status=server.status, requested_by=principal.user_id, progress=0,
+        drain_host_id=drain_host_id)
     session.add(migration)
     session.flush()
     lifecycle.migration_step(
@@ -198,3 +201,31 @@ def visible_migrations(session: Session, principal: Principal,
     """The server's migrations, newest first (the caller already sees the server)."""
     del principal  # host ids are blanked by the view for non-admins
     return list(repository.server_migrations(session, server.id))
+
+
+def sweep_stuck(session: Session, settings: Settings, now: datetime | None = None) -> int:
+    """Revert every open migration whose step made no progress within
+    ``migration_step_timeout_seconds`` (a dead source or destination agent); returns how
+    many. Hosts are locked in id order, then the server; a migration that moved on meanwhile
+    (or a lost race with another sweeper) is skipped.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.migration_step_timeout_seconds)
+    reverted = 0
+    for stale in repository.stale_open(session, cutoff):
+        for host_id in sorted(h for h in (stale.source_host_id, stale.dest_host_id) if h):
+            agent_repository.lock_host(session, host_id)
+        server = agent_repository.lock_server(session, stale.server_id, None)
+        migration = repository.open_migration(session, stale.server_id)
+        if server is None or migration is None or migration.id != stale.id \
+                or migration.updated_at >= cutoff or server.status != states.MIGRATING:
+            continue
+        step = server.task_state or "migration"
+        try:
+            revert(session, settings, server, migration, "migration_timeout",
+                   f"The {step} step made no progress within "
+                   f"{settings.migration_step_timeout_seconds} s.")
+        except Conflict:
+            continue
+        reverted += 1
+    return reverted

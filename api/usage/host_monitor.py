@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.config import Settings
 from api.db import session_scope, utcnow
 from api.hosts.service import is_up
+from api.mobility import service as mobility
 from api.servers import lifecycle, timeouts
 from api.usage import repository
 
@@ -54,6 +55,8 @@ def sweep_once(factory: sessionmaker[Session], settings: Settings) -> int:
         recorded = sweep(session, settings)
     for session in session_scope(factory):
         timeouts.sweep(session, settings)
+    for session in session_scope(factory):
+        mobility.sweep_stuck(session, settings)
     return recorded
 
 

@@ -9,14 +9,18 @@ else the session database holds.
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.agent_factories import EnrolledHost, enroll_host, inventory, observe
+from api.config import Settings
+from api.db import utcnow
+from api.mobility import service as mobility
+from tests.agent_factories import EnrolledHost, db, enroll_host, inventory, observe
 from tests.conftest import ADMIN_TOKEN
-from tests.factories import Account, bearer, make_account, make_image, unique
+from tests.factories import Account, bearer, make_account, make_flavor, make_image, unique
 
 ADMIN = bearer(ADMIN_TOKEN)
 
@@ -277,3 +281,121 @@ def test_deleting_a_moving_server_aborts_the_move_and_frees_both_hosts(
     assert client.get(f"/v1/servers/{sid}", headers=member.headers).status_code == 404
     assert allocated(client, admin, source) == NOTHING
     assert allocated(client, admin, dest) == NOTHING
+
+
+def play_move(client: TestClient, hosts: list[EnrolledHost], sid: str) -> EnrolledHost:
+    """Play both agents of the server's open cold migration to its end; returns the host it
+    moved to."""
+    [m, *_] = client.get(f"/v1/servers/{sid}/migrations", headers=ADMIN).json()["migrations"]
+    source = next(h for h in hosts if h.id == m["source_host_id"])
+    dest = next(h for h in hosts if h.id == m["dest_host_id"])
+    op = desired(client, source, sid)["operation"]  # type: ignore[index]
+    for name in ("disk", "seed"):
+        assert put_file(client, source, sid, name, name.encode()).status_code == 204
+    observe(client, source.headers, sid, "shutoff",
+            operation={"operation_id": op["id"], "result": "success"})
+    op = desired(client, dest, sid)["operation"]  # type: ignore[index]
+    observe(client, dest.headers, sid, "shutoff",
+            operation={"operation_id": op["id"], "result": "success"})
+    return dest
+
+
+def test_drain_moves_every_server_keeps_anti_affinity_and_explains_what_cannot_move(
+        client: TestClient, admin: dict[str, str], member: Account, image: str) -> None:
+    # Host A is alone in its zone while its servers are created, then B and C join (smaller:
+    # the big server fits only on A).
+    [a], zone = hosts_in_zone(client, admin, [16384])
+    big = make_flavor(client, admin, ram_mb=8192)
+    r = client.post("/v1/server-groups", headers=member.headers,
+                    json={"name": unique("g"), "policy": "anti-affinity"})
+    group = r.json()["id"]
+    placed = [active_server(client, member, zone, image),
+              active_server(client, member, zone, image),
+              active_server(client, member, zone, image, server_group=group)]
+    r = client.post("/v1/servers", headers=member.headers, json={
+        "name": unique("big"), "flavor": big["name"], "image": image,
+        "availability_zone": zone})
+    assert r.status_code == 202, r.text
+    stuck = r.json()["id"]
+    for sid, host in placed:
+        assert host == a.name
+        observe(client, a.headers, sid, "running")
+    observe(client, a.headers, stuck, "running")
+    observe(client, a.headers, placed[1][0], "shutoff")  # one SHUTOFF server
+    others = []
+    for _ in range(2):
+        h = enroll_host(client, admin, availability_zone=zone)
+        client.put("/v1/agent/inventory", headers=h.headers,
+                   json=inventory(vcpus=8, ram_mb=4096, disk_gb=100))
+        client.post("/v1/agent/heartbeat", headers=h.headers, json={"observed": []})
+        others.append(h)
+    hosts = [a, *others]
+    _, partner_host = active_server(client, member, zone, image, server_group=group)
+    assert partner_host != a.name
+
+    r = client.post(f"/v1/hosts/{a.id}/drain", headers=admin)
+    assert r.status_code == 202, r.text
+    view = r.json()
+    assert (view["state"], view["servers_left"]) == ("draining", 4)
+    assert sorted(view["moving"]) == sorted(sid for sid, _ in placed)
+    [refusal] = view["refused"]
+    assert (refusal["server_id"], refusal["code"]) == (stuck, "no_valid_host")
+    assert "not enough MEMORY_MB" in refusal["reason"]
+    shown = client.get(f"/v1/hosts/{a.id}", headers=admin).json()
+    assert (shown["enabled"], shown["maintenance"]) == (False, "draining")
+    # No new placement lands on a draining host.
+    r = client.post("/v1/servers", headers=member.headers, json={
+        "name": unique("vm"), "flavor": big["name"], "image": image, "availability_zone": zone})
+    problem(r, 409, "no_valid_host")
+
+    landed = {sid: play_move(client, hosts, sid).name for sid, _ in placed}
+    assert a.name not in landed.values()
+    assert landed[placed[2][0]] != partner_host  # anti-affinity still holds
+    statuses = {sid: client.get(f"/v1/servers/{sid}", headers=member.headers).json()
+                for sid, _ in placed}
+    assert statuses[placed[1][0]]["status"] == "SHUTOFF"
+    assert statuses[placed[1][0]]["task_state"] is None
+    assert statuses[placed[0][0]]["task_state"] == "powering-on"  # started where it landed
+    view = client.get(f"/v1/hosts/{a.id}/drain", headers=admin).json()
+    assert (view["state"], view["servers_left"], view["completed"], view["moving"]) == (
+        "draining", 1, 3, [])
+    assert [x["server_id"] for x in view["refused"]] == [stuck]
+    problem(client.delete(f"/v1/hosts/{a.id}", headers=admin), 409, "host_not_empty")
+
+    # Once the last server is gone the host is drained and can be decommissioned.
+    client.delete(f"/v1/servers/{stuck}", headers=member.headers)
+    observe(client, a.headers, stuck, "absent")
+    view = client.get(f"/v1/hosts/{a.id}/drain", headers=admin).json()
+    assert (view["state"], view["servers_left"], view["refused"]) == ("drained", 0, [])
+    assert client.delete(f"/v1/hosts/{a.id}", headers=admin).status_code == 204
+    r = client.post("/v1/agent/heartbeat", headers=a.headers, json={"observed": []})
+    problem(r, 401, "invalid_host_credential")
+
+
+def test_a_step_without_progress_reverts_to_the_source(
+        client: TestClient, admin: dict[str, str], member: Account, image: str,
+        settings: Settings) -> None:
+    hosts, zone = hosts_in_zone(client, admin, [8192, 8192])
+    sid, src = active_server(client, member, zone, image)
+    source = by_id(hosts, src)
+    dest = next(h for h in hosts if h is not source)
+    observe(client, source.headers, sid, "running")
+    assert migrate(client, member.headers, sid).status_code == 202
+    limit = settings.migration_step_timeout_seconds
+
+    def sweep(after: int) -> int:
+        with db(client) as s:
+            return mobility.sweep_stuck(s, settings, now=utcnow() + timedelta(seconds=after))
+
+    sweep(limit - 60)  # (other tests' moves, in the session's database, may go)
+    shown = client.get(f"/v1/servers/{sid}", headers=admin).json()
+    assert (shown["status"], shown["task_state"]) == ("MIGRATING", "migrating-export")
+    assert sweep(limit + 1) >= 1
+    assert sweep(limit + 1) == 0  # nothing left for another sweeper
+    shown = client.get(f"/v1/servers/{sid}", headers=admin).json()
+    assert (shown["status"], shown["task_state"], shown["host"]) == (
+        "SHUTOFF", "powering-on", source.name)
+    assert shown["fault"]["code"] == "migration_timeout"
+    assert "migrating-export" in shown["fault"]["message"]
+    assert allocated(client, admin, dest) == NOTHING
+    assert allocated(client, admin, source) == TINY
