@@ -87,3 +87,12 @@ def complete(settings: Settings, migration_id: str) -> bool:
 def discard(settings: Settings, migration_id: str) -> None:
     """Remove a migration's files (it ended)."""
     shutil.rmtree(directory(settings, migration_id), ignore_errors=True)
+
+
+def leftovers(settings: Settings) -> list[str]:
+    """Ids of the migrations that have files in the relay."""
+    root = Path(settings.data_dir) / "migrations"
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []

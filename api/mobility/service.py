@@ -207,7 +207,8 @@ def sweep_stuck(session: Session, settings: Settings, now: datetime | None = Non
     """Revert every open migration whose step made no progress within
     ``migration_step_timeout_seconds`` (a dead source or destination agent); returns how
     many. Hosts are locked in id order, then the server; a migration that moved on meanwhile
-    (or a lost race with another sweeper) is skipped.
+    (or a lost race with another sweeper) is skipped. Then discard the relayed files of
+    migrations that ended.
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=settings.migration_step_timeout_seconds)
@@ -228,4 +229,9 @@ def sweep_stuck(session: Session, settings: Settings, now: datetime | None = Non
         except Conflict:
             continue
         reverted += 1
+    # A move that ended without passing through here (a delete aborts it) leaves its files.
+    for migration_id in relay.leftovers(settings):
+        found = repository.get(session, migration_id)
+        if found is None or found.status in repository.ENDED:
+            relay.discard(settings, migration_id)
     return reverted

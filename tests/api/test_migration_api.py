@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,13 +267,16 @@ def test_anti_affinity_holds_for_the_destination(client: TestClient, admin: dict
 
 
 def test_deleting_a_moving_server_aborts_the_move_and_frees_both_hosts(
-        client: TestClient, admin: dict[str, str], member: Account, image: str) -> None:
+        client: TestClient, admin: dict[str, str], member: Account, image: str,
+        settings: Settings) -> None:
     hosts, zone = hosts_in_zone(client, admin, [8192, 8192])
     sid, src_id = active_server(client, member, zone, image)
     source = by_id(hosts, src_id)
     dest = next(h for h in hosts if h is not source)
     observe(client, source.headers, sid, "running")
     assert migrate(client, member.headers, sid).status_code == 202
+    for name in ("disk", "seed"):
+        assert put_file(client, source, sid, name, b"bytes").status_code == 204
     assert client.delete(f"/v1/servers/{sid}", headers=member.headers).status_code == 202
     [m] = client.get(f"/v1/servers/{sid}/migrations", headers=admin).json()["migrations"]
     assert (m["status"], m["fault"]["code"]) == ("aborted", "server_deleted")
@@ -281,6 +285,12 @@ def test_deleting_a_moving_server_aborts_the_move_and_frees_both_hosts(
     assert client.get(f"/v1/servers/{sid}", headers=member.headers).status_code == 404
     assert allocated(client, admin, source) == NOTHING
     assert allocated(client, admin, dest) == NOTHING
+    # The relayed files of the aborted move go with the next sweep.
+    relayed = Path(settings.data_dir) / "migrations" / m["id"]
+    assert relayed.is_dir()
+    with db(client) as s:
+        mobility.sweep_stuck(s, settings)
+    assert not relayed.exists()
 
 
 def play_move(client: TestClient, hosts: list[EnrolledHost], sid: str) -> EnrolledHost:

@@ -180,3 +180,36 @@ def test_a_corrupt_relayed_disk_reverts_the_move_to_the_source(
     assert allocated(api, dest.host_id) == {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
     assert allocated(api, source.host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
     assert not relayed.parent.exists()
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_an_agent_restarting_in_the_middle_of_the_move_finishes_it(
+        api: str, member: Account, image: str, pair: list[ThreadAgent], side: str) -> None:
+    s = boot_on(api, member, image, pair, "ACTIVE")
+    sid = s["id"]
+    source, dest = pair if s["host"] == pair[0].name else pair[::-1]
+    write_pattern(InstancePaths(source.agent.instances, sid).disk)
+    down = source if side == "source" else dest
+    down.stop()  # (its libvirt node and files stay; a test-driver node forgets its domains)
+    r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                   json={"action": "migrate", "host": dest.name})
+    assert r.status_code == 202, r.text
+    step = "preparing" if side == "source" else "migrating"
+    if side == "destination":
+        wait_until(lambda: migrations(api, ADMIN, sid)[0]["status"] == step, WAIT,
+                   "the source's step done")
+    assert migrations(api, ADMIN, sid)[0]["status"] == step
+    revived = restart(down)
+    pair[pair.index(down)] = revived
+    source, dest = (revived, dest) if side == "source" else (source, revived)
+    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == dest.name
+                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+                       "server ACTIVE on the destination")
+    assert moved["fault"] is None
+    assert has_pattern(InstancePaths(dest.agent.instances, sid).disk)
+    wait_until(lambda: sid not in source.agent.hv.list_managed()
+               and not InstancePaths(source.agent.instances, sid).directory.exists(), WAIT,
+               "source copy removed")
+    assert allocated(api, source.host_id) == {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
+    [m] = migrations(api, ADMIN, sid)
+    assert m["status"] == "completed"
