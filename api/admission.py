@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import problem_response
 from api.metrics import ADMISSION_REJECTED, ADMITTED
 
-ADMITTED_PATHS = frozenset({"/v1/agent/enroll", "/v1/agent/inventory", "/v1/agent/heartbeat"})
+ADMITTED_PATHS = frozenset({"/v1/agent/enroll", "/v1/agent/inventory", "/v1/agent/heartbeat",
+                            "/v1/agent/guest-metrics"})
 """The agent calls that take a turn; the long-poll and observations are not limited here."""
 
 

@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     # Migration (api.mobility): a step that makes no progress this long is reverted to the
     # source (a dead agent on either side; a cold move's copy counts as one step).
     migration_step_timeout_seconds: int = Field(default=1800, gt=0)
+    # Guest metrics (docs/operations.md, "Guest metrics"): rollup levels as [step, retention]
+    # pairs in seconds, finest first; every derived sample is added to each level, and rows
+    # older than a level's retention are pruned every guest_metrics_prune_interval_seconds.
+    guest_metrics_levels: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(10, 3600), (60, 86400), (3600, 30 * 86400)], min_length=1)
+    guest_metrics_prune_interval_seconds: float = Field(default=60.0, gt=0)
+    # Servers with per-server gauges on /metrics (the busiest by cpu_util of the last
+    # finest-level bucket): bounds the exposition's label cardinality.
+    guest_metrics_exposed_servers: int = Field(default=100, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _weighers(self) -> Settings:
@@ -112,6 +121,16 @@ class Settings(BaseSettings):
         except UnknownWeigher as error:
             raise ValueError(f"scheduler_weight_multipliers: {error}") from None
         return self
+
+    @field_validator("guest_metrics_levels")
+    @classmethod
+    def _levels(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        steps = [step for step, _ in value]
+        if any(step <= 0 or keep < step for step, keep in value):
+            raise ValueError("each guest metrics level is [step > 0, retention >= step]")
+        if steps != sorted(set(steps)):
+            raise ValueError("guest metrics levels go from the finest step to the coarsest")
+        return value
 
     def multipliers(self) -> Multipliers:
         """The weigher multipliers; raises UnknownWeigher (see ``scheduler.pipeline``)."""

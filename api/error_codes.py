@@ -142,6 +142,10 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_period", 422, "The period is not `YYYY-MM`."),
     ErrorCode("weak_bootstrap_token", 422,
               "The bootstrap credential needs at least 24 characters."),
+    ErrorCode("unknown_metric", 422, "No guest metric has that name (`names` lists them)."),
+    ErrorCode("invalid_metric_range", 422,
+              "A metrics range needs start before end, a positive step and at most 1000 "
+              "steps."),
     # 429: too many requests for now (``Retry-After`` says when to retry)
     ErrorCode("too_many_requests", 429, "Too many requests; retry after `Retry-After` seconds."),
     ErrorCode("login_throttled", 429,

@@ -33,6 +33,7 @@ from api.errors import (
     request_id_var,
 )
 from api.flavors.routes import router as flavors_router
+from api.guest_metrics import routes as guest_metrics_routes
 from api.hosts.routes import router as hosts_router
 from api.identity.routes import router as identity_router
 from api.images.routes import router as images_router
@@ -63,6 +64,7 @@ ROUTERS += [hosts_router, agent_router, agent_console_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
 ROUTERS += [mobility_router, mobility_agent_router]
+ROUTERS += [guest_metrics_routes.router, guest_metrics_routes.agent_router]
 # The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.
 ROUTERS += [os_identity.router, os_compute.router, os_image.router]
 

@@ -53,6 +53,7 @@ from compute_agent.client import (
     tls_verify,
 )
 from compute_agent.config import AgentSettings, Credential, load_credential, save_credential
+from compute_agent.guest_stats import GuestStatsReporter, SimulatedLoad
 from compute_agent.hypervisor import DomainNotFound, Hypervisor, HypervisorError
 from compute_agent.imagecache import ImageCache, ImageError, prepare_instance_files
 from compute_agent.reconcile import Action, DomainState, SeenDomain, operation_key, plan
@@ -155,6 +156,12 @@ class Agent:
         verify = tls_verify(settings.ca_bundle)
         self.client = AgentClient(settings.api_url, credential.credential, verify=verify)
         self._hb_client = AgentClient(settings.api_url, credential.credential, verify=verify)
+        # Guest metrics are best effort: one attempt, so a slow API never holds up the loop.
+        self.guest_stats = GuestStatsReporter(
+            hypervisor, AgentClient(settings.api_url, credential.credential, retries=0,
+                                    verify=verify),
+            settings.guest_metrics_interval,
+            SimulatedLoad(settings.simulated_load_file) if settings.simulated_load_file else None)
         self.cache = ImageCache(settings.image_cache_dir)
         self.instances = Path(settings.instances_dir).resolve()
         self.cursor: str | None = None
@@ -193,6 +200,7 @@ class Agent:
         """Close the HTTP clients (the hypervisor belongs to the caller)."""
         self.client.close()
         self._hb_client.close()
+        self.guest_stats.client.close()
 
     def run(self) -> None:
         """Run the heartbeat thread and the reconcile loop until ``stop``."""
@@ -243,6 +251,8 @@ class Agent:
         wait = self._poll_wait()
         state = self.client.desired_servers(since=self.cursor, wait=wait)
         self.reconcile(state.servers)
+        self.guest_stats.maybe_report({s.server_id: s for s in state.servers
+                                       if s.desired == "running"})
         self.cursor = state.cursor
         self.passes += 1
 
@@ -256,6 +266,9 @@ class Agent:
             wait = min(wait, self.settings.console_interval)
         if self._stopping:
             wait = min(wait, STOP_POLL_SECONDS)  # look again soon at guests powering off
+        due = self.guest_stats.seconds_until_due()
+        if due is not None:
+            wait = min(wait, max(due, STOP_POLL_SECONDS))  # wake up for the next metrics report
         return min(wait, self.settings.inventory_interval)
 
     # -- inventory and heartbeat -------------------------------------------------------------

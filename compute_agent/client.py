@@ -74,6 +74,28 @@ class Observation(_Model):
     seen_at: datetime
 
 
+class GuestSample(_Model):
+    """One server's libvirt counters (cumulative) and memory figures for a metrics batch."""
+
+    server_id: str
+    cpu_time_ns: int = 0
+    vcpus: int = 0
+    memory_kib: int = 0
+    memory_unused_kib: int | None = None
+    memory_rss_kib: int | None = None
+    disk_read_bytes: int = 0
+    disk_write_bytes: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+
+
+class GuestSamplesResult(_Model):
+    """What the API did with a metrics batch (``ignored``: not its servers on this host)."""
+
+    accepted: int
+    ignored: list[str]
+
+
 class HeartbeatResult(_Model):
     """What the API did with a heartbeat."""
 
@@ -325,6 +347,12 @@ class AgentClient:
             body["foreign"] = [{"server_id": s, "host_id": h} for s, h in sorted(foreign.items())]
         return HeartbeatResult.model_validate(
             self._request("POST", "/v1/agent/heartbeat", json=body).json())
+
+    def report_guest_metrics(self, at: datetime, samples: list[GuestSample]) -> GuestSamplesResult:
+        """Send one interval's statistics of the host's servers; raises AgentApiError."""
+        body = {"at": at.isoformat(), "samples": [s.model_dump(mode="json") for s in samples]}
+        return GuestSamplesResult.model_validate(
+            self._request("POST", "/v1/agent/guest-metrics", json=body).json())
 
     def desired_servers(self, since: str | None = None, wait: float = 0) -> DesiredState:
         """Every server of this host; waits up to ``wait`` s (max 30) while ``since`` is current.

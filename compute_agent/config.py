@@ -65,6 +65,12 @@ class AgentSettings(BaseSettings):
     long_poll_wait: float = Field(default=10.0, ge=0, le=30)
     # Prometheus metrics on 127.0.0.1:metrics_port (compute_agent.metrics); None: off.
     metrics_port: int | None = Field(default=None, gt=0, lt=65536)
+    # Seconds between two reports of the running servers' libvirt statistics (guest metrics,
+    # one request per host); None: not reported.
+    guest_metrics_interval: float | None = Field(default=10.0, gt=0)
+    # Test-only: a JSON file {server name or id: CPU load %} whose load is added to the
+    # servers' CPU time (compute_agent.guest_stats.SimulatedLoad; docs/operations.md).
+    simulated_load_file: Path | None = None
 
     @property
     def network_name(self) -> str | None:

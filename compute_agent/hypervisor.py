@@ -1,4 +1,5 @@
-"""The libvirt adapter: the only module of minicloud that imports ``libvirt``.
+"""The libvirt adapter: with its migration primitives (``compute_agent.migration``), the only
+module of minicloud that imports ``libvirt``.
 
 ``Hypervisor`` wraps one libvirt connection (``qemu:///system`` in production, the test driver
 ``test:///default`` or ``test:///<abs path>/node.xml`` in tests and simulations). It only ever
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -122,6 +124,49 @@ class Address:
     address: str
     prefix: int
     version: int
+
+
+@dataclass(frozen=True)
+class DomainStats:
+    """A running domain's cumulative counters and memory figures (libvirt bulk stats)."""
+
+    cpu_time_ns: int
+    vcpus: int
+    memory_kib: int
+    memory_unused_kib: int | None
+    memory_rss_kib: int | None
+    disk_read_bytes: int
+    disk_write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+
+
+_STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
+                 | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE
+                 | libvirt.VIR_DOMAIN_STATS_BLOCK)
+
+
+def parse_domain_stats(stats: dict[str, Any]) -> DomainStats:
+    """``DomainStats`` from one record of ``virConnectGetAllDomainStats`` (flat typed
+    parameters such as ``cpu.time``, ``block.0.rd.bytes``, ``net.1.tx.bytes``)."""
+
+    def counter(key: str) -> int:
+        value = stats.get(key, 0)
+        return int(value) if isinstance(value, int) else 0
+
+    def optional(key: str) -> int | None:
+        value = stats.get(key)
+        return int(value) if isinstance(value, int) else None
+
+    def total(group: str, field: str) -> int:
+        return sum(counter(f"{group}.{i}.{field}") for i in range(counter(f"{group}.count")))
+
+    return DomainStats(
+        cpu_time_ns=counter("cpu.time"), vcpus=counter("vcpu.current"),
+        memory_kib=counter("balloon.current"), memory_unused_kib=optional("balloon.unused"),
+        memory_rss_kib=optional("balloon.rss"),
+        disk_read_bytes=total("block", "rd.bytes"), disk_write_bytes=total("block", "wr.bytes"),
+        net_rx_bytes=total("net", "rx.bytes"), net_tx_bytes=total("net", "tx.bytes"))
 
 
 def write_test_node_xml(path: Path, vcpus: int, memory_mb: int, arch: str = "x86_64",
@@ -258,6 +303,27 @@ class Hypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.close()
             self._conn = None
+
+    @property
+    def connection(self) -> Any:
+        """The open ``libvirt.virConnect`` (for ``compute_agent.migration``).
+
+        Raises:
+            HypervisorError: the connection was closed.
+        """
+        if self._conn is None:
+            raise HypervisorError(f"connection to {self.uri} is closed")
+        return self._conn
+
+    def domain(self, server_id: str) -> Any:
+        """The ``libvirt.virDomain`` of a managed server (for ``compute_agent.migration``).
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            DomainNotFound: no domain with that UUID, or one without minicloud metadata.
+            HypervisorError: libvirt fails.
+        """
+        return self._lookup(server_id)
 
     def __enter__(self) -> Hypervisor:
         return self
@@ -757,6 +823,35 @@ class Hypervisor:
         """
         path = self.console_log_file(server_id)
         return read_tail(path, max_bytes) if path is not None else ""
+
+    # -- guest statistics -------------------------------------------------------------------
+
+    def domain_stats(self, server_ids: Collection[str]) -> dict[str, DomainStats]:
+        """Bulk statistics of the running domains among ``server_ids`` (one libvirt call).
+
+        Counters libvirt does not report (the test driver reports none) are 0; memory
+        figures it does not report are None.
+
+        Raises:
+            HypervisorError: libvirt fails.
+        """
+        wanted = set(server_ids)
+        if not wanted:
+            return {}
+        try:
+            records = self._conn.getAllDomainStats(
+                _STATS_GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"domain statistics: {exc}") from exc
+        found: dict[str, DomainStats] = {}
+        for dom, stats in records:
+            try:
+                sid = str(dom.UUIDString())
+            except libvirt.libvirtError:
+                continue  # gone between the call and now
+            if sid in wanted:
+                found[sid] = parse_domain_stats(stats)
+        return found
 
     # -- internals --------------------------------------------------------------------------
 

@@ -218,10 +218,25 @@ def create_overlay(base: Path, base_format: ImageFormat, overlay: Path, size_gb:
     size = size_gb * GIB if size_gb else base_size
     if size < base_size:
         raise DiskTooSmall(f"disk {size_gb} GiB is smaller than the image ({base_size} bytes)")
+    create_overlay_bytes(base, base_format, overlay, size)
+
+
+def create_overlay_bytes(base: Path, base_format: ImageFormat, overlay: Path,
+                         size_bytes: int) -> None:
+    """Create the empty qcow2 ``overlay`` backed by ``base``, exactly ``size_bytes`` large.
+
+    Built as ``overlay.tmp`` and renamed; an existing overlay is replaced. (A live migration's
+    destination needs the source disk's exact virtual size, which is not always whole GiB.)
+
+    Raises:
+        ImageError: qemu-img fails or ``base_format`` is not supported.
+    """
+    if base_format not in ("qcow2", "raw"):
+        raise ImageError(f"unsupported base format {base_format!r}")
     tmp = overlay.with_name(overlay.name + ".tmp")
     tmp.unlink(missing_ok=True)
     _qemu_img("create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(tmp),
-              str(size))
+              str(size_bytes))
     host_files.share_file(tmp)
     tmp.replace(overlay)
 

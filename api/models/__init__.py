@@ -2,6 +2,7 @@
 
 from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
+from api.models.guest_metrics import GuestMetricCounters, GuestMetricRollup
 from api.models.identity import (
     ApplicationCredential,
     LoginFailure,
@@ -51,4 +52,6 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "LoginFailure",
     "SystemFlag",
     "Migration",
+    "GuestMetricCounters",
+    "GuestMetricRollup",
 ]

@@ -204,6 +204,10 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
         "state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1",
         "operation": {"operation_id": "reboot-1", "result": "success"}, "message": "ok",
         "addresses": [{"ip": "10.0.0.2", "mac": "52:54:00:00:00:01", "network": "default"}]},
+    ("POST", "/v1/agent/guest-metrics"): {"at": "2026-01-01T00:00:00Z", "samples": [
+        {"server_id": "{server_id}", "cpu_time_ns": 1, "vcpus": 1, "memory_kib": 1024,
+         "memory_unused_kib": 512, "memory_rss_kib": 800, "disk_read_bytes": 1,
+         "disk_write_bytes": 1, "net_rx_bytes": 1, "net_tx_bytes": 1}]},
     ("POST", "/v1/scheduler/simulate"): [  # a flavor or sizes, not both
         {"flavor": "tiny", "image": "{image_id}", "availability_zone": "nova",
          "server_group": "{group_id}", "project_id": "{project_id}", "request_id": "r-1"},

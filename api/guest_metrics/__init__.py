@@ -1,0 +1,1 @@
+"""Guest metrics: agents' libvirt counters in, rates and rollups out (docs/operations.md)."""
