@@ -134,6 +134,15 @@ def test_cold_migration_moves_the_server_with_its_disk(
     events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=member.headers).json()["events"]
     moves = [(e["action"], e["result"]) for e in events if e["action"] == "migrate"]
     assert moves == [("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
+    # Billed once, per server: the cold move's stop and start bill as a user's would.
+    r = httpx.get(f"{api}/v1/usage/servers/{sid}", headers=member.headers,
+                  params={"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    kinds = [(e["kind"], e["source"]) for e in r.json()["entries"]]
+    expected = [("created", "api"), ("running", "agent"), ("stopped", "agent")]
+    if status == "ACTIVE":
+        expected.append(("running", "agent"))  # the destination's start
+    assert kinds == expected
 
 
 def restart(old: ThreadAgent) -> ThreadAgent:
