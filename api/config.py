@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     build_timeout_seconds: int = Field(default=600, gt=0)
     delete_timeout_seconds: int = Field(default=600, gt=0)
     operation_timeout_seconds: int = Field(default=600, gt=0)
+    # Automatic evacuation of down hosts (off by default): seconds after a host went down, by
+    # availability zone ("*": every zone), e.g. '{"edge": 300}'. A host's aggregate tag
+    # ``auto_evacuate_after_seconds`` wins over its zone's entry.
+    auto_evacuate_after_seconds: dict[str, int] = Field(default_factory=dict)
     # Longest wait of the agent's desired-state long-poll, and how often it re-checks.
     agent_long_poll_max_seconds: float = Field(default=30.0, gt=0)
     agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)
@@ -113,6 +117,18 @@ class Settings(BaseSettings):
     # Servers with per-server gauges on /metrics (the busiest by cpu_util of the last
     # finest-level bucket): bounds the exposition's label cardinality.
     guest_metrics_exposed_servers: int = Field(default=100, ge=0, le=10_000)
+
+    # Scaling groups (docs/scaling.md): how often the leader reconciles every group, how long
+    # its database lease lasts without renewal (another API process takes over after that),
+    # members launched per group and pass, and the backoff of failed launches (doubling from
+    # base up to max).
+    scaling_interval_seconds: float = Field(default=10.0, gt=0)
+    scaling_lease_seconds: float = Field(default=30.0, gt=0)
+    scaling_launches_per_pass: int = Field(default=10, gt=0)
+    scaling_retry_base_seconds: float = Field(default=10.0, gt=0)
+    scaling_retry_max_seconds: float = Field(default=300.0, gt=0)
+    # Activities kept per group: a refused launch trims the older ones beyond this.
+    scaling_activities_kept: int = Field(default=1000, gt=0)
 
     @model_validator(mode="after")
     def _weighers(self) -> Settings:

@@ -63,6 +63,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("image_not_found", 404, "No such image visible to the project."),
     ErrorCode("server_group_not_found", 404, "No such server group of the project."),
     ErrorCode("host_not_found", 404, "No such host."),
+    ErrorCode("evacuation_not_found", 404, "The host was never evacuated."),
     ErrorCode("rate_card_not_found", 404, "No such rate card."),
     ErrorCode("ledger_entry_not_found", 404, "No ledger entry under that key."),
     ErrorCode("period_open", 404, "The billing period is not closed, so it has no report."),
@@ -85,6 +86,11 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("host_up", 409,
               "The host is up: delete without force and its agent removes the server."),
     ErrorCode("host_not_empty", 409, "The host still has servers."),
+    ErrorCode("host_not_down", 409,
+              "The host still heartbeats: only a down host can be evacuated."),
+    ErrorCode("fencing_required", 409,
+              "Agent only: servers of this host were evacuated; fence them first "
+              "(`server_ids`, `GET /v1/agent/fencing`)."),
     ErrorCode("inventory_missing", 409, "The host's agent has not reported that resource yet."),
     ErrorCode("image_not_active", 409, "The image has no bytes yet."),
     ErrorCode("image_not_queued", 409,
@@ -162,6 +168,15 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("agent_busy", 503,
               "Too many agent enrollments, inventories or heartbeats at once; retry after "
               "`Retry-After` seconds."),
+    # scaling groups (docs/scaling.md)
+    ErrorCode("scaling_group_not_found", 404,
+              "No such scaling group, or it belongs to another project."),
+    ErrorCode("scaling_member_not_found", 404, "The server is not a live member of the group."),
+    ErrorCode("scaling_group_name_in_use", 409, "The project already has a group of that name."),
+    ErrorCode("scaling_group_deleting", 409, "The scaling group is being deleted."),
+    ErrorCode("scaling_group_changed", 409,
+              "The scaling group changed while the request ran (e.g. its reconciler); retry."),
+    ErrorCode("scaling_size_invalid", 422, "Sizes break `min_size <= desired <= max_size`."),
     ErrorCode("http_error", None, "Any other HTTP error, with its own status."),
     # migration (api.mobility)
     ErrorCode("migration_same_host", 409, "The named destination is the server's own host."),

@@ -32,6 +32,8 @@ from api.errors import (
     problem_response,
     request_id_var,
 )
+from api.evacuation.routes import agent_router as evacuation_agent_router
+from api.evacuation.routes import router as evacuation_router
 from api.flavors.routes import router as flavors_router
 from api.guest_metrics import routes as guest_metrics_routes
 from api.hosts.routes import router as hosts_router
@@ -49,6 +51,9 @@ from api.openstack import identity as os_identity
 from api.openstack import image as os_image
 from api.openstack.microversion import ComputeMicroversion
 from api.quotas.routes import router as quotas_router
+from api.scaling import lease as scaling_lease
+from api.scaling import reconciler as scaling_reconciler
+from api.scaling.routes import router as scaling_router
 from api.scheduler.routes import router as scheduler_router
 from api.server_groups.routes import router as server_groups_router
 from api.servers.routes import router as servers_router
@@ -61,9 +66,11 @@ log = logging.getLogger("minicloud.api")
 ROUTERS: list[APIRouter] = [identity_router, flavors_router, images_router]
 ROUTERS += [servers_router, server_groups_router, quotas_router, keypairs_router]
 ROUTERS += [hosts_router, agent_router, agent_console_router]
+ROUTERS += [evacuation_router, evacuation_agent_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
 ROUTERS += [mobility_router, mobility_agent_router]
+ROUTERS += [scaling_router]
 ROUTERS += [guest_metrics_routes.router, guest_metrics_routes.agent_router]
 # The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.
 ROUTERS += [os_identity.router, os_compute.router, os_image.router]
@@ -135,11 +142,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The host monitor: down hosts' servers stop accruing compute (api.usage.host_monitor).
         monitor = app.state.host_monitor = asyncio.create_task(
             host_monitor.run(app.state.sessionmaker, settings, stop), name="host-monitor")
+        # The scaling reconciler: only the holder of the database lease acts (api.scaling).
+        scaling = asyncio.create_task(scaling_reconciler.run(
+            app.state.sessionmaker, settings, app.state.scaling_holder, stop), name="scaling")
         try:
             yield
         finally:
             stop.set()
             await monitor
+            await scaling
             engine.dispose()
             metrics.process_exited()
 
@@ -153,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.scaling_holder = scaling_lease.new_holder()
     install_error_handlers(app)
     # Under /identity, /compute and /image errors take the OpenStack services' shapes.
     os_errors.install(app)

@@ -9,7 +9,7 @@ import typer
 
 from cli import render
 from cli.client import ApiClient, CliError
-from cli.context import is_uuid, items_of, pick, state
+from cli.context import State, is_uuid, items_of, pick, state
 
 app = typer.Typer(help="Compute hosts (admin).", no_args_is_help=True)
 az_app = typer.Typer(help="Availability zones.", no_args_is_help=True)
@@ -118,6 +118,66 @@ def host_delete(ctx: typer.Context, host: str) -> None:
     h = resolve_host(st.api, host)
     st.api.delete(f"/v1/hosts/{h['id']}")
     st.done(f"Deleted host {h['name']} ({h['id']}).", {"id": h["id"], "deleted": True})
+
+
+EVACUATION_COLUMNS = ["server_id", "name", "result", "status", "target_host", "detail"]
+
+
+def _follow_evacuation(st: State, host: dict[str, Any], timeout: float,
+                       interval: float = 1.0) -> dict[str, Any]:
+    """Poll the host's evacuation, showing its counts, until no server is still rebuilding.
+
+    Returns the last progress. Raises CliError on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    spinner = render.console(stderr=True).status("evacuating", spinner="dots")
+    with spinner:
+        while True:
+            progress: dict[str, Any] = st.api.get(f"/v1/hosts/{host['id']}/evacuation")
+            spinner.update(f"{host['name']}: {progress['rebuilding']} rebuilding, "
+                           f"{progress['done']} done, {progress['failed']} failed, "
+                           f"{progress['refused']} refused")
+            if progress["rebuilding"] == 0:
+                return progress
+            if time.monotonic() > deadline:
+                raise CliError(f"Gave up after {timeout:.0f}s; {progress['rebuilding']} "
+                               "server(s) still rebuilding.", code="wait_timeout")
+            time.sleep(interval)
+
+
+@app.command("evacuate")
+def host_evacuate(
+    ctx: typer.Context, host: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow until every server settled.")
+                    ] = False,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")
+                       ] = 1800.0,
+) -> None:
+    """Rebuild every server of a DOWN host on other hosts, from their images.
+
+    Their local disk content is lost. A server no host can take stays, with the reason;
+    evacuating again retries it. When the host comes back, its agent destroys the old copies
+    before anything else.
+    """
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    body: dict[str, Any] = st.api.post(f"/v1/hosts/{h['id']}/evacuate")
+    rows: list[dict[str, Any]] = list(body["servers"])
+    progress = _follow_evacuation(st, h, timeout) if wait else None
+    if wait:
+        for row in rows:
+            if row["result"] == "rebuilding":
+                row["status"] = st.api.get(f"/v1/servers/{row['server_id']}")["status"]
+    if st.json:
+        st.show({**body, "servers": rows, "progress": progress})
+    else:
+        st.show(rows, EVACUATION_COLUMNS)
+    refused = [r for r in rows if r["result"] == "refused"]
+    failed = [r for r in rows if r["result"] == "rebuilding" and r["status"] == "ERROR"]
+    if refused or failed:
+        raise CliError(f"{len(refused)} server(s) stay on {h['name']} and {len(failed)} "
+                       "failed to rebuild; evacuate again to retry the ones that stayed.",
+                       code="evacuation_incomplete")
 
 
 @app.command("enroll-token")

@@ -24,6 +24,7 @@ from cli import (
     keypairs,
     quotas,
     render,
+    scaling,
     servers,
     usage,
 )
@@ -174,6 +175,7 @@ app.add_typer(hosts.app, name="host")
 app.add_typer(hosts.az_app, name="availability-zone")
 app.add_typer(usage.app, name="usage")
 app.add_typer(keypairs.app, name="keypair")
+app.add_typer(scaling.app, name="group")
 
 
 def run() -> None:

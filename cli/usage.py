@@ -29,7 +29,8 @@ def usage_columns(rows: list[dict[str, Any]]) -> list[str]:
     hours: dict[str, None] = {}
     for row in rows:
         hours.update(dict.fromkeys(k for k in row if k.endswith("_hours")))
-    return ["start", "project_id", "server_id", "state", *hours, "adjustments_cost", "cost"]
+    return ["start", "project_id", "scaling_group", "servers", "server_id", "state", *hours,
+            "adjustments_cost", "cost"]
 
 
 def month_bounds(month: str) -> tuple[str, str]:
@@ -59,6 +60,9 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             for server in project.get("servers", []) or []:
                 rows.append({"start": period.get("start"), "project_id": project["project_id"],
                              **server})
+            for group in project.get("scaling_groups", []) or []:
+                rows.append({"start": period.get("start"), "project_id": project["project_id"],
+                             "scaling_group": group.get("name") or "(none)", **group})
     return rows
 
 
@@ -68,7 +72,8 @@ def usage_report(
     month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month).")] = None,
     project: Annotated[str | None, typer.Option(help="Only this project (admins: any).")
                        ] = None,
-    group_by: Annotated[str | None, typer.Option(help="server, day or month.")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        help="server, scaling_group, day or month.")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the report as CSV.")
                         ] = None,
 ) -> None:

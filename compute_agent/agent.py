@@ -16,6 +16,11 @@ Pending operations (``DesiredServer.operation``: reboot, resize) are performed b
 per kind (``Agent._handlers``); a new kind is one handler there. Once performed, the operation
 is recorded in the state directory and reported as ``{operation_id, result}``.
 
+Fencing (``compute_agent.fencing``): before its first heartbeat, report or start, the agent
+removes the old copies of servers evacuated while its host was down; the API refuses the host
+with 409 ``fencing_required`` until it has, and a refusal later (an evacuation while the agent
+could not reach the API) makes the loop fence again before anything else.
+
 Restart safety: besides its credential (and performed operations) the agent keeps no state. A
 new process re-lists libvirt and the instances directory and plans from there: a half-made
 overlay never has its final name, define is by server UUID, start/stop/destroy/pause are
@@ -28,6 +33,7 @@ they are reported, so a kill between performing one and reporting it does not pe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from compute_agent import host_files, transfer
+from compute_agent import fencing, host_files, transfer
 from compute_agent.client import (
     Address,
     AgentApiError,
@@ -207,6 +213,10 @@ class Agent:
         self.instances.mkdir(parents=True, exist_ok=True)
         host_files.share_dir(self.instances)
         self.cache.cleanup_partial()
+        # Before the first heartbeat, report or start: remove the old copies of servers that
+        # were evacuated while this host was down (compute_agent.fencing).
+        if not self._fence_until_done():
+            return
         hb = threading.Thread(target=self._heartbeat_loop, name=f"hb-{self.settings.name}",
                               daemon=True)
         hb.start()
@@ -216,6 +226,12 @@ class Agent:
                 self.run_once()
                 delay = 0.5
             except AgentApiError as exc:
+                if exc.code == "fencing_required":
+                    # Servers were evacuated while this agent could not reach the API.
+                    log.warning("API: %s", exc.detail)
+                    if self._fence_until_done():
+                        continue
+                    break
                 log.warning("API: %s; retrying in %.1fs", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -234,6 +250,25 @@ class Agent:
                 self._stop.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
         hb.join(timeout=self.settings.heartbeat_interval + 15)
+
+    def _fence_until_done(self) -> bool:
+        """Carry out the host's fence orders, retrying with backoff; False if stopped first."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                fenced = fencing.fence(self.client, self.hv, self.instances)
+            except (AgentApiError, HypervisorError, SpecError, OSError) as exc:
+                log.warning("fencing: %s; retrying in %.1fs", exc, delay)
+                if isinstance(exc, HypervisorError):
+                    with contextlib.suppress(HypervisorError):
+                        self.hv.ensure_connected()
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            if fenced:
+                log.warning("fenced %d evacuated server(s) before anything else", fenced)
+            return True
+        return False
 
     def run_once(self) -> None:
         """One pass: inventory, long-poll, reconcile, report, console.

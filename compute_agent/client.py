@@ -179,6 +179,17 @@ class ObservationResult(_Model):
     applied: bool
 
 
+class FenceReport(_Model):
+    """What the agent removed for one evacuated server (``POST /v1/agent/fencing``).
+
+    ``domain``: ``destroyed`` (it was running), ``undefined`` (defined, off) or ``absent``.
+    """
+
+    server_id: str
+    domain: Literal["destroyed", "undefined", "absent"]
+    files_removed: bool
+
+
 class AgentApiError(Exception):
     """The API refused a request (4xx), or kept failing (5xx, transport) after retries.
 
@@ -451,6 +462,17 @@ class AgentClient:
                 if attempt >= self.retries:
                     raise AgentApiError(0, "unreachable", str(exc)) from exc
 
+    def fence_orders(self) -> list[str]:
+        """Servers evacuated from this host whose old copies must go; raises AgentApiError."""
+        r = self._request("GET", "/v1/agent/fencing")
+        return [str(s) for s in r.json()["server_ids"]]
+
+    def report_fenced(self, reports: list[FenceReport]) -> list[str]:
+        """Report old copies removed; returns the orders still open. Raises AgentApiError."""
+        body = {"fenced": [rep.model_dump() for rep in reports]}
+        r = self._request("POST", "/v1/agent/fencing", json=body)
+        return [str(s) for s in r.json()["pending"]]
+
     # ------------------------------------------------------------ cold migration relay
 
     def put_migration_file(self, server_id: str, name: str, path: Path, sha256: str) -> None:
@@ -488,6 +510,7 @@ __all__ = [
     "DesiredServer",
     "DesiredState",
     "Enrollment",
+    "FenceReport",
     "HeartbeatResult",
     "InventoryItem",
     "InventoryResult",

@@ -44,6 +44,15 @@ class AgentSettings(BaseSettings):
     # server on this host uses; None keeps every image.
     image_cache_max_mb: int | None = Field(default=None, ge=0)
     libvirt_uri: str = "qemu:///system"
+    # Live migration to this host (compute_agent.migration.MigrationEndpoint): the address
+    # other hosts' libvirtd and QEMU reach this host at; None: this host is no live-migration
+    # target. The libvirtd listener is qemu+<transport>://<address>:<port>/system (port None:
+    # libvirt's default, 16514 for tls, 16509 for tcp); QEMU's incoming port range is read
+    # from migration_port_min/max in qemu_conf.
+    migration_address: str | None = None
+    migration_transport: Literal["tls", "tcp"] = "tls"
+    migration_libvirt_port: int | None = Field(default=None, gt=0, lt=65536)
+    qemu_conf: Path = Path("/etc/libvirt/qemu.conf")
     virt_type: Literal["auto", "kvm", "qemu"] = "auto"
     # virt type auto: how long a KVM probe guest has to print its marker before TCG is used.
     kvm_probe_timeout: float = Field(default=5.0, gt=0, le=120)

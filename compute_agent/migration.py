@@ -20,14 +20,16 @@ The agent runs these blocking calls in a worker thread. Every server is looked u
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import libvirt
 
@@ -60,6 +62,14 @@ _PATH_TEXT = ("os/kernel", "os/initrd", "os/dtb", "os/loader", "os/nvram")
 _PATH_ATTRS = ("file", "path", "dir")
 
 
+# libvirt's defaults: the libvirtd listeners (libvirtd-tls.socket / libvirtd-tcp.socket) and
+# QEMU's incoming migration ports (qemu.conf migration_port_min / migration_port_max).
+LIBVIRT_PORTS = {"tls": 16514, "tcp": 16509}
+DEFAULT_MIGRATION_PORTS = (49152, 49215)
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
 class MigrationError(Exception):
     """A migration primitive failed."""
 
@@ -68,15 +78,19 @@ class MigrationFailed(MigrationError):
     """A live migration failed, timed out or was aborted; the guest still runs on the source.
 
     ``source_state`` is the domain's observed state on the source afterwards ("running" in
-    every case libvirt handled; anything else deserves a fault on the server).
+    every case libvirt handled; anything else deserves a fault on the server). ``settled`` is
+    False only when libvirt's migration call had not returned ``ABORT_GRACE_S`` after the
+    abort: then the job may still finish, and where the guest ends must be read from both
+    hosts before anything is cleaned up.
     """
 
     def __init__(self, message: str, *, source_state: str = "running",
-                 aborted: bool = False, timed_out: bool = False) -> None:
+                 aborted: bool = False, timed_out: bool = False, settled: bool = True) -> None:
         super().__init__(message)
         self.source_state = source_state
         self.aborted = aborted
         self.timed_out = timed_out
+        self.settled = settled
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,102 @@ class MigrationStats:
     elapsed_ms: int
     downtime_ms: int | None
     data_processed: int
+
+
+@dataclass(frozen=True)
+class MigrationEndpoint:
+    """How other hosts reach this host as a live-migration destination (what its agent
+    registers): ``address`` (an IP address or DNS name), the libvirtd listener
+    (``transport``, ``libvirt_port``; None: libvirt's default port for the transport) and the
+    range QEMU takes incoming migration ports from (``port_min``..``port_max``).
+
+    Raises:
+        MigrationError: (on construction) the address or a port is invalid.
+    """
+
+    address: str
+    transport: Literal["tls", "tcp"] = "tls"
+    libvirt_port: int | None = None
+    port_min: int = DEFAULT_MIGRATION_PORTS[0]
+    port_max: int = DEFAULT_MIGRATION_PORTS[1]
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            if not _DNS_NAME.match(self.address):
+                raise MigrationError(
+                    f"migration address is neither an IP address nor a DNS name: "
+                    f"{self.address!r}") from None
+        if self.transport not in LIBVIRT_PORTS:
+            raise MigrationError(f"migration transport must be tls or tcp: {self.transport!r}")
+        for port in (self.libvirt_port, self.port_min, self.port_max):
+            if port is not None and not 0 < port < 65536:
+                raise MigrationError(f"port out of range: {port}")
+        if self.port_min > self.port_max:
+            raise MigrationError(f"empty migration port range {self.port_min}..{self.port_max}")
+
+    @property
+    def _host(self) -> str:
+        return f"[{self.address}]" if ":" in self.address else self.address
+
+    @property
+    def libvirt_uri(self) -> str:
+        """The ``dest_libvirt_uri`` of ``live_migrate``: this host's libvirtd as the source
+        libvirtd reaches it (``qemu+tls://<address>:16514/system``)."""
+        port = self.libvirt_port or LIBVIRT_PORTS[self.transport]
+        return f"qemu+{self.transport}://{self._host}:{port}/system"
+
+    @property
+    def migrate_uri(self) -> str:
+        """The ``migrate_uri`` of ``live_migrate``: where QEMU sends memory and disks
+        (``tcp://<address>``; the port comes from this host's range)."""
+        return f"tcp://{self._host}"
+
+
+def read_qemu_migration_ports(qemu_conf: Path) -> tuple[int, int]:
+    """(``migration_port_min``, ``migration_port_max``) as QEMU's libvirt driver reads them
+    from ``qemu_conf``; libvirt's defaults for a setting (or file) that is absent.
+
+    Raises:
+        MigrationError: a value is not a port number, or the range is empty.
+        OSError: the file exists but cannot be read.
+    """
+    values = dict(zip(("migration_port_min", "migration_port_max"), DEFAULT_MIGRATION_PORTS,
+                      strict=True))
+    try:
+        text = qemu_conf.read_text()
+    except FileNotFoundError:
+        text = ""
+    for line in text.splitlines():
+        key, sep, value = line.split("#", 1)[0].partition("=")
+        key = key.strip()
+        if sep and key in values:
+            try:
+                values[key] = int(value.strip().strip('"'))
+            except ValueError as exc:
+                raise MigrationError(f"{qemu_conf}: {key} is not a number: {value.strip()!r}") \
+                    from exc
+    low, high = values["migration_port_min"], values["migration_port_max"]
+    if not 0 < low <= high < 65536:
+        raise MigrationError(f"{qemu_conf}: bad migration port range {low}..{high}")
+    return low, high
+
+
+def local_endpoint(address: str, *, transport: Literal["tls", "tcp"] = "tls",
+                   libvirt_port: int | None = None,
+                   qemu_conf: Path = Path("/etc/libvirt/qemu.conf")) -> MigrationEndpoint:
+    """This host's ``MigrationEndpoint``: the given address and listener, and the port range
+    of the local QEMU driver's ``qemu_conf`` (agent settings ``migration_address``,
+    ``migration_transport``, ``migration_libvirt_port``, ``qemu_conf``).
+
+    Raises:
+        MigrationError: the address, a port or the configured range is invalid.
+        OSError: ``qemu_conf`` exists but cannot be read.
+    """
+    low, high = read_qemu_migration_ports(qemu_conf)
+    return MigrationEndpoint(address=address, transport=transport, libvirt_port=libvirt_port,
+                             port_min=low, port_max=high)
 
 
 # -- domain XML ------------------------------------------------------------------------------
@@ -155,6 +265,33 @@ def rewrite_paths(domain_xml: str, path_map: Mapping[str, str]) -> str:
                 mapped = _map_path(el.text.strip(), prefixes)
                 if mapped is not None:
                     el.text = mapped
+    return ET.tostring(root, encoding="unicode")
+
+
+def set_host_id(domain_xml: str, host_id: str) -> str:
+    """Return ``domain_xml`` with its minicloud metadata naming ``host_id`` as its host.
+
+    A domain moved to another host must carry that host's id: an agent quarantines domains
+    whose metadata names another host (docs/operations.md, "One agent per libvirtd").
+
+    Raises:
+        MigrationError: ``domain_xml`` is not a minicloud domain definition.
+        SpecError: ``host_id`` is not a canonical UUID.
+    """
+    hid = canonical_uuid(host_id, "host_id")
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError as exc:
+        raise MigrationError(f"domain XML does not parse: {exc}") from exc
+    ns = "{" + METADATA_NS + "}"
+    inst = root.find(f"metadata/{ns}instance")
+    if inst is None or parse_metadata(domain_xml) is None:
+        raise MigrationError("not a minicloud domain definition")
+    host = inst.find(ns + "host")
+    if host is None:
+        host = ET.SubElement(inst, ns + "host")
+    host.set("id", hid)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -322,7 +459,8 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
 
     Raises:
         MigrationFailed: libvirt refused or failed the migration, it timed out or was aborted;
-            the guest runs on the source (``source_state`` says what was observed).
+            the guest runs on the source (``source_state`` says what was observed; see
+            ``MigrationFailed.settled`` for a job that did not end after its abort).
         DomainNotFound: no managed domain for ``server_id`` on the source.
         SpecError: ``server_id`` is not a canonical UUID.
         MigrationError: ``dest_xml`` is not a definition of this server.
@@ -384,8 +522,11 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
                 worker.join(ABORT_GRACE_S)
+                break
     wall_ms = int((time.monotonic() - started) * 1000)
-    error = outcome[0] if outcome else MigrationError("migration did not end after abort")
+    settled = bool(outcome)
+    error = outcome[0] if settled else MigrationError(
+        f"migration did not end within {ABORT_GRACE_S:g} s of its abort")
     if error is None:
         completed = _completed_stats(dest_libvirt_uri, sid)
         if completed is None:
@@ -410,7 +551,51 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
     else:
         message = f"live migration of {sid} failed: {error}"
     raise MigrationFailed(message, source_state=state, aborted=aborted,
-                          timed_out=timed_out) from error
+                          timed_out=timed_out, settled=settled) from error
+
+
+def active_migration(hv: Hypervisor, server_id: str) -> MigrationProgress | None:
+    """Progress of the outgoing migration libvirt is running for ``server_id`` on this host,
+    or None when there is none.
+
+    A peer-to-peer migration is driven by the source libvirtd: it goes on (and usually
+    completes) when the agent that started it dies. An agent that starts again finds such a
+    job here and can wait for it to end or abort it (``abort_migration``).
+
+    Raises:
+        DomainNotFound: no managed domain for ``server_id`` (e.g. it has just left).
+        HypervisorError: libvirt fails.
+    """
+    try:
+        stats = hv.domain(server_id).jobStats(0)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"job stats of {server_id}: {exc}") from exc
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    operation = stats.get("operation")
+    if operation is not None and operation != libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
+        return None
+    return _progress(stats)
+
+
+def abort_migration(hv: Hypervisor, server_id: str) -> bool:
+    """Abort the outgoing migration of ``server_id`` on this host, whoever started it; False
+    when none was running. libvirt then resumes the guest here (if the switch-over had not
+    completed: check where it runs afterwards).
+
+    Raises:
+        DomainNotFound: no managed domain for ``server_id``.
+        HypervisorError: libvirt fails.
+    """
+    if active_migration(hv, server_id) is None:
+        return False
+    try:
+        hv.domain(server_id).abortJob()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+            return False  # the job ended meanwhile
+        raise HypervisorError(f"abort migration of {server_id}: {exc}") from exc
+    return True
 
 
 def completed_migration_stats(hv: Hypervisor, server_id: str) -> MigrationStats | None:

@@ -43,6 +43,7 @@ from api.agent.schemas import (
 from api.config import Settings
 from api.db import utcnow
 from api.errors import Conflict, NotFound, Unauthorized
+from api.evacuation.service import require_fenced
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
 from api.hosts.schemas import ForeignDomain
@@ -100,7 +101,9 @@ def put_inventory(session: Session, settings: Settings, host_id: str,
 
     A total below what is already allocated is accepted (the hardware is what it is) and
     reported in ``overcommitted``; the scheduler then simply finds no room there.
+    Raises Conflict ``fencing_required`` (``api.evacuation.service.require_fenced``).
     """
+    require_fenced(session, host_id)
     invs = hosts_repository.inventories(session, [host_id])[host_id]
     changed = False
     for rc in RESOURCE_CLASSES:
@@ -147,12 +150,17 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
     ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts.
+    Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the host
+    stays down until its agent removed their old copies.
     """
     host = hosts_service.get_host(session, host_id)
     host.last_heartbeat_at = utcnow()
     if foreign is not None:
         host.foreign_domains = [f.model_dump() for f in foreign]
     session.flush()
+    # Checked under the host row's lock (taken by the write above), so an evacuation that
+    # committed while this heartbeat waited for it is seen, and the heartbeat rolls back.
+    require_fenced(session, host_id)
     applied, ignored = 0, []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.
     for item in sorted(observed, key=lambda o: o.server_id):
@@ -170,11 +178,12 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     """Apply one keyed observation; returns the server and whether it was applied.
 
     A repeated ``idempotency_key`` changes nothing. Raises NotFound ``server_not_found`` when
-    the server is not a live server of this host.
+    the server is not a live server of this host, Conflict ``fencing_required``.
     """
     # Lock order: hosts (both of a migration, in id order), then the server.
     for locked in sorted({host_id} | mobility_repository.hosts_of_open(session, server_id)):
         repository.lock_host(session, locked)
+    require_fenced(session, host_id)  # under the host lock, as in heartbeat
     server = repository.lock_server(session, server_id, host_id)
     if server is None and mobility_repository.is_incoming(session, host_id, server_id):
         server = repository.lock_server(session, server_id, None)  # a migration's destination
@@ -283,8 +292,10 @@ def desired_servers(session: Session, host_id: str) -> tuple[str, list[DesiredSe
     """The cursor and every live server of the host; raises Unauthorized if the host is gone.
 
     The cursor is read first, so a change racing with this read makes the next poll return
-    at once rather than be missed.
+    at once rather than be missed. Raises Conflict ``fencing_required`` while evacuated servers
+    of the host wait to be fenced: an agent back from the dead learns nothing it could start.
     """
+    require_fenced(session, host_id)
     current = cursor(session, host_id)
     if current is None:
         raise Unauthorized("The host no longer exists.", code="invalid_host_credential")

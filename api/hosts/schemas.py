@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from api.evacuation.schemas import EvacuationProgress
 from api.fields import ID_PATTERN, STRICT, Description
 
 ResourceClass = Literal["VCPU", "MEMORY_MB", "DISK_GB"]
@@ -83,6 +84,8 @@ class HostOut(BaseModel):
     foreign_domains: list[ForeignDomain]
     # "draining" while a drain moves its servers off (GET /v1/hosts/{id}/drain), else null.
     maintenance: str | None = None
+    # The newest evacuation of the host (None: never evacuated); see api.evacuation.
+    evacuation: EvacuationProgress | None = None
 
 
 class HostPatch(BaseModel):

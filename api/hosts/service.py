@@ -11,6 +11,7 @@ from api.config import Settings
 from api.db import utcnow
 from api.deps import Principal
 from api.errors import Conflict, InvalidInput, NotFound
+from api.evacuation.progress import progress as evacuation_progress
 from api.hosts import repository
 from api.hosts.schemas import AvailabilityZoneOut, ForeignDomain, HostOut, HostPatch, ResourceOut
 from api.models import EnrollmentToken, Host, Inventory
@@ -74,6 +75,7 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
     invs = repository.inventories(session, ids)
     used = repository.allocated(session, ids)
     counts = repository.server_counts(session, ids)
+    evacuations = evacuation_progress(session, ids)
     now = utcnow()
     out = []
     for h in hosts:
@@ -96,6 +98,7 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
             resources=resources, servers=counts.get(h.id, 0), created_at=h.created_at,
             foreign_domains=[ForeignDomain.model_validate(f) for f in h.foreign_domains or []],
             maintenance=h.maintenance,
+            evacuation=evacuations.get(h.id),
         ))
     return out
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from api.db import utcnow
 from api.models import Allocation, Image, Migration, Server
+from api.servers.states import MIGRATING as MIGRATING_STATUS
 
 QUEUED, PREPARING, MIGRATING, COMPLETED = "queued", "preparing", "migrating", "completed"
 REVERTED, FAILED, ABORTED = "reverted", "failed", "aborted"
@@ -49,9 +50,10 @@ def hosts_of_open(session: Session, server_id: str) -> set[str]:
 def is_incoming(session: Session, host_id: str, server_id: str) -> bool:
     """True when ``host_id`` is the destination of the server's migration at its host step."""
     return session.scalar(
-        select(Migration.id).where(Migration.server_id == server_id,
-                                   Migration.dest_host_id == host_id,
-                                   Migration.status.in_(AT_DESTINATION)).limit(1)) is not None
+        select(Migration.id).join(Server, Server.id == Migration.server_id)
+        .where(Migration.server_id == server_id, Migration.dest_host_id == host_id,
+               Migration.status.in_(AT_DESTINATION), Server.status == MIGRATING_STATUS)
+        .limit(1)) is not None
 
 
 def incoming_with_images(session: Session, host_id: str) -> Sequence[tuple[Server, Image]]:
@@ -59,7 +61,8 @@ def incoming_with_images(session: Session, host_id: str) -> Sequence[tuple[Serve
     rows = session.execute(
         select(Server, Image).join(Image, Image.id == Server.image_id)
         .join(Migration, Migration.server_id == Server.id)
-        .where(Migration.dest_host_id == host_id, Migration.status.in_(AT_DESTINATION))
+        .where(Migration.dest_host_id == host_id, Migration.status.in_(AT_DESTINATION),
+               Server.status == MIGRATING_STATUS)  # another owner (an evacuation) took it
         .order_by(Server.created_at, Server.id))
     return [(s, i) for s, i in rows]
 

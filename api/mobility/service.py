@@ -219,7 +219,13 @@ def sweep_stuck(session: Session, settings: Settings, now: datetime | None = Non
         server = agent_repository.lock_server(session, stale.server_id, None)
         migration = repository.open_migration(session, stale.server_id)
         if server is None or migration is None or migration.id != stale.id \
-                or migration.updated_at >= cutoff or server.status != states.MIGRATING:
+                or migration.updated_at >= cutoff:
+            continue
+        if server.status != states.MIGRATING:
+            # Something else took the server over (a delete, an evacuation of its host).
+            repository.touch(session, migration, status=repository.ABORTED,
+                             fault_code="server_moved", finished_at=utcnow(),
+                             fault_message=f"The server became {server.status} meanwhile.")
             continue
         step = server.task_state or "migration"
         try:

@@ -2,6 +2,7 @@
 
 from api.models.catalog import Flavor, FlavorAccess, Image
 from api.models.compute import AgentObservation, Allocation, EnrollmentToken, Host, Inventory
+from api.models.evacuations import Evacuation
 from api.models.guest_metrics import GuestMetricCounters, GuestMetricRollup
 from api.models.identity import (
     ApplicationCredential,
@@ -14,6 +15,7 @@ from api.models.identity import (
 )
 from api.models.keypairs import KeyPair
 from api.models.mobility import Migration
+from api.models.scaling import Lease, ScalingActivity, ScalingGroup, ScalingMember
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 from api.models.usage import (
     ClosedPeriod,
@@ -52,6 +54,11 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "LoginFailure",
     "SystemFlag",
     "Migration",
+    "Evacuation",
+    "Lease",
+    "ScalingActivity",
+    "ScalingGroup",
+    "ScalingMember",
     "GuestMetricCounters",
     "GuestMetricRollup",
 ]

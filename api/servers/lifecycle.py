@@ -308,6 +308,29 @@ def host_down(session: Session, host: Host) -> int:
     return recorded
 
 
+def evacuated(session: Session, server: Server, source: Host, host_id: str,
+              availability_zone: str, *, running: bool, user_id: str | None,
+              message: str, details: dict[str, Any]) -> None:
+    """Move a server of the down host ``source`` to ``host_id`` (already claimed there), to be
+    rebuilt from its image: BUILD/``rebuilding`` (``running``) or SHUTOFF/``rebuilding``.
+
+    Billing first hears ``host_down`` (compute stops at the source's last heartbeat, should
+    the host monitor not have swept it yet); the move itself bills nothing until the new host's
+    agent sees the guest. Both agents are woken (the source's long-poll learns its fence
+    order). The caller holds the source host's lock. Raises Conflict ``state_changed``.
+    """
+    old = server.status
+    publish(session, Change("host_down", server, source.last_heartbeat_at or utcnow(), old,
+                            reason=f"host {source.name} is down; server evacuated"))
+    swap(session, server, host_id=host_id, availability_zone=availability_zone,
+         status=states.BUILD if running else states.SHUTOFF, task_state=states.REBUILDING,
+         power_state=None, addresses=[], fault_code=None, fault_message=None)
+    notify_host(session, source.id)
+    _changed(session, server, old, utcnow())
+    record_event(session, server, "evacuate", user_id=user_id, result=ACCEPTED,
+                 message=message, details=details)
+
+
 # ---------------------------------------------------------------- stuck transitions
 
 def timed_out(session: Session, settings: Settings, server: Server, step: str,

@@ -13,6 +13,8 @@ Statuses (what a tenant sees)::
     ACTIVE|SHUTOFF --migrate--> MIGRATING/migrating-export --(source sent the disk)-->
       MIGRATING/migrating-import --(destination defined it)--> SHUTOFF on the destination
       (then powering-on -> ACTIVE if it was ACTIVE); a failure returns it to the source
+    host down, evacuated: BUILD/rebuilding --(runs on the new host)--> ACTIVE, or
+                          SHUTOFF/rebuilding --(defined there, off)--> SHUTOFF
 
 ``task_state`` names the transition in flight (None when settled). A server with no host (not
 yet placed) is deleted at once, since no agent holds anything for it.
@@ -52,6 +54,9 @@ PAUSING, UNPAUSING = "pausing", "unpausing"
 # destination defines the server from them (import).
 MIGRATING_EXPORT, MIGRATING_IMPORT = "migrating-export", "migrating-import"
 MIGRATION_TASKS = frozenset({MIGRATING_EXPORT, MIGRATING_IMPORT})
+# Evacuated from a down host: rebuilt from its image on another host (BUILD until it runs, or
+# SHUTOFF until its domain is defined there shut off).
+REBUILDING = "rebuilding"
 
 Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause", "migrate"]
 Observed = Literal["running", "shutoff", "paused", "absent", "error"]
@@ -165,7 +170,7 @@ def on_observed(status: str, task_state: str | None, observed: Observed,
     if status == DELETING:
         return Transition(DELETED, None) if observed == "absent" else None
     if observed == "error":
-        return Transition(ERROR, None) if status == BUILD else None
+        return Transition(ERROR, None) if status == BUILD or task_state == REBUILDING else None
     if status == BUILD and observed == "running":
         return Transition(ACTIVE, None)
     if status in (ACTIVE, PAUSED) and observed == "shutoff":
@@ -176,6 +181,8 @@ def on_observed(status: str, task_state: str | None, observed: Observed,
         return Transition(ACTIVE, None)
     if status == SHUTOFF and observed == "running" and task_state in (None, POWERING_ON):
         return Transition(ACTIVE, None)  # None: started from inside the host (e.g. virsh)
+    if status == SHUTOFF and task_state == REBUILDING:
+        return Transition(SHUTOFF, None) if observed == "shutoff" else None
     if status == SHUTOFF and task_state == RESIZING:
         return Transition(SHUTOFF, None) if observed == "shutoff" and operation_done else None
     if status == REBOOT and observed in ("running", "shutoff") and operation_done:

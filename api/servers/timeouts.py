@@ -35,7 +35,8 @@ _BY_STATUS = {states.BUILD: ("build", "build_timeout_seconds"),
               states.REBOOT: ("reboot", "operation_timeout_seconds")}
 _BY_TASK = {states.RESIZING: ("resize", "operation_timeout_seconds"),
             states.PAUSING: ("pause", "operation_timeout_seconds"),
-            states.UNPAUSING: ("unpause", "operation_timeout_seconds")}
+            states.UNPAUSING: ("unpause", "operation_timeout_seconds"),
+            states.REBUILDING: ("rebuild", "build_timeout_seconds")}
 
 
 def _step(server: Server) -> tuple[str, str] | None:

@@ -6,7 +6,9 @@ billing (a lifecycle subscriber) records a ``host_down`` entry for each server i
 running, at the last sign of life that saw it running. When the host comes back and its agent
 reports the server running again, billing records a new ``running`` (billing resumes).
 
-The same task ends transitions stuck beyond their limits (``api.servers.timeouts``).
+The same task ends transitions stuck beyond their limits (``api.servers.timeouts``) and
+evacuates hosts down beyond their grace when automatic evacuation is on for them
+(``api.evacuation.service.auto_sweep``).
 
 Every API process runs :func:`run` in its lifespan. Several processes sweeping at once are
 safe: the idempotency key ``host_down:<server>:<time>`` lets one entry in, the others change
@@ -24,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
 from api.db import session_scope, utcnow
+from api.evacuation import service as evacuation
 from api.hosts.service import is_up
 from api.mobility import service as mobility
 from api.servers import lifecycle, timeouts
@@ -57,6 +60,8 @@ def sweep_once(factory: sessionmaker[Session], settings: Settings) -> int:
         timeouts.sweep(session, settings)
     for session in session_scope(factory):
         mobility.sweep_stuck(session, settings)
+        # Automatic evacuation of hosts down beyond their grace (off unless configured).
+        evacuation.auto_sweep(session, settings, list(repository.hosts_with_heartbeat(session)))
     return recorded
 
 

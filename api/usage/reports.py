@@ -23,12 +23,13 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InvalidInput, NotFound
 from api.models import ClosedPeriod, PeriodReport, Project
+from api.scaling import repository as scaling_repository
 from api.usage import repository
 from api.usage.meters import FLAVOR_METER, METER_STATES, METERS, SECONDS_FIELDS
 from api.usage.rates import Prices, segments
 from api.usage.rules import Totals, epoch, from_epoch, next_month_start
 
-GroupBy = Literal["day", "month", "server"]
+GroupBy = Literal["day", "month", "server", "scaling_group"]
 MONEY_PLACES = Decimal("0.000001")
 HOUR_PLACES = Decimal("0.000001")
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -207,7 +208,7 @@ def build_report(session: Session, *, start: datetime, end: datetime, now: datet
         "currency": cards[0].currency if cards else None,
         "minimum_run_seconds": minimum,
     }
-    with_servers = group_by == "server"
+    with_servers = group_by in ("server", "scaling_group")
     now_s = epoch(now)
     if group_by in ("day", "month"):
         report["periods"] = [
@@ -217,7 +218,33 @@ def build_report(session: Session, *, start: datetime, end: datetime, now: datet
         ]
     else:
         report["projects"] = _window(session, a, b, now_s, minimum, project_id, with_servers)
+    if group_by == "scaling_group":
+        _by_scaling_group(session, report["projects"])
     return report
+
+
+def _by_scaling_group(session: Session, blocks: list[dict[str, Any]]) -> None:
+    """Replace each project's ``servers`` by ``scaling_groups``: the servers' seconds and cost
+    added up per scaling group that launched them (``scaling_group_id`` null: the others,
+    including servers of groups since deleted)."""
+    ids = [s["server_id"] for b in blocks for s in b.get("servers", [])]
+    owners = scaling_repository.groups_of_servers(session, ids)
+    for block in blocks:
+        groups: dict[str | None, dict[str, Any]] = {}
+        for row in block.pop("servers", []):
+            gid, name = owners.get(row["server_id"], (None, None))
+            group = groups.setdefault(gid, {"scaling_group_id": gid, "name": name,
+                                            "servers": 0, "cost": Decimal(0),
+                                            **{m.seconds_field: 0 for m in METERS}})
+            group["servers"] += 1
+            group["cost"] += Decimal(row["cost"])
+            for m in METERS:
+                group[m.seconds_field] += row[m.seconds_field] or 0
+        block["scaling_groups"] = [
+            {**g, "cost": str(_money(g["cost"])),
+             **{m.hours_field: _hours(g[m.seconds_field], m.hours_divisor) for m in METERS}}
+            for _, g in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[1]["name"]
+                                                                or ""))]
 
 
 CSV_COLUMNS = [

@@ -1,7 +1,7 @@
 """migrations: migration records, allocations per host, host maintenance state
 
 Revision ID: 0010_migrations
-Revises: 0012_guest_metrics
+Revises: 0013_scaling_groups
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 from api.db import UTCDateTime
 
 revision: str = "0010_migrations"
-down_revision: str | None = "0012_guest_metrics"
+down_revision: str | None = "0013_scaling_groups"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

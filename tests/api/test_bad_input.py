@@ -70,7 +70,7 @@ def ids(client: TestClient, admin: dict[str, str], _pool_host: dict[str, str]) -
               "group_id": group_id, "project_id": member.project_id, "user_id": member.user_id,
               "flavor_id": flavor_id, "host_id": host_id, "cred_id": unique("cred"),
               "period": "2026-01", "card_id": unique("card"),
-              "migration_file": "disk"}
+              "migration_file": "disk", "scaling_group_id": unique("sg")}
     return Ids(member, admin, _pool_host, values)
 
 
@@ -107,6 +107,7 @@ BAD_PATH_VALUES = {
 VALID_BODY: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/projects/{project_id}/members/{user_id}"): {"role": "reader"},
     ("POST", "/v1/servers/{server_id}/actions"): {"action": "stop"},
+    ("PATCH", "/v1/scaling-groups/{scaling_group_id}/members/{server_id}"): {"protected": True},
     ("POST", "/v1/agent/servers/{server_id}/observations"): {
         "state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1"},
     ("PATCH", "/v1/hosts/{host_id}"): {},
@@ -196,6 +197,8 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
     ("PUT", "/v1/agent/inventory"): {
         rc: {"total": 1_000_000, "reserved": 0, "min_unit": 1, "max_unit": 1024}
         for rc in ("VCPU", "MEMORY_MB", "DISK_GB")},
+    ("POST", "/v1/agent/fencing"): {"fenced": [
+        {"server_id": "{server_id}", "domain": "destroyed", "files_removed": True}]},
     ("POST", "/v1/agent/heartbeat"): {"observed": [
         {"server_id": "{server_id}", "state": "running", "seen_at": "2026-01-01T00:00:00Z"}],
         "foreign": [{"server_id": "0b5e3c1e-8d3e-4f5a-9b1c-2d3e4f5a6b7c",
@@ -215,6 +218,23 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
     ("POST", "/v1/usage/adjustments"): {"project_id": "{project_id}", "server_id": "{server_id}",
                                         "amount": "1.5", "reason": "refund",
                                         "idempotency_key": "adj-1"},
+    ("POST", "/v1/scaling-groups"): [
+        {"name": "web-x", "launch": {"flavor": "tiny", "image": "{image_id}",
+                                     "user_data": "#cloud-config\n", "key_data": SSH_KEY,
+                                     "availability_zone": "nova", "anti_affinity": True},
+         "min_size": 0, "max_size": 2, "desired": 1, "scale_in_policy": "oldest_first",
+         "policy": {"metric": "cpu_util", "target": 50.0, "tolerance": 0.1,
+                    "scale_out_cooldown_s": 60, "scale_in_stabilization_s": 300,
+                    "warmup_s": 120, "window_s": 60},
+         "scheduled_actions": [{"name": "night", "cron": "0 22 * * *", "min_size": 0,
+                                "max_size": 2, "desired": 0}]},
+        {"name": "web-y", "launch": {"flavor": "tiny", "image": "{image_id}",
+                                     "key_name": "key x"}, "max_size": 1}],
+    ("PATCH", "/v1/scaling-groups/{scaling_group_id}"): {
+        "min_size": 0, "max_size": 2, "desired": 1, "scale_in_policy": "newest_first",
+        "policy": {"target": 50.0}, "scheduled_actions": [
+            {"name": "morning", "cron": "0 8 * * 1-5", "desired": 2}]},
+    ("PATCH", "/v1/scaling-groups/{scaling_group_id}/members/{server_id}"): {"protected": True},
     ("POST", "/v1/rates"): {"valid_from": "2099-01-01T00:00:00Z", "currency": "EUR",
                             "vcpu_hour": "0.01", "ram_gib_hour": "0.01", "disk_gib_hour": "0.01",
                             "flavor_hour": {"tiny": "0.02"}},

@@ -39,6 +39,7 @@ GLOBAL_PARAMS = {
 # A plausible body for tenant operations on an object, so that a 404 is not masked by a 422.
 PLAUSIBLE_BODY: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/servers/{server_id}/actions"): {"action": "stop"},
+    ("PATCH", "/v1/scaling-groups/{scaling_group_id}/members/{server_id}"): {"protected": True},
 }
 # Operations whose body is a raw stream, not JSON.
 RAW_BODY = {("PUT", "/v1/images/{image_id}/file"), ("PUT", "/v1/agent/servers/{server_id}/console")}
@@ -61,6 +62,7 @@ class World:
     image_name: str
     flavor_name: str
     keypair_name: str
+    scaling_group_id: str = ""
 
     def tenant_values(self, op: Operation) -> dict[str, str]:
         """Path values naming A's objects for ``op``."""
@@ -69,7 +71,8 @@ class World:
                 "project_id": self.a_member.project_id, "cred_id": self.cred_id, "ref": ref,
                 "flavor_id": self.flavor_id, "user_id": self.a_member.user_id,
                 "host_id": self.host.id, "period": "2026-01", "card_id": new_id(),
-                "name": self.keypair_name, "migration_file": "disk"}
+                "name": self.keypair_name, "migration_file": "disk",
+                "scaling_group_id": self.scaling_group_id}
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +113,14 @@ def world(client: TestClient, admin: dict[str, str], _pool_host: dict[str, str])
     cred_id = r.json()["id"]
     r = client.post("/v1/keypairs", headers=a.headers, json={"name": unique("key")})
     assert r.status_code == 201, r.text
+    keypair_name = r.json()["name"]
+    r = client.post("/v1/scaling-groups", headers=a.headers, json={
+        "name": unique("sg"), "launch": {"flavor": flavor["id"], "image": image["id"]},
+        "max_size": 0})
+    assert r.status_code == 201, r.text
     return World(a, a_reader, b, b_reader, enroll_host(client, admin), server_id, image["id"],
                  group_id, flavor["id"], cred_id, image["name"], flavor["name"],
-                 r.json()["name"])
+                 keypair_name, r.json()["id"])
 
 
 def _call(client: TestClient, op: Operation, url: str, headers: dict[str, str],

@@ -4,6 +4,7 @@ tests/e2e/test_live_migration.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
@@ -16,12 +17,16 @@ from compute_agent.domain_xml import build_domain_xml, parse_metadata
 from compute_agent.hypervisor import DomainRunning, Hypervisor, write_test_node_xml
 from compute_agent.imagecache import backing_file, virtual_size
 from compute_agent.migration import (
+    MigrationEndpoint,
     MigrationError,
     export_definition,
     forget_definition,
     import_definition,
+    local_endpoint,
     prepare_incoming,
+    read_qemu_migration_ports,
     rewrite_paths,
+    set_host_id,
     writable_disk_targets,
 )
 from compute_agent.seed import read_seed
@@ -165,3 +170,55 @@ def test_a_running_domain_is_never_forgotten_and_foreign_xml_is_refused(
     with pytest.raises(MigrationError):
         import_definition(b, "<domain type='test'><name>x</name></domain>")
     assert b.list_managed() == {}
+
+
+def test_an_endpoint_names_the_libvirtd_listener_and_the_migration_stream() -> None:
+    tls = MigrationEndpoint("10.0.0.7")
+    assert (tls.libvirt_uri, tls.migrate_uri) == ("qemu+tls://10.0.0.7:16514/system",
+                                                  "tcp://10.0.0.7")
+    tcp = MigrationEndpoint("compute-2.example", transport="tcp", libvirt_port=16601)
+    assert tcp.libvirt_uri == "qemu+tcp://compute-2.example:16601/system"
+    v6 = MigrationEndpoint("fd00::7")
+    assert (v6.libvirt_uri, v6.migrate_uri) == ("qemu+tls://[fd00::7]:16514/system",
+                                                "tcp://[fd00::7]")
+    assert (tls.port_min, tls.port_max) == (49152, 49215)  # libvirt's defaults
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"address": "10.0.0.7/system?x"}, {"address": "a b"}, {"address": ""},
+    {"address": "h", "transport": "ssh"}, {"address": "h", "libvirt_port": 0},
+    {"address": "h", "port_min": 49300, "port_max": 49200}, {"address": "h", "port_max": 70000},
+])
+def test_a_bad_endpoint_is_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(MigrationError):
+        MigrationEndpoint(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_port_range_is_read_from_qemu_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    assert read_qemu_migration_ports(conf) == (49152, 49215)  # no file: libvirt's defaults
+    conf.write_text("# migration_port_min = 1\nmigration_port_min = 49200  # B\n"
+                    'migration_port_max = "49215"\nvnc_listen = "0.0.0.0"\n')
+    assert read_qemu_migration_ports(conf) == (49200, 49215)
+    endpoint = local_endpoint("10.0.0.8", qemu_conf=conf)
+    assert (endpoint.port_min, endpoint.port_max) == (49200, 49215)
+    conf.write_text("migration_port_min = many\n")
+    with pytest.raises(MigrationError):
+        read_qemu_migration_ports(conf)
+    conf.write_text("migration_port_min = 50000\nmigration_port_max = 49999\n")
+    with pytest.raises(MigrationError):
+        read_qemu_migration_ports(conf)
+
+
+def test_set_host_id_makes_the_destination_host_the_owner() -> None:
+    host_b = "8d3f2a10-4b5c-4d6e-9f70-8192a3b4c5d6"
+    xml = domain_with_files()
+    moved = set_host_id(xml, host_b)
+    meta, before = parse_metadata(moved), parse_metadata(xml)
+    assert meta is not None and before is not None
+    assert meta.host_id == host_b
+    assert meta == dataclasses.replace(before, host_id=host_b)
+    assert parse_metadata(set_host_id(moved, before.server_id)) is not None  # replaced, not added
+    assert set_host_id(moved, host_b).count("minicloud:host ") == 1
+    with pytest.raises(MigrationError):
+        set_host_id("<domain type='kvm'><name>x</name></domain>", host_b)

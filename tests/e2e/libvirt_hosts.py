@@ -33,6 +33,8 @@ from pathlib import Path
 
 import libvirt
 
+from compute_agent.migration import MigrationEndpoint, local_endpoint
+
 TEST_ROOT = Path("/var/lib/minicloud-test")
 # A fresh daemon probes QEMU's capabilities first (~8 s on 2 cores); bounded so a broken
 # daemon fails the session instead of hanging it.
@@ -120,6 +122,13 @@ class LibvirtHost:
     @property
     def migrate_uri(self) -> str:
         return "tcp://127.0.0.1"
+
+    @property
+    def endpoint(self) -> MigrationEndpoint:
+        """What this host's agent registers for live migration to it (read from the same
+        qemu.conf the daemon reads)."""
+        return local_endpoint("127.0.0.1", transport="tcp", libvirt_port=self.tcp_port,
+                              qemu_conf=self.root / "etc" / "qemu.conf")
 
     @property
     def data_dir(self) -> Path:

@@ -20,16 +20,20 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from compute_agent.hypervisor import Hypervisor
+from compute_agent.domain_xml import parse_metadata
+from compute_agent.hypervisor import DomainNotFound, Hypervisor
 from compute_agent.imagecache import ImageCache, prepare_instance_files
 from compute_agent.migration import (
     MigrationFailed,
     MigrationProgress,
+    abort_migration,
+    active_migration,
     disk_virtual_size,
     live_migrate,
     migratable_xml,
     prepare_incoming,
     rewrite_paths,
+    set_host_id,
 )
 from compute_agent.spec import InstancePaths, ServerSpec
 from tests.e2e.libvirt_hosts import LibvirtHost, process_alive
@@ -42,6 +46,7 @@ IMAGE_ID, KERNEL_ID, INITRD_ID = (f"5e1f2b6c-0000-4000-8000-00000000000{i}" for 
 # Bytes written into A's overlay before boot at 1 MiB: only a copied disk has them.
 PATTERN_CMD = "write -P 0xa5 1M 64k"
 MIGRATION_TIMEOUT_S = 120.0
+HOST_A, HOST_B = "a0000000-0000-4000-8000-00000000000a", "b0000000-0000-4000-8000-00000000000b"
 
 
 @dataclasses.dataclass
@@ -71,7 +76,8 @@ def spec_on(host: LibvirtHost, server_id: str) -> ServerSpec:
         name="migrant", vcpus=1, ram_mb=256, disk_gb=1, image_path=files["disk.qcow2"],
         image_format="qcow2", image_id=IMAGE_ID, flavor_name="tiny",
         kernel_path=files["vmlinuz"], initrd_path=files["initrd.img"],
-        kernel_cmdline=(image / "cmdline").read_text().strip(), network=None, virt_type="qemu")
+        kernel_cmdline=(image / "cmdline").read_text().strip(), network=None, virt_type="qemu",
+        host_id=HOST_A if host.name == "hostA" else HOST_B)
 
 
 def ticks(log: str) -> list[tuple[int, float]]:
@@ -109,8 +115,8 @@ def incoming(guest: Guest, a: LibvirtHost, b: LibvirtHost,
                      seed_iso=guest.paths.seed.read_bytes())
     live, persistent = migratable_xml(hv_a, guest.spec.server_id)
     path_map = {str(a.data_dir): str(b.data_dir)}
-    return Guest(spec_b, paths_b), rewrite_paths(live, path_map), rewrite_paths(persistent,
-                                                                                path_map)
+    return (Guest(spec_b, paths_b), set_host_id(rewrite_paths(live, path_map), HOST_B),
+            set_host_id(rewrite_paths(persistent, path_map), HOST_B))
 
 
 def domain_names(host: LibvirtHost) -> list[str]:
@@ -130,9 +136,26 @@ def test_live_migration_moves_the_running_guest_and_its_disk(
         guest_b, dest_xml, persist_xml = incoming(guest_on_a, a, b, hv_a)
         assert str(a.data_dir) not in dest_xml + persist_xml
 
-        stats = live_migrate(hv_a, sid, dest_libvirt_uri=b.tcp_uri, migrate_uri=b.migrate_uri,
+        # B's endpoint as its agent would register it names B's listener and QEMU ports.
+        endpoint = b.endpoint
+        assert (endpoint.libvirt_uri, endpoint.migrate_uri) == (b.tcp_uri, b.migrate_uri)
+        assert (endpoint.port_min, endpoint.port_max) == b.migration_ports
+        seen_by_others: list[bool] = []
+        assert active_migration(hv_a, sid) is None
+
+        def on_progress(reading: MigrationProgress) -> None:
+            progress.append(reading)
+            # Another connection (an agent started again) sees the job libvirt runs.
+            with Hypervisor(a.uri) as other:
+                try:
+                    seen_by_others.append(active_migration(other, sid) is not None)
+                except DomainNotFound:
+                    seen_by_others.append(False)  # it has just left A
+
+        stats = live_migrate(hv_a, sid, dest_libvirt_uri=endpoint.libvirt_uri,
+                             migrate_uri=endpoint.migrate_uri,
                              dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
-                             timeout_s=MIGRATION_TIMEOUT_S, on_progress=progress.append)
+                             timeout_s=MIGRATION_TIMEOUT_S, on_progress=on_progress)
 
         # The source domain is gone (undefined too); B runs it and keeps it defined with B's
         # paths.
@@ -143,9 +166,14 @@ def test_live_migration_moves_the_running_guest_and_its_disk(
         assert str(a.data_dir) not in persistent_b
         assert str(guest_b.paths.disk) in persistent_b
         assert hv_b.domain(sid).isPersistent() == 1
+        # B's agent owns it: the metadata names host B, live and persistent.
+        for xml in (hv_b.domain_xml(sid), persistent_b):
+            meta = parse_metadata(xml)
+            assert meta is not None and meta.host_id == HOST_B
 
         # The job reported progress and its stats.
         assert progress and all(p.data_total >= p.data_processed for p in progress)
+        assert True in seen_by_others
         assert stats.elapsed_ms > 0
         assert stats.downtime_ms is not None and stats.downtime_ms >= 0
 
@@ -204,10 +232,43 @@ def test_a_failed_or_aborted_migration_leaves_the_guest_running_on_the_source(
                          dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
                          timeout_s=MIGRATION_TIMEOUT_S, on_progress=lambda _p: abort.set(),
                          abort=abort)
-        assert aborted.value.aborted
+        assert aborted.value.aborted and aborted.value.settled
         assert aborted.value.source_state == "running"
         assert hv_a.observed(sid) == "running"
         assert hv_a.domain(sid).isPersistent() == 1
+        assert domain_names(b) == []
+
+        # 3. Over its time limit (the first check comes after one poll interval, long before
+        # the destination's QEMU is even up).
+        _, dest_xml, persist_xml = incoming(guest_on_a, a, b, hv_a)
+        with pytest.raises(MigrationFailed) as timed_out:
+            live_migrate(hv_a, sid, dest_libvirt_uri=b.tcp_uri, migrate_uri=b.migrate_uri,
+                         dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
+                         timeout_s=0.001)
+        assert timed_out.value.timed_out and timed_out.value.settled
+        assert timed_out.value.source_state == "running"
+        assert hv_a.observed(sid) == "running"
+        assert domain_names(b) == []
+
+        # 4. Aborted from another connection, as an agent started again would abort the job
+        # its previous process left running.
+        _, dest_xml, persist_xml = incoming(guest_on_a, a, b, hv_a)
+        aborted_by_other: list[bool] = []
+
+        def abort_from_elsewhere(_reading: MigrationProgress) -> None:
+            if not aborted_by_other:
+                with Hypervisor(a.uri) as other:
+                    aborted_by_other.append(abort_migration(other, sid))
+
+        with pytest.raises(MigrationFailed) as foreign_abort:
+            live_migrate(hv_a, sid, dest_libvirt_uri=b.tcp_uri, migrate_uri=b.migrate_uri,
+                         dest_xml=dest_xml, persist_xml=persist_xml, max_downtime_ms=300,
+                         timeout_s=MIGRATION_TIMEOUT_S, on_progress=abort_from_elsewhere)
+        assert aborted_by_other == [True]
+        assert foreign_abort.value.source_state == "running"
+        assert hv_a.observed(sid) == "running"
+        assert active_migration(hv_a, sid) is None
+        assert abort_migration(hv_a, sid) is False
         assert domain_names(b) == []
 
         # The guest on A never stopped: its ticks go on in the same boot.
