@@ -12,8 +12,11 @@ from api.errors import problem_response
 from api.openstack.errors import PREFIXES as OPENSTACK_PREFIXES
 from api.openstack.errors import error_response as openstack_error
 
-# Routes that stream their body to disk under their own cap (``max_image_bytes``).
-_EXEMPT = re.compile(r"^(/v1/images|/image/v2/images|/ui/images)/[^/]+/file/?$")
+# Routes that stream their body to disk: images under their own cap (``max_image_bytes``;
+# also the web console's upload, which streams to the images API), a cold migration's disk
+# (as large as the server's disk, from its authenticated source host).
+_EXEMPT = re.compile(r"^(/v1/images|/image/v2/images|/ui/images)/[^/]+/file/?$"
+                     r"|^/v1/agent/servers/[^/]+/migration/[a-z]+$")
 
 
 class BodyLimitMiddleware:

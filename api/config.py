@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     scheduler_max_attempts: int = Field(default=20, gt=0)
     # Billing (docs/billing.md): a run shorter than this is billed this long; 0 turns it off.
     billing_minimum_run_seconds: int = Field(default=60, ge=0)
+    # Migration (api.mobility): a step that makes no progress this long is reverted to the
+    # source (a dead agent on either side; a cold move's copy counts as one step).
+    migration_step_timeout_seconds: int = Field(default=1800, gt=0)
     # Guest metrics (docs/operations.md, "Guest metrics"): rollup levels as [step, retention]
     # pairs in seconds, finest first; every derived sample is added to each level, and rows
     # older than a level's retention are pruned every guest_metrics_prune_interval_seconds.

@@ -178,6 +178,12 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "The scaling group changed while the request ran (e.g. its reconciler); retry."),
     ErrorCode("scaling_size_invalid", 422, "Sizes break `min_size <= desired <= max_size`."),
     ErrorCode("http_error", None, "Any other HTTP error, with its own status."),
+    # migration (api.mobility)
+    ErrorCode("migration_same_host", 409, "The named destination is the server's own host."),
+    ErrorCode("migration_not_found", 404,
+              "No migration step of that server for this host (agent file relay)."),
+    ErrorCode("migration_file_checksum", 400,
+              "A migration file's bytes do not match the sha256 its sender announced."),
 )
 
 ERROR_CODES: dict[str, ErrorCode] = {e.code: e for e in REGISTRY}

@@ -44,6 +44,8 @@ from api.images.store import ImageStore
 from api.keypairs.routes import router as keypairs_router
 from api.metrics import routes as metrics_routes
 from api.metrics.middleware import RequestMetricsMiddleware
+from api.mobility.routes import agent_router as mobility_agent_router
+from api.mobility.routes import router as mobility_router
 from api.openstack import compute as os_compute
 from api.openstack import errors as os_errors
 from api.openstack import identity as os_identity
@@ -69,6 +71,7 @@ ROUTERS += [hosts_router, agent_router, agent_console_router]
 ROUTERS += [evacuation_router, evacuation_agent_router]
 ROUTERS += [scheduler_router]
 ROUTERS += [usage_router]
+ROUTERS += [mobility_router, mobility_agent_router]
 ROUTERS += [scaling_router]
 ROUTERS += [guest_metrics_routes.router, guest_metrics_routes.agent_router]
 # The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.

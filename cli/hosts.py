@@ -70,6 +70,47 @@ def host_disable(ctx: typer.Context, host: str,
     st.show(st.api.patch(f"/v1/hosts/{h['id']}", {"enabled": False, "disabled_reason": reason}))
 
 
+DRAIN_COLUMNS = ["server_id", "code", "reason"]
+
+
+@app.command("drain")
+def host_drain(
+    ctx: typer.Context, host: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow until no move is in flight.")
+                    ] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="End the drain: the host takes "
+                                         "placements again.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")
+                       ] = 3600.0,
+) -> None:
+    """Move every server off HOST (no new placements there); then `host delete` it."""
+    st = state(ctx)
+    h = resolve_host(st.api, host)
+    path = f"/v1/hosts/{h['id']}/drain"
+    view: dict[str, Any] = st.api.delete(path) if cancel else st.api.post(path, {})
+    deadline = time.monotonic() + timeout
+    if wait and not cancel:
+        spinner = render.console(stderr=True).status("draining", spinner="dots")
+        with spinner:
+            while view.get("moving"):
+                spinner.update(f"{h['name']}: {len(view['moving'])} moving, "
+                               f"{view.get('completed', 0)} moved, "
+                               f"{view.get('servers_left')} left")
+                if time.monotonic() > deadline:
+                    raise CliError(f"Gave up after {timeout:.0f}s; still "
+                                   f"{len(view['moving'])} moving.", code="wait_timeout")
+                time.sleep(1.0)
+                view = st.api.get(path)
+    if st.json:
+        st.show(view)
+        return
+    render.message(f"Host {h['name']}: {view.get('state') or 'not draining'}, "
+                   f"{view.get('servers_left')} server(s) left, {len(view.get('moving', []))} "
+                   f"moving, {view.get('completed', 0)} moved.")
+    if view.get("refused"):
+        st.show(view["refused"], DRAIN_COLUMNS, title="Cannot move")
+
+
 @app.command("delete")
 def host_delete(ctx: typer.Context, host: str) -> None:
     """Remove a host record (it must hold no servers)."""

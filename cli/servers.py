@@ -225,6 +225,62 @@ def server_resize(ctx: typer.Context, server: str,
     _action(ctx, server, {"action": "resize", "flavor": flavor}, wait, timeout)
 
 
+def wait_migration(st: State, server_id: str, *, timeout: float = 3600.0,
+                   interval: float = 1.0) -> dict[str, Any]:
+    """Follow the server's newest migration, showing its step and progress, until it ended
+    and the server settled. Returns the migration; raises CliError when it did not complete
+    (the fault says why) or on timeout."""
+    deadline = time.monotonic() + timeout
+    spinner = render.console(stderr=True).status("migrating", spinner="dots")
+    with spinner:
+        while True:
+            found = st.api.get(f"/v1/servers/{server_id}/migrations").get("migrations") or []
+            server = st.api.get(f"/v1/servers/{server_id}")
+            migration: dict[str, Any] = found[0] if found else {}
+            task = f" ({server['task_state']})" if server.get("task_state") else ""
+            spinner.update(f"{server.get('name')}: {server.get('status')}{task}, migration "
+                           f"{migration.get('status')} {migration.get('progress', 0)}%")
+            ended = migration.get("status") not in ("queued", "preparing", "migrating")
+            if ended and server.get("status") in SETTLED and not server.get("task_state"):
+                if migration.get("status") != "completed":
+                    fault = migration.get("fault") or {}
+                    raise CliError(f"Migration of {server.get('name')} "
+                                   f"{migration.get('status')}: "
+                                   f"{fault.get('message', 'no fault message')}",
+                                   code=str(fault.get("code") or "migration_failed"))
+                return migration
+            if time.monotonic() > deadline:
+                raise CliError(f"Gave up after {timeout:.0f}s; the migration is "
+                               f"{migration.get('status')}.", code="wait_timeout")
+            time.sleep(interval)
+
+
+@app.command("migrate")
+def server_migrate(
+    ctx: typer.Context, server: str,
+    live: Annotated[bool, typer.Option("--live", help="Live migration (not available: the "
+                                       "API moves servers cold).")] = False,
+    host: Annotated[str | None, typer.Option("--host", help="Destination host (admin); "
+                                             "every scheduler filter still applies.")] = None,
+    wait: Wait = False, timeout: Timeout = 3600.0,
+) -> None:
+    """Move a server to another host (cold: an ACTIVE server is stopped, moved and started)."""
+    if live:
+        raise CliError("Live migration is not available in this API; drop --live for a "
+                       "cold migration.", code="live_migration_unavailable")
+    st = state(ctx)
+    s = resolve_server(st.api, server)
+    body: dict[str, Any] = {"action": "migrate"}
+    if host is not None:
+        body["host"] = host
+    st.api.post(f"/v1/servers/{s['id']}/actions", body)
+    if wait:
+        migration = wait_migration(st, s["id"], timeout=timeout)
+        st.show(migration)
+        return
+    st.done(f"Migration of {s['name']} accepted.", {"id": s["id"], "migrating": True})
+
+
 @app.command("events")
 def server_events(ctx: typer.Context, server: str) -> None:
     """What happened to a server: requests and state changes, who, when, result."""

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import httpx
 
-from compute_agent import fencing, host_files
+from compute_agent import fencing, host_files, transfer
 from compute_agent.client import (
     Address,
     AgentApiError,
@@ -202,7 +202,8 @@ class Agent:
         # The handler of each pending operation kind: ``fn(server, operation)``, idempotent
         # enough to be retried when it raised; it runs after the pass's power actions.
         self._handlers: dict[str, Callable[[DesiredServer, Operation], None]] = {
-            "reboot": self._reboot, "resize": self._resize}
+            "reboot": self._reboot, "resize": self._resize,
+            "migrate_export": self._migrate_export, "migrate_import": self._migrate_import}
         self._booted: set[str] = set()  # domains this pass has started (build, start, reset)
         self._console_sent: dict[str, tuple[float, str]] = {}
         self._console_hot_until = 0.0
@@ -678,6 +679,47 @@ class Agent:
         del op  # the new sizes are the server's flavor
         spec, paths = self._prepare(server)
         self.hv.redefine(spec, paths)
+
+    def _migrate_export(self, server: DesiredServer, op: Operation) -> None:
+        """``migrate_export`` (cold migration, source): send the shut-off server's overlay
+        and seed to the API's relay. The domain and files stay until the API moves the server
+        to its destination (then this host no longer lists it and removes them).
+
+        Raises:
+            BuildError: the files are missing or the API refuses them.
+            AgentApiError: the API cannot be reached (retried on the next pass).
+        """
+        del op
+        paths = InstancePaths(self.instances, server.server_id)
+        try:
+            sent = transfer.send(self.client, paths)
+        except transfer.TransferError as exc:
+            raise BuildError(f"cannot send the server's files: {exc}") from exc
+        except AgentApiError as exc:
+            if exc.status == 0 or exc.status >= 500:
+                raise
+            raise BuildError(f"the API refused the server's files: {exc}") from exc
+        log.info("migration of %s: sent %d bytes to the relay", server.server_id, sent)
+
+    def _migrate_import(self, server: DesiredServer, op: Operation) -> None:
+        """``migrate_import`` (cold migration, destination): this pass built the server from
+        its image (shut off); replace its overlay and seed with the relayed ones.
+
+        Raises:
+            BuildError: a file is corrupt or unusable, or the API refuses it.
+            AgentApiError: the API cannot be reached (retried on the next pass).
+        """
+        del op
+        spec, paths = self._prepare(server)
+        try:
+            transfer.receive(self.client, paths, spec.image_path, spec.image_format)
+        except transfer.TransferError as exc:
+            raise BuildError(f"cannot take the server's files: {exc}") from exc
+        except AgentApiError as exc:
+            if exc.status == 0 or exc.status >= 500:
+                raise
+            raise BuildError(f"the API refused the server's files: {exc}") from exc
+        log.info("migration of %s: disk and seed in place", server.server_id)
 
     def _load_operations(self) -> set[str]:
         try:

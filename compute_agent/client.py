@@ -260,6 +260,18 @@ def jittered(delay: float) -> float:
     return delay * (1 + random.random() / 2)
 
 
+class _FileBody:
+    """A file's bytes as a body that can be sent again (each retry re-reads the file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+
 class AgentClient:
     """A compute agent's connection to the API, authenticated by its host credential."""
 
@@ -496,6 +508,35 @@ class AgentClient:
         body = {"fenced": [rep.model_dump() for rep in reports]}
         r = self._request("POST", "/v1/agent/fencing", json=body)
         return [str(s) for s in r.json()["pending"]]
+
+    # ------------------------------------------------------------ cold migration relay
+
+    def put_migration_file(self, server_id: str, name: str, path: Path, sha256: str) -> None:
+        """Send one file of the server's cold migration (``disk`` or ``seed``) to the API's
+        relay, streamed, with its sha256; raises AgentApiError."""
+        url = f"/v1/agent/servers/{server_id}/migration/{name}"
+
+        size = path.stat().st_size
+        self._request("PUT", url, content=_FileBody(path), timeout=max(self.timeout, 600.0),
+                      headers={"X-Content-Sha256": sha256,
+                               "Content-Type": "application/octet-stream",
+                               "Content-Length": str(size)})
+
+    def get_migration_file(self, server_id: str, name: str, dest: Path) -> str:
+        """Fetch one relayed file of the server's cold migration into ``dest``; returns the
+        sha256 the API announced (the caller checks it). Raises AgentApiError."""
+        url = f"/v1/agent/servers/{server_id}/migration/{name}"
+        try:
+            with self._http.stream("GET", url, timeout=max(self.timeout, 600.0)) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise _error_of(r)
+                with open(dest, "wb") as out:
+                    for chunk in r.iter_bytes(1 << 20):
+                        out.write(chunk)
+                return str(r.headers.get("X-Content-Sha256", ""))
+        except httpx.TransportError as exc:
+            raise AgentApiError(0, "unreachable", str(exc)) from exc
 
 
 __all__ = [

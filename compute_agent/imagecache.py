@@ -258,6 +258,17 @@ def grow_overlay(overlay: Path, size_gb: int) -> bool:
     return True
 
 
+def rebase_overlay(overlay: Path, base: Path, base_format: ImageFormat) -> None:
+    """Point ``overlay``'s header at ``base`` (``qemu-img rebase -u``: no data is copied; the
+    caller guarantees ``base`` holds the same bytes as the old backing file).
+
+    Raises:
+        ImageError: qemu-img fails.
+    """
+    _qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", base_format, "-b", str(base),
+              str(overlay))
+
+
 def backing_file(overlay: Path) -> tuple[str | None, str | None]:
     """(backing file, backing format) recorded in a qcow2 overlay's header.
 

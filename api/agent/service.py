@@ -47,6 +47,8 @@ from api.evacuation.service import require_fenced
 from api.hosts import repository as hosts_repository
 from api.hosts import service as hosts_service
 from api.hosts.schemas import ForeignDomain, LoopProgress
+from api.mobility import repository as mobility_repository
+from api.mobility import service as mobility
 from api.models import AgentObservation, Host, Image, Inventory, Server
 from api.models.compute import RESOURCE_CLASSES
 from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
@@ -182,23 +184,40 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     A repeated ``idempotency_key`` changes nothing. Raises NotFound ``server_not_found`` when
     the server is not a live server of this host, Conflict ``fencing_required``.
     """
-    repository.lock_host(session, host_id)  # lock order: host, then server
+    # Lock order: hosts (both of a migration, in id order), then the server.
+    for locked in sorted({host_id} | mobility_repository.hosts_of_open(session, server_id)):
+        repository.lock_host(session, locked)
     require_fenced(session, host_id)  # under the host lock, as in heartbeat
     server = repository.lock_server(session, server_id, host_id)
+    if server is None and mobility_repository.is_incoming(session, host_id, server_id):
+        server = repository.lock_server(session, server_id, None)  # a migration's destination
     if server is None:
         raise NotFound("No such server on this host.", code="server_not_found")
     if repository.observation_by_key(session, host_id, body.idempotency_key) is not None:
         return server, False
+    operation_id = body.operation.operation_id if body.operation is not None else None
+    if server.status == states.MIGRATING and mobility.agent_report(
+            session, settings, host_id, server, body.state, operation_id, body.message):
+        _remember(session, host_id, server, body)
+        return server, True
+    if server.host_id != host_id:
+        return server, False  # a destination's plain report: its copy is not the server yet
     addresses = ([a.model_dump(mode="json", exclude_none=True) for a in body.addresses]
                  if body.addresses is not None else None)
     applied = apply_observation(
         session, settings, host_id, server, body.state, body.seen_at,
-        key=body.idempotency_key,
-        operation_id=body.operation.operation_id if body.operation is not None else None,
-        message=body.message,
+        key=body.idempotency_key, operation_id=operation_id, message=body.message,
         addresses=addresses,
     )
     return server, applied
+
+
+def _remember(session: Session, host_id: str, server: Server, body: ObservationIn) -> None:
+    """Record a report a migration consumed, so a retry of it changes nothing."""
+    session.add(AgentObservation(
+        host_id=host_id, idempotency_key=body.idempotency_key, server_id=server.id,
+        state=body.state, seen_at=min(body.seen_at, utcnow()), transition="migration"))
+    session.flush()
 
 
 def apply_observation(session: Session, settings: Settings, host_id: str, server: Server,
@@ -247,9 +266,9 @@ def safe_hostname(name: str, server_id: str) -> str:
     return label or f"server-{server_id[:8]}"
 
 
-def _desired(server: Server, image: Image) -> DesiredServer:
+def _desired(server: Server, image: Image, host_id: str) -> DesiredServer:
     props = image.properties or {}
-    pending = lifecycle.pending_operation(server)
+    pending = lifecycle.pending_operation(server, host_id)
     operation = (OperationSpec(id=pending.id, kind=pending.kind, params=pending.params)
                  if pending is not None else None)
     return DesiredServer(
@@ -284,8 +303,9 @@ def desired_servers(session: Session, host_id: str) -> tuple[str, list[DesiredSe
     current = cursor(session, host_id)
     if current is None:
         raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
-    rows = repository.live_servers_with_images(session, host_id)
-    return current, [_desired(s, i) for s, i in rows]
+    rows = [*repository.live_servers_with_images(session, host_id),
+            *mobility_repository.incoming_with_images(session, host_id)]
+    return current, [_desired(s, i, host_id) for s, i in rows]
 
 
 # ---------------------------------------------------------------- console

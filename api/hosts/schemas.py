@@ -103,6 +103,8 @@ class HostOut(BaseModel):
     created_at: datetime
     # Quarantined domains of other hosts, as the agent's last heartbeat reported them.
     foreign_domains: list[ForeignDomain]
+    # "draining" while a drain moves its servers off (GET /v1/hosts/{id}/drain), else null.
+    maintenance: str | None = None
     # The newest evacuation of the host (None: never evacuated); see api.evacuation.
     evacuation: EvacuationProgress | None = None
     # The agent's last reported loop progress, and when (API clock) its pass count last moved.

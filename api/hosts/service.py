@@ -130,6 +130,7 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
             aggregates={str(k): str(v) for k, v in h.aggregates.items()},
             resources=resources, servers=counts.get(h.id, 0), created_at=h.created_at,
             foreign_domains=[ForeignDomain.model_validate(f) for f in h.foreign_domains or []],
+            maintenance=h.maintenance,
             evacuation=evacuations.get(h.id),
             loop_progress=(LoopProgress.model_validate(h.loop_progress)
                            if h.loop_progress else None),

@@ -24,6 +24,7 @@ from api.errors import (
 )
 from api.images import formats, repository
 from api.images.schemas import ImageCreate
+from api.mobility import repository as mobility_repository
 from api.models import Image
 from api.quotas import service as quotas
 
@@ -108,7 +109,9 @@ def get_image_for_reader(session: Session, reader: Principal | HostPrincipal,
 
 def _host_image_ids(session: Session, host_id: str) -> set[str]:
     ids: set[str] = set()
-    for image in repository.images_of_host_servers(session, host_id):
+    # The host's servers, and those moving to it (it builds them from their image).
+    incoming = [i for _, i in mobility_repository.incoming_with_images(session, host_id)]
+    for image in [*repository.images_of_host_servers(session, host_id), *incoming]:
         ids.add(image.id)
         for part in ("kernel_id", "ramdisk_id"):
             ref = (image.properties or {}).get(part)

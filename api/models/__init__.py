@@ -14,6 +14,7 @@ from api.models.identity import (
     User,
 )
 from api.models.keypairs import KeyPair
+from api.models.mobility import Migration
 from api.models.scaling import Lease, ScalingActivity, ScalingGroup, ScalingMember
 from api.models.servers import Quota, Server, ServerEvent, ServerGroup
 from api.models.usage import (
@@ -52,6 +53,7 @@ __all__ = [  # noqa: RUF022  (appended per domain, so branches merge cleanly)
     "KeyPair",
     "LoginFailure",
     "SystemFlag",
+    "Migration",
     "Evacuation",
     "Lease",
     "ScalingActivity",

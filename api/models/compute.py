@@ -47,6 +47,9 @@ class Host(Base):
     # The last heartbeat the host monitor published ``host_down`` for: one publication per
     # silence, however many sweeps see the host down.
     down_published_for: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # None, or "draining" (no new placements; its servers are being moved off) or "drained"
+    # (api.mobility.drain).
+    maintenance: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Inventory(Base):
@@ -69,7 +72,9 @@ class Allocation(Base):
     """What one server consumes of one resource class on one host."""
 
     __tablename__ = "allocations"
-    __table_args__ = (UniqueConstraint("server_id", "resource_class"),)
+    # One row per class per host: a migrating server holds rows on its source host (owned by
+    # its migration record) and on its destination at once.
+    __table_args__ = (UniqueConstraint("server_id", "host_id", "resource_class"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     server_id: Mapped[str] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)

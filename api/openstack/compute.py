@@ -50,10 +50,11 @@ _UPDATED = "2013-07-23T11:33:21Z"
 _POWER = {"running": 1, "paused": 3, "shutoff": 4, "crashed": 6}
 # minicloud status -> (Nova vm_state, Nova status).
 _VM_STATE = {"BUILD": "building", "ACTIVE": "active", "SHUTOFF": "stopped",
-             "REBOOT": "active", "ERROR": "error", "DELETING": "active", "DELETED": "deleted"}
+             "REBOOT": "active", "ERROR": "error", "DELETING": "active", "DELETED": "deleted",
+             "MIGRATING": "active"}
 _STATUS_FILTER = {"BUILD": "BUILD", "ACTIVE": "ACTIVE", "SHUTOFF": "SHUTOFF",
                   "REBOOT": "REBOOT", "HARD_REBOOT": "REBOOT", "ERROR": "ERROR",
-                  "DELETING": "DELETING"}
+                  "DELETING": "DELETING", "MIGRATING": "MIGRATING"}
 MAX_LIMIT = 1000
 
 

@@ -32,6 +32,7 @@ from api.config import Settings
 from api.db import utcnow
 from api.errors import Conflict, request_id_var
 from api.hosts import repository as hosts_repository
+from api.mobility import repository as mobility_repository
 from api.models import Host, Server, ServerEvent
 from api.servers import repository, states
 from api.servers.changes import Change
@@ -175,12 +176,18 @@ def delete(session: Session, settings: Settings | None, server: Server, *,
     """
     if server.status == states.DELETING:
         return
+    moving = server.status == states.MIGRATING
     if server.host_id is None:
         finish_delete(session, settings, server, utcnow(), user_id=user_id, action="delete",
                       message="deleted at once: no host held it")
         return
     _transition(session, server, states.DELETING, states.DELETING_TASK)
     record_event(session, server, "delete", user_id=user_id, result=ACCEPTED)
+    if moving:
+        # The destination drops what it built once it no longer sees the server listed.
+        for host_id in mobility_repository.abort_open(session, server.id,
+                                                      "The server was deleted."):
+            notify_host(session, host_id)
 
 
 def finish_delete(session: Session, settings: Settings | None, server: Server, at: datetime,
@@ -193,6 +200,8 @@ def finish_delete(session: Session, settings: Settings | None, server: Server, a
     subscribers (billing: ``deleted``) and one event.
     """
     old = server.status
+    for host_id in mobility_repository.abort_open(session, server.id, "The server was deleted."):
+        notify_host(session, host_id)
     freed = repository.delete_allocations(session, server.id)
     swap(session, server, status=states.DELETED, task_state=None, deleted_at=at)
     if settings is not None:
@@ -233,9 +242,15 @@ class Operation:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def pending_operation(server: Server) -> Operation | None:
-    """The operation the server waits for (``states.pending_operation``), if any."""
-    kind = states.pending_operation(server.status, server.task_state)
+def pending_operation(server: Server, host_id: str | None = None) -> Operation | None:
+    """The operation the server waits for (``states.pending_operation``), if any.
+
+    ``host_id``: the host asking; another host than the server's own is a migration's
+    destination.
+    """
+    role: states.Role = ("destination" if host_id is not None and host_id != server.host_id
+                         else "source")
+    kind = states.pending_operation(server.status, server.task_state, role)
     if kind is None:
         return None
     params: dict[str, Any] = {}
@@ -255,7 +270,7 @@ def observe(session: Session, settings: Settings, host_id: str, server: Server,
     Every applied observation is published, so billing sees a guest running again after its
     host was down even when the status did not change.
     """
-    pending = pending_operation(server)
+    pending = pending_operation(server, host_id)
     done = pending is not None and operation_id == pending.id
     move = states.on_observed(server.status, server.task_state, observed, operation_done=done)
     if observed in ("running", "shutoff", "paused", "absent"):
@@ -368,3 +383,48 @@ def timed_out(session: Session, settings: Settings, server: Server, step: str,
     record_event(session, server, "timeout", user_id=None, result=ERROR, message=message,
                  details={"step": step, "allocations_freed": freed})
     return "error"
+
+
+# ---------------------------------------------------------------- migrations
+
+def migration_step(session: Session, server: Server, task_state: str, *, action: str,
+                   message: str, user_id: str | None = None, result: str = SUCCESS,
+                   details: dict[str, Any] | None = None, notify: tuple[str, ...] = ()) -> None:
+    """Move a server to (or along) MIGRATING/``task_state`` and wake ``notify`` hosts too
+    (a migration's destination). The caller holds every host's lock, then the server's.
+
+    Raises Conflict ``state_changed``.
+    """
+    old = server.status
+    swap(session, server, status=states.MIGRATING, task_state=task_state)
+    _changed(session, server, old, utcnow())
+    for host_id in notify:
+        notify_host(session, host_id)
+    record_event(session, server, action, user_id=user_id, result=result, message=message,
+                 details=details or {})
+
+
+def migration_ended(session: Session, server: Server, *, host_id: str,
+                    availability_zone: str | None, status: str, task_state: str | None,
+                    action: str, result: str, message: str,
+                    details: dict[str, Any] | None = None, fault: tuple[str, str] | None = None,
+                    notify: tuple[str, ...] = ()) -> None:
+    """End a move: the server is ``status``/``task_state`` on ``host_id`` (the destination
+    when the move completed, the source when it was reverted, with ``fault`` = (code,
+    message) saying why). Both hosts are woken: the one that no longer lists the server
+    removes what it holds of it. The caller holds every host's lock, then the server's.
+
+    Raises Conflict ``state_changed``.
+    """
+    old = server.status
+    values: dict[str, Any] = {"host_id": host_id, "availability_zone": availability_zone}
+    if fault is not None:
+        values.update(fault_code=fault[0], fault_message=fault[1])
+    else:
+        values.update(fault_code=None, fault_message=None)
+    swap(session, server, status=status, task_state=task_state, **values)
+    _changed(session, server, old, utcnow())
+    for other in notify:
+        notify_host(session, other)
+    record_event(session, server, action, user_id=None, result=result, message=message,
+                 details=details or {})

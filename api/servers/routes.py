@@ -45,10 +45,11 @@ _STATE_MACHINE = """
 | status | accepts | then |
 |---|---|---|
 | BUILD (`scheduling`, `spawning`) | delete | ACTIVE once running; ERROR (`fault`) |
-| ACTIVE | stop, reboot, pause, delete | `powering-off`; REBOOT/`rebooting(-hard)`; `pausing` |
-| SHUTOFF | start, resize, delete | `powering-on` then ACTIVE; `resizing` then SHUTOFF |
+| ACTIVE | stop, reboot, pause, migrate, delete | `powering-off`; REBOOT; `pausing`; MIGRATING |
+| SHUTOFF | start, resize, migrate, delete | `powering-on`; `resizing`; MIGRATING |
 | REBOOT | hard reboot (over a soft one), delete | ACTIVE once the agent confirms |
 | PAUSED | unpause, stop, delete | `unpausing` then ACTIVE (same boot); `powering-off` |
+| MIGRATING (`migrating-export/-import`) | delete | on the new host; else back, `fault` |
 | ERROR | delete | |
 | DELETING | delete (idempotent, 202) | DELETED (hidden) once the agent confirms |
 
@@ -56,7 +57,8 @@ A transition in flight blocks other actions: 409 `invalid_state` with the curren
 and `task_state`. A server with no host (not placed yet) is deleted at once.
 """
 
-StatusFilter = Literal["BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "PAUSED", "DELETING", "ERROR"]
+StatusFilter = Literal["BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "PAUSED", "DELETING", "ERROR",
+                       "MIGRATING"]
 
 
 def _render(session: SessionDep, principal: Principal,
@@ -153,7 +155,9 @@ def delete_server(server_id: PathId, principal: Writer, session: SessionDep,
              "(and an `error` event). Resize (SHUTOFF only) stays on the same host: 409 "
              "`no_valid_host` when it has no room, `resize_disk_shrink` for a smaller disk, "
              "`quota_exceeded` for growth over quota; the server is SHUTOFF/`resizing` until "
-             "its agent applied the new sizes." + _STATE_MACHINE)
+             "its agent applied the new sizes. `{\"action\": \"migrate\", \"host\": "
+             "<admin only>}` moves an ACTIVE or SHUTOFF server to another host (cold); see "
+             "`GET /v1/servers/{id}/migrations`." + _STATE_MACHINE)
 def server_action(server_id: PathId, body: ServerAction, principal: Writer,
                   session: SessionDep, settings: SettingsDep, request: Request) -> ServerOut:
     """Run an action on a server (202: the agent carries it out)."""

@@ -130,8 +130,19 @@ class UnpauseAction(BaseModel):
     action: Literal["unpause"]
 
 
+class MigrateAction(BaseModel):
+    """Move an ACTIVE or SHUTOFF server to another host (cold: stopped, moved, started again
+    if it was ACTIVE). ``host`` (admin only) names the destination; every filter still
+    applies."""
+
+    model_config = STRICT
+    action: Literal["migrate"]
+    host: Ref | None = Field(default=None, description="destination host id or name (admin)")
+
+
 ServerAction = Annotated[
-    StartAction | StopAction | RebootAction | ResizeAction | PauseAction | UnpauseAction,
+    StartAction | StopAction | RebootAction | ResizeAction | PauseAction | UnpauseAction
+    | MigrateAction,
     Field(discriminator="action")]
 
 

@@ -21,13 +21,20 @@ from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound,
 from api.flavors import service as flavors
 from api.hosts.service import is_up
 from api.images import service as images
+from api.mobility import service as mobility
 from api.models import Flavor, Host, Image, Server, ServerEvent, ServerGroup
 from api.quotas import service as quotas
 from api.scheduler import placement
 from api.server_groups import service as server_groups
 from api.servers import lifecycle, repository, states
 from api.servers.lifecycle import ACCEPTED, ERROR, SUCCESS, record_event
-from api.servers.schemas import RebootAction, ResizeAction, ServerAction, ServerCreate
+from api.servers.schemas import (
+    MigrateAction,
+    RebootAction,
+    ResizeAction,
+    ServerAction,
+    ServerCreate,
+)
 
 
 def get_server(session: Session, principal: Principal, server_id: str) -> Server:
@@ -208,6 +215,9 @@ def act(session: Session, settings: Settings, principal: Principal, server_id: s
             action=action.action)
     if isinstance(action, ResizeAction):
         return resize(session, settings, principal, server, action.flavor)
+    if isinstance(action, MigrateAction):
+        mobility.migrate(session, settings, principal, server, action.host)
+        return server
     details = {"type": reboot_type} if isinstance(action, RebootAction) else {}
     lifecycle.apply_action(session, server, action.action, user_id=principal.user_id,
                            reboot_type=reboot_type, details=details)

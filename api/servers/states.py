@@ -10,6 +10,9 @@ Statuses (what a tenant sees)::
       |                                 PAUSED --stop--> SHUTOFF
       +--(spawn fails)--> ERROR (fault code + message)
     any status except DELETING --delete--> DELETING --(agent confirms gone)--> DELETED (hidden)
+    ACTIVE|SHUTOFF --migrate--> MIGRATING/migrating-export --(source sent the disk)-->
+      MIGRATING/migrating-import --(destination defined it)--> SHUTOFF on the destination
+      (then powering-on -> ACTIVE if it was ACTIVE); a failure returns it to the source
     host down, evacuated: BUILD/rebuilding --(runs on the new host)--> ACTIVE, or
                           SHUTOFF/rebuilding --(defined there, off)--> SHUTOFF
 
@@ -21,6 +24,11 @@ desired power state (:func:`desired_power`); the agent converges on it and the s
 when the agent observes that state. A *one-shot* action (reboot, resize) cannot be read off a
 power state, so it is a pending operation (:func:`pending_operation`): the agent performs it
 once and reports its id back; only then does the server settle.
+
+A migration (``api.mobility``) is MIGRATING with one task per step. The server's ``host_id``
+stays the source until the destination holds it; the agent of the destination sees the
+server in its desired state during ``migrating-import`` only, and the operation each host must
+perform depends on its role (:func:`pending_operation`'s ``role``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from typing import Literal
 BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR, DELETED = (
     "BUILD", "ACTIVE", "SHUTOFF", "REBOOT", "PAUSED", "DELETING", "ERROR", "DELETED",
 )
-STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR)
+MIGRATING = "MIGRATING"
+STATUSES = (BUILD, ACTIVE, SHUTOFF, REBOOT, PAUSED, DELETING, ERROR, MIGRATING)
 
 # task_state values
 SCHEDULING, SPAWNING, POWERING_OFF, POWERING_ON = (
@@ -41,26 +50,32 @@ REBOOTING, REBOOTING_HARD, DELETING_TASK, RESIZING = (
     "rebooting", "rebooting-hard", "deleting", "resizing",
 )
 PAUSING, UNPAUSING = "pausing", "unpausing"
+# A cold migration: the source stops the guest and sends its disk and seed (export), then the
+# destination defines the server from them (import).
+MIGRATING_EXPORT, MIGRATING_IMPORT = "migrating-export", "migrating-import"
+MIGRATION_TASKS = frozenset({MIGRATING_EXPORT, MIGRATING_IMPORT})
 # Evacuated from a down host: rebuilt from its image on another host (BUILD until it runs, or
 # SHUTOFF until its domain is defined there shut off).
 REBUILDING = "rebuilding"
 
-Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause"]
+Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause", "migrate"]
 Observed = Literal["running", "shutoff", "paused", "absent", "error"]
 Desired = Literal["running", "shutoff", "paused", "absent"]
-OperationKind = Literal["reboot", "resize"]
+OperationKind = Literal["reboot", "resize", "migrate_export", "migrate_import"]
+Role = Literal["source", "destination"]
 
 # Which actions each settled status accepts; anything else is 409 ``invalid_state``.
 # A paused guest cannot answer the power button, so ``stop`` from PAUSED powers it off at once
 # (the agent destroys the paused domain); ``reboot`` needs ``unpause`` first, as in Nova.
 ALLOWED: dict[str, frozenset[str]] = {
     BUILD: frozenset(),
-    ACTIVE: frozenset({"stop", "reboot", "pause"}),
-    SHUTOFF: frozenset({"start", "resize"}),
+    ACTIVE: frozenset({"stop", "reboot", "pause", "migrate"}),
+    SHUTOFF: frozenset({"start", "resize", "migrate"}),
     REBOOT: frozenset({"reboot"}),  # a hard reboot may override a stuck soft one
     PAUSED: frozenset({"unpause", "stop"}),
     DELETING: frozenset(),
     ERROR: frozenset(),
+    MIGRATING: frozenset(),
 }
 
 
@@ -95,6 +110,8 @@ def on_action(status: str, action: str, reboot_type: str = "soft") -> Transition
         return Transition(ACTIVE, PAUSING)
     if action == "unpause":
         return Transition(PAUSED, UNPAUSING)
+    if action == "migrate":
+        return Transition(MIGRATING, MIGRATING_EXPORT)
     raise ValueError(action)
 
 
@@ -105,8 +122,8 @@ def desired_power(status: str, task_state: str | None) -> Desired:
     if status == ERROR:
         # Keep a failed build's leftovers off: a user deletes an ERROR server to clean up.
         return "shutoff"
-    if task_state == POWERING_OFF:
-        return "shutoff"
+    if task_state == POWERING_OFF or task_state in MIGRATION_TASKS:
+        return "shutoff"  # a cold migration moves a shut-off guest
     if status == ACTIVE:
         return "paused" if task_state == PAUSING else "running"
     if status == PAUSED:
@@ -116,8 +133,21 @@ def desired_power(status: str, task_state: str | None) -> Desired:
     return "running"  # BUILD, REBOOT
 
 
-def pending_operation(status: str, task_state: str | None) -> OperationKind | None:
-    """The one-shot operation a server in this state waits for the agent to perform."""
+def pending_operation(status: str, task_state: str | None,
+                      role: Role = "source") -> OperationKind | None:
+    """The one-shot operation a server in this state waits for the agent to perform.
+
+    ``role``: the host asking is the server's own (``source``) or a migration's
+    ``destination``; a destination performs only ``migrate_import``.
+    """
+    if status == MIGRATING:
+        if task_state == MIGRATING_EXPORT and role == "source":
+            return "migrate_export"
+        if task_state == MIGRATING_IMPORT and role == "destination":
+            return "migrate_import"
+        return None
+    if role == "destination":
+        return None
     if status == REBOOT:
         return "reboot"
     if status == SHUTOFF and task_state == RESIZING:

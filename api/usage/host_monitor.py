@@ -28,6 +28,7 @@ from api.config import Settings
 from api.db import session_scope, utcnow
 from api.evacuation import service as evacuation
 from api.hosts.service import is_up
+from api.mobility import service as mobility
 from api.servers import lifecycle, timeouts
 from api.usage import repository
 
@@ -58,6 +59,7 @@ def sweep_once(factory: sessionmaker[Session], settings: Settings) -> int:
     for session in session_scope(factory):
         timeouts.sweep(session, settings)
     for session in session_scope(factory):
+        mobility.sweep_stuck(session, settings)
         # Automatic evacuation of hosts down beyond their grace (off unless configured).
         evacuation.auto_sweep(session, settings, list(repository.hosts_with_heartbeat(session)))
     return recorded

@@ -70,7 +70,7 @@ def ids(client: TestClient, admin: dict[str, str], _pool_host: dict[str, str]) -
               "group_id": group_id, "project_id": member.project_id, "user_id": member.user_id,
               "flavor_id": flavor_id, "host_id": host_id, "cred_id": unique("cred"),
               "period": "2026-01", "card_id": unique("card"),
-              "scaling_group_id": unique("sg")}
+              "migration_file": "disk", "scaling_group_id": unique("sg")}
     return Ids(member, admin, _pool_host, values)
 
 

@@ -72,7 +72,8 @@ class World:
                 "project_id": self.a_member.project_id, "cred_id": self.cred_id, "ref": ref,
                 "flavor_id": self.flavor_id, "user_id": self.a_member.user_id,
                 "host_id": self.host.id, "period": "2026-01", "card_id": new_id(),
-                "name": self.keypair_name, "scaling_group_id": self.scaling_group_id}
+                "name": self.keypair_name, "migration_file": "disk",
+                "scaling_group_id": self.scaling_group_id}
 
 
 @pytest.fixture(scope="module")

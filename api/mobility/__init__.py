@@ -1,0 +1,1 @@
+"""Workload mobility: migration records, cold migration, host drain (docs/operations.md)."""

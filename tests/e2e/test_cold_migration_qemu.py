@@ -1,0 +1,145 @@
+"""Acceptance: cold migration of a real guest between two libvirt daemons, with two real
+agents and a real API process. A SHUTOFF server moves and stays SHUTOFF with its disk content;
+an ACTIVE one moves back and runs again on its new host (a cold move reboots it); the host it
+left keeps no domain and no files, and only its new host holds allocations.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+
+import httpx
+import libvirt
+import pytest
+
+from compute_agent.agent import Agent, ensure_enrolled
+from compute_agent.hypervisor import Hypervisor
+from compute_agent.spec import InstancePaths
+from tests.e2e.libvirt_hosts import LibvirtHost
+from tests.e2e.stack import (
+    ADMIN,
+    WAIT,
+    ThreadAgent,
+    action,
+    agent_settings,
+    allocated,
+    create_server,
+    enrollment_token,
+    host,
+    server,
+    upload_image,
+    wait_status,
+    wait_until,
+)
+from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.factories import unique
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+PATTERN = "0x6b"
+NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
+
+
+@pytest.fixture(scope="module")
+def api(live_api: Callable[[int], list[str]]) -> str:
+    return live_api(1)[0]
+
+
+@pytest.fixture
+def agents(api: str, two_libvirt_hosts: list[LibvirtHost]) -> Iterator[list[ThreadAgent]]:
+    zone = unique("az")
+    started = []
+    for lh in two_libvirt_hosts:
+        name = unique("qhost")
+        settings = agent_settings(api, lh.data_dir, name, lh.uri, network="none",
+                                  availability_zone=zone)
+        cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
+        agent = Agent(settings, cred, Hypervisor(lh.uri), "qemu")
+        thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
+        thread.start()
+        wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up" and h["resources"],
+                   WAIT, f"host {name} up")
+        started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    yield started
+    for a in started:
+        a.stop()
+
+
+def pattern_ok(disk: str) -> bool:
+    done = subprocess.run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c",
+                           f"read -P {PATTERN} 2M 64k", disk],
+                          capture_output=True, text=True, check=False)
+    return done.returncode == 0 and "Pattern verification failed" not in done.stdout
+
+
+def domains(lh: LibvirtHost) -> list[str]:
+    conn = libvirt.open(lh.uri)
+    try:
+        return sorted(d.name() for d in conn.listAllDomains(0))
+    finally:
+        conn.close()
+
+
+def moved_to(api: str, sid: str, to: ThreadAgent, status: str) -> dict[str, object]:
+    got: dict[str, object] = wait_until(
+        lambda: (x := server(api, ADMIN, sid))["host"] == to.name and x["status"] == status
+        and x["task_state"] is None and x, WAIT, f"server {status} on {to.name}")
+    return got
+
+
+def test_cold_migration_of_a_real_guest_shutoff_then_active(
+        api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
+    built = build_guest_image()
+    kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
+    ramdisk = upload_image(api, ADMIN, (built / "initrd.img").read_bytes(), "ari")
+    disk = upload_image(api, ADMIN, (built / "disk.qcow2").read_bytes(), "qcow2",
+                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
+                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
+    s = create_server(api, ADMIN, "tiny", disk["id"], availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    wait_for(InstancePaths(a.agent.instances, sid), "minicloud-guest: tick 2 ", 1)
+    action(api, ADMIN, sid, "stop")
+    wait_status(api, ADMIN, sid, "SHUTOFF")
+    disk_a = InstancePaths(a.agent.instances, sid).disk
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {PATTERN} 2M 64k", str(disk_a)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+    # 1. SHUTOFF: it lands shut off, with its disk content; A keeps nothing.
+    action(api, ADMIN, sid, "migrate")
+    moved_to(api, sid, b, "SHUTOFF")
+    paths_b = InstancePaths(b.agent.instances, sid)
+    assert pattern_ok(str(paths_b.disk))
+    wait_until(lambda: domains(lh_a) == [] and not InstancePaths(
+        a.agent.instances, sid).directory.exists(), WAIT, "A's copy removed")
+    assert allocated(api, a.host_id) == NOTHING
+    assert allocated(api, b.host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+
+    # 2. Started on B, then ACTIVE back to A: stopped, moved, started there.
+    action(api, ADMIN, sid, "start")
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    wait_for(paths_b, "minicloud-guest: tick 2 ", 1)
+    action(api, ADMIN, sid, "migrate")
+    moved_to(api, sid, a, "ACTIVE")
+    paths_a = InstancePaths(a.agent.instances, sid)
+    wait_for(paths_a, "minicloud-guest: tick 2 ", 1)
+    assert a.agent.hv.observed(sid) == "running"
+    wait_until(lambda: domains(lh_b) == [] and not paths_b.directory.exists(), WAIT,
+               "B's copy removed")
+    assert allocated(api, b.host_id) == NOTHING
+    assert allocated(api, a.host_id) == {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+    # The guest's disk still has what was written before the first move.
+    a.agent.hv.domain(sid).suspend()
+    try:
+        assert pattern_ok(str(paths_a.disk))
+    finally:
+        a.agent.hv.domain(sid).resume()
+    r = httpx.get(f"{api}/v1/servers/{sid}/migrations", headers=ADMIN)
+    assert [m["status"] for m in r.json()["migrations"]] == ["completed", "completed"]
+    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+    wait_until(lambda: domains(lh_a) == [], WAIT, "the server deleted")
