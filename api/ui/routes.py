@@ -95,13 +95,13 @@ class Flash:
     details: list[str] = field(default_factory=list)
 
 
-def render(request: Request, template: str, code: int = 200,
+def render(request: Request, template: str, status_code: int = 200,
            session: Session | None = None, **context: Any) -> HTMLResponse:
     """Render ``template`` with the security headers."""
     context.setdefault("flash", None)
     html = env.get_template(template).render(request=request, session=session,
                                              path=request.url.path, **context)
-    return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
+    return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
 
 
 def _is_htmx(request: Request) -> bool:
@@ -226,7 +226,7 @@ def _login_again(request: Request, values: dict[str, str], target: str,
                  message: str) -> Response:
     token = new_login_csrf()
     safe_values = {k: values.get(k, "") for k in ("user", "project", "method")}
-    response = render(request, "login.html", code=400, login_csrf=token, next=target,
+    response = render(request, "login.html", status_code=400, login_csrf=token, next=target,
                       flash=Flash("error", message), form=safe_values)
     set_login_csrf(response, request, token)
     return response
@@ -347,7 +347,7 @@ async def server_create(request: Request,
     if answer.ok:
         return _redirect(f"/ui/servers/{quote(answer.body['id'], safe='')}", request)
     flash = Flash("error", answer.problem, _problem_lines(answer))
-    return render(request, "server_new.html", code=answer.status, session=session,
+    return render(request, "server_new.html", status_code=answer.status, session=session,
                   form=values, flash=flash, **await _create_choices(session))
 
 
@@ -458,7 +458,7 @@ async def server_action(request: Request, server_id: str,
     flash = (Flash("ok", f"{action} requested") if answer.ok
              else Flash("error", answer.problem, _problem_lines(answer)))
     return render(request, "server_detail.html", session=session, flash=flash, graphs=GRAPHS,
-                  code=200 if answer.ok else answer.status, **detail)
+                  status_code=200 if answer.ok else answer.status, **detail)
 
 
 # -------------------------------------------------------------------- images, groups, quota
@@ -519,7 +519,7 @@ async def server_group_create(request: Request,
              else Flash("error", answer.problem, _problem_lines(answer)))
     return render(request, "server_groups.html", session=session,
                   groups=_items(body, "server_groups"), flash=flash,
-                  code=200 if answer.ok else answer.status)
+                  status_code=200 if answer.ok else answer.status)
 
 
 @router.get("/scaling-groups", response_class=HTMLResponse)
@@ -568,7 +568,7 @@ async def scaling_group_desired(request: Request, group_id: str,
     flash = (Flash("ok", f"Desired size set to {desired}") if answer.ok
              else Flash("error", answer.problem, _problem_lines(answer)))
     return render(request, "scaling_group.html", session=session, flash=flash,
-                  code=200 if answer.ok else answer.status,
+                  status_code=200 if answer.ok else answer.status,
                   **await _scaling_group(session, group_id))
 
 
@@ -724,7 +724,7 @@ async def admin_host_evacuate(request: Request, host_id: str,
     else:
         flash = Flash("error", answer.problem, _problem_lines(answer))
     return render(request, "admin_hosts.html", session=session, flash=flash, enroll=None,
-                  code=200 if answer.ok else answer.status, **await _hosts(session, ""))
+                  status_code=200 if answer.ok else answer.status, **await _hosts(session, ""))
 
 
 @router.post("/admin/enrollment-token", response_class=HTMLResponse)
@@ -804,7 +804,7 @@ async def admin_close_period(request: Request,
     return render(request, "admin_billing.html", session=session,
                   rates=_items(expect(rates), "rate_cards"),
                   periods=_items(expect(periods), "periods"), flash=flash,
-                  code=200 if answer.ok else answer.status)
+                  status_code=200 if answer.ok else answer.status)
 
 
 # ----------------------------------------------------------------------------- app wiring
@@ -825,6 +825,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UiError)
     async def ui_error(request: Request, exc: UiError) -> Response:
         titles = {403: "Forbidden", 404: "Not found"}
-        return render(request, "error.html", code=exc.status,
+        return render(request, "error.html", status_code=exc.status,
                       title=titles.get(exc.status, "Something went wrong"),
                       message=exc.message)
