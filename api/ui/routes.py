@@ -727,6 +727,30 @@ async def admin_host_evacuate(request: Request, host_id: str,
                   status_code=200 if answer.ok else answer.status, **await _hosts(session, ""))
 
 
+@router.post("/admin/hosts/{host_id}/drain", response_class=HTMLResponse)
+async def admin_host_drain(request: Request, host_id: str,
+                           session: Session = Depends(checked_session)) -> Response:
+    """Start (or, with ``cancel``, end) moving every server off a host."""
+    _admin(session)
+    values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    method = "DELETE" if values.get("cancel") else "POST"
+    answer = await session.api.call(method, f"/v1/hosts/{quote(host_id, safe='')}/drain")
+    if answer.status == 401:
+        raise LoginRequired
+    if answer.ok:
+        body = answer.body
+        flash = Flash("ok", "Drain cancelled" if method == "DELETE" else
+                      f"Draining: {body.get('servers_left', 0)} server(s) left, "
+                      f"{len(body.get('moving', []))} moving",
+                      [f"{r.get('server_id', '')}: {r.get('reason', '')}"
+                       for r in body.get("refused", []) if isinstance(r, dict)])
+    else:
+        flash = Flash("error", answer.problem, _problem_lines(answer))
+    return render(request, "admin_hosts.html", session=session, flash=flash, enroll=None,
+                  status_code=200 if answer.ok else answer.status,
+                  **await _hosts(session, ""))
+
+
 @router.post("/admin/enrollment-token", response_class=HTMLResponse)
 async def admin_enrollment_token(request: Request,
                                  session: Session = Depends(checked_session)) -> Response:

@@ -382,7 +382,7 @@ def test_scaling_group_page_follows_the_group(browser: WebDriver, api: str,
     assert r.status_code == 202, r.text
 
 
-def test_evacuating_a_host_that_is_up_shows_the_apis_refusal(
+def test_evacuate_and_drain_through_the_hosts_page(
         api: str, fleet: list[SimulatedHost]) -> None:
     """The hosts page offers Evacuate only for down hosts; a forged request for an up host
     gets the API's refusal on the page, and the host keeps its servers."""
@@ -403,3 +403,15 @@ def test_evacuating_a_host_that_is_up_shows_the_apis_refusal(
         r = web.post(f"/ui/admin/hosts/{host_id}/evacuate", data={"csrf": session_csrf})
         assert r.status_code == 409
         assert 'class="flash error"' in r.text
+        # Drain, then stop draining, through the page: the API's maintenance state follows.
+        r = web.post(f"/ui/admin/hosts/{host_id}/drain", data={"csrf": session_csrf})
+        assert r.status_code == 200 and "Draining:" in r.text, r.text[-2000:]
+        shown = httpx.get(f"{api}/v1/hosts/{host_id}", headers=ADMIN).json()
+        assert shown["maintenance"] in ("draining", "drained")
+        row = r.text.split(f'data-host-name="{fleet[0].name}"', 1)[1].split("</tr>", 1)[0]
+        assert "data-maintenance" in row
+        r = web.post(f"/ui/admin/hosts/{host_id}/drain",
+                     data={"csrf": session_csrf, "cancel": "1"})
+        assert r.status_code == 200 and "Drain cancelled" in r.text
+        assert httpx.get(f"{api}/v1/hosts/{host_id}",
+                         headers=ADMIN).json()["maintenance"] is None
