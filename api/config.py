@@ -86,9 +86,8 @@ class Settings(BaseSettings):
     build_timeout_seconds: int = Field(default=600, gt=0)
     delete_timeout_seconds: int = Field(default=600, gt=0)
     operation_timeout_seconds: int = Field(default=600, gt=0)
-    # Longest wait of the agent's desired-state long-poll, and how often it re-checks.
+    # Longest wait of the agent's desired-state long-poll (woken by a change, api.agent.notifier).
     agent_long_poll_max_seconds: float = Field(default=30.0, gt=0)
-    agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)
     # Serial console tail kept per server.
     console_max_bytes: int = Field(default=64 * 1024, gt=0)
     # Weigher multipliers keyed by weigher plugin name (``scheduler.pipeline.WEIGHERS``), e.g.

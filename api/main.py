@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.admission import AgentAdmission
+from api.agent import notifier
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
 from api.body_limit import BodyLimitMiddleware
@@ -117,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          max_overflow=settings.db_max_overflow,
                          pool_timeout=settings.db_pool_timeout_seconds)
     metrics.watch_pool(engine, settings.db_pool_size)
+    metrics.count_statements(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,11 +133,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The host monitor: down hosts' servers stop accruing compute (api.usage.host_monitor).
         monitor = app.state.host_monitor = asyncio.create_task(
             host_monitor.run(app.state.sessionmaker, settings, stop), name="host-monitor")
+        # Other API processes' desired-state changes wake this process's long-polls.
+        listener = (asyncio.create_task(notifier.listen(
+            settings.effective_database_url, notifier.WAITERS, stop), name="desired-listener")
+            if engine.dialect.name == "postgresql" else None)
         try:
             yield
         finally:
             stop.set()
             await monitor
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             engine.dispose()
             metrics.process_exited()
 

@@ -119,9 +119,17 @@ def lock_host(session: Session, host_id: str) -> None:
 
 
 def bump_desired_generation(session: Session, host_id: str) -> None:
-    """``UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = :host``."""
+    """``UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = :host``.
+
+    Call it through ``lifecycle.notify_host``, which also wakes the host's waiting long-poll.
+    """
     session.execute(
         update(Host).where(Host.id == host_id)
         .values(desired_generation=Host.desired_generation + 1)
         .execution_options(synchronize_session=False)
     )
+
+
+def notify(session: Session, channel: str, payload: str) -> None:
+    """``SELECT pg_notify(:channel, :payload)`` (PostgreSQL): delivered at commit, if any."""
+    session.execute(select(func.pg_notify(channel, payload)))

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from api.agent import notifier
 from api.config import Settings
 from api.db import utcnow
 from api.deps import Principal
@@ -156,6 +157,7 @@ def delete_host(session: Session, host_id: str) -> None:
     repository.detach_deleted_servers(session, host.id)
     session.delete(host)
     session.flush()
+    notifier.host_changed(session, host.id)  # its waiting long-poll wakes and is refused
 
 
 def rotate_credential(session: Session, host_id: str) -> tuple[Host, str]:
@@ -166,7 +168,7 @@ def rotate_credential(session: Session, host_id: str) -> tuple[Host, str]:
     host = get_host(session, host_id)
     secret = new_secret(HOST_CREDENTIAL_PREFIX)
     host.credential_digest = digest(secret)
-    _wake_agent(host)
+    _wake_agent(session, host)
     session.flush()
     return host, secret
 
@@ -179,14 +181,15 @@ def revoke_credential(session: Session, host_id: str) -> None:
     """
     host = get_host(session, host_id)
     host.credential_digest = None
-    _wake_agent(host)
+    _wake_agent(session, host)
     session.flush()
 
 
-def _wake_agent(host: Host) -> None:
+def _wake_agent(session: Session, host: Host) -> None:
     # A changed credential changes the host's desired-state cursor, so a long-poll waiting
-    # with the old credential wakes now and is refused when it reads the answer.
+    # with the old credential wakes at commit and is refused when it reads the answer.
     host.desired_generation = Host.desired_generation + 1
+    notifier.host_changed(session, host.id)
 
 
 def availability_zones(session: Session, settings: Settings,
