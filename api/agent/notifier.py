@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from api.agent import repository
 
@@ -131,14 +131,21 @@ def host_changed(session: Session, host_id: str) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _wake_after_commit(session: Session) -> None:
+    # A savepoint's commit fires this too (placement claims in savepoints): only the
+    # outermost commit makes the change visible to the poll that wakes.
+    if session.in_nested_transaction():
+        return
     pending: set[str] | None = session.info.pop(_PENDING, None)
     if pending:
         WAITERS.wake(pending)
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget_after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_transaction_end")
+def _forget_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without the commit above: nothing to announce. A
+    # rolled-back savepoint keeps the pending hosts (a needless wake-up costs one read).
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 # ---------------------------------------------------------------- PostgreSQL LISTEN

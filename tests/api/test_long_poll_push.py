@@ -13,33 +13,14 @@ from collections.abc import Callable
 
 import httpx
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent_factories import enroll_host, inventory
 from tests.catalog_rows import make_image_row
-from tests.conftest import ADMIN_TOKEN
 from tests.db import backend
-from tests.factories import bearer, make_account, unique
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-POLL = "/v1/agent/servers"
-
-
-def scrape(url: str) -> Samples:
-    """Every sample of one API process's ``/metrics``."""
-    r = httpx.get(f"{url}/metrics", headers=bearer(ADMIN_TOKEN), timeout=30)
-    assert r.status_code == 200, r.text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def statements(samples: Samples) -> float:
-    """SQL statements the long-poll route has sent in this process."""
-    return value(samples, "minicloud_db_statements_total", route=POLL)
+from tests.factories import make_account, unique
+from tests.scrape import LONG_POLL as POLL
+from tests.scrape import Samples, scrape, value
+from tests.scrape import long_poll_statements as statements
 
 
 def wait_until_polls_wait(url: str, count: int) -> Samples:
