@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # Compute hosts: a host is down after this long without a heartbeat.
     host_down_after_seconds: int = Field(default=60, gt=0)
     heartbeat_interval_seconds: int = Field(default=10, gt=0)
+    # Heartbeats that change nothing but the time are written together, once per this period
+    # (api.agent.liveness).
+    heartbeat_flush_seconds: float = Field(default=1.0, gt=0)
     # Transitions that make no progress this long end in ERROR (api.servers.timeouts):
     # BUILD; DELETING; REBOOT, resizing, pausing and unpausing (one "operation" limit).
     build_timeout_seconds: int = Field(default=600, gt=0)

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.admission import AgentAdmission
-from api.agent import notifier
+from api.agent import liveness, notifier
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
 from api.body_limit import BodyLimitMiddleware
@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The host monitor: down hosts' servers stop accruing compute (api.usage.host_monitor).
         monitor = app.state.host_monitor = asyncio.create_task(
             host_monitor.run(app.state.sessionmaker, settings, stop), name="host-monitor")
+        # Coalesced heartbeats are written once per period (and at shutdown).
+        flusher = asyncio.create_task(liveness.run(
+            app.state.sessionmaker, settings.heartbeat_flush_seconds, stop), name="heartbeats")
         # Other API processes' desired-state changes wake this process's long-polls.
         listener = (asyncio.create_task(notifier.listen(
             settings.effective_database_url, notifier.WAITERS, stop), name="desired-listener")
@@ -142,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stop.set()
             await monitor
+            await flusher
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.models import AgentObservation, Allocation, EnrollmentToken, Host, Image, Server
@@ -133,3 +134,28 @@ def bump_desired_generation(session: Session, host_id: str) -> None:
 def notify(session: Session, channel: str, payload: str) -> None:
     """``SELECT pg_notify(:channel, :payload)`` (PostgreSQL): delivered at commit, if any."""
     session.execute(select(func.pg_notify(channel, payload)))
+
+
+def record_heartbeats(session: Session, seen: Mapping[str, datetime]) -> None:
+    """Every host's newest heartbeat time in one statement (executemany):
+
+    ``UPDATE hosts SET last_heartbeat_at = :at
+       WHERE id = :host AND (last_heartbeat_at IS NULL OR last_heartbeat_at < :at)`` -- a
+    newer time written meanwhile by a heartbeat's own unit of work stays.
+    """
+    hosts = cast(Table, Host.__table__)
+    session.connection().execute(
+        update(hosts).where(hosts.c.id == bindparam("host"),
+                            or_(hosts.c.last_heartbeat_at.is_(None),
+                                hosts.c.last_heartbeat_at < bindparam("at")))
+        .values(last_heartbeat_at=bindparam("at")),
+        [{"host": host_id, "at": at} for host_id, at in seen.items()])
+
+
+def observed_servers(session: Session, host_id: str) -> dict[str, tuple[Server, datetime | None]]:
+    """The host's live servers with their newest recorded observation time, in one query."""
+    last = (select(func.max(AgentObservation.seen_at))
+            .where(AgentObservation.server_id == Server.id).scalar_subquery())
+    rows = session.execute(
+        select(Server, last).where(Server.host_id == host_id, Server.status != DELETED))
+    return {s.id: (s, seen) for s, seen in rows}

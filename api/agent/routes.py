@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from api.agent import notifier, service
+from api.agent import liveness, notifier, service
 from api.agent.schemas import (
     ConsoleOut,
     DesiredOut,
@@ -63,7 +63,8 @@ def put_inventory(body: InventoryIn, host: CurrentHost, session: SessionDep,
 def heartbeat(body: HeartbeatIn, host: CurrentHost, session: SessionDep,
               settings: SettingsDep) -> HeartbeatOut:
     """I am alive, and this is what I see."""
-    result = service.heartbeat(session, settings, host.host_id, body.observed, body.foreign)
+    result = service.heartbeat(session, settings, host.host_id, body.observed, body.foreign,
+                               buffer=liveness.HEARTBEATS)
     assert result.host.last_heartbeat_at is not None
     return HeartbeatOut(host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
                         applied=result.applied, ignored=result.ignored,
