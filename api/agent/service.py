@@ -166,19 +166,20 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     # One read of the host's servers tells which observations merely confirm the stored
     # state; only while the host is up (after a silence billing must hear "running" again).
     stored = repository.observed_servers(session, host_id) if observed and up else {}
-    applied, ignored, wrote = 0, [], False
+    applied, wrote = 0, False
+    ignored: list[str] = []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.
     for item in sorted(observed, key=lambda o: o.server_id):
         known = stored.get(item.server_id)
         if known is not None and _confirms(known[0], item):
-            server, last = known
+            confirmed, last = known
             seen = min(item.seen_at, now)
             if last is not None and seen < last:
                 continue  # stale: the full path would change nothing either
             # Subscribers still hear it, as on the full path; one that records something
             # (billing resuming after the host was reported down) needs the locks: start
             # over on the full path, dropping what this pass did.
-            if publish(session, Change("observed", server, seen, server.status,
+            if publish(session, Change("observed", confirmed, seen, confirmed.status,
                                        observed=item.state)):
                 session.rollback()
                 return heartbeat(session, settings, host_id, observed, foreign)
