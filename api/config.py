@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # is degraded (no new placements). Keep it above the agent's long-poll bound plus its
     # longest legitimate pass (a large image download).
     host_degraded_after_seconds: int = Field(default=300, gt=0)
+    # Heartbeats that change nothing but the time are written together, once per this period
+    # (api.agent.liveness).
+    heartbeat_flush_seconds: float = Field(default=1.0, gt=0)
     # Transitions that make no progress this long end in ERROR (api.servers.timeouts):
     # BUILD; DELETING; REBOOT, resizing, pausing and unpausing (one "operation" limit).
     build_timeout_seconds: int = Field(default=600, gt=0)
@@ -94,9 +97,8 @@ class Settings(BaseSettings):
     # availability zone ("*": every zone), e.g. '{"edge": 300}'. A host's aggregate tag
     # ``auto_evacuate_after_seconds`` wins over its zone's entry.
     auto_evacuate_after_seconds: dict[str, int] = Field(default_factory=dict)
-    # Longest wait of the agent's desired-state long-poll, and how often it re-checks.
+    # Longest wait of the agent's desired-state long-poll (woken by a change, api.agent.notifier).
     agent_long_poll_max_seconds: float = Field(default=30.0, gt=0)
-    agent_long_poll_interval_seconds: float = Field(default=0.15, gt=0)
     # Serial console tail kept per server.
     console_max_bytes: int = Field(default=64 * 1024, gt=0)
     # Weigher multipliers keyed by weigher plugin name (``scheduler.pipeline.WEIGHERS``), e.g.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.admission import AgentAdmission
+from api.agent import liveness, notifier
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
 from api.body_limit import BodyLimitMiddleware
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          max_overflow=settings.db_max_overflow,
                          pool_timeout=settings.db_pool_timeout_seconds)
     metrics.watch_pool(engine, settings.db_pool_size)
+    metrics.count_statements(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,12 +150,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The scaling reconciler: only the holder of the database lease acts (api.scaling).
         scaling = asyncio.create_task(scaling_reconciler.run(
             app.state.sessionmaker, settings, app.state.scaling_holder, stop), name="scaling")
+        # Coalesced heartbeats are written once per period (and at shutdown).
+        flusher = asyncio.create_task(liveness.run(
+            app.state.sessionmaker, settings.heartbeat_flush_seconds, stop), name="heartbeats")
+        # Other API processes' desired-state changes wake this process's long-polls.
+        listener = (asyncio.create_task(notifier.listen(
+            settings.effective_database_url, notifier.WAITERS, stop), name="desired-listener")
+            if engine.dialect.name == "postgresql" else None)
         try:
             yield
         finally:
             stop.set()
             await monitor
             await scaling
+            await flusher
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             engine.dispose()
             metrics.process_exited()
 

@@ -22,6 +22,10 @@ def _share_metrics(default: Path) -> None:
         stale.unlink()
 
 
+KEEP_ALIVE_SECONDS = 30
+"""How long an idle client connection stays open."""
+
+
 def run() -> None:
     """Entry point of ``minicloud-api --host H --port P`` (HTTPS when ``tls_certfile`` is set)."""
     settings = get_settings()
@@ -43,8 +47,11 @@ def run() -> None:
         from api.migrate import upgrade
 
         upgrade(settings.effective_database_url)
-    # With a certificate, uvicorn serves HTTPS only (no plain-HTTP listener).
+    # With a certificate, uvicorn serves HTTPS only (no plain-HTTP listener). Idle
+    # connections are kept longer than an httpx client keeps them (5 s): the client always
+    # closes first, so it never sends a request on a connection the server is closing (a
+    # transport error for every agent whose heartbeat interval passes uvicorn's 5 s default).
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info",
+                workers=args.workers, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS,
                 ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
                 ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None)

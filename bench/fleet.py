@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import ssl
 import sys
 import time
 import uuid
@@ -62,8 +63,11 @@ class SimHost:
     host_id: str = ""
     credential: str = ""
     cursor: str | None = None
-    # server id -> (state, reboot id, resize id) last reported
-    reported: dict[str, tuple[ObservedState, str | None, str | None]] = field(default_factory=dict)
+    # server id -> (state, id of the operation performed) last reported
+    reported: dict[str, tuple[ObservedState, str | None]] = field(default_factory=dict)
+    # Its own connections, as a real agent has: httpx's pool costs grow with every request
+    # outstanding in it, and each host keeps a long-poll outstanding.
+    http: httpx.AsyncClient | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -105,7 +109,8 @@ class Fleet:
 
     def __init__(self, apis: Sequence[str], admin_token: str, *, heartbeat: float = 10.0,
                  long_poll_wait: float = 10.0, size: tuple[int, int, int] = (16, 65536, 1000),
-                 prefix: str | None = None, retries: int = 12) -> None:
+                 prefix: str | None = None, retries: int = 12,
+                 availability_zone: str = "nova", trust_active: bool = False) -> None:
         self.apis = [a.rstrip("/") for a in apis]
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.heartbeat_interval = heartbeat
@@ -113,14 +118,27 @@ class Fleet:
         self.size = size
         self.prefix = prefix or f"sim-{uuid.uuid4().hex[:6]}"
         self.retries = retries
+        self.availability_zone = availability_zone
+        # Servers a benchmark inserted as ACTIVE are taken as running without a report.
+        self.trust_active = trust_active
         self.hosts: list[SimHost] = []
         self.failed: list[tuple[str, str]] = []
         self.stats = Stats()
         self._tasks: list[asyncio.Task[None]] = []
         self._admin_turns = asyncio.Semaphore(4)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0 + long_poll_wait),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        self._timeout = httpx.Timeout(30.0 + long_poll_wait)
+        self._tls = ssl.create_default_context()  # shared: one per client costs milliseconds
+        self._http = self._client()
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self._timeout, verify=self._tls,
+                                 limits=httpx.Limits(max_connections=None,
+                                                     max_keepalive_connections=None))
+
+    def _http_of(self, host: SimHost) -> httpx.AsyncClient:
+        if host.http is None:
+            host.http = self._client()
+        return host.http
 
     async def close(self) -> None:
         """Stop every loop and close the connections."""
@@ -129,17 +147,22 @@ class Fleet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._http.aclose()
+        for host in self.hosts:
+            if host.http is not None:
+                await host.http.aclose()
+                host.http = None
 
     # ------------------------------------------------------------------ HTTP with retries
 
     async def _call(self, kind: str, method: str, url: str, *, ok: int = 200,
-                    **kwargs: Any) -> httpx.Response:
+                    host: SimHost | None = None, **kwargs: Any) -> httpx.Response:
         """Send with the agent's retry rules: 503/429 after ``Retry-After`` (jittered),
         transport errors and other 5xx with exponential backoff; raises AgentApiError."""
         last: AgentApiError | None = None
         for attempt in range(self.retries + 1):
             try:
-                r = await self._http.request(method, url, **kwargs)
+                http = self._http if host is None else self._http_of(host)
+                r = await http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
                 self.stats.count(kind, 0)
                 last = AgentApiError(0, "unreachable", str(exc))
@@ -171,8 +194,9 @@ class Fleet:
 
     async def _enroll(self, host: SimHost) -> None:
         token = await self._mint(host.api)
-        r = await self._call("enroll", "POST", f"{host.api}/v1/agent/enroll", ok=201, json={
-            "token": token, "name": host.name, "availability_zone": "nova",
+        r = await self._call("enroll", "POST", f"{host.api}/v1/agent/enroll", ok=201,
+                             host=host, json={
+            "token": token, "name": host.name, "availability_zone": self.availability_zone,
             "libvirt_uri": "test:///default", "virt_type": "qemu", "architecture": "x86_64"})
         enrollment = Enrollment.model_validate(r.json())
         host.host_id, host.credential = enrollment.host_id, enrollment.credential
@@ -181,7 +205,7 @@ class Fleet:
                      "DISK_GB": InventoryItem(total=disk_gb)}
         body = {rc: item.model_dump(exclude_none=True) for rc, item in inventory.items()}
         r = await self._call("inventory", "PUT", f"{host.api}/v1/agent/inventory",
-                             json=body, headers=host.headers)
+                             json=body, headers=host.headers, host=host)
         InventoryResult.model_validate(r.json())
         await self._heartbeat(host)
 
@@ -198,6 +222,8 @@ class Fleet:
                 if not isinstance(result, AgentApiError):
                     raise result
                 self.failed.append((host.name, str(result)))
+                if host.http is not None:
+                    await host.http.aclose()
             else:
                 self.hosts.append(host)
         return [h for h in new if h.credential]
@@ -207,10 +233,10 @@ class Fleet:
     async def _heartbeat(self, host: SimHost) -> None:
         now = datetime.now(UTC)
         observed = [Observation(server_id=sid, state=state, seen_at=now)
-                    for sid, (state, _, _) in host.reported.items()]
+                    for sid, (state, _) in host.reported.items()]
         r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
                              json={"observed": [o.model_dump(mode="json") for o in observed]},
-                             headers=host.headers)
+                             headers=host.headers, host=host)
         HeartbeatResult.model_validate(r.json())
 
     async def _heartbeats(self, host: SimHost) -> None:
@@ -223,20 +249,20 @@ class Fleet:
             await asyncio.sleep(self.heartbeat_interval)
 
     async def _observe(self, host: SimHost, server: DesiredServer) -> None:
-        wanted = (server.desired, server.reboot.id if server.reboot else None,
-                  server.resize.id if server.resize else None)
+        wanted = (server.desired, server.operation.id if server.operation else None)
         if host.reported.get(server.server_id) == wanted:
+            return
+        if self.trust_active and server.status == "ACTIVE" and wanted == ("running", None):
+            host.reported[server.server_id] = wanted
             return
         body: dict[str, Any] = {"state": server.desired,
                                 "seen_at": datetime.now(UTC).isoformat(),
                                 "idempotency_key": f"obs-{uuid.uuid4()}"}
-        if server.reboot:
-            body["reboot_done"] = server.reboot.id
-        if server.resize:
-            body["resize_done"] = server.resize.id
+        if server.operation:  # performed at once: nothing runs here
+            body["operation"] = {"operation_id": server.operation.id, "result": "success"}
         r = await self._call("observe", "POST",
                              f"{host.api}/v1/agent/servers/{server.server_id}/observations",
-                             json=body, headers=host.headers)
+                             json=body, headers=host.headers, host=host)
         ObservationResult.model_validate(r.json())
         if server.desired == "absent":
             host.reported.pop(server.server_id, None)
@@ -250,13 +276,16 @@ class Fleet:
                 params["since"] = host.cursor
             try:
                 r = await self._call("long-poll", "GET", f"{host.api}/v1/agent/servers",
-                                     params=params, headers=host.headers)
+                                     params=params, headers=host.headers, host=host)
                 desired = DesiredState.model_validate(r.json())
                 for server in desired.servers:
                     await self._observe(host, server)
                 host.cursor = desired.cursor
             except AgentApiError:
                 await asyncio.sleep(1.0)
+            except Exception as exc:  # a bug here must not silently stop a host's loop
+                self.failed.append((host.name, repr(exc)))
+                raise
 
     def start(self) -> None:
         """Start every host's heartbeat and long-poll loops."""

@@ -90,6 +90,9 @@ CONSOLE_BYTES = 64 * 1024
 # After a start, a reboot or a console change, consoles are shipped every console_interval for
 # this long; otherwise once per long-poll.
 CONSOLE_HOT_SECONDS = 30.0
+# An unchanged console tail is read again after twice the previous delay, up to this long
+# (a changed one goes back to console_interval); only a changed tail is ever uploaded.
+CONSOLE_MAX_INTERVAL = 60.0
 STOP_POLL_SECONDS = 0.5
 OPERATIONS_FILE = "operations.json"
 MAX_BACKOFF = 10.0
@@ -205,7 +208,8 @@ class Agent:
             "reboot": self._reboot, "resize": self._resize,
             "migrate_export": self._migrate_export, "migrate_import": self._migrate_import}
         self._booted: set[str] = set()  # domains this pass has started (build, start, reset)
-        self._console_sent: dict[str, tuple[float, str]] = {}
+        # server id -> (when read, digest uploaded, delay until the next read)
+        self._console_sent: dict[str, tuple[float, str, float]] = {}
         self._console_hot_until = 0.0
         self._network_ready = False
         self._stopping: dict[str, float] = {}  # server id -> when to stop waiting for ACPI
@@ -911,8 +915,11 @@ class Agent:
             sid = server.server_id
             if sid not in running:
                 continue
-            last_at, last_digest = self._console_sent.get(sid, (0.0, ""))
-            if now - last_at < self.settings.console_interval:
+            last_at, last_digest, delay = self._console_sent.get(
+                sid, (0.0, "", self.settings.console_interval))
+            if now < self._console_hot_until:  # a start, reboot or change: read at full rate
+                delay = self.settings.console_interval
+            if now - last_at < delay:
                 continue
             try:
                 tail = self.hv.console_tail(sid, CONSOLE_BYTES)
@@ -920,8 +927,10 @@ class Agent:
                 self.metrics.libvirt_errors.inc()
                 continue
             digest = hashlib.sha256(tail.encode()).hexdigest()
+            delay = min(2 * delay, CONSOLE_MAX_INTERVAL)
             if digest != last_digest and tail:
                 self._console_hot_until = now + CONSOLE_HOT_SECONDS
+                delay = self.settings.console_interval
                 try:
                     self.client.put_console(sid, tail.encode())
                 except AgentApiError as exc:
@@ -930,4 +939,4 @@ class Agent:
                     if exc.status != 404:  # one console refused must not stop the others
                         log.warning("console of %s: %s", sid, exc)
                         continue
-            self._console_sent[sid] = (now, digest)
+            self._console_sent[sid] = (now, digest, delay)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.models import AgentObservation, Allocation, EnrollmentToken, Host, Image, Server
@@ -119,9 +120,58 @@ def lock_host(session: Session, host_id: str) -> None:
 
 
 def bump_desired_generation(session: Session, host_id: str) -> None:
-    """``UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = :host``."""
+    """``UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = :host``.
+
+    Call it through ``lifecycle.notify_host``, which also wakes the host's waiting long-poll.
+    """
     session.execute(
         update(Host).where(Host.id == host_id)
         .values(desired_generation=Host.desired_generation + 1)
         .execution_options(synchronize_session=False)
     )
+
+
+def notify(session: Session, channel: str, payload: str) -> None:
+    """``SELECT pg_notify(:channel, :payload)`` (PostgreSQL): delivered at commit, if any."""
+    session.execute(select(func.pg_notify(channel, payload)))
+
+
+def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
+    """Every host's newest heartbeat time (and loop progress, when its agent reported one)
+    in at most three statements (executemany), each of the form
+
+    ``UPDATE hosts SET last_heartbeat_at = :at [, loop_progress = :p [, loop_progress_at =
+    :pat]] WHERE id = :host AND (last_heartbeat_at IS NULL OR last_heartbeat_at < :at)`` -- a
+    newer time written meanwhile by a heartbeat's own unit of work stays.
+
+    ``seen`` maps host ids to ``api.agent.liveness.Pending``.
+    """
+    hosts = cast(Table, Host.__table__)
+    newer = (hosts.c.id == bindparam("host"),
+             or_(hosts.c.last_heartbeat_at.is_(None),
+                 hosts.c.last_heartbeat_at < bindparam("at")))
+    plain = [{"host": h, "at": p.at} for h, p in seen.items() if p.progress is None]
+    same = [{"host": h, "at": p.at, "p": p.progress} for h, p in seen.items()
+            if p.progress is not None and p.progress_at is None]
+    moved = [{"host": h, "at": p.at, "p": p.progress, "pat": p.progress_at}
+             for h, p in seen.items() if p.progress is not None and p.progress_at is not None]
+    conn = session.connection()
+    if plain:
+        conn.execute(update(hosts).where(*newer).values(last_heartbeat_at=bindparam("at")),
+                     plain)
+    if same:
+        conn.execute(update(hosts).where(*newer).values(
+            last_heartbeat_at=bindparam("at"), loop_progress=bindparam("p")), same)
+    if moved:
+        conn.execute(update(hosts).where(*newer).values(
+            last_heartbeat_at=bindparam("at"), loop_progress=bindparam("p"),
+            loop_progress_at=bindparam("pat")), moved)
+
+
+def observed_servers(session: Session, host_id: str) -> dict[str, tuple[Server, datetime | None]]:
+    """The host's live servers with their newest recorded observation time, in one query."""
+    last = (select(func.max(AgentObservation.seen_at))
+            .where(AgentObservation.server_id == Server.id).scalar_subquery())
+    rows = session.execute(
+        select(Server, last).where(Server.host_id == host_id, Server.status != DELETED))
+    return {s.id: (s, seen) for s, seen in rows}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from api.agent import service
+from api.agent import liveness, notifier, service
 from api.agent.schemas import (
     ConsoleOut,
     CredentialIn,
@@ -25,12 +24,12 @@ from api.agent.schemas import (
 )
 from api.config import Settings
 from api.db import SessionFactory, session_scope
-from api.deps import CurrentHost, CurrentUser, HostPrincipal, SessionDep, SettingsDep
+from api.deps import CurrentHost, CurrentUser, SessionDep, SettingsDep
 from api.deps import get_host_principal as _host_of
 from api.errors import InvalidInput, NotFound, Unauthorized
 from api.fields import PathId
 from api.hosts import service as hosts_service
-from api.metrics import waiting_long_poll
+from api.metrics import observe_long_poll_end, waiting_long_poll
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 console_router = APIRouter(prefix="/v1", tags=["servers"])
@@ -78,27 +77,28 @@ def heartbeat(body: HeartbeatIn, host: CurrentHost, session: SessionDep,
               settings: SettingsDep) -> HeartbeatOut:
     """I am alive, and this is what I see."""
     result = service.heartbeat(session, settings, host.host_id, body.observed, body.foreign,
-                               body.progress)
+                               body.progress, buffer=liveness.HEARTBEATS)
     assert result.host.last_heartbeat_at is not None
     return HeartbeatOut(host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
                         applied=result.applied, ignored=result.ignored,
                         heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
 
 
-def _authenticate(maker: SessionFactory, authorization: str | None) -> HostPrincipal:
-    for session in session_scope(maker):
-        return _host_of(session, authorization)
-    raise AssertionError("unreachable")
+def _check(maker: SessionFactory, authorization: str | None) -> tuple[str, str, int]:
+    """Authenticate and read the cursor in one unit of work: (host id, cursor, wake-ups).
 
-
-def _cursor(maker: SessionFactory, host_id: str) -> str:
-    # A rotated or revoked credential bumps the host's cursor (api.hosts.service), so the
-    # check needs no credential look-up: the poll wakes, and ``_desired`` refuses it.
+    The host's wake-up count is read before the cursor, so a change committed after the read
+    has already bumped it, or will wake the waiter registered with it.
+    """
     for session in session_scope(maker):
+        host_id = _host_of(session, authorization).host_id
+        seen = notifier.WAITERS.version(host_id)
+        # A rotated or revoked credential bumps the host's cursor (api.hosts.service), so the
+        # wait needs no credential look-up: the poll wakes, and ``_desired`` refuses it.
         current = service.cursor(session, host_id)
         if current is None:
             raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
-        return current
+        return host_id, current, seen
     raise AssertionError("unreachable")
 
 
@@ -108,6 +108,25 @@ def _desired(maker: SessionFactory, authorization: str | None) -> DesiredOut:
         current, servers = service.desired_servers(session, host.host_id)
         return DesiredOut(cursor=current, servers=servers)
     raise AssertionError("unreachable")
+
+
+async def _disconnect(request: Request) -> None:
+    """Return once the client has gone away (the body of a GET is empty)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _wait(request: Request, waiter: notifier.Waiter, timeout: float) -> str:
+    """Wait for a wake-up, the timeout or the client leaving; say which came first."""
+    woken = asyncio.ensure_future(waiter.event.wait())
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait((woken, gone), timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        gone.cancel()
+    return "notified" if woken in done else "disconnected" if gone in done else "timeout"
 
 
 @router.get("/servers", response_model=DesiredOut)
@@ -120,20 +139,23 @@ async def desired_servers(
     """Desired state of every server on this host; long-polls while ``since`` is current.
 
     With ``since`` equal to the current cursor the answer waits up to ``wait`` seconds for a
-    change. Each check is its own short unit of work: no database connection is held while
-    sleeping, so many waiting agents cost no pool slots.
+    change. The wait is pushed, not polled (``api.agent.notifier``): the poll waits on an
+    asyncio event that a committed change of the host sets, holding no thread and no
+    database connection and running no SQL meanwhile. The answer at the end of the wait reads
+    the database again, so a missed wake-up costs at most one wait.
     """
     settings: Settings = request.app.state.settings
     maker: SessionFactory = request.app.state.sessionmaker
-    host = await run_in_threadpool(_authenticate, maker, authorization)
-    deadline = time.monotonic() + min(wait, settings.agent_long_poll_max_seconds)
-    while since is not None and time.monotonic() < deadline:
-        if await run_in_threadpool(_cursor, maker, host.host_id) != since:
-            break
-        if await request.is_disconnected():
-            break
-        await waiting_long_poll(asyncio.sleep(min(settings.agent_long_poll_interval_seconds,
-                                                  max(0.0, deadline - time.monotonic()))))
+    timeout = min(wait, settings.agent_long_poll_max_seconds)
+    if since is not None and timeout > 0:
+        host_id, current, seen = await run_in_threadpool(_check, maker, authorization)
+        if current == since:
+            waiter = notifier.WAITERS.register(host_id, seen)
+            try:
+                how = await waiting_long_poll(_wait(request, waiter, timeout))
+            finally:
+                notifier.WAITERS.unregister(host_id, waiter)
+            observe_long_poll_end(how)
     return await run_in_threadpool(_desired, maker, authorization)
 
 

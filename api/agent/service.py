@@ -22,13 +22,14 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.agent import repository
+from api.agent.liveness import HeartbeatBuffer
 from api.agent.schemas import (
     DesiredServer,
     EnrollIn,
@@ -53,7 +54,9 @@ from api.models import AgentObservation, Host, Image, Inventory, Server
 from api.models.compute import RESOURCE_CLASSES
 from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
 from api.servers import lifecycle, states
+from api.servers.changes import Change
 from api.servers.console import console_path, read_console, write_console
+from api.servers.subscribers import publish
 
 __all__ = ["console_path", "read_console", "write_console"]  # the console routes use them
 
@@ -146,35 +149,88 @@ class HeartbeatResult:
 def heartbeat(session: Session, settings: Settings, host_id: str,
               observed: list[ObservedItem],
               foreign: list[ForeignDomain] | None = None,
-              progress: LoopProgress | None = None) -> HeartbeatResult:
+              progress: LoopProgress | None = None,
+              buffer: HeartbeatBuffer | None = None) -> HeartbeatResult:
     """Record the heartbeat (API clock) and apply the observations of this host's servers.
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
     ``foreign`` (when given) replaces the host's list of quarantined domains of other hosts;
     ``progress`` (when given) is the agent's loop progress (``hosts.service.record_progress``).
-    Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the host
-    stays down until its agent removed their old copies.
+
+    With a ``buffer`` (``api.agent.liveness``), a heartbeat of a host that is up and that
+    changes nothing else (every observation confirms what is stored) writes nothing: its time
+    and loop progress go to the buffer, which the process flushes in one statement.
+    Confirming observations are skipped without a lock; everything else takes the full path
+    below. Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the
+    host stays down until its agent removed their old copies (a host that is up never has
+    any: only a down host is evacuated, and this check keeps it down).
     """
     host = hosts_service.get_host(session, host_id)
-    host.last_heartbeat_at = utcnow()
-    if progress is not None:
-        hosts_service.record_progress(host, progress, host.last_heartbeat_at)
+    now = utcnow()
+    up = (host.last_heartbeat_at is not None and now - host.last_heartbeat_at
+          < timedelta(seconds=settings.host_down_after_seconds) / 2)
     if foreign is not None:
-        host.foreign_domains = [f.model_dump() for f in foreign]
-    session.flush()
-    # Checked under the host row's lock (taken by the write above), so an evacuation that
-    # committed while this heartbeat waited for it is seen, and the heartbeat rolls back.
-    require_fenced(session, host_id)
-    applied, ignored = 0, []
+        domains = [f.model_dump() for f in foreign]
+        if domains != host.foreign_domains:
+            host.foreign_domains = domains
+    # One read of the host's servers tells which observations merely confirm the stored
+    # state; only while the host is up (after a silence billing must hear "running" again).
+    stored = repository.observed_servers(session, host_id) if observed and up else {}
+    applied, wrote = 0, False
+    ignored: list[str] = []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.
     for item in sorted(observed, key=lambda o: o.server_id):
+        known = stored.get(item.server_id)
+        if known is not None and _confirms(known[0], item):
+            confirmed, last = known
+            seen = min(item.seen_at, now)
+            if last is not None and seen < last:
+                continue  # stale: the full path would change nothing either
+            # Subscribers still hear it, as on the full path; one that records something
+            # (billing resuming after the host was reported down) needs the locks: start
+            # over on the full path, dropping what this pass did.
+            if publish(session, Change("observed", confirmed, seen, confirmed.status,
+                                       observed=item.state)):
+                session.rollback()
+                return heartbeat(session, settings, host_id, observed, foreign, progress)
+            applied += 1
+            continue
+        if not wrote:
+            wrote = True
+            repository.lock_host(session, host_id)  # lock order: host, then server
         server = repository.lock_server(session, item.server_id, host_id)
         if server is None:
             ignored.append(item.server_id)
             continue
         if apply_observation(session, settings, host_id, server, item.state, item.seen_at):
             applied += 1
+    if buffer is not None and up and not wrote and not session.is_modified(host):
+        moved = progress is not None and hosts_service.progress_moved(host, progress)
+        buffer.record(host_id, now,
+                      progress.model_dump(mode="json") if progress is not None else None,
+                      now if moved else None)
+        # The answer shows the time the flush will write; the stored one stays until then.
+        session.expunge(host)
+        host.last_heartbeat_at = now
+        return HeartbeatResult(host, applied, ignored)
+    if buffer is not None:
+        buffer.forget(host_id)
+    host.last_heartbeat_at = now
+    if progress is not None:
+        hosts_service.record_progress(host, progress, now)
+    session.flush()
+    # Checked under the host row's lock (taken by the write above), so an evacuation that
+    # committed while this heartbeat waited for it is seen, and the heartbeat rolls back.
+    require_fenced(session, host_id)
     return HeartbeatResult(host, applied, ignored)
+
+
+def _confirms(server: Server, item: ObservedItem) -> bool:
+    """Whether an observation only confirms the stored state: no transition, no new power
+    state, no pending operation (the full path would change nothing)."""
+    return (item.state == server.power_state
+            and lifecycle.pending_operation(server) is None
+            and states.on_observed(server.status, server.task_state, item.state) is None)
 
 
 def observe(session: Session, settings: Settings, host_id: str, server_id: str,

@@ -8,6 +8,7 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
+from api.agent import notifier
 from api.config import Settings
 from api.db import utcnow
 from api.deps import Principal
@@ -64,11 +65,16 @@ def host_state(host: Host, settings: Settings, now: datetime | None = None) -> H
     return "up"
 
 
-def record_progress(host: Host, progress: LoopProgress, now: datetime) -> None:
-    """Keep the agent's loop progress; its pass count moving (or a first report) is progress
-    (a restarted agent counts from 0 again, which is a move too)."""
+def progress_moved(host: Host, progress: LoopProgress) -> bool:
+    """Whether ``progress`` moves the host's pass count (or is its first report; a restarted
+    agent counts from 0 again, which is a move too)."""
     previous = host.loop_progress or {}
-    if host.loop_progress_at is None or previous.get("passes") != progress.passes:
+    return host.loop_progress_at is None or previous.get("passes") != progress.passes
+
+
+def record_progress(host: Host, progress: LoopProgress, now: datetime) -> None:
+    """Keep the agent's loop progress, and when its pass count last moved."""
+    if progress_moved(host, progress):
         host.loop_progress_at = now
     host.loop_progress = progress.model_dump(mode="json")
 
@@ -196,6 +202,7 @@ def delete_host(session: Session, host_id: str) -> None:
     repository.detach_deleted_servers(session, host.id)
     session.delete(host)
     session.flush()
+    notifier.host_changed(session, host.id)  # its waiting long-poll wakes and is refused
 
 
 def rotate_credential(session: Session, host_id: str,
@@ -208,7 +215,7 @@ def rotate_credential(session: Session, host_id: str,
     host = get_host(session, host_id)
     secret = secret or new_secret(HOST_CREDENTIAL_PREFIX)
     host.credential_digest = digest(secret)
-    _wake_agent(host)
+    _wake_agent(session, host)
     session.flush()
     return host, secret
 
@@ -221,14 +228,15 @@ def revoke_credential(session: Session, host_id: str) -> None:
     """
     host = get_host(session, host_id)
     host.credential_digest = None
-    _wake_agent(host)
+    _wake_agent(session, host)
     session.flush()
 
 
-def _wake_agent(host: Host) -> None:
+def _wake_agent(session: Session, host: Host) -> None:
     # A changed credential changes the host's desired-state cursor, so a long-poll waiting
-    # with the old credential wakes now and is refused when it reads the answer.
+    # with the old credential wakes at commit and is refused when it reads the answer.
     host.desired_generation = Host.desired_generation + 1
+    notifier.host_changed(session, host.id)
 
 
 def availability_zones(session: Session, settings: Settings,

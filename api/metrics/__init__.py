@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, multiprocess
@@ -68,6 +69,19 @@ PLACEMENT_REFUSALS = Counter(
     "Hosts refused by a placement decision, by the filter's reason.", ["reason"])
 
 
+LONG_POLLS_ENDED = Counter(
+    "minicloud_agent_long_polls_ended",
+    "Agent desired-state long-polls that waited, by how the wait ended: notified (a change "
+    "of the host was committed), timeout (the wait ran out) or disconnected.", ["how"])
+STATEMENTS = Counter(
+    "minicloud_db_statements",
+    "SQL statements sent to the database, by the route template of the request that sent "
+    "them (background: the process's own tasks).", ["route"])
+
+request_scope: ContextVar[Mapping[str, Any] | None] = ContextVar("request_scope", default=None)
+"""The ASGI scope of the request being handled (set by the request metrics middleware)."""
+
+
 class Decision(Protocol):
     """What ``observe_placement`` reads of a scheduler decision."""
 
@@ -99,6 +113,27 @@ async def waiting_long_poll(wait: Awaitable[T]) -> T:
         LONG_POLLS_WAITING.dec()
 
 
+def observe_long_poll_end(how: str) -> None:
+    """Count one long-poll wait that ended (``notified``, ``timeout``, ``disconnected``)."""
+    LONG_POLLS_ENDED.labels(how).inc()
+
+
+def count_statements(engine: Engine) -> None:
+    """Count every statement the engine sends, by the route of the request sending it.
+
+    The route template is read from the request's scope at execution time (the router has
+    matched it by then); the context variable follows the request into the thread pool.
+    """
+
+    def count(*_args: Any) -> None:
+        scope = request_scope.get()
+        route = scope.get("route") if scope is not None else None
+        STATEMENTS.labels(str(getattr(route, "path", "unmatched")) if scope is not None
+                          else "background").inc()
+
+    event.listen(engine, "before_cursor_execute", count)
+
+
 def process_exited() -> None:
     """Drop this process's live gauges from the shared directory (multiprocess mode only)."""
     if MULTIPROCESS:
@@ -120,5 +155,6 @@ def watch_pool(engine: Engine, pool_size: int) -> None:
     event.listen(pool, "checkin", update)
 
 
-__all__ = ["observe_ledger_write", "observe_placement", "process_exited", "waiting_long_poll",
+__all__ = ["count_statements", "observe_ledger_write", "observe_long_poll_end",
+           "observe_placement", "process_exited", "request_scope", "waiting_long_poll",
            "watch_pool"]

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import REQUEST_SECONDS, REQUESTS
+from api.metrics import REQUEST_SECONDS, REQUESTS, request_scope
 
 
 class RequestMetricsMiddleware:
@@ -26,6 +26,7 @@ class RequestMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        token = request_scope.set(scope)  # names the route of the statements it runs
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -36,6 +37,7 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            request_scope.reset(token)
             route = scope.get("route")
             template = str(getattr(route, "path", "unmatched")) if route else "unmatched"
             method = str(scope.get("method", ""))

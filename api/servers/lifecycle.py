@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from api.agent import notifier
 from api.agent import repository as agent_repository
 from api.config import Settings
 from api.db import utcnow
@@ -80,8 +81,12 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
 
 
 def notify_host(session: Session, host_id: str) -> None:
-    """Wake the host's long-polling agent: call after changing any of its servers."""
+    """Wake the host's long-polling agent: call after changing any of its servers.
+
+    The cursor moves in this unit of work; the waiting poll wakes after its commit.
+    """
     agent_repository.bump_desired_generation(session, host_id)
+    notifier.host_changed(session, host_id)
 
 
 # ---------------------------------------------------------------- the compare-and-swap
