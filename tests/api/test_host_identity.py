@@ -105,7 +105,7 @@ def _host_ops() -> list[Any]:
 
 
 def _call_as(client: TestClient, op: Any, server_id: str, credential: str) -> httpx.Response:
-    url = op.url({"server_id": server_id})
+    url = op.url({"server_id": server_id, "migration_file": "disk"})
     headers = bearer(credential)
     if op.path.endswith("/console"):
         return client.request(op.method, url, headers=headers, content=b"tail")
