@@ -19,7 +19,9 @@ ensure_libvirtd || echo "!! libvirtd is not reachable: the tests marked qemu wil
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/minicloud-test.XXXXXX")"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # SIGINT, as Ctrl-C: pytest then tears its fixtures down (API processes, test daemons).
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
