@@ -63,6 +63,7 @@ def _qemu_lock(request: pytest.FixtureRequest) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            _lock_log("waiting", request.node.nodeid)
             fcntl.flock(fd, fcntl.LOCK_EX)
         _lock_log("acquired", request.node.nodeid, time.monotonic() - started)
         try:
