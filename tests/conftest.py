@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -50,11 +51,15 @@ def _lock_log(event: str, nodeid: str, waited: float | None = None) -> None:
         os.close(fd)
 
 
-@pytest.fixture(autouse=True)
-def _qemu_lock(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Hold ``QEMU_LOCK`` (flock) for the whole of a test marked ``qemu``, set-up and tear-down
-    included; other tests do not touch it."""
-    if request.node.get_closest_marker("qemu") is None:
+# Whether this process holds QEMU_LOCK (flock locks belong to an open file, so a second
+# flock from this process would wait for itself).
+_qemu_lock_held = False
+
+
+@contextlib.contextmanager
+def _holding_qemu_lock(nodeid: str) -> Iterator[None]:
+    global _qemu_lock_held
+    if _qemu_lock_held:
         yield
         return
     fd = os.open(QEMU_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
@@ -63,16 +68,40 @@ def _qemu_lock(request: pytest.FixtureRequest) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _lock_log("waiting", request.node.nodeid)
+            _lock_log("waiting", nodeid)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        _lock_log("acquired", request.node.nodeid, time.monotonic() - started)
+        _lock_log("acquired", nodeid, time.monotonic() - started)
+        _qemu_lock_held = True
         try:
             yield
         finally:
-            _lock_log("released", request.node.nodeid)
+            _qemu_lock_held = False
+            _lock_log("released", nodeid)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _qemu_lock_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hold ``QEMU_LOCK`` for the whole of a module marked ``qemu``: its module fixtures (a
+    system user, the guest image, uploads) are set up and torn down under the lock too."""
+    if request.node.get_closest_marker("qemu") is None:
+        yield
+        return
+    with _holding_qemu_lock(request.node.nodeid):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _qemu_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hold ``QEMU_LOCK`` for the whole of a test marked ``qemu``, set-up and tear-down
+    included (already held when its module is marked); other tests do not touch it."""
+    if request.node.get_closest_marker("qemu") is None:
+        yield
+        return
+    with _holding_qemu_lock(request.node.nodeid):
+        yield
 
 
 @pytest.fixture(scope="session")
