@@ -191,6 +191,13 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
 
 
 @pytest.fixture(scope="session")
+def shared_api(live_api: Callable[[int], list[str]]) -> str:
+    """One ``minicloud-api`` process for the modules that need some real API process but
+    nothing of their own (each process costs seconds of start-up on a loaded machine)."""
+    return live_api(1)[0]
+
+
+@pytest.fixture(scope="session")
 def _pool_host(client: TestClient, admin: dict[str, str]) -> dict[str, str]:
     """One large compute host enrolled through the agent API, in zone ``nova``."""
     from tests.agent_factories import enroll_host, inventory
