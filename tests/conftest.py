@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,10 +21,87 @@ from fastapi.testclient import TestClient
 from api.config import Settings
 from api.main import create_app
 from api.migrate import upgrade
-from tests.db import fresh_database
+from tests.db import backend, fresh_database
 from tests.factories import bearer
 
 ADMIN_TOKEN = "mcac_test-admin-token-0123456789abcdef"
+
+# Tests marked ``qemu`` boot real guests on the machine's one libvirtd (and share the guest
+# image, the test libvirt hosts' migration ports, /var/lib/minicloud-test/probe): across
+# pytest processes (deploy/test.sh runs the SQLite and PostgreSQL passes at once) they take
+# this lock, one at a time.
+QEMU_LOCK = Path(os.environ.get("MINICLOUD_TEST_QEMU_LOCK")
+                 or Path(tempfile.gettempdir()) / "minicloud-test-qemu.lock")
+
+
+def _lock_log(event: str, nodeid: str, waited: float | None = None) -> None:
+    """Append one line to ``MINICLOUD_TEST_QEMU_LOCK_LOG`` (when set): who held the lock when."""
+    path = os.environ.get("MINICLOUD_TEST_QEMU_LOCK_LOG")
+    if not path:
+        return
+    stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+    line = f"{stamp} pid={os.getpid()} db={backend()} {event} {nodeid}"
+    if waited is not None:
+        line += f" waited={waited:.1f}s"
+    # One short O_APPEND write per line: lines of the two passes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+# Whether this process holds QEMU_LOCK (flock locks belong to an open file, so a second
+# flock from this process would wait for itself).
+_qemu_lock_held = False
+
+
+@contextlib.contextmanager
+def _holding_qemu_lock(nodeid: str) -> Iterator[None]:
+    global _qemu_lock_held
+    if _qemu_lock_held:
+        yield
+        return
+    fd = os.open(QEMU_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        started = time.monotonic()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _lock_log("waiting", nodeid)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_log("acquired", nodeid, time.monotonic() - started)
+        _qemu_lock_held = True
+        try:
+            yield
+        finally:
+            _qemu_lock_held = False
+            _lock_log("released", nodeid)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _qemu_lock_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hold ``QEMU_LOCK`` for the whole of a module marked ``qemu``: its module fixtures (a
+    system user, the guest image, uploads) are set up and torn down under the lock too."""
+    if request.node.get_closest_marker("qemu") is None:
+        yield
+        return
+    with _holding_qemu_lock(request.node.nodeid):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _qemu_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hold ``QEMU_LOCK`` for the whole of a test marked ``qemu``, set-up and tear-down
+    included (already held when its module is marked); other tests do not touch it."""
+    if request.node.get_closest_marker("qemu") is None:
+        yield
+        return
+    with _holding_qemu_lock(request.node.nodeid):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +188,13 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
         p.terminate()
     for p in procs:
         p.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def shared_api(live_api: Callable[[int], list[str]]) -> str:
+    """One ``minicloud-api`` process for the modules that need some real API process but
+    nothing of their own (each process costs seconds of start-up on a loaded machine)."""
+    return live_api(1)[0]
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ Mc = Callable[..., Result]
 
 
 @pytest.fixture(scope="session")
-def api_url(live_api: Callable[[int], list[str]]) -> str:
+def api_url(shared_api: str) -> str:
     """The base URL of one real API process on the test database."""
-    return live_api(1)[0]
+    return shared_api
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ other host's servers, nor reach any tenant or admin endpoint."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.libvirt]
 
 
 @pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
+def api(shared_api: str) -> str:
+    return shared_api
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,9 +26,9 @@ from tests.factories import make_account, unique
 
 
 @pytest.fixture(scope="module")
-def api_url(live_api: Callable[[int], list[str]]) -> str:
+def api_url(shared_api: str) -> str:
     """One real API process."""
-    return live_api(1)[0]
+    return shared_api
 
 
 @dataclass

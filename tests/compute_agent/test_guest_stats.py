@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.libvirt]
 
 
 @pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
+def api(shared_api: str) -> str:
+    return shared_api
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ broken boot fails instead of hanging.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import stat
@@ -41,8 +42,17 @@ BOOT_WAIT = 120.0
 
 
 def build_guest_image() -> Path:
-    subprocess.run([str(REPO / "deploy" / "build-guest-image.sh"), str(GUEST_IMAGE)],
-                   check=True, stdout=subprocess.DEVNULL)
+    """Build (once) and return the guest image directory.
+
+    The script writes into the directory in place: an flock beside it keeps a second pytest
+    process (deploy/test.sh runs two at once, other worktrees share the directory) from
+    reading it half-written or rebuilding it under a running guest.
+    """
+    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    with open(GUEST_IMAGE.with_name(GUEST_IMAGE.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([str(REPO / "deploy" / "build-guest-image.sh"), str(GUEST_IMAGE)],
+                       check=True, stdout=subprocess.DEVNULL)
     return GUEST_IMAGE
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ SIZES = [HostSize(2, 4096, 40), HostSize(4, 8192, 80), HostSize(8, 16384, 160)]
 
 
 @pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
+def api(shared_api: str) -> str:
+    return shared_api
 
 
 @pytest.fixture
