@@ -8,11 +8,14 @@ guest to burn CPU (``burn_cpu: true``) for ``BURN_S`` seconds after it boots
 long enough to cover the first two members' scale-out decisions; afterwards every member
 idles, so the group must come back down on its own.
 
-The target: QEMU may run as TCG on a shared, loaded two-core machine, where a burning guest
-showed only about 22 % cpu_util and an idle one about 9 % (its emulated timer and console
-tick). Scaling 2 -> 3 needs the busy average above the target (``ceil(2 x busy / target) = 3``)
+The target: on this shared two-core machine (load average above 20 while other jobs run) a
+burning guest gets only a slice of a host core: its cpu_util measured 11-26 %, about 14 % while
+two burned at once, while an idle KVM guest stays near 2 % (its console tick). Scaling 2 -> 3
+needs the busy average above the target and its tolerance band (``ceil(2 x busy / target) = 3``)
 and scaling 2 -> 1 needs the idle average at most half of it (``ceil(2 x idle / target) = 1``),
-so the target sits between 2 x idle and busy: 20 %, with a 5 % tolerance band.
+so the target is 8 % with a 10 % band: busy above 8.8 %, idle at most 4 %. (Under TCG an idle
+guest costs about 9 %, its emulated timer: there no target separates the two, and this test
+fails at the scale-in.)
 
 The API is a real ``minicloud-api`` process whose own reconciler (every
 ``scaling_interval_seconds``, 10 s) makes the decisions; the agent is a real agent process.
@@ -38,8 +41,9 @@ from tests.factories import Account, make_account, unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
-BURN_S = 150
-TARGET = 20.0
+BURN_S = 180
+TARGET = 8.0
+TOLERANCE = 0.1
 # Bounds for a whole phase (several boots, windows and reconciler passes on a loaded host).
 PHASE_WAIT = 5 * BOOT_WAIT
 
@@ -114,7 +118,7 @@ def test_a_group_of_burning_guests_scales_out_to_3_and_back_to_1(
             "launch": {"flavor": "tiny", "image": disk_id, "availability_zone": agent.az,
                        "user_data": "#cloud-config\nburn_cpu: true\n"
                                     f"burn_cpu_seconds: {BURN_S}\n"},
-            "policy": {"target": TARGET, "tolerance": 0.05, "window_s": 20, "warmup_s": 30,
+            "policy": {"target": TARGET, "tolerance": TOLERANCE, "window_s": 20, "warmup_s": 30,
                        "scale_out_cooldown_s": 0, "scale_in_stabilization_s": 30}})
         assert r.status_code == 201, r.text
         gid = r.json()["id"]
@@ -130,10 +134,10 @@ def test_a_group_of_burning_guests_scales_out_to_3_and_back_to_1(
         outs = [a for a in _activities(api, member, gid) if a["kind"] == "scale_out"]
         assert outs, _activities(api, member, gid)
         first = outs[-1]
-        # One ready member burning above the target: ceil(1 x observed / 20) >= 2.
+        # One ready member burning above the target: ceil(1 x observed / 8) >= 2.
         assert first["from_desired"] == 1 and first["to_desired"] >= 2, first
         assert first["rule"] in ("target_tracking", "clamp_max"), first
-        assert first["details"]["observed"] > TARGET * 1.05, first
+        assert first["details"]["observed"] > TARGET * (1 + TOLERANCE), first
         assert first["details"]["target"] == TARGET, first
         assert first["details"]["metric"] == "cpu_util", first
         assert max(a["to_desired"] for a in outs) == 3, outs
