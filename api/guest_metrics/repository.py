@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, Table, delete, func, select, tuple_
+from sqlalchemy import Insert, Table, bindparam, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -120,6 +120,9 @@ def prune_counters(session: Session, before_ms: int, limit: int) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+_AVERAGES: dict[str, Any] = {}
+
+
 def averages(session: Session, server_ids: Sequence[str], column: str, step: int,
              first_bucket: int, last_bucket: int) -> dict[str, float]:
     """server id -> sum(<column>) / sum(samples) over the level's buckets in
@@ -130,12 +133,18 @@ def averages(session: Session, server_ids: Sequence[str], column: str, step: int
     GROUP BY server_id                                   (a range of the primary key)
     """
     found: dict[str, float] = {}
-    for chunk in _chunks(server_ids):
-        rows = session.execute(
+    statement = _AVERAGES.get(column)
+    if statement is None:
+        # Built once per metric (the scaling reconciler calls this for every group every pass).
+        statement = _AVERAGES[column] = (
             select(ROLLUPS.c.server_id, func.sum(ROLLUPS.c[column]), func.sum(ROLLUPS.c.samples))
-            .where(ROLLUPS.c.server_id.in_(chunk), ROLLUPS.c.step == step,
-                   ROLLUPS.c.bucket >= first_bucket, ROLLUPS.c.bucket <= last_bucket)
+            .where(ROLLUPS.c.server_id.in_(bindparam("ids", expanding=True)),
+                   ROLLUPS.c.step == bindparam("step"),
+                   ROLLUPS.c.bucket >= bindparam("first"), ROLLUPS.c.bucket <= bindparam("last"))
             .group_by(ROLLUPS.c.server_id))
+    for chunk in _chunks(server_ids):
+        rows = session.execute(statement, {"ids": list(chunk), "step": step,
+                                           "first": first_bucket, "last": last_bucket})
         found.update((sid, float(total) / int(n)) for sid, total, n in rows if n)
     return found
 

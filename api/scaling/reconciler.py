@@ -41,7 +41,7 @@ from api.deps import Principal
 from api.errors import Conflict, DomainError
 from api.guest_metrics import service as guest_metrics
 from api.hosts.service import is_up
-from api.models import ScalingGroup, ScalingMember, Server
+from api.models import Host, ScalingGroup, ScalingMember, Server
 from api.scaling import decision, lease, repository, service
 from api.server_groups import service as server_groups
 from api.servers import lifecycle, states
@@ -132,12 +132,12 @@ def _unhealthy(server: Server, hosts: Mapping[str, Any], settings: Settings,
 
 
 def _replace_unhealthy(session: Session, settings: Settings, group: ScalingGroup,
-                       live: list[tuple[ScalingMember, Server]],
+                       live: list[tuple[ScalingMember, Server, Host | None]],
                        now: datetime) -> list[tuple[ScalingMember, Server]]:
     """Release unhealthy members (deleting what is left of them); return the healthy ones."""
-    hosts = repository.hosts(session, sorted({s.host_id for _, s in live if s.host_id}))
+    hosts = {host.id: host for _, _, host in live if host is not None}
     healthy = []
-    for member, server in live:
+    for member, server, _ in live:
         verdict = _unhealthy(server, hosts, settings, now)
         if verdict is None:
             healthy.append((member, server))
@@ -168,8 +168,8 @@ def _decide_and_scale_in(session: Session, settings: Settings, group: ScalingGro
     """Unit of work 1 of a group; returns how many members to launch (0: none)."""
     if not repository.bump(session, group):  # lock the group row first (lock order)
         return 0
-    live = repository.live_members(session, [group.id])[group.id]
-    live = _replace_unhealthy(session, settings, group, live, now)
+    live = _replace_unhealthy(session, settings, group,
+                              repository.live_members_with_hosts(session, group.id), now)
     state = _state(group, live)
     metrics: Mapping[str, float] = {}
     if state.policy is not None and live:

@@ -5,19 +5,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from api.db import after_key, utcnow
 from api.models import Host, ScalingActivity, ScalingGroup, ScalingMember, Server
 
+GROUPS: Table = ScalingGroup.__table__  # type: ignore[assignment]
+# The reconciler runs these for every group every pass: built once (bound parameters), so a
+# call neither builds nor hashes the expression again, and Core UPDATEs rather than the ORM's
+# bulk-update machinery, which costs more CPU than the statement itself.
+_GROUP_BY_ID = select(ScalingGroup).where(ScalingGroup.id == bindparam("group_id"))
+_LIVE_WITH_HOSTS = (
+    select(ScalingMember, Server, Host).join(Server, Server.id == ScalingMember.server_id)
+    .outerjoin(Host, Host.id == Server.host_id)
+    .where(ScalingMember.group_id == bindparam("group_id"), ScalingMember.released_at.is_(None))
+    .order_by(ScalingMember.seq))
+_BUMPS: dict[tuple[str, ...], Any] = {}
+
+
+def _bump_statement(keys: tuple[str, ...]) -> Any:
+    """``UPDATE scaling_groups SET <keys> WHERE id = :id AND generation = :seen``, one per set
+    of columns written (a handful in all)."""
+    statement = _BUMPS.get(keys)
+    if statement is None:
+        statement = _BUMPS[keys] = (
+            update(GROUPS)
+            .where(GROUPS.c.id == bindparam("b_id"), GROUPS.c.generation == bindparam("b_seen"))
+            .values({key: bindparam(f"v_{key}") for key in keys}))
+    return statement
+
 
 def get_group(session: Session, group_id: str, project_id: str | None) -> ScalingGroup | None:
     """A group by id, within a project (None: any project)."""
-    query = select(ScalingGroup).where(ScalingGroup.id == group_id)
-    if project_id is not None:
-        query = query.where(ScalingGroup.project_id == project_id)
-    return session.scalar(query)
+    if project_id is None:
+        return session.scalar(_GROUP_BY_ID, {"group_id": group_id})
+    return session.scalar(select(ScalingGroup).where(ScalingGroup.id == group_id,
+                                                     ScalingGroup.project_id == project_id))
 
 
 def name_taken(session: Session, project_id: str, name: str) -> bool:
@@ -47,16 +72,17 @@ def group_ids(session: Session) -> Sequence[str]:
 def bump(session: Session, group: ScalingGroup, **values: Any) -> bool:
     """Write ``values`` and bump the generation only if nobody changed the group since it was
     read (``UPDATE scaling_groups ... WHERE id = :id AND generation = :seen``); False when it
-    moved on. ``group`` is re-read."""
+    moved on. ``group`` then holds the written values (the row is ours until the commit, so
+    what it wrote is what a re-read would return: no SELECT)."""
     session.flush()
-    result = session.execute(
-        update(ScalingGroup)
-        .where(ScalingGroup.id == group.id, ScalingGroup.generation == group.generation)
-        .values(generation=group.generation + 1, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False))
+    written = {"generation": group.generation + 1, "updated_at": utcnow(), **values}
+    result = session.execute(_bump_statement(tuple(written)),
+                             {"b_id": group.id, "b_seen": group.generation,
+                              **{f"v_{key}": value for key, value in written.items()}})
     if getattr(result, "rowcount", 0) != 1:
         return False
-    session.refresh(group)
+    for key, value in written.items():
+        set_committed_value(group, key, value)
     return True
 
 
@@ -86,6 +112,14 @@ def live_members(session: Session, group_ids: Sequence[str],
     return found
 
 
+def live_members_with_hosts(session: Session, group_id: str,
+                            ) -> list[tuple[ScalingMember, Server, Host | None]]:
+    """The group's members not yet released, with their servers and the servers' hosts (None
+    when not placed), by sequence number: one statement for the reconciler's health check."""
+    rows = session.execute(_LIVE_WITH_HOSTS, {"group_id": group_id}).all()
+    return [(member, server, host) for member, server, host in rows]
+
+
 def member(session: Session, group_id: str,
            server_id: str) -> tuple[ScalingMember, Server] | None:
     """A live member of the group by its server id, with the server."""
@@ -102,13 +136,6 @@ def servers_not_deleted(session: Session, group_id: str) -> int:
         select(func.count()).select_from(ScalingMember)
         .join(Server, Server.id == ScalingMember.server_id)
         .where(ScalingMember.group_id == group_id, Server.deleted_at.is_(None))) or 0)
-
-
-def hosts(session: Session, host_ids: Sequence[str]) -> dict[str, Host]:
-    """Hosts by id."""
-    if not host_ids:
-        return {}
-    return {h.id: h for h in session.scalars(select(Host).where(Host.id.in_(host_ids)))}
 
 
 def activities(session: Session, group_id: str, limit: int) -> Sequence[ScalingActivity]:
