@@ -150,7 +150,7 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
               observed: list[ObservedItem],
               foreign: list[ForeignDomain] | None = None,
               progress: LoopProgress | None = None,
-              buffer: HeartbeatBuffer | None = None) -> HeartbeatResult:
+              buffer: HeartbeatBuffer | None = None, *, fast: bool = True) -> HeartbeatResult:
     """Record the heartbeat (API clock) and apply the observations of this host's servers.
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
@@ -175,7 +175,9 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
             host.foreign_domains = domains
     # One read of the host's servers tells which observations merely confirm the stored
     # state; only while the host is up (after a silence billing must hear "running" again).
-    stored = repository.observed_servers(session, host_id) if observed and up else {}
+    # ``fast=False``: the full path for every observation (a subscriber needs the locks).
+    stored = (repository.observed_servers(session, host_id) if observed and up and fast
+              else {})
     applied, wrote = 0, False
     ignored: list[str] = []
     # A fixed order, so two requests of one agent never lock rows in opposite orders.
@@ -192,7 +194,8 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
             if publish(session, Change("observed", confirmed, seen, confirmed.status,
                                        observed=item.state)):
                 session.rollback()
-                return heartbeat(session, settings, host_id, observed, foreign, progress)
+                return heartbeat(session, settings, host_id, observed, foreign, progress,
+                                 buffer, fast=False)
             applied += 1
             continue
         if not wrote:
