@@ -293,6 +293,10 @@ class Agent:
         delay = 0.5
         while not self._stop.is_set():
             try:
+                if self.credential.pending is not None:
+                    # A rotation a killed process left half-done: the API may already refuse
+                    # the credential in the file, so finish it before anything else.
+                    self.rotate_credential()
                 fenced = fencing.fence(self.client, self.hv, self.instances)
             except (AgentApiError, HypervisorError, SpecError, OSError) as exc:
                 log.warning("fencing: %s; retrying in %.1fs", exc, delay)
