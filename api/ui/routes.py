@@ -38,6 +38,9 @@ from api.ui.session import (
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 PAGE_SIZE = 25
+# Hosts per page of the operator's hosts page (the API's largest page): a pool of that size
+# is one page; beyond it, pages.
+HOSTS_PAGE_SIZE = 1000
 
 # No inline script or style anywhere: scripts and styles come from /ui/static only.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -658,7 +661,7 @@ def _host_rows(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def _hosts(session: Session, marker: str) -> dict[str, Any]:
-    answer = await session.api.get("/v1/hosts", limit=100, marker=marker)
+    answer = await session.api.get("/v1/hosts", limit=HOSTS_PAGE_SIZE, marker=marker)
     body = expect(answer)
     hosts = _items(body, "hosts")
     next_url = None

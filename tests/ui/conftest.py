@@ -25,6 +25,10 @@ from tests.factories import unique
 
 # Where the tests save their screenshots: docs/ui holds the ones the docs show; refresh them
 # with MINICLOUD_UI_SCREENSHOTS=docs/ui (by default they go to a scratch directory).
+# One client for the tests' own API calls, with a bound generous enough for a loaded machine
+# (password hashing and SQLite writes queue behind the other pass's work).
+HTTP = httpx.Client(timeout=120)
+
 SCREENSHOTS = Path(os.environ.get("MINICLOUD_UI_SCREENSHOTS",
                                   Path(tempfile.gettempdir()) / "minicloud-ui-screenshots"))
 
@@ -47,15 +51,15 @@ class Login:
 def make_login(api: str, role: str = "member", project_id: str | None = None) -> Login:
     """A project (new unless given) and a user with ``role`` and a password on it."""
     if project_id is None:
-        r = httpx.post(f"{api}/v1/projects", json={"name": unique("proj")}, headers=ADMIN)
+        r = HTTP.post(f"{api}/v1/projects", json={"name": unique("proj")}, headers=ADMIN)
         assert r.status_code == 201, r.text
         project_id = r.json()["id"]
     name, password = unique("user"), "pw-" + unique("secret")
-    r = httpx.post(f"{api}/v1/users", json={"name": name, "password": password,
+    r = HTTP.post(f"{api}/v1/users", json={"name": name, "password": password,
                                             "project_id": project_id, "role": role},
                    headers=ADMIN)
     assert r.status_code == 201, r.text
-    r = httpx.post(f"{api}/v1/auth/tokens", json={"user": name, "password": password,
+    r = HTTP.post(f"{api}/v1/auth/tokens", json={"user": name, "password": password,
                                                   "project": project_id})
     assert r.status_code == 201, r.text
     return Login(name, password, project_id, project_id, r.json()["token"])
@@ -77,7 +81,7 @@ def fleet(api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[S
                             admin_token=ADMIN_TOKEN)
 
     def all_up() -> bool:
-        r = httpx.get(f"{api}/v1/hosts", headers=ADMIN, params={"limit": 1000})
+        r = HTTP.get(f"{api}/v1/hosts", headers=ADMIN, params={"limit": 1000})
         up = {h["name"] for h in r.json() if h["state"] == "up" and h["resources"]}
         return all(h.name in up for h in hosts)
 

@@ -32,7 +32,7 @@ from api.models import Server
 from compute_agent.simulate import SimulatedHost
 from tests.e2e.stack import ADMIN, wait_status, wait_until
 from tests.factories import IMAGE_BYTES, unique
-from tests.ui.conftest import SCREENSHOTS, Login, make_login
+from tests.ui.conftest import HTTP, SCREENSHOTS, Login, make_login
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -70,15 +70,15 @@ def shot(browser: WebDriver, name: str) -> None:
 
 
 def public_catalog(api: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    r = httpx.post(f"{api}/v1/flavors", headers=ADMIN, json={
+    r = HTTP.post(f"{api}/v1/flavors", headers=ADMIN, json={
         "name": unique("ui-small"), "vcpus": 1, "ram_mb": 512, "disk_gb": 1})
     assert r.status_code == 201, r.text
     flavor = r.json()
-    r = httpx.post(f"{api}/v1/images", headers=ADMIN, json={
+    r = HTTP.post(f"{api}/v1/images", headers=ADMIN, json={
         "name": unique("ui-img"), "disk_format": "raw", "visibility": "public"})
     assert r.status_code == 201, r.text
     image = r.json()
-    r = httpx.put(f"{api}/v1/images/{image['id']}/file", headers=ADMIN,
+    r = HTTP.put(f"{api}/v1/images/{image['id']}/file", headers=ADMIN,
                   content=IMAGE_BYTES["raw"])
     assert r.status_code == 200, r.text
     return flavor, r.json()
@@ -143,7 +143,7 @@ def test_tenant_and_operator_flows(browser: WebDriver, api: str,
     assert browser.execute_script("return window.__noReload === true;")
 
     # Its metrics graph draws the API's series once the agent has reported samples.
-    wait_until(lambda: httpx.get(f"{api}/v1/servers/{server_id}/metrics",
+    wait_until(lambda: HTTP.get(f"{api}/v1/servers/{server_id}/metrics",
                                  params={"name": "cpu_util", "step": 60},
                                  headers=tenant.headers).json()["points"], WAIT, "samples")
     browser.refresh()
@@ -154,7 +154,7 @@ def test_tenant_and_operator_flows(browser: WebDriver, api: str,
     shot(browser, "server-detail")
 
     # The operator's capacity bars moved on the host that runs it.
-    placed = httpx.get(f"{api}/v1/servers/{server_id}", headers=ADMIN).json()["host"]
+    placed = HTTP.get(f"{api}/v1/servers/{server_id}", headers=ADMIN).json()["host"]
     login(browser, api, operator)
     browser.get(f"{api}/ui/admin/hosts")
     wait(browser, lambda b: allocated_vcpus(b, placed) == before[placed] + 1, "bar moved")
@@ -170,8 +170,8 @@ def test_tenant_and_operator_flows(browser: WebDriver, api: str,
         "host disabled")
     host_id = wait(browser, lambda b: host_row(b, other).get_attribute("data-host-id"),
                    "host id")
-    assert httpx.get(f"{api}/v1/hosts/{host_id}", headers=ADMIN).json()["enabled"] is False
-    httpx.patch(f"{api}/v1/hosts/{host_id}", headers=ADMIN, json={"enabled": True})
+    assert HTTP.get(f"{api}/v1/hosts/{host_id}", headers=ADMIN).json()["enabled"] is False
+    HTTP.patch(f"{api}/v1/hosts/{host_id}", headers=ADMIN, json={"enabled": True})
 
     # ... and creates an enrollment token with the command to paste on a new node.
     browser.find_element(By.ID, "enroll-token").click()
@@ -190,7 +190,7 @@ def test_tenant_and_operator_flows(browser: WebDriver, api: str,
     browser.find_element(By.ID, "action-delete").click()
     browser.switch_to.alert.accept()
     wait(browser, lambda b: b.current_url.endswith("/ui/servers"), "back to the list")
-    wait_until(lambda: httpx.get(f"{api}/v1/servers/{server_id}",
+    wait_until(lambda: HTTP.get(f"{api}/v1/servers/{server_id}",
                                  headers=tenant.headers).status_code == 404, WAIT, "deleted")
 
     # The usage page counts it.
@@ -208,7 +208,7 @@ def test_tenant_and_operator_flows(browser: WebDriver, api: str,
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     browser.find_element(By.ID, "logout").click()
     wait(browser, lambda b: "/ui/login" in b.current_url, "login page")
-    r = httpx.get(f"{api}/v1/auth/tokens/current",
+    r = HTTP.get(f"{api}/v1/auth/tokens/current",
                   headers={"Authorization": f"Bearer {cookie['value']}"})
     assert r.status_code == 401
 
@@ -223,7 +223,7 @@ def test_hostile_names_render_as_text(browser: WebDriver, api: str,
     tenant = make_login(api)
     zone = fleet[0].agent.settings.availability_zone
     for hostile in HOSTILE:
-        r = httpx.post(f"{api}/v1/servers", headers=tenant.headers, json={
+        r = HTTP.post(f"{api}/v1/servers", headers=tenant.headers, json={
             "name": hostile, "flavor": flavor["id"], "image": image["id"],
             "availability_zone": zone})
         assert r.status_code == 202, r.text
@@ -250,7 +250,7 @@ def test_members_reach_no_operator_page_and_no_other_project(
     flavor, image = public_catalog(api)
     owner = make_login(api)
     stranger = make_login(api)
-    r = httpx.post(f"{api}/v1/servers", headers=owner.headers, json={
+    r = HTTP.post(f"{api}/v1/servers", headers=owner.headers, json={
         "name": unique("private"), "flavor": flavor["id"], "image": image["id"],
         "availability_zone": fleet[0].agent.settings.availability_zone})
     assert r.status_code == 202, r.text
@@ -266,13 +266,13 @@ def test_members_reach_no_operator_page_and_no_other_project(
     assert theirs not in browser.page_source or "server-status" not in browser.page_source
     # The answers' status codes, as the browser got them.
     jar = {"mc_session": browser.get_cookie("mc_session")["value"]}
-    assert httpx.get(f"{api}/ui/admin/hosts", cookies=jar).status_code == 403
-    assert httpx.get(f"{api}/ui/servers/{theirs}", cookies=jar).status_code == 404
+    assert HTTP.get(f"{api}/ui/admin/hosts", cookies=jar).status_code == 403
+    assert HTTP.get(f"{api}/ui/servers/{theirs}", cookies=jar).status_code == 404
     # A forged form (no CSRF token) changes nothing.
-    r = httpx.post(f"{api}/ui/servers/{theirs}/action", cookies=jar,
+    r = HTTP.post(f"{api}/ui/servers/{theirs}/action", cookies=jar,
                    data={"action": "delete"})
     assert r.status_code == 403
-    assert httpx.get(f"{api}/v1/servers/{theirs}", headers=owner.headers).status_code == 200
+    assert HTTP.get(f"{api}/v1/servers/{theirs}", headers=owner.headers).status_code == 200
 
 
 def test_servers_page_of_a_big_project_loads_one_page(
@@ -281,7 +281,7 @@ def test_servers_page_of_a_big_project_loads_one_page(
     of the API (rows inserted in one statement: the list is what is tested, not 1,000 builds)."""
     tenant = make_login(api)
     flavor, image = public_catalog(api)
-    user_id = httpx.get(f"{api}/v1/auth/tokens/current",
+    user_id = HTTP.get(f"{api}/v1/auth/tokens/current",
                         headers=tenant.headers).json()["user"]["id"]
     engine = make_engine(database_url)
     with engine.begin() as conn:
@@ -309,7 +309,7 @@ def test_image_upload_with_progress_and_credential_login(
     """An application credential logs in; an image uploads through the page with its progress
     bar, ends active in the list; the usage CSV downloads with the session."""
     tenant = make_login(api)
-    r = httpx.post(f"{api}/v1/application-credentials", headers=tenant.headers,
+    r = HTTP.post(f"{api}/v1/application-credentials", headers=tenant.headers,
                    json={"name": unique("ui-cred")})
     assert r.status_code == 201, r.text
     secret = r.json()["secret"]
@@ -331,13 +331,13 @@ def test_image_upload_with_progress_and_credential_login(
     wait(browser, lambda b: any(e.text == name for e in
                                 b.find_elements(By.CSS_SELECTOR, "td.image-name")),
          "the uploaded image listed")
-    images = httpx.get(f"{api}/v1/images", headers=tenant.headers).json()
+    images = HTTP.get(f"{api}/v1/images", headers=tenant.headers).json()
     listed = images["images"] if isinstance(images, dict) else images
     mine = next(i for i in listed if i["name"] == name)
     assert mine["status"] == "active"
     # The CSV comes from the API with the browser's session (no token in the URL).
     jar = {"mc_session": browser.get_cookie("mc_session")["value"]}
-    r = httpx.get(f"{api}/ui/usage.csv", cookies=jar)
+    r = HTTP.get(f"{api}/ui/usage.csv", cookies=jar)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
 
@@ -348,7 +348,7 @@ def test_scaling_group_page_follows_the_group(browser: WebDriver, api: str,
     desired size through the form shrinks it, and the activities say so."""
     flavor, image = public_catalog(api)
     tenant = make_login(api)
-    r = httpx.post(f"{api}/v1/scaling-groups", headers=tenant.headers, json={
+    r = HTTP.post(f"{api}/v1/scaling-groups", headers=tenant.headers, json={
         "name": unique("grp"), "min_size": 0, "max_size": 3, "desired": 2,
         "launch": {"flavor": flavor["id"], "image": image["id"],
                    "availability_zone": fleet[0].agent.settings.availability_zone}})
@@ -378,7 +378,7 @@ def test_scaling_group_page_follows_the_group(browser: WebDriver, api: str,
     browser.find_element(By.ID, "set-desired").click()
     flash = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#flash.error"), "refusal")
     assert "max" in flash[0].text.lower()
-    r = httpx.delete(f"{api}/v1/scaling-groups/{group['id']}", headers=tenant.headers)
+    r = HTTP.delete(f"{api}/v1/scaling-groups/{group['id']}", headers=tenant.headers)
     assert r.status_code == 202, r.text
 
 
@@ -387,7 +387,7 @@ def test_evacuate_and_drain_through_the_hosts_page(
     """The hosts page offers Evacuate only for down hosts; a forged request for an up host
     gets the API's refusal on the page, and the host keeps its servers."""
     operator = make_login(api, role="admin")
-    with httpx.Client(base_url=api) as web:
+    with httpx.Client(base_url=api, timeout=120) as web:
         page = web.get("/ui/login")
         csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         r = web.post("/ui/login", data={"csrf": csrf, "next": "/ui/admin/hosts",
@@ -398,7 +398,7 @@ def test_evacuate_and_drain_through_the_hosts_page(
         row = r.text.split(f'data-host-name="{fleet[0].name}"', 1)[1].split("</tr>", 1)[0]
         assert "host-evacuate" not in row  # it is up: no Evacuate button
         session_csrf = r.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        host_id = httpx.get(f"{api}/v1/hosts", headers=ADMIN, params={"limit": 1000}).json()
+        host_id = HTTP.get(f"{api}/v1/hosts", headers=ADMIN, params={"limit": 1000}).json()
         host_id = next(h["id"] for h in host_id if h["name"] == fleet[0].name)
         r = web.post(f"/ui/admin/hosts/{host_id}/evacuate", data={"csrf": session_csrf})
         assert r.status_code == 409
@@ -406,12 +406,12 @@ def test_evacuate_and_drain_through_the_hosts_page(
         # Drain, then stop draining, through the page: the API's maintenance state follows.
         r = web.post(f"/ui/admin/hosts/{host_id}/drain", data={"csrf": session_csrf})
         assert r.status_code == 200 and "Draining:" in r.text, r.text[-2000:]
-        shown = httpx.get(f"{api}/v1/hosts/{host_id}", headers=ADMIN).json()
+        shown = HTTP.get(f"{api}/v1/hosts/{host_id}", headers=ADMIN).json()
         assert shown["maintenance"] in ("draining", "drained")
         row = r.text.split(f'data-host-name="{fleet[0].name}"', 1)[1].split("</tr>", 1)[0]
         assert "data-maintenance" in row
         r = web.post(f"/ui/admin/hosts/{host_id}/drain",
                      data={"csrf": session_csrf, "cancel": "1"})
         assert r.status_code == 200 and "Drain cancelled" in r.text
-        assert httpx.get(f"{api}/v1/hosts/{host_id}",
+        assert HTTP.get(f"{api}/v1/hosts/{host_id}",
                          headers=ADMIN).json()["maintenance"] is None
