@@ -6,13 +6,15 @@ servers service will leave them: with allocations, and with ``notify_host`` call
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.agent import liveness
 from api.models import Allocation, Flavor, Image, Server
 from api.servers.lifecycle import notify_host
 from tests.factories import Client, bearer, unique
@@ -116,3 +118,15 @@ def observe(client: Client, host_headers: dict[str, str], server_id: str, state:
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
+
+
+def hold_silence(host_id: str, write: Callable[[], None]) -> None:
+    """Apply ``write``, which stores an old last heartbeat for ``host_id`` (a silence), so
+    that no coalesced heartbeat (``api.agent.liveness``) written afterwards undoes it: the
+    host's pending heartbeat in this process is dropped, and the write is repeated once any
+    flush already under way (in this or another API process) has ended."""
+    for again in (False, True):
+        liveness.HEARTBEATS.forget(host_id)
+        write()
+        if not again:
+            time.sleep(2.5)  # > MINICLOUD_HEARTBEAT_FLUSH_SECONDS (1 s) and a flush's write

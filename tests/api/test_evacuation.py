@@ -17,7 +17,7 @@ from api.config import Settings
 from api.db import utcnow
 from api.evacuation import service as evacuation
 from api.models import Host
-from tests.agent_factories import EnrolledHost, db, enroll_host, inventory, observe
+from tests.agent_factories import EnrolledHost, db, enroll_host, hold_silence, inventory, observe
 from tests.factories import Account, make_account, make_flavor, make_image, unique
 
 KEY = "ssh-ed25519 " + base64.b64encode(
@@ -44,10 +44,13 @@ def _up(client: TestClient, admin: dict[str, str], zone: str) -> EnrolledHost:
 
 
 def _down(client: TestClient, settings: Settings, host: EnrolledHost) -> None:
-    with db(client) as s:
-        h = s.get(Host, host.id)
-        assert h is not None
-        h.last_heartbeat_at = utcnow() - timedelta(seconds=settings.host_down_after_seconds + 5)
+    def silent() -> None:
+        with db(client) as s:
+            h = s.get(Host, host.id)
+            assert h is not None
+            h.last_heartbeat_at = utcnow() - timedelta(
+                seconds=settings.host_down_after_seconds + 5)
+    hold_silence(host.id, silent)
 
 
 def _create(client: TestClient, acct: Account, flavor: str, image: str, zone: str,

@@ -13,7 +13,14 @@ from sqlalchemy import select, update
 from api.db import utcnow
 from api.models import EnrollmentToken, Host
 from api.security import digest
-from tests.agent_factories import db, enroll_host, enrollment_token, inventory, make_server
+from tests.agent_factories import (
+    db,
+    enroll_host,
+    enrollment_token,
+    hold_silence,
+    inventory,
+    make_server,
+)
 from tests.factories import bearer, make_account, unique
 
 
@@ -133,9 +140,11 @@ def test_host_list_shows_capacity_allocated_servers_and_state(
         == (500, 21)
     assert client.post("/v1/agent/heartbeat", json={}, headers=host.headers).status_code == 200
     assert client.get(f"/v1/hosts/{host.id}", headers=admin).json()["state"] == "up"
-    with db(client) as s:
-        s.execute(update(Host).where(Host.id == host.id)
-                  .values(last_heartbeat_at=utcnow() - timedelta(seconds=61)))
+    def silent() -> None:
+        with db(client) as s:
+            s.execute(update(Host).where(Host.id == host.id)
+                      .values(last_heartbeat_at=utcnow() - timedelta(seconds=61)))
+    hold_silence(host.id, silent)
     assert client.get(f"/v1/hosts/{host.id}", headers=admin).json()["state"] == "down"
 
 

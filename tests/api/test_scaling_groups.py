@@ -20,7 +20,7 @@ from sqlalchemy import update
 from api.db import utcnow
 from api.models import Host, Lease
 from api.scaling import reconciler
-from tests.agent_factories import EnrolledHost, db, enroll_host, inventory, observe
+from tests.agent_factories import EnrolledHost, db, enroll_host, hold_silence, inventory, observe
 from tests.catalog_rows import make_image_row
 from tests.factories import Account, make_account, make_flavor, unique
 
@@ -421,9 +421,11 @@ def test_unhealthy_members_are_replaced_and_the_activity_says_why(
     # 5: its host goes down (no heartbeat for an hour): force-deleted and replaced.
     victim = show(client, acct, group["id"])["members"][0]["server_id"]
     victim_host = agent_of(victim)
-    with db(client) as s:
-        s.execute(update(Host).where(Host.id == victim_host.id)
-                  .values(last_heartbeat_at=utcnow() - timedelta(hours=1)))
+    def silent() -> None:
+        with db(client) as s:
+            s.execute(update(Host).where(Host.id == victim_host.id)
+                      .values(last_heartbeat_at=utcnow() - timedelta(hours=1)))
+    hold_silence(victim_host.id, silent)
     run(client)
     replaced = {a["deleted"][0]: a for a in activities(client, acct, group["id"])
                 if a["kind"] == "replace"}

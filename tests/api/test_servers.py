@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.agent_factories import observe
+from tests.agent_factories import hold_silence, observe
 from tests.catalog_rows import make_flavor_row, make_host_row, make_image_row, set_server_state
 from tests.factories import Account, make_account, unique
 
@@ -557,10 +557,12 @@ def test_admin_force_delete_frees_a_down_hosts_server_and_is_refused_while_it_is
     problem(client.delete(f"/v1/servers/{sid}?force=true", headers=admin), 409, "host_up")
     problem(client.delete(f"/v1/servers/{sid}?force=true", headers=acct.headers),
             403, "admin_required")
-    with db(client) as s:  # the host stops sending heartbeats
-        h = s.get(Host, host.id)
-        assert h is not None
-        h.last_heartbeat_at = datetime.now(UTC) - timedelta(hours=1)
+    def stopped() -> None:
+        with db(client) as s:  # the host stops sending heartbeats
+            h = s.get(Host, host.id)
+            assert h is not None
+            h.last_heartbeat_at = datetime.now(UTC) - timedelta(hours=1)
+    hold_silence(host.id, stopped)
     r = client.delete(f"/v1/servers/{sid}?force=true", headers=admin)
     assert r.status_code == 202, r.text
     problem(client.get(f"/v1/servers/{sid}", headers=acct.headers), 404, "server_not_found")

@@ -22,6 +22,7 @@ from tests.agent_factories import (
     EnrolledHost,
     db,
     enroll_host,
+    hold_silence,
     inventory,
     make_server,
     observe,
@@ -121,10 +122,13 @@ def test_a_stuck_delete_on_a_down_host_is_finished(
     silent = enroll_host(client, admin)
     assert client.post("/v1/agent/heartbeat", json={"observed": []},
                        headers=silent.headers).is_success
-    with db(client) as s:  # its last heartbeat was long ago: down
-        h = s.get(Host, silent.id)
-        assert h is not None
-        h.last_heartbeat_at = utcnow() - timedelta(seconds=limits.host_down_after_seconds + 1)
+    def long_ago() -> None:
+        with db(client) as s:  # its last heartbeat was long ago: down
+            h = s.get(Host, silent.id)
+            assert h is not None
+            h.last_heartbeat_at = utcnow() - timedelta(
+                seconds=limits.host_down_after_seconds + 1)
+    hold_silence(silent.id, long_ago)
     sid = make_server(client, acct.project_id, silent.id, status="ACTIVE", task_state=None)
     assert client.delete(f"/v1/servers/{sid}", headers=acct.headers).status_code == 202
     _backdate(client, sid, 2 * HOUR)

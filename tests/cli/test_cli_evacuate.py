@@ -12,7 +12,7 @@ from sqlalchemy import update
 from api.config import Settings
 from api.db import make_engine, utcnow
 from api.models import Host
-from tests.agent_factories import enroll_host, inventory, observe
+from tests.agent_factories import enroll_host, hold_silence, inventory, observe
 from tests.cli.conftest import Mc, assert_readable_error, parse
 from tests.conftest import ADMIN_TOKEN
 from tests.factories import bearer, make_account, make_flavor, make_image, unique
@@ -45,9 +45,13 @@ def test_host_evacuate_rebuilds_the_servers_of_a_down_host_and_waits(
     assert_readable_error(mc("host", "evacuate", other.name), "host_not_down")
 
     engine = make_engine(settings.effective_database_url)
-    with engine.begin() as conn:  # its agent stopped long ago: down
-        conn.execute(update(Host).where(Host.id == dead.id).values(
-            last_heartbeat_at=utcnow() - timedelta(seconds=settings.host_down_after_seconds + 5)))
+
+    def long_ago() -> None:
+        with engine.begin() as conn:  # its agent stopped long ago: down
+            conn.execute(update(Host).where(Host.id == dead.id).values(
+                last_heartbeat_at=utcnow() - timedelta(
+                    seconds=settings.host_down_after_seconds + 5)))
+    hold_silence(dead.id, long_ago)
     engine.dispose()
 
     def new_host_agent() -> None:
