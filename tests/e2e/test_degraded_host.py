@@ -75,7 +75,9 @@ def test_a_stuck_reconcile_loop_makes_its_host_degraded_until_it_progresses(
         seen = wait_until(lambda: (h := host(api, host_id))["state"] == "degraded" and h,
                           WAIT, "host degraded")
         assert seen["last_heartbeat_at"] is not None and seen["loop_progress"]["passes"] >= 1
-        assert _degraded_hosts(api) == degraded_before + 1
+        # Other tests' hosts share the database (and may turn degraded meanwhile): this one
+        # adds at least one.
+        assert _degraded_hosts(api) >= degraded_before + 1
 
         shown = CliRunner().invoke(app, ["host", "show", host_id],
                                    env={"MINICLOUD_URL": api, "MINICLOUD_TOKEN": ADMIN_TOKEN})
