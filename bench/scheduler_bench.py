@@ -390,6 +390,15 @@ def run_claims(args: argparse.Namespace) -> None:
                                args.placements)
 
 
+def run_placement_reference(args: argparse.Namespace) -> None:
+    """OpenStack Placement on the same pool size and client counts (bench/placement_reference.py,
+    SQLite, and PostgreSQL when --pg is given), after minicloud's scenarios in the same run."""
+    for pg in [None] + ([args.pg] if args.pg else []):
+        subprocess.run([sys.executable, str(REPO / "bench" / "placement_reference.py"),
+                        "--hosts", str(args.hosts), "--clients", *map(str, args.clients),
+                        *(["--pg", pg] if pg else [])], check=True)
+
+
 SCENARIOS["inprocess"] = run_inprocess
 SCENARIOS["claim"] = run_claims
 SCENARIOS["e2e"] = run_e2e
@@ -414,9 +423,14 @@ def main() -> None:
     parser.add_argument("--profile", metavar="DIR",
                         help="e2e: run the API under bench/profiled_api.py and write a "
                         "cProfile and statement counts of each measured scenario to DIR")
+    parser.add_argument("--placement", action="store_true",
+                        help="then run the OpenStack Placement reference on the same pool size "
+                        "and client counts (bench/placement_reference.py)")
     args = parser.parse_args()
     for name in args.only or list(SCENARIOS):
         SCENARIOS[name](args)
+    if args.placement:
+        run_placement_reference(args)
 
 
 if __name__ == "__main__":
