@@ -31,6 +31,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -342,7 +343,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000,
                         help="allocation candidates asked for (Nova's max_placement_results)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the database and the config directory")
+                        help="keep the database and the config directory (with the logs; "
+                        "kept anyway when the run fails)")
     args = parser.parse_args()
 
     venv = Path(args.venv).resolve()
@@ -360,6 +362,7 @@ def main() -> None:
     write_conf(conf_dir, connection)
     env = dict(os.environ, OS_PLACEMENT_CONFIG_DIR=str(conf_dir))
     proc = None
+    finished = False
     try:
         subprocess.run([str(venv / "bin" / "placement-manage"), "--config-file",
                         str(conf_dir / "placement.conf"), "db", "sync"], env=env, check=True)
@@ -367,7 +370,7 @@ def main() -> None:
         pids = process_tree(proc.pid)
         print(f"openstack-placement/gunicorn/sqlalchemy {versions.replace(' ', '/')}, "
               f"{backend}, {workers} worker(s), microversion {MICROVERSION.split()[1]}, "
-              f"conf {conf_dir}", flush=True)
+              f"config and logs in {conf_dir}", flush=True)
         t0 = time.perf_counter()
         build_pool(port, args.hosts, args.seed_servers)
         print(f"pool: {args.hosts} providers, {args.hosts * args.seed_servers} seed consumers "
@@ -375,12 +378,15 @@ def main() -> None:
         for clients in args.clients:
             decisions(f"Placement {backend} {args.hosts} hosts, {workers} worker(s)", port,
                       pids, clients, args.duration, args.limit)
+        finished = True
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
         if args.pg and not args.keep:
             admin_sql(venv, psycopg2_url(args.pg), f"DROP DATABASE IF EXISTS {db_name}")
+        if finished and not args.keep:  # kept on failure: its logs say why
+            shutil.rmtree(conf_dir)
 
 
 if __name__ == "__main__":
