@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,14 +79,16 @@ def ensure_venv(venv: Path, version: str) -> str:
     return out.stdout.strip()
 
 
-def admin_sql(venv: Path, server_url: str, statement: str) -> None:
+def admin_sql(venv: Path, server_url: str, statement: str) -> str:
     """Run one statement outside a transaction on the PostgreSQL ``server_url`` (with the
-    venv's psycopg2: CREATE/DROP DATABASE)."""
+    venv's psycopg2: CREATE/DROP DATABASE, pg_stat_activity); returns the rows, one a line."""
     script = ("import sys, sqlalchemy as sa\n"
               "e = sa.create_engine(sys.argv[1], isolation_level='AUTOCOMMIT')\n"
-              "with e.connect() as c: c.execute(sa.text(sys.argv[2]))\n")
-    subprocess.run([str(venv / "bin" / "python"), "-c", script, server_url, statement],
-                   check=True)
+              "with e.connect() as c:\n"
+              "    r = c.execute(sa.text(sys.argv[2]))\n"
+              "    for row in (r.all() if r.returns_rows else []): print(*row)\n")
+    return subprocess.run([str(venv / "bin" / "python"), "-c", script, server_url, statement],
+                          check=True, capture_output=True, text=True).stdout
 
 
 def psycopg2_url(url: str) -> str:
@@ -171,17 +174,22 @@ def process_tree(pid: int) -> list[int]:
     return pids + [int(c) for c in children]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes used so far (Linux /proc)."""
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time each process used so far (Linux /proc; gone ones left out)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    times = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+        times[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return times
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes used so far."""
+    return sum(cpu_of(pids).values())
 
 
 def check(status: int, body: object, what: str, ok: tuple[int, ...] = (200, 201, 204)) -> None:
@@ -242,8 +250,10 @@ def load_average() -> str:
 
 
 def decisions(label: str, port: int, pids: list[int], clients: int, duration: float,
-              limit: int) -> None:
-    """``clients`` concurrent clients making decisions for ``duration`` seconds."""
+              limit: int, db_pids: Callable[[], list[int]] = list) -> None:
+    """``clients`` concurrent clients making decisions for ``duration`` seconds. Reports the
+    CPU time per decision of Placement's processes, of the database server's backends serving
+    it (``db_pids``; none on SQLite) and of the clients (this process)."""
     latencies: list[float] = []
     gets: list[float] = []
     conflicts = [0]
@@ -304,11 +314,16 @@ def decisions(label: str, port: int, pids: list[int], clients: int, duration: fl
     failures.clear()
     load = load_average()
     cpu0 = cpu_seconds(pids)
+    db0 = cpu_of(db_pids())
+    client0 = time.process_time()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(lambda _: run(start + duration), range(clients)))
     wall = time.perf_counter() - start
-    cpu = (cpu_seconds(pids) - cpu0) / max(1, len(latencies))
+    n = max(1, len(latencies))
+    cpu = (cpu_seconds(pids) - cpu0) / n
+    client_cpu = (time.process_time() - client0) / n
+    db_cpu = sum(t - db0.get(pid, 0.0) for pid, t in cpu_of(db_pids()).items()) / n
     if not latencies:
         print(f"{label}: no decision succeeded; first failure: {failures[:1]}", flush=True)
         return
@@ -317,7 +332,8 @@ def decisions(label: str, port: int, pids: list[int], clients: int, duration: fl
           f"p50={percentile(latencies, 0.5) * 1e3:7.2f} ms  "
           f"p99={percentile(latencies, 0.99) * 1e3:7.2f} ms  "
           f"GET p50={percentile(gets, 0.5) * 1e3:.2f} ms  "
-          f"placement cpu={cpu * 1e3:.2f} ms/decision  conflicts={conflicts[0]}  "
+          f"cpu/decision: placement={cpu * 1e3:.1f} ms db={db_cpu * 1e3:.1f} ms "
+          f"client={client_cpu * 1e3:.1f} ms  conflicts={conflicts[0]}  "
           f"load={load}-{load_average()}  failed={len(failures)}"
           + (f" first: {failures[0]}" if failures else ""), flush=True)
 
@@ -356,9 +372,15 @@ def main() -> None:
         admin_sql(venv, server, f"CREATE DATABASE {db_name}")
         connection = server.rsplit("/", 1)[0] + "/" + db_name
         backend, workers = "postgresql", args.workers or 2
+
+        def db_pids() -> list[int]:
+            rows = admin_sql(venv, server, "SELECT pid FROM pg_stat_activity "
+                             f"WHERE datname = '{db_name}'")
+            return [int(pid) for pid in rows.split()]
     else:
         connection = f"sqlite:///{conf_dir / 'placement.sqlite'}"
         backend, workers = "sqlite", args.workers or 1
+        db_pids = list
     write_conf(conf_dir, connection)
     env = dict(os.environ, OS_PLACEMENT_CONFIG_DIR=str(conf_dir))
     proc = None
@@ -377,7 +399,7 @@ def main() -> None:
               f"in {time.perf_counter() - t0:.1f} s", flush=True)
         for clients in args.clients:
             decisions(f"Placement {backend} {args.hosts} hosts, {workers} worker(s)", port,
-                      pids, clients, args.duration, args.limit)
+                      pids, clients, args.duration, args.limit, db_pids)
         finished = True
     finally:
         if proc is not None:
