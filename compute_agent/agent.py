@@ -105,10 +105,10 @@ FAILING_REPORTED = 50
 FAILING_MESSAGE_CHARS = 300
 
 
-# Control characters the API refuses in text (an exception message may carry any).
 # libvirt's reasons for a stopped domain that nobody asked to stop: killed behind the agent's
 # back, crashed, or lost to the daemon. (A guest that powered itself off is ``shutdown``.)
 UNEXPECTED_STOPS = frozenset({"unknown", "destroyed", "crashed", "failed", "daemon"})
+# Control characters the API refuses in text (an exception message may carry any).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
