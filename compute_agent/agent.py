@@ -41,6 +41,7 @@ import re
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -104,6 +105,9 @@ FAILING_REPORTED = 50
 FAILING_MESSAGE_CHARS = 300
 
 
+# libvirt's reasons for a stopped domain that nobody asked to stop: killed behind the agent's
+# back, crashed, or lost to the daemon. (A guest that powered itself off is ``shutdown``.)
+UNEXPECTED_STOPS = frozenset({"unknown", "destroyed", "crashed", "failed", "daemon"})
 # Control characters the API refuses in text (an exception message may carry any).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -200,6 +204,9 @@ class Agent:
         self.cursor: str | None = None
         self._stop = threading.Event()
         self._reported: set[str] = set()
+        # server id -> the key of its unexpected stop, kept until the API has it (a retry of
+        # one stop reuses its key; the next stop gets a new one)
+        self._stop_keys: dict[str, str] = {}
         self._operations_file = Path(settings.state_dir) / OPERATIONS_FILE
         self._operations_done: set[str] = self._load_operations()
         # The handler of each pending operation kind: ``fn(server, operation)``, idempotent
@@ -525,6 +532,8 @@ class Agent:
             if sid in failed or (sid in waiting and action.kind not in ("remove", "clean_files")):
                 continue
             try:
+                if action.kind in ("start", "reboot"):
+                    self._report_unexpected_stop(action)
                 self._execute(action)
             except BuildError as exc:
                 log.error("server %s: %s", sid, exc)
@@ -880,6 +889,35 @@ class Agent:
             if exc.status != 404:  # 404: deleted meanwhile; the next pass sees it gone
                 raise
         self._reported.add(key)
+
+    def _report_unexpected_stop(self, action: Action) -> None:
+        """Before the domain of a server that is ACTIVE with no task in flight is started again
+        (or reset): when libvirt says it stopped for a reason nobody asked for (killed behind
+        the agent's back, crashed), tell the API, which records it on the server (a scaling
+        group replaces such a member). The start waits until the API has the report.
+
+        Raises:
+            AgentApiError: the API cannot be reached (the next pass reports again).
+            HypervisorError: libvirt fails.
+        """
+        server = action.server
+        if server is None or server.status != "ACTIVE" or server.task_state is not None:
+            return
+        sid = server.server_id
+        reason = self.hv.stop_reason(sid)
+        if reason not in UNEXPECTED_STOPS:
+            return
+        key = self._stop_keys.setdefault(
+            sid, f"{sid}:{server.generation}:stopped:{uuid.uuid4().hex[:12]}")
+        log.warning("server %s: its domain stopped unexpectedly (libvirt: %s): reported, "
+                    "starting it again", sid, reason)
+        try:
+            self.client.observe(sid, "error" if reason == "crashed" else "shutoff", _now(),
+                                idempotency_key=key, unexpected_stop=reason)
+        except AgentApiError as exc:
+            if exc.status != 404:  # 404: deleted meanwhile; the next pass sees it gone
+                raise
+        del self._stop_keys[sid]
 
     def _report(self, server: DesiredServer) -> None:
         try:

@@ -416,10 +416,13 @@ class AgentClient:
     def observe(self, server_id: str, state: ObservedState, seen_at: datetime | None = None, *,
                 idempotency_key: str | None = None, operation_id: str | None = None,
                 message: str | None = None,
-                addresses: list[Address] | None = None) -> ObservationResult:
+                addresses: list[Address] | None = None,
+                unexpected_stop: str | None = None) -> ObservationResult:
         """Report a transition seen at ``seen_at`` (default now); raises AgentApiError.
 
         ``operation_id``: the pending operation performed (reported with result ``success``).
+        ``unexpected_stop``: libvirt's reason for a domain that should run and stopped without
+        being asked (reported before the agent starts it again).
 
         All retries carry the same idempotency key (a new random one unless given), so the
         API applies the observation at most once.
@@ -435,6 +438,8 @@ class AgentClient:
             body["message"] = message[:4096]
         if addresses is not None:
             body["addresses"] = [a.model_dump(exclude_none=True) for a in addresses]
+        if unexpected_stop is not None:
+            body["unexpected_stop"] = unexpected_stop
         r = self._request("POST", f"/v1/agent/servers/{server_id}/observations", json=body)
         return ObservationResult.model_validate(r.json())
 

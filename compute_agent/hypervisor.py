@@ -95,6 +95,21 @@ _STATES = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
 }
 
+# Why a domain is shut off (libvirt's shutoff reasons), or ``crashed`` for a domain in the
+# crashed state. ``shutdown`` (the guest powered off), ``saved``, ``migrated`` and
+# ``from_snapshot`` are what the agent or the guest asked for; the others are not.
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown",
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
+    libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from_snapshot",
+    libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "daemon",
+}
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -527,6 +542,27 @@ class Hypervisor:
             return None
         except libvirt.libvirtError as exc:
             raise HypervisorError(str(exc)) from exc
+
+    def stop_reason(self, server_id: str) -> str | None:
+        """Why the server's domain is not running: libvirt's shutoff reason (``destroyed``,
+        ``crashed``, ``shutdown``, ``unknown``, ...), ``crashed`` for a crashed domain; None
+        when it runs, is paused or has no managed domain.
+
+        Raises:
+            SpecError: ``server_id`` is not a canonical UUID.
+            HypervisorError: libvirt fails.
+        """
+        try:
+            state, reason = self._lookup(server_id).state()[:2]
+        except DomainNotFound:
+            return None
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(str(exc)) from exc
+        if state == libvirt.VIR_DOMAIN_CRASHED:
+            return "crashed"
+        if state != libvirt.VIR_DOMAIN_SHUTOFF:
+            return None
+        return _SHUTOFF_REASONS.get(reason, "unknown")
 
     def observed(self, server_id: str) -> Observed:
         """The state in the API's vocabulary: running | shutoff | paused | absent | error.

@@ -8,8 +8,9 @@
 #   initrd.img  busybox initramfs that reads the NoCloud seed (label cidata) from a virtio
 #               disk, sets the hostname and prints
 #               "minicloud-guest: hostname=<h> instance-id=<id>" on ttyS0 (disk_format ari)
-#               test load: user-data lines "burn_cpu: N" (N busy loops; true: one per CPU)
-#               and "burn_cpu_seconds: S" (the loops end after S seconds) burn CPU
+#               test load: user-data lines "burn_cpu: N" (N busy loops; true: one per CPU),
+#               "burn_cpu_seconds: S" (the loops end at S s of uptime) and "burn_cpu_until: T"
+#               (they end at UTC epoch second T; a guest booted later does not burn)
 #   disk.qcow2  an empty 512 MiB qcow2 root disk (the image whose properties name the
 #               kernel_id and ramdisk_id)
 #   cmdline     the kernel command line to boot with

@@ -53,6 +53,7 @@ find_seed() {
 dev=""
 burn=""
 burn_s=""
+burn_until=""
 i=0
 while [ $i -lt 100 ]; do
   dev=$(find_seed) && break
@@ -75,10 +76,13 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt; then
   if [ -f /mnt/user-data ]; then
     first=$(head -n 1 /mnt/user-data | tr -cd ' -~' | cut -c1-60)
     echo "minicloud-guest: user-data $(wc -c < /mnt/user-data) bytes, first line: $first"
-    # Test load: "burn_cpu: N" (N busy loops; true: one per CPU) and optionally
-    # "burn_cpu_seconds: S" (the loops end after S seconds), as top-level user-data lines.
+    # Test load: "burn_cpu: N" (N busy loops; true: one per CPU), optionally ended by
+    # "burn_cpu_seconds: S" (S seconds after boot) and/or "burn_cpu_until: T" (the UTC time T,
+    # seconds since the epoch), as top-level user-data lines.
     burn=$(sed -n 's/^burn_cpu:[[:space:]]*\([0-9A-Za-z]*\).*/\1/p' /mnt/user-data | head -n 1)
     burn_s=$(sed -n 's/^burn_cpu_seconds:[[:space:]]*\([0-9]*\).*/\1/p' /mnt/user-data \
+      | head -n 1)
+    burn_until=$(sed -n 's/^burn_cpu_until:[[:space:]]*\([0-9]*\).*/\1/p' /mnt/user-data \
       | head -n 1)
   fi
 else
@@ -89,18 +93,39 @@ case "$burn" in
   ''|*[!0-9]*) burn=0 ;;
 esac
 [ "$burn" -gt 64 ] && burn=64
+# The end of the burn as a guest uptime (CLOCK_BOOTTIME, whole seconds). Each loop checks it
+# itself with the shell's builtin read, so no other process has to survive to stop it (a
+# killer "sleep S; kill" subshell is one more process that must get scheduled, and must see
+# every loop's pid). burn_cpu_until is turned into an uptime once, from the guest's clock
+# (set from the RTC, which libvirt keeps in UTC): a member booted after T does not burn.
+read up _ < /proc/uptime
+up=${up%.*}
+burn_end=""
+[ -n "$burn_s" ] && burn_end=$burn_s
+if [ -n "$burn_until" ]; then
+  left=$((burn_until - $(date +%s)))
+  if [ -z "$burn_end" ] || [ $((up + left)) -lt "$burn_end" ]; then burn_end=$((up + left)); fi
+fi
+if [ "$burn" -gt 0 ] && [ -n "$burn_end" ] && [ "$up" -ge "$burn_end" ]; then
+  echo "minicloud-guest: CPU burn skipped: its end has passed (uptime $up s, end $burn_end s)"
+  burn=0
+fi
 if [ "$burn" -gt 0 ]; then
-  echo "minicloud-guest: burning CPU with $burn loop(s)${burn_s:+ for $burn_s s}"
-  pids=""
+  echo "minicloud-guest: burning CPU with $burn loop(s)${burn_end:+ until uptime $burn_end s}"
   i=0
   while [ $i -lt "$burn" ]; do
-    ( while :; do :; done ) &
-    pids="$pids $!"
+    ( n=0
+      while :; do
+        n=$((n + 1))
+        # Check the end every 1000 iterations: reading /proc/uptime is cheap but not free.
+        if [ -n "$burn_end" ] && [ $((n % 1000)) -eq 0 ]; then
+          read now _ < /proc/uptime
+          [ "${now%.*}" -ge "$burn_end" ] && break
+        fi
+      done
+      echo "minicloud-guest: CPU burn ended (loop $i, uptime $now s)" ) &
     i=$((i + 1))
   done
-  if [ -n "$burn_s" ]; then
-    ( sleep "$burn_s"; kill $pids; echo "minicloud-guest: CPU burn ended" ) &
-  fi
 fi
 # A heartbeat on the console, one line a second with the guest's own uptime: a paused guest
 # prints none, and after an unpause the count goes on (same boot, no second "userspace started").

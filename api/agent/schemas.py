@@ -149,6 +149,10 @@ class OperationResult(BaseModel):
     result: Literal["success"]
 
 
+UnexpectedStop = Literal["unknown", "destroyed", "crashed", "failed", "daemon"]
+"""libvirt's reasons for a domain that stopped while it should run, nobody having asked."""
+
+
 class ObservationIn(BaseModel):
     """A transition the agent saw; the same ``idempotency_key`` is applied at most once."""
 
@@ -159,6 +163,15 @@ class ObservationIn(BaseModel):
     operation: OperationResult | None = None
     message: Text | None = None
     addresses: list[Address] | None = Field(default=None, max_length=64)
+    # libvirt's reason for a domain that should run and stopped without being asked; the agent
+    # starts it again, so the observation records an event and changes no state.
+    unexpected_stop: UnexpectedStop | None = None
+
+    @model_validator(mode="after")
+    def _stopped_state(self) -> ObservationIn:
+        if self.unexpected_stop is not None and self.state not in ("shutoff", "error"):
+            raise ValueError("unexpected_stop goes with state shutoff or error")
+        return self
 
 
 class ObservationOut(BaseModel):

@@ -266,7 +266,7 @@ def observe(session: Session, settings: Settings, host_id: str, server_id: str,
     applied = apply_observation(
         session, settings, host_id, server, body.state, body.seen_at,
         key=body.idempotency_key, operation_id=operation_id, message=body.message,
-        addresses=addresses,
+        addresses=addresses, unexpected_stop=body.unexpected_stop,
     )
     return server, applied
 
@@ -282,7 +282,8 @@ def _remember(session: Session, host_id: str, server: Server, body: ObservationI
 def apply_observation(session: Session, settings: Settings, host_id: str, server: Server,
                       state: states.Observed, seen_at: datetime, *, key: str | None = None,
                       operation_id: str | None = None, message: str | None = None,
-                      addresses: list[Any] | None = None) -> bool:
+                      addresses: list[Any] | None = None,
+                      unexpected_stop: str | None = None) -> bool:
     """Hand one observation of a locked server to the lifecycle; False when it is stale.
 
     ``seen_at`` is clamped to the API clock (an agent clock ahead of ours must not bill the
@@ -297,7 +298,8 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
         return False
     old = server.status
     move = lifecycle.observe(session, settings, host_id, server, state, seen,
-                             operation_id=operation_id, message=message, addresses=addresses)
+                             operation_id=operation_id, message=message, addresses=addresses,
+                             unexpected_stop=unexpected_stop)
     if key is not None or move is not None:
         session.add(AgentObservation(
             host_id=host_id, idempotency_key=key or f"auto-{uuid.uuid4()}",

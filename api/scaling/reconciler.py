@@ -5,7 +5,8 @@ Every API process runs :func:`run`; each pass first takes the database lease
 units of work, each of which first renews the lease (a holder that lost it rolls back):
 
 1. **Health and decision** (one unit of work per group): members whose server is gone,
-   DELETING behind the group's back, in ERROR, SHUTOFF (its domain stopped), stuck in BUILD
+   DELETING behind the group's back, in ERROR, SHUTOFF (its domain stopped), whose domain
+   stopped without being asked (killed or crashed: the agent's report), stuck in BUILD
    past ``build_timeout_seconds`` or on a host that is down are released (the broken server
    deleted; a down host's server force-deleted) and an activity says why; then
    :func:`api.scaling.decision.decide` sets min/max/desired from the schedules and the target
@@ -109,8 +110,11 @@ def _state(group: ScalingGroup,
 
 
 def _unhealthy(server: Server, hosts: Mapping[str, Any], settings: Settings,
-               now: datetime) -> tuple[str, str] | None:
-    """(reason, sentence) when the member must be replaced, else None."""
+               now: datetime, stopped: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, sentence) when the member must be replaced, else None.
+
+    ``stopped``: the details of the server's latest ``domain_stopped_unexpectedly`` event.
+    """
     if server.deleted_at is not None or server.status == states.DELETED:
         return "deleted", f"server {server.name} was deleted outside the group"
     if server.status == states.DELETING:
@@ -121,6 +125,11 @@ def _unhealthy(server: Server, hosts: Mapping[str, Any], settings: Settings,
     if server.status == states.SHUTOFF and server.task_state is None:
         # Its domain stopped (killed on the host, or powered off): not serving.
         return "shutoff", f"server {server.name} is SHUTOFF (its domain stopped)"
+    if stopped is not None and server.status != states.BUILD:
+        # Its domain was killed or crashed on the host: the agent restarts it in place, but a
+        # member is cattle, like an instance failing its status check: replaced.
+        return "domain_stopped", (f"server {server.name}'s domain stopped without being "
+                                  f"asked (libvirt: {stopped.get('reason', 'unknown')})")
     host = hosts.get(server.host_id) if server.host_id else None
     if host is not None and not is_up(host, settings, now):
         return "host_down", f"server {server.name}'s host {host.name} is down"
@@ -132,13 +141,14 @@ def _unhealthy(server: Server, hosts: Mapping[str, Any], settings: Settings,
 
 
 def _replace_unhealthy(session: Session, settings: Settings, group: ScalingGroup,
-                       live: list[tuple[ScalingMember, Server, Host | None]],
+                       live: list[tuple[ScalingMember, Server, Host | None,
+                                        dict[str, Any] | None]],
                        now: datetime) -> list[tuple[ScalingMember, Server]]:
     """Release unhealthy members (deleting what is left of them); return the healthy ones."""
-    hosts = {host.id: host for _, _, host in live if host is not None}
+    hosts = {host.id: host for _, _, host, _ in live if host is not None}
     healthy = []
-    for member, server, _ in live:
-        verdict = _unhealthy(server, hosts, settings, now)
+    for member, server, _, stopped in live:
+        verdict = _unhealthy(server, hosts, settings, now, stopped)
         if verdict is None:
             healthy.append((member, server))
             continue
@@ -148,7 +158,7 @@ def _replace_unhealthy(session: Session, settings: Settings, group: ScalingGroup
                 # Its host cannot confirm a delete; should it return, its agent no longer
                 # finds the server listed and removes the leftovers.
                 lifecycle.force_delete(session, server, settings=settings)
-            elif reason in ("error", "build_timeout", "shutoff"):
+            elif reason in ("error", "build_timeout", "shutoff", "domain_stopped"):
                 lifecycle.delete(session, settings, server, user_id=group.user_id)
         except Conflict:
             healthy.append((member, server))  # it moved meanwhile: look again next pass
@@ -169,7 +179,9 @@ def _decide_and_scale_in(session: Session, settings: Settings, group: ScalingGro
     if not repository.bump(session, group):  # lock the group row first (lock order)
         return 0
     live = _replace_unhealthy(session, settings, group,
-                              repository.live_members_with_hosts(session, group.id), now)
+                              repository.live_members_with_hosts(
+                                  session, group.id, lifecycle.DOMAIN_STOPPED_UNEXPECTEDLY),
+                              now)
     state = _state(group, live)
     metrics: Mapping[str, float] = {}
     if state.policy is not None and live:

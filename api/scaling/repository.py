@@ -10,15 +10,30 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from api.db import after_key, utcnow
-from api.models import Host, ScalingActivity, ScalingGroup, ScalingMember, Server
+from api.models import (
+    Host,
+    ScalingActivity,
+    ScalingGroup,
+    ScalingMember,
+    Server,
+    ServerEvent,
+)
 
 GROUPS: Table = ScalingGroup.__table__  # type: ignore[assignment]
 # The reconciler runs these for every group every pass: built once (bound parameters), so a
 # call neither builds nor hashes the expression again, and Core UPDATEs rather than the ORM's
 # bulk-update machinery, which costs more CPU than the statement itself.
 _GROUP_BY_ID = select(ScalingGroup).where(ScalingGroup.id == bindparam("group_id"))
+# The details of the server's latest event named :stop_event (its domain stopped unexpectedly),
+# None when it has none: read with the members, so the health check stays one statement.
+_LAST_STOP = (
+    select(ServerEvent.details)
+    .where(ServerEvent.server_id == Server.id, ServerEvent.action == bindparam("stop_event"))
+    .order_by(ServerEvent.created_at.desc()).limit(1)
+    .correlate(Server).scalar_subquery())
 _LIVE_WITH_HOSTS = (
-    select(ScalingMember, Server, Host).join(Server, Server.id == ScalingMember.server_id)
+    select(ScalingMember, Server, Host, _LAST_STOP)
+    .join(Server, Server.id == ScalingMember.server_id)
     .outerjoin(Host, Host.id == Server.host_id)
     .where(ScalingMember.group_id == bindparam("group_id"), ScalingMember.released_at.is_(None))
     .order_by(ScalingMember.seq))
@@ -112,12 +127,15 @@ def live_members(session: Session, group_ids: Sequence[str],
     return found
 
 
-def live_members_with_hosts(session: Session, group_id: str,
-                            ) -> list[tuple[ScalingMember, Server, Host | None]]:
-    """The group's members not yet released, with their servers and the servers' hosts (None
-    when not placed), by sequence number: one statement for the reconciler's health check."""
-    rows = session.execute(_LIVE_WITH_HOSTS, {"group_id": group_id}).all()
-    return [(member, server, host) for member, server, host in rows]
+def live_members_with_hosts(
+        session: Session, group_id: str, stop_event: str,
+) -> list[tuple[ScalingMember, Server, Host | None, dict[str, Any] | None]]:
+    """The group's members not yet released, with their servers, the servers' hosts (None
+    when not placed) and the details of each server's latest ``stop_event`` event (None: it
+    has none), by sequence number: one statement for the reconciler's health check."""
+    rows = session.execute(_LIVE_WITH_HOSTS, {"group_id": group_id,
+                                              "stop_event": stop_event}).all()
+    return [(member, server, host, stop) for member, server, host, stop in rows]
 
 
 def member(session: Session, group_id: str,

@@ -41,6 +41,9 @@ from api.servers.console import console_path
 from api.servers.subscribers import publish
 
 ACCEPTED, SUCCESS, ERROR = "accepted", "success", "error"
+# The event of a server whose domain stopped on its host without being asked (the agent's
+# report, see ``observe``); scaling groups replace a member that has one.
+DOMAIN_STOPPED_UNEXPECTEDLY = "domain_stopped_unexpectedly"
 
 _EVENT_CLOCK = "server_event_clock"
 
@@ -266,15 +269,30 @@ def pending_operation(server: Server, host_id: str | None = None) -> Operation |
 
 def observe(session: Session, settings: Settings, host_id: str, server: Server,
             observed: states.Observed, at: datetime, *, operation_id: str | None = None,
-            message: str | None = None,
-            addresses: list[Any] | None = None) -> states.Transition | None:
+            message: str | None = None, addresses: list[Any] | None = None,
+            unexpected_stop: str | None = None) -> states.Transition | None:
     """Apply what the host's agent saw of a server it holds (host and server rows locked).
 
     ``at`` is the agent's ``seen_at``, already capped at the API's clock; ``operation_id`` the
     operation it reports performed. Returns the transition made (None: the status stayed).
     Every applied observation is published, so billing sees a guest running again after its
     host was down even when the status did not change.
+
+    ``unexpected_stop`` (libvirt's reason): the domain of a server that should run stopped
+    without being asked, and the agent is starting it again. The status stays; an ACTIVE
+    server with no task in flight gets a ``domain_stopped_unexpectedly`` event (which a
+    scaling group reads to replace its member); otherwise (a task started meanwhile) the
+    report changes nothing, and the agent's next plain report tells the state.
     """
+    if unexpected_stop is not None:
+        if server.status == states.ACTIVE and server.task_state is None:
+            record_event(session, server, DOMAIN_STOPPED_UNEXPECTEDLY, user_id=None,
+                         result=ERROR,
+                         message=f"The server's domain stopped without being asked (libvirt: "
+                                 f"{unexpected_stop}); its host starts it again.",
+                         details={"reason": unexpected_stop, "seen_at": at.isoformat(),
+                                  "host_id": host_id})
+        return None
     pending = pending_operation(server, host_id)
     done = pending is not None and operation_id == pending.id
     move = states.on_observed(server.status, server.task_state, observed, operation_done=done)

@@ -246,6 +246,43 @@ def test_a_failed_build_becomes_error_with_a_fault(
     assert (server.fault_code, server.fault_message) == ("spawn_failed", "qemu: no such file")
 
 
+def test_an_unexpected_stop_is_an_event_and_changes_no_state(
+    client: TestClient, host: EnrolledHost, project: str
+) -> None:
+    sid = make_server(client, project, host.id)
+    assert _observe(client, host, sid, "running").json()["status"] == "ACTIVE"
+    # The agent found the domain of an ACTIVE server killed and is starting it again.
+    r = _observe(client, host, sid, "shutoff", key="stop-1", unexpected_stop="destroyed")
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["power_state"], r.json()["applied"]) == (
+        "ACTIVE", "running", True)
+    assert _events(client, sid) == ["observe", "domain_stopped_unexpectedly"]
+    with db(client) as s:
+        event = s.scalars(select(ServerEvent).where(
+            ServerEvent.server_id == sid,
+            ServerEvent.action == "domain_stopped_unexpectedly")).one()
+        assert (event.result, event.details["reason"]) == ("error", "destroyed")
+        assert "libvirt: destroyed" in event.message
+    # A retry of the same report records nothing more.
+    assert _observe(client, host, sid, "shutoff", key="stop-1",
+                    unexpected_stop="destroyed").json()["applied"] is False
+    # A crash (libvirt's crashed state) is reported with the state error: still no change.
+    r = _observe(client, host, sid, "error", unexpected_stop="crashed")
+    assert (r.json()["status"], r.json()["task_state"]) == ("ACTIVE", None)
+    assert _events(client, sid).count("domain_stopped_unexpectedly") == 2
+    # A server with a task in flight (a user's stop raced with it): nothing is recorded.
+    set_server(client, sid, task_state="powering-off")
+    r = _observe(client, host, sid, "shutoff", unexpected_stop="destroyed")
+    assert (r.json()["status"], r.json()["task_state"]) == ("ACTIVE", "powering-off")
+    assert _events(client, sid).count("domain_stopped_unexpectedly") == 2
+    for bad in ({"unexpected_stop": "shutdown"}, {"unexpected_stop": "destroyed",
+                                                  "state": "running"}):
+        body = {"state": "shutoff", "seen_at": utcnow().isoformat(), "idempotency_key": "z"}
+        r = client.post(f"/v1/agent/servers/{sid}/observations", json=body | bad,
+                        headers=host.headers)
+        assert (r.status_code, r.json()["code"]) == (422, "invalid_input"), bad
+
+
 def test_a_stale_observation_cannot_undo_a_newer_one(
     client: TestClient, host: EnrolledHost, project: str
 ) -> None:

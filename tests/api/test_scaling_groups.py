@@ -426,6 +426,23 @@ def test_unhealthy_members_are_replaced_and_the_activity_says_why(
     assert "is SHUTOFF" in replaced[shut]["cause"]
     assert len(show(client, acct, group["id"])["members"]) == 3
 
+    # Its domain was killed on the host: the agent reports the unexpected stop and starts it
+    # again (the server stays ACTIVE), and the group replaces it all the same.
+    killed = next(m["server_id"] for m in show(client, acct, group["id"])["members"]
+                  if m["seq"] == 4)
+    observe(client, agent_of(killed).headers, killed, "running")
+    r = observe(client, agent_of(killed).headers, killed, "shutoff", unexpected_stop="destroyed")
+    assert r["status"] == "ACTIVE"
+    run(client)
+    replaced = {a["deleted"][0]: a for a in activities(client, acct, group["id"])
+                if a["kind"] == "replace"}
+    assert replaced[killed]["rule"] == "domain_stopped"
+    assert "domain stopped without being asked (libvirt: destroyed)" in replaced[killed]["cause"]
+    assert client.get(f"/v1/servers/{killed}", headers=acct.headers).json()["status"] == \
+        "DELETING"
+    live = show(client, acct, group["id"])["members"]
+    assert len(live) == 3 and killed not in {m["server_id"] for m in live}
+
     # 5: its host goes down (no heartbeat for an hour): force-deleted and replaced.
     victim = show(client, acct, group["id"])["members"][0]["server_id"]
     victim_host = agent_of(victim)

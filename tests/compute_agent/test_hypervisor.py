@@ -118,6 +118,20 @@ def test_forced_stop_when_timeout_is_zero(hv: Hypervisor, tmp_path: Path) -> Non
     assert hv.observed(spec.server_id) == "shutoff"
 
 
+def test_stop_reason_says_why_a_domain_is_off(hv: Hypervisor, tmp_path: Path) -> None:
+    spec, _ = define(hv, tmp_path)
+    sid = spec.server_id
+    hv.start(sid)
+    assert hv.stop_reason(sid) is None  # running
+    hv.domain(sid).destroy()  # killed behind the agent's back
+    assert hv.stop_reason(sid) == "destroyed"
+    hv.start(sid)
+    assert hv.shutdown(sid, timeout=5) is True  # the guest powered off (ACPI)
+    assert hv.stop_reason(sid) == "shutdown"
+    hv.destroy_and_undefine(sid)
+    assert hv.stop_reason(sid) is None  # no domain
+
+
 def test_define_is_idempotent_and_keeps_one_domain(hv: Hypervisor, tmp_path: Path) -> None:
     spec, paths = define(hv, tmp_path)
     hv.define(spec, paths)

@@ -29,9 +29,11 @@ from tests.e2e.stack import (
     WAIT,
     ThreadAgent,
     agent_settings,
+    create_server,
     enrollment_token,
     host,
     upload_image,
+    wait_status,
     wait_until,
 )
 from tests.factories import Account, make_account, unique
@@ -109,6 +111,13 @@ def _reconcile_until(client: TestClient, check: Callable[[], bool], what: str,
         time.sleep(0.3)
 
 
+def _stop_events(api: str, member: Account, server_id: str) -> list[dict[str, Any]]:
+    """The server's ``domain_stopped_unexpectedly`` events, as its owner reads them."""
+    r = httpx.get(f"{api}/v1/servers/{server_id}/events", headers=member.headers)
+    assert r.status_code == 200, r.text
+    return [e for e in r.json()["events"] if e["action"] == "domain_stopped_unexpectedly"]
+
+
 def _create(api: str, member: Account, image_id: str, az: str, **body: Any) -> dict[str, Any]:
     r = httpx.post(f"{api}/v1/scaling-groups", headers=member.headers, json={
         "name": unique("web"), "launch": {"flavor": "tiny", "image": image_id,
@@ -176,9 +185,10 @@ def test_a_down_hosts_member_is_replaced_and_the_activity_says_why(
     # Soft anti-affinity spread them over the two hosts.
     assert sorted(by_host.values()) == sorted(a.name for a in agents)
 
-    # A domain killed on the host is restarted by its agent's level-triggered reconcile
-    # (desired running, found shut off: start), before the group could see it: the member is
-    # healed in place and stays the group's member.
+    # A domain killed on the host behind the agent's back (through the agent's own test
+    # connection: the test driver's state is per connection). The agent's level-triggered
+    # reconcile reports the unexpected stop, then starts it again (desired running, found shut
+    # off: start): the server stays ACTIVE and its events say what happened ...
     killed = members[0]["server_id"]
     owner = next(a for a in agents if a.name == by_host[killed])
     owner.agent.hv.domain(killed).destroy()
@@ -186,6 +196,25 @@ def test_a_down_hosts_member_is_replaced_and_the_activity_says_why(
                "the killed domain running again")
     wait_until(lambda: httpx.get(f"{api}/v1/servers/{killed}", headers=member.headers)
                .json()["status"] == "ACTIVE" or None, WAIT, "the member ACTIVE")
+    stops = _stop_events(api, member, killed)
+    assert [e["details"]["reason"] for e in stops] == ["destroyed"], stops
+    assert "libvirt: destroyed" in stops[0]["message"] and "host_id" not in stops[0]["details"]
+
+    # ... and the group, for which a member is cattle, replaces it on its next pass: the
+    # activity names the rule and libvirt's reason; the killed server is deleted.
+    _reconcile_until(
+        client, lambda: any(a["kind"] == "replace" and a["deleted"] == [killed]
+                            for a in _activities(api, member, gid)),
+        "the killed member replaced")
+    why = next(a for a in _activities(api, member, gid) if a["deleted"] == [killed])
+    assert why["rule"] == "domain_stopped", why
+    assert "domain stopped without being asked (libvirt: destroyed)" in why["cause"], why
+    _reconcile_until(client, lambda: _active(_group(api, member, gid)) == 2
+                     and killed not in {m["server_id"] for m in _group(api, member, gid)
+                                        ["members"]},
+                     "2 ACTIVE members again, without the killed one")
+    wait_until(lambda: httpx.get(f"{api}/v1/servers/{killed}", headers=member.headers)
+               .status_code == 404 or None, WAIT, "the killed member deleted")
 
     # A member's host goes down (its agent stops): force-deleted and replaced on the
     # other host. Down here means 3 s without a heartbeat.
@@ -213,3 +242,33 @@ def test_a_down_hosts_member_is_replaced_and_the_activity_says_why(
     _reconcile_until(client, lambda: httpx.get(f"{api}/v1/scaling-groups/{gid}",
                                                headers=member.headers).status_code == 404,
                      "the group gone", **fast_down)
+
+
+def test_an_ordinary_servers_killed_domain_is_restarted_in_place(
+    api: str, member: Account, image_id: str, client: TestClient,
+    fleet: tuple[Path, list[ThreadAgent]],
+) -> None:
+    _, agents = fleet
+    sid = create_server(api, member.headers, "tiny", image_id,
+                        availability_zone=agents[0].az)["id"]
+    wait_status(api, member.headers, sid, "ACTIVE")
+    name = httpx.get(f"{api}/v1/servers/{sid}", headers=ADMIN).json()["host"]
+    owner = next(a for a in agents if a.name == name)
+
+    # Killed behind the agent's back: reported (an event on the server), started again; a
+    # server of no group is healed in place, whatever the reconciler's passes.
+    owner.agent.hv.domain(sid).destroy()
+    wait_until(lambda: _stop_events(api, member, sid) or None, WAIT, "the stop reported")
+    wait_until(lambda: owner.agent.hv.domain(sid).isActive() == 1 or None, WAIT,
+               "the killed domain running again")
+    for _ in range(3):
+        run(client)
+    body = wait_status(api, member.headers, sid, "ACTIVE")
+    assert body["id"] == sid
+    assert [e["details"]["reason"] for e in _stop_events(api, member, sid)] == ["destroyed"]
+    assert owner.agent.hv.domain(sid).isActive() == 1
+
+    r = httpx.delete(f"{api}/v1/servers/{sid}", headers=member.headers)
+    assert r.status_code == 202, r.text
+    wait_until(lambda: httpx.get(f"{api}/v1/servers/{sid}", headers=member.headers)
+               .status_code == 404 or None, WAIT, "the server deleted")
