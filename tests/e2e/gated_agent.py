@@ -72,10 +72,9 @@ class GatedAgent(agent_module.Agent):
         client = self.client
 
         def put_migration_file(server_id: str, name: str, path: Path, sha256: str) -> None:
-            # The client's own request, with a body that pauses half-way for the disk.
             body: Any = (_GatedBody(path, self.gate, server_id) if name == "disk"
                          else path.read_bytes())
-            # The client's own retrying request, as its method sends it.
+            # The client's own retrying request, with a body that pauses half-way for the disk.
             client._request(
                 "PUT", f"/v1/agent/servers/{server_id}/migration/{name}", content=body,
                 timeout=600.0, headers={"X-Content-Sha256": sha256,
