@@ -1,7 +1,7 @@
 """kill -9 of the API at each step of a cold migration, then the API restarted on the same
-database and data directory: the move finishes, the server ends in one place (ACTIVE on the
-destination, running there and nowhere else), no allocation is left on the source, the
-relayed files are removed and the migration record is ``completed``.
+database and data directory: the move finishes, the server ends in one place (ACTIVE or
+SHUTOFF on the destination, running there and nowhere else when ACTIVE), no allocation is
+left on the source, the relayed files are removed and the migration record is ``completed``.
 
 Two real agents (libvirt test-driver nodes) run in this process as ``GatedAgent``s
 (tests/e2e/gated_agent.py): each test holds one agent at one point of the move, checks the
@@ -11,7 +11,6 @@ lets the agent go.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,15 @@ from tests.e2e.stack import (
     WAIT,
     ApiProcess,
     ThreadAgent,
+    action,
     allocated,
     create_server,
     server,
     start_test_driver_agent,
-    upload_image,
     wait_status,
     wait_until,
 )
-from tests.factories import Account, make_account, unique
+from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -51,17 +50,9 @@ def api_process(settings: Settings, client: object) -> Iterator[ApiProcess]:
 
 
 @pytest.fixture(scope="module")
-def member(api_process: ApiProcess) -> Account:
-    with httpx.Client(base_url=api_process.url) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def image(api_process: ApiProcess, member: Account,
-          tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("img") / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
-    return str(upload_image(api_process.url, member.headers, path.read_bytes(), "qcow2")["id"])
+def api(api_process: ApiProcess) -> str:
+    """The killable process is the module's API (``member`` and ``image_id`` use it)."""
+    return api_process.url
 
 
 @pytest.fixture(scope="module")
@@ -98,26 +89,32 @@ def running_on(pair: list[ThreadAgent], sid: str) -> list[str]:
     return [a.name for a in pair if (d := gated(a).last_seen.get(sid)) and d.state == "running"]
 
 
-# point, the agent held there, the migration's status and the server's task state then
+# point, the agent held there, the server's status, the migration's status and the server's
+# task state then. The source's removal is held for a SHUTOFF server: an ACTIVE one may or
+# may not be running on the destination by then (its task state is not settled).
 STEPS = [
-    ("export", "source", "preparing", "migrating-export"),
-    ("upload", "source", "preparing", "migrating-export"),
-    ("import", "destination", "migrating", "migrating-import"),
-    ("imported", "destination", "migrating", "migrating-import"),
-    ("start", "destination", "completed", "powering-on"),
-    ("remove", "source", "completed", None),
+    ("export", "source", "ACTIVE", "preparing", "migrating-export"),
+    ("upload", "source", "ACTIVE", "preparing", "migrating-export"),
+    ("import", "destination", "ACTIVE", "migrating", "migrating-import"),
+    ("imported", "destination", "ACTIVE", "migrating", "migrating-import"),
+    ("start", "destination", "ACTIVE", "completed", "powering-on"),
+    ("remove", "source", "SHUTOFF", "completed", None),
 ]
 
 
-@pytest.mark.parametrize(("point", "side", "step", "task_state"), STEPS,
+@pytest.mark.parametrize(("point", "side", "status", "step", "task_state"), STEPS,
                          ids=[s[0] for s in STEPS])
 def test_the_api_killed_at_a_step_of_a_cold_migration_finishes_it(
-        api_process: ApiProcess, member: Account, image: str, pair: list[ThreadAgent],
-        settings: Settings, point: str, side: str, step: str, task_state: str | None) -> None:
+        api_process: ApiProcess, member: Account, image_id: str, pair: list[ThreadAgent],
+        settings: Settings, point: str, side: str, status: str, step: str,
+        task_state: str | None) -> None:
     api = api_process.url
-    s = create_server(api, member.headers, "tiny", image, availability_zone=pair[0].az)
+    s = create_server(api, member.headers, "tiny", image_id, availability_zone=pair[0].az)
     sid = s["id"]
     wait_status(api, member.headers, sid, "ACTIVE")
+    if status == "SHUTOFF":
+        action(api, member.headers, sid, "stop")
+        wait_status(api, member.headers, sid, "SHUTOFF")
     host = server(api, ADMIN, sid)["host"]
     source, dest = pair if host == pair[0].name else pair[::-1]
     before = {a.name: allocated(api, a.host_id) for a in pair}
@@ -146,13 +143,17 @@ def test_the_api_killed_at_a_step_of_a_cold_migration_finishes_it(
     m = wait_until(lambda: (x := migration(api, sid))["status"] not in
                    ("preparing", "migrating") and x, WAIT, "the migration ended")
     assert (m["status"], m["fault"], m["progress"]) == ("completed", None, 100)
-    moved = wait_status(api, ADMIN, sid, "ACTIVE")
+    moved = wait_status(api, ADMIN, sid, status)
     assert moved["host"] == dest.name and moved["fault"] is None
-    # One place: running on the destination; the source removes its domain and files.
+    # One place: on the destination (running when it was ACTIVE); the source removes its
+    # domain and files.
     wait_until(lambda: sid not in gated(source).last_seen
                and not InstancePaths(source.agent.instances, sid).directory.exists(),
                WAIT, "the source's copy removed")
-    wait_until(lambda: running_on(pair, sid) == [dest.name], WAIT, "running on the destination")
+    power = "running" if status == "ACTIVE" else "shutoff"
+    wait_until(lambda: (d := gated(dest).last_seen.get(sid)) and d.state == power, WAIT,
+               f"{power} on the destination")
+    assert running_on(pair, sid) == ([dest.name] if status == "ACTIVE" else [])
     # Allocations only on the destination: the server's sizes left the source (measured
     # with the server on it) and arrived on the destination.
     assert allocated(api, source.host_id) == {
