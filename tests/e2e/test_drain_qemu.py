@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -43,11 +43,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 PATTERN = "0x6b"  # what test_cold_migration_qemu.pattern_ok reads back
 NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 TICK = "minicloud-guest: tick 2 "
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
 
 
 def start_agent(api: str, lh: LibvirtHost, zone: str) -> ThreadAgent:
