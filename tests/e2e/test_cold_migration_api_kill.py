@@ -6,7 +6,7 @@ left on the source, the relayed files are removed and the migration record is ``
 Two real agents (libvirt test-driver nodes) run in this process as ``GatedAgent``s
 (tests/e2e/gated_agent.py): each test holds one agent at one point of the move, checks the
 migration's step through the API, kills the API process with SIGKILL, starts it again and
-lets the agent go.
+lets the agent go. The last test does the same while a drain moves every server of a host.
 """
 
 from __future__ import annotations
@@ -164,3 +164,57 @@ def test_the_api_killed_at_a_step_of_a_cold_migration_finishes_it(
     events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN).json()["events"]
     moves = [(e["action"], e["result"]) for e in events if e["action"] == "migrate"]
     assert moves == [("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
+
+
+
+def on_host(api: str, name: str) -> dict[str, str]:
+    """{server id: status} of every server on a host (admin)."""
+    r = httpx.get(f"{api}/v1/servers", headers=ADMIN, params={"host": name, "limit": 1000})
+    assert r.status_code == 200, r.text
+    return {x["id"]: x["status"] for x in r.json()["servers"]}
+
+
+def test_the_api_killed_while_a_drain_moves_servers_finishes_the_drain(
+        api_process: ApiProcess, member: Account, image_id: str, pair: list[ThreadAgent],
+        settings: Settings) -> None:
+    api = api_process.url
+    s = create_server(api, member.headers, "tiny", image_id, availability_zone=pair[0].az)
+    sid = s["id"]
+    wait_status(api, member.headers, sid, "ACTIVE")
+    host = server(api, ADMIN, sid)["host"]
+    source, dest = pair if host == pair[0].name else pair[::-1]
+    # Every server on the host moves (the earlier tests' too), each in its own power state.
+    before = on_host(api, source.name)
+    assert sid in before and set(before.values()) <= {"ACTIVE", "SHUTOFF"}
+    gate = gated(source).arm("export", sid)
+    try:
+        r = httpx.post(f"{api}/v1/hosts/{source.host_id}/drain", headers=ADMIN)
+        assert r.status_code == 202, r.text
+        assert sorted(r.json()["moving"]) == sorted(before) and r.json()["refused"] == []
+        assert gate.reached.wait(WAIT), "the source never reached export"
+        assert migration(api, sid)["status"] == "preparing"
+        api_process.kill()
+        api_process.start()
+    finally:
+        gate.release.set()
+    try:
+        def drained() -> dict[str, Any] | None:
+            view: dict[str, Any] = httpx.get(f"{api}/v1/hosts/{source.host_id}/drain",
+                                             headers=ADMIN).json()
+            return view if view["state"] == "drained" else None
+        view = wait_until(drained, WAIT, "the host drained")
+        assert (view["servers_left"], view["moving"], view["refused"]) == (0, [], [])
+        for m, status in before.items():
+            moved = wait_status(api, ADMIN, m, status)
+            assert moved["host"] == dest.name and moved["fault"] is None
+            last = httpx.get(f"{api}/v1/servers/{m}/migrations", headers=ADMIN).json()
+            assert last["migrations"][0]["status"] == "completed"
+            relayed = Path(settings.data_dir) / "migrations" / last["migrations"][0]["id"]
+            wait_until(lambda r=relayed: not r.exists(), WAIT, "the relayed files removed")
+        wait_until(lambda: not any(m in gated(source).last_seen for m in before), WAIT,
+                   "the source emptied")
+        assert allocated(api, source.host_id) == dict.fromkeys(TINY, 0)
+        assert on_host(api, source.name) == {}
+    finally:
+        r = httpx.delete(f"{api}/v1/hosts/{source.host_id}/drain", headers=ADMIN)
+        assert r.status_code == 200, r.text
