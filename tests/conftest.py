@@ -22,7 +22,7 @@ from api.config import Settings
 from api.main import create_app
 from api.migrate import upgrade
 from tests.db import backend, fresh_database
-from tests.factories import bearer
+from tests.factories import Account, bearer, make_account
 
 ADMIN_TOKEN = "mcac_test-admin-token-0123456789abcdef"
 
@@ -218,3 +218,23 @@ def pool(client: TestClient, _pool_host: dict[str, str]) -> dict[str, str]:
     r = client.post("/v1/agent/heartbeat", headers=_pool_host, json={"observed": []})
     assert r.status_code == 200, r.text
     return _pool_host
+
+
+# The module's own API (``api``) is defined next to the tests: tests/e2e/conftest.py gives each
+# module a process of its own; other modules pick one (e.g. ``shared_api``).
+
+@pytest.fixture(scope="module")
+def member(api: str) -> Account:
+    """A member of a new project, made through the module's ``api``."""
+    with httpx.Client(base_url=api) as c:
+        return make_account(c, bearer(ADMIN_TOKEN))
+
+
+@pytest.fixture(scope="module")
+def image_id(api: str, member: Account, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty 16 MiB qcow2 image of ``member``'s project, uploaded through ``api``."""
+    from tests.e2e.stack import upload_image  # tests.e2e.stack imports this module
+
+    path = tmp_path_factory.mktemp("img") / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    return str(upload_image(api, member.headers, path.read_bytes(), "qcow2")["id"])

@@ -26,11 +26,10 @@ from tests.e2e.stack import (
     REPO,
     WAIT,
     create_server,
-    upload_image,
     wait_status,
     wait_until,
 )
-from tests.factories import Account, make_account, unique
+from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -38,19 +37,6 @@ pytestmark = [pytest.mark.libvirt]
 @pytest.fixture(scope="module")
 def api(shared_api: str) -> str:
     return shared_api
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def image_id(api: str, member: Account, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("img") / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
-    return str(upload_image(api, member.headers, path.read_bytes(), "qcow2")["id"])
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -40,3 +40,9 @@ def two_libvirt_hosts(libvirt_host_pool: LibvirtHosts) -> Iterator[list[LibvirtH
     libvirt_host_pool.clean()
     yield hosts
     libvirt_host_pool.clean()
+
+
+@pytest.fixture(scope="module")
+def api(live_api: Callable[[int], list[str]]) -> str:
+    """A ``minicloud-api`` process of the module's own (a module may pick another)."""
+    return live_api(1)[0]

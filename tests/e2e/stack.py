@@ -147,9 +147,11 @@ def agent_settings(api: str, home: Path, name: str, uri: str, **extra: Any) -> A
 
 def start_test_driver_agent(api: str, home: Path, *, vcpus: int = 4, ram_mb: int = 8192,
                             disk_gb: int = 100, name: str | None = None,
-                            network: str = "default", az: str = "nova") -> ThreadAgent:
-    """Enroll and run an agent on its own test-driver node of the given size (in zone ``az``:
-    tests give each their own zone, so the scheduler places their servers on their hosts)."""
+                            network: str = "default", az: str = "nova",
+                            agent_class: type[Agent] = Agent) -> ThreadAgent:
+    """Enroll and run an agent (``agent_class``: the real one, or a test subclass) on its own
+    test-driver node of the given size (in zone ``az``: tests give each their own zone, so the
+    scheduler places their servers on their hosts)."""
     name = name or unique("sim")
     home.mkdir(parents=True, exist_ok=True)
     uri = write_test_node_xml(home / "node.xml", vcpus, ram_mb,
@@ -157,7 +159,7 @@ def start_test_driver_agent(api: str, home: Path, *, vcpus: int = 4, ram_mb: int
     settings = agent_settings(api, home, name, uri, disk_gb=disk_gb, network=network,
                               availability_zone=az)
     cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
-    agent = Agent(settings, cred, Hypervisor(uri), "qemu")
+    agent = agent_class(settings, cred, Hypervisor(uri), "qemu")
     thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
     thread.start()
     wait_until(lambda: (h := host(api, cred.host_id))["state"] == "up" and h["resources"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +29,14 @@ from tests.e2e.stack import (
     create_server,
     server,
     start_test_driver_agent,
-    upload_image,
     wait_status,
     wait_until,
 )
-from tests.factories import Account, make_account, unique
+from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
 
 PATTERN = "0x5a"
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def image(api: str, member: Account, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("img") / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
-    return str(upload_image(api, member.headers, path.read_bytes(), "qcow2")["id"])
 
 
 @pytest.fixture
@@ -100,8 +81,8 @@ def boot_on(api: str, member: Account, image: str, pair: list[ThreadAgent],
 
 @pytest.mark.parametrize("status", ["SHUTOFF", "ACTIVE"])
 def test_cold_migration_moves_the_server_with_its_disk(
-        api: str, member: Account, image: str, pair: list[ThreadAgent], status: str) -> None:
-    s = boot_on(api, member, image, pair, status)
+        api: str, member: Account, image_id: str, pair: list[ThreadAgent], status: str) -> None:
+    s = boot_on(api, member, image_id, pair, status)
     sid = s["id"]
     source, dest = pair if s["host"] == pair[0].name else pair[::-1]
     src_paths = InstancePaths(source.agent.instances, sid)
@@ -157,9 +138,9 @@ def restart(old: ThreadAgent) -> ThreadAgent:
 
 
 def test_a_corrupt_relayed_disk_reverts_the_move_to_the_source(
-        api: str, member: Account, image: str, pair: list[ThreadAgent],
+        api: str, member: Account, image_id: str, pair: list[ThreadAgent],
         settings: Settings) -> None:
-    s = boot_on(api, member, image, pair, "ACTIVE")
+    s = boot_on(api, member, image_id, pair, "ACTIVE")
     sid = s["id"]
     source, dest = pair if s["host"] == pair[0].name else pair[::-1]
     dest.stop()  # the destination waits while the test spoils the relayed disk
@@ -193,8 +174,8 @@ def test_a_corrupt_relayed_disk_reverts_the_move_to_the_source(
 
 @pytest.mark.parametrize("side", ["source", "destination"])
 def test_an_agent_restarting_in_the_middle_of_the_move_finishes_it(
-        api: str, member: Account, image: str, pair: list[ThreadAgent], side: str) -> None:
-    s = boot_on(api, member, image, pair, "ACTIVE")
+        api: str, member: Account, image_id: str, pair: list[ThreadAgent], side: str) -> None:
+    s = boot_on(api, member, image_id, pair, "ACTIVE")
     sid = s["id"]
     source, dest = pair if s["host"] == pair[0].name else pair[::-1]
     write_pattern(InstancePaths(source.agent.instances, sid).disk)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import libvirt
@@ -40,11 +40,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 PATTERN = "0x6b"
 NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
 
 
 @pytest.fixture

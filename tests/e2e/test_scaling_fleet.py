@@ -10,7 +10,6 @@ policy's windows are short so the whole cycle takes seconds.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,31 +31,12 @@ from tests.e2e.stack import (
     create_server,
     enrollment_token,
     host,
-    upload_image,
     wait_status,
     wait_until,
 )
-from tests.factories import Account, make_account, unique
+from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def image_id(api: str, member: Account, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("img") / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
-    return str(upload_image(api, member.headers, path.read_bytes(), "qcow2")["id"])
 
 
 @pytest.fixture
