@@ -327,13 +327,16 @@ def timed_http(client: httpx.Client, params: dict[str, str], repeat: int,
             "load": _load()}
 
 
-def cpu_window(api_pid: int, seconds: float) -> float:
-    """The API's CPU over ``seconds`` of doing nothing here, % of one core."""
+def cpu_window(api_pid: int, seconds: float) -> tuple[float, float]:
+    """The API's CPU and run-queue wait over ``seconds`` of doing nothing here, % of one
+    core."""
     from bench.fleet import cpu_seconds
 
-    cpu0, t0 = cpu_seconds(api_pid), time.perf_counter()
+    cpu0, wait0, t0 = cpu_seconds(api_pid), run_queue_wait(api_pid), time.perf_counter()
     time.sleep(seconds)
-    return 100 * (cpu_seconds(api_pid) - cpu0) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return (100 * (cpu_seconds(api_pid) - cpu0) / wall,
+            100 * max(0.0, run_queue_wait(api_pid) - wait0) / wall)
 
 
 def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
@@ -356,7 +359,7 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
         fleet.start()
         try:
             started = parent.recv()
-            idle_cpu = cpu_window(api.pid, args.fleet_heartbeat)
+            idle_cpu, idle_wait = cpu_window(api.pid, args.fleet_heartbeat)
             busy = {name: timed_http(client, params, args.http_repeat, api.pid)
                     for name, params, _ in requests}
             parent.send("stop")
@@ -372,10 +375,11 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
           f"{args.fleet_heartbeat:g} s heartbeats")
     print(f"# fleet: {started['enrolled']} enrolled ({started['enroll_failed']} failed), "
           f"{started['up']} up after {started['up_after_s']} s; API CPU with the fleet alone "
-          f"{idle_cpu:.1f} % of one core; at the end {ended['up']} of {n} up, fleet 5xx "
-          f"{ended['server_errors']}")
+          f"{idle_cpu:.1f} % of one core (threads waiting for a CPU {idle_wait:.1f} %); "
+          f"at the end {ended['up']} of {n} up, fleet 5xx {ended['server_errors']}")
     print(f"# fleet calls: {ended['calls']}")
-    print("| backend | report | fleet | median | p95 | max | API CPU | API waiting for a CPU "
+    print("| backend | report | fleet | median | p95 | max | API CPU | API threads waiting "
+          "for a CPU "
           "| 5xx | load (1/5/15) | budget |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, _, budget in requests:
