@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import random
@@ -223,16 +224,21 @@ def add_projects(url: str) -> None:
 
 
 @contextmanager
-def api_process(url: str, port: int, work: Path) -> Iterator[subprocess.Popen[bytes]]:
+def api_process(url: str, port: int, work: Path,
+                trace: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """One real ``minicloud-api`` process on ``url`` (as bench/idle_fleet_run.sh starts it),
-    stopped on exit."""
+    stopped on exit; with ``trace``, bench/report_trace_api.py logging each report's phases
+    there."""
     env = {**os.environ, "MINICLOUD_DATABASE_URL": url, "MINICLOUD_DATA_DIR": str(work / "data"),
            "MINICLOUD_LOG_LEVEL": "WARNING", "MINICLOUD_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
            "PYTHONPATH": str(ROOT)}
+    program = ["-c", "from api.server import run; run()"]
+    if trace is not None:
+        env["MINICLOUD_REPORT_TRACE"] = str(trace)
+        program = [str(ROOT / "bench" / "report_trace_api.py")]
     with open(work / "api.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from api.server import run; run()",
-             "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, *program, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             for _ in range(240):
@@ -344,6 +350,28 @@ def cpu_window(api_pid: int, seconds: float) -> tuple[float, float]:
     return 100 * (cpu_seconds(api_pid) - cpu0) / wall, 100 * waited_since(api_pid, wait0) / wall
 
 
+def trace_summary(lines: list[str], label: str) -> None:
+    """Median wall = CPU + waiting for a CPU + blocked (ms) of each traced phase of the
+    all-projects reports."""
+    by: dict[str, list[dict[str, float]]] = {}
+    for line in lines:
+        row = json.loads(line)
+        if row["all"]:
+            by.setdefault(row["phase"], []).append(row)
+    for phase in ("build_report", "segment_sums", "execute"):
+        rows = by.get(phase, [])
+        if not rows:
+            continue
+
+        def med(key: str, rows: list[dict[str, float]] = rows) -> float:
+            return 1000 * statistics.median(r[key] for r in rows)
+
+        blocked = max(0.0, 1000 * statistics.median(r["wall"] - r["cpu"] - r["rq"] for r in rows))
+        print(f"| {label} | {phase} | {len(rows)} | {med('wall'):.0f} ms | {med('cpu'):.0f} ms | "
+              f"{med('rq'):.0f} ms | {blocked:.0f} ms | {1000 * max(r['wall'] for r in rows):.0f}"
+              " ms |")
+
+
 def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
     """The month report over HTTP without and then under an N-host fleet; prints the table."""
     backend = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
@@ -352,11 +380,16 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
     requests = [("all projects", month, 1000), ("one project", {**month,
                                                                  "project_id": one_project}, 100)]
     base = f"http://127.0.0.1:{args.port}"
-    with tempfile.TemporaryDirectory() as tmp, api_process(url, args.port, Path(tmp)) as api, \
+    trace = args.trace_report
+    if trace is not None:
+        trace.write_text("")
+    with tempfile.TemporaryDirectory() as tmp, \
+            api_process(url, args.port, Path(tmp), trace) as api, \
             httpx.Client(base_url=base, timeout=120,
                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         quiet = {name: timed_http(client, params, args.http_repeat, api.pid)
                  for name, params, _ in requests}
+        quiet_lines = trace.read_text().splitlines() if trace is not None else []
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         fleet = ctx.Process(target=fleet_process, daemon=True, args=(
@@ -394,6 +427,13 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
                   f"{m['max'] * 1000:.0f} ms | {m['cpu']:.0f} % | {m['wait']:.0f} % | {m['5xx']} | "
                   f"{m['load']} | "
                   f"{budget} ms |")
+    if trace is not None:
+        print("# where the all-projects reports' time went in the API (medians; blocked: GIL, "
+              f"locks, I/O), from {trace}")
+        print("| fleet | phase | calls | wall | CPU | waiting for a CPU | blocked | max wall |")
+        print("|---|---|---|---|---|---|---|---|")
+        trace_summary(quiet_lines, "none")
+        trace_summary(trace.read_text().splitlines()[len(quiet_lines):], f"{n} hosts")
 
 
 def main() -> None:
@@ -417,6 +457,9 @@ def main() -> None:
                     "the timed requests: the enrollment storm's retries die down first")
     ap.add_argument("--http-repeat", type=int, default=20)
     ap.add_argument("--port", type=int, default=18870)
+    ap.add_argument("--trace-report", type=Path, default=None, metavar="FILE",
+                    help="with --under-fleet: run the API as bench/report_trace_api.py, log "
+                    "each report phase's wall, CPU and run-queue wait to FILE, summarize them")
     args = ap.parse_args()
     reuse = args.sqlite_file is not None and args.sqlite_file.exists()
     with database(args.database_url, args.sqlite_file) as url:
