@@ -351,25 +351,24 @@ def cpu_window(api_pid: int, seconds: float) -> tuple[float, float]:
 
 
 def trace_summary(lines: list[str], label: str) -> None:
-    """Median wall = CPU + waiting for a CPU + blocked (ms) of each traced phase of the
-    all-projects reports."""
+    """Mean wall = CPU + waiting for a CPU + blocked (ms) of each traced phase of the
+    all-projects reports (bench/report_trace_api.py), and the longest wall."""
     by: dict[str, list[dict[str, float]]] = {}
     for line in lines:
         row = json.loads(line)
         if row["all"]:
             by.setdefault(row["phase"], []).append(row)
-    for phase in ("build_report", "segment_sums", "execute"):
+    for phase in ("app", "endpoint", "build_report", "segment_sums", "execute"):
         rows = by.get(phase, [])
         if not rows:
             continue
-
-        def med(key: str, rows: list[dict[str, float]] = rows) -> float:
-            return 1000 * statistics.median(r[key] for r in rows)
-
-        blocked = max(0.0, 1000 * statistics.median(r["wall"] - r["cpu"] - r["rq"] for r in rows))
-        print(f"| {label} | {phase} | {len(rows)} | {med('wall'):.0f} ms | {med('cpu'):.0f} ms | "
-              f"{med('rq'):.0f} ms | {blocked:.0f} ms | {1000 * max(r['wall'] for r in rows):.0f}"
-              " ms |")
+        wall, cpu, rq = (1000 * statistics.fmean(r[k] for r in rows) for k in ("wall", "cpu", "rq"))
+        longest = 1000 * max(r["wall"] for r in rows)
+        if phase in ("app", "endpoint"):  # measured on the event loop: its wall time only
+            print(f"| {label} | {phase} | {len(rows)} | {wall:.0f} ms | | | | {longest:.0f} ms |")
+            continue
+        print(f"| {label} | {phase} | {len(rows)} | {wall:.0f} ms | {cpu:.0f} ms | {rq:.0f} ms | "
+              f"{max(0.0, wall - cpu - rq):.0f} ms | {longest:.0f} ms |")
 
 
 def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
@@ -428,8 +427,8 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
                   f"{m['load']} | "
                   f"{budget} ms |")
     if trace is not None:
-        print("# where the all-projects reports' time went in the API (medians; blocked: GIL, "
-              f"locks, I/O), from {trace}")
+        print("# where the all-projects reports' time went in the API (means per call; blocked: "
+              f"the GIL, locks, I/O), from {trace}")
         print("| fleet | phase | calls | wall | CPU | waiting for a CPU | blocked | max wall |")
         print("|---|---|---|---|---|---|---|---|")
         trace_summary(quiet_lines, "none")
