@@ -17,7 +17,10 @@ one ``minicloud-api`` process on the loaded database answers ``GET /v1/usage`` f
 (all projects, and one project) over HTTP, first with nothing else running, then while N
 simulated hosts (bench/fleet.py, in a separate process) heartbeat every ``--fleet-heartbeat``
 seconds and long-poll into the same database. It prints median / p95 / max of each request
-side by side, the API's CPU meanwhile, the 5xx count and how many hosts are still up.
+side by side, the API's CPU meanwhile, the 5xx count and how many hosts are still up, and
+exits 1 when any answer was a 5xx or a host was not up at the end. ``--trace-report FILE``
+runs that API as bench/report_trace_api.py and splits each report's time in it into CPU,
+waiting for a CPU and blocked.
 
 Usage::
 
@@ -371,8 +374,9 @@ def trace_summary(lines: list[str], label: str) -> None:
               f"{max(0.0, wall - cpu - rq):.0f} ms | {longest:.0f} ms |")
 
 
-def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
-    """The month report over HTTP without and then under an N-host fleet; prints the table."""
+def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> bool:
+    """The month report over HTTP without and then under an N-host fleet; prints the table.
+    True when no answer was a 5xx and every host was still up at the end."""
     backend = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
     add_projects(url)
     month = {"start": MONTH[0].isoformat(), "end": MONTH[1].isoformat()}
@@ -415,17 +419,15 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
           f"{idle_cpu:.1f} % of one core (threads waiting for a CPU {idle_wait:.1f} %); "
           f"at the end {ended['up']} of {n} up, fleet 5xx {ended['server_errors']}")
     print(f"# fleet calls: {ended['calls']}")
-    print("| backend | report | fleet | median | p95 | max | API CPU | API threads waiting "
-          "for a CPU "
-          "| 5xx | load (1/5/15) | budget |")
+    print("| backend | report | fleet | median | p95 | max | API CPU "
+          "| API threads waiting for a CPU | 5xx | load (1/5/15) | budget |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, _, budget in requests:
         for label, m in (("none", quiet[name]), (f"{n} hosts", busy[name])):
             print(f"| {backend} | {name} ({m['projects']} in the answer) | {label} | "
                   f"{m['median'] * 1000:.0f} ms | {m['p95'] * 1000:.0f} ms | "
                   f"{m['max'] * 1000:.0f} ms | {m['cpu']:.0f} % | {m['wait']:.0f} % | {m['5xx']} | "
-                  f"{m['load']} | "
-                  f"{budget} ms |")
+                  f"{m['load']} | {budget} ms |")
     if trace is not None:
         print("# where the all-projects reports' time went in the API (means per call; blocked: "
               f"the GIL, locks, I/O), from {trace}")
@@ -433,6 +435,8 @@ def under_fleet(url: str, one_project: str, args: argparse.Namespace) -> None:
         print("|---|---|---|---|---|---|---|---|")
         trace_summary(quiet_lines, "none")
         trace_summary(trace.read_text().splitlines()[len(quiet_lines):], f"{n} hosts")
+    return (ended["up"] == n and ended["server_errors"] == 0 and started["enroll_failed"] == 0
+            and all(m["5xx"] == 0 for m in (*quiet.values(), *busy.values())))
 
 
 def main() -> None:
@@ -526,8 +530,8 @@ def main() -> None:
         print(f"| {backend} | record() one entry (100-entry server) | "
               f"{rec_med * 1000:.1f} ms | {rec_max * 1000:.1f} ms | - |")
         sys.stdout.flush()
-        if args.under_fleet:
-            under_fleet(url, str(one), args)
+        ok = not args.under_fleet or under_fleet(url, str(one), args)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
