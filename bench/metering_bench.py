@@ -220,7 +220,7 @@ def add_projects(url: str) -> None:
         known = set(conn.scalars(select(Project.id)))
         ids = sorted(set(conn.scalars(select(UsageServer.project_id).distinct())) - known)
         if ids:
-            conn.execute(insert(Project.__table__), [
+            conn.execute(insert(Project), [
                 {"id": pid, "name": f"bench-{pid[:8]}", "description": "", "generation": 0,
                  "created_at": datetime.now(UTC)} for pid in ids])
     engine.dispose()

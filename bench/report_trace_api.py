@@ -100,7 +100,7 @@ async def _endpoint(*, dependant: Any, values: dict[str, Any], is_coroutine: boo
         _log("endpoint", start)
 
 
-fastapi.routing.run_endpoint_function = _endpoint  # type: ignore[assignment]
+fastapi.routing.run_endpoint_function = _endpoint
 _create_app = api.main.create_app
 
 
@@ -121,7 +121,7 @@ def _traced_app(*args: Any, **kwargs: Any) -> Any:
     return traced
 
 
-api.main.create_app = _traced_app  # type: ignore[assignment]
+api.main.create_app = _traced_app
 
 if __name__ == "__main__":
     from api.server import run
