@@ -108,7 +108,8 @@ def _drain_out(v: drain.DrainView) -> DrainOut:
 def drain_host(host_id: PathId, admin: AdminUser, session: SessionDep,
                settings: SettingsDep) -> DrainOut:
     """Drain a host (admin): no new placements there, and every ACTIVE or SHUTOFF server is
-    cold-migrated to a host the placement service picks. Servers that cannot move are listed
+    migrated to a host the placement service picks (ACTIVE ones live when this host and
+    another registered a migration endpoint, otherwise cold). Servers that cannot move are listed
     in `refused` with the scheduler's explained refusal; posting again retries them. Once
     `servers_left` is 0 the state is `drained` and `DELETE /v1/hosts/{id}` decommissions it."""
     return _drain_out(drain.start(session, settings, admin, host_id))

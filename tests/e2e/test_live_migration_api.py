@@ -218,3 +218,43 @@ def test_an_abort_while_the_destination_prepares_reverts_at_once(
     r = httpx.post(f"{api}/v1/servers/{sid}/migration/abort", headers=member.headers)
     assert (r.status_code, r.json()["code"]) == (409, "migration_not_abortable")
     assert ledger(api, member.headers, sid) == ["created", "running"]
+
+
+def test_a_drain_moves_active_servers_live_and_shutoff_ones_cold(
+        api: str, member: Account, image: str, tmp_path: Path) -> None:
+    zone = unique("az")
+    # Both servers boot on the zone's only host; the other host joins afterwards.
+    source = start(api, tmp_path / "a", zone, endpoint=True)
+    dest: ThreadAgent | None = None
+    try:
+        running = boot(api, member, image, zone)["id"]
+        stopped = boot(api, member, image, zone)["id"]
+        r = httpx.post(f"{api}/v1/servers/{stopped}/actions", json={"action": "stop"},
+                       headers=member.headers)
+        assert r.status_code == 202, r.text
+        wait_status(api, member.headers, stopped, "SHUTOFF")
+        dest = start(api, tmp_path / "b", zone, endpoint=True)
+
+        r = httpx.post(f"{api}/v1/hosts/{source.host_id}/drain", headers=ADMIN)
+        assert r.status_code == 202, r.text
+
+        def settled() -> dict[str, Any] | None:
+            v: dict[str, Any] = httpx.get(f"{api}/v1/hosts/{source.host_id}/drain",
+                                          headers=ADMIN).json()
+            return v if not v["moving"] else None
+
+        view = wait_until(settled, WAIT, "the drain's moves settled")
+        assert migrations(api, running)[0]["kind"] == "live"
+        assert migrations(api, stopped)[0]["kind"] == "cold"
+        assert (server(api, ADMIN, stopped)["host"], view["completed"]) == (dest.name, 1)
+        # The test driver cannot copy a running domain: the live move is refused with its
+        # fault and the guest keeps running on the draining host.
+        assert [(x["server_id"], x["code"]) for x in view["refused"]] == [
+            (running, "migration_failed")]
+        back = server(api, ADMIN, running)
+        assert (back["status"], back["host"]) == ("ACTIVE", source.name)
+    finally:
+        httpx.delete(f"{api}/v1/hosts/{source.host_id}/drain", headers=ADMIN)
+        source.stop()
+        if dest is not None:
+            dest.stop()
