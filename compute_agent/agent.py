@@ -799,11 +799,6 @@ class Agent:
         while True:
             try:
                 job = migration.active_migration(self.hv, sid)
-            except HypervisorError as exc:
-                # No job can be read (a driver without job stats): there is none to wait
-                # for; the migration below fails cleanly if libvirt is not usable.
-                log.info("live migration of %s: no job stats: %s", sid, exc)
-                job = None
             except DomainNotFound:
                 try:
                     there = migration.runs_at(dest_uri, sid)
@@ -814,6 +809,11 @@ class Agent:
                     return
                 raise BuildError("the domain is neither here nor on the destination") \
                     from None
+            except HypervisorError as exc:
+                # No job can be read (a driver without job stats): there is none to wait
+                # for; the migration below fails cleanly if libvirt is not usable.
+                log.info("live migration of %s: no job stats: %s", sid, exc)
+                job = None
             if job is None:
                 break
             log.info("live migration of %s: waiting for the copy in progress", sid)

@@ -21,7 +21,9 @@ import libvirt
 import pytest
 
 from compute_agent.agent import Agent, ensure_enrolled
+from compute_agent.config import load_credential
 from compute_agent.hypervisor import Hypervisor
+from compute_agent.migration import live_migrate, migratable_xml, rewrite_paths, set_host_id
 from compute_agent.spec import InstancePaths
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
@@ -105,6 +107,13 @@ def ticks(text: str) -> list[tuple[int, float]]:
     return [(int(n), float(up)) for n, up in TICK.findall(text)]
 
 
+def ticked_past(api: str, sid: str, tick: int) -> str | None:
+    """The console through the API once it shows tick number ``tick`` or a later one."""
+    text = console(api, sid)
+    seen = ticks(text)
+    return text if seen and seen[-1][0] >= tick else None
+
+
 def ledger(api: str, sid: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{api}/v1/usage/servers/{sid}", headers=ADMIN,
                   params={"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"})
@@ -113,15 +122,20 @@ def ledger(api: str, sid: str) -> list[dict[str, Any]]:
     return entries
 
 
-def test_live_migration_of_a_real_guest_through_the_api(
-        api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
+def guest_image(api: str) -> str:
+    """The tiny guest's disk image (with its kernel and initrd) uploaded to the API."""
     built = build_guest_image()
     kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
     ramdisk = upload_image(api, ADMIN, (built / "initrd.img").read_bytes(), "ari")
     disk = upload_image(api, ADMIN, (built / "disk.qcow2").read_bytes(), "qcow2",
                         properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
                                     "kernel_cmdline": (built / "cmdline").read_text().strip()})
-    s = create_server(api, ADMIN, "tiny", disk["id"], availability_zone=agents[0].az)
+    return str(disk["id"])
+
+
+def test_live_migration_of_a_real_guest_through_the_api(
+        api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
     sid = s["id"]
     wait_status(api, ADMIN, sid, "ACTIVE")
     first = server(api, ADMIN, sid)["host"]
@@ -158,8 +172,7 @@ def test_live_migration_of_a_real_guest_through_the_api(
     # Same boot: the console, through the API (B's agent ships it now), goes on ticking after
     # what it showed before the move, with the kernel's uptime going on, and shows no new
     # boot (a new boot would count its ticks from 1 again).
-    shown = wait_until(lambda: (t := console(api, sid)) and ticks(t)
-                       and ticks(t)[-1][0] >= last_a[0] + 3 and t, WAIT,
+    shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
                        "B's console ticking through the API")
     after = ticks(shown)
     assert BOOTED not in shown
@@ -192,5 +205,73 @@ def test_live_migration_of_a_real_guest_through_the_api(
     # One billed run: the move added no ledger entry (no stop, no second start).
     assert ledger(api, sid) == billed_before
 
+    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+    wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
+
+
+def restart(old: ThreadAgent) -> ThreadAgent:
+    """The same host's agent as a new process would be: same settings and credential."""
+    settings = old.agent.settings
+    cred = load_credential(settings.state_dir)
+    assert cred is not None
+    agent = Agent(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
+    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
+    thread.start()
+    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
+
+
+def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
+        api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    wait_until(lambda: len(ticks(console(api, sid))) >= 3, WAIT, "the guest ticking")
+    last_a = ticks(console(api, sid))[-1]
+    billed_before = ledger(api, sid)
+
+    # The source's agent is gone when the move starts; the destination prepares its files.
+    a.stop()
+    r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                   json={"action": "migrate", "live": True})
+    assert r.status_code == 202, r.text
+    wait_until(lambda: server(api, ADMIN, sid)["task_state"] == "live-migrating", WAIT,
+               "the destination ready")
+    # What a copy started by the dead agent leaves once libvirtd finished it: the guest runs
+    # on B, gone from A (the same call the agent makes, with what B registered).
+    endpoint = host(api, b.host_id)["migration_endpoint"]
+    path_map = {str(a.agent.instances): endpoint["instances_dir"],
+                str(lh_a.images_dir.resolve()): endpoint["image_cache_dir"]}
+    with Hypervisor(lh_a.uri) as hv_a:
+        live, persistent = migratable_xml(hv_a, sid)
+        live_migrate(hv_a, sid, dest_libvirt_uri=endpoint["libvirt_uri"],
+                     migrate_uri=endpoint["migrate_uri"],
+                     dest_xml=set_host_id(rewrite_paths(live, path_map), b.host_id),
+                     persist_xml=set_host_id(rewrite_paths(persistent, path_map), b.host_id),
+                     max_downtime_ms=300, timeout_s=WAIT)
+    assert server(api, ADMIN, sid)["status"] == "MIGRATING"
+
+    # A's agent comes back: it finds the domain gone and running on B, and reports the move
+    # done instead of starting the guest again or failing the move.
+    revived = restart(a)
+    agents[agents.index(a)] = revived
+    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
+                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+                       f"server ACTIVE on {b.name}")
+    assert moved["fault"] is None
+    shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
+                       "B's console ticking through the API")
+    assert BOOTED not in shown and ticks(shown)[0][0] > last_a[0]
+    wait_until(lambda: domains(lh_a) == []
+               and not InstancePaths(revived.agent.instances, sid).directory.exists(), WAIT,
+               "A's files removed")
+    assert domains(lh_b) == [sid]
+    assert allocated(api, a.host_id) == NOTHING
+    assert allocated(api, b.host_id) == SIZES
+    r = httpx.get(f"{api}/v1/servers/{sid}/migrations", headers=ADMIN)
+    assert [(m["kind"], m["status"]) for m in r.json()["migrations"]] == [("live", "completed")]
+    assert ledger(api, sid) == billed_before
     assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
     wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
