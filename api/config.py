@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     # Migration (api.mobility): a step that makes no progress this long is reverted to the
     # source (a dead agent on either side; a cold move's copy counts as one step).
     migration_step_timeout_seconds: int = Field(default=1800, gt=0)
+    # Live migration (docs/operations.md, "Live migration"): the longest pause of the guest
+    # for the switch-over, and how long the source's copy may run before it is aborted (the
+    # guest then keeps running on the source).
+    live_migration_max_downtime_ms: int = Field(default=300, gt=0)
+    live_migration_timeout_seconds: int = Field(default=600, gt=0)
     # Guest metrics (docs/operations.md, "Guest metrics"): rollup levels as [step, retention]
     # pairs in seconds, finest first; every derived sample is added to each level, and rows
     # older than a level's retention are pruned every guest_metrics_prune_interval_seconds.

@@ -184,6 +184,11 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "No migration step of that server for this host (agent file relay)."),
     ErrorCode("migration_file_checksum", 400,
               "A migration file's bytes do not match the sha256 its sender announced."),
+    ErrorCode("migration_endpoint_missing", 409,
+              "A live migration needs a destination whose agent registered a migration "
+              "endpoint; the named host (or every candidate) has none."),
+    ErrorCode("migration_not_abortable", 409,
+              "The server has no live migration in flight that can still be aborted."),
 )
 
 ERROR_CODES: dict[str, ErrorCode] = {e.code: e for e in REGISTRY}

@@ -238,8 +238,12 @@ def wait_migration(st: State, server_id: str, *, timeout: float = 3600.0,
             server = st.api.get(f"/v1/servers/{server_id}")
             migration: dict[str, Any] = found[0] if found else {}
             task = f" ({server['task_state']})" if server.get("task_state") else ""
-            spinner.update(f"{server.get('name')}: {server.get('status')}{task}, migration "
-                           f"{migration.get('status')} {migration.get('progress', 0)}%")
+            remaining = migration.get("data_remaining")
+            left = (f", {remaining / 2**20:.1f} MiB left" if isinstance(remaining, int)
+                    and migration.get("status") == "migrating" else "")
+            spinner.update(f"{server.get('name')}: {server.get('status')}{task}, "
+                           f"{migration.get('kind', '')} migration {migration.get('status')} "
+                           f"{migration.get('progress', 0)}%{left}")
             ended = migration.get("status") not in ("queued", "preparing", "migrating")
             if ended and server.get("status") in SETTLED and not server.get("task_state"):
                 if migration.get("status") != "completed":
@@ -258,19 +262,20 @@ def wait_migration(st: State, server_id: str, *, timeout: float = 3600.0,
 @app.command("migrate")
 def server_migrate(
     ctx: typer.Context, server: str,
-    live: Annotated[bool, typer.Option("--live", help="Live migration (not available: the "
-                                       "API moves servers cold).")] = False,
+    live: Annotated[bool, typer.Option("--live", help="Live migration of an ACTIVE server: "
+                                       "it keeps running while memory and disk are "
+                                       "copied.")] = False,
     host: Annotated[str | None, typer.Option("--host", help="Destination host (admin); "
                                              "every scheduler filter still applies.")] = None,
     wait: Wait = False, timeout: Timeout = 3600.0,
 ) -> None:
-    """Move a server to another host (cold: an ACTIVE server is stopped, moved and started)."""
-    if live:
-        raise CliError("Live migration is not available in this API; drop --live for a "
-                       "cold migration.", code="live_migration_unavailable")
+    """Move a server to another host (cold: an ACTIVE server is stopped, moved and started;
+    --live: it keeps running)."""
     st = state(ctx)
     s = resolve_server(st.api, server)
     body: dict[str, Any] = {"action": "migrate"}
+    if live:
+        body["live"] = True
     if host is not None:
         body["host"] = host
     st.api.post(f"/v1/servers/{s['id']}/actions", body)
@@ -279,6 +284,15 @@ def server_migrate(
         st.show(migration)
         return
     st.done(f"Migration of {s['name']} accepted.", {"id": s["id"], "migrating": True})
+
+
+@app.command("migrate-abort")
+def server_migrate_abort(ctx: typer.Context, server: str) -> None:
+    """Abort a server's live migration; the guest keeps running on its source."""
+    st = state(ctx)
+    s = resolve_server(st.api, server)
+    migration = st.api.post(f"/v1/servers/{s['id']}/migration/abort", {})
+    st.done(f"Live migration of {s['name']} aborting.", migration)
 
 
 @app.command("events")

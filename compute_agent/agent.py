@@ -50,7 +50,7 @@ from pathlib import Path
 
 import httpx
 
-from compute_agent import fencing, host_files, transfer
+from compute_agent import fencing, host_files, migration, transfer
 from compute_agent.client import (
     Address,
     AgentApiError,
@@ -59,6 +59,7 @@ from compute_agent.client import (
     FailingServer,
     InventoryItem,
     LoopProgress,
+    MigrationEndpointOut,
     Observation,
     ObservedState,
     Operation,
@@ -95,6 +96,9 @@ CONSOLE_HOT_SECONDS = 30.0
 # (a changed one goes back to console_interval); only a changed tail is ever uploaded.
 CONSOLE_MAX_INTERVAL = 60.0
 STOP_POLL_SECONDS = 0.5
+# A live migration's progress goes to the API at most this often.
+MIGRATION_PROGRESS_INTERVAL = 1.0
+LIVE_OPERATIONS = frozenset({"live_prepare", "live_migrate"})
 OPERATIONS_FILE = "operations.json"
 MAX_BACKOFF = 10.0
 # A server whose reconcile failed is retried after this long, doubling up to the maximum.
@@ -213,7 +217,8 @@ class Agent:
         # enough to be retried when it raised; it runs after the pass's power actions.
         self._handlers: dict[str, Callable[[DesiredServer, Operation], None]] = {
             "reboot": self._reboot, "resize": self._resize,
-            "migrate_export": self._migrate_export, "migrate_import": self._migrate_import}
+            "migrate_export": self._migrate_export, "migrate_import": self._migrate_import,
+            "live_prepare": self._live_prepare, "live_migrate": self._live_migrate}
         self._booted: set[str] = set()  # domains this pass has started (build, start, reset)
         # server id -> (when read, digest uploaded, delay until the next read)
         self._console_sent: dict[str, tuple[float, str, float]] = {}
@@ -460,7 +465,12 @@ class Agent:
         inv = self.inventory()
         self._inventory_at = now
         if inv != self._inventory or force:
-            self.client.put_inventory(inv)
+            try:
+                endpoint = self.migration_endpoint()
+            except (migration.MigrationError, OSError) as exc:
+                log.warning("no live migrations to this host: %s", exc)
+                endpoint = None
+            self.client.put_inventory(inv, endpoint)
             self._inventory = inv
 
     def _heartbeat_loop(self) -> None:
@@ -738,6 +748,145 @@ class Agent:
             raise BuildError(f"the API refused the server's files: {exc}") from exc
         log.info("migration of %s: disk and seed in place", server.server_id)
 
+    def migration_endpoint(self) -> MigrationEndpointOut | None:
+        """What this host registers for live migrations to it (None without
+        ``migration_address``: it takes none).
+
+        Raises:
+            MigrationError: the address, a port or qemu.conf's port range is invalid.
+            OSError: qemu.conf exists but cannot be read.
+        """
+        s = self.settings
+        if s.migration_address is None:
+            return None
+        ep = migration.local_endpoint(s.migration_address, transport=s.migration_transport,
+                                      libvirt_port=s.migration_libvirt_port,
+                                      qemu_conf=s.qemu_conf)
+        return MigrationEndpointOut(
+            libvirt_uri=ep.libvirt_uri, migrate_uri=ep.migrate_uri, port_min=ep.port_min,
+            port_max=ep.port_max, instances_dir=str(self.instances),
+            image_cache_dir=str(Path(s.image_cache_dir).resolve()))
+
+    def _live_prepare(self, server: DesiredServer, op: Operation) -> None:
+        """``live_prepare`` (live migration, destination): the incoming guest's files: base
+        image (and kernel, initrd) in the cache, a fresh empty overlay of the size the
+        source's was made with (same image, same flavor), the seed. Defines nothing: libvirt
+        brings the domain with the copy.
+
+        Raises:
+            BuildError: a domain of the server is already here, or the files cannot be made.
+            AgentApiError: the API cannot be reached (retried on the next pass).
+        """
+        del op
+        sid = server.server_id
+        if self.hv.observed(sid) != "absent":
+            raise BuildError("a domain of this server is already defined on the destination")
+        # A leftover overlay (an earlier attempt) may hold blocks the copy would not write.
+        InstancePaths(self.instances, sid).disk.unlink(missing_ok=True)
+        self._prepare(server)
+        log.info("live migration of %s: incoming files ready", sid)
+
+    def _live_migrate(self, server: DesiredServer, op: Operation) -> None:
+        """``live_migrate`` (live migration, source): libvirt peer-to-peer with storage copy
+        to the destination's endpoint (``op.params``), progress sent to the API.
+
+        libvirtd goes on with a copy whose agent died, so the observed truth comes first: a
+        copy still running (started by an earlier process) is waited for; a domain gone from
+        here and running on the destination is a completed move.
+
+        Raises:
+            BuildError: the move failed (the guest still runs here) or cannot start.
+            HypervisorError: where the guest is cannot be told now (retried next pass).
+        """
+        sid, p = server.server_id, op.params
+        required = ("dest_libvirt_uri", "migrate_uri", "dest_host_id", "dest_instances_dir",
+                    "dest_image_cache_dir", "max_downtime_ms", "timeout_seconds")
+        if any(k not in p for k in required):
+            raise BuildError("the destination has no registered migration endpoint")
+        dest_uri = str(p["dest_libvirt_uri"])
+        report = self._progress_reporter(sid)
+        while True:
+            try:
+                job = migration.active_migration(self.hv, sid)
+            except DomainNotFound:
+                try:
+                    there = migration.runs_at(dest_uri, sid)
+                except migration.MigrationError as exc:
+                    raise HypervisorError(f"where {sid} runs: {exc}") from exc
+                if there:
+                    log.info("live migration of %s: already on the destination", sid)
+                    return
+                raise BuildError("the domain is neither here nor on the destination") \
+                    from None
+            except HypervisorError as exc:
+                # No job can be read (a driver without job stats): there is none to wait
+                # for; the migration below fails cleanly if libvirt is not usable.
+                log.info("live migration of %s: no job stats: %s", sid, exc)
+                job = None
+            if job is None:
+                break
+            log.info("live migration of %s: waiting for the copy in progress", sid)
+            report(job)
+            if self._stop.wait(1.0):
+                raise HypervisorError("agent stopping during a live migration")
+        cache = Path(self.settings.image_cache_dir)
+        path_map = {str(self.instances): str(p["dest_instances_dir"]),
+                    str(cache.resolve()): str(p["dest_image_cache_dir"])}
+        if str(cache) not in path_map:
+            path_map[str(cache)] = str(p["dest_image_cache_dir"])
+        abort = threading.Event()
+        try:
+            live, persistent = migration.migratable_xml(self.hv, sid)
+            dest_xml, persist_xml = (
+                migration.set_host_id(migration.rewrite_paths(x, path_map),
+                                      str(p["dest_host_id"])) for x in (live, persistent))
+            stats = migration.live_migrate(
+                self.hv, sid, dest_libvirt_uri=dest_uri, migrate_uri=str(p["migrate_uri"]),
+                dest_xml=dest_xml, persist_xml=persist_xml,
+                max_downtime_ms=int(p["max_downtime_ms"]),
+                timeout_s=float(p["timeout_seconds"]),
+                on_progress=partial(self._on_progress, report, abort), abort=abort)
+        except migration.MigrationFailed as exc:
+            if not exc.settled:  # the copy may still finish: look again next pass
+                raise HypervisorError(str(exc)) from exc
+            raise BuildError(str(exc)) from exc
+        except (migration.MigrationError, HypervisorError, SpecError) as exc:
+            raise BuildError(f"cannot live-migrate: {exc}") from exc
+        log.info("live migration of %s done in %d ms (downtime %s ms)", sid, stats.elapsed_ms,
+                 stats.downtime_ms)
+
+    def _progress_reporter(self, server_id: str) -> Callable[[migration.MigrationProgress],
+                                                              bool]:
+        """A function sending a live migration's progress to the API (at most every
+        ``MIGRATION_PROGRESS_INTERVAL`` s); it returns True when the API asks for an abort
+        and raises when the move is no longer the API's (404)."""
+        last = [0.0]
+
+        def report(progress: migration.MigrationProgress) -> bool:
+            now = time.monotonic()
+            if now - last[0] < MIGRATION_PROGRESS_INTERVAL:
+                return False
+            last[0] = now
+            try:
+                answer = self.client.migration_progress(
+                    server_id, data_total=progress.data_total,
+                    data_processed=progress.data_processed,
+                    data_remaining=progress.data_remaining)
+            except AgentApiError as exc:
+                if exc.status == 404:
+                    raise  # the move ended without this host: abort the copy
+                log.warning("live migration progress of %s: %s", server_id, exc)
+                return False
+            return answer.abort
+
+        return report
+
+    @staticmethod
+    def _on_progress(report: Callable[[migration.MigrationProgress], bool],
+                     abort: threading.Event, progress: migration.MigrationProgress) -> None:
+        if report(progress):
+            abort.set()
+
     def _load_operations(self) -> set[str]:
         try:
             data = json.loads(self._operations_file.read_text())
@@ -924,14 +1073,19 @@ class Agent:
             state = self.hv.observed(server.server_id)
         except SpecError:
             return
-        if state == "absent":
-            return
         # A performed operation is reported with what libvirt shows after this pass (a failed
         # handler raised and kept the server out of this report).
         operation_id = None
         if server.operation is not None and operation_key(
                 server.server_id, server.operation.id) in self._operations_done:
             operation_id = server.operation.id
+        if state == "absent":
+            # A live migration's steps leave no domain here (the destination prepared files
+            # only; the source's domain has left): their report is the absence.
+            if operation_id is not None and server.operation is not None \
+                    and server.operation.kind in LIVE_OPERATIONS:
+                self._observe(server, "absent", operation_id=operation_id)
+            return
         addresses: list[Address] | None = None
         if state == "running":
             try:

@@ -66,6 +66,27 @@ class InventoryResult(_Model):
     overcommitted: list[str]
 
 
+class MigrationEndpointOut(_Model):
+    """How other hosts reach this host as a live-migration destination (registered with the
+    inventory): its libvirtd URI, QEMU's migration address and port range, and where this
+    agent keeps instances and cached images."""
+
+    libvirt_uri: str
+    migrate_uri: str
+    port_min: int
+    port_max: int
+    instances_dir: str
+    image_cache_dir: str
+
+
+class MigrationProgressResult(_Model):
+    """The API's answer to a progress report; ``abort``: abort the copy."""
+
+    migration_id: str
+    progress: int
+    abort: bool
+
+
 class Observation(_Model):
     """A server state the agent saw, for heartbeats."""
 
@@ -359,14 +380,26 @@ class AgentClient:
 
     # ------------------------------------------------------------ endpoints
 
-    def put_inventory(self, inventory: dict[str, InventoryItem]) -> InventoryResult:
-        """Report the host's resources (VCPU, MEMORY_MB, DISK_GB); raises AgentApiError."""
-        body = {rc: item.model_dump() for rc, item in inventory.items()}
+    def put_inventory(self, inventory: dict[str, InventoryItem],
+                      migration: MigrationEndpointOut | None = None) -> InventoryResult:
+        """Report the host's resources (VCPU, MEMORY_MB, DISK_GB) and its live-migration
+        endpoint (None: it takes no live migrations); raises AgentApiError."""
+        body: dict[str, Any] = {rc: item.model_dump() for rc, item in inventory.items()}
         for item in body.values():
             if item["reserved"] is None:
                 del item["reserved"]
+        body["migration"] = migration.model_dump() if migration is not None else None
         return InventoryResult.model_validate(
             self._request("PUT", "/v1/agent/inventory", json=body).json())
+
+    def migration_progress(self, server_id: str, *, data_total: int, data_processed: int,
+                           data_remaining: int) -> MigrationProgressResult:
+        """Report a live migration's copy (this host is its source); raises AgentApiError
+        (404 once the move is no longer in its copy step from this host)."""
+        body = {"data_total": data_total, "data_processed": data_processed,
+                "data_remaining": data_remaining}
+        return MigrationProgressResult.model_validate(self._request(
+            "POST", f"/v1/agent/servers/{server_id}/migration-progress", json=body).json())
 
     def set_credential(self, credential: str) -> None:
         """Authenticate every later request with ``credential`` (after a rotation)."""

@@ -578,6 +578,30 @@ def active_migration(hv: Hypervisor, server_id: str) -> MigrationProgress | None
     return _progress(stats)
 
 
+def runs_at(libvirt_uri: str, server_id: str) -> bool:
+    """Whether ``server_id``'s domain is active (running, or paused for a switch-over) on the
+    libvirtd at ``libvirt_uri``: where a live migration left the guest when its source's
+    agent was not there to see it end.
+
+    Raises:
+        MigrationError: that libvirtd cannot be asked.
+    """
+    try:
+        conn = libvirt.openReadOnly(libvirt_uri)
+    except libvirt.libvirtError as exc:
+        raise MigrationError(f"cannot reach {libvirt_uri}: {exc}") from exc
+    try:
+        dom = conn.lookupByUUIDString(canonical_uuid(server_id, "server_id"))
+        return bool(dom.isActive())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise MigrationError(f"cannot look up {server_id} at {libvirt_uri}: {exc}") from exc
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
 def abort_migration(hv: Hypervisor, server_id: str) -> bool:
     """Abort the outgoing migration of ``server_id`` on this host, whoever started it; False
     when none was running. libvirt then resumes the guest here (if the switch-over had not

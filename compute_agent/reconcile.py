@@ -23,6 +23,11 @@ actions; the agent's handler for its kind performs it (a reboot whose domain thi
 booted is settled by that boot). An operation waits while the domain is on its way to
 shut-off. Domains carrying minicloud metadata that the API does not list at all are removed;
 instance directories with neither a listed server nor a domain are deleted.
+
+A server in a live migration (MIGRATING with a ``live-*`` task) gets no power action on
+either host, only its pending operation: the source never restarts or rebuilds a domain that
+has just left for the destination, and the destination never builds, starts or removes the
+domain libvirt is bringing in.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from compute_agent.client import DesiredServer
 ActionKind = Literal["remove", "stop", "build", "redefine", "start", "reboot", "unpause",
                      "pause", "operation", "clean_files"]
 DomainState = Literal["running", "shutoff", "paused", "error"]
+
+# The task states of a live migration (api.servers.states.LIVE_TASKS).
+LIVE_TASKS = frozenset({"live-preparing", "live-migrating"})
 
 # Removals first (they free memory and disk), then stops, then the work that needs resources,
 # then pending operations (which may rely on the power actions before them).
@@ -88,7 +96,9 @@ def plan(desired: list[DesiredServer], domains: dict[str, SeenDomain],
         redefine = dom is not None and _resized(s, dom) and not (
             pending and s.operation is not None and s.operation.kind == "resize")
         ready = True  # the domain is where the pending operation may run
-        if s.desired == "absent":
+        if s.status == "MIGRATING" and s.task_state in LIVE_TASKS and s.desired != "absent":
+            pass  # hands off: libvirt moves the domain (see the module docstring)
+        elif s.desired == "absent":
             actions.append(Action("remove", s.server_id, s))
             ready = False
         elif dom is None:

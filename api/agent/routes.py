@@ -102,10 +102,11 @@ def _check(maker: SessionFactory, authorization: str | None) -> tuple[str, str, 
     raise AssertionError("unreachable")
 
 
-def _desired(maker: SessionFactory, authorization: str | None) -> DesiredOut:
+def _desired(maker: SessionFactory, authorization: str | None,
+             settings: Settings) -> DesiredOut:
     for session in session_scope(maker):
         host = _host_of(session, authorization)
-        current, servers = service.desired_servers(session, host.host_id)
+        current, servers = service.desired_servers(session, host.host_id, settings)
         return DesiredOut(cursor=current, servers=servers)
     raise AssertionError("unreachable")
 
@@ -156,7 +157,7 @@ async def desired_servers(
             finally:
                 notifier.WAITERS.unregister(host_id, waiter)
             observe_long_poll_end(how)
-    return await run_in_threadpool(_desired, maker, authorization)
+    return await run_in_threadpool(_desired, maker, authorization, settings)
 
 
 @router.post("/servers/{server_id}/observations", response_model=ObservationOut)

@@ -82,13 +82,41 @@ class InventoryItem(BaseModel):
         return self
 
 
+AbsolutePath = Annotated[str, StringConstraints(min_length=1, max_length=1024,
+                                                pattern=r"^/[!-~]*$")]
+MigrateUri = Annotated[str, StringConstraints(max_length=255, pattern=r"^tcp://[!-~]+$")]
+
+
+class MigrationEndpointIn(BaseModel):
+    """How other hosts reach this host as a live-migration destination: its libvirtd as the
+    source's libvirtd connects to it (peer-to-peer), where QEMU's migration stream goes
+    (``tcp://<address>``, a port of ``port_min..port_max``), and where this agent keeps
+    instances and cached images (the source rewrites the domain's paths to them)."""
+
+    model_config = STRICT
+    libvirt_uri: LibvirtUri
+    migrate_uri: MigrateUri
+    port_min: int = Field(ge=1, le=65535)
+    port_max: int = Field(ge=1, le=65535)
+    instances_dir: AbsolutePath
+    image_cache_dir: AbsolutePath
+
+    @model_validator(mode="after")
+    def _range(self) -> MigrationEndpointIn:
+        if self.port_min > self.port_max:
+            raise ValueError("port_min must be <= port_max")
+        return self
+
+
 class InventoryIn(BaseModel):
-    """The host's inventory; absent resource classes stay as they are."""
+    """The host's inventory; absent resource classes stay as they are. ``migration``: the
+    host's live-migration endpoint (null: it takes no live migrations; absent: unchanged)."""
 
     model_config = STRICT
     VCPU: InventoryItem | None = None
     MEMORY_MB: InventoryItem | None = None
     DISK_GB: InventoryItem | None = None
+    migration: MigrationEndpointIn | None = None
 
 
 class InventoryOut(BaseModel):
@@ -209,7 +237,13 @@ class OperationSpec(BaseModel):
 
     ``kind`` ``reboot``: ``params.type`` is ``soft`` (ACPI) or ``hard`` (reset); a build or a
     start of the domain is the reboot. ``kind`` ``resize``: redefine the shut-off domain with
-    ``flavor``'s vCPUs and memory and grow the overlay to its disk size.
+    ``flavor``'s vCPUs and memory and grow the overlay to its disk size. ``kind``
+    ``live_prepare`` (a live migration's destination): make the incoming guest's empty files
+    (base image cached, fresh overlay, seed), define nothing. ``kind`` ``live_migrate`` (its
+    source): live-migrate the domain to ``params.dest_libvirt_uri`` / ``params.migrate_uri``
+    with paths moved under ``params.dest_instances_dir`` and ``params.dest_image_cache_dir``,
+    ``params.max_downtime_ms`` and ``params.timeout_seconds``, reporting progress
+    (``POST /v1/agent/servers/{id}/migration-progress``).
     """
 
     id: str
@@ -246,3 +280,20 @@ class ConsoleOut(BaseModel):
     """The tail of a server's serial console."""
 
     output: str
+
+
+class MigrationProgressIn(BaseModel):
+    """A live migration's copy as the source's libvirt reports it (bytes, memory and disks)."""
+
+    model_config = STRICT
+    data_total: int = Field(ge=0)
+    data_processed: int = Field(ge=0)
+    data_remaining: int = Field(ge=0)
+
+
+class MigrationProgressOut(BaseModel):
+    """``abort``: an abort was asked for; the agent aborts the copy."""
+
+    migration_id: str
+    progress: int
+    abort: bool

@@ -126,10 +126,14 @@ def put_inventory(session: Session, settings: Settings, host_id: str,
         if new != (inv.total, inv.reserved, inv.min_unit, inv.max_unit):
             inv.total, inv.reserved, inv.min_unit, inv.max_unit = new
             changed = True
+    host = hosts_service.get_host(session, host_id)
+    if "migration" in body.model_fields_set:
+        endpoint = body.migration.model_dump() if body.migration is not None else None
+        if endpoint != host.migration_endpoint:
+            host.migration_endpoint = endpoint
     session.flush()
     if changed:
         hosts_repository.bump_generation(session, host_id)
-    host = hosts_service.get_host(session, host_id)
     view = hosts_service.host_views(session, settings, [host])[0]
     over = [rc for rc, r in view.resources.items() if r.allocated > r.capacity]
     return InventoryOut(resources=view.resources, overcommitted=over)
@@ -353,7 +357,8 @@ def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def desired_servers(session: Session, host_id: str) -> tuple[str, list[DesiredServer]]:
+def desired_servers(session: Session, host_id: str,
+                    settings: Settings | None = None) -> tuple[str, list[DesiredServer]]:
     """The cursor and every live server of the host; raises Unauthorized if the host is gone.
 
     The cursor is read first, so a change racing with this read makes the next poll return
@@ -366,7 +371,12 @@ def desired_servers(session: Session, host_id: str) -> tuple[str, list[DesiredSe
         raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
     rows = [*repository.live_servers_with_images(session, host_id),
             *mobility_repository.incoming_with_images(session, host_id)]
-    return current, [_desired(s, i, host_id) for s, i in rows]
+    out = [_desired(s, i, host_id) for s, i in rows]
+    for d, (s, _) in zip(out, rows, strict=True):
+        if d.operation is not None and d.operation.kind == "live_migrate":
+            # The source needs the destination's endpoint and the deployment's limits.
+            d.operation.params = mobility.live_params(session, settings or Settings(), s)
+    return current, out
 
 
 # ---------------------------------------------------------------- console

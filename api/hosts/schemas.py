@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
@@ -110,6 +110,9 @@ class HostOut(BaseModel):
     # The agent's last reported loop progress, and when (API clock) its pass count last moved.
     loop_progress: LoopProgress | None = None
     loop_progress_at: datetime | None = None
+    # The live-migration endpoint its agent registered (libvirt_uri, migrate_uri, port_min,
+    # port_max, instances_dir, image_cache_dir); null: the host takes no live migrations.
+    migration_endpoint: dict[str, Any] | None = None
 
 
 class HostPatch(BaseModel):

@@ -141,6 +141,7 @@ def host_views(session: Session, settings: Settings, hosts: list[Host]) -> list[
             loop_progress=(LoopProgress.model_validate(h.loop_progress)
                            if h.loop_progress else None),
             loop_progress_at=h.loop_progress_at,
+            migration_endpoint=h.migration_endpoint,
         ))
     return out
 

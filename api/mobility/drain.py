@@ -1,9 +1,11 @@
 """Host drain: no new placements, every server moved off, then the host may be removed.
 
 ``start`` disables the host for the scheduler (``enabled`` false, ``disabled_reason``
-"draining", ``maintenance`` "draining") and starts a cold migration of every server that can
+"draining", ``maintenance`` "draining") and starts a migration of every server that can
 move now (ACTIVE or SHUTOFF with no transition in flight), each placed by the placement
-service like any migration (every filter, anti-affinity included, holds for the target).
+service like any migration (every filter, anti-affinity included, holds for the target):
+live for an ACTIVE server when the host and some other host registered a migration endpoint
+(cold when no such host can take it), cold otherwise.
 A server that cannot move is recorded as a ``failed`` migration of the drain with the
 scheduler's explained refusal (or the state that keeps it), so the drain's view lists it with
 its reason. Asking again (``start`` on a draining host) retries the servers still there.
@@ -63,6 +65,8 @@ def start(session: Session, settings: Settings, principal: Principal,
     host.enabled, host.disabled_reason, host.maintenance = False, "draining", DRAINING
     session.flush()
     hosts_repository.bump_generation(session, host.id)  # in-flight claims there re-read
+    live = host.migration_endpoint is not None \
+        and repository.any_host_with_endpoint(session, exclude=host.id)
     for server in servers_repository.live_servers_on(session, host.id):
         if repository.open_migration(session, server.id) is not None:
             continue
@@ -72,6 +76,16 @@ def start(session: Session, settings: Settings, principal: Principal,
                      f"{'/' + server.task_state if server.task_state else ''} cannot move; "
                      "drain again once it settled.")
             continue
+        if live and server.status == states.ACTIVE:
+            savepoint = session.begin_nested()
+            try:
+                service.live_migrate(session, settings, principal, server, None,
+                                     drain_host_id=host.id)
+            except DomainError:
+                savepoint.rollback()  # no host with an endpoint takes it: move it cold
+            else:
+                savepoint.commit()
+                continue
         savepoint = session.begin_nested()
         try:
             service.migrate(session, settings, principal, server, None, drain_host_id=host.id)

@@ -3,8 +3,10 @@
 A migration record's ``status``:
 
 * ``queued``: waiting for its turn (a drain moves a few servers at a time);
-* ``preparing``: the source stops the guest and sends its disk and seed to the API's relay;
-* ``migrating``: the destination fetches them and defines the server;
+* ``preparing``: cold, the source stops the guest and sends its disk and seed to the API's
+  relay; live, the destination makes the empty files the incoming guest's disk is copied to;
+* ``migrating``: cold, the destination fetches them and defines the server; live, the
+  source's libvirtd copies memory and disk to the destination while the guest runs;
 * ``completed``: the server is on the destination, the source's allocations are released;
 * ``reverted``: a step failed and the server is back on its source (``fault_*`` say why);
 * ``failed``: the move could not even start (no valid host; the fault says why);
@@ -16,19 +18,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.db import utcnow
-from api.models import Allocation, Image, Migration, Server
+from api.models import Allocation, Host, Image, Migration, Server
 from api.servers.states import MIGRATING as MIGRATING_STATUS
 
 QUEUED, PREPARING, MIGRATING, COMPLETED = "queued", "preparing", "migrating", "completed"
 REVERTED, FAILED, ABORTED = "reverted", "failed", "aborted"
 OPEN = (QUEUED, PREPARING, MIGRATING)
 ENDED = (COMPLETED, REVERTED, FAILED, ABORTED)
-# The steps in which the destination's agent lists the server.
-AT_DESTINATION = (MIGRATING,)
+# The steps in which the destination's agent lists the server: a cold move's import; the
+# whole of a live move (it must never take the incoming domain for an unknown one).
+AT_DESTINATION = or_(Migration.status == MIGRATING,
+                     and_(Migration.kind == "live", Migration.status == PREPARING))
 
 
 def open_migration(session: Session, server_id: str) -> Migration | None:
@@ -52,7 +56,7 @@ def is_incoming(session: Session, host_id: str, server_id: str) -> bool:
     return session.scalar(
         select(Migration.id).join(Server, Server.id == Migration.server_id)
         .where(Migration.server_id == server_id, Migration.dest_host_id == host_id,
-               Migration.status.in_(AT_DESTINATION), Server.status == MIGRATING_STATUS)
+               AT_DESTINATION, Server.status == MIGRATING_STATUS)
         .limit(1)) is not None
 
 
@@ -61,7 +65,7 @@ def incoming_with_images(session: Session, host_id: str) -> Sequence[tuple[Serve
     rows = session.execute(
         select(Server, Image).join(Image, Image.id == Server.image_id)
         .join(Migration, Migration.server_id == Server.id)
-        .where(Migration.dest_host_id == host_id, Migration.status.in_(AT_DESTINATION),
+        .where(Migration.dest_host_id == host_id, AT_DESTINATION,
                Server.status == MIGRATING_STATUS)  # another owner (an evacuation) took it
         .order_by(Server.created_at, Server.id))
     return [(s, i) for s, i in rows]
@@ -113,3 +117,14 @@ def stale_open(session: Session, cutoff: datetime) -> Sequence[Migration]:
     return session.scalars(select(Migration).where(Migration.status.in_((PREPARING, MIGRATING)),
                                                    Migration.updated_at < cutoff)
                            .order_by(Migration.updated_at)).all()
+
+
+def hosts_without_endpoint(session: Session) -> list[str]:
+    """Ids of the hosts whose agent registered no live-migration endpoint."""
+    return list(session.scalars(select(Host.id).where(Host.migration_endpoint.is_(None))))
+
+
+def any_host_with_endpoint(session: Session, *, exclude: str) -> bool:
+    """True when a host other than ``exclude`` registered a live-migration endpoint."""
+    return session.scalar(select(Host.id).where(Host.migration_endpoint.is_not(None),
+                                                Host.id != exclude).limit(1)) is not None

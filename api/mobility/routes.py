@@ -8,7 +8,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import AdminUser, CurrentHost, CurrentUser, SessionDep, SettingsDep
+from api.agent.schemas import MigrationProgressIn, MigrationProgressOut
+from api.deps import AdminUser, CurrentHost, CurrentUser, SessionDep, SettingsDep, Writer
 from api.errors import NotFound
 from api.fields import PathId
 from api.mobility import drain, relay, service
@@ -42,6 +43,29 @@ def server_migrations(server_id: PathId, principal: CurrentUser,
     return MigrationList(migrations=[_out(m, principal.is_admin)
                                      for m in service.visible_migrations(session, principal,
                                                                          server)])
+
+
+@router.post("/servers/{server_id}/migration/abort", response_model=MigrationOut)
+def abort_migration(server_id: PathId, principal: Writer, session: SessionDep,
+                    settings: SettingsDep) -> MigrationOut:
+    """Abort the server's live migration (whoever may migrate the server): reverted at once
+    while the destination prepares; while the source copies, its agent aborts the copy and
+    the guest keeps running on the source. 409 `migration_not_abortable` otherwise."""
+    server = servers.get_server(session, principal, server_id)
+    return _out(service.abort(session, settings, principal, server), principal.is_admin)
+
+
+@agent_router.post("/servers/{server_id}/migration-progress",
+                   response_model=MigrationProgressOut)
+def migration_progress(server_id: PathId, body: MigrationProgressIn, host: CurrentHost,
+                       session: SessionDep) -> MigrationProgressOut:
+    """The source host's reading of a live migration's copy (data remaining); 404
+    `migration_not_found` once the move is not in its copy step from this host."""
+    m = service.record_progress(session, host.host_id, server_id, data_total=body.data_total,
+                                data_processed=body.data_processed,
+                                data_remaining=body.data_remaining)
+    return MigrationProgressOut(migration_id=m.id, progress=m.progress,
+                                abort=m.fault_code == service.ABORTED_CODE)
 
 
 @agent_router.put("/servers/{server_id}/migration/{migration_file}", status_code=204)
@@ -84,7 +108,8 @@ def _drain_out(v: drain.DrainView) -> DrainOut:
 def drain_host(host_id: PathId, admin: AdminUser, session: SessionDep,
                settings: SettingsDep) -> DrainOut:
     """Drain a host (admin): no new placements there, and every ACTIVE or SHUTOFF server is
-    cold-migrated to a host the placement service picks. Servers that cannot move are listed
+    migrated to a host the placement service picks (ACTIVE ones live when this host and
+    another registered a migration endpoint, otherwise cold). Servers that cannot move are listed
     in `refused` with the scheduler's explained refusal; posting again retries them. Once
     `servers_left` is 0 the state is `drained` and `DELETE /v1/hosts/{id}` decommissions it."""
     return _drain_out(drain.start(session, settings, admin, host_id))

@@ -22,6 +22,7 @@ Every change of the server goes through ``api.servers.lifecycle``.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -35,6 +36,8 @@ from api.models import Flavor, Host, Image, Migration, Server, ServerGroup
 from api.scheduler import placement
 from api.servers import lifecycle, states
 from api.servers.lifecycle import ACCEPTED, ERROR, SUCCESS
+
+ABORTED_CODE = "migration_aborted"
 
 
 def _host(session: Session, ref: str) -> Host:
@@ -53,28 +56,9 @@ def migrate(session: Session, settings: Settings, principal: Principal, server: 
     NoValidHost (409 ``no_valid_host``, with every host's refusal for an admin), Conflict
     ``state_changed``. Nothing is written when it raises.
     """
-    if host_ref is not None and not principal.is_admin:
-        raise Forbidden("Naming the destination host needs the admin role.",
-                        code="admin_required")
-    source = server.host_id
-    if source is None:  # ACTIVE and SHUTOFF servers are placed; guard the invariant anyway
-        raise Conflict("The server holds no host.", code="invalid_state",
-                       server_status=server.status, task_state=server.task_state,
-                       action="migrate")
-    forced = _host(session, host_ref).id if host_ref is not None else None
-    if forced == source:
-        raise Conflict("The server is already on that host.", code="migration_same_host")
+    source, forced = _check_start(session, principal, server, host_ref, "migrate")
     agent_repository.lock_host(session, source)  # lock order: hosts, then the server
-    flavor = session.get(Flavor, server.flavor_id)
-    image = session.get(Image, server.image_id)
-    group = (session.get(ServerGroup, server.server_group_id)
-             if server.server_group_id is not None else None)
-    spec = placement.request_spec(
-        server_id=server.id, project_id=server.project_id, sizes=server, flavor=flavor,
-        image=image, group=group, availability_zone=server.availability_zone,
-        request_id=request_id_var.get())
-    placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin,
-                             exclude_hosts=(source,), force_host=forced)
+    placed = _place(session, settings, principal, server, (source,), forced)
     migration = Migration(
         server_id=server.id, project_id=server.project_id, kind="cold",
         status=repository.PREPARING, source_host_id=source, dest_host_id=placed.host_id,
@@ -91,6 +75,79 @@ def migrate(session: Session, settings: Settings, principal: Principal, server: 
     return migration
 
 
+def live_migrate(session: Session, settings: Settings, principal: Principal, server: Server,
+                 host_ref: str | None, *, drain_host_id: str | None = None) -> Migration:
+    """Start a live migration of an ACTIVE server (the action's state already checked).
+
+    The destination is a host whose agent registered a migration endpoint (the others are
+    left out of placement); an admin's named host must have one. Raises what ``migrate``
+    raises, and Conflict ``invalid_state`` (not ACTIVE), Conflict
+    ``migration_endpoint_missing`` (the named host, or every other host, has no endpoint).
+    Nothing is written when it raises.
+    """
+    if server.status != states.ACTIVE:
+        raise Conflict(f"Only an ACTIVE server can be live-migrated, not a {server.status} one.",
+                       code="invalid_state", server_status=server.status,
+                       task_state=server.task_state, action="migrate")
+    source, forced = _check_start(session, principal, server, host_ref, "migrate")
+    without = set(repository.hosts_without_endpoint(session))
+    if forced is not None and forced in without:
+        raise Conflict("The named host registered no live-migration endpoint.",
+                       code="migration_endpoint_missing")
+    if forced is None and not repository.any_host_with_endpoint(session, exclude=source):
+        raise Conflict("No other host registered a live-migration endpoint.",
+                       code="migration_endpoint_missing")
+    agent_repository.lock_host(session, source)  # lock order: hosts, then the server
+    placed = _place(session, settings, principal, server, (source, *sorted(without)), forced)
+    migration = Migration(
+        server_id=server.id, project_id=server.project_id, kind="live",
+        status=repository.PREPARING, source_host_id=source, dest_host_id=placed.host_id,
+        server_status=server.status, requested_by=principal.user_id, progress=0,
+        drain_host_id=drain_host_id)
+    session.add(migration)
+    session.flush()
+    lifecycle.migration_step(
+        session, server, states.LIVE_PREPARING, action="migrate", user_id=principal.user_id,
+        result=ACCEPTED, message="live migration: the destination prepares the incoming "
+        "guest's files", details={"migration_id": migration.id, "kind": "live",
+                                   "host_id": placed.host_id, "host": placed.host_name,
+                                   "decision": placed.decision},
+        notify=(placed.host_id,))
+    return migration
+
+
+def _check_start(session: Session, principal: Principal, server: Server,
+                 host_ref: str | None, action: str) -> tuple[str, str | None]:
+    """(source host id, named destination id or None) of a move about to start."""
+    if host_ref is not None and not principal.is_admin:
+        raise Forbidden("Naming the destination host needs the admin role.",
+                        code="admin_required")
+    source = server.host_id
+    if source is None:  # ACTIVE and SHUTOFF servers are placed; guard the invariant anyway
+        raise Conflict("The server holds no host.", code="invalid_state",
+                       server_status=server.status, task_state=server.task_state,
+                       action=action)
+    forced = _host(session, host_ref).id if host_ref is not None else None
+    if forced == source:
+        raise Conflict("The server is already on that host.", code="migration_same_host")
+    return source, forced
+
+
+def _place(session: Session, settings: Settings, principal: Principal, server: Server,
+           exclude: tuple[str, ...], forced: str | None) -> placement.PlacementResult:
+    """Claim the server's sizes on a destination chosen with every filter."""
+    flavor = session.get(Flavor, server.flavor_id)
+    image = session.get(Image, server.image_id)
+    group = (session.get(ServerGroup, server.server_group_id)
+             if server.server_group_id is not None else None)
+    spec = placement.request_spec(
+        server_id=server.id, project_id=server.project_id, sizes=server, flavor=flavor,
+        image=image, group=group, availability_zone=server.availability_zone,
+        request_id=request_id_var.get())
+    return placement.place(session, settings, spec, explain_hosts=principal.is_admin,
+                           exclude_hosts=exclude, force_host=forced)
+
+
 def agent_report(session: Session, settings: Settings, host_id: str, server: Server,
                  state: states.Observed, operation_id: str | None,
                  message: str | None) -> bool:
@@ -105,12 +162,26 @@ def agent_report(session: Session, settings: Settings, host_id: str, server: Ser
         return False
     role = "source" if host_id == migration.source_host_id else "destination"
     if state == "error":
+        if migration.fault_code == ABORTED_CODE:  # the source carried out an abort request
+            revert(session, settings, server, migration, ABORTED_CODE,
+                   migration.fault_message or "aborted")
+            return True
         revert(session, settings, server, migration, "migration_failed",
                f"The {role} host failed: {message or 'no details'}")
         return True
     pending = lifecycle.pending_operation(server, host_id)
     if pending is None or operation_id != pending.id:
         return False
+    if pending.kind == "live_prepare":
+        repository.touch(session, migration, status=repository.MIGRATING, progress=5)
+        lifecycle.migration_step(
+            session, server, states.LIVE_MIGRATING, action="migrate",
+            message="the destination is ready; the source copies memory and disk",
+            details={"migration_id": migration.id}, notify=(migration.source_host_id,))
+        return True
+    if pending.kind == "live_migrate":
+        _complete(session, settings, server, migration)
+        return True
     if pending.kind == "migrate_export":
         if not relay.complete(settings, migration.id):
             revert(session, settings, server, migration, "migration_failed",
@@ -129,7 +200,10 @@ def agent_report(session: Session, settings: Settings, host_id: str, server: Ser
 
 
 def _return_state(migration: Migration) -> tuple[str, str | None]:
-    # A cold move ends shut off; an ACTIVE server is started again where it lands.
+    # A live move never stops the guest. A cold move ends shut off; an ACTIVE server is
+    # started again where it lands.
+    if migration.kind == "live":
+        return states.ACTIVE, None
     if migration.server_status == states.ACTIVE:
         return states.SHUTOFF, states.POWERING_ON
     return states.SHUTOFF, None
@@ -148,7 +222,7 @@ def _complete(session: Session, settings: Settings, server: Server,
         session, server, host_id=dest,
         availability_zone=host.availability_zone if host else server.availability_zone,
         status=status, task_state=task, action="migrate", result=SUCCESS,
-        message="cold migration completed; the source removes its copy",
+        message=f"{migration.kind} migration completed; the source removes its copy",
         details={"migration_id": migration.id, "host_id": dest,
                  "source_allocations_freed": freed},
         notify=(migration.source_host_id,))
@@ -176,6 +250,83 @@ def revert(session: Session, settings: Settings, server: Server, migration: Migr
         details={"migration_id": migration.id, "destination_allocations_freed": freed},
         fault=(code, message), notify=(dest,) if dest is not None else ())
     relay.discard(settings, migration.id)
+
+
+def live_params(session: Session, settings: Settings, server: Server) -> dict[str, Any]:
+    """The ``live_migrate`` operation's parameters for the source's agent: the destination's
+    registered endpoint and this deployment's downtime and timeout (empty when the
+    destination no longer has an endpoint: the agent then fails the step)."""
+    migration = repository.open_migration(session, server.id)
+    dest = (session.get(Host, migration.dest_host_id)
+            if migration is not None and migration.dest_host_id is not None else None)
+    if migration is None or dest is None or dest.migration_endpoint is None:
+        return {}
+    endpoint = dest.migration_endpoint
+    return {"migration_id": migration.id, "dest_host_id": dest.id,
+            "dest_libvirt_uri": endpoint["libvirt_uri"], "migrate_uri": endpoint["migrate_uri"],
+            "dest_instances_dir": endpoint["instances_dir"],
+            "dest_image_cache_dir": endpoint["image_cache_dir"],
+            "max_downtime_ms": settings.live_migration_max_downtime_ms,
+            "timeout_seconds": settings.live_migration_timeout_seconds}
+
+
+def record_progress(session: Session, host_id: str, server_id: str, *, data_total: int,
+                    data_processed: int, data_remaining: int) -> Migration:
+    """A source's reading of its live migration's copy: kept on the migration record (which
+    also keeps the step from timing out) and recorded as a ``migration_progress`` event.
+
+    Returns the migration; its ``fault_code`` is ``migration_aborted`` when an abort was
+    asked for (the agent then aborts the copy). Raises NotFound ``migration_not_found`` when
+    ``host_id`` is not the source of a live migration of the server in its copy step (the
+    agent then aborts too: the move ended without it).
+    """
+    migration = repository.open_migration(session, server_id)
+    if migration is None or migration.kind != "live" or migration.source_host_id != host_id \
+            or migration.status != repository.MIGRATING:
+        raise NotFound("No live migration of this server from this host.",
+                       code="migration_not_found")
+    done = min(data_processed, data_total) * 100 // data_total if data_total > 0 else 0
+    progress = max(migration.progress, min(99, 5 + done * 94 // 100))
+    repository.touch(session, migration, progress=progress, data_remaining=data_remaining)
+    server = session.get(Server, server_id)
+    if server is not None:
+        lifecycle.record_event(
+            session, server, "migration_progress", user_id=None, result=SUCCESS,
+            message=f"live migration: {data_remaining} bytes remaining",
+            details={"migration_id": migration.id, "data_total": data_total,
+                     "data_processed": data_processed, "data_remaining": data_remaining,
+                     "progress": progress})
+    return migration
+
+
+def abort(session: Session, settings: Settings, principal: Principal, server: Server) -> Migration:
+    """Abort the server's live migration (whoever may migrate the server may abort it).
+
+    While the destination prepares, the move is reverted at once. While the source copies,
+    the abort is recorded and the source's agent aborts the copy at its next progress
+    report; the guest keeps running on the source and the move ends ``reverted`` with fault
+    ``migration_aborted`` (or ``completed``, when the copy finished first). Raises Conflict
+    ``migration_not_abortable`` (no live migration in flight, or one already aborting).
+    """
+    migration = repository.open_migration(session, server.id)
+    if migration is None or migration.kind != "live" or migration.fault_code == ABORTED_CODE:
+        raise Conflict("The server has no live migration that can be aborted.",
+                       code="migration_not_abortable")
+    who = "an admin" if principal.is_admin else "its owner"
+    message = f"The live migration was aborted by {who}."
+    if migration.status == repository.PREPARING:
+        for host_id in sorted(h for h in (migration.source_host_id, migration.dest_host_id)
+                              if h):
+            agent_repository.lock_host(session, host_id)
+        locked = agent_repository.lock_server(session, server.id, None)
+        assert locked is not None
+        revert(session, settings, locked, migration, ABORTED_CODE, message)
+        return migration
+    repository.touch(session, migration, fault_code=ABORTED_CODE, fault_message=message)
+    lifecycle.record_event(session, server, "abort_migration", user_id=principal.user_id,
+                           result=ACCEPTED, message="the source aborts the copy",
+                           details={"migration_id": migration.id})
+    return migration
 
 
 def relay_migration(session: Session, host_id: str, server_id: str, *,
@@ -220,6 +371,12 @@ def sweep_stuck(session: Session, settings: Settings, now: datetime | None = Non
         migration = repository.open_migration(session, stale.server_id)
         if server is None or migration is None or migration.id != stale.id \
                 or migration.updated_at >= cutoff:
+            continue
+        if stale.kind == "live" and stale.status == repository.MIGRATING \
+                and server.status == states.MIGRATING:
+            # Only the source's agent knows whether libvirt finished the copy (it goes on
+            # without the agent): reverting now could make the destination remove the guest.
+            # The agent settles the move from what it finds when it is back.
             continue
         if server.status != states.MIGRATING:
             # Something else took the server over (a delete, an evacuation of its host).

@@ -50,6 +50,11 @@ class Host(Base):
     # None, or "draining" (no new placements; its servers are being moved off) or "drained"
     # (api.mobility.drain).
     maintenance: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # How other hosts' libvirtd reach this host as a live-migration destination, as its agent
+    # registered it with its inventory ({libvirt_uri, migrate_uri, port_min, port_max,
+    # instances_dir, image_cache_dir}); None: the host takes no live migrations.
+    migration_endpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True),
+                                                                      nullable=True)
 
 
 class Inventory(Base):

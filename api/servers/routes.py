@@ -45,11 +45,11 @@ _STATE_MACHINE = """
 | status | accepts | then |
 |---|---|---|
 | BUILD (`scheduling`, `spawning`) | delete | ACTIVE once running; ERROR (`fault`) |
-| ACTIVE | stop, reboot, pause, migrate, delete | `powering-off`; REBOOT; `pausing`; MIGRATING |
+| ACTIVE | stop, reboot, pause, migrate (or live), delete | `powering-off`; REBOOT; MIGRATING |
 | SHUTOFF | start, resize, migrate, delete | `powering-on`; `resizing`; MIGRATING |
 | REBOOT | hard reboot (over a soft one), delete | ACTIVE once the agent confirms |
 | PAUSED | unpause, stop, delete | `unpausing` then ACTIVE (same boot); `powering-off` |
-| MIGRATING (`migrating-export/-import`) | delete | on the new host; else back, `fault` |
+| MIGRATING (`migrating-*`, `live-*`) | delete | on the new host; else back, `fault` |
 | ERROR | delete | |
 | DELETING | delete (idempotent, 202) | DELETED (hidden) once the agent confirms |
 

@@ -132,12 +132,13 @@ class UnpauseAction(BaseModel):
 
 class MigrateAction(BaseModel):
     """Move an ACTIVE or SHUTOFF server to another host (cold: stopped, moved, started again
-    if it was ACTIVE). ``host`` (admin only) names the destination; every filter still
-    applies."""
+    if it was ACTIVE; ``live``: an ACTIVE server moves while it runs). ``host`` (admin only)
+    names the destination; every filter still applies."""
 
     model_config = STRICT
     action: Literal["migrate"]
     host: Ref | None = Field(default=None, description="destination host id or name (admin)")
+    live: bool = Field(default=False, description="live migration (ACTIVE servers only)")
 
 
 ServerAction = Annotated[

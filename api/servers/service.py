@@ -216,7 +216,10 @@ def act(session: Session, settings: Settings, principal: Principal, server_id: s
     if isinstance(action, ResizeAction):
         return resize(session, settings, principal, server, action.flavor)
     if isinstance(action, MigrateAction):
-        mobility.migrate(session, settings, principal, server, action.host)
+        if action.live:
+            mobility.live_migrate(session, settings, principal, server, action.host)
+        else:
+            mobility.migrate(session, settings, principal, server, action.host)
         return server
     details = {"type": reboot_type} if isinstance(action, RebootAction) else {}
     lifecycle.apply_action(session, server, action.action, user_id=principal.user_id,

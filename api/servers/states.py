@@ -13,6 +13,9 @@ Statuses (what a tenant sees)::
     ACTIVE|SHUTOFF --migrate--> MIGRATING/migrating-export --(source sent the disk)-->
       MIGRATING/migrating-import --(destination defined it)--> SHUTOFF on the destination
       (then powering-on -> ACTIVE if it was ACTIVE); a failure returns it to the source
+    ACTIVE --migrate live--> MIGRATING/live-preparing --(destination made its files)-->
+      MIGRATING/live-migrating --(source copied memory and disk)--> ACTIVE on the destination;
+      a failure, timeout or abort leaves it ACTIVE on the source (the guest never stops)
     host down, evacuated: BUILD/rebuilding --(runs on the new host)--> ACTIVE, or
                           SHUTOFF/rebuilding --(defined there, off)--> SHUTOFF
 
@@ -54,6 +57,10 @@ PAUSING, UNPAUSING = "pausing", "unpausing"
 # destination defines the server from them (import).
 MIGRATING_EXPORT, MIGRATING_IMPORT = "migrating-export", "migrating-import"
 MIGRATION_TASKS = frozenset({MIGRATING_EXPORT, MIGRATING_IMPORT})
+# A live migration: the destination prepares empty files for the incoming guest, then the
+# source's libvirtd copies memory and disk to it while the guest runs.
+LIVE_PREPARING, LIVE_MIGRATING = "live-preparing", "live-migrating"
+LIVE_TASKS = frozenset({LIVE_PREPARING, LIVE_MIGRATING})
 # Evacuated from a down host: rebuilt from its image on another host (BUILD until it runs, or
 # SHUTOFF until its domain is defined there shut off).
 REBUILDING = "rebuilding"
@@ -61,7 +68,8 @@ REBUILDING = "rebuilding"
 Action = Literal["start", "stop", "reboot", "resize", "pause", "unpause", "migrate"]
 Observed = Literal["running", "shutoff", "paused", "absent", "error"]
 Desired = Literal["running", "shutoff", "paused", "absent"]
-OperationKind = Literal["reboot", "resize", "migrate_export", "migrate_import"]
+OperationKind = Literal["reboot", "resize", "migrate_export", "migrate_import",
+                        "live_prepare", "live_migrate"]
 Role = Literal["source", "destination"]
 
 # Which actions each settled status accepts; anything else is 409 ``invalid_state``.
@@ -124,6 +132,8 @@ def desired_power(status: str, task_state: str | None) -> Desired:
         return "shutoff"
     if task_state == POWERING_OFF or task_state in MIGRATION_TASKS:
         return "shutoff"  # a cold migration moves a shut-off guest
+    if task_state in LIVE_TASKS:
+        return "running"  # a live migration moves a running guest (the agents leave it be)
     if status == ACTIVE:
         return "paused" if task_state == PAUSING else "running"
     if status == PAUSED:
@@ -145,6 +155,10 @@ def pending_operation(status: str, task_state: str | None,
             return "migrate_export"
         if task_state == MIGRATING_IMPORT and role == "destination":
             return "migrate_import"
+        if task_state == LIVE_PREPARING and role == "destination":
+            return "live_prepare"
+        if task_state == LIVE_MIGRATING and role == "source":
+            return "live_migrate"
         return None
     if role == "destination":
         return None

@@ -44,7 +44,8 @@ def billing_target(status: str, observed: str | None) -> Target | None:
     when only the status changed (a finished delete). Rules, first match wins:
 
     1. DELETED bills nothing any more.
-    2. BUILD has not run yet; ERROR is never billed (a crashed build is stopped).
+    2. BUILD has not run yet; ERROR is never billed (a crashed build is stopped). A
+       MIGRATING guest seen paused is in a live migration's switch-over: nothing changes.
     3. A guest seen running is running (ACTIVE, or a host back after ``host_down``); a guest
        seen paused is paused (RAM and disk billed, not vCPU).
     4. A REBOOT keeps the billing state: the guest is down inside the user's own reboot, so a
@@ -60,6 +61,8 @@ def billing_target(status: str, observed: str | None) -> Target | None:
         return None
     if status == states.ERROR:
         return "stopped"
+    if status == states.MIGRATING and observed == "paused":
+        return None  # a live migration's switch-over pauses the guest for a moment
     if observed in ("running", "paused"):
         return "running" if observed == "running" else "paused"
     if status == states.REBOOT:

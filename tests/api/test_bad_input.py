@@ -214,8 +214,14 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
                                    "availability_zone": "nova", "libvirt_uri": "test:///default",
                                    "virt_type": "qemu", "architecture": "x86_64"},
     ("PUT", "/v1/agent/inventory"): {
-        rc: {"total": 1_000_000, "reserved": 0, "min_unit": 1, "max_unit": 1024}
-        for rc in ("VCPU", "MEMORY_MB", "DISK_GB")},
+        **{rc: {"total": 1_000_000, "reserved": 0, "min_unit": 1, "max_unit": 1024}
+           for rc in ("VCPU", "MEMORY_MB", "DISK_GB")},
+        "migration": {"libvirt_uri": "qemu+tls://10.0.0.9:16514/system",
+                      "migrate_uri": "tcp://10.0.0.9", "port_min": 49152, "port_max": 49215,
+                      "instances_dir": "/var/lib/minicloud/instances",
+                      "image_cache_dir": "/var/lib/minicloud/images"}},
+    ("POST", "/v1/agent/servers/{server_id}/migration-progress"): {
+        "data_total": 100, "data_processed": 40, "data_remaining": 60},
     ("POST", "/v1/agent/fencing"): {"fenced": [
         {"server_id": "{server_id}", "domain": "destroyed", "files_removed": True}]},
     ("POST", "/v1/agent/heartbeat"): {"observed": [

@@ -137,3 +137,41 @@ def test_build_flags() -> None:
     [frozen] = plan([server(desired="shutoff", status="PAUSED")], {A: dom("paused")},
                     set(), set())
     assert (frozen.kind, frozen.hard) == ("stop", True)  # no ACPI for a paused guest
+
+
+def live(task: str, operation: dict[str, Any] | None = None) -> DesiredServer:
+    """A server in a live migration, as either of its hosts lists it."""
+    s = server(status="MIGRATING", operation=operation)
+    return s.model_copy(update={"task_state": task})
+
+
+LIVE_PREPARE = {"id": "live_prepare-4", "kind": "live_prepare", "params": {}}
+LIVE_MIGRATE = {"id": "live_migrate-5", "kind": "live_migrate", "params": {}}
+
+LIVE_CASES = [
+    # (why, desired, domains, instance dirs, done operations, expected [(kind, id)])
+    ("destination prepares: files only, no build",
+     [live("live-preparing", LIVE_PREPARE)], {}, set(), set(), [("operation", A)]),
+    ("destination after its step: the incoming domain is never removed nor started",
+     [live("live-migrating")], {A: dom("paused")}, {A}, set(), []),
+    ("destination waiting for the copy: nothing is built",
+     [live("live-migrating")], {}, {A}, set(), []),
+    ("source copies: the running guest is left alone",
+     [live("live-migrating", LIVE_MIGRATE)], {A: dom("running")}, {A}, set(),
+     [("operation", A)]),
+    ("source after the copy: the domain left, nothing is rebuilt",
+     [live("live-migrating", LIVE_MIGRATE)], {}, {A}, {operation_key(A, "live_migrate-5")}, []),
+    ("source while the destination prepares: the running guest stays as it is",
+     [live("live-preparing")], {A: dom("running")}, {A}, set(), []),
+    ("a deleted moving server is still removed",
+     [server(desired="absent", status="DELETING")], {A: dom("running")}, {A}, set(),
+     [("remove", A)]),
+]
+
+
+@pytest.mark.parametrize(("why", "desired", "domains", "dirs", "done", "expected"), LIVE_CASES,
+                         ids=[c[0] for c in LIVE_CASES])
+def test_plan_leaves_a_live_migration_to_libvirt(
+        why: str, desired: list[DesiredServer], domains: dict[str, SeenDomain], dirs: set[str],
+        done: set[str], expected: list[tuple[str, str]]) -> None:
+    assert steps(desired, domains, dirs, done) == expected, why

@@ -148,16 +148,16 @@ def agent_settings(api: str, home: Path, name: str, uri: str, **extra: Any) -> A
 def start_test_driver_agent(api: str, home: Path, *, vcpus: int = 4, ram_mb: int = 8192,
                             disk_gb: int = 100, name: str | None = None,
                             network: str = "default", az: str = "nova",
-                            agent_class: type[Agent] = Agent) -> ThreadAgent:
+                            agent_class: type[Agent] = Agent, **extra: Any) -> ThreadAgent:
     """Enroll and run an agent (``agent_class``: the real one, or a test subclass) on its own
     test-driver node of the given size (in zone ``az``: tests give each their own zone, so the
-    scheduler places their servers on their hosts)."""
+    scheduler places their servers on their hosts); ``extra``: more agent settings."""
     name = name or unique("sim")
     home.mkdir(parents=True, exist_ok=True)
     uri = write_test_node_xml(home / "node.xml", vcpus, ram_mb,
                               network=None if network == "none" else network)
     settings = agent_settings(api, home, name, uri, disk_gb=disk_gb, network=network,
-                              availability_zone=az)
+                              availability_zone=az, **extra)
     cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
     agent = agent_class(settings, cred, Hypervisor(uri), "qemu")
     thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)

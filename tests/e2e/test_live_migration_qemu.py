@@ -1,0 +1,277 @@
+"""Acceptance: live migration of a real guest through the whole stack: a real API process,
+two libvirt daemons, two real agents that registered their migration endpoints. The guest
+keeps running through the move (its console, read through the API, goes on ticking in the
+same boot), its disk arrives with what was written on it, the source keeps no domain and no
+files, only the destination holds allocations, and the ledger bills one run.
+
+Waits are bounded only so a broken migration fails instead of hanging; nothing asserts a
+duration.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import libvirt
+import pytest
+
+from compute_agent.agent import Agent, ensure_enrolled
+from compute_agent.config import load_credential
+from compute_agent.hypervisor import Hypervisor
+from compute_agent.migration import live_migrate, migratable_xml, rewrite_paths, set_host_id
+from compute_agent.spec import InstancePaths
+from tests.e2e.libvirt_hosts import LibvirtHost
+from tests.e2e.stack import (
+    ADMIN,
+    WAIT,
+    ThreadAgent,
+    action,
+    agent_settings,
+    allocated,
+    create_server,
+    enrollment_token,
+    host,
+    server,
+    upload_image,
+    wait_status,
+    wait_until,
+)
+from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.factories import unique
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+PATTERN = "0x6b"
+NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
+SIZES = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+TICK = re.compile(r"minicloud-guest: tick (\d+) uptime=([0-9.]+)")
+BOOTED = "userspace started"
+
+
+@pytest.fixture(scope="module")
+def api(live_api: Callable[[int], list[str]]) -> str:
+    return live_api(1)[0]
+
+
+@pytest.fixture
+def agents(api: str, two_libvirt_hosts: list[LibvirtHost]) -> Iterator[list[ThreadAgent]]:
+    """One agent per libvirt daemon, each registering its daemon's TCP listener and QEMU
+    migration port range as its migration endpoint."""
+    zone = unique("az")
+    started = []
+    for lh in two_libvirt_hosts:
+        name = unique("qhost")
+        settings = agent_settings(
+            api, lh.data_dir, name, lh.uri, network="none", availability_zone=zone,
+            migration_address="127.0.0.1", migration_transport="tcp",
+            migration_libvirt_port=lh.tcp_port, qemu_conf=lh.root / "etc" / "qemu.conf")
+        cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
+        agent = Agent(settings, cred, Hypervisor(lh.uri), "qemu")
+        thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
+        thread.start()
+        wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up"
+                   and h["resources"] and h["migration_endpoint"], WAIT, f"host {name} up")
+        started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    yield started
+    for a in started:
+        a.stop()
+
+
+def domains(lh: LibvirtHost) -> list[str]:
+    conn = libvirt.open(lh.uri)
+    try:
+        return sorted(d.UUIDString() for d in conn.listAllDomains(0))
+    finally:
+        conn.close()
+
+
+def pattern_ok(disk: str) -> bool:
+    done = subprocess.run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c",
+                           f"read -P {PATTERN} 2M 64k", disk],
+                          capture_output=True, text=True, check=False)
+    return done.returncode == 0 and "Pattern verification failed" not in done.stdout
+
+
+def console(api: str, sid: str) -> str:
+    r = httpx.get(f"{api}/v1/servers/{sid}/console", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return str(r.json()["output"])
+
+
+def ticks(text: str) -> list[tuple[int, float]]:
+    return [(int(n), float(up)) for n, up in TICK.findall(text)]
+
+
+def ticked_past(api: str, sid: str, tick: int) -> str | None:
+    """The console through the API once it shows tick number ``tick`` or a later one."""
+    text = console(api, sid)
+    seen = ticks(text)
+    return text if seen and seen[-1][0] >= tick else None
+
+
+def ledger(api: str, sid: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{api}/v1/usage/servers/{sid}", headers=ADMIN,
+                  params={"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    entries: list[dict[str, Any]] = r.json()["entries"]
+    return entries
+
+
+def guest_image(api: str) -> str:
+    """The tiny guest's disk image (with its kernel and initrd) uploaded to the API."""
+    built = build_guest_image()
+    kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
+    ramdisk = upload_image(api, ADMIN, (built / "initrd.img").read_bytes(), "ari")
+    disk = upload_image(api, ADMIN, (built / "disk.qcow2").read_bytes(), "qcow2",
+                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
+                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
+    return str(disk["id"])
+
+
+def test_live_migration_of_a_real_guest_through_the_api(
+        api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    paths_a, paths_b = InstancePaths(a.agent.instances, sid), InstancePaths(b.agent.instances, sid)
+    # Data on the disk before the move: written while the guest is off, then it runs again.
+    action(api, ADMIN, sid, "stop")
+    wait_status(api, ADMIN, sid, "SHUTOFF")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {PATTERN} 2M 64k",
+                    str(paths_a.disk)], check=True, stdout=subprocess.DEVNULL)
+    action(api, ADMIN, sid, "start")
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
+               "the guest ticking, seen through the API")
+    # The last tick the API showed before the move.
+    last_a = ticks(console(api, sid))[-1]
+    billed_before = ledger(api, sid)
+    assert [e["kind"] for e in billed_before][-1] == "running"
+
+    r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                   json={"action": "migrate", "live": True})
+    assert r.status_code == 202, r.text
+    moving = server(api, ADMIN, sid)
+    assert (moving["status"], moving["task_state"]) == ("MIGRATING", "live-preparing")
+    # While it moves the server holds allocations on both hosts.
+    assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+
+    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
+                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+                       f"server ACTIVE on {b.name}")
+    assert moved["fault"] is None
+
+    # Same boot: the console, through the API (B's agent ships it now), goes on ticking after
+    # what it showed before the move, with the kernel's uptime going on, and shows no new
+    # boot (a new boot would count its ticks from 1 again).
+    shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
+                       "B's console ticking through the API")
+    after = ticks(shown)
+    assert BOOTED not in shown
+    assert after[0][0] > last_a[0] and after[0][1] > last_a[1]
+    assert [n for n, _ in after] == list(range(after[0][0], after[-1][0] + 1))
+    assert wait_for(paths_b, "minicloud-guest: tick", 1).count(BOOTED) == 0
+
+    # B runs it, defined with B's paths; A keeps no domain and no files.
+    assert b.agent.hv.observed(sid) == "running"
+    wait_until(lambda: domains(lh_a) == [] and not paths_a.directory.exists(), WAIT,
+               "A's copy removed")
+    assert domains(lh_b) == [sid]
+    assert allocated(api, a.host_id) == NOTHING
+    assert allocated(api, b.host_id) == SIZES
+    # The disk arrived with what was written on it.
+    assert pattern_ok(str(paths_b.disk))
+
+    # The migration record and its progress.
+    r = httpx.get(f"{api}/v1/servers/{sid}/migrations", headers=ADMIN)
+    [m] = r.json()["migrations"]
+    assert (m["kind"], m["status"], m["progress"], m["fault"]) == ("live", "completed", 100,
+                                                                  None)
+    assert (m["source_host_id"], m["dest_host_id"]) == (a.host_id, b.host_id)
+    events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN).json()["events"]
+    progress = [e["details"] for e in events if e["action"] == "migration_progress"]
+    assert progress and all(p["data_remaining"] <= p["data_total"] for p in progress)
+    assert [(e["action"], e["result"]) for e in events if e["action"] == "migrate"] == [
+        ("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
+
+    # One billed run: the move added no ledger entry (no stop, no second start).
+    assert ledger(api, sid) == billed_before
+
+    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+    wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
+
+
+def restart(old: ThreadAgent) -> ThreadAgent:
+    """The same host's agent as a new process would be: same settings and credential."""
+    settings = old.agent.settings
+    cred = load_credential(settings.state_dir)
+    assert cred is not None
+    agent = Agent(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
+    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
+    thread.start()
+    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
+
+
+def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
+        api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    wait_until(lambda: len(ticks(console(api, sid))) >= 3, WAIT, "the guest ticking")
+    last_a = ticks(console(api, sid))[-1]
+    billed_before = ledger(api, sid)
+
+    # The source's agent is gone when the move starts; the destination prepares its files.
+    a.stop()
+    r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                   json={"action": "migrate", "live": True})
+    assert r.status_code == 202, r.text
+    wait_until(lambda: server(api, ADMIN, sid)["task_state"] == "live-migrating", WAIT,
+               "the destination ready")
+    # What a copy started by the dead agent leaves once libvirtd finished it: the guest runs
+    # on B, gone from A (the same call the agent makes, with what B registered).
+    endpoint = host(api, b.host_id)["migration_endpoint"]
+    path_map = {str(a.agent.instances): endpoint["instances_dir"],
+                str(lh_a.images_dir.resolve()): endpoint["image_cache_dir"]}
+    with Hypervisor(lh_a.uri) as hv_a:
+        live, persistent = migratable_xml(hv_a, sid)
+        live_migrate(hv_a, sid, dest_libvirt_uri=endpoint["libvirt_uri"],
+                     migrate_uri=endpoint["migrate_uri"],
+                     dest_xml=set_host_id(rewrite_paths(live, path_map), b.host_id),
+                     persist_xml=set_host_id(rewrite_paths(persistent, path_map), b.host_id),
+                     max_downtime_ms=300, timeout_s=WAIT)
+    assert server(api, ADMIN, sid)["status"] == "MIGRATING"
+
+    # A's agent comes back: it finds the domain gone and running on B, and reports the move
+    # done instead of starting the guest again or failing the move.
+    revived = restart(a)
+    agents[agents.index(a)] = revived
+    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
+                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+                       f"server ACTIVE on {b.name}")
+    assert moved["fault"] is None
+    shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
+                       "B's console ticking through the API")
+    assert BOOTED not in shown and ticks(shown)[0][0] > last_a[0]
+    wait_until(lambda: domains(lh_a) == []
+               and not InstancePaths(revived.agent.instances, sid).directory.exists(), WAIT,
+               "A's files removed")
+    assert domains(lh_b) == [sid]
+    assert allocated(api, a.host_id) == NOTHING
+    assert allocated(api, b.host_id) == SIZES
+    r = httpx.get(f"{api}/v1/servers/{sid}/migrations", headers=ADMIN)
+    assert [(m["kind"], m["status"]) for m in r.json()["migrations"]] == [("live", "completed")]
+    assert ledger(api, sid) == billed_before
+    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+    wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
