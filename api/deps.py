@@ -190,15 +190,26 @@ def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Pr
     return principal
 
 
+def host_of_credential(session: Session, authorization: str | None) -> Host:
+    """The host whose credential the bearer header carries; raises Unauthorized otherwise.
+
+    Never cached: a rotated, revoked or fenced host credential is refused by the next request
+    in every API process.
+    """
+    host = session.scalar(_HOST_BY_DIGEST, {"digest": digest(_bearer(authorization))})
+    if host is None:
+        raise Unauthorized("Not a host credential.", code="invalid_host_credential")
+    return host
+
+
+_HOST_BY_DIGEST = select(Host).where(Host.credential_digest == bindparam("digest"))
+
+
 def get_host_principal(
     session: SessionDep, authorization: Annotated[str | None, Header()] = None
 ) -> HostPrincipal:
     """The compute agent of one host; raises Unauthorized for anything else."""
-    host = session.scalar(
-        select(Host).where(Host.credential_digest == digest(_bearer(authorization)))
-    )
-    if host is None:
-        raise Unauthorized("Not a host credential.", code="invalid_host_credential")
+    host = host_of_credential(session, authorization)
     return HostPrincipal(host.id, host.name)
 
 

@@ -177,6 +177,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Rent VMs from a pool of KVM hosts.",
         lifespan=lifespan,
         responses=PROBLEM_RESPONSES,
+        # minicloud's metrics are Prometheus (/metrics); FastAPI's built-in OpenTelemetry
+        # would otherwise look up the global providers (environment reads) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.engine = engine

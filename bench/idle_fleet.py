@@ -6,8 +6,11 @@
 
 Enrolls the fleet all at once (the enrollment storm: seconds until every host is up, 5xx
 count), inserts the idle servers straight into the database (spread evenly over the fleet,
-ACTIVE and running: creating 10,000 through the API would measure creates, not idling), lets
-every host see them and confirm them in one heartbeat round (``--settle`` seconds), then
+ACTIVE and running: creating 10,000 through the API would measure creates, not idling) with
+the usage ledger the real API leaves behind (``created`` at placement, ``running`` when the
+agent first saw it run, recorded by the same billing subscriber) while every host already
+heartbeats and long-polls, lets every host see them and confirm them (``--settle`` seconds,
+at least one long-poll wait), then
 measures the API processes' CPU over ``--window`` seconds. Prints one JSON summary with the
 load average of the machine next to the numbers.
 """
@@ -27,11 +30,14 @@ from sqlalchemy import create_engine, insert, select
 from sqlalchemy.orm import Session
 
 from api.models import Flavor, Image, Project, Server
+from api.servers.changes import Change
+from api.servers.subscribers import publish
 from bench.fleet import Fleet, cpu_seconds
 
 
 def insert_servers(database_url: str, host_ids: list[str], count: int) -> None:
-    """``count`` ACTIVE, running servers spread evenly over ``host_ids`` (one transaction)."""
+    """``count`` ACTIVE, running servers spread evenly over ``host_ids`` (one transaction),
+    each with the ledger entries a create and the agent's first report leave."""
     engine = create_engine(database_url)
     with Session(engine) as session, session.begin():
         project = session.scalars(select(Project).order_by(Project.name)).first()
@@ -51,6 +57,11 @@ def insert_servers(database_url: str, host_ids: list[str], count: int) -> None:
                 for i in range(count)]
         for start in range(0, len(rows), 1000):
             session.execute(insert(Server), rows[start:start + 1000])
+        # Without these entries every host's first confirming heartbeat would record the
+        # first ``running`` of each of its servers: a cost of the bench, not of idling.
+        for server in session.scalars(select(Server).where(Server.image_id == image.id)):
+            publish(session, Change("created", server, now, "BUILD"))
+            publish(session, Change("observed", server, now, "ACTIVE", observed="running"))
     engine.dispose()
 
 
@@ -68,6 +79,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--settle", type=float, default=30.0)
     p.add_argument("--window", type=float, default=60.0)
     p.add_argument("--measure-pid", type=int, action="append", default=[])
+    p.add_argument("--py-spy", metavar="OUT", help="also sample the first --measure-pid "
+                   "with py-spy over the window (collapsed stacks to OUT; py-spy on PATH)")
     args = p.parse_args(argv)
     fleet = Fleet(args.api, args.admin_token, heartbeat=args.heartbeat,
                   long_poll_wait=args.long_poll_wait, trust_active=True)
@@ -78,15 +91,26 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         storm_errors = fleet.stats.server_errors
         up_after_enroll = await fleet.hosts_up()
         up_in = time.monotonic() - began
+        # The fleet heartbeats while the servers go in, as a live fleet does: a host silent
+        # for half the down limit (the insert takes that long on PostgreSQL) would send its
+        # next heartbeat down the full, locked path, which is not what idling costs. The
+        # hosts learn of their servers at their next long-poll answer.
+        fleet.start()
         await asyncio.to_thread(insert_servers, args.database_url,
                                 [h.host_id for h in fleet.hosts], args.servers)
-        fleet.start()
         await asyncio.sleep(args.settle)
         cpu0 = {pid: cpu_seconds(pid) for pid in args.measure_pid}
         calls0 = sum(fleet.stats.calls.values())
         t0 = time.monotonic()
+        spy = (await asyncio.create_subprocess_exec(
+            "py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "50",
+            "--duration", str(int(args.window)), "--pid", str(args.measure_pid[0]),
+            "--output", args.py_spy, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL) if args.py_spy else None)
         await asyncio.sleep(args.window)
         elapsed = time.monotonic() - t0
+        if spy is not None:
+            await spy.wait()
         cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in args.measure_pid}
         calls = sum(fleet.stats.calls.values()) - calls0
         load = os.getloadavg()

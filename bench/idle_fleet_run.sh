@@ -1,8 +1,10 @@
 #!/bin/bash
 # One idle-fleet run (docs/benchmarks.md, "Idle fleet"):
-#   bench/idle_fleet_run.sh <API source tree> <sqlite|postgresql> <port> <work dir>
+#   bench/idle_fleet_run.sh <API source tree> <sqlite|postgresql> <port> <work dir> [args]
 # starts one minicloud-api from the tree on a fresh database, runs bench.idle_fleet from this
-# tree against it (HOSTS, SERVERS from the environment; 1000 and 10000 by default), stops it.
+# tree against it (HOSTS, SERVERS, SETTLE, WINDOW from the environment; 1000, 10000, 60 and
+# 60 by default; PYSPY=<file> also samples the API with py-spy over the window; further
+# args go to bench.idle_fleet, e.g. --heartbeat 30), stops it.
 set -u
 TREE=$1; DB=$2; PORT=$3; DIR=$4
 PY=${PY:-python}
@@ -28,5 +30,6 @@ for _ in $(seq 120); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; 
 echo "== $TREE $DB $(date -u +%FT%TZ)"
 (cd "$BENCH" && PYTHONPATH=$BENCH $PY -m bench.idle_fleet --api "http://127.0.0.1:$PORT" \
   --database-url "$URL" --admin-token $TOKEN --hosts "${HOSTS:-1000}" \
-  --servers "${SERVERS:-10000}" --settle 25 --window 60 --measure-pid $PID)
+  --servers "${SERVERS:-10000}" --settle "${SETTLE:-60}" --window "${WINDOW:-60}" --measure-pid $PID \
+  ${PYSPY:+--py-spy "$PYSPY"} "${@:5}")
 kill $PID; wait $PID 2>/dev/null

@@ -11,6 +11,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from scheduler.filters.aggregates import AggregatesFilter
@@ -44,6 +45,7 @@ WEIGHERS: tuple[Weigher, ...] = (
 # Two totals closer than this are a tie (they come from sums of normalized floats).
 TIE = 1e-9
 TOP = 5
+_ID = attrgetter("id")
 
 
 FILTER_NAMES = tuple(f.name for f in FILTERS)
@@ -180,7 +182,9 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
             score = weigher.prepare(spec) if multiplier else None
             if score is None:
                 continue
-            raw = list(map(score, candidates))
+            # A weigher's score may offer ``many`` (one call for the whole list).
+            many = getattr(score, "many", None)
+            raw = many(candidates) if many is not None else list(map(score, candidates))
             low, factor = scale(raw, multiplier)
             parts.append((weigher.name, raw, low, factor))
             if not factor:
@@ -200,7 +204,9 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
         tied_ids = [i for i, t in enumerate(totals) if t >= threshold]  # many ties: scan all
     else:
         tied_ids = [i for t, i in top if t >= threshold]
-    tied = sorted(tied_ids, key=lambda i: candidates[i].id)
+    # Sorted with a C-level key (the ids by index): many hosts tie in an evenly filled pool.
+    tied = sorted(tied_ids, key=list(map(_ID, candidates)).__getitem__) \
+        if len(tied_ids) > 1 else tied_ids
     pick = random.Random(spec.request_id).choice(tied)
     others = [i for _, i in top if i != pick]
     order = [pick, *others][:TOP]

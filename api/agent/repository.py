@@ -9,7 +9,15 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from api.models import AgentObservation, Allocation, EnrollmentToken, Host, Image, Server
+from api.models import (
+    AgentObservation,
+    Allocation,
+    EnrollmentToken,
+    Host,
+    Image,
+    Server,
+    UsageServer,
+)
 from api.servers.states import DELETED
 
 
@@ -44,14 +52,17 @@ def host_by_name(session: Session, name: str) -> Host | None:
 
 def cursor_parts(session: Session, host_id: str) -> tuple[int, int, int] | None:
     """(desired_generation, live server count, sum of their generations); None: no host."""
-    gen = session.scalar(select(Host.desired_generation).where(Host.id == host_id))
-    if gen is None:
-        return None
-    count, total = session.execute(
-        select(func.count(), func.coalesce(func.sum(Server.generation), 0))
-        .where(Server.host_id == host_id, Server.status != DELETED)
-    ).one()
-    return int(gen), int(count), int(total)
+    row = session.execute(_CURSOR, {"host": host_id}).one_or_none()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+# Every long-poll reads it twice (before and after its wait): one statement, built once.
+_LIVE = (Server.host_id == bindparam("host"), Server.status != DELETED)
+_CURSOR = select(
+    Host.desired_generation,
+    select(func.count()).where(*_LIVE).scalar_subquery(),
+    select(func.coalesce(func.sum(Server.generation), 0)).where(*_LIVE).scalar_subquery(),
+).where(Host.id == bindparam("host"))
 
 
 def live_servers_with_images(session: Session, host_id: str) -> Sequence[tuple[Server, Image]]:
@@ -168,10 +179,26 @@ def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
             loop_progress_at=bindparam("pat")), moved)
 
 
-def observed_servers(session: Session, host_id: str) -> dict[str, tuple[Server, datetime | None]]:
-    """The host's live servers with their newest recorded observation time, in one query."""
-    last = (select(func.max(AgentObservation.seen_at))
-            .where(AgentObservation.server_id == Server.id).scalar_subquery())
-    rows = session.execute(
-        select(Server, last).where(Server.host_id == host_id, Server.status != DELETED))
-    return {s.id: (s, seen) for s, seen in rows}
+def observed_servers(
+    session: Session, host_id: str
+) -> dict[str, tuple[Server, datetime | None, UsageServer | None]]:
+    """The host's live servers with their newest recorded observation time and their usage
+    summary, in one query.
+
+    The billing subscriber hears every confirming observation and reads the server's summary
+    by primary key (``api.usage.hooks``): while the caller holds the summaries (the session's
+    identity map only keeps weak references), the session answers those reads without a
+    query per server.
+    """
+    rows = session.execute(_OBSERVED, {"host": host_id})
+    return {s.id: (s, seen, summary) for s, seen, summary in rows}
+
+
+_OBSERVED = (
+    select(Server,
+           select(func.max(AgentObservation.seen_at))
+           .where(AgentObservation.server_id == Server.id).scalar_subquery(),
+           UsageServer)
+    .outerjoin(UsageServer, UsageServer.server_id == Server.id)
+    .where(Server.host_id == bindparam("host"), Server.status != DELETED)
+)

@@ -24,7 +24,7 @@ from api.agent.schemas import (
 )
 from api.config import Settings
 from api.db import SessionFactory, session_scope
-from api.deps import CurrentHost, CurrentUser, SessionDep, SettingsDep
+from api.deps import CurrentHost, CurrentUser, SessionDep, SettingsDep, host_of_credential
 from api.deps import get_host_principal as _host_of
 from api.errors import InvalidInput, NotFound, Unauthorized
 from api.fields import PathId
@@ -72,16 +72,36 @@ def put_inventory(body: InventoryIn, host: CurrentHost, session: SessionDep,
     return service.put_inventory(session, settings, host.host_id, body)
 
 
+def _heartbeat(maker: SessionFactory, settings: Settings, authorization: str | None,
+               body: HeartbeatIn) -> HeartbeatOut:
+    answer: HeartbeatOut | None = None
+    # No return inside the loop: leaving it early would close the unit of work unfinished
+    # (rolled back); it commits when the loop ends.
+    for session in session_scope(maker):
+        # Held here, so the service's read of the host by id is answered by the session.
+        host = host_of_credential(session, authorization)
+        result = service.heartbeat(session, settings, host.id, body.observed,
+                                   body.foreign, body.progress, buffer=liveness.HEARTBEATS)
+        assert result.host.last_heartbeat_at is not None
+        answer = HeartbeatOut(
+            host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
+            applied=result.applied, ignored=result.ignored,
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+    assert answer is not None
+    return answer
+
+
 @router.post("/heartbeat", response_model=HeartbeatOut)
-def heartbeat(body: HeartbeatIn, host: CurrentHost, session: SessionDep,
-              settings: SettingsDep) -> HeartbeatOut:
-    """I am alive, and this is what I see."""
-    result = service.heartbeat(session, settings, host.host_id, body.observed, body.foreign,
-                               body.progress, buffer=liveness.HEARTBEATS)
-    assert result.host.last_heartbeat_at is not None
-    return HeartbeatOut(host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
-                        applied=result.applied, ignored=result.ignored,
-                        heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+async def heartbeat(body: HeartbeatIn, request: Request,
+                    authorization: Annotated[str | None, Header()] = None) -> HeartbeatOut:
+    """I am alive, and this is what I see.
+
+    The credential check and the heartbeat run in one worker-thread call and one unit of
+    work (committed before the answer): every fleet host calls this each interval, and each
+    sync dependency would cost a thread hop of its own.
+    """
+    return await run_in_threadpool(_heartbeat, request.app.state.sessionmaker,
+                                   request.app.state.settings, authorization, body)
 
 
 def _check(maker: SessionFactory, authorization: str | None) -> tuple[str, str, int]:

@@ -188,7 +188,7 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     for item in sorted(observed, key=lambda o: o.server_id):
         known = stored.get(item.server_id)
         if known is not None and _confirms(known[0], item):
-            confirmed, last = known
+            confirmed, last, _summary = known  # ``stored`` keeps the summary loaded
             seen = min(item.seen_at, now)
             if last is not None and seen < last:
                 continue  # stale: the full path would change nothing either

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
-from scheduler.framework import MEMORY_MB, VCPU, HostScore, HostState, RequestSpec
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, getitem
+
+from scheduler.framework import MEMORY_MB, VCPU, HostState, RequestSpec
+
+
+class FreeScore:
+    """A host's free capacity of one resource class; :meth:`many` scores a whole list
+    without a Python call per host (the pipeline uses it: every request weighs every host)."""
+
+    __slots__ = ("resource_class",)
+
+    def __init__(self, resource_class: str) -> None:
+        self.resource_class = resource_class
+
+    def __call__(self, host: HostState) -> float:
+        return host.free[self.resource_class]
+
+    def many(self, hosts: Sequence[HostState]) -> list[float]:
+        """``[self(h) for h in hosts]``, in C-level ``map``s."""
+        return list(map(getitem, map(_FREE, hosts), repeat(self.resource_class, len(hosts))))
+
+
+_FREE = attrgetter("free")
 
 
 class FreeResourceWeigher:
@@ -13,14 +37,9 @@ class FreeResourceWeigher:
         self.name = name
         self.resource_class = resource_class
 
-    def prepare(self, spec: RequestSpec) -> HostScore:
+    def prepare(self, spec: RequestSpec) -> FreeScore:
         """Always applies."""
-        rc = self.resource_class
-
-        def score(host: HostState) -> float:
-            return host.free[rc]
-
-        return score
+        return FreeScore(self.resource_class)
 
 
 def ram_weigher() -> FreeResourceWeigher:

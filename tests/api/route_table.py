@@ -47,6 +47,9 @@ SELF_AUTHENTICATED = {
     # The long poll must not hold a database session while it waits, so it checks the host
     # credential in a short unit of work of its own (api/agent/routes.py::_authenticate).
     ("GET", "/v1/agent/servers"): "host",
+    # Every host calls it each interval: the credential check and the heartbeat share one
+    # worker-thread call instead of a thread hop per dependency (api/agent/routes.py).
+    ("POST", "/v1/agent/heartbeat"): "host",
 }
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
