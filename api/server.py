@@ -36,7 +36,8 @@ def run() -> None:
     parser.add_argument("--no-migrate", action="store_true",
                         help="do not run 'db upgrade' at start")
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("MINICLOUD_LOG_LEVEL", "INFO"),
+    log_level = os.environ.get("MINICLOUD_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
         parser.error("MINICLOUD_TLS_CERTFILE and MINICLOUD_TLS_KEYFILE go together")
@@ -51,7 +52,9 @@ def run() -> None:
     # connections are kept longer than an httpx client keeps them (5 s): the client always
     # closes first, so it never sends a request on a connection the server is closing (a
     # transport error for every agent whose heartbeat interval passes uvicorn's 5 s default).
+    # uvicorn's own loggers (its access log: one line per heartbeat) follow the same level.
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                workers=args.workers, log_level=log_level.lower(),
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
                 ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
                 ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None)
