@@ -232,10 +232,12 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
                      "last_pass_at": "2026-01-01T00:00:00Z", "failing_count": 1,
                      "failing": [{"server_id": "{server_id}", "message": "download: 502"}]}},
     ("POST", "/v1/agent/credential"): {"credential": "mch_" + "A" * 43},
-    ("POST", "/v1/agent/servers/{server_id}/observations"): {
-        "state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1",
-        "operation": {"operation_id": "reboot-1", "result": "success"}, "message": "ok",
-        "addresses": [{"ip": "10.0.0.2", "mac": "52:54:00:00:00:01", "network": "default"}]},
+    ("POST", "/v1/agent/servers/{server_id}/observations"): [  # unexpected_stop: shut off
+        {"state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1",
+         "operation": {"operation_id": "reboot-1", "result": "success"}, "message": "ok",
+         "addresses": [{"ip": "10.0.0.2", "mac": "52:54:00:00:00:01", "network": "default"}]},
+        {"state": "shutoff", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-2",
+         "unexpected_stop": "destroyed"}],
     ("POST", "/v1/agent/guest-metrics"): {"at": "2026-01-01T00:00:00Z", "samples": [
         {"server_id": "{server_id}", "cpu_time_ns": 1, "vcpus": 1, "memory_kib": 1024,
          "memory_unused_kib": 512, "memory_rss_kib": 800, "disk_read_bytes": 1,
