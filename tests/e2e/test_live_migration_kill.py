@@ -1,0 +1,214 @@
+"""kill -9 of the API during a live migration of a real guest, then the API restarted on the
+same database and data directory: the move ends in exactly one place (here it completes: the
+agents carry their step out and report it to the new process), the guest runs on the
+destination in the same boot, neither daemon keeps a second domain, the source keeps no files
+and only the destination holds allocations.
+
+Two libvirt daemons, two real agents in this process as ``LiveGatedAgent``s: each test holds
+one agent at one step of the move, checks the step through the API, kills the API process
+with SIGKILL and lets the agent go. Waits are bounded only so a broken move fails instead of
+hanging; nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from api.config import Settings
+from compute_agent.agent import Agent, ensure_enrolled
+from compute_agent.client import DesiredServer, Operation
+from compute_agent.hypervisor import Hypervisor
+from compute_agent.spec import InstancePaths
+from tests.e2e.gated_agent import Gate
+from tests.e2e.libvirt_hosts import LibvirtHost
+from tests.e2e.stack import (
+    ADMIN,
+    WAIT,
+    ApiProcess,
+    ThreadAgent,
+    agent_settings,
+    allocated,
+    create_server,
+    enrollment_token,
+    host,
+    server,
+    wait_status,
+    wait_until,
+)
+from tests.e2e.test_live_migration_qemu import (
+    BOOTED,
+    NOTHING,
+    SIZES,
+    console,
+    domains,
+    guest_image,
+    ledger,
+    ticked_past,
+    ticks,
+)
+from tests.e2e.test_qemu_boot import wait_for
+from tests.factories import unique
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+# Where a ``LiveGatedAgent`` can be held (``Gate.hold`` blocks its reconcile thread):
+# ``prepared``: the destination made the incoming guest's files and recorded its
+#   ``live_prepare`` as done, not reported yet;
+# ``copy``: the source is about to ask libvirt for the migration (its ``live_migrate``).
+POINTS = ("prepared", "copy")
+
+
+class LiveGatedAgent(Agent):
+    """The real agent, with the gates above at its live-migration steps."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = Gate("", "")
+
+    def arm(self, point: str, server_id: str) -> Gate:
+        """Hold the agent at ``point`` for ``server_id`` (replacing any earlier gate)."""
+        assert point in POINTS, point
+        self.gate.release.set()
+        self.gate = Gate(point, server_id)
+        return self.gate
+
+    def _operation_performed(self, server: DesiredServer, op: Operation) -> None:
+        super()._operation_performed(server, op)
+        if op.kind == "live_prepare":
+            self.gate.hold("prepared", server.server_id)
+
+    def _live_migrate(self, server: DesiredServer, op: Operation) -> None:
+        self.gate.hold("copy", server.server_id)
+        super()._live_migrate(server, op)
+
+
+@pytest.fixture(scope="module")
+def api_process(settings: Settings, client: object) -> Iterator[ApiProcess]:
+    proc = ApiProcess(settings)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def agents(api_process: ApiProcess,
+           two_libvirt_hosts: list[LibvirtHost]) -> Iterator[list[ThreadAgent]]:
+    """One gated agent per libvirt daemon, each registering its migration endpoint; every
+    gate is released when the test ends."""
+    api = api_process.url
+    zone = unique("az")
+    started = []
+    for lh in two_libvirt_hosts:
+        name = unique("qhost")
+        settings = agent_settings(
+            api, lh.data_dir, name, lh.uri, network="none", availability_zone=zone,
+            migration_address="127.0.0.1", migration_transport="tcp",
+            migration_libvirt_port=lh.tcp_port, qemu_conf=lh.root / "etc" / "qemu.conf")
+        cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
+        agent = LiveGatedAgent(settings, cred, Hypervisor(lh.uri), "qemu")
+        thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
+        thread.start()
+        wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up"
+                   and h["resources"] and h["migration_endpoint"], WAIT, f"host {name} up")
+        started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    yield started
+    for a in started:
+        gated(a).gate.release.set()
+    for a in started:
+        a.stop()
+
+
+def gated(a: ThreadAgent) -> LiveGatedAgent:
+    assert isinstance(a.agent, LiveGatedAgent)
+    return a.agent
+
+
+def migrations(api: str, sid: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{api}/v1/servers/{sid}/migrations", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()["migrations"]
+    return found
+
+
+# point, the agent held there, the server's task state then
+STEPS = [("prepared", "destination", "live-preparing"), ("copy", "source", "live-migrating")]
+
+
+@pytest.mark.parametrize(("point", "side", "task_state"), STEPS, ids=[s[0] for s in STEPS])
+def test_the_api_killed_during_a_live_migration_the_move_completes_in_one_place(
+        api_process: ApiProcess, agents: list[ThreadAgent],
+        two_libvirt_hosts: list[LibvirtHost], point: str, side: str, task_state: str) -> None:
+    api = api_process.url
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
+               "the guest ticking, seen through the API")
+    last_a = ticks(console(api, sid))[-1]
+    billed_before = ledger(api, sid)
+
+    gate = gated(a if side == "source" else b).arm(point, sid)
+    try:
+        r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                       json={"action": "migrate", "live": True})
+        assert r.status_code == 202, r.text
+        assert gate.reached.wait(WAIT), f"the {side} never reached {point}"
+        seen = server(api, ADMIN, sid)
+        assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING", task_state,
+                                                                      a.name)
+        # Held before libvirt moves anything: the guest runs on A only.
+        assert (domains(lh_a), domains(lh_b)) == ([sid], [])
+        assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+
+        api_process.kill()
+        if point == "copy":
+            # The copy runs while no API process is there: libvirt moves the guest to B,
+            # the source's agent cannot report it.
+            gate.release.set()
+            wait_until(lambda: (domains(lh_a), domains(lh_b)) == ([], [sid]), WAIT,
+                       "libvirt moved the guest with the API down")
+        api_process.start()
+    finally:
+        gate.release.set()
+
+    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
+                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+                       f"server ACTIVE on {b.name}")
+    assert moved["fault"] is None
+    [m] = migrations(api, sid)
+    assert (m["kind"], m["status"], m["progress"], m["fault"]) == ("live", "completed", 100,
+                                                                  None)
+    assert (m["source_host_id"], m["dest_host_id"]) == (a.host_id, b.host_id)
+
+    # Same boot: B's console, through the API, goes on from what A showed, no new boot.
+    shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
+                       "B's console ticking through the API")
+    after = ticks(shown)
+    assert BOOTED not in shown
+    assert after[0][0] > last_a[0] and after[0][1] > last_a[1]
+    assert wait_for(InstancePaths(b.agent.instances, sid), "minicloud-guest: tick",
+                    1).count(BOOTED) == 0
+
+    # Exactly one place: B's daemon runs it, A's has no domain and A's agent no files.
+    wait_until(lambda: domains(lh_a) == []
+               and not InstancePaths(a.agent.instances, sid).directory.exists(), WAIT,
+               "A's copy removed")
+    assert domains(lh_b) == [sid]
+    assert allocated(api, a.host_id) == NOTHING
+    assert allocated(api, b.host_id) == SIZES
+    events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN).json()["events"]
+    assert [(e["action"], e["result"]) for e in events if e["action"] == "migrate"] == [
+        ("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
+    # One billed run: no stop and no second start.
+    assert ledger(api, sid) == billed_before
+
+    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+    wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
