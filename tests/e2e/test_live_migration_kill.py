@@ -12,6 +12,7 @@ hanging; nothing asserts a duration.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 from api.config import Settings
 from compute_agent.agent import Agent, ensure_enrolled
 from compute_agent.client import DesiredServer, Operation
+from compute_agent.config import load_credential
 from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import InstancePaths
 from tests.e2e.gated_agent import Gate
@@ -63,8 +65,13 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 POINTS = ("prepared", "copy")
 
 
+class Killed(BaseException):
+    """Ends a stopped agent's held thread on release, reporting nothing (a killed process)."""
+
+
 class LiveGatedAgent(Agent):
-    """The real agent, with the gates above at its live-migration steps."""
+    """The real agent, with the gates above at its live-migration steps. An agent stopped
+    while held ends there when released, as if it had been killed at that point."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -77,13 +84,21 @@ class LiveGatedAgent(Agent):
         self.gate = Gate(point, server_id)
         return self.gate
 
+    def run(self) -> None:
+        with contextlib.suppress(Killed):
+            super().run()
+
     def _operation_performed(self, server: DesiredServer, op: Operation) -> None:
         super()._operation_performed(server, op)
         if op.kind == "live_prepare":
             self.gate.hold("prepared", server.server_id)
+            if self._stop.is_set():
+                raise Killed
 
     def _live_migrate(self, server: DesiredServer, op: Operation) -> None:
         self.gate.hold("copy", server.server_id)
+        if self._stop.is_set():
+            raise Killed
         super()._live_migrate(server, op)
 
 
@@ -116,6 +131,7 @@ def agents(api_process: ApiProcess,
         wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up"
                    and h["resources"] and h["migration_endpoint"], WAIT, f"host {name} up")
         started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    # The tests may replace an agent in the list by its restarted self.
     yield started
     for a in started:
         gated(a).gate.release.set()
@@ -212,3 +228,84 @@ def test_the_api_killed_during_a_live_migration_the_move_completes_in_one_place(
 
     assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
     wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
+
+
+def restart(old: ThreadAgent) -> ThreadAgent:
+    """The same host's agent as a new process would be: same settings and credential."""
+    settings = old.agent.settings
+    cred = load_credential(settings.state_dir)
+    assert cred is not None
+    agent = LiveGatedAgent(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
+    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
+    thread.start()
+    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
+
+
+def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_source(
+        api_process: ApiProcess, agents: list[ThreadAgent],
+        two_libvirt_hosts: list[LibvirtHost], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destination's agent dies with the incoming files made and its step unreported,
+    and the API is killed too; the API, restarted with a short step timeout, reverts the
+    move: the guest never stopped on the source, and the destination's agent, once back,
+    removes the files it made and defines nothing."""
+    api = api_process.url
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
+               "the guest ticking, seen through the API")
+    last_a = ticks(console(api, sid))[-1]
+    billed_before = ledger(api, sid)
+    paths_b = InstancePaths(b.agent.instances, sid)
+
+    gate = gated(b).arm("prepared", sid)
+    try:
+        r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                       json={"action": "migrate", "live": True})
+        assert r.status_code == 202, r.text
+        assert gate.reached.wait(WAIT), "the destination never prepared"
+        assert server(api, ADMIN, sid)["task_state"] == "live-preparing"
+        assert paths_b.disk.exists()
+        # B's agent dies where it is held (it reports nothing more), then the API.
+        b.agent.stop()
+    finally:
+        gate.release.set()
+    b.stop()
+    api_process.kill()
+    monkeypatch.setenv("MINICLOUD_MIGRATION_STEP_TIMEOUT_SECONDS", "5")
+    api_process.start()
+    try:
+        back = wait_until(lambda: (x := server(api, ADMIN, sid))["status"] != "MIGRATING"
+                          and x, WAIT, "the move ended")
+        [m] = migrations(api, sid)
+        assert (m["kind"], m["status"]) == ("live", "reverted")
+        assert m["fault"]["code"] == "migration_timeout"
+        # The server is where it was, ACTIVE, with the fault saying why it did not move.
+        assert (back["status"], back["task_state"], back["host"]) == ("ACTIVE", None, a.name)
+        assert back["fault"]["code"] == "migration_timeout"
+        assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == NOTHING
+
+        # B's agent comes back: B no longer lists the server, so it removes the files it
+        # made; it never defined a domain.
+        revived = restart(b)
+        agents[agents.index(b)] = revived
+        wait_until(lambda: not paths_b.directory.exists(), WAIT, "B's prepared files removed")
+        assert (domains(lh_a), domains(lh_b)) == ([sid], [])
+        # The guest never stopped: A's console goes on in the same boot.
+        shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
+                           "A's console ticking through the API")
+        seen = [n for n, _ in ticks(shown)]
+        assert last_a[0] in seen  # (a new boot would count from 1 again)
+        assert seen[seen.index(last_a[0]):] == list(range(last_a[0], seen[-1] + 1))
+        assert ledger(api, sid) == billed_before
+        assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == NOTHING
+        assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+        wait_until(lambda: domains(lh_a) == [], WAIT, "the server deleted")
+    finally:
+        # The module's API goes on with the default step timeout.
+        api_process.kill()
+        monkeypatch.delenv("MINICLOUD_MIGRATION_STEP_TIMEOUT_SECONDS")
+        api_process.start()
