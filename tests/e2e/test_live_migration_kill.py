@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -151,6 +152,70 @@ def migrations(api: str, sid: str) -> list[dict[str, Any]]:
     return found
 
 
+@dataclass
+class Guest:
+    """A ticking real guest on host A (its agent ``a``, its daemon ``lh_a``), B the other."""
+
+    sid: str
+    a: ThreadAgent
+    b: ThreadAgent
+    lh_a: LibvirtHost
+    lh_b: LibvirtHost
+    last_tick: tuple[int, float]  # the last (tick, uptime) the API showed before the move
+    billed: list[dict[str, Any]]  # the ledger before the move
+
+
+def ticking_guest(api: str, agents: list[ThreadAgent], hosts: list[LibvirtHost]) -> Guest:
+    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
+    sid = s["id"]
+    wait_status(api, ADMIN, sid, "ACTIVE")
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = hosts if a is agents[0] else hosts[::-1]
+    wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
+               "the guest ticking, seen through the API")
+    return Guest(sid, a, b, lh_a, lh_b, ticks(console(api, sid))[-1], ledger(api, sid))
+
+
+def assert_moved_in_one_place(api: str, g: Guest) -> None:
+    """The move completed: ACTIVE on B in the same boot, on B's daemon only, A's files gone,
+    allocations only on B, one billed run; then the server is deleted."""
+    sid, a, b = g.sid, g.a, g.b
+    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
+                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+                       f"server ACTIVE on {b.name}")
+    assert moved["fault"] is None
+    [m] = migrations(api, sid)
+    assert (m["kind"], m["status"], m["progress"], m["fault"]) == ("live", "completed", 100,
+                                                                  None)
+    assert (m["source_host_id"], m["dest_host_id"]) == (a.host_id, b.host_id)
+
+    # Same boot: B's console, through the API, goes on from what A showed, no new boot.
+    shown = wait_until(lambda: ticked_past(api, sid, g.last_tick[0] + 3), WAIT,
+                       "B's console ticking through the API")
+    after = ticks(shown)
+    assert BOOTED not in shown
+    assert after[0][0] > g.last_tick[0] and after[0][1] > g.last_tick[1]
+    assert wait_for(InstancePaths(b.agent.instances, sid), "minicloud-guest: tick",
+                    1).count(BOOTED) == 0
+
+    # Exactly one place: B's daemon runs it, A's has no domain and A's agent no files.
+    wait_until(lambda: domains(g.lh_a) == []
+               and not InstancePaths(a.agent.instances, sid).directory.exists(), WAIT,
+               "A's copy removed")
+    assert domains(g.lh_b) == [sid]
+    assert allocated(api, a.host_id) == NOTHING
+    assert allocated(api, b.host_id) == SIZES
+    events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN).json()["events"]
+    assert [(e["action"], e["result"]) for e in events if e["action"] == "migrate"] == [
+        ("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
+    # One billed run: no stop and no second start.
+    assert ledger(api, sid) == g.billed
+
+    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
+    wait_until(lambda: domains(g.lh_b) == [], WAIT, "the server deleted")
+
+
 # point, the agent held there, the server's task state then
 STEPS = [("prepared", "destination", "live-preparing"), ("copy", "source", "live-migrating")]
 
@@ -160,16 +225,8 @@ def test_the_api_killed_during_a_live_migration_the_move_completes_in_one_place(
         api_process: ApiProcess, agents: list[ThreadAgent],
         two_libvirt_hosts: list[LibvirtHost], point: str, side: str, task_state: str) -> None:
     api = api_process.url
-    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
-    sid = s["id"]
-    wait_status(api, ADMIN, sid, "ACTIVE")
-    first = server(api, ADMIN, sid)["host"]
-    a, b = agents if first == agents[0].name else agents[::-1]
-    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
-    wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
-               "the guest ticking, seen through the API")
-    last_a = ticks(console(api, sid))[-1]
-    billed_before = ledger(api, sid)
+    g = ticking_guest(api, agents, two_libvirt_hosts)
+    sid, a, b, lh_a, lh_b = g.sid, g.a, g.b, g.lh_a, g.lh_b
 
     gate = gated(a if side == "source" else b).arm(point, sid)
     try:
@@ -195,39 +252,7 @@ def test_the_api_killed_during_a_live_migration_the_move_completes_in_one_place(
     finally:
         gate.release.set()
 
-    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
-                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
-                       f"server ACTIVE on {b.name}")
-    assert moved["fault"] is None
-    [m] = migrations(api, sid)
-    assert (m["kind"], m["status"], m["progress"], m["fault"]) == ("live", "completed", 100,
-                                                                  None)
-    assert (m["source_host_id"], m["dest_host_id"]) == (a.host_id, b.host_id)
-
-    # Same boot: B's console, through the API, goes on from what A showed, no new boot.
-    shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
-                       "B's console ticking through the API")
-    after = ticks(shown)
-    assert BOOTED not in shown
-    assert after[0][0] > last_a[0] and after[0][1] > last_a[1]
-    assert wait_for(InstancePaths(b.agent.instances, sid), "minicloud-guest: tick",
-                    1).count(BOOTED) == 0
-
-    # Exactly one place: B's daemon runs it, A's has no domain and A's agent no files.
-    wait_until(lambda: domains(lh_a) == []
-               and not InstancePaths(a.agent.instances, sid).directory.exists(), WAIT,
-               "A's copy removed")
-    assert domains(lh_b) == [sid]
-    assert allocated(api, a.host_id) == NOTHING
-    assert allocated(api, b.host_id) == SIZES
-    events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN).json()["events"]
-    assert [(e["action"], e["result"]) for e in events if e["action"] == "migrate"] == [
-        ("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
-    # One billed run: no stop and no second start.
-    assert ledger(api, sid) == billed_before
-
-    assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
-    wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
+    assert_moved_in_one_place(api, g)
 
 
 def restart(old: ThreadAgent) -> ThreadAgent:
@@ -241,6 +266,41 @@ def restart(old: ThreadAgent) -> ThreadAgent:
     return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
 
 
+def test_a_source_dead_before_the_copy_and_the_api_killed_the_move_completes_once_back(
+        api_process: ApiProcess, agents: list[ThreadAgent],
+        two_libvirt_hosts: list[LibvirtHost]) -> None:
+    """The source's agent dies about to ask libvirt for the copy, then the API is killed and
+    restarted: the move waits in its copy step with the guest running on A only (only the
+    source can tell whether libvirt copied); the source's agent, once back, carries the copy
+    out."""
+    api = api_process.url
+    g = ticking_guest(api, agents, two_libvirt_hosts)
+    sid, a, b, lh_a, lh_b = g.sid, g.a, g.b, g.lh_a, g.lh_b
+
+    gate = gated(a).arm("copy", sid)
+    try:
+        r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                       json={"action": "migrate", "live": True})
+        assert r.status_code == 202, r.text
+        assert gate.reached.wait(WAIT), "the source never reached the copy"
+        a.agent.stop()  # A's agent dies where it is held
+    finally:
+        gate.release.set()
+    a.stop()
+    api_process.kill()
+    api_process.start()
+    seen = server(api, ADMIN, sid)
+    assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING",
+                                                                  "live-migrating", a.name)
+    assert (domains(lh_a), domains(lh_b)) == ([sid], [])
+    assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+
+    revived = restart(a)
+    agents[agents.index(a)] = revived
+    g.a = revived
+    assert_moved_in_one_place(api, g)
+
+
 def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_source(
         api_process: ApiProcess, agents: list[ThreadAgent],
         two_libvirt_hosts: list[LibvirtHost], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,16 +309,8 @@ def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_sour
     move: the guest never stopped on the source, and the destination's agent, once back,
     removes the files it made and defines nothing."""
     api = api_process.url
-    s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
-    sid = s["id"]
-    wait_status(api, ADMIN, sid, "ACTIVE")
-    first = server(api, ADMIN, sid)["host"]
-    a, b = agents if first == agents[0].name else agents[::-1]
-    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
-    wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
-               "the guest ticking, seen through the API")
-    last_a = ticks(console(api, sid))[-1]
-    billed_before = ledger(api, sid)
+    g = ticking_guest(api, agents, two_libvirt_hosts)
+    sid, a, b, lh_a, lh_b, last_a = g.sid, g.a, g.b, g.lh_a, g.lh_b, g.last_tick
     paths_b = InstancePaths(b.agent.instances, sid)
 
     gate = gated(b).arm("prepared", sid)
@@ -300,7 +352,7 @@ def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_sour
         seen = [n for n, _ in ticks(shown)]
         assert last_a[0] in seen  # (a new boot would count from 1 again)
         assert seen[seen.index(last_a[0]):] == list(range(last_a[0], seen[-1] + 1))
-        assert ledger(api, sid) == billed_before
+        assert ledger(api, sid) == g.billed
         assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == NOTHING
         assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
         wait_until(lambda: domains(lh_a) == [], WAIT, "the server deleted")
