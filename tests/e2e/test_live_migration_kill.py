@@ -1,13 +1,18 @@
-"""kill -9 of the API during a live migration of a real guest, then the API restarted on the
-same database and data directory: the move ends in exactly one place (here it completes: the
-agents carry their step out and report it to the new process), the guest runs on the
-destination in the same boot, neither daemon keeps a second domain, the source keeps no files
-and only the destination holds allocations.
+"""kill -9 of the API during a live migration of a real guest, alone or with the source's
+or the destination's agent dead at the same step, then the API (and the agent) restarted on
+the same database and data directory: the server always ends in exactly one place, never
+stopped. Either the move completes (the agents carry their step out and report it to the new
+process: ACTIVE on the destination in the same boot, the source's domain and files gone,
+allocations only on the destination) or, when the destination never reports ready, the step
+timeout reverts it (ACTIVE on the source with a ``migration_timeout`` fault, the
+destination's files removed, allocations only on the source). Neither libvirt daemon ever
+holds a second domain.
 
 Two libvirt daemons, two real agents in this process as ``LiveGatedAgent``s: each test holds
-one agent at one step of the move, checks the step through the API, kills the API process
-with SIGKILL and lets the agent go. Waits are bounded only so a broken move fails instead of
-hanging; nothing asserts a duration.
+one agent at one step of the move, checks the step through the API and both daemons, kills
+the API process with SIGKILL (and stops the held agent where it is, as if killed) and lets
+go. Waits are bounded only so a broken move fails instead of hanging; nothing asserts a
+duration.
 """
 
 from __future__ import annotations
