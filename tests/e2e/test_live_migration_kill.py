@@ -306,6 +306,40 @@ def test_a_source_dead_before_the_copy_and_the_api_killed_the_move_completes_onc
     assert_moved_in_one_place(api, g)
 
 
+def test_a_destination_dead_after_preparing_and_the_api_killed_the_move_completes_once_back(
+        api_process: ApiProcess, agents: list[ThreadAgent],
+        two_libvirt_hosts: list[LibvirtHost]) -> None:
+    """The destination's agent dies with the incoming files made and its step recorded but
+    not reported, then the API is killed and restarted: the move waits in its preparing step;
+    the destination's agent, once back, reports what it recorded and the source copies."""
+    api = api_process.url
+    g = ticking_guest(api, agents, two_libvirt_hosts)
+    sid, a, b, lh_a, lh_b = g.sid, g.a, g.b, g.lh_a, g.lh_b
+
+    gate = gated(b).arm("prepared", sid)
+    try:
+        r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
+                       json={"action": "migrate", "live": True})
+        assert r.status_code == 202, r.text
+        assert gate.reached.wait(WAIT), "the destination never prepared"
+        b.agent.stop()  # B's agent dies where it is held
+    finally:
+        gate.release.set()
+    b.stop()
+    api_process.kill()
+    api_process.start()
+    seen = server(api, ADMIN, sid)
+    assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING",
+                                                                  "live-preparing", a.name)
+    assert (domains(lh_a), domains(lh_b)) == ([sid], [])
+    assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+
+    revived = restart(b)
+    agents[agents.index(b)] = revived
+    g.b = revived
+    assert_moved_in_one_place(api, g)
+
+
 def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_source(
         api_process: ApiProcess, agents: list[ThreadAgent],
         two_libvirt_hosts: list[LibvirtHost], monkeypatch: pytest.MonkeyPatch) -> None:
