@@ -37,12 +37,17 @@ import httpx
 import pytest
 
 from compute_agent.hypervisor import Hypervisor, HypervisorError
+from tests.db import backend
 from tests.e2e.stack import ADMIN, upload_image, wait_until
 from tests.e2e.test_qemu_boot import TEST_ROOT, build_guest_image
 from tests.e2e.test_whole_stack import BOOT_WAIT, URI, new_agent
 from tests.factories import Account, make_account, unique
 
-pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+# About 5 minutes of real guests: this runs in the SQLite pass only, so that CI keeps under its
+# 30 minutes (the guests' run is the same on both engines; the group's decisions and the leader
+# lease run on both in tests/e2e/test_scaling_fleet.py and tests/api/test_scaling_leader.py).
+pytestmark = [pytest.mark.qemu, pytest.mark.slow,
+              pytest.mark.skipif(backend() != "sqlite", reason="real guests: the SQLite pass")]
 
 # Long enough for two scale-outs (two boots, warm-ups and reconciler passes) on a loaded host.
 BURN_S = 240
