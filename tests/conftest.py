@@ -51,6 +51,14 @@ def _lock_log(event: str, nodeid: str, waited: float | None = None) -> None:
         os.close(fd)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the PostgreSQL pass the tests marked ``qemu`` run first (the SQLite pass keeps them
+    last): the two passes run at once and share one QEMU lock, so the real guests of one pass
+    boot while the other runs its API tests, instead of both queueing at the end."""
+    if backend() == "postgresql":
+        items.sort(key=lambda item: item.get_closest_marker("qemu") is None)  # stable
+
+
 # Whether this process holds QEMU_LOCK (flock locks belong to an open file, so a second
 # flock from this process would wait for itself).
 _qemu_lock_held = False
