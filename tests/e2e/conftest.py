@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.libvirt_hosts import LibvirtHost, LibvirtHosts
+from compute_agent.hypervisor import Hypervisor, HypervisorError
+from tests.e2e.guest_image import URI, GuestImage, upload_tiny_guest
+from tests.e2e.libvirt_hosts import TEST_ROOT, LibvirtHost, LibvirtHosts
+from tests.factories import Account
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +51,32 @@ def two_libvirt_hosts(libvirt_host_pool: LibvirtHosts) -> Iterator[list[LibvirtH
 def api(live_api: Callable[[int], list[str]]) -> str:
     """A ``minicloud-api`` process of the module's own (a module may pick another)."""
     return live_api(1)[0]
+
+
+@pytest.fixture(scope="module")
+def hv() -> Iterator[Hypervisor]:
+    """The machine's own libvirtd (``URI``), where the real guests boot; skips without it."""
+    try:
+        h = Hypervisor(URI)
+    except HypervisorError as exc:
+        pytest.skip(f"libvirtd is not reachable on {URI}: {exc}")
+    with h:
+        yield h
+
+
+@pytest.fixture
+def home(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh agent home directory for a real guest, removed after the test."""
+    # QEMU runs as libvirt-qemu: its files must sit under world-traversable directories, which
+    # pytest's tmp_path (under a 0700 directory) is not.
+    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    path = TEST_ROOT / f"{request.module.__name__.rsplit('.', 1)[-1]}-{uuid.uuid4()}"
+    path.mkdir(mode=0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def guest(api: str, member: Account, hv: Hypervisor) -> GuestImage:
+    """The tiny guest uploaded through the module's ``api`` by its ``member``."""
+    return upload_tiny_guest(api, member.headers)

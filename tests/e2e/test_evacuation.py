@@ -33,6 +33,7 @@ from compute_agent.domain_xml import build_domain_xml
 from compute_agent.hypervisor import write_test_node_xml
 from compute_agent.imagecache import ImageCache
 from compute_agent.spec import InstancePaths, ServerSpec
+from tests.e2e.guest_image import upload_tiny_guest
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
     ADMIN,
@@ -48,7 +49,6 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
-from tests.e2e.test_qemu_boot import build_guest_image
 from tests.factories import make_account, unique
 
 BOOT_WAIT = 180.0
@@ -290,12 +290,7 @@ def test_a_dead_qemu_host_is_evacuated_and_its_old_domain_is_never_started(
     a, b = two_libvirt_hosts
     zone = unique("evac-qemu")
     member = make_account(client, ADMIN)
-    built = build_guest_image()
-    kernel = upload_image(api, member.headers, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, member.headers, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
+    disk_id = upload_tiny_guest(api, member.headers).disk_id
     agents = {h.name: AgentProcess(api, h.data_dir, unique(f"evac-{h.name}"), h.uri, az=zone,
                                    extra_args=["--network", "none"]) for h in (a, b)}
     dead, survivor = agents[a.name], agents[b.name]
@@ -305,7 +300,7 @@ def test_a_dead_qemu_host_is_evacuated_and_its_old_domain_is_never_started(
         dead_id = wait_until(lambda: (a.data_dir / "state/credential.json").exists()
                              and host_id_of(a.data_dir), 60, "enrolled")
         _wait_host(api, dead_id, "up")
-        sid = create_server(api, member.headers, "tiny", disk["id"], name="evac-guest",
+        sid = create_server(api, member.headers, "tiny", disk_id, name="evac-guest",
                             availability_zone=zone)["id"]
         wait_status(api, member.headers, sid, "ACTIVE", BOOT_WAIT)
         hostname_line = f"minicloud-guest: hostname=evac-guest instance-id={sid}"

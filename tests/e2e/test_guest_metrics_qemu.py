@@ -9,9 +9,6 @@ stretch of time (after both finished booting) and bound only the idle one from a
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,56 +16,19 @@ from typing import Any
 import httpx
 import pytest
 
-from compute_agent.hypervisor import Hypervisor, HypervisorError
-from tests.e2e.stack import ADMIN, create_server, upload_image, wait_status, wait_until
-from tests.e2e.test_qemu_boot import TEST_ROOT, build_guest_image
-from tests.e2e.test_whole_stack import BOOT_WAIT, URI, console, new_agent
-from tests.factories import Account, make_account
+from compute_agent.hypervisor import Hypervisor
+from tests.e2e.guest_image import GuestImage
+from tests.e2e.stack import create_server, wait_status, wait_until
+from tests.e2e.test_whole_stack import BOOT_WAIT, console, new_agent
+from tests.factories import Account
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def hv() -> Iterator[Hypervisor]:
-    try:
-        h = Hypervisor(URI)
-    except HypervisorError as exc:
-        pytest.skip(f"libvirtd is not reachable on {URI}: {exc}")
-    with h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def disk_id(api: str, member: Account, hv: Hypervisor) -> str:
-    """The tiny guest uploaded through the images API; returns the bootable disk's id."""
-    built = build_guest_image()
-    kernel = upload_image(api, member.headers, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, member.headers, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
-    return str(disk["id"])
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    # QEMU runs as libvirt-qemu: its files sit under a world-traversable directory.
-    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    path = TEST_ROOT / f"metrics-{uuid.uuid4()}"
-    path.mkdir(mode=0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def disk_id(guest: GuestImage) -> str:
+    """The bootable disk of the tiny guest."""
+    return guest.disk_id
 
 
 def average_cpu(api: str, member: Account, sid: str, since: datetime) -> tuple[float, int]:

@@ -7,7 +7,7 @@ cannot migrate a domain, so every move here ends back on its source; the success
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
-from tests.factories import Account, make_account, unique
+from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -37,17 +37,6 @@ NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 # What the agents register: libvirtd over TCP on this port, and QEMU's default port range
 # (the qemu.conf named does not exist).
 LIBVIRT_PORT = 16999
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
 
 
 @pytest.fixture(scope="module")

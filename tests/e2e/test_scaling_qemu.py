@@ -25,10 +25,7 @@ generous bounds.
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,12 +33,12 @@ from typing import Any
 import httpx
 import pytest
 
-from compute_agent.hypervisor import Hypervisor, HypervisorError
+from compute_agent.hypervisor import Hypervisor
 from tests.db import backend
-from tests.e2e.stack import ADMIN, upload_image, wait_until
-from tests.e2e.test_qemu_boot import TEST_ROOT, build_guest_image
-from tests.e2e.test_whole_stack import BOOT_WAIT, URI, new_agent
-from tests.factories import Account, make_account, unique
+from tests.e2e.guest_image import GuestImage
+from tests.e2e.stack import wait_until
+from tests.e2e.test_whole_stack import BOOT_WAIT, new_agent
+from tests.factories import Account, unique
 
 # About 5 minutes of real guests: this runs in the SQLite pass only, so that CI keeps under its
 # 30 minutes (the guests' run is the same on both engines; the group's decisions and the leader
@@ -58,46 +55,9 @@ PHASE_WAIT = 5 * BOOT_WAIT
 
 
 @pytest.fixture(scope="module")
-def hv() -> Iterator[Hypervisor]:
-    try:
-        h = Hypervisor(URI)
-    except HypervisorError as exc:
-        pytest.skip(f"libvirtd is not reachable on {URI}: {exc}")
-    with h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def disk_id(api: str, member: Account, hv: Hypervisor) -> str:
-    """The tiny guest uploaded through the images API; returns the bootable disk's id."""
-    built = build_guest_image()
-    kernel = upload_image(api, member.headers, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, member.headers, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
-    return str(disk["id"])
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    # QEMU runs as libvirt-qemu: its files sit under a world-traversable directory.
-    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    path = TEST_ROOT / f"scaling-{uuid.uuid4()}"
-    path.mkdir(mode=0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def disk_id(guest: GuestImage) -> str:
+    """The bootable disk of the tiny guest."""
+    return guest.disk_id
 
 
 def _group(api: str, member: Account, gid: str) -> dict[str, Any]:

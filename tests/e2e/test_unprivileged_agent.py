@@ -35,6 +35,7 @@ import pytest
 
 from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import domain_name
+from tests.e2e.guest_image import URI, GuestImage
 from tests.e2e.stack import (
     AgentProcess,
     assert_placed_on,
@@ -46,16 +47,7 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import TEST_ROOT
-from tests.e2e.test_whole_stack import (  # noqa: F401 - fixtures
-    BOOT_WAIT,
-    URI,
-    GuestImage,
-    api,
-    console,
-    guest,
-    hv,
-    member,
-)
+from tests.e2e.test_whole_stack import BOOT_WAIT, console
 from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -173,7 +165,7 @@ def _mode(path: Path) -> int:
 
 
 def test_the_agent_runs_unprivileged_and_boots_a_guest(
-        api: str, member: Account, guest: GuestImage, hv: Hypervisor,  # noqa: F811
+        api: str, member: Account, guest: GuestImage, hv: Hypervisor,
         agent_user: pwd.struct_passwd, root: Path, libvirt_uri: str) -> None:
     qemu_group = grp.getgrnam(_qemu_group())
     uid, gid = agent_user.pw_uid, agent_user.pw_gid

@@ -20,21 +20,18 @@ Waits are bounded (so a broken boot fails instead of hanging) but nothing assert
 from __future__ import annotations
 
 import re
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from compute_agent.hypervisor import Hypervisor, HypervisorError
+from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import domain_name
+from tests.e2e.guest_image import URI, GuestImage
 from tests.e2e.stack import (
-    ADMIN,
     AgentProcess,
     action,
     allocated,
@@ -49,64 +46,12 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
-from tests.e2e.test_qemu_boot import TEST_ROOT, build_guest_image
-from tests.factories import Account, make_account, unique
+from tests.e2e.test_qemu_boot import build_guest_image
+from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 BOOT_WAIT = 180.0
-URI = "qemu:///system"
-
-
-@dataclass
-class GuestImage:
-    disk_id: str
-    kernel_id: str
-    ramdisk_id: str
-
-
-@pytest.fixture(scope="module")
-def hv() -> Iterator[Hypervisor]:
-    try:
-        h = Hypervisor(URI)
-    except HypervisorError as exc:
-        pytest.skip(f"libvirtd is not reachable on {URI}: {exc}")
-    with h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def api(live_api: Callable[[int], list[str]]) -> str:
-    return live_api(1)[0]
-
-
-@pytest.fixture(scope="module")
-def member(api: str) -> Account:
-    with httpx.Client(base_url=api) as c:
-        return make_account(c, ADMIN)
-
-
-@pytest.fixture(scope="module")
-def guest(api: str, member: Account, hv: Hypervisor) -> GuestImage:
-    """The tiny guest uploaded through the images API: kernel (aki), initramfs (ari), disk."""
-    built = build_guest_image()
-    kernel = upload_image(api, member.headers, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, member.headers, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, member.headers, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
-    return GuestImage(disk["id"], kernel["id"], ramdisk["id"])
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    # QEMU runs as libvirt-qemu: its files must sit under world-traversable directories, which
-    # pytest's tmp_path (under a 0700 directory) is not.
-    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    path = TEST_ROOT / f"stack-{uuid.uuid4()}"
-    path.mkdir(mode=0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
