@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from api.config import Settings
 from compute_agent.hypervisor import Hypervisor, HypervisorError
 from tests.e2e.guest_image import URI, GuestImage, upload_tiny_guest
 from tests.e2e.libvirt_hosts import TEST_ROOT, LibvirtHost, LibvirtHosts
+from tests.e2e.stack import ApiProcess
 from tests.factories import Account
 
 
@@ -80,3 +82,12 @@ def home(request: pytest.FixtureRequest) -> Iterator[Path]:
 def guest(api: str, member: Account, hv: Hypervisor) -> GuestImage:
     """The tiny guest uploaded through the module's ``api`` by its ``member``."""
     return upload_tiny_guest(api, member.headers)
+
+
+@pytest.fixture(scope="module")
+def api_process(settings: Settings, client: object) -> Iterator[ApiProcess]:
+    """A ``minicloud-api`` process of the module's own that a test may kill and restart."""
+    proc = ApiProcess(settings)
+    proc.start()
+    yield proc
+    proc.stop()

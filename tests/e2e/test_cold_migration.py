@@ -7,7 +7,6 @@ allocations are only on the destination. A corrupt relayed disk reverts the move
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,6 @@ import httpx
 import pytest
 
 from api.config import Settings
-from compute_agent.agent import Agent
-from compute_agent.config import load_credential
-from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import InstancePaths
 from tests.e2e.stack import (
     ADMIN,
@@ -32,6 +28,7 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
+from tests.e2e.two_hosts import restart_agent
 from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
@@ -128,13 +125,7 @@ def test_cold_migration_moves_the_server_with_its_disk(
 
 def restart(old: ThreadAgent) -> ThreadAgent:
     """The same host's agent started again (a fresh test-driver node: nothing defined)."""
-    settings = old.agent.settings
-    cred = load_credential(settings.state_dir)
-    assert cred is not None
-    agent = Agent(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
-    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
-    thread.start()
-    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
+    return restart_agent(old)
 
 
 def test_a_corrupt_relayed_disk_reverts_the_move_to_the_source(

@@ -42,14 +42,6 @@ TINY = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
 
 
 @pytest.fixture(scope="module")
-def api_process(settings: Settings, client: object) -> Iterator[ApiProcess]:
-    proc = ApiProcess(settings)
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def api(api_process: ApiProcess) -> str:
     """The killable process is the module's API (``member`` and ``image_id`` use it)."""
     return api_process.url

@@ -7,15 +7,12 @@ left keeps no domain and no files, and only its new host holds allocations.
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
 
 import httpx
 import libvirt
 import pytest
 
-from compute_agent.agent import Agent, ensure_enrolled
-from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import InstancePaths
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
@@ -23,17 +20,15 @@ from tests.e2e.stack import (
     WAIT,
     ThreadAgent,
     action,
-    agent_settings,
     allocated,
     create_server,
-    enrollment_token,
-    host,
     server,
     upload_image,
     wait_status,
     wait_until,
 )
 from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.e2e.two_hosts import start_qemu_agent
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -45,18 +40,7 @@ NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 @pytest.fixture
 def agents(api: str, two_libvirt_hosts: list[LibvirtHost]) -> Iterator[list[ThreadAgent]]:
     zone = unique("az")
-    started = []
-    for lh in two_libvirt_hosts:
-        name = unique("qhost")
-        settings = agent_settings(api, lh.data_dir, name, lh.uri, network="none",
-                                  availability_zone=zone)
-        cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
-        agent = Agent(settings, cred, Hypervisor(lh.uri), "qemu")
-        thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
-        thread.start()
-        wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up" and h["resources"],
-                   WAIT, f"host {name} up")
-        started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    started = [start_qemu_agent(api, lh, zone) for lh in two_libvirt_hosts]
     yield started
     for a in started:
         a.stop()

@@ -8,15 +8,12 @@ reads ``drained``.
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from compute_agent.agent import Agent, ensure_enrolled
-from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import InstancePaths
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
@@ -24,11 +21,8 @@ from tests.e2e.stack import (
     WAIT,
     ThreadAgent,
     action,
-    agent_settings,
     allocated,
     create_server,
-    enrollment_token,
-    host,
     server,
     upload_image,
     wait_status,
@@ -36,6 +30,7 @@ from tests.e2e.stack import (
 )
 from tests.e2e.test_cold_migration_qemu import domains, pattern_ok
 from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.e2e.two_hosts import start_qemu_agent
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -43,19 +38,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 PATTERN = "0x6b"  # what test_cold_migration_qemu.pattern_ok reads back
 NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 TICK = "minicloud-guest: tick 2 "
-
-
-def start_agent(api: str, lh: LibvirtHost, zone: str) -> ThreadAgent:
-    name = unique("qhost")
-    settings = agent_settings(api, lh.data_dir, name, lh.uri, network="none",
-                              availability_zone=zone)
-    cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
-    agent = Agent(settings, cred, Hypervisor(lh.uri), "qemu")
-    thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
-    thread.start()
-    wait_until(lambda: (h := host(api, cred.host_id))["state"] == "up" and h["resources"],
-               WAIT, f"host {name} up")
-    return ThreadAgent(agent, thread, cred.host_id, name, zone)
 
 
 @pytest.fixture
@@ -76,7 +58,7 @@ def test_draining_a_host_moves_its_real_guests_in_their_power_state(
         api: str, two_libvirt_hosts: list[LibvirtHost], started: list[ThreadAgent]) -> None:
     lh_a, lh_b = two_libvirt_hosts
     zone = unique("az")
-    a = start_agent(api, lh_a, zone)
+    a = start_qemu_agent(api, lh_a, zone)
     started.append(a)
     built = build_guest_image()
     kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
@@ -107,7 +89,7 @@ def test_draining_a_host_moves_its_real_guests_in_their_power_state(
     wait_status(api, ADMIN, ids["ACTIVE"], "ACTIVE")
     wait_for(InstancePaths(a.agent.instances, ids["ACTIVE"]), TICK, 2)
 
-    b = start_agent(api, lh_b, zone)
+    b = start_qemu_agent(api, lh_b, zone)
     started.append(b)
     r = httpx.post(f"{api}/v1/hosts/{a.host_id}/drain", headers=ADMIN)
     assert r.status_code == 202, r.text

@@ -18,7 +18,6 @@ duration.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.config import Settings
-from compute_agent.agent import Agent, ensure_enrolled
+from compute_agent.agent import Agent
 from compute_agent.client import DesiredServer, Operation
-from compute_agent.config import load_credential
-from compute_agent.hypervisor import Hypervisor
 from compute_agent.spec import InstancePaths
 from tests.db import backend
 from tests.e2e.gated_agent import Gate
@@ -40,11 +36,8 @@ from tests.e2e.stack import (
     WAIT,
     ApiProcess,
     ThreadAgent,
-    agent_settings,
     allocated,
     create_server,
-    enrollment_token,
-    host,
     server,
     wait_status,
     wait_until,
@@ -61,6 +54,7 @@ from tests.e2e.test_live_migration_qemu import (
     ticks,
 )
 from tests.e2e.test_qemu_boot import wait_for
+from tests.e2e.two_hosts import restart_agent, start_qemu_agent
 from tests.factories import unique
 
 # Real guests (about 2.5 minutes): these run in the PostgreSQL pass only, so that CI keeps under
@@ -114,14 +108,6 @@ class LiveGatedAgent(Agent):
         super()._live_migrate(server, op)
 
 
-@pytest.fixture(scope="module")
-def api_process(settings: Settings, client: object) -> Iterator[ApiProcess]:
-    proc = ApiProcess(settings)
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 @pytest.fixture
 def agents(api_process: ApiProcess,
            two_libvirt_hosts: list[LibvirtHost]) -> Iterator[list[ThreadAgent]]:
@@ -129,20 +115,8 @@ def agents(api_process: ApiProcess,
     gate is released when the test ends."""
     api = api_process.url
     zone = unique("az")
-    started = []
-    for lh in two_libvirt_hosts:
-        name = unique("qhost")
-        settings = agent_settings(
-            api, lh.data_dir, name, lh.uri, network="none", availability_zone=zone,
-            migration_address="127.0.0.1", migration_transport="tcp",
-            migration_libvirt_port=lh.tcp_port, qemu_conf=lh.root / "etc" / "qemu.conf")
-        cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
-        agent = LiveGatedAgent(settings, cred, Hypervisor(lh.uri), "qemu")
-        thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
-        thread.start()
-        wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up"
-                   and h["resources"] and h["migration_endpoint"], WAIT, f"host {name} up")
-        started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    started = [start_qemu_agent(api, lh, zone, endpoint=True, agent_class=LiveGatedAgent)
+               for lh in two_libvirt_hosts]
     # The tests may replace an agent in the list by its restarted self.
     yield started
     for a in started:
@@ -267,14 +241,8 @@ def test_the_api_killed_during_a_live_migration_the_move_completes_in_one_place(
 
 
 def restart(old: ThreadAgent) -> ThreadAgent:
-    """The same host's agent as a new process would be: same settings and credential."""
-    settings = old.agent.settings
-    cred = load_credential(settings.state_dir)
-    assert cred is not None
-    agent = LiveGatedAgent(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
-    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
-    thread.start()
-    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
+    """The same host's gated agent as a new process would be: same settings and credential."""
+    return restart_agent(old, LiveGatedAgent)
 
 
 def test_a_source_dead_before_the_copy_and_the_api_killed_the_move_completes_once_back(

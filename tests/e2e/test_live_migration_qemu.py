@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,8 +19,6 @@ import httpx
 import libvirt
 import pytest
 
-from compute_agent.agent import Agent, ensure_enrolled
-from compute_agent.config import load_credential
 from compute_agent.hypervisor import Hypervisor
 from compute_agent.migration import live_migrate, migratable_xml, rewrite_paths, set_host_id
 from compute_agent.spec import InstancePaths
@@ -31,10 +28,8 @@ from tests.e2e.stack import (
     WAIT,
     ThreadAgent,
     action,
-    agent_settings,
     allocated,
     create_server,
-    enrollment_token,
     host,
     server,
     upload_image,
@@ -42,6 +37,7 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.e2e.two_hosts import restart_agent, start_qemu_agent
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -63,20 +59,7 @@ def agents(api: str, two_libvirt_hosts: list[LibvirtHost]) -> Iterator[list[Thre
     """One agent per libvirt daemon, each registering its daemon's TCP listener and QEMU
     migration port range as its migration endpoint."""
     zone = unique("az")
-    started = []
-    for lh in two_libvirt_hosts:
-        name = unique("qhost")
-        settings = agent_settings(
-            api, lh.data_dir, name, lh.uri, network="none", availability_zone=zone,
-            migration_address="127.0.0.1", migration_transport="tcp",
-            migration_libvirt_port=lh.tcp_port, qemu_conf=lh.root / "etc" / "qemu.conf")
-        cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
-        agent = Agent(settings, cred, Hypervisor(lh.uri), "qemu")
-        thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
-        thread.start()
-        wait_until(lambda c=cred: (h := host(api, c.host_id))["state"] == "up"
-                   and h["resources"] and h["migration_endpoint"], WAIT, f"host {name} up")
-        started.append(ThreadAgent(agent, thread, cred.host_id, name, zone))
+    started = [start_qemu_agent(api, lh, zone, endpoint=True) for lh in two_libvirt_hosts]
     yield started
     for a in started:
         a.stop()
@@ -209,17 +192,6 @@ def test_live_migration_of_a_real_guest_through_the_api(
     wait_until(lambda: domains(lh_b) == [], WAIT, "the server deleted")
 
 
-def restart(old: ThreadAgent) -> ThreadAgent:
-    """The same host's agent as a new process would be: same settings and credential."""
-    settings = old.agent.settings
-    cred = load_credential(settings.state_dir)
-    assert cred is not None
-    agent = Agent(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
-    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
-    thread.start()
-    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
-
-
 def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
         api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
     s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
@@ -255,7 +227,7 @@ def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
 
     # A's agent comes back: it finds the domain gone and running on B, and reports the move
     # done instead of starting the guest again or failing the move.
-    revived = restart(a)
+    revived = restart_agent(a)
     agents[agents.index(a)] = revived
     moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
                        and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,

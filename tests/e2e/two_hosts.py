@@ -1,0 +1,48 @@
+"""Real agents (threads) on the test libvirt hosts of the migration, drain and kill tests."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from compute_agent.agent import Agent, ensure_enrolled
+from compute_agent.config import load_credential
+from compute_agent.hypervisor import Hypervisor
+from tests.e2e.libvirt_hosts import LibvirtHost
+from tests.e2e.stack import WAIT, ThreadAgent, agent_settings, enrollment_token, host, wait_until
+from tests.factories import unique
+
+
+def start_qemu_agent(api: str, lh: LibvirtHost, zone: str, *, endpoint: bool = False,
+                     agent_class: type[Agent] = Agent) -> ThreadAgent:
+    """An agent (virt type qemu, no network) on ``lh``, enrolled and up with its resources.
+
+    With ``endpoint`` it registers ``lh``'s TCP listener and QEMU migration port range as its
+    live-migration endpoint, and is up only once the API shows that endpoint.
+    """
+    name = unique("qhost")
+    extra: dict[str, Any] = {}
+    if endpoint:
+        extra = {"migration_address": "127.0.0.1", "migration_transport": "tcp",
+                 "migration_libvirt_port": lh.tcp_port,
+                 "qemu_conf": lh.root / "etc" / "qemu.conf"}
+    settings = agent_settings(api, lh.data_dir, name, lh.uri, network="none",
+                              availability_zone=zone, **extra)
+    cred = ensure_enrolled(settings, "qemu", token=enrollment_token(api))
+    agent = agent_class(settings, cred, Hypervisor(lh.uri), "qemu")
+    thread = threading.Thread(target=agent.run, name=f"agent-{name}", daemon=True)
+    thread.start()
+    wait_until(lambda: (h := host(api, cred.host_id))["state"] == "up" and h["resources"]
+               and (not endpoint or h["migration_endpoint"]), WAIT, f"host {name} up")
+    return ThreadAgent(agent, thread, cred.host_id, name, zone)
+
+
+def restart_agent(old: ThreadAgent, agent_class: type[Agent] = Agent) -> ThreadAgent:
+    """The same host's agent as a new process would be: same settings and credential."""
+    settings = old.agent.settings
+    cred = load_credential(settings.state_dir)
+    assert cred is not None
+    agent = agent_class(settings, cred, Hypervisor(settings.libvirt_uri), "qemu")
+    thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
+    thread.start()
+    return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
