@@ -28,7 +28,7 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
-from tests.e2e.two_hosts import restart_agent
+from tests.e2e.two_hosts import restart_agent, wait_active_on
 from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
@@ -183,9 +183,7 @@ def test_an_agent_restarting_in_the_middle_of_the_move_finishes_it(
     revived = restart(down)
     pair[pair.index(down)] = revived
     source, dest = (revived, dest) if side == "source" else (source, revived)
-    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == dest.name
-                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
-                       "server ACTIVE on the destination")
+    moved = wait_active_on(api, sid, dest.name)
     assert moved["fault"] is None
     assert has_pattern(InstancePaths(dest.agent.instances, sid).disk)
     wait_until(lambda: sid not in source.agent.hv.list_managed()

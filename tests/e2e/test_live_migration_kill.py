@@ -54,7 +54,7 @@ from tests.e2e.test_live_migration_qemu import (
     ticks,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import restart_agent, start_qemu_agent
+from tests.e2e.two_hosts import restart_agent, start_qemu_agent, wait_active_on
 from tests.factories import unique
 
 # Real guests (about 2.5 minutes): these run in the PostgreSQL pass only, so that CI keeps under
@@ -166,9 +166,7 @@ def assert_moved_in_one_place(api: str, g: Guest) -> None:
     """The move completed: ACTIVE on B in the same boot, on B's daemon only, A's files gone,
     allocations only on B, one billed run; then the server is deleted."""
     sid, a, b = g.sid, g.a, g.b
-    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
-                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
-                       f"server ACTIVE on {b.name}")
+    moved = wait_active_on(api, sid, b.name)
     assert moved["fault"] is None
     [m] = migrations(api, sid)
     assert (m["kind"], m["status"], m["progress"], m["fault"]) == ("live", "completed", 100,

@@ -37,7 +37,7 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import build_guest_image, wait_for
-from tests.e2e.two_hosts import restart_agent, start_qemu_agent
+from tests.e2e.two_hosts import restart_agent, start_qemu_agent, wait_active_on
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -147,9 +147,7 @@ def test_live_migration_of_a_real_guest_through_the_api(
     # While it moves the server holds allocations on both hosts.
     assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
 
-    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
-                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
-                       f"server ACTIVE on {b.name}")
+    moved = wait_active_on(api, sid, b.name)
     assert moved["fault"] is None
 
     # Same boot: the console, through the API (B's agent ships it now), goes on ticking after
@@ -229,9 +227,7 @@ def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
     # done instead of starting the guest again or failing the move.
     revived = restart_agent(a)
     agents[agents.index(a)] = revived
-    moved = wait_until(lambda: (x := server(api, ADMIN, sid))["host"] == b.name
-                       and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
-                       f"server ACTIVE on {b.name}")
+    moved = wait_active_on(api, sid, b.name)
     assert moved["fault"] is None
     shown = wait_until(lambda: ticked_past(api, sid, last_a[0] + 3), WAIT,
                        "B's console ticking through the API")

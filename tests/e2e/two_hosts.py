@@ -9,7 +9,16 @@ from compute_agent.agent import Agent, ensure_enrolled
 from compute_agent.config import load_credential
 from compute_agent.hypervisor import Hypervisor
 from tests.e2e.libvirt_hosts import LibvirtHost
-from tests.e2e.stack import WAIT, ThreadAgent, agent_settings, enrollment_token, host, wait_until
+from tests.e2e.stack import (
+    ADMIN,
+    WAIT,
+    ThreadAgent,
+    agent_settings,
+    enrollment_token,
+    host,
+    server,
+    wait_until,
+)
 from tests.factories import unique
 
 
@@ -46,3 +55,12 @@ def restart_agent(old: ThreadAgent, agent_class: type[Agent] = Agent) -> ThreadA
     thread = threading.Thread(target=agent.run, name=f"agent-{old.name}-2", daemon=True)
     thread.start()
     return ThreadAgent(agent, thread, old.host_id, old.name, old.az)
+
+
+def wait_active_on(api: str, sid: str, host_name: str) -> dict[str, Any]:
+    """The server once it is ACTIVE on ``host_name`` with no task (an admin's view)."""
+    moved: dict[str, Any] = wait_until(
+        lambda: (x := server(api, ADMIN, sid))["host"] == host_name
+        and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
+        f"server ACTIVE on {host_name}")
+    return moved
