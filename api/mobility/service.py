@@ -57,22 +57,10 @@ def migrate(session: Session, settings: Settings, principal: Principal, server: 
     ``state_changed``. Nothing is written when it raises.
     """
     source, forced = _check_start(session, principal, server, host_ref, "migrate")
-    agent_repository.lock_host(session, source)  # lock order: hosts, then the server
-    placed = _place(session, settings, principal, server, (source,), forced)
-    migration = Migration(
-        server_id=server.id, project_id=server.project_id, kind="cold",
-        status=repository.PREPARING, source_host_id=source, dest_host_id=placed.host_id,
-        server_status=server.status, requested_by=principal.user_id, progress=0,
-        drain_host_id=drain_host_id)
-    session.add(migration)
-    session.flush()
-    lifecycle.migration_step(
-        session, server, states.MIGRATING_EXPORT, action="migrate", user_id=principal.user_id,
-        result=ACCEPTED, message="cold migration: the source stops the server and sends its "
-        "disk", details={"migration_id": migration.id, "kind": "cold",
-                         "host_id": placed.host_id, "host": placed.host_name,
-                         "decision": placed.decision})
-    return migration
+    return _start(session, settings, principal, server, source, (source,), forced,
+                  kind="cold", drain_host_id=drain_host_id, task_state=states.MIGRATING_EXPORT,
+                  message="cold migration: the source stops the server and sends its disk",
+                  notify_destination=False)
 
 
 def live_migrate(session: Session, settings: Settings, principal: Principal, server: Server,
@@ -97,22 +85,34 @@ def live_migrate(session: Session, settings: Settings, principal: Principal, ser
     if forced is None and not repository.any_host_with_endpoint(session, exclude=source):
         raise Conflict("No other host registered a live-migration endpoint.",
                        code="migration_endpoint_missing")
+    return _start(session, settings, principal, server, source, (source, *sorted(without)),
+                  forced, kind="live", drain_host_id=drain_host_id,
+                  task_state=states.LIVE_PREPARING,
+                  message="live migration: the destination prepares the incoming guest's files",
+                  notify_destination=True)
+
+
+def _start(session: Session, settings: Settings, principal: Principal, server: Server,
+           source: str, exclude: tuple[str, ...], forced: str | None, *, kind: str,
+           drain_host_id: str | None, task_state: str, message: str,
+           notify_destination: bool) -> Migration:
+    """Lock the source, place the server, record the migration and move the server to
+    MIGRATING/``task_state`` (waking the destination too when ``notify_destination``)."""
     agent_repository.lock_host(session, source)  # lock order: hosts, then the server
-    placed = _place(session, settings, principal, server, (source, *sorted(without)), forced)
+    placed = _place(session, settings, principal, server, exclude, forced)
     migration = Migration(
-        server_id=server.id, project_id=server.project_id, kind="live",
+        server_id=server.id, project_id=server.project_id, kind=kind,
         status=repository.PREPARING, source_host_id=source, dest_host_id=placed.host_id,
         server_status=server.status, requested_by=principal.user_id, progress=0,
         drain_host_id=drain_host_id)
     session.add(migration)
     session.flush()
     lifecycle.migration_step(
-        session, server, states.LIVE_PREPARING, action="migrate", user_id=principal.user_id,
-        result=ACCEPTED, message="live migration: the destination prepares the incoming "
-        "guest's files", details={"migration_id": migration.id, "kind": "live",
-                                   "host_id": placed.host_id, "host": placed.host_name,
-                                   "decision": placed.decision},
-        notify=(placed.host_id,))
+        session, server, task_state, action="migrate", user_id=principal.user_id,
+        result=ACCEPTED, message=message,
+        details={"migration_id": migration.id, "kind": kind, "host_id": placed.host_id,
+                 "host": placed.host_name, "decision": placed.decision},
+        notify=(placed.host_id,) if notify_destination else ())
     return migration
 
 
