@@ -14,6 +14,7 @@ import libvirt
 import pytest
 
 from compute_agent.spec import InstancePaths
+from tests.e2e.guest_image import upload_tiny_guest
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
     ADMIN,
@@ -23,11 +24,10 @@ from tests.e2e.stack import (
     allocated,
     create_server,
     server,
-    upload_image,
     wait_status,
     wait_until,
 )
-from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.e2e.test_qemu_boot import wait_for
 from tests.e2e.two_hosts import start_qemu_agent
 from tests.factories import unique
 
@@ -70,13 +70,8 @@ def moved_to(api: str, sid: str, to: ThreadAgent, status: str) -> dict[str, obje
 
 def test_cold_migration_of_a_real_guest_shutoff_then_active(
         api: str, agents: list[ThreadAgent], two_libvirt_hosts: list[LibvirtHost]) -> None:
-    built = build_guest_image()
-    kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, ADMIN, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, ADMIN, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
-    s = create_server(api, ADMIN, "tiny", disk["id"], availability_zone=agents[0].az)
+    disk_id = upload_tiny_guest(api, ADMIN).disk_id
+    s = create_server(api, ADMIN, "tiny", disk_id, availability_zone=agents[0].az)
     sid = s["id"]
     wait_status(api, ADMIN, sid, "ACTIVE")
     first = server(api, ADMIN, sid)["host"]

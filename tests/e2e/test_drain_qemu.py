@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from compute_agent.spec import InstancePaths
+from tests.e2e.guest_image import upload_tiny_guest
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
     ADMIN,
@@ -24,12 +25,11 @@ from tests.e2e.stack import (
     allocated,
     create_server,
     server,
-    upload_image,
     wait_status,
     wait_until,
 )
 from tests.e2e.test_cold_migration_qemu import domains, pattern_ok
-from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.e2e.test_qemu_boot import wait_for
 from tests.e2e.two_hosts import start_qemu_agent
 from tests.factories import unique
 
@@ -60,12 +60,7 @@ def test_draining_a_host_moves_its_real_guests_in_their_power_state(
     zone = unique("az")
     a = start_qemu_agent(api, lh_a, zone)
     started.append(a)
-    built = build_guest_image()
-    kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, ADMIN, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, ADMIN, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
+    disk_id = upload_tiny_guest(api, ADMIN).disk_id
     r = httpx.post(f"{api}/v1/server-groups", headers=ADMIN,
                    json={"name": unique("spread"), "policy": "soft-anti-affinity"})
     assert r.status_code == 201, r.text
@@ -74,7 +69,7 @@ def test_draining_a_host_moves_its_real_guests_in_their_power_state(
     # Both on A (the only host yet); each gets a pattern written while it is shut off.
     ids: dict[str, str] = {}
     for status in ("ACTIVE", "SHUTOFF"):
-        s = create_server(api, ADMIN, "tiny", disk["id"], availability_zone=zone,
+        s = create_server(api, ADMIN, "tiny", disk_id, availability_zone=zone,
                           server_group=group)
         ids[status] = s["id"]
     for sid in ids.values():

@@ -22,6 +22,7 @@ import pytest
 from compute_agent.hypervisor import Hypervisor
 from compute_agent.migration import live_migrate, migratable_xml, rewrite_paths, set_host_id
 from compute_agent.spec import InstancePaths
+from tests.e2e.guest_image import upload_tiny_guest
 from tests.e2e.libvirt_hosts import LibvirtHost
 from tests.e2e.stack import (
     ADMIN,
@@ -32,11 +33,10 @@ from tests.e2e.stack import (
     create_server,
     host,
     server,
-    upload_image,
     wait_status,
     wait_until,
 )
-from tests.e2e.test_qemu_boot import build_guest_image, wait_for
+from tests.e2e.test_qemu_boot import wait_for
 from tests.e2e.two_hosts import restart_agent, start_qemu_agent, wait_active_on
 from tests.factories import unique
 
@@ -107,13 +107,7 @@ def ledger(api: str, sid: str) -> list[dict[str, Any]]:
 
 def guest_image(api: str) -> str:
     """The tiny guest's disk image (with its kernel and initrd) uploaded to the API."""
-    built = build_guest_image()
-    kernel = upload_image(api, ADMIN, (built / "vmlinuz").read_bytes(), "aki")
-    ramdisk = upload_image(api, ADMIN, (built / "initrd.img").read_bytes(), "ari")
-    disk = upload_image(api, ADMIN, (built / "disk.qcow2").read_bytes(), "qcow2",
-                        properties={"kernel_id": kernel["id"], "ramdisk_id": ramdisk["id"],
-                                    "kernel_cmdline": (built / "cmdline").read_text().strip()})
-    return str(disk["id"])
+    return upload_tiny_guest(api, ADMIN).disk_id
 
 
 def test_live_migration_of_a_real_guest_through_the_api(
