@@ -28,7 +28,7 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import start_qemu_agent
+from tests.e2e.two_hosts import source_first, start_qemu_agent
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -74,9 +74,7 @@ def test_cold_migration_of_a_real_guest_shutoff_then_active(
     s = create_server(api, ADMIN, "tiny", disk_id, availability_zone=agents[0].az)
     sid = s["id"]
     wait_status(api, ADMIN, sid, "ACTIVE")
-    first = server(api, ADMIN, sid)["host"]
-    a, b = agents if first == agents[0].name else agents[::-1]
-    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    a, b, lh_a, lh_b = source_first(api, sid, agents, two_libvirt_hosts)
     wait_for(InstancePaths(a.agent.instances, sid), "minicloud-guest: tick 2 ", 1)
     action(api, ADMIN, sid, "stop")
     wait_status(api, ADMIN, sid, "SHUTOFF")

@@ -54,7 +54,7 @@ from tests.e2e.test_live_migration_qemu import (
     ticks,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import restart_agent, start_qemu_agent, wait_active_on
+from tests.e2e.two_hosts import restart_agent, source_first, start_qemu_agent, wait_active_on
 from tests.factories import unique
 
 # Real guests (about 2.5 minutes): these run in the PostgreSQL pass only, so that CI keeps under
@@ -154,9 +154,7 @@ def ticking_guest(api: str, agents: list[ThreadAgent], hosts: list[LibvirtHost])
     s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
     sid = s["id"]
     wait_status(api, ADMIN, sid, "ACTIVE")
-    first = server(api, ADMIN, sid)["host"]
-    a, b = agents if first == agents[0].name else agents[::-1]
-    lh_a, lh_b = hosts if a is agents[0] else hosts[::-1]
+    a, b, lh_a, lh_b = source_first(api, sid, agents, hosts)
     wait_until(lambda: len(ticks(console(api, sid).split(BOOTED)[-1])) >= 3, WAIT,
                "the guest ticking, seen through the API")
     return Guest(sid, a, b, lh_a, lh_b, ticks(console(api, sid))[-1], ledger(api, sid))

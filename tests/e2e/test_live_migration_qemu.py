@@ -37,7 +37,7 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import restart_agent, start_qemu_agent, wait_active_on
+from tests.e2e.two_hosts import restart_agent, source_first, start_qemu_agent, wait_active_on
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -115,9 +115,7 @@ def test_live_migration_of_a_real_guest_through_the_api(
     s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
     sid = s["id"]
     wait_status(api, ADMIN, sid, "ACTIVE")
-    first = server(api, ADMIN, sid)["host"]
-    a, b = agents if first == agents[0].name else agents[::-1]
-    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    a, b, lh_a, lh_b = source_first(api, sid, agents, two_libvirt_hosts)
     paths_a, paths_b = InstancePaths(a.agent.instances, sid), InstancePaths(b.agent.instances, sid)
     # Data on the disk before the move: written while the guest is off, then it runs again.
     action(api, ADMIN, sid, "stop")
@@ -189,9 +187,7 @@ def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
     s = create_server(api, ADMIN, "tiny", guest_image(api), availability_zone=agents[0].az)
     sid = s["id"]
     wait_status(api, ADMIN, sid, "ACTIVE")
-    first = server(api, ADMIN, sid)["host"]
-    a, b = agents if first == agents[0].name else agents[::-1]
-    lh_a, lh_b = (two_libvirt_hosts if a is agents[0] else two_libvirt_hosts[::-1])
+    a, b, lh_a, lh_b = source_first(api, sid, agents, two_libvirt_hosts)
     wait_until(lambda: len(ticks(console(api, sid))) >= 3, WAIT, "the guest ticking")
     last_a = ticks(console(api, sid))[-1]
     billed_before = ledger(api, sid)

@@ -64,3 +64,13 @@ def wait_active_on(api: str, sid: str, host_name: str) -> dict[str, Any]:
         and x["status"] == "ACTIVE" and x["task_state"] is None and x, WAIT,
         f"server ACTIVE on {host_name}")
     return moved
+
+
+def source_first(api: str, sid: str, agents: list[ThreadAgent], hosts: list[LibvirtHost]
+                 ) -> tuple[ThreadAgent, ThreadAgent, LibvirtHost, LibvirtHost]:
+    """(source agent, other agent, source's libvirt host, other's) of a placed server, with
+    ``agents[i]`` running on ``hosts[i]``."""
+    first = server(api, ADMIN, sid)["host"]
+    a, b = agents if first == agents[0].name else agents[::-1]
+    lh_a, lh_b = hosts if a is agents[0] else hosts[::-1]
+    return a, b, lh_a, lh_b
