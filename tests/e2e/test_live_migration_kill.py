@@ -241,6 +241,34 @@ def restart(old: ThreadAgent) -> ThreadAgent:
     return restart_agent(old, LiveGatedAgent)
 
 
+def kill_agent_then_api(api_process: ApiProcess, g: Guest, dying: ThreadAgent, step: str,
+                        never: str) -> None:
+    """Start the live move of ``g``, let ``dying``'s agent die where it is held at ``step``
+    (``never``: the failure if it never gets there), then kill and restart the API."""
+    api = api_process.url
+    gate = gated(dying).arm(step, g.sid)
+    try:
+        r = httpx.post(f"{api}/v1/servers/{g.sid}/actions", headers=ADMIN,
+                       json={"action": "migrate", "live": True})
+        assert r.status_code == 202, r.text
+        assert gate.reached.wait(WAIT), never
+        dying.agent.stop()  # the agent dies where it is held
+    finally:
+        gate.release.set()
+    dying.stop()
+    api_process.kill()
+    api_process.start()
+
+
+def assert_waiting_on_the_source(api: str, g: Guest, task_state: str) -> None:
+    """The move waits in ``task_state``: the guest only on A, the sizes held on both hosts."""
+    seen = server(api, ADMIN, g.sid)
+    assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING", task_state,
+                                                                  g.a.name)
+    assert (domains(g.lh_a), domains(g.lh_b)) == ([g.sid], [])
+    assert allocated(api, g.a.host_id) == SIZES and allocated(api, g.b.host_id) == SIZES
+
+
 def test_a_source_dead_before_the_copy_and_the_api_killed_the_move_completes_once_back(
         api_process: ApiProcess, agents: list[ThreadAgent],
         two_libvirt_hosts: list[LibvirtHost]) -> None:
@@ -250,25 +278,10 @@ def test_a_source_dead_before_the_copy_and_the_api_killed_the_move_completes_onc
     out."""
     api = api_process.url
     g = ticking_guest(api, agents, two_libvirt_hosts)
-    sid, a, b, lh_a, lh_b = g.sid, g.a, g.b, g.lh_a, g.lh_b
+    a = g.a
 
-    gate = gated(a).arm("copy", sid)
-    try:
-        r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
-                       json={"action": "migrate", "live": True})
-        assert r.status_code == 202, r.text
-        assert gate.reached.wait(WAIT), "the source never reached the copy"
-        a.agent.stop()  # A's agent dies where it is held
-    finally:
-        gate.release.set()
-    a.stop()
-    api_process.kill()
-    api_process.start()
-    seen = server(api, ADMIN, sid)
-    assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING",
-                                                                  "live-migrating", a.name)
-    assert (domains(lh_a), domains(lh_b)) == ([sid], [])
-    assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+    kill_agent_then_api(api_process, g, a, "copy", "the source never reached the copy")
+    assert_waiting_on_the_source(api, g, "live-migrating")
 
     revived = restart(a)
     agents[agents.index(a)] = revived
@@ -284,25 +297,10 @@ def test_a_destination_dead_after_preparing_and_the_api_killed_the_move_complete
     the destination's agent, once back, reports what it recorded and the source copies."""
     api = api_process.url
     g = ticking_guest(api, agents, two_libvirt_hosts)
-    sid, a, b, lh_a, lh_b = g.sid, g.a, g.b, g.lh_a, g.lh_b
+    b = g.b
 
-    gate = gated(b).arm("prepared", sid)
-    try:
-        r = httpx.post(f"{api}/v1/servers/{sid}/actions", headers=ADMIN,
-                       json={"action": "migrate", "live": True})
-        assert r.status_code == 202, r.text
-        assert gate.reached.wait(WAIT), "the destination never prepared"
-        b.agent.stop()  # B's agent dies where it is held
-    finally:
-        gate.release.set()
-    b.stop()
-    api_process.kill()
-    api_process.start()
-    seen = server(api, ADMIN, sid)
-    assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING",
-                                                                  "live-preparing", a.name)
-    assert (domains(lh_a), domains(lh_b)) == ([sid], [])
-    assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+    kill_agent_then_api(api_process, g, b, "prepared", "the destination never prepared")
+    assert_waiting_on_the_source(api, g, "live-preparing")
 
     revived = restart(b)
     agents[agents.index(b)] = revived
