@@ -34,11 +34,11 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
+from tests.e2e.two_hosts import TINY
 from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
-TINY = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
 
 
 @pytest.fixture(scope="module")

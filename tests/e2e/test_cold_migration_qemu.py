@@ -28,13 +28,12 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import source_first, start_qemu_agent
+from tests.e2e.two_hosts import NOTHING, source_first, start_qemu_agent
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 PATTERN = "0x6b"
-NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 
 
 @pytest.fixture

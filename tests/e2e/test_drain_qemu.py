@@ -30,13 +30,12 @@ from tests.e2e.stack import (
 )
 from tests.e2e.test_cold_migration_qemu import domains, pattern_ok
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import start_qemu_agent
+from tests.e2e.two_hosts import NOTHING, start_qemu_agent
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 PATTERN = "0x6b"  # what test_cold_migration_qemu.pattern_ok reads back
-NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 TICK = "minicloud-guest: tick 2 "
 
 

@@ -28,12 +28,11 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
+from tests.e2e.two_hosts import NOTHING, TINY
 from tests.factories import Account, unique
 
 pytestmark = [pytest.mark.libvirt]
 
-SIZES = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
-NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
 # What the agents register: libvirtd over TCP on this port, and QEMU's default port range
 # (the qemu.conf named does not exist).
 LIBVIRT_PORT = 16999
@@ -173,7 +172,7 @@ def test_a_failed_copy_leaves_the_guest_running_on_its_source(
                and not InstancePaths(dest.agent.instances, sid).directory.exists(),
                WAIT, "the destination's files removed")
     assert allocated(api, dest.host_id) == NOTHING
-    assert allocated(api, source.host_id) == SIZES
+    assert allocated(api, source.host_id) == TINY
     seen = [(e["action"], e["result"], e["details"].get("kind"))
             for e in events(api, member.headers, sid) if e["action"] == "migrate"]
     assert seen == [("migrate", "accepted", "live"), ("migrate", "success", None),
@@ -192,8 +191,8 @@ def test_an_abort_while_the_destination_prepares_reverts_at_once(
     assert r.status_code == 202, r.text
     moving = server(api, member.headers, sid)
     assert (moving["status"], moving["task_state"]) == ("MIGRATING", "live-preparing")
-    assert allocated(api, dest.host_id) == SIZES
-    assert allocated(api, source.host_id) == SIZES
+    assert allocated(api, dest.host_id) == TINY
+    assert allocated(api, source.host_id) == TINY
 
     r = httpx.post(f"{api}/v1/servers/{sid}/migration/abort", headers=member.headers)
     assert r.status_code == 200, r.text
@@ -202,7 +201,7 @@ def test_an_abort_while_the_destination_prepares_reverts_at_once(
     assert (back["status"], back["task_state"], back["host"]) == ("ACTIVE", None, source.name)
     assert back["fault"]["code"] == "migration_aborted"
     assert allocated(api, dest.host_id) == NOTHING
-    assert allocated(api, source.host_id) == SIZES
+    assert allocated(api, source.host_id) == TINY
     assert source.agent.hv.list_managed()[sid].observed == "running"
     r = httpx.post(f"{api}/v1/servers/{sid}/migration/abort", headers=member.headers)
     assert (r.status_code, r.json()["code"]) == (409, "migration_not_abortable")

@@ -44,8 +44,6 @@ from tests.e2e.stack import (
 )
 from tests.e2e.test_live_migration_qemu import (
     BOOTED,
-    NOTHING,
-    SIZES,
     console,
     domains,
     guest_image,
@@ -54,7 +52,14 @@ from tests.e2e.test_live_migration_qemu import (
     ticks,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import restart_agent, source_first, start_qemu_agent, wait_active_on
+from tests.e2e.two_hosts import (
+    NOTHING,
+    TINY,
+    restart_agent,
+    source_first,
+    start_qemu_agent,
+    wait_active_on,
+)
 from tests.factories import unique
 
 # Real guests (about 2.5 minutes): these run in the PostgreSQL pass only, so that CI keeps under
@@ -186,7 +191,7 @@ def assert_moved_in_one_place(api: str, g: Guest) -> None:
                "A's copy removed")
     assert domains(g.lh_b) == [sid]
     assert allocated(api, a.host_id) == NOTHING
-    assert allocated(api, b.host_id) == SIZES
+    assert allocated(api, b.host_id) == TINY
     events = httpx.get(f"{api}/v1/servers/{sid}/events", headers=ADMIN).json()["events"]
     assert [(e["action"], e["result"]) for e in events if e["action"] == "migrate"] == [
         ("migrate", "accepted"), ("migrate", "success"), ("migrate", "success")]
@@ -220,7 +225,7 @@ def test_the_api_killed_during_a_live_migration_the_move_completes_in_one_place(
                                                                       a.name)
         # Held before libvirt moves anything: the guest runs on A only.
         assert (domains(lh_a), domains(lh_b)) == ([sid], [])
-        assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+        assert allocated(api, a.host_id) == TINY and allocated(api, b.host_id) == TINY
 
         api_process.kill()
         if point == "copy":
@@ -266,7 +271,7 @@ def assert_waiting_on_the_source(api: str, g: Guest, task_state: str) -> None:
     assert (seen["status"], seen["task_state"], seen["host"]) == ("MIGRATING", task_state,
                                                                   g.a.name)
     assert (domains(g.lh_a), domains(g.lh_b)) == ([g.sid], [])
-    assert allocated(api, g.a.host_id) == SIZES and allocated(api, g.b.host_id) == SIZES
+    assert allocated(api, g.a.host_id) == TINY and allocated(api, g.b.host_id) == TINY
 
 
 def test_a_source_dead_before_the_copy_and_the_api_killed_the_move_completes_once_back(
@@ -345,7 +350,7 @@ def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_sour
         # The server is where it was, ACTIVE, with the fault saying why it did not move.
         assert (back["status"], back["task_state"], back["host"]) == ("ACTIVE", None, a.name)
         assert back["fault"]["code"] == "migration_timeout"
-        assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == NOTHING
+        assert allocated(api, a.host_id) == TINY and allocated(api, b.host_id) == NOTHING
 
         # B's agent comes back: B no longer lists the server, so it removes the files it
         # made; it never defined a domain.
@@ -360,7 +365,7 @@ def test_a_destination_dead_while_preparing_reverts_the_move_to_the_running_sour
         assert last_a[0] in seen  # (a new boot would count from 1 again)
         assert seen[seen.index(last_a[0]):] == list(range(last_a[0], seen[-1] + 1))
         assert ledger(api, sid) == g.billed
-        assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == NOTHING
+        assert allocated(api, a.host_id) == TINY and allocated(api, b.host_id) == NOTHING
         assert httpx.delete(f"{api}/v1/servers/{sid}", headers=ADMIN).status_code == 202
         wait_until(lambda: domains(lh_a) == [], WAIT, "the server deleted")
     finally:

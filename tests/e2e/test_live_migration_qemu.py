@@ -37,14 +37,19 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.e2e.test_qemu_boot import wait_for
-from tests.e2e.two_hosts import restart_agent, source_first, start_qemu_agent, wait_active_on
+from tests.e2e.two_hosts import (
+    NOTHING,
+    TINY,
+    restart_agent,
+    source_first,
+    start_qemu_agent,
+    wait_active_on,
+)
 from tests.factories import unique
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 PATTERN = "0x6b"
-NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
-SIZES = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
 TICK = re.compile(r"minicloud-guest: tick (\d+) uptime=([0-9.]+)")
 BOOTED = "userspace started"
 
@@ -137,7 +142,7 @@ def test_live_migration_of_a_real_guest_through_the_api(
     moving = server(api, ADMIN, sid)
     assert (moving["status"], moving["task_state"]) == ("MIGRATING", "live-preparing")
     # While it moves the server holds allocations on both hosts.
-    assert allocated(api, a.host_id) == SIZES and allocated(api, b.host_id) == SIZES
+    assert allocated(api, a.host_id) == TINY and allocated(api, b.host_id) == TINY
 
     moved = wait_active_on(api, sid, b.name)
     assert moved["fault"] is None
@@ -159,7 +164,7 @@ def test_live_migration_of_a_real_guest_through_the_api(
                "A's copy removed")
     assert domains(lh_b) == [sid]
     assert allocated(api, a.host_id) == NOTHING
-    assert allocated(api, b.host_id) == SIZES
+    assert allocated(api, b.host_id) == TINY
     # The disk arrived with what was written on it.
     assert pattern_ok(str(paths_b.disk))
 
@@ -227,7 +232,7 @@ def test_a_source_agent_back_after_libvirt_finished_the_copy_completes_the_move(
                "A's files removed")
     assert domains(lh_b) == [sid]
     assert allocated(api, a.host_id) == NOTHING
-    assert allocated(api, b.host_id) == SIZES
+    assert allocated(api, b.host_id) == TINY
     r = httpx.get(f"{api}/v1/servers/{sid}/migrations", headers=ADMIN)
     assert [(m["kind"], m["status"]) for m in r.json()["migrations"]] == [("live", "completed")]
     assert ledger(api, sid) == billed_before

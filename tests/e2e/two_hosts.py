@@ -21,6 +21,10 @@ from tests.e2e.stack import (
 )
 from tests.factories import unique
 
+# A host's allocations with nothing placed on it, and those of one server of the tiny flavor.
+NOTHING = {"VCPU": 0, "MEMORY_MB": 0, "DISK_GB": 0}
+TINY = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
+
 
 def start_qemu_agent(api: str, lh: LibvirtHost, zone: str, *, endpoint: bool = False,
                      agent_class: type[Agent] = Agent) -> ThreadAgent:
