@@ -54,9 +54,9 @@ from tests.e2e.stack import (
     upload_image,
     wait_until,
 )
+from tests.e2e.two_hosts import TINY
 from tests.factories import make_account
 
-TINY = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
 WAIT = 600.0  # bound of every wait, so a broken run fails instead of hanging
 
 
