@@ -194,12 +194,16 @@ def test_a_down_hosts_member_is_replaced_and_the_activity_says_why(
     wait_until(lambda: httpx.get(f"{api}/v1/servers/{killed}", headers=member.headers)
                .status_code == 404 or None, WAIT, "the killed member deleted")
 
-    # A member's host goes down (its agent stops): force-deleted and replaced on the
-    # other host. Down here means 3 s without a heartbeat.
-    victim_agent = agents[1]
-    victim = next(m["server_id"] for m in _group(api, member, gid)["members"]
-                  if httpx.get(f"{api}/v1/servers/{m['server_id']}",
-                               headers=ADMIN).json()["host"] == victim_agent.name)
+    # A member's host goes down (its agent stops): its members are force-deleted and replaced
+    # on the other host. Down here means 3 s without a heartbeat. The killed member's
+    # replacement may have gone to either host (while the killed one was still deleting, soft
+    # anti-affinity saw one member on each), so the victim is the host of a current member.
+    victim, victim_host = next(
+        (m["server_id"], httpx.get(f"{api}/v1/servers/{m['server_id']}",
+                                   headers=ADMIN).json()["host"])
+        for m in _group(api, member, gid)["members"])
+    victim_agent = next(a for a in agents if a.name == victim_host)
+    survivor = next(a for a in agents if a is not victim_agent)
     victim_agent.stop()
     fast_down = {"host_down_after_seconds": 3}
     _reconcile_until(
@@ -213,7 +217,7 @@ def test_a_down_hosts_member_is_replaced_and_the_activity_says_why(
     assert httpx.get(f"{api}/v1/servers/{victim}", headers=member.headers).status_code == 404
     for m in _group(api, member, gid)["members"]:
         server = httpx.get(f"{api}/v1/servers/{m['server_id']}", headers=ADMIN).json()
-        assert server["host"] == agents[0].name
+        assert server["host"] == survivor.name
 
     r = httpx.delete(f"{api}/v1/scaling-groups/{gid}", headers=member.headers)
     assert r.status_code == 202
