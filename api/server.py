@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 from pathlib import Path
 
 import uvicorn
@@ -20,6 +21,15 @@ def _share_metrics(default: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft open-file limit to the hard one: every agent keeps a connection (two
+    while its long-poll waits), and the usual soft limit of 1,024 would refuse the
+    connections of a few hundred hosts (accept() failing with EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 KEEP_ALIVE_SECONDS = 30
@@ -42,6 +52,7 @@ def run() -> None:
     if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
         parser.error("MINICLOUD_TLS_CERTFILE and MINICLOUD_TLS_KEYFILE go together")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _raise_open_files_limit()
     if args.workers > 1:
         _share_metrics(settings.data_dir / "prometheus")
     if not args.no_migrate:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import ssl
 import sys
 import time
@@ -36,8 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
+from bench.lean_http import Client, Response, TransportError
 from compute_agent.client import (
     AgentApiError,
     DesiredServer,
@@ -65,9 +65,9 @@ class SimHost:
     cursor: str | None = None
     # server id -> (state, id of the operation performed) last reported
     reported: dict[str, tuple[ObservedState, str | None]] = field(default_factory=dict)
-    # Its own connections, as a real agent has: httpx's pool costs grow with every request
-    # outstanding in it, and each host keeps a long-poll outstanding.
-    http: httpx.AsyncClient | None = None
+    # Its own connections, as a real agent has: each host keeps a long-poll outstanding on
+    # one and heartbeats on another.
+    http: Client | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -96,7 +96,7 @@ class Stats:
         return {f"{k} {s}": n for (k, s), n in sorted(self.calls.items())}
 
 
-def _error_of(r: httpx.Response) -> AgentApiError:
+def _error_of(r: Response) -> AgentApiError:
     try:
         body = r.json()
         return AgentApiError(r.status_code, str(body.get("code")), str(body.get("detail")))
@@ -110,7 +110,8 @@ class Fleet:
     def __init__(self, apis: Sequence[str], admin_token: str, *, heartbeat: float = 10.0,
                  long_poll_wait: float = 10.0, size: tuple[int, int, int] = (16, 65536, 1000),
                  prefix: str | None = None, retries: int = 12,
-                 availability_zone: str = "nova", trust_active: bool = False) -> None:
+                 availability_zone: str = "nova", trust_active: bool = False,
+                 enroll_concurrency: int | None = None, keepalive_expiry: float = 25.0) -> None:
         self.apis = [a.rstrip("/") for a in apis]
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.heartbeat_interval = heartbeat
@@ -126,16 +127,21 @@ class Fleet:
         self.stats = Stats()
         self._tasks: list[asyncio.Task[None]] = []
         self._admin_turns = asyncio.Semaphore(4)
-        self._timeout = httpx.Timeout(30.0 + long_poll_wait)
+        # Hosts enrolling at once (None: all of them), as an operator's rollout would pace them.
+        self._enroll_turns = (asyncio.Semaphore(enroll_concurrency)
+                              if enroll_concurrency else None)
+        self._timeout = 30.0 + long_poll_wait
+        # Below the API's keep-alive timeout, so the server never closes a connection under a
+        # request being sent.
+        self._keepalive_expiry = keepalive_expiry
         self._tls = ssl.create_default_context()  # shared: one per client costs milliseconds
         self._http = self._client()
 
-    def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self._timeout, verify=self._tls,
-                                 limits=httpx.Limits(max_connections=None,
-                                                     max_keepalive_connections=None))
+    def _client(self) -> Client:
+        return Client(timeout=self._timeout, keepalive_expiry=self._keepalive_expiry,
+                      tls=self._tls)
 
-    def _http_of(self, host: SimHost) -> httpx.AsyncClient:
+    def _http_of(self, host: SimHost) -> Client:
         if host.http is None:
             host.http = self._client()
         return host.http
@@ -154,23 +160,26 @@ class Fleet:
 
     # ------------------------------------------------------------------ HTTP with retries
 
-    async def _call(self, kind: str, method: str, url: str, *, ok: int = 200,
-                    host: SimHost | None = None, **kwargs: Any) -> httpx.Response:
+    async def _call(self, kind: str, method: str, url: str, *, ok: int | tuple[int, ...] = 200,
+                    host: SimHost | None = None, retries: int | None = None,
+                    **kwargs: Any) -> Response:
         """Send with the agent's retry rules: 503/429 after ``Retry-After`` (jittered),
-        transport errors and other 5xx with exponential backoff; raises AgentApiError."""
+        transport errors and other 5xx with exponential backoff; raises AgentApiError.
+        ``ok`` is the status (or statuses) that ends the call; ``retries`` overrides the
+        fleet's number of retries."""
         last: AgentApiError | None = None
-        for attempt in range(self.retries + 1):
+        for attempt in range((self.retries if retries is None else retries) + 1):
             try:
                 http = self._http if host is None else self._http_of(host)
                 r = await http.request(method, url, **kwargs)
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 self.stats.count(kind, 0)
                 last = AgentApiError(0, "unreachable", str(exc))
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 continue
-            hint = retry_after(r)
+            hint = retry_after(r)  # type: ignore[arg-type]  # the same two fields as httpx's
             self.stats.count(f"{kind}:retry-after" if hint is not None else kind, r.status_code)
-            if r.status_code == ok:
+            if r.status_code == ok or (isinstance(ok, tuple) and r.status_code in ok):
                 return r
             last = _error_of(r)
             if hint is not None:
@@ -209,14 +218,23 @@ class Fleet:
         InventoryResult.model_validate(r.json())
         await self._heartbeat(host)
 
+    async def _enroll_turn(self, host: SimHost) -> None:
+        if self._enroll_turns is None:
+            await self._enroll(host)
+            return
+        async with self._enroll_turns:
+            await self._enroll(host)
+
     async def enroll(self, count: int) -> list[SimHost]:
-        """Enroll ``count`` new hosts all at once (token, enroll, inventory, first heartbeat
-        each); return those that made it. A host that fails for good (AgentApiError after the
-        retries) is listed in ``failed`` and left out of the fleet."""
+        """Enroll ``count`` new hosts at once, or ``enroll_concurrency`` at a time (token,
+        enroll, inventory, first heartbeat each); return those that made it. A host that
+        fails for good (AgentApiError after the retries) is listed in ``failed`` and left out
+        of the fleet."""
         first = len(self.hosts) + len(self.failed)
         new = [SimHost(f"{self.prefix}-{i:05d}", self.apis[i % len(self.apis)])
                for i in range(first, first + count)]
-        results = await asyncio.gather(*(self._enroll(h) for h in new), return_exceptions=True)
+        results = await asyncio.gather(*(self._enroll_turn(h) for h in new),
+                                       return_exceptions=True)
         for host, result in zip(new, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, AgentApiError):
@@ -276,7 +294,10 @@ class Fleet:
                 params["since"] = host.cursor
             try:
                 r = await self._call("long-poll", "GET", f"{host.api}/v1/agent/servers",
-                                     params=params, headers=host.headers, host=host)
+                                     params=params, headers=host.headers, host=host,
+                                     ok=(200, 304))
+                if r.status_code == 304:  # the wait ended with nothing changed
+                    continue
                 desired = DesiredState.model_validate(r.json())
                 for server in desired.servers:
                     await self._observe(host, server)
@@ -287,9 +308,9 @@ class Fleet:
                 self.failed.append((host.name, repr(exc)))
                 raise
 
-    def start(self) -> None:
-        """Start every host's heartbeat and long-poll loops."""
-        for host in self.hosts:
+    def start(self, hosts: Sequence[SimHost] | None = None) -> None:
+        """Start the heartbeat and long-poll loops of ``hosts`` (default: every host)."""
+        for host in self.hosts if hosts is None else hosts:
             self._tasks.append(asyncio.create_task(self._heartbeats(host)))
             self._tasks.append(asyncio.create_task(self._long_polls(host)))
 
@@ -299,6 +320,21 @@ class Fleet:
                              headers=self.admin)
         mine = {h.host_id for h in self.hosts}
         return sum(1 for h in r.json() if h["id"] in mine and h["state"] == "up")
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's open-file limit (RLIMIT_NOFILE) towards ``wanted``: the soft
+    limit up to the hard one, and the hard one too where the process may (root). Every
+    simulated host holds two connections. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # not privileged: keep the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    target = max(soft, wanted) if hard == resource.RLIM_INFINITY else hard
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -324,6 +360,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if not args.admin_token:
         p.error("--admin-token or MINICLOUD_TOKEN is required")
+    raise_open_files_limit(2 * args.hosts + 1024)
     fleet = Fleet(args.api, args.admin_token, heartbeat=args.heartbeat,
                   long_poll_wait=args.long_poll_wait)
     began = time.monotonic()

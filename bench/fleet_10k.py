@@ -1,0 +1,281 @@
+"""A large fleet held idle: N simulated hosts (bench/fleet.py, default 10,000) and M idle
+servers (default 100,000) against several API processes on one PostgreSQL database, with a
+trickle of creates whose way to their agent is timed.
+
+    python -m bench.fleet_10k --api http://127.0.0.1:18950 --api http://127.0.0.1:18951 \\
+        --database-url postgresql+psycopg://minicloud:minicloud@127.0.0.1/bench_10k \\
+        --admin-token $MINICLOUD_TOKEN --measure-pid PID1 --measure-pid PID2
+
+1. Enrolls the fleet ``--enroll-concurrency`` hosts at a time (host i on API ``i % len``),
+   each host heartbeating and long-polling from the moment it is enrolled; 503 ``agent_busy``
+   with ``Retry-After`` is honoured and counted apart from server errors.
+2. Inserts the idle servers straight into the database, ACTIVE and running with their ledger
+   entries (``bench.idle_fleet.insert_servers``, in chunks, in a child process so the
+   simulator's event loop keeps its hosts beating), and lets every host see its servers
+   (``--settle`` seconds, at least one long-poll wait).
+3. Holds the fleet for ``--window`` seconds: 5xx answers, the API processes' CPU (from /proc),
+   the simulator's own CPU, hosts ``up`` (sampled every minute) and the load average; and
+   meanwhile creates servers through ``POST /v1/servers`` as a tenant, ``--create-rate`` per
+   second, timing each from its ``202`` to the long-poll answer that brings it to its host.
+
+Prints one JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from api.models import Image
+from bench.fleet import Fleet, SimHost, cpu_seconds, raise_open_files_limit
+from compute_agent.client import AgentApiError, DesiredServer
+
+
+class TimedFleet(Fleet):
+    """A fleet that notes when each of its hosts first sees a server in BUILD (a create)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_seen: dict[str, float] = {}
+
+    async def _observe(self, host: SimHost, server: DesiredServer) -> None:
+        if server.status == "BUILD" and server.server_id not in self.first_seen:
+            self.first_seen[server.server_id] = time.monotonic()
+        await super()._observe(host, server)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)  # nearest rank
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(1000 * value, 1)
+
+
+async def _insert(database_url: str, host_ids: list[str], count: int, chunk: int) -> float:
+    """Insert the idle servers in a child process (its CPU is not the simulator's); return
+    the seconds it took. Raises RuntimeError when it fails."""
+    began = time.monotonic()
+    code = ("import json, sys\n"
+            "from bench.idle_fleet import insert_servers\n"
+            "ids = json.load(sys.stdin)\n"
+            f"left = {count}\n"
+            "while left > 0:\n"
+            f"    insert_servers({database_url!r}, ids, min(left, {chunk}))\n"
+            f"    left -= {chunk}\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code,
+                                                stdin=asyncio.subprocess.PIPE)
+    await proc.communicate(json.dumps(host_ids).encode())
+    if proc.returncode != 0:
+        raise RuntimeError(f"inserting the idle servers failed ({proc.returncode})")
+    return time.monotonic() - began
+
+
+def _tenant_image(database_url: str, project_id: str) -> str:
+    """An active image row of the tenant's project (nothing boots: the hosts are simulated)."""
+    engine = create_engine(database_url)
+    with Session(engine) as session, session.begin():
+        image = Image(project_id=project_id, name=f"create-{uuid.uuid4().hex[:8]}",
+                      status="active", disk_format="qcow2", size=1024, sha256="cd" * 32,
+                      properties={})
+        session.add(image)
+        session.flush()
+        image_id = image.id
+    engine.dispose()
+    return image_id
+
+
+async def _tenant(fleet: Fleet, database_url: str, creates: int) -> tuple[dict[str, str], str]:
+    """A project of its own for the creates (quota for all of them), a member's token and an
+    image: (auth header, image id)."""
+    api = fleet.apis[0]
+    suffix = uuid.uuid4().hex[:8]
+    r = await fleet._call("setup", "POST", f"{api}/v1/projects", ok=201, headers=fleet.admin,
+                          json={"name": f"creates-{suffix}"})
+    project_id = str(r.json()["id"])
+    limit = max(10 * creates, 100)
+    await fleet._call("setup", "PUT", f"{api}/v1/quotas/{project_id}", headers=fleet.admin,
+                      json={"instances": limit, "vcpus": 16 * limit, "ram_mb": 65536 * limit,
+                            "disk_gb": 1000 * limit})
+    name, password = f"creator-{suffix}", f"pw-{uuid.uuid4().hex}"
+    await fleet._call("setup", "POST", f"{api}/v1/users", ok=201, headers=fleet.admin,
+                      json={"name": name, "password": password, "project_id": project_id,
+                            "role": "member"})
+    r = await fleet._call("setup", "POST", f"{api}/v1/auth/tokens", ok=201,
+                          json={"user": name, "password": password, "project": project_id})
+    header = {"Authorization": f"Bearer {r.json()['token']}"}
+    return header, await asyncio.to_thread(_tenant_image, database_url, project_id)
+
+
+async def _creates(fleet: Fleet, auth: dict[str, str], image: str, rate: float,
+                   duration: float, zone: str) -> list[tuple[str, float, float]]:
+    """POST ``rate`` creates per second for ``duration`` seconds, alternating the API
+    processes; return (server id, sent at, 202 at) of those accepted."""
+    accepted: list[tuple[str, float, float]] = []
+
+    async def one(i: int) -> None:
+        api = fleet.apis[i % len(fleet.apis)]
+        sent = time.monotonic()
+        try:
+            r = await fleet._call("create", "POST", f"{api}/v1/servers", ok=202, retries=0,
+                                  headers=auth, json={"name": f"c-{i}", "flavor": "tiny",
+                                                      "image": image,
+                                                      "availability_zone": zone})
+        except AgentApiError:
+            return  # counted in the fleet's stats
+        accepted.append((str(r.json()["id"]), sent, time.monotonic()))
+
+    tasks = []
+    began = time.monotonic()
+    i = 0
+    while (due := began + i / rate) < began + duration:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        tasks.append(asyncio.create_task(one(i)))
+        i += 1
+    await asyncio.gather(*tasks)
+    return accepted
+
+
+async def _hosts_up(fleet: Fleet) -> int:
+    try:
+        return await fleet.hosts_up()
+    except AgentApiError:
+        return -1  # the listing itself failed (counted in the stats)
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; return the summary it prints."""
+    p = argparse.ArgumentParser(prog="bench.fleet_10k", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--api", action="append", required=True, help="API base URL (repeatable)")
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--admin-token", default=os.environ.get("MINICLOUD_TOKEN"))
+    p.add_argument("--hosts", type=int, default=10000)
+    p.add_argument("--servers", type=int, default=100000)
+    p.add_argument("--heartbeat", type=float, default=30.0)
+    p.add_argument("--long-poll-wait", type=float, default=30.0)
+    p.add_argument("--enroll-concurrency", type=int, default=100)
+    p.add_argument("--enroll-batch", type=int, default=500,
+                   help="hosts start beating once their batch has enrolled")
+    p.add_argument("--insert-chunk", type=int, default=10000,
+                   help="idle servers per insert transaction")
+    p.add_argument("--settle", type=float, default=60.0)
+    p.add_argument("--window", type=float, default=600.0)
+    p.add_argument("--create-rate", type=float, default=2.0, help="creates per second")
+    p.add_argument("--keepalive-expiry", type=float, default=25.0,
+                   help="seconds a simulated host keeps an idle connection")
+    p.add_argument("--measure-pid", type=int, action="append", default=[])
+    args = p.parse_args(argv)
+    if not args.admin_token:
+        p.error("--admin-token or MINICLOUD_TOKEN is required")
+    nofile = raise_open_files_limit(2 * args.hosts + 1024)
+    zone = "nova"
+    fleet = TimedFleet(args.api, args.admin_token, heartbeat=args.heartbeat,
+                       long_poll_wait=args.long_poll_wait, trust_active=True,
+                       enroll_concurrency=args.enroll_concurrency,
+                       keepalive_expiry=args.keepalive_expiry, availability_zone=zone)
+    me = os.getpid()
+    began = time.monotonic()
+    summary: dict[str, Any] = {}
+    try:
+        creates_total = int(args.create_rate * args.window) + 1
+        auth, image = await _tenant(fleet, args.database_url, creates_total)
+        # Enrollment: batches, each host beating from the end of its batch on.
+        sim_cpu0 = cpu_seconds(me)
+        while len(fleet.hosts) + len(fleet.failed) < args.hosts:
+            batch = min(args.enroll_batch, args.hosts - len(fleet.hosts) - len(fleet.failed))
+            fleet.start(await fleet.enroll(batch))
+        enrolled_in = time.monotonic() - began
+        storm_errors = fleet.stats.server_errors
+        storm_busy = sum(n for (kind, status), n in fleet.stats.calls.items()
+                         if kind.endswith(":retry-after"))
+        up_after_enroll = await _hosts_up(fleet)
+        up_in = time.monotonic() - began
+        enroll_sim_cpu = cpu_seconds(me) - sim_cpu0
+        inserted_in = await _insert(args.database_url, [h.host_id for h in fleet.hosts],
+                                    args.servers, args.insert_chunk)
+        await asyncio.sleep(args.settle)
+        seen = sum(len(h.reported) for h in fleet.hosts)
+        # The window.
+        cpu0 = {pid: cpu_seconds(pid) for pid in args.measure_pid}
+        sim_cpu0 = cpu_seconds(me)
+        errors0 = fleet.stats.server_errors
+        calls0 = fleet.stats.calls.copy()
+        t0 = time.monotonic()
+        creator = asyncio.create_task(_creates(fleet, auth, image, args.create_rate,
+                                               args.window, zone))
+        up_samples = []
+        while (left := t0 + args.window - time.monotonic()) > 0:
+            await asyncio.sleep(min(60.0, left))
+            up_samples.append(await _hosts_up(fleet))
+        elapsed = time.monotonic() - t0
+        cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in args.measure_pid}
+        sim_cpu = cpu_seconds(me) - sim_cpu0
+        load = os.getloadavg()
+        window_calls = fleet.stats.calls - calls0
+        accepted = await creator
+        await asyncio.sleep(min(5.0, args.long_poll_wait))  # the last creates' way
+        from_202 = [max(0.0, fleet.first_seen[sid] - ok)
+                    for sid, _, ok in accepted if sid in fleet.first_seen]
+        from_sent = [fleet.first_seen[sid] - sent
+                     for sid, sent, _ in accepted if sid in fleet.first_seen]
+        agent_calls = sum(n for (kind, _), n in window_calls.items()
+                          if kind.split(":")[0] in ("heartbeat", "long-poll", "observe"))
+        summary = {
+            "hosts": args.hosts, "servers": args.servers, "api_processes": len(args.api),
+            "heartbeat_s": args.heartbeat, "long_poll_wait_s": args.long_poll_wait,
+            "open_files_limit": nofile,
+            "enrollment": {"concurrency": args.enroll_concurrency,
+                           "enrolled_in_s": round(enrolled_in, 1),
+                           "all_up_in_s": round(up_in, 1), "up": up_after_enroll,
+                           "failed": len(fleet.failed), "server_errors": storm_errors,
+                           "agent_busy_retries": storm_busy,
+                           "simulator_cpu_s": round(enroll_sim_cpu, 1)},
+            "insert_s": round(inserted_in, 1), "idle_servers_seen_by_hosts": seen,
+            "window_s": round(elapsed, 1),
+            "hosts_up_samples": up_samples,
+            "server_errors_in_window": fleet.stats.server_errors - errors0,
+            "server_errors_whole_run": fleet.stats.server_errors,
+            "agent_busy_in_window": sum(n for (kind, _), n in window_calls.items()
+                                        if kind.endswith(":retry-after")),
+            "agent_requests_per_s": round(agent_calls / elapsed, 1),
+            "api_cpu_percent_of_one_core": {
+                str(pid): round(100 * c / elapsed, 1) for pid, c in cpu.items()},
+            "simulator_cpu_percent_of_one_core": round(100 * sim_cpu / elapsed, 1),
+            "load_average": [round(x, 2) for x in load],
+            "creates": {"rate_per_s": args.create_rate, "accepted": len(accepted),
+                        "seen_by_agent": len(from_202),
+                        "seen_after_202_ms": {
+                            "p50": _ms(_percentile(from_202, 0.5)),
+                            "p99": _ms(_percentile(from_202, 0.99)),
+                            "max": _ms(max(from_202, default=None))},
+                        "seen_after_post_sent_ms": {
+                            "p50": _ms(_percentile(from_sent, 0.5)),
+                            "p99": _ms(_percentile(from_sent, 0.99)),
+                            "mean": _ms(statistics.fmean(from_sent) if from_sent else None)}},
+            "enroll_failures": fleet.failed[:5],
+            "calls": fleet.stats.summary(),
+        }
+    finally:
+        await fleet.close()
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    result = asyncio.run(main())
+    sys.exit(0 if result.get("server_errors_in_window") == 0 else 1)
