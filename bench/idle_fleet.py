@@ -52,7 +52,8 @@ def insert_servers(database_url: str, host_ids: list[str], count: int) -> None:
         session.add(image)
         session.flush()
         now = datetime.now(UTC)
-        rows = [{"project_id": project.id, "user_id": "bench", "name": f"idle-{i}",
+        rows: list[dict[str, Any]] = [
+                {"project_id": project.id, "user_id": "bench", "name": f"idle-{i}",
                  "flavor_id": flavor.id, "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
                  "disk_gb": flavor.disk_gb, "image_id": image.id, "status": "ACTIVE",
                  "task_state": None, "power_state": "running",
@@ -77,7 +78,7 @@ def insert_servers(database_url: str, host_ids: list[str], count: int) -> None:
             copies = [{k: v.replace(first.id, sid) if isinstance(v, str) else v
                        for k, v in row.items()} for sid in ids[1:] for row in written]
             for start in range(0, len(copies), 5000):
-                session.execute(insert(table), copies[start:start + 5000])
+                session.execute(insert(model), copies[start:start + 5000])
     engine.dispose()
 
 

@@ -33,7 +33,7 @@ class TransportError(Exception):
 class Headers(dict[str, str]):
     """Answer headers by lower-cased name; ``get`` ignores case, as httpx's does."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
 
 
@@ -201,7 +201,7 @@ class Client:
 
     @staticmethod
     async def _chunks(reader: asyncio.StreamReader) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
             if size == 0:
