@@ -122,12 +122,19 @@ async def _tenant(fleet: Fleet, database_url: str, creates: int) -> tuple[dict[s
 
 
 async def _creates(fleet: Fleet, auth: dict[str, str], image: str, rate: float,
-                   duration: float, zone: str) -> list[tuple[str, float, float]]:
+                   duration: float, zone: str, concurrency: int,
+                   ) -> tuple[list[tuple[str, float, float]], int, list[float]]:
     """POST ``rate`` creates per second for ``duration`` seconds, alternating the API
-    processes; return (server id, sent at, 202 at) of those accepted."""
+    processes, at most ``concurrency`` of them unanswered (a tenant's script waits for its
+    answers; a tick that finds them all out is skipped). Return (server id, sent at, 202 at)
+    of those accepted, the ticks skipped and every answered create's latency."""
     accepted: list[tuple[str, float, float]] = []
+    latencies: list[float] = []
+    out = 0
+    skipped = 0
 
     async def one(i: int) -> None:
+        nonlocal out
         api = fleet.apis[i % len(fleet.apis)]
         sent = time.monotonic()
         try:
@@ -135,19 +142,30 @@ async def _creates(fleet: Fleet, auth: dict[str, str], image: str, rate: float,
                                   headers=auth, json={"name": f"c-{i}", "flavor": "tiny",
                                                       "image": image,
                                                       "availability_zone": zone})
+            accepted.append((str(r.json()["id"]), sent, time.monotonic()))
         except AgentApiError:
-            return  # counted in the fleet's stats
-        accepted.append((str(r.json()["id"]), sent, time.monotonic()))
+            pass  # counted in the fleet's stats
+        finally:
+            out -= 1
+            latencies.append(time.monotonic() - sent)
 
     tasks = []
     began = time.monotonic()
     i = 0
     while (due := began + i / rate) < began + duration:
         await asyncio.sleep(max(0.0, due - time.monotonic()))
-        tasks.append(asyncio.create_task(one(i)))
+        if out >= concurrency:
+            skipped += 1
+        else:
+            out += 1
+            tasks.append(asyncio.create_task(one(i)))
         i += 1
     await asyncio.gather(*tasks)
-    return accepted
+    return accepted, skipped, latencies
+
+
+def _progress(began: float, what: str) -> None:
+    print(f"[{time.monotonic() - began:7.1f} s] {what}", file=sys.stderr, flush=True)
 
 
 async def _hosts_up(fleet: Fleet) -> int:
@@ -176,6 +194,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--settle", type=float, default=60.0)
     p.add_argument("--window", type=float, default=600.0)
     p.add_argument("--create-rate", type=float, default=2.0, help="creates per second")
+    p.add_argument("--create-concurrency", type=int, default=4,
+                   help="creates unanswered at most (a tick finding more is skipped)")
     p.add_argument("--keepalive-expiry", type=float, default=25.0,
                    help="seconds a simulated host keeps an idle connection")
     p.add_argument("--measure-pid", type=int, action="append", default=[])
@@ -199,6 +219,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         while len(fleet.hosts) + len(fleet.failed) < args.hosts:
             batch = min(args.enroll_batch, args.hosts - len(fleet.hosts) - len(fleet.failed))
             fleet.start(await fleet.enroll(batch))
+            _progress(began, f"{len(fleet.hosts)} hosts enrolled, {len(fleet.failed)} failed, "
+                             f"{fleet.stats.server_errors} 5xx")
         enrolled_in = time.monotonic() - began
         storm_errors = fleet.stats.server_errors
         storm_busy = sum(n for (kind, status), n in fleet.stats.calls.items()
@@ -206,8 +228,10 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         up_after_enroll = await _hosts_up(fleet)
         up_in = time.monotonic() - began
         enroll_sim_cpu = cpu_seconds(me) - sim_cpu0
+        _progress(began, f"{up_after_enroll} hosts up; inserting {args.servers} servers")
         inserted_in = await _insert(args.database_url, [h.host_id for h in fleet.hosts],
                                     args.servers, args.insert_chunk)
+        _progress(began, f"inserted in {inserted_in:.1f} s; settling {args.settle} s")
         await asyncio.sleep(args.settle)
         seen = sum(len(h.reported) for h in fleet.hosts)
         # The window.
@@ -216,18 +240,22 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         errors0 = fleet.stats.server_errors
         calls0 = fleet.stats.calls.copy()
         t0 = time.monotonic()
+        _progress(began, f"window of {args.window} s: {seen} idle servers seen by hosts")
         creator = asyncio.create_task(_creates(fleet, auth, image, args.create_rate,
-                                               args.window, zone))
+                                               args.window, zone, args.create_concurrency))
         up_samples = []
         while (left := t0 + args.window - time.monotonic()) > 0:
             await asyncio.sleep(min(60.0, left))
             up_samples.append(await _hosts_up(fleet))
+            _progress(began, f"{up_samples[-1]} hosts up, "
+                             f"{fleet.stats.server_errors - errors0} 5xx in the window, "
+                             f"{len(fleet.first_seen)} creates seen by their hosts")
         elapsed = time.monotonic() - t0
         cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in args.measure_pid}
         sim_cpu = cpu_seconds(me) - sim_cpu0
         load = os.getloadavg()
         window_calls = fleet.stats.calls - calls0
-        accepted = await creator
+        accepted, skipped, create_latencies = await creator
         await asyncio.sleep(min(5.0, args.long_poll_wait))  # the last creates' way
         from_202 = [max(0.0, fleet.first_seen[sid] - ok)
                     for sid, _, ok in accepted if sid in fleet.first_seen]
@@ -257,7 +285,11 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                 str(pid): round(100 * c / elapsed, 1) for pid, c in cpu.items()},
             "simulator_cpu_percent_of_one_core": round(100 * sim_cpu / elapsed, 1),
             "load_average": [round(x, 2) for x in load],
-            "creates": {"rate_per_s": args.create_rate, "accepted": len(accepted),
+            "creates": {"rate_per_s": args.create_rate,
+                        "concurrency": args.create_concurrency, "accepted": len(accepted),
+                        "ticks_skipped": skipped,
+                        "answer_ms": {"p50": _ms(_percentile(create_latencies, 0.5)),
+                                      "p99": _ms(_percentile(create_latencies, 0.99))},
                         "seen_by_agent": len(from_202),
                         "seen_after_202_ms": {
                             "p50": _ms(_percentile(from_202, 0.5)),

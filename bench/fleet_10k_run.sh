@@ -23,6 +23,7 @@ with e.connect() as c:
     c.execute(text('CREATE DATABASE \"$NAME\"'))"
 URL=$PG/$NAME
 PIDS=(); APIARGS=(); MEASURE=()
+trap 'kill "${PIDS[@]}" 2>/dev/null' EXIT  # the API processes never outlive the run
 for i in $(seq 0 $((APIS - 1))); do
   P=$((PORT + i))
   # The first process migrates the fresh database; the others start on it afterwards.
