@@ -55,6 +55,18 @@ class TimedFleet(Fleet):
         await super()._observe(host, server)
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -284,6 +296,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             "api_cpu_percent_of_one_core": {
                 str(pid): round(100 * c / elapsed, 1) for pid, c in cpu.items()},
             "simulator_cpu_percent_of_one_core": round(100 * sim_cpu / elapsed, 1),
+            "peak_rss_mb": {"simulator": _peak_rss_mb(me),
+                            **{str(pid): _peak_rss_mb(pid) for pid in args.measure_pid}},
             "load_average": [round(x, 2) for x in load],
             "creates": {"rate_per_s": args.create_rate,
                         "concurrency": args.create_concurrency, "accepted": len(accepted),
