@@ -315,11 +315,18 @@ class Fleet:
             self._tasks.append(asyncio.create_task(self._long_polls(host)))
 
     async def hosts_up(self) -> int:
-        """How many of this fleet's hosts the API lists as up (admin ``GET /v1/hosts``)."""
-        r = await self._call("list-hosts", "GET", f"{self.apis[0]}/v1/hosts",
-                             headers=self.admin)
+        """How many of this fleet's hosts the API lists as up (admin ``GET /v1/hosts``, every
+        page: the ``Link: <...>; rel="next"`` header names the next one)."""
         mine = {h.host_id for h in self.hosts}
-        return sum(1 for h in r.json() if h["id"] in mine and h["state"] == "up")
+        up = 0
+        url: str | None = f"{self.apis[0]}/v1/hosts"
+        while url is not None:
+            r = await self._call("list-hosts", "GET", url, headers=self.admin)
+            up += sum(1 for h in r.json() if h["id"] in mine and h["state"] == "up")
+            link = r.headers.get("Link", "")
+            url = (f"{self.apis[0]}{link[1:link.index('>')]}"
+                   if link.startswith("<") and 'rel="next"' in link else None)
+        return up
 
 
 def raise_open_files_limit(wanted: int) -> int:

@@ -201,6 +201,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--enroll-concurrency", type=int, default=100)
     p.add_argument("--enroll-batch", type=int, default=500,
                    help="hosts start beating once their batch has enrolled")
+    p.add_argument("--enroll-deadline", type=float, default=1200.0,
+                   help="seconds after which no further batch enrolls (the run goes on with "
+                   "the hosts enrolled, reported as enrolled)")
     p.add_argument("--insert-chunk", type=int, default=10000,
                    help="idle servers per insert transaction")
     p.add_argument("--settle", type=float, default=60.0)
@@ -229,6 +232,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Enrollment: batches, each host beating from the end of its batch on.
         sim_cpu0 = cpu_seconds(me)
         while len(fleet.hosts) + len(fleet.failed) < args.hosts:
+            if time.monotonic() - began > args.enroll_deadline:
+                _progress(began, f"enrollment deadline: going on with {len(fleet.hosts)}")
+                break
             batch = min(args.enroll_batch, args.hosts - len(fleet.hosts) - len(fleet.failed))
             fleet.start(await fleet.enroll(batch))
             _progress(began, f"{len(fleet.hosts)} hosts enrolled, {len(fleet.failed)} failed, "
@@ -280,6 +286,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             "heartbeat_s": args.heartbeat, "long_poll_wait_s": args.long_poll_wait,
             "open_files_limit": nofile,
             "enrollment": {"concurrency": args.enroll_concurrency,
+                           "enrolled": len(fleet.hosts),
                            "enrolled_in_s": round(enrolled_in, 1),
                            "all_up_in_s": round(up_in, 1), "up": up_after_enroll,
                            "failed": len(fleet.failed), "server_errors": storm_errors,
