@@ -8,7 +8,8 @@ Enrolls the fleet all at once (the enrollment storm: seconds until every host is
 count), inserts the idle servers straight into the database (spread evenly over the fleet,
 ACTIVE and running: creating 10,000 through the API would measure creates, not idling) with
 the usage ledger the real API leaves behind (``created`` at placement, ``running`` when the
-agent first saw it run, recorded by the same billing subscriber) while every host already
+agent first saw it run: the billing subscriber's rows for one server, copied for the
+others) while every host already
 heartbeats and long-polls, lets every host see them and confirm them (``--settle`` seconds,
 at least one long-poll wait), then
 measures the API processes' CPU over ``--window`` seconds. Prints one JSON summary with the
