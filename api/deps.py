@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -48,9 +48,36 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     except BaseException:
-        await anyio.to_thread.run_sync(_end, session, False, limiter=CapacityLimiter(1))
+        if not session.info.get(_ENDED):
+            await anyio.to_thread.run_sync(_end, session, False, limiter=CapacityLimiter(1))
         raise
-    await anyio.to_thread.run_sync(_end, session, True, limiter=CapacityLimiter(1))
+    if not session.info.get(_ENDED):
+        await anyio.to_thread.run_sync(_end, session, True, limiter=CapacityLimiter(1))
+
+
+_ENDED = "unit_of_work_ended"
+T = TypeVar("T")
+
+
+async def in_unit_of_work(session: Session, work: Callable[..., T], *args: Any) -> T:
+    """Run a route's blocking ``work(*args)`` and then end the request's unit of work (commit,
+    or roll back when ``work`` raises; then close) in the same thread hop; ``get_session``
+    has nothing left to do. For hot async routes: a sync route costs a hop for the route, one
+    for validating its answer and one for the session's end; this costs one, and the answer
+    is validated on the event loop.
+    """
+
+    def run() -> T:
+        session.info[_ENDED] = True
+        try:
+            result = work(*args)
+        except BaseException:
+            _end(session, False)
+            raise
+        _end(session, True)
+        return result
+
+    return await run_in_threadpool(run)
 
 
 def _end(session: Session, commit: bool) -> None:

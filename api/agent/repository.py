@@ -138,10 +138,10 @@ def bump_desired_generation(session: Session, host_id: str) -> None:
     session.execute(_BUMP_DESIRED, {"host_id": host_id})
 
 
-# Built once: every create and action runs it.
-_BUMP_DESIRED = (update(Host).where(Host.id == bindparam("host_id"))
-                 .values(desired_generation=Host.desired_generation + 1)
-                 .execution_options(synchronize_session=False))
+# Built once, on the Core table (no ORM statement layer): every create and action runs it.
+_HOSTS = cast(Table, Host.__table__)
+_BUMP_DESIRED = (update(_HOSTS).where(_HOSTS.c.id == bindparam("host_id"))
+                 .values(desired_generation=_HOSTS.c.desired_generation + 1))
 
 
 def notify(session: Session, channel: str, payload: str) -> None:
