@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from api.config import Settings
-from api.db import session_scope, utcnow
+from api.db import utcnow
 from api.errors import Forbidden, Unauthorized
 from api.identity import auth_cache
 from api.models import ApplicationCredential, Host, Project, RoleAssignment, Token, User
@@ -30,14 +35,108 @@ async def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One unit of work per request: commit on success, roll back on error."""
-    yield from session_scope(request.app.state.sessionmaker)
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One unit of work per request: commit on success, roll back on error.
+
+    Async, because making a session does no I/O (it takes a connection at its first
+    statement): only its end, the commit or rollback and the close, runs in the thread pool.
+    That is one thread hop per request instead of two for a sync dependency (its start and
+    its end). The end runs outside the pool's shared capacity, as FastAPI runs a sync
+    dependency's end: a request holding a connection must always be able to give it back.
+    """
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+    except BaseException:
+        if not session.info.get(_ENDED):
+            await anyio.to_thread.run_sync(_end, session, False, limiter=CapacityLimiter(1))
+        raise
+    if not session.info.get(_ENDED):
+        await anyio.to_thread.run_sync(_end, session, True, limiter=CapacityLimiter(1))
+
+
+_ENDED = "unit_of_work_ended"
+T = TypeVar("T")
+
+
+async def in_unit_of_work(session: Session, work: Callable[..., T], *args: Any) -> T:
+    """Run a route's blocking ``work(*args)`` and then end the request's unit of work (commit,
+    or roll back when ``work`` raises; then close) in the same thread hop; ``get_session``
+    has nothing left to do. For hot async routes: a sync route costs a hop for the route, one
+    for validating its answer and one for the session's end; this costs one, and the answer
+    is validated on the event loop.
+    """
+
+    def run() -> T:
+        session.info[_ENDED] = True
+        try:
+            result = work(*args)
+        except BaseException:
+            _end(session, False)
+            raise
+        _end(session, True)
+        return result
+
+    return await run_in_threadpool(run)
+
+
+def _end(session: Session, commit: bool) -> None:
+    """Commit (or roll back) and close ``session``; a failed commit rolls back and raises."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 # scope="function": commit before the response is sent, so a client never sees 2xx for a
 # write that is not yet (or never) committed.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+class WriteTurns:
+    """Write-heavy requests of one SQLite database take turns, in arrival order, before their
+    unit of work starts and until it has committed (``serial_writes``).
+
+    SQLite has one writer: concurrent creates only queue at its write lock (``api.db``'s
+    ``WriteGate``), each holding a worker thread while it waits and contending for the GIL
+    with the one that writes. Waiting here instead costs an asyncio waiter, not a thread, and
+    the writer runs alone. One lock per event loop (a test client runs its own loop).
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+            weakref.WeakKeyDictionary()
+
+    def lock(self) -> asyncio.Lock:
+        """The turn lock of the running event loop."""
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+
+async def serial_writes(request: Request) -> AsyncIterator[None]:
+    """Route dependency (list it before the session): on SQLite, wait for this process's
+    write turn, and give it back once the request's unit of work has ended. Nothing on
+    PostgreSQL, whose row locks let writers of different rows run at once."""
+    turns: WriteTurns | None = getattr(request.app.state, "write_turns", None)
+    if turns is None:
+        yield
+        return
+    async with turns.lock():
+        yield
+
+
+# Declared first among a route's dependencies (``dependencies=[SerialWrites]``), so it is
+# entered before the session and left after the session's commit.
+SerialWrites = Depends(serial_writes, scope="function")
 
 
 @dataclass(frozen=True)
@@ -147,18 +246,11 @@ def _principal_for(session: Session, secret: str) -> Principal | None:
     """Who ``secret`` is: from the process's short cache (``api.identity.auth_cache``) when
     it answered within its TTL, else from the database. Raises Unauthorized
     ``token_expired``."""
+    hit = _cached_principal(session, secret)
+    if hit is not None:
+        return hit
     key = digest(secret)
     cache = auth_cache.for_session(session)
-    if cache is not None:
-        hit = cache.get(key)
-        if hit is not None:
-            if hit.expires_at is not None and hit.expires_at <= utcnow():
-                raise Unauthorized("The token has expired; log in again."
-                                   if hit.value.credential == "token"
-                                   else "The application credential has expired.",
-                                   code="token_expired")
-            principal: Principal = hit.value
-            return principal
     seen = auth_cache.epoch()
     principal_or_none, expires_at = _lookup(session, key)
     if cache is not None and principal_or_none is not None:
@@ -176,18 +268,52 @@ def get_principal(
     return principal
 
 
-async def require_writer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def current_principal(
+    session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """``get_principal`` as a dependency: a credential the process's cache knows is answered
+    on the event loop (no I/O, no thread hop); only a miss reads the database, in the thread
+    pool. Raises what ``get_principal`` raises."""
+    hit = _cached_principal(session, _bearer(authorization))
+    if hit is not None:
+        return hit
+    return await run_in_threadpool(get_principal, session, authorization)
+
+
+def _cached_principal(session: Session, secret: str) -> Principal | None:
+    """Who ``secret`` is if the process's cache answers, else None (ask the database).
+    Raises Unauthorized ``token_expired`` for a cached credential that has expired."""
+    cache = auth_cache.for_session(session)
+    hit = cache.get(digest(secret)) if cache is not None else None
+    if hit is None:
+        return None
+    if hit.expires_at is not None and hit.expires_at <= utcnow():
+        raise Unauthorized("The token has expired; log in again."
+                           if hit.value.credential == "token"
+                           else "The application credential has expired.",
+                           code="token_expired")
+    principal: Principal = hit.value
+    return principal
+
+
+async def require_writer(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
     """A member or admin; raises Forbidden for readers."""
     if not principal.can_write:
         raise Forbidden("The reader role cannot change anything.", code="read_only_role")
     return principal
 
 
-def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def require_admin(principal: Principal) -> Principal:
     """A cloud admin; raises Forbidden for everyone else."""
     if not principal.is_admin:
         raise Forbidden("This needs the admin role.", code="admin_required")
     return principal
+
+
+async def _admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    return require_admin(principal)
 
 
 def host_of_credential(session: Session, authorization: str | None) -> Host:
@@ -213,7 +339,7 @@ def get_host_principal(
     return HostPrincipal(host.id, host.name)
 
 
-CurrentUser = Annotated[Principal, Depends(get_principal)]
+CurrentUser = Annotated[Principal, Depends(current_principal)]
 Writer = Annotated[Principal, Depends(require_writer)]
-AdminUser = Annotated[Principal, Depends(require_admin)]
+AdminUser = Annotated[Principal, Depends(_admin)]
 CurrentHost = Annotated[HostPrincipal, Depends(get_host_principal)]

@@ -24,6 +24,7 @@ from api.agent.routes import router as agent_router
 from api.body_limit import BodyLimitMiddleware
 from api.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, session_scope
+from api.deps import WriteTurns
 from api.errors import (
     DATABASE_RETRY_AFTER,
     PROBLEM_RESPONSES,
@@ -185,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     auth_cache.attach(engine, settings.auth_cache_seconds)
     app.state.sessionmaker = make_sessionmaker(engine)
+    # SQLite has one writer: write-heavy routes take turns on the event loop (api.deps).
+    app.state.write_turns = WriteTurns() if engine.dialect.name == "sqlite" else None
     app.state.scaling_holder = scaling_lease.new_holder()
     install_error_handlers(app)
     # Under /identity, /compute and /image errors take the OpenStack services' shapes.

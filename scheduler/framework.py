@@ -120,7 +120,8 @@ class HostState:
     free: dict[str, float] = field(default_factory=dict, init=False, compare=False)
     # For ``fit_check`` only: per class of the registry, in its order, ``(high, -low)`` of
     # ``scheduler.capacity.fit_bounds`` ((-1, -1) without an inventory), flattened so one
-    # C-level ``map(ge, ...)`` tests every class at once.
+    # C-level ``map(ge, ...)`` tests every class at once. Always a new tuple per ``refresh``:
+    # the resources filter remembers verdicts by this tuple's identity.
     _fit: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -6,12 +6,12 @@ is also how refusals are attributed: a host is refused by the first filter that 
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import add, attrgetter, eq, ge, gt, mul, sub
 from typing import Any
 
 from scheduler.filters.aggregates import AggregatesFilter
@@ -137,6 +137,22 @@ def normalize(values: list[float]) -> list[float]:
     return [(v - low) * factor for v in values]
 
 
+def largest(totals: list[float], count: int) -> list[tuple[float, int]]:
+    """The ``count`` largest ``(total, index)`` pairs, largest first: the same list as
+    ``heapq.nlargest(count, zip(totals, range(len(totals))))`` (equal totals: the higher
+    index first), found in C-level passes instead of a Python loop over every host."""
+    n = len(totals)
+    if n <= count:
+        return sorted(zip(totals, range(n), strict=True), reverse=True)
+    kth = sorted(totals)[n - count]  # the count-th largest total
+    # Every pair with a total above kth is among the largest (fewer than count of them); the
+    # rest are the highest indices among those equal to kth.
+    above = list(compress(range(n), map(gt, totals, repeat(kth))))
+    equal = list(compress(range(n), map(eq, totals, repeat(kth))))
+    chosen = above + equal[len(equal) - (count - len(above)):]
+    return sorted(zip(map(totals.__getitem__, chosen), chosen, strict=True), reverse=True)
+
+
 def filter_hosts(spec: RequestSpec, snapshot: Snapshot
                  ) -> tuple[list[HostState], dict[str, str], Counter[str]]:
     """Run the filters in order; return the survivors, host id -> reason of the refused, and
@@ -148,7 +164,10 @@ def filter_hosts(spec: RequestSpec, snapshot: Snapshot
         check = flt.prepare(spec, snapshot)
         if check is None:
             continue
-        reasons = list(map(check, survivors))
+        # A check may offer ``many`` (one call for the whole list, like a weigher's score).
+        many = getattr(check, "many", None)
+        reasons: list[str | None] = (many(survivors) if many is not None
+                                     else list(map(check, survivors)))
         kept = reasons.count(None)
         if kept == len(reasons):
             continue
@@ -189,19 +208,19 @@ def decide(spec: RequestSpec, snapshot: Snapshot,
             parts.append((weigher.name, raw, low, factor))
             if not factor:
                 continue  # every host scores 0: nothing to add
-            if totals is None:
-                totals = [(v - low) * factor for v in raw]
-            else:
-                totals = [t + (v - low) * factor for t, v in zip(totals, raw, strict=True)]
+            # (v - low) * factor per host, added up weigher by weigher, in C-level maps.
+            weighted = map(mul, map(sub, raw, repeat(low)), repeat(factor))
+            totals = list(weighted) if totals is None else list(map(add, totals, weighted))
     if totals is None:
         totals = [0.0] * len(candidates)
 
     # Tie-break: among the hosts sharing the best total, a choice seeded by the request id, over
     # hosts in id order, so replaying the request on the same snapshot picks the same host.
-    top = heapq.nlargest(TOP + 1, zip(totals, range(len(totals)), strict=True))
+    top = largest(totals, TOP + 1)
     threshold = top[0][0] - TIE
     if top[-1][0] >= threshold and len(totals) > len(top):
-        tied_ids = [i for i, t in enumerate(totals) if t >= threshold]  # many ties: scan all
+        # Many ties: every index whose total reaches the threshold, in index order.
+        tied_ids = list(compress(range(len(totals)), map(ge, totals, repeat(threshold))))
     else:
         tied_ids = [i for t, i in top if t >= threshold]
     # Sorted with a C-level key (the ids by index): many hosts tie in an evenly filled pool.

@@ -135,11 +135,13 @@ def bump_desired_generation(session: Session, host_id: str) -> None:
 
     Call it through ``lifecycle.notify_host``, which also wakes the host's waiting long-poll.
     """
-    session.execute(
-        update(Host).where(Host.id == host_id)
-        .values(desired_generation=Host.desired_generation + 1)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_BUMP_DESIRED, {"host_id": host_id})
+
+
+# Built once, on the Core table (no ORM statement layer): every create and action runs it.
+_HOSTS = cast(Table, Host.__table__)
+_BUMP_DESIRED = (update(_HOSTS).where(_HOSTS.c.id == bindparam("host_id"))
+                 .values(desired_generation=_HOSTS.c.desired_generation + 1))
 
 
 def notify(session: Session, channel: str, payload: str) -> None:

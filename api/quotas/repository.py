@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BindParameter, ColumnElement, Select, String, bindparam, func, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from api.models import Image, Project, Quota, Server
@@ -27,14 +37,18 @@ def lock_project(session: Session, project_id: str) -> bool:
 
 
 # Built once (only the parameters change): building statements costs more than running them.
-_LOCK_PROJECT = (update(Project).where(Project.id == bindparam("project_id"))
-                 .values(generation=Project.generation + 1)
-                 .execution_options(synchronize_session=False))
+# Core tables: through a session they skip the ORM's statement layer (nothing is loaded).
+_PROJECTS = cast(Table, Project.__table__)
+_SERVERS = cast(Table, Server.__table__)
+_IMAGES = cast(Table, Image.__table__)
+_QUOTAS = cast(Table, Quota.__table__)
+_LOCK_PROJECT = (update(_PROJECTS).where(_PROJECTS.c.id == bindparam("project_id"))
+                 .values(generation=_PROJECTS.c.generation + 1))
 
 
 def _server_usage_columns() -> list[ColumnElement[Any]]:
-    return [func.count(Server.id),
-            *(func.coalesce(func.sum(getattr(Server, rc.request_field)), 0)
+    return [func.count(_SERVERS.c.id),
+            *(func.coalesce(func.sum(_SERVERS.c[rc.request_field]), 0)
               for rc in RESOURCE_CLASSES)]
 
 
@@ -43,16 +57,17 @@ def _usage_and_limits(resources: tuple[str, ...], images: bool) -> Select[Any]:
     """The statement of ``usage_and_limits`` for these resources, built once."""
     project_id: BindParameter[str] = bindparam("project_id", type_=String())
     columns = _server_usage_columns()
-    live_images = (Image.project_id == project_id, Image.status != "deleted")
+    image, quota, server = _IMAGES.c, _QUOTAS.c, _SERVERS.c
+    live_images = (image.project_id == project_id, image.status != "deleted")
     if images:
-        columns += [select(func.count(Image.id)).where(*live_images).scalar_subquery(),
-                    select(func.coalesce(func.sum(Image.size), 0)).where(*live_images)
+        columns += [select(func.count(image.id)).where(*live_images).scalar_subquery(),
+                    select(func.coalesce(func.sum(image.size), 0)).where(*live_images)
                     .scalar_subquery()]
-    columns += [select(Quota.limit).where(Quota.project_id == project_id,
-                                          Quota.resource == resource).scalar_subquery()
+    columns += [select(quota.limit).where(quota.project_id == project_id,
+                                          quota.resource == resource).scalar_subquery()
                 for resource in resources]
-    return select(*columns).where(Server.project_id == project_id,
-                                  Server.deleted_at.is_(None))
+    return select(*columns).where(server.project_id == project_id,
+                                  server.deleted_at.is_(None))
 
 
 def usage_and_limits(session: Session, project_id: str, resources: Sequence[str]
@@ -91,7 +106,7 @@ def usage(session: Session, project_id: str) -> dict[str, int]:
     images not deleted and their uploaded bytes."""
     row = session.execute(
         select(*_server_usage_columns())
-        .where(Server.project_id == project_id, Server.deleted_at.is_(None))
+        .where(_SERVERS.c.project_id == project_id, _SERVERS.c.deleted_at.is_(None))
     ).one()
     # Images not deleted (a tombstone's bytes are gone); only uploaded bytes have a size.
     images = session.execute(

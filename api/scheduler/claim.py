@@ -29,9 +29,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, Update, and_, bindparam, case, func, insert, literal, select, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,6 +53,14 @@ from api.models import Allocation, Host, Inventory, ServerGroup
 from scheduler.capacity import fit_rule
 
 HARD_GROUP_POLICIES = ("affinity", "anti-affinity")
+
+# The statements are built on the Core tables: executed through a session they skip the ORM's
+# statement layer (no entities are loaded or synchronized), which costs more than the SQL on
+# the create path.
+HOSTS = cast(Table, Host.__table__)
+INVENTORIES = cast(Table, Inventory.__table__)
+ALLOCATIONS = cast(Table, Allocation.__table__)
+SERVER_GROUPS = cast(Table, ServerGroup.__table__)
 
 
 class ClaimOutcome(enum.Enum):
@@ -53,25 +74,26 @@ class ClaimOutcome(enum.Enum):
 
 def ratio_expr(pool_ratios: Mapping[str, float]) -> ColumnElement[Any]:
     """The effective allocation ratio of an inventory row: its own, else the pool's default."""
+    inv = INVENTORIES.c
     return func.coalesce(
-        Inventory.allocation_ratio,
+        inv.allocation_ratio,
         case({rc: literal(ratio) for rc, ratio in pool_ratios.items()},
-             value=Inventory.resource_class, else_=literal(1.0)),
+             value=inv.resource_class, else_=literal(1.0)),
     )
 
 
 def max_unit_expr() -> ColumnElement[Any]:
     """The effective max_unit: unset means the whole (physical) total."""
-    return func.coalesce(Inventory.max_unit, Inventory.total)
+    return func.coalesce(INVENTORIES.c.max_unit, INVENTORIES.c.total)
 
 
 def used_expr() -> ColumnElement[Any]:
     """What is allocated of this inventory row's class on its host (correlated subquery)."""
     return func.coalesce(
-        select(func.sum(Allocation.used))
-        .where(Allocation.host_id == Inventory.host_id,
-               Allocation.resource_class == Inventory.resource_class)
-        .correlate(Inventory)
+        select(func.sum(ALLOCATIONS.c.used))
+        .where(ALLOCATIONS.c.host_id == INVENTORIES.c.host_id,
+               ALLOCATIONS.c.resource_class == INVENTORIES.c.resource_class)
+        .correlate(INVENTORIES)
         .scalar_subquery(),
         0,
     )
@@ -80,9 +102,10 @@ def used_expr() -> ColumnElement[Any]:
 def fit_clause(requested: ColumnElement[Any], pool_ratios: Mapping[str, float]
                ) -> ColumnElement[bool]:
     """The fit rule over an ``inventories`` row, in SQL."""
+    inv = INVENTORIES.c
     clause: ColumnElement[bool] = fit_rule(
-        used_expr(), requested, Inventory.total, Inventory.reserved, ratio_expr(pool_ratios),
-        Inventory.min_unit, max_unit_expr(), and_)
+        used_expr(), requested, inv.total, inv.reserved, ratio_expr(pool_ratios),
+        inv.min_unit, max_unit_expr(), and_)
     return clause
 
 
@@ -94,37 +117,40 @@ def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...],
     Built once per class set, pool ratios and ``wait``: building and hashing the expression
     trees on every claim cost more than running them.
     """
-    seen_host = (Host.id == bindparam("host_id"), Host.generation == bindparam("seen"),
-                 Host.enabled.is_(True))
+    hosts = HOSTS.c
+    seen_host = (hosts.id == bindparam("host_id"), hosts.generation == bindparam("seen"),
+                 hosts.enabled.is_(True))
     if wait:
-        bump_host = update(Host).where(*seen_host)
+        bump_host = update(HOSTS).where(*seen_host)
     else:
         # PostgreSQL: ... WHERE id = (SELECT id FROM hosts WHERE ... FOR UPDATE SKIP LOCKED).
         # A host row locked by another claim in flight will have a new generation when that
         # claim commits, so waiting for it only to conflict is wasted time: skip it now.
         # (SQLite has no row locks; the subquery is then a plain re-check.)
-        unlocked = (select(Host.id).where(*seen_host)
+        unlocked = (select(hosts.id).where(*seen_host)
                     .with_for_update(skip_locked=True).scalar_subquery())
-        bump_host = update(Host).where(Host.id == unlocked)
-    bump_host = (bump_host.values(generation=Host.generation + 1)
-                 .execution_options(synchronize_session=False))
+        bump_host = update(HOSTS).where(hosts.id == unlocked)
+    bump_host = bump_host.values(generation=hosts.generation + 1)
+    inv = INVENTORIES.c
     requested = case({rc: bindparam(f"req_{rc}") for rc in classes},
-                     value=Inventory.resource_class, else_=literal(0))
+                     value=inv.resource_class, else_=literal(0))
     fitting = (
         select(func.count())
-        .select_from(Inventory)
-        .where(Inventory.host_id == bindparam("host_id"),
-               Inventory.resource_class.in_(classes),
+        .select_from(INVENTORIES)
+        .where(inv.host_id == bindparam("host_id"),
+               inv.resource_class.in_(classes),
                fit_clause(requested, dict(ratios)))
     )
+    groups = SERVER_GROUPS.c
     bump_group = (
-        update(ServerGroup)
-        .where(ServerGroup.id == bindparam("group_id"),
-               ServerGroup.generation == bindparam("seen"))
-        .values(generation=ServerGroup.generation + 1)
-        .execution_options(synchronize_session=False)
+        update(SERVER_GROUPS)
+        .where(groups.id == bindparam("group_id"), groups.generation == bindparam("seen"))
+        .values(generation=groups.generation + 1)
     )
     return bump_host, fitting, bump_group
+
+
+_INSERT_ALLOCATIONS: Insert = insert(ALLOCATIONS)
 
 
 def claim(session: Session, *, server_id: str, host_id: str, host_generation: int,
@@ -157,7 +183,7 @@ def claim(session: Session, *, server_id: str, host_id: str, host_generation: in
         if getattr(group_bumped, "rowcount", 0) != 1:
             return ClaimOutcome.GROUP_CONFLICT
 
-    session.execute(insert(Allocation), [
+    session.execute(_INSERT_ALLOCATIONS, [
         {"id": new_id(), "server_id": server_id, "host_id": host_id, "resource_class": rc,
          "used": amount}
         for rc, amount in resources.items()

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from api.config import Settings
 from api.db import utcnow
-from api.models import Allocation, Host, Inventory, Server, ServerGroup
-from api.scheduler.claim import max_unit_expr, ratio_expr, used_expr
+from api.models import Allocation, Server, ServerGroup
+from api.scheduler.claim import HOSTS, INVENTORIES, max_unit_expr, ratio_expr, used_expr
 from scheduler import resources
 from scheduler.framework import HostState, InventoryState, ServerGroupSpec, Snapshot
 
@@ -44,14 +44,16 @@ def pool_ratios(settings: Settings) -> dict[str, float]:
 @lru_cache(maxsize=8)
 def _statements(ratios: tuple[tuple[str, float], ...]) -> tuple[Select[Any], Select[Any]]:
     # Building the expressions costs more than running them on a small pool: build once.
+    # Core tables, like the claim's statements: no ORM layer on rows that are read as tuples.
+    host, inv = HOSTS.c, INVENTORIES.c
     hosts = select(
-        Host.id, Host.name, Host.availability_zone, Host.architecture, Host.enabled,
-        Host.disabled_reason, Host.aggregates, Host.last_heartbeat_at, Host.loop_progress_at,
-        Host.generation,
-    ).order_by(Host.id)
+        host.id, host.name, host.availability_zone, host.architecture, host.enabled,
+        host.disabled_reason, host.aggregates, host.last_heartbeat_at, host.loop_progress_at,
+        host.generation,
+    ).order_by(host.id)
     inventories = select(
-        Inventory.host_id, Inventory.resource_class, Inventory.total, Inventory.reserved,
-        ratio_expr(dict(ratios)), Inventory.min_unit, max_unit_expr(), used_expr())
+        inv.host_id, inv.resource_class, inv.total, inv.reserved,
+        ratio_expr(dict(ratios)), inv.min_unit, max_unit_expr(), used_expr())
     return hosts, inventories
 
 
@@ -60,8 +62,8 @@ def _read_hosts(session: Session, settings: Settings,
     """Host rows, then their inventories with usage (all hosts, or the ids in ``only``)."""
     hosts_stmt, inventories_stmt = _statements(tuple(sorted(pool_ratios(settings).items())))
     if only is not None:
-        hosts_stmt = hosts_stmt.where(Host.id.in_(only))
-        inventories_stmt = inventories_stmt.where(Inventory.host_id.in_(only))
+        hosts_stmt = hosts_stmt.where(HOSTS.c.id.in_(only))
+        inventories_stmt = inventories_stmt.where(INVENTORIES.c.host_id.in_(only))
     host_rows = session.execute(hosts_stmt).all()
     # Usage is read after the generations: a claim committing in between bumped a generation
     # this snapshot holds the old value of, so claiming on that host conflicts and re-reads.
@@ -223,10 +225,10 @@ class SnapshotCache:
             self._fingerprint = None
 
 
-_FINGERPRINT = select(func.count(), func.sum(Host.generation)).select_from(Host)
-_MARKS = select(Host.id, Host.generation, Host.last_heartbeat_at,
-                Host.loop_progress_at).order_by(Host.id)
-_GENERATIONS = select(Host.id, Host.generation).order_by(Host.id)
+_FINGERPRINT = select(func.count(), func.sum(HOSTS.c.generation)).select_from(HOSTS)
+_MARKS = select(HOSTS.c.id, HOSTS.c.generation, HOSTS.c.last_heartbeat_at,
+                HOSTS.c.loop_progress_at).order_by(HOSTS.c.id)
+_GENERATIONS = select(HOSTS.c.id, HOSTS.c.generation).order_by(HOSTS.c.id)
 _KEEP = object()  # in place of a heartbeat and loop progress: keep the cached ones
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()

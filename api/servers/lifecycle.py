@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from api.agent import notifier
 from api.agent import repository as agent_repository
 from api.config import Settings
-from api.db import utcnow
+from api.db import new_id, utcnow
 from api.errors import Conflict, request_id_var
 from api.hosts import repository as hosts_repository
 from api.mobility import repository as mobility_repository
@@ -50,6 +50,24 @@ _EVENT_CLOCK = "server_event_clock"
 
 # ---------------------------------------------------------------- events and notification
 
+def _event_time(session: Session, server: Server) -> datetime:
+    """Now, or just after the server's last event if that is not earlier.
+
+    Events are listed by (created_at, id) and ids are random: each server's timestamps are
+    kept strictly increasing so "oldest first" is the order in which they were recorded. The
+    unit of work remembers what it recorded (and that a server it created has no events yet),
+    so only the first event of an existing server asks the database.
+    """
+    at = utcnow()
+    clock: dict[str, datetime | None] = session.info.setdefault(_EVENT_CLOCK, {})
+    last = clock[server.id] if server.id in clock else repository.last_event_at(
+        session, server.id)
+    if last is not None and at <= last:
+        at = last + timedelta(microseconds=1)
+    clock[server.id] = at
+    return at
+
+
 def record_event(session: Session, server: Server, action: str, *, user_id: str | None,
                  result: str, message: str = "",
                  details: dict[str, Any] | None = None, flush: bool = True) -> ServerEvent:
@@ -61,26 +79,38 @@ def record_event(session: Session, server: Server, action: str, *, user_id: str 
     one batched insert.
     """
     rid = request_id_var.get()
-    # Events are listed by (created_at, id) and ids are random: keep each server's timestamps
-    # strictly increasing so "oldest first" is the order in which they were recorded. The
-    # unit of work remembers what it recorded (and that a server it created has no events
-    # yet), so only the first event of an existing server asks the database.
-    at = utcnow()
-    clock: dict[str, datetime | None] = session.info.setdefault(_EVENT_CLOCK, {})
-    last = clock[server.id] if server.id in clock else repository.last_event_at(
-        session, server.id)
-    if last is not None and at <= last:
-        at = last + timedelta(microseconds=1)
-    clock[server.id] = at
     event = ServerEvent(
         server_id=server.id, project_id=server.project_id, action=action, user_id=user_id,
         request_id=None if rid == "-" else rid, result=result, message=message,
-        details=details or {}, created_at=at,
+        details=details or {}, created_at=_event_time(session, server),
     )
     session.add(event)
     if flush:
         session.flush()
     return event
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One event for :func:`record_events`: what :func:`record_event` takes."""
+
+    action: str
+    user_id: str | None
+    result: str
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def record_events(session: Session, server: Server, *events: NewEvent) -> None:
+    """Append several events to the server's history in one INSERT (no ORM objects), in
+    order, each as :func:`record_event` would record it."""
+    rid = request_id_var.get()
+    repository.insert_events(session, [
+        {"id": new_id(), "server_id": server.id, "project_id": server.project_id,
+         "action": e.action, "user_id": e.user_id, "request_id": None if rid == "-" else rid,
+         "result": e.result, "message": e.message, "details": e.details,
+         "created_at": _event_time(session, server)}
+        for e in events])
 
 
 def notify_host(session: Session, host_id: str) -> None:
@@ -127,8 +157,8 @@ def _changed(session: Session, server: Server, old_status: str, at: datetime,
 # ---------------------------------------------------------------- user-driven transitions
 
 def placed(session: Session, server: Server, host_id: str, availability_zone: str) -> None:
-    """A new server, inserted by this unit of work, got its host: SPAWNING there; its agent
-    wakes; billing starts."""
+    """A new server, inserted by this unit of work (``repository.insert_server``), got its
+    host: SPAWNING there; its agent wakes; billing starts."""
     session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
     # Nobody else can see the row before this unit of work commits, so no compare-and-swap
     # (and no re-read) is needed: one plain UPDATE with the same values a swap would write.
@@ -137,7 +167,7 @@ def placed(session: Session, server: Server, host_id: str, availability_zone: st
     server.task_state = states.SPAWNING
     server.generation = server.generation + 1
     server.updated_at = utcnow()
-    session.flush()
+    repository.set_placed(session, server)
     notify_host(session, host_id)
     publish(session, Change("created", server, server.created_at, server.status))
 

@@ -16,7 +16,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import CurrentUser, Principal, SessionDep, SettingsDep, Writer
+from api.config import Settings
+from api.deps import (
+    CurrentUser,
+    Principal,
+    SerialWrites,
+    SessionDep,
+    SettingsDep,
+    Writer,
+    in_unit_of_work,
+)
 from api.errors import Conflict
 from api.fields import PathId
 from api.keypairs import service as keypairs
@@ -84,6 +93,7 @@ def _render(session: SessionDep, principal: Principal,
 
 
 @router.post("/servers", status_code=202, response_model=ServerOut,
+             dependencies=[SerialWrites],
              description="Create a server; it starts in BUILD/`scheduling`. The quota "
              "(instances, vcpus, ram_mb, disk_gb) is checked atomically: over quota is 409 "
              "`quota_exceeded` and nothing is written. `flavor` and `image` are ids or names "
@@ -91,9 +101,17 @@ def _render(session: SessionDep, principal: Principal,
              "`key_data` an OpenSSH public key (or `key_name`, one of the caller's key pairs); "
              "`server_group` an own group's id."
              + _STATE_MACHINE)
-def create_server(body: ServerCreate, principal: Writer, session: SessionDep,
-                  settings: SettingsDep) -> ServerOut:
+async def create_server(body: ServerCreate, principal: Writer, session: SessionDep,
+                        settings: SettingsDep) -> ServerOut:
     """Create a server (202: it is built asynchronously)."""
+    # The hottest route: its work and the commit in one thread hop (api.deps).
+    return await in_unit_of_work(session, _create, session, settings, principal, body)
+
+
+def _create(session: SessionDep, settings: Settings, principal: Principal,
+            body: ServerCreate) -> ServerOut:
+    """The blocking part of ``create_server`` (``SessionDep`` only names the session type:
+    route modules do not import SQLAlchemy)."""
     body = keypairs.with_key_data(session, principal, body)
     server = service.create_server(session, settings, principal, body)
     return _render(session, principal, [server])[0]
@@ -131,6 +149,7 @@ def show_server(server_id: PathId, principal: CurrentUser, session: SessionDep) 
 
 
 @router.delete("/servers/{server_id}", status_code=202, response_model=ServerOut,
+               dependencies=[SerialWrites],
                description="Start deleting a server: DELETING/`deleting` until its agent "
                "confirms, then DELETED. A server with no host is DELETED at once. Deleting a "
                "DELETING server is idempotent (202, nothing changes). `force=true` (admin) "
@@ -148,6 +167,7 @@ def delete_server(server_id: PathId, principal: Writer, session: SessionDep,
 
 
 @router.post("/servers/{server_id}/actions", status_code=202, response_model=ServerOut,
+             dependencies=[SerialWrites],
              description='`{"action": "start"}`, `{"action": "stop"}` or `{"action": '
              '"reboot", "type": "soft"|"hard"}`, `{"action": "resize", "flavor": <id or '
              'name>}`, `{"action": "pause"}` or `{"action": "unpause"}`. An action the '

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
-from api.db import session_scope, utcnow
+from api.db import new_id, session_scope, utcnow
 from api.deps import Principal
 from api.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, request_id_var
 from api.flavors import service as flavors
@@ -27,7 +27,7 @@ from api.quotas import service as quotas
 from api.scheduler import placement
 from api.server_groups import service as server_groups
 from api.servers import lifecycle, repository, states
-from api.servers.lifecycle import ACCEPTED, ERROR, SUCCESS, record_event
+from api.servers.lifecycle import ACCEPTED, ERROR, SUCCESS, NewEvent, record_event, record_events
 from api.servers.schemas import (
     MigrateAction,
     RebootAction,
@@ -65,7 +65,7 @@ def create_server(session: Session, settings: Settings, principal: Principal,
 
     Order matters: (1) validate references without writing; (2) lock the project and check
     the quota against live usage; (3) insert the server with the flavor's sizes copied;
-    (4) placement (``placement.place``: the scheduler's claim); (5) record the event.
+    (4) placement (``placement.place``: the scheduler's claim); (5) record the events.
     Raises NotFound (flavor, image, server group), Conflict ``image_not_active`` /
     ``image_name_ambiguous``, InvalidInput ``flavor_too_small`` and QuotaExceeded; any error
     rolls everything back, so nothing is written.
@@ -88,16 +88,21 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     group = (_resolve_group(session, principal.project_id, body.server_group)
              if body.server_group is not None else None)
 
+    # The row is written with Core statements (``repository.insert_server``, then
+    # ``lifecycle.placed``): the object mirrors it for the answer and the subscribers and
+    # stays out of the session, so no ORM flush is involved.
+    now = utcnow()
     server = Server(
-        project_id=principal.project_id, user_id=principal.user_id, name=body.name,
-        flavor_id=flavor.id, vcpus=flavor.vcpus, ram_mb=flavor.ram_mb,
+        id=new_id(), project_id=principal.project_id, user_id=principal.user_id,
+        name=body.name, flavor_id=flavor.id, vcpus=flavor.vcpus, ram_mb=flavor.ram_mb,
         disk_gb=flavor.disk_gb, image_id=image.id, status=states.BUILD,
-        task_state=states.SCHEDULING, availability_zone=body.availability_zone,
+        task_state=states.SCHEDULING, power_state=None, host_id=None,
+        availability_zone=body.availability_zone,
         server_group_id=group.id if group else None, user_data=body.user_data,
-        key_data=body.key_data, addresses=[], generation=1,
+        key_data=body.key_data, addresses=[], fault_code=None, fault_message=None,
+        generation=1, created_at=now, updated_at=now, deleted_at=None,
     )
-    session.add(server)
-    session.flush()
+    repository.insert_server(session, server)
 
     # Placement step: the scheduler claims a host here, inside the same transaction; a
     # NoValidHost rolls the server row and the quota usage back with it.
@@ -112,13 +117,15 @@ def create_server(session: Session, settings: Settings, principal: Principal,
     repository.remember_name(session, Flavor, flavor.id, flavor.name)
     repository.remember_name(session, Image, image.id, image.name)
     repository.remember_name(session, Host, placed.host_id, placed.host_name)
-    record_event(session, server, "create", user_id=principal.user_id, result=ACCEPTED,
-                 details={"flavor": flavor.name, "image": image.id}, flush=False)
-    record_event(session, server, "schedule", user_id=None, result=SUCCESS,
+    record_events(
+        session, server,
+        NewEvent("create", user_id=principal.user_id, result=ACCEPTED,
+                 details={"flavor": flavor.name, "image": image.id}),
+        NewEvent("schedule", user_id=None, result=SUCCESS,
                  message=f"placed after {placed.attempts} attempt(s)",
                  details={"host_id": placed.host_id, "host": placed.host_name,
                           "availability_zone": placed.availability_zone,
-                          "conflicts": placed.conflicts, "decision": placed.decision})
+                          "conflicts": placed.conflicts, "decision": placed.decision}))
     return server
 
 

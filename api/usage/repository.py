@@ -64,10 +64,16 @@ def lock_server(session: Session, server_id: str) -> UsageServer | None:
 
 def latest_closed_end(session: Session) -> int | None:
     """End (epoch seconds) of the latest closed period, if any."""
-    return session.scalar(_LATEST_CLOSED_END)
+    end = session.scalar(_LATEST_CLOSED_END)
+    return None if end is None else int(end)
 
 
-_LATEST_CLOSED_END = select(func.max(ClosedPeriod.end_s))  # built once: every create reads it
+# Built once on the Core tables (no ORM statement layer): every create runs these.
+_LATEST_CLOSED_END = select(func.max(cast(Table, ClosedPeriod.__table__).c.end_s))
+_ENTRIES = cast(Table, LedgerEntry.__table__)
+_INSERT_ENTRY = insert(_ENTRIES).returning(_ENTRIES.c.seq)
+_INSERT_SUMMARY = insert(cast(Table, UsageServer.__table__))
+_INSERT_PIECES = insert(cast(Table, UsagePiece.__table__))
 
 
 def piece_rows(project_id: str, server_id: str, pieces: Sequence[Piece]) -> list[dict[str, Any]]:
@@ -113,14 +119,13 @@ def replace_pieces(session: Session, project_id: str, server_id: str,
 
 def insert_entry(session: Session, values: dict[str, Any]) -> int:
     """Append one ledger entry (Core ``INSERT ... RETURNING seq``); returns its ``seq``."""
-    table = cast(Table, LedgerEntry.__table__)
-    return int(session.execute(insert(table).returning(table.c.seq), values).scalar_one())
+    return int(session.execute(_INSERT_ENTRY, values).scalar_one())
 
 
 def insert_summary(session: Session, *, server_id: str, project_id: str, first_s: int,
                    last_s: int, state: str) -> None:
     """Store the summary row of a server that has none yet."""
-    session.execute(insert(cast(Table, UsageServer.__table__)),
+    session.execute(_INSERT_SUMMARY,
                     {"server_id": server_id, "project_id": project_id, "first_s": first_s,
                      "last_s": last_s, "state": state})
 
@@ -129,8 +134,7 @@ def insert_pieces(session: Session, project_id: str, server_id: str,
                   pieces: Sequence[Piece]) -> None:
     """Store the pieces of a server that has none yet (one executemany)."""
     if pieces:
-        session.execute(insert(cast(Table, UsagePiece.__table__)),
-                        piece_rows(project_id, server_id, pieces))
+        session.execute(_INSERT_PIECES, piece_rows(project_id, server_id, pieces))
 
 
 def _least(dialect: str, a: Any, b: Any) -> ColumnElement[Any]:

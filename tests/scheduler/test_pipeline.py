@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from scheduler.framework import HostState
-from scheduler.pipeline import FILTERS, decide
+from scheduler.filters.resources import ResourcesCheck, ResourcesFilter
+from scheduler.framework import MEMORY_MB, HostState
+from scheduler.pipeline import FILTERS, decide, largest
 from tests.scheduler.builders import NOW, host, inv, request, snapshot
 
 
@@ -90,3 +95,45 @@ def test_decision_record_lists_the_top_hosts_with_their_breakdown() -> None:
 def test_stale_hosts_are_down_relative_to_the_snapshot_clock() -> None:
     decision = decide(request(), snapshot(host("old", last_heartbeat=NOW - 120), down_after=60))
     assert decision.refusals == {"down": 1}
+
+
+@settings(max_examples=200, deadline=None)
+@given(totals=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]) | st.floats(0, 2),
+                       min_size=1, max_size=40),
+       count=st.integers(1, 8))
+def test_largest_is_nlargest_of_total_and_index(totals: list[float], count: int) -> None:
+    # The ranking the tie-break and the runners-up come from: the highest totals first, equal
+    # totals by the higher index first (many hosts tie in an evenly filled pool).
+    assert largest(totals, count) == heapq.nlargest(
+        count, zip(totals, range(len(totals)), strict=True))
+
+
+def test_a_host_that_changed_between_decisions_is_checked_again() -> None:
+    # The resources filter remembers the verdicts of the last host list (per request shape);
+    # a host whose inventory moved in between, replaced or refreshed in place, is re-tested.
+    hosts = [host(f"h{i}", ram=inv(16384, 1024 * i)) for i in range(12)]
+    first = decide(request(ram_mb=8192), snapshot(*hosts))
+    assert first.candidates == 9  # h9..h11: 9216 + 8192 > 16384
+    hosts[0] = replace(hosts[0], inventories={**hosts[0].inventories,
+                                              MEMORY_MB: inv(16384, 16000)})
+    hosts[1].inventories[MEMORY_MB] = inv(16384, 12000)
+    hosts[1].refresh()
+    hosts[11].inventories[MEMORY_MB] = inv(16384, 0)
+    hosts[11].refresh()
+    again = decide(request(ram_mb=8192), snapshot(*hosts))
+    assert again.refused == {"id-h0": "not_enough_MEMORY_MB", "id-h1": "not_enough_MEMORY_MB",
+                             "id-h9": "not_enough_MEMORY_MB", "id-h10": "not_enough_MEMORY_MB"}
+    assert again.host is not None and again.host.id == "id-h11"  # now the emptiest
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 16384),
+                                st.sampled_from([512, 2048, 8192])), min_size=1, max_size=12))
+def test_remembered_verdicts_equal_a_fresh_check(steps: list[tuple[int, int, int]]) -> None:
+    hosts = [host(f"h{i}", ram=inv(16384, 2048 * i)) for i in range(8)]
+    for index, used, ram in steps:
+        hosts[index] = replace(hosts[index], inventories={**hosts[index].inventories,
+                                                          MEMORY_MB: inv(16384, used)})
+        check = ResourcesFilter().prepare(request(ram_mb=ram), snapshot(*hosts))
+        assert isinstance(check, ResourcesCheck)
+        assert check.many(hosts) == [check(h) for h in hosts]
