@@ -120,9 +120,11 @@ async def _tenant(fleet: Fleet, database_url: str, creates: int) -> tuple[dict[s
                           json={"name": f"creates-{suffix}"})
     project_id = str(r.json()["id"])
     limit = max(10 * creates, 100)
+    most = 2**31 - 1  # the quota API's largest value
     await fleet._call("setup", "PUT", f"{api}/v1/quotas/{project_id}", headers=fleet.admin,
-                      json={"instances": limit, "vcpus": 16 * limit, "ram_mb": 65536 * limit,
-                            "disk_gb": 1000 * limit})
+                      json={"instances": min(limit, most), "vcpus": min(16 * limit, most),
+                            "ram_mb": min(65536 * limit, most),
+                            "disk_gb": min(1000 * limit, most)})
     name, password = f"creator-{suffix}", f"pw-{uuid.uuid4().hex}"
     await fleet._call("setup", "POST", f"{api}/v1/users", ok=201, headers=fleet.admin,
                       json={"name": name, "password": password, "project_id": project_id,
