@@ -65,6 +65,9 @@ class SimHost:
     cursor: str | None = None
     # server id -> (state, id of the operation performed) last reported
     reported: dict[str, tuple[ObservedState, str | None]] = field(default_factory=dict)
+    # server id -> state the API acknowledged in a heartbeat; None: the next one is full
+    acked: dict[str, ObservedState] | None = None
+    full_due: float = 0.0  # time.monotonic() of the next periodic full report
     # Its own connections, as a real agent has: httpx's pool costs grow with every request
     # outstanding in it, and each host keeps a long-poll outstanding.
     http: httpx.AsyncClient | None = None
@@ -108,12 +111,14 @@ class Fleet:
     """N simulated hosts against one or more API processes (host i uses ``apis[i % len]``)."""
 
     def __init__(self, apis: Sequence[str], admin_token: str, *, heartbeat: float = 10.0,
+                 full_report: float = 600.0,
                  long_poll_wait: float = 10.0, size: tuple[int, int, int] = (16, 65536, 1000),
                  prefix: str | None = None, retries: int = 12,
                  availability_zone: str = "nova", trust_active: bool = False) -> None:
         self.apis = [a.rstrip("/") for a in apis]
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.heartbeat_interval = heartbeat
+        self.full_report_seconds = full_report
         self.long_poll_wait = long_poll_wait
         self.size = size
         self.prefix = prefix or f"sim-{uuid.uuid4().hex[:6]}"
@@ -154,11 +159,12 @@ class Fleet:
 
     # ------------------------------------------------------------------ HTTP with retries
 
-    async def _call(self, kind: str, method: str, url: str, *, ok: int = 200,
+    async def _call(self, kind: str, method: str, url: str, *, ok: int | tuple[int, ...] = 200,
                     host: SimHost | None = None, **kwargs: Any) -> httpx.Response:
         """Send with the agent's retry rules: 503/429 after ``Retry-After`` (jittered),
         transport errors and other 5xx with exponential backoff; raises AgentApiError."""
         last: AgentApiError | None = None
+        wanted = (ok,) if isinstance(ok, int) else ok
         for attempt in range(self.retries + 1):
             try:
                 http = self._http if host is None else self._http_of(host)
@@ -170,7 +176,7 @@ class Fleet:
                 continue
             hint = retry_after(r)
             self.stats.count(f"{kind}:retry-after" if hint is not None else kind, r.status_code)
-            if r.status_code == ok:
+            if r.status_code in wanted:
                 return r
             last = _error_of(r)
             if hint is not None:
@@ -231,13 +237,28 @@ class Fleet:
     # ------------------------------------------------------------------ steady state
 
     async def _heartbeat(self, host: SimHost) -> None:
-        now = datetime.now(UTC)
-        observed = [Observation(server_id=sid, state=state, seen_at=now)
-                    for sid, (state, _) in host.reported.items()]
-        r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
-                             json={"observed": [o.model_dump(mode="json") for o in observed]},
-                             headers=host.headers, host=host)
-        HeartbeatResult.model_validate(r.json())
+        """One heartbeat as the agent sends it: only the states the API has not acknowledged,
+        everything (a full report) first, after a failure, every ``full_report_seconds`` and
+        when the API asks (``full_report``)."""
+        for _ in range(2):  # the second: the full report the API asked for
+            now = datetime.now(UTC)
+            full = host.acked is None or time.monotonic() >= host.full_due
+            states = {sid: state for sid, (state, _) in host.reported.items()}
+            observed = [Observation(server_id=sid, state=state, seen_at=now)
+                        for sid, state in states.items()
+                        if full or host.acked is None or host.acked.get(sid) != state]
+            host.acked = None  # until this one is acknowledged
+            r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
+                                 json={"observed": [o.model_dump(mode="json") for o in observed],
+                                       "full": full},
+                                 headers=host.headers, host=host)
+            result = HeartbeatResult.model_validate(r.json())
+            if result.full_report:
+                continue
+            host.acked = states
+            if full:
+                host.full_due = time.monotonic() + self.full_report_seconds
+            return
 
     async def _heartbeats(self, host: SimHost) -> None:
         # Spread the fleet over the interval, as hosts started at different times would be.
@@ -276,7 +297,10 @@ class Fleet:
                 params["since"] = host.cursor
             try:
                 r = await self._call("long-poll", "GET", f"{host.api}/v1/agent/servers",
-                                     params=params, headers=host.headers, host=host)
+                                     params=params, headers=host.headers, host=host,
+                                     ok=(200, 304))
+                if r.status_code == 304:  # nothing changed: wait again
+                    continue
                 desired = DesiredState.model_validate(r.json())
                 for server in desired.servers:
                     await self._observe(host, server)
