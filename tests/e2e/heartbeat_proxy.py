@@ -2,7 +2,8 @@
 
 Everything is forwarded as it is; each heartbeat's body is kept, in order, and the answer to
 one heartbeat can be made to ask for a full report (``"full_report": true``), as an API that
-lost track of the host answers.
+lost track of the host answers. While ``swallow`` is set, heartbeats are answered 200 by the
+proxy itself and never reach the API: the agent beats on, the API hears a silence.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class HeartbeatProxy:
         self.heartbeats: list[dict[str, Any]] = []
         self.ask_full_report = False  # the next heartbeat's answer asks for a full report
         self.asked: int | None = None
+        self.swallow = False
+        self.answers: list[dict[str, Any]] = []  # the API's answer to each heartbeat ({}: none)
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=120)
         proxy = self
@@ -40,6 +43,19 @@ class HeartbeatProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.command == "POST" and self.path == HEARTBEAT and proxy.swallow:
+                    with proxy._lock:
+                        proxy.heartbeats.append(json.loads(body))
+                        proxy.answers.append({})
+                    fake = json.dumps({"host_id": "swallowed", "applied": 0, "ignored": [],
+                                       "last_heartbeat_at": "2000-01-01T00:00:00Z",
+                                       "heartbeat_interval_seconds": 10}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(fake)))
+                    self.end_headers()
+                    self.wfile.write(fake)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 r = proxy._http.request(self.command, proxy.upstream + self.path,
                                         headers=headers, content=body)
@@ -47,6 +63,7 @@ class HeartbeatProxy:
                 if self.command == "POST" and self.path == HEARTBEAT:
                     with proxy._lock:
                         proxy.heartbeats.append(json.loads(body))
+                        proxy.answers.append(r.json() if r.status_code == 200 else {})
                         if proxy.ask_full_report and r.status_code == 200:
                             proxy.ask_full_report = False
                             proxy.asked = len(proxy.heartbeats) - 1
@@ -70,6 +87,11 @@ class HeartbeatProxy:
         """The heartbeat bodies so far."""
         with self._lock:
             return list(self.heartbeats)
+
+    def answered(self) -> list[dict[str, Any]]:
+        """The API's answers to them so far ({}: not answered 200 by the API)."""
+        with self._lock:
+            return list(self.answers)
 
     def __enter__(self) -> Self:
         self._thread.start()
