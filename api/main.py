@@ -200,8 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     # Outermost of all: idle heartbeats and unchanged long-polls of hosts this process
     # remembers never reach FastAPI, the thread pool or SQL (api.agent.fastpath).
-    app.add_middleware(AgentFastPath, settings=settings,
-                       maker=lambda: app.state.sessionmaker)
+    app.add_middleware(AgentFastPath, settings=settings, engine=lambda: app.state.engine)
     metrics_routes.install(app)
 
     @app.get("/healthz", tags=["health"])

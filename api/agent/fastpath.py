@@ -37,13 +37,14 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.agent import liveness, notifier, service
 from api.agent.schemas import HeartbeatIn, HeartbeatOut
 from api.config import Settings
-from api.db import SessionFactory, session_scope, utcnow
+from api.db import utcnow
 from api.deps import host_of_credential
 from api.metrics import (
     REQUEST_SECONDS,
@@ -144,10 +145,10 @@ def authenticate(session: Session, settings: Settings, authorization: str | None
     return host
 
 
-def _cursor(maker: SessionFactory, host_id: str) -> str | None:
-    for session in session_scope(maker):
-        return service.cursor(session, host_id)
-    raise AssertionError("unreachable")
+def _cursor(engine: Engine, host_id: str) -> str | None:
+    # A bare connection: one statement needs no unit of work (and its ORM bookkeeping).
+    with engine.connect() as conn:
+        return service.cursor(conn, host_id)
 
 
 class _Template:
@@ -160,11 +161,10 @@ class _Template:
 class AgentFastPath:
     """Answer idle heartbeats and unchanged long-polls of remembered hosts (module doc)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings,
-                 maker: Callable[[], SessionFactory]) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, engine: Callable[[], Engine]) -> None:
         self.app = app
         self.settings = settings
-        self.maker = maker
+        self.engine = engine
         self.enabled = settings.host_credential_cache_seconds > 0
         self.half_down = timedelta(seconds=settings.host_down_after_seconds) / 2
         self._hb_ok = REQUESTS.labels("POST", HEARTBEAT, "2xx")
@@ -290,7 +290,7 @@ class AgentFastPath:
         if how == "timeout":
             token = request_scope.set(self._servers_scope)
             try:
-                current = await run_in_threadpool(_cursor, self.maker(), host_id)
+                current = await run_in_threadpool(_cursor, self.engine(), host_id)
             finally:
                 request_scope.reset(token)
             if current == since:

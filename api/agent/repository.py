@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.models import (
@@ -50,8 +50,11 @@ def host_by_name(session: Session, name: str) -> Host | None:
     return session.scalar(select(Host).where(Host.name == name))
 
 
-def cursor_parts(session: Session, host_id: str) -> tuple[int, int, int] | None:
-    """(desired_generation, live server count, sum of their generations); None: no host."""
+def cursor_parts(session: Session | Connection,
+                 host_id: str) -> tuple[int, int, int] | None:
+    """(desired_generation, live server count, sum of their generations); None: no host.
+
+    On a session or a bare connection (the fast path's one statement, api.agent.fastpath)."""
     row = session.execute(_CURSOR, {"host": host_id}).one_or_none()
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 

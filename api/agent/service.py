@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -324,7 +325,7 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
 
 # ---------------------------------------------------------------- desired state
 
-def cursor(session: Session, host_id: str) -> str | None:
+def cursor(session: Session | Connection, host_id: str) -> str | None:
     """The host's opaque desired-state cursor; None when the host no longer exists."""
     parts = repository.cursor_parts(session, host_id)
     return None if parts is None else ".".join(str(p) for p in parts)
