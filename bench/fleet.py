@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from compute_agent.client import (
+    KEEPALIVE_SECONDS,
     AgentApiError,
     DesiredServer,
     DesiredState,
@@ -138,7 +139,8 @@ class Fleet:
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=self._timeout, verify=self._tls,
                                  limits=httpx.Limits(max_connections=None,
-                                                     max_keepalive_connections=None))
+                                                     max_keepalive_connections=None,
+                                                     keepalive_expiry=KEEPALIVE_SECONDS))
 
     def _http_of(self, host: SimHost) -> httpx.AsyncClient:
         if host.http is None:

@@ -295,6 +295,10 @@ class _FileBody:
                 yield chunk
 
 
+KEEPALIVE_SECONDS = 20.0
+"""How long an idle connection to the API is kept (the API keeps them 30 s)."""
+
+
 class AgentClient:
     """A compute agent's connection to the API, authenticated by its host credential."""
 
@@ -305,8 +309,11 @@ class AgentClient:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # Idle connections are kept 20 s, across a 10 s heartbeat interval (httpx's default,
+        # 5 s, would open a connection per heartbeat) and below the API's 30 s.
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, verify=verify,
-                                  headers={"Authorization": f"Bearer {credential}"})
+                                  headers={"Authorization": f"Bearer {credential}"},
+                                  limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
         # The last desired state received: a long-poll answered 304 Not Modified returns it.
         self._desired: DesiredState | None = None
 
