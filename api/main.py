@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import metrics
 from api.admission import AgentAdmission
 from api.agent import liveness, notifier
+from api.agent.fastpath import REQUEST_ID as _REQUEST_ID
+from api.agent.fastpath import AgentFastPath
 from api.agent.routes import console_router as agent_console_router
 from api.agent.routes import router as agent_router
 from api.body_limit import BodyLimitMiddleware
@@ -79,8 +80,6 @@ ROUTERS += [scaling_router]
 ROUTERS += [guest_metrics_routes.router, guest_metrics_routes.agent_router]
 # The OpenStack-compatible surface (docs/openstack.md), hidden from /docs.
 ROUTERS += [os_identity.router, os_compute.router, os_image.router]
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestIdMiddleware:
@@ -202,6 +201,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetricsMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    # Outermost of all: idle heartbeats and unchanged long-polls of hosts this process
+    # remembers never reach FastAPI, the thread pool or SQL (api.agent.fastpath).
+    app.add_middleware(AgentFastPath, settings=settings, engine=lambda: app.state.engine)
     metrics_routes.install(app)
 
     @app.get("/healthz", tags=["health"])

@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.lean_http import Client, Response, TransportError
 from compute_agent.client import (
+    KEEPALIVE_SECONDS,
     AgentApiError,
     DesiredServer,
     DesiredState,
@@ -65,6 +66,9 @@ class SimHost:
     cursor: str | None = None
     # server id -> (state, id of the operation performed) last reported
     reported: dict[str, tuple[ObservedState, str | None]] = field(default_factory=dict)
+    # server id -> state the API acknowledged in a heartbeat; None: the next one is full
+    acked: dict[str, ObservedState] | None = None
+    full_due: float = 0.0  # time.monotonic() of the next periodic full report
     # Its own connections, as a real agent has: each host keeps a long-poll outstanding on
     # one and heartbeats on another.
     http: Client | None = None
@@ -108,13 +112,16 @@ class Fleet:
     """N simulated hosts against one or more API processes (host i uses ``apis[i % len]``)."""
 
     def __init__(self, apis: Sequence[str], admin_token: str, *, heartbeat: float = 10.0,
+                 full_report: float = 600.0,
                  long_poll_wait: float = 10.0, size: tuple[int, int, int] = (16, 65536, 1000),
                  prefix: str | None = None, retries: int = 12,
                  availability_zone: str = "nova", trust_active: bool = False,
-                 enroll_concurrency: int | None = None, keepalive_expiry: float = 25.0) -> None:
+                 enroll_concurrency: int | None = None,
+                 keepalive_expiry: float = KEEPALIVE_SECONDS) -> None:
         self.apis = [a.rstrip("/") for a in apis]
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.heartbeat_interval = heartbeat
+        self.full_report_seconds = full_report
         self.long_poll_wait = long_poll_wait
         self.size = size
         self.prefix = prefix or f"sim-{uuid.uuid4().hex[:6]}"
@@ -249,13 +256,28 @@ class Fleet:
     # ------------------------------------------------------------------ steady state
 
     async def _heartbeat(self, host: SimHost) -> None:
-        now = datetime.now(UTC)
-        observed = [Observation(server_id=sid, state=state, seen_at=now)
-                    for sid, (state, _) in host.reported.items()]
-        r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
-                             json={"observed": [o.model_dump(mode="json") for o in observed]},
-                             headers=host.headers, host=host)
-        HeartbeatResult.model_validate(r.json())
+        """One heartbeat as the agent sends it: only the states the API has not acknowledged,
+        everything (a full report) first, after a failure, every ``full_report_seconds`` and
+        when the API asks (``full_report``)."""
+        for _ in range(2):  # the second: the full report the API asked for
+            now = datetime.now(UTC)
+            full = host.acked is None or time.monotonic() >= host.full_due
+            states = {sid: state for sid, (state, _) in host.reported.items()}
+            observed = [Observation(server_id=sid, state=state, seen_at=now)
+                        for sid, state in states.items()
+                        if full or host.acked is None or host.acked.get(sid) != state]
+            host.acked = None  # until this one is acknowledged
+            r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
+                                 json={"observed": [o.model_dump(mode="json") for o in observed],
+                                       "full": full},
+                                 headers=host.headers, host=host)
+            result = HeartbeatResult.model_validate(r.json())
+            if result.full_report:
+                continue
+            host.acked = states
+            if full:
+                host.full_due = time.monotonic() + self.full_report_seconds
+            return
 
     async def _heartbeats(self, host: SimHost) -> None:
         # Spread the fleet over the interval, as hosts started at different times would be.

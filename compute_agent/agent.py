@@ -474,18 +474,47 @@ class Agent:
             self._inventory = inv
 
     def _heartbeat_loop(self) -> None:
+        """Beat every ``heartbeat_interval`` seconds, reporting only what changed.
+
+        A heartbeat carries the observations whose state differs from what the API last
+        acknowledged (a 200), and the foreign domains only when they changed. A full report
+        (everything) goes first, after any failed heartbeat, every ``full_report_seconds``,
+        and at once when the API answers ``full_report`` (it lost track: the host was down).
+        """
         delay = 0.5
+        acked: dict[str, str] | None = None  # server id -> state; None: send a full report
+        acked_foreign: dict[str, str] | None = None
+        full_due = 0.0
         while not self._stop.is_set():
             with self._snapshot_lock:
                 observed = list(self._snapshot)
+            foreign = dict(self.foreign)
+            full = acked is None or time.monotonic() >= full_due
+            send_foreign: dict[str, str] | None
+            if acked is None or full:
+                send, send_foreign = observed, foreign
+            else:
+                send = [o for o in observed if acked.get(o.server_id) != o.state]
+                send_foreign = foreign if foreign != acked_foreign else None
             try:
-                self._hb_client.heartbeat(observed, dict(self.foreign), self.progress())
-                delay = 0.5
-                self._stop.wait(self.settings.heartbeat_interval)
+                result = self._hb_client.heartbeat(send, send_foreign, self.progress(),
+                                                   full=full)
             except Exception as exc:  # API down, or a bug: keep beating either way
                 log.warning("heartbeat: %s", exc)
+                acked = None
                 self._stop.wait(min(delay, self.settings.heartbeat_interval))
                 delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            delay = 0.5
+            if result.full_report:
+                acked = None  # the API asks for everything: send it now
+                continue
+            # Everything that differed was sent and acknowledged: the API has the snapshot.
+            acked = {o.server_id: o.state for o in observed}
+            acked_foreign = foreign
+            if full:
+                full_due = time.monotonic() + self.settings.full_report_seconds
+            self._stop.wait(self.settings.heartbeat_interval)
 
     # -- reconcile ---------------------------------------------------------------------------
 

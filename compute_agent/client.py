@@ -144,6 +144,8 @@ class HeartbeatResult(_Model):
     applied: int
     ignored: list[str]
     heartbeat_interval_seconds: int
+    # The API asks for every observation in the next heartbeat, at once.
+    full_report: bool = False
 
 
 class Flavor(_Model):
@@ -293,6 +295,10 @@ class _FileBody:
                 yield chunk
 
 
+KEEPALIVE_SECONDS = 20.0
+"""How long an idle connection to the API is kept (the API keeps them 30 s)."""
+
+
 class AgentClient:
     """A compute agent's connection to the API, authenticated by its host credential."""
 
@@ -303,8 +309,13 @@ class AgentClient:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # Idle connections are kept 20 s, across a 10 s heartbeat interval (httpx's default,
+        # 5 s, would open a connection per heartbeat) and below the API's 30 s.
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, verify=verify,
-                                  headers={"Authorization": f"Bearer {credential}"})
+                                  headers={"Authorization": f"Bearer {credential}"},
+                                  limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
+        # The last desired state received: a long-poll answered 304 Not Modified returns it.
+        self._desired: DesiredState | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -416,11 +427,13 @@ class AgentClient:
 
     def heartbeat(self, observed: list[Observation] | None = None,
                   foreign: dict[str, str] | None = None,
-                  progress: LoopProgress | None = None) -> HeartbeatResult:
+                  progress: LoopProgress | None = None, *, full: bool = True) -> HeartbeatResult:
         """Say the host is alive, with the states it sees, (``foreign``: server id -> host
-        id) the other hosts' domains it quarantined and its reconcile loop's ``progress``;
-        raises AgentApiError."""
-        body: dict[str, Any] = {"observed": [o.model_dump(mode="json") for o in observed or []]}
+        id; None: unchanged) the other hosts' domains it quarantined and its reconcile loop's
+        ``progress``; ``full=False``: ``observed`` holds only what changed since the last
+        acknowledged heartbeat. Raises AgentApiError."""
+        body: dict[str, Any] = {"observed": [o.model_dump(mode="json") for o in observed or []],
+                                "full": full}
         if foreign is not None:
             body["foreign"] = [{"server_id": s, "host_id": h} for s, h in sorted(foreign.items())]
         if progress is not None:
@@ -437,6 +450,8 @@ class AgentClient:
     def desired_servers(self, since: str | None = None, wait: float = 0) -> DesiredState:
         """Every server of this host; waits up to ``wait`` s (max 30) while ``since`` is current.
 
+        A wait that ends with nothing changed is answered 304 Not Modified: the state this
+        client received last is returned again (asked for anew when it does not have it).
         Raises AgentApiError.
         """
         params: dict[str, Any] = {"wait": wait}
@@ -444,7 +459,13 @@ class AgentClient:
             params["since"] = since
         r = self._request("GET", "/v1/agent/servers", params=params,
                           timeout=self.timeout + wait)
-        return DesiredState.model_validate(r.json())
+        if r.status_code == 304:
+            if self._desired is not None and self._desired.cursor == since:
+                return self._desired
+            r = self._request("GET", "/v1/agent/servers")
+        state = DesiredState.model_validate(r.json())
+        self._desired = state
+        return state
 
     def observe(self, server_id: str, state: ObservedState, seen_at: datetime | None = None, *,
                 idempotency_key: str | None = None, operation_id: str | None = None,

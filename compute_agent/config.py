@@ -69,6 +69,9 @@ class AgentSettings(BaseSettings):
     reserved_ram_mb: int | None = Field(default=None, ge=0)
     reserved_disk_gb: int | None = Field(default=None, ge=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
+    # Heartbeats carry only what changed since the last acknowledged one; every this many
+    # seconds (and after a failure, at start, or when the API asks) one carries everything.
+    full_report_seconds: float = Field(default=600.0, gt=0)
     # How long a guest gets to power off after the ACPI request before it is destroyed.
     shutdown_timeout: float = Field(default=60.0, ge=0)
     # How often the console tail of running servers is shipped (also the long-poll bound).

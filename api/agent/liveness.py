@@ -7,6 +7,10 @@ for the single writer beside the creates. Instead its time is kept here, in the 
 (``heartbeat_flush_seconds``, default 1 s). The database's ``last_heartbeat_at`` then lags the
 agent by at most that period, far inside ``host_down_after_seconds``; a heartbeat that changes
 anything else, or that follows a long silence, is written in its own unit of work as before.
+
+Each kept time carries the digest of the credential the heartbeat presented, and the flush
+writes it only while the host still has that credential: a heartbeat accepted just before a
+rotation or revocation (in this process or another) never keeps the host alive after it.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ log = logging.getLogger("minicloud.agent.liveness")
 
 @dataclass(frozen=True)
 class Pending:
-    """What a host's coalesced heartbeats leave to write: the newest heartbeat time, the
-    newest loop progress the agent reported (None: none reported) and when its pass count
-    last moved (None: it did not move since the stored one)."""
+    """What a host's coalesced heartbeats leave to write: the digest of the credential the
+    newest one presented, the newest heartbeat time, the newest loop progress the agent
+    reported (None: none reported) and when its pass count last moved (None: it did not move
+    since the stored one)."""
 
+    digest: str
     at: datetime
     progress: dict[str, Any] | None = None
     progress_at: datetime | None = None
@@ -45,10 +51,11 @@ class HeartbeatBuffer:
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
 
-    def record(self, host_id: str, at: datetime, progress: dict[str, Any] | None = None,
+    def record(self, host_id: str, digest: str, at: datetime,
+               progress: dict[str, Any] | None = None,
                progress_at: datetime | None = None) -> None:
-        """Keep a heartbeat for the next flush (the newest time and progress win; a moved
-        pass count is kept until written)."""
+        """Keep a heartbeat for the next flush (the newest time, credential and progress
+        win; a moved pass count is kept until written)."""
         with self._lock:
             old = self._pending.get(host_id)
             if old is not None and old.at > at:
@@ -57,7 +64,7 @@ class HeartbeatBuffer:
                 progress_at = old.progress_at
             if old is not None and progress is None:
                 progress = old.progress
-            self._pending[host_id] = Pending(at, progress, progress_at)
+            self._pending[host_id] = Pending(digest, at, progress, progress_at)
 
     def forget(self, host_id: str) -> None:
         """Drop a kept time (its unit of work writes a newer one itself)."""
@@ -89,7 +96,7 @@ def flush(maker: SessionFactory, buffer: HeartbeatBuffer = HEARTBEATS) -> int:
             repository.record_heartbeats(session, pending)
     except Exception:
         for host_id, kept in pending.items():
-            buffer.record(host_id, kept.at, kept.progress, kept.progress_at)
+            buffer.record(host_id, kept.digest, kept.at, kept.progress, kept.progress_at)
         raise
     return len(pending)
 

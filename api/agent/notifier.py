@@ -59,17 +59,32 @@ class Waiters:
 
     ``version(host)`` counts the wake-ups of a host: a poll reads it *before* it reads its
     cursor and registers with it, so a change committed between the two is not missed.
+    ``stamp(host)`` adds the epoch, which :meth:`wake_all` moves: what a process remembers
+    of a host (``api.agent.fastpath``) is valid while the host's stamp is unchanged.
+    ``wakes()`` counts every wake-up of every host.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_host: dict[str, set[Waiter]] = {}
         self._versions: dict[str, int] = {}
+        self._epoch = 0
+        self._wakes = 0
 
     def version(self, host_id: str) -> int:
         """How many times the host was woken in this process."""
         with self._lock:
             return self._versions.get(host_id, 0)
+
+    def stamp(self, host_id: str) -> tuple[int, int]:
+        """(epoch, version of the host): changes on every wake-up of the host or of all."""
+        with self._lock:
+            return self._epoch, self._versions.get(host_id, 0)
+
+    def wakes(self) -> int:
+        """How many wake-ups (of any host) this process has seen."""
+        with self._lock:
+            return self._wakes
 
     def register(self, host_id: str, seen: int) -> Waiter:
         """A new waiter for the host; already set when the host was woken since ``seen``."""
@@ -93,6 +108,7 @@ class Waiters:
         """Wake every poll waiting for one of ``host_ids``."""
         woken: list[Waiter] = []
         with self._lock:
+            self._wakes += 1
             for host_id in host_ids:
                 self._versions[host_id] = self._versions.get(host_id, 0) + 1
                 woken.extend(self._by_host.get(host_id, ()))
@@ -100,8 +116,10 @@ class Waiters:
             waiter.wake()
 
     def wake_all(self) -> None:
-        """Wake every waiting poll (after notifications may have been missed)."""
+        """Wake every waiting poll and move the epoch (after notifications may have been
+        missed: everything remembered of any host is dropped)."""
         with self._lock:
+            self._epoch += 1
             hosts = list(self._by_host)
         self.wake(hosts)
 

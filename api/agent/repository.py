@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.models import (
@@ -50,8 +50,11 @@ def host_by_name(session: Session, name: str) -> Host | None:
     return session.scalar(select(Host).where(Host.name == name))
 
 
-def cursor_parts(session: Session, host_id: str) -> tuple[int, int, int] | None:
-    """(desired_generation, live server count, sum of their generations); None: no host."""
+def cursor_parts(session: Session | Connection,
+                 host_id: str) -> tuple[int, int, int] | None:
+    """(desired_generation, live server count, sum of their generations); None: no host.
+
+    On a session or a bare connection (the fast path's one statement, api.agent.fastpath)."""
     row = session.execute(_CURSOR, {"host": host_id}).one_or_none()
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
@@ -154,19 +157,22 @@ def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
     in at most three statements (executemany), each of the form
 
     ``UPDATE hosts SET last_heartbeat_at = :at [, loop_progress = :p [, loop_progress_at =
-    :pat]] WHERE id = :host AND (last_heartbeat_at IS NULL OR last_heartbeat_at < :at)`` -- a
-    newer time written meanwhile by a heartbeat's own unit of work stays.
+    :pat]] WHERE id = :host AND credential_digest = :digest
+    AND (last_heartbeat_at IS NULL OR last_heartbeat_at < :at)`` -- a newer time written
+    meanwhile by a heartbeat's own unit of work stays, and a heartbeat whose credential was
+    rotated or revoked since writes nothing.
 
     ``seen`` maps host ids to ``api.agent.liveness.Pending``.
     """
     hosts = cast(Table, Host.__table__)
-    newer = (hosts.c.id == bindparam("host"),
+    newer = (hosts.c.id == bindparam("host"), hosts.c.credential_digest == bindparam("digest"),
              or_(hosts.c.last_heartbeat_at.is_(None),
                  hosts.c.last_heartbeat_at < bindparam("at")))
-    plain = [{"host": h, "at": p.at} for h, p in seen.items() if p.progress is None]
-    same = [{"host": h, "at": p.at, "p": p.progress} for h, p in seen.items()
-            if p.progress is not None and p.progress_at is None]
-    moved = [{"host": h, "at": p.at, "p": p.progress, "pat": p.progress_at}
+    plain = [{"host": h, "digest": p.digest, "at": p.at} for h, p in seen.items()
+             if p.progress is None]
+    same = [{"host": h, "digest": p.digest, "at": p.at, "p": p.progress}
+            for h, p in seen.items() if p.progress is not None and p.progress_at is None]
+    moved = [{"host": h, "digest": p.digest, "at": p.at, "p": p.progress, "pat": p.progress_at}
              for h, p in seen.items() if p.progress is not None and p.progress_at is not None]
     conn = session.connection()
     if plain:

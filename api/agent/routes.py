@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.agent import liveness, notifier, service
+from api.agent import fastpath, liveness, notifier, service
 from api.agent.schemas import (
     ConsoleOut,
     CredentialIn,
@@ -24,8 +24,7 @@ from api.agent.schemas import (
 )
 from api.config import Settings
 from api.db import SessionFactory, session_scope
-from api.deps import CurrentHost, CurrentUser, SessionDep, SettingsDep, host_of_credential
-from api.deps import get_host_principal as _host_of
+from api.deps import CurrentHost, CurrentUser, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound, Unauthorized
 from api.fields import PathId
 from api.hosts import service as hosts_service
@@ -79,15 +78,20 @@ def _heartbeat(maker: SessionFactory, settings: Settings, authorization: str | N
     # (rolled back); it commits when the loop ends.
     for session in session_scope(maker):
         # Held here, so the service's read of the host by id is answered by the session.
-        host = host_of_credential(session, authorization)
+        host = fastpath.authenticate(session, settings, authorization)
         result = service.heartbeat(session, settings, host.id, body.observed,
-                                   body.foreign, body.progress, buffer=liveness.HEARTBEATS)
+                                   body.foreign, body.progress, buffer=liveness.HEARTBEATS,
+                                   full=body.full)
         assert result.host.last_heartbeat_at is not None
         answer = HeartbeatOut(
             host_id=result.host.id, last_heartbeat_at=result.host.last_heartbeat_at,
             applied=result.applied, ignored=result.ignored,
-            heartbeat_interval_seconds=settings.heartbeat_interval_seconds)
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
+            full_report=result.full_report)
     assert answer is not None
+    # Committed: the host is up as of this heartbeat (the fast path's rule, api.agent.fastpath).
+    fastpath.MEMORY.heard(answer.host_id, answer.last_heartbeat_at,
+                          body.progress.passes if body.progress is not None else None)
     return answer
 
 
@@ -104,29 +108,40 @@ async def heartbeat(body: HeartbeatIn, request: Request,
                                    request.app.state.settings, authorization, body)
 
 
-def _check(maker: SessionFactory, authorization: str | None) -> tuple[str, str, int]:
+def _check(maker: SessionFactory, settings: Settings,
+           authorization: str | None) -> tuple[str, str, int]:
     """Authenticate and read the cursor in one unit of work: (host id, cursor, wake-ups).
 
     The host's wake-up count is read before the cursor, so a change committed after the read
     has already bumped it, or will wake the waiter registered with it.
     """
     for session in session_scope(maker):
-        host_id = _host_of(session, authorization).host_id
-        seen = notifier.WAITERS.version(host_id)
+        host_id = fastpath.authenticate(session, settings, authorization).id
+        stamp = notifier.WAITERS.stamp(host_id)
         # A rotated or revoked credential bumps the host's cursor (api.hosts.service), so the
         # wait needs no credential look-up: the poll wakes, and ``_desired`` refuses it.
         current = service.cursor(session, host_id)
         if current is None:
             raise Unauthorized("The host no longer exists.", code="invalid_host_credential")
-        return host_id, current, seen
+        fastpath.MEMORY.remember_cursor(host_id, current, stamp)
+        return host_id, current, stamp[1]
+    raise AssertionError("unreachable")
+
+
+def _unchanged(maker: SessionFactory, host_id: str, since: str) -> bool:
+    """Whether the host's cursor is still ``since`` (one statement)."""
+    for session in session_scope(maker):
+        return service.cursor(session, host_id) == since
     raise AssertionError("unreachable")
 
 
 def _desired(maker: SessionFactory, authorization: str | None,
              settings: Settings) -> DesiredOut:
     for session in session_scope(maker):
-        host = _host_of(session, authorization)
-        current, servers = service.desired_servers(session, host.host_id, settings)
+        host_id = fastpath.authenticate(session, settings, authorization).id
+        stamp = notifier.WAITERS.stamp(host_id)  # before the cursor, as in ``_check``
+        current, servers = service.desired_servers(session, host_id, settings)
+        fastpath.MEMORY.remember_cursor(host_id, current, stamp)
         return DesiredOut(cursor=current, servers=servers)
     raise AssertionError("unreachable")
 
@@ -150,26 +165,29 @@ async def _wait(request: Request, waiter: notifier.Waiter, timeout: float) -> st
     return "notified" if woken in done else "disconnected" if gone in done else "timeout"
 
 
-@router.get("/servers", response_model=DesiredOut)
+@router.get("/servers", response_model=DesiredOut, responses={
+    304: {"description": "Not Modified: the wait ended and the cursor is still ``since``."}})
 async def desired_servers(
     request: Request,
     since: Annotated[str | None, Query(max_length=64)] = None,
     wait: Annotated[float, Query(ge=0, le=30)] = 0,
     authorization: Annotated[str | None, Header()] = None,
-) -> DesiredOut:
+) -> DesiredOut | Response:
     """Desired state of every server on this host; long-polls while ``since`` is current.
 
     With ``since`` equal to the current cursor the answer waits up to ``wait`` seconds for a
     change. The wait is pushed, not polled (``api.agent.notifier``): the poll waits on an
     asyncio event that a committed change of the host sets, holding no thread and no
-    database connection and running no SQL meanwhile. The answer at the end of the wait reads
-    the database again, so a missed wake-up costs at most one wait.
+    database connection and running no SQL meanwhile. A wait that ends without a wake-up
+    reads the cursor again (one statement): still ``since``, the answer is ``304 Not
+    Modified`` (nothing changed); else, or after a wake-up, the full answer. So a missed
+    wake-up costs at most one wait.
     """
     settings: Settings = request.app.state.settings
     maker: SessionFactory = request.app.state.sessionmaker
     timeout = min(wait, settings.agent_long_poll_max_seconds)
     if since is not None and timeout > 0:
-        host_id, current, seen = await run_in_threadpool(_check, maker, authorization)
+        host_id, current, seen = await run_in_threadpool(_check, maker, settings, authorization)
         if current == since:
             waiter = notifier.WAITERS.register(host_id, seen)
             try:
@@ -177,6 +195,8 @@ async def desired_servers(
             finally:
                 notifier.WAITERS.unregister(host_id, waiter)
             observe_long_poll_end(how)
+            if how == "timeout" and await run_in_threadpool(_unchanged, maker, host_id, since):
+                return Response(status_code=304)
     return await run_in_threadpool(_desired, maker, authorization, settings)
 
 

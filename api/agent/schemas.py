@@ -144,6 +144,9 @@ class HeartbeatIn(BaseModel):
     foreign: list[ForeignDomain] | None = Field(default=None, max_length=10_000)
     # The reconcile loop's progress; None (an older agent) never makes the host degraded.
     progress: LoopProgress | None = None
+    # False: ``observed`` holds only what changed since the last acknowledged heartbeat. A
+    # partial heartbeat of a host that was down is answered ``full_report``.
+    full: bool = True
 
 
 class HeartbeatOut(BaseModel):
@@ -154,6 +157,8 @@ class HeartbeatOut(BaseModel):
     applied: int
     ignored: list[str]
     heartbeat_interval_seconds: int
+    # True: send every observation (and the foreign domains) in the next heartbeat, now.
+    full_report: bool = False
 
 
 class Address(BaseModel):

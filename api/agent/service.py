@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -148,13 +149,15 @@ class HeartbeatResult:
     host: Host
     applied: int
     ignored: list[str]
+    full_report: bool = False
 
 
 def heartbeat(session: Session, settings: Settings, host_id: str,
               observed: list[ObservedItem],
               foreign: list[ForeignDomain] | None = None,
               progress: LoopProgress | None = None,
-              buffer: HeartbeatBuffer | None = None, *, fast: bool = True) -> HeartbeatResult:
+              buffer: HeartbeatBuffer | None = None, *, fast: bool = True,
+              full: bool = True) -> HeartbeatResult:
     """Record the heartbeat (API clock) and apply the observations of this host's servers.
 
     Observations of servers not on this host (or unknown ids) are ignored and listed.
@@ -168,11 +171,16 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     below. Raises Conflict ``fencing_required`` while evacuated servers wait to be fenced: the
     host stays down until its agent removed their old copies (a host that is up never has
     any: only a down host is evacuated, and this check keeps it down).
+
+    ``full=False``: the agent sent only what changed since its last acknowledged heartbeat.
+    From a host that was not up that is not enough (after a silence billing must hear every
+    server's state again): the answer asks for a full report (``full_report``).
     """
     host = hosts_service.get_host(session, host_id)
     now = utcnow()
     up = (host.last_heartbeat_at is not None and now - host.last_heartbeat_at
           < timedelta(seconds=settings.host_down_after_seconds) / 2)
+    full_report = not full and not up
     if foreign is not None:
         domains = [f.model_dump() for f in foreign]
         if domains != host.foreign_domains:
@@ -199,7 +207,7 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
                                        observed=item.state)):
                 session.rollback()
                 return heartbeat(session, settings, host_id, observed, foreign, progress,
-                                 buffer, fast=False)
+                                 buffer, fast=False, full=full)
             applied += 1
             continue
         if not wrote:
@@ -213,13 +221,14 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
             applied += 1
     if buffer is not None and up and not wrote and not session.is_modified(host):
         moved = progress is not None and hosts_service.progress_moved(host, progress)
-        buffer.record(host_id, now,
+        assert host.credential_digest is not None  # the caller authenticated with it
+        buffer.record(host_id, host.credential_digest, now,
                       progress.model_dump(mode="json") if progress is not None else None,
                       now if moved else None)
         # The answer shows the time the flush will write; the stored one stays until then.
         session.expunge(host)
         host.last_heartbeat_at = now
-        return HeartbeatResult(host, applied, ignored)
+        return HeartbeatResult(host, applied, ignored, full_report)
     if buffer is not None:
         buffer.forget(host_id)
     host.last_heartbeat_at = now
@@ -229,7 +238,7 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     # Checked under the host row's lock (taken by the write above), so an evacuation that
     # committed while this heartbeat waited for it is seen, and the heartbeat rolls back.
     require_fenced(session, host_id)
-    return HeartbeatResult(host, applied, ignored)
+    return HeartbeatResult(host, applied, ignored, full_report)
 
 
 def _confirms(server: Server, item: ObservedItem) -> bool:
@@ -316,7 +325,7 @@ def apply_observation(session: Session, settings: Settings, host_id: str, server
 
 # ---------------------------------------------------------------- desired state
 
-def cursor(session: Session, host_id: str) -> str | None:
+def cursor(session: Session | Connection, host_id: str) -> str | None:
     """The host's opaque desired-state cursor; None when the host no longer exists."""
     parts = repository.cursor_parts(session, host_id)
     return None if parts is None else ".".join(str(p) for p in parts)

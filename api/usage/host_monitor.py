@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,10 +44,15 @@ def sweep(session: Session, settings: Settings, now: datetime | None = None) -> 
     """
     now = now or utcnow()
     recorded = 0
-    for host in repository.hosts_with_heartbeat(session):
+    for host in repository.hosts_silent_since(session, _cutoff(settings, now)):
         if host.last_heartbeat_at is not None and not is_up(host, settings, now):
             recorded += lifecycle.host_down(session, host)
     return recorded
+
+
+def _cutoff(settings: Settings, now: datetime) -> datetime:
+    """Hosts without a heartbeat since this are down (``hosts.service.is_up``)."""
+    return now - timedelta(seconds=settings.host_down_after_seconds)
 
 
 def sweep_once(factory: sessionmaker[Session], settings: Settings) -> int:
@@ -61,7 +66,9 @@ def sweep_once(factory: sessionmaker[Session], settings: Settings) -> int:
     for session in session_scope(factory):
         mobility.sweep_stuck(session, settings)
         # Automatic evacuation of hosts down beyond their grace (off unless configured).
-        evacuation.auto_sweep(session, settings, list(repository.hosts_with_heartbeat(session)))
+        # Only a down host is evacuated: the others are not even loaded.
+        evacuation.auto_sweep(session, settings, list(
+            repository.hosts_silent_since(session, _cutoff(settings, utcnow()))))
     return recorded
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -287,10 +288,14 @@ def period_report(session: Session, period: str, scope: str) -> PeriodReport | N
     return session.get(PeriodReport, (period, scope))
 
 
-def hosts_with_heartbeat(session: Session) -> Sequence[Host]:
-    """Every host that has ever sent a heartbeat."""
+def hosts_silent_since(session: Session, cutoff: datetime) -> Sequence[Host]:
+    """The hosts that sent a heartbeat, but none since ``cutoff`` (the down ones): an idle
+    fleet's sweep then loads no host at all.
+
+    SELECT * FROM hosts WHERE last_heartbeat_at < :cutoff ORDER BY id
+    """
     return session.scalars(
-        select(Host).where(Host.last_heartbeat_at.is_not(None)).order_by(Host.id)
+        select(Host).where(Host.last_heartbeat_at < cutoff).order_by(Host.id)
     ).all()
 
 

@@ -140,12 +140,15 @@ def test_desired_state_lists_the_hosts_servers(
     assert s["desired"] == "absent"
 
 
-def test_long_poll_returns_the_unchanged_cursor_after_the_wait(
+def test_long_poll_answers_not_modified_when_the_cursor_is_unchanged_after_the_wait(
     client: TestClient, host: EnrolledHost
 ) -> None:
     cursor = _desired(client, host)["cursor"]
-    again = _desired(client, host, since=cursor, wait=0.3)
-    assert again["cursor"] == cursor
+    again = client.get("/v1/agent/servers", params={"since": cursor, "wait": 0.3},
+                       headers=host.headers)
+    assert (again.status_code, again.content) == (304, b"")
+    assert again.headers["X-Request-Id"]
+    assert _desired(client, host)["cursor"] == cursor
     r = client.get("/v1/agent/servers", params={"wait": 31}, headers=host.headers)
     assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
 

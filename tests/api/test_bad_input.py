@@ -230,7 +230,8 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any] | list[dict[str, Any]]] = {
                      "host_id": "1c6f4d2f-9e4f-4a6b-8c2d-3e4f5a6b7c8d"}],
         "progress": {"passes": 3, "pass_started_at": "2026-01-01T00:00:00Z",
                      "last_pass_at": "2026-01-01T00:00:00Z", "failing_count": 1,
-                     "failing": [{"server_id": "{server_id}", "message": "download: 502"}]}},
+                     "failing": [{"server_id": "{server_id}", "message": "download: 502"}]},
+        "full": True},
     ("POST", "/v1/agent/credential"): {"credential": "mch_" + "A" * 43},
     ("POST", "/v1/agent/servers/{server_id}/observations"): [  # unexpected_stop: shut off
         {"state": "running", "seen_at": "2026-01-01T00:00:00Z", "idempotency_key": "k-1",
