@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     # How long an API process may answer a host credential from memory (api.agent.fastpath,
     # docs/security.md); rotation, revocation and deletion drop it at once; 0: off (and with
     # it the raw fast path of idle heartbeats and long-polls).
-    host_credential_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
+    host_credential_cache_seconds: float = Field(default=300.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _weighers(self) -> Settings:

@@ -257,8 +257,8 @@ class Fleet:
 
     async def _heartbeat(self, host: SimHost) -> None:
         """One heartbeat as the agent sends it: only the states the API has not acknowledged,
-        everything (a full report) first, after a failure, every ``full_report_seconds`` and
-        when the API asks (``full_report``)."""
+        everything (a full report) first, every ``full_report_seconds`` and when the API asks
+        (``full_report``); a failure changes nothing (the next one sends the same)."""
         for _ in range(2):  # the second: the full report the API asked for
             now = datetime.now(UTC)
             full = host.acked is None or time.monotonic() >= host.full_due
@@ -266,7 +266,6 @@ class Fleet:
             observed = [Observation(server_id=sid, state=state, seen_at=now)
                         for sid, state in states.items()
                         if full or host.acked is None or host.acked.get(sid) != state]
-            host.acked = None  # until this one is acknowledged
             r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
                                  json={"observed": [o.model_dump(mode="json") for o in observed],
                                        "full": full},

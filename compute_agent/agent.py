@@ -478,8 +478,10 @@ class Agent:
 
         A heartbeat carries the observations whose state differs from what the API last
         acknowledged (a 200), and the foreign domains only when they changed. A full report
-        (everything) goes first, after any failed heartbeat, every ``full_report_seconds``,
-        and at once when the API answers ``full_report`` (it lost track: the host was down).
+        (everything) goes first, every ``full_report_seconds``, and at once when the API answers
+        ``full_report`` (it lost track: the host was down). A failed heartbeat changes nothing:
+        the next one carries everything not yet acknowledged, and a full report after every
+        refusal would make an overloaded API's load heavier.
         """
         delay = 0.5
         acked: dict[str, str] | None = None  # server id -> state; None: send a full report
@@ -501,7 +503,6 @@ class Agent:
                                                    full=full)
             except Exception as exc:  # API down, or a bug: keep beating either way
                 log.warning("heartbeat: %s", exc)
-                acked = None
                 self._stop.wait(min(delay, self.settings.heartbeat_interval))
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue

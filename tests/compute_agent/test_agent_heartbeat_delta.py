@@ -74,6 +74,15 @@ def test_heartbeats_carry_changes_only_and_everything_when_the_api_asks(
                 == [([], False, None)] * 3
             assert all(b["progress"]["passes"] >= 1 for b in quiet)  # progress in every one
 
+            # Refused heartbeats (an API answering agent_busy, past the client's retries) do
+            # not turn the next one into a full report: it carries what is unacknowledged.
+            refused_from = len(proxy.sent())
+            proxy.refuse = 12
+            wait_until(lambda: proxy.refuse == 0, WAIT, "twelve refused heartbeats")
+            after = _after(proxy, refused_from + 12, lambda b: True, "a heartbeat after them")
+            assert all(a == {} for a in proxy.answered()[refused_from:refused_from + 12])
+            assert (proxy.sent()[after]["full"], proxy.sent()[after]["observed"]) == (False, [])
+
             # The API asks for a full report: the very next heartbeat carries every server.
             proxy.ask_full_report = True
             wait_until(lambda: proxy.asked is not None, WAIT, "a heartbeat answered full_report")

@@ -2,7 +2,9 @@
 
 Everything is forwarded as it is; each heartbeat's body is kept, in order, and the answer to
 one heartbeat can be made to ask for a full report (``"full_report": true``), as an API that
-lost track of the host answers. While ``swallow`` is set, heartbeats are answered 200 by the
+lost track of the host answers. The next ``refuse`` heartbeats are answered ``503
+agent_busy`` (``Retry-After: 0``) by the proxy itself, as a saturated API answers. While
+``swallow`` is set, heartbeats are answered 200 by the
 proxy itself and never reach the API: the agent beats on, the API hears a silence.
 """
 
@@ -31,6 +33,7 @@ class HeartbeatProxy:
         self.ask_full_report = False  # the next heartbeat's answer asks for a full report
         self.asked: int | None = None
         self.swallow = False
+        self.refuse = 0
         self.answers: list[dict[str, Any]] = []  # the API's answer to each heartbeat ({}: none)
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=120)
@@ -43,6 +46,20 @@ class HeartbeatProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.command == "POST" and self.path == HEARTBEAT and proxy.refuse > 0:
+                    with proxy._lock:
+                        proxy.refuse -= 1
+                        proxy.heartbeats.append(json.loads(body))
+                        proxy.answers.append({})
+                    busy = json.dumps({"type": "about:blank", "title": "Busy", "status": 503,
+                                       "code": "agent_busy"}).encode()
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/problem+json")
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", str(len(busy)))
+                    self.end_headers()
+                    self.wfile.write(busy)
+                    return
                 if self.command == "POST" and self.path == HEARTBEAT and proxy.swallow:
                     with proxy._lock:
                         proxy.heartbeats.append(json.loads(body))
