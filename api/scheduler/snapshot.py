@@ -139,19 +139,30 @@ class SnapshotCache:
         self._marks_at = 0.0
         # md5 of the copy's host ids in order (PostgreSQL only reads it), None if incomplete.
         self._ids_digest: str | None = None
+        self._others_moved = False  # the last load found other processes' changes
 
     def load(self, session: Session, settings: Settings) -> Snapshot:
         """A snapshot of every host, re-reading only what changed since the last load."""
-        count, total = session.execute(_FINGERPRINT).one()
+        postgres = session.get_bind().dialect.name == "postgresql"
+        compared_row: tuple[str | None, str | None] | None = None
+        if postgres and self._others_moved and self._ids_digest is not None:
+            # Other processes claimed before the last load: the fingerprint has most likely
+            # moved again, so read it and the generations in one statement.
+            count, total, ids_md5, generations = session.execute(_FINGERPRINT_COMPARE).one()
+            compared_row = (ids_md5, generations)
+        else:
+            count, total = session.execute(_FINGERPRINT).one()
         fingerprint = (int(count), int(total or 0))
         refresh = min(self.HEARTBEAT_REFRESH, settings.host_down_after_seconds / 4)
         with self._lock:
             heartbeats_due = time.monotonic() - self._marks_at >= refresh
+            # Only a hint for the next load's statement; every decision below is exact.
+            self._others_moved = fingerprint != self._fingerprint
             if fingerprint == self._fingerprint and not heartbeats_due:
                 return _snapshot(self._ordered, settings)
             known = dict(self._hosts)
-        if not heartbeats_due and session.get_bind().dialect.name == "postgresql":
-            compared = self._compare(session, settings, fingerprint)
+        if not heartbeats_due and postgres:
+            compared = self._compare(session, settings, fingerprint, compared_row)
             if compared is not None:
                 return compared
         marks_at = time.monotonic()
@@ -199,22 +210,23 @@ class SnapshotCache:
                 self._marks_at = marks_at
         return _snapshot(hosts, settings)
 
-    def _compare(self, session: Session, settings: Settings,
-                 fingerprint: tuple[int, int]) -> Snapshot | None:
+    def _compare(self, session: Session, settings: Settings, fingerprint: tuple[int, int],
+                 row: tuple[str | None, str | None] | None) -> Snapshot | None:
         """PostgreSQL: compare every host's generation in one row instead of one row per host.
 
         ``SELECT md5(string_agg(id, ',' ORDER BY id)), string_agg(generation::text, ','
         ORDER BY id) FROM hosts``: when the ids are those of the copy, in its order, the
         generations are compared in C-level passes and only the hosts whose generation moved
         are re-read. None (read the marks instead) when hosts came or went, the copy is
-        incomplete, many hosts moved, or a host moved again between the two reads.
+        incomplete, many hosts moved, or a host moved again between the two reads. ``row``
+        is that row when the load already read it with the fingerprint.
         """
         with self._lock:
             ordered, digest, hosts_by_id = self._ordered, self._ids_digest, self._hosts
         if digest is None:
             return None
-        ids_md5, generations = session.execute(_COMPARE).one()
-        if ids_md5 != digest:
+        ids_md5, generations = row if row is not None else session.execute(_COMPARE).one()
+        if ids_md5 != digest or generations is None:
             return None
         seen: list[str] = generations.split(",")
         moved = list(compress(range(len(seen)),
@@ -285,6 +297,7 @@ _COMPARE = select(
     func.string_agg(sql_cast(HOSTS.c.generation, Text),
                     aggregate_order_by(literal(","), HOSTS.c.id)),
 ).select_from(HOSTS)
+_FINGERPRINT_COMPARE = select(*_FINGERPRINT.selected_columns, *_COMPARE.selected_columns)
 _GENERATION = attrgetter("generation")
 
 
