@@ -117,11 +117,16 @@ class Fleet:
                  prefix: str | None = None, retries: int = 12,
                  availability_zone: str = "nova", trust_active: bool = False,
                  enroll_concurrency: int | None = None,
-                 keepalive_expiry: float = KEEPALIVE_SECONDS) -> None:
+                 keepalive_expiry: float = KEEPALIVE_SECONDS,
+                 close_heartbeats: bool = False) -> None:
         self.apis = [a.rstrip("/") for a in apis]
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.heartbeat_interval = heartbeat
         self.full_report_seconds = full_report
+        # Each heartbeat on a connection of its own, closed after the answer, so a host holds
+        # one connection (its long-poll's) instead of two: for a fleet larger than half the
+        # process's open-file limit.
+        self._heartbeat_headers = {"Connection": "close"} if close_heartbeats else {}
         self.long_poll_wait = long_poll_wait
         self.size = size
         self.prefix = prefix or f"sim-{uuid.uuid4().hex[:6]}"
@@ -269,7 +274,7 @@ class Fleet:
             r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
                                  json={"observed": [o.model_dump(mode="json") for o in observed],
                                        "full": full},
-                                 headers=host.headers, host=host)
+                                 headers=host.headers | self._heartbeat_headers, host=host)
             result = HeartbeatResult.model_validate(r.json())
             if result.full_report:
                 continue

@@ -220,11 +220,14 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.admin_token:
         p.error("--admin-token or MINICLOUD_TOKEN is required")
     nofile = raise_open_files_limit(2 * args.hosts + 1024)
+    # Two kept connections per host do not fit: heartbeats close theirs (long-polls keep).
+    close_heartbeats = 2 * args.hosts + 1024 > nofile
     zone = "nova"
     fleet = TimedFleet(args.api, args.admin_token, heartbeat=args.heartbeat,
                        long_poll_wait=args.long_poll_wait, trust_active=True,
                        enroll_concurrency=args.enroll_concurrency,
-                       keepalive_expiry=args.keepalive_expiry, availability_zone=zone)
+                       keepalive_expiry=args.keepalive_expiry, availability_zone=zone,
+                       close_heartbeats=close_heartbeats)
     me = os.getpid()
     began = time.monotonic()
     summary: dict[str, Any] = {}
@@ -286,7 +289,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary = {
             "hosts": args.hosts, "servers": args.servers, "api_processes": len(args.api),
             "heartbeat_s": args.heartbeat, "long_poll_wait_s": args.long_poll_wait,
-            "open_files_limit": nofile,
+            "open_files_limit": nofile, "heartbeat_connections_closed": close_heartbeats,
             "enrollment": {"concurrency": args.enroll_concurrency,
                            "enrolled": len(fleet.hosts),
                            "enrolled_in_s": round(enrolled_in, 1),
