@@ -312,7 +312,10 @@ def require_admin(principal: Principal) -> Principal:
     return principal
 
 
-async def _admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def admin_principal(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    """``require_admin`` as a dependency (a cloud admin; raises Forbidden otherwise)."""
     return require_admin(principal)
 
 
@@ -341,5 +344,5 @@ def get_host_principal(
 
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 Writer = Annotated[Principal, Depends(require_writer)]
-AdminUser = Annotated[Principal, Depends(_admin)]
+AdminUser = Annotated[Principal, Depends(admin_principal)]
 CurrentHost = Annotated[HostPrincipal, Depends(get_host_principal)]

@@ -24,10 +24,10 @@ from api.openstack.errors import PREFIXES as OPENSTACK_PREFIXES
 # What authenticates a request, strongest first: an operation's guard is the first of these
 # found anywhere in its dependency tree.
 GUARDS: list[tuple[str, Callable[..., Any]]] = [
-    ("admin", deps.require_admin),
+    ("admin", deps.admin_principal),
     ("writer", deps.require_writer),
     ("reader_or_host", get_image_reader),  # image download: any user, or an enrolled host
-    ("user", deps.get_principal),
+    ("user", deps.current_principal),
     ("host", deps.get_host_principal),
     # The OpenStack surface's guards (X-Auth-Token) apply the same roles.
     ("admin", os_auth.os_admin),
