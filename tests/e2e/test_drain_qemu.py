@@ -28,7 +28,7 @@ from tests.e2e.stack import (
     wait_status,
     wait_until,
 )
-from tests.e2e.test_cold_migration_qemu import domains, pattern_ok
+from tests.e2e.test_cold_migration_qemu import domains, pattern_ok, paused_pattern_ok
 from tests.e2e.test_qemu_boot import wait_for
 from tests.e2e.two_hosts import NOTHING, start_qemu_agent
 from tests.factories import unique
@@ -108,11 +108,7 @@ def test_draining_a_host_moves_its_real_guests_in_their_power_state(
     assert b.agent.hv.observed(ids["ACTIVE"]) == "running"
     assert b.agent.hv.observed(ids["SHUTOFF"]) == "shutoff"
     assert pattern_ok(str(paths_on["SHUTOFF"].disk))
-    b.agent.hv.domain(ids["ACTIVE"]).suspend()
-    try:
-        assert pattern_ok(str(paths_on["ACTIVE"].disk))
-    finally:
-        b.agent.hv.domain(ids["ACTIVE"]).resume()
+    assert paused_pattern_ok(b.agent.hv.domain(ids["ACTIVE"]), str(paths_on["ACTIVE"].disk))
     # A is empty: no domain, no instance files, no allocation; B holds both servers' sizes.
     wait_until(lambda: domains(lh_a) == [] and not any(
         InstancePaths(a.agent.instances, sid).directory.exists() for sid in ids.values()),
