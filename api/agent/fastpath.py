@@ -281,7 +281,7 @@ class AgentFastPath:
         waiter = notifier.WAITERS.register(host_id, remembered[1][1])
         consumed: list[Message] = []
         try:
-            how = await waiting_long_poll(_wait(receive, consumed, waiter, timeout))
+            how = await waiting_long_poll(wait_for_change(receive, consumed, waiter, timeout))
         finally:
             notifier.WAITERS.unregister(host_id, waiter)
         observe_long_poll_end(how)
@@ -324,9 +324,10 @@ def _poll_params(query: bytes) -> tuple[str | None, float | None]:
     return since[0], seconds
 
 
-async def _wait(receive: Receive, consumed: list[Message], waiter: notifier.Waiter,
-                timeout: float) -> str:
-    """Wait for a wake-up, the timeout or the client leaving; say which came first."""
+async def wait_for_change(receive: Receive, consumed: list[Message], waiter: notifier.Waiter,
+                          timeout: float) -> str:
+    """Wait for a wake-up, the timeout or the client leaving; say which came first. The
+    messages received meanwhile go to ``consumed`` (to be handed on to the application)."""
 
     async def gone() -> None:
         while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -146,25 +145,6 @@ def _desired(maker: SessionFactory, authorization: str | None,
     raise AssertionError("unreachable")
 
 
-async def _disconnect(request: Request) -> None:
-    """Return once the client has gone away (the body of a GET is empty)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _wait(request: Request, waiter: notifier.Waiter, timeout: float) -> str:
-    """Wait for a wake-up, the timeout or the client leaving; say which came first."""
-    woken = asyncio.ensure_future(waiter.event.wait())
-    gone = asyncio.ensure_future(_disconnect(request))
-    try:
-        done, _ = await asyncio.wait((woken, gone), timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        woken.cancel()
-        gone.cancel()
-    return "notified" if woken in done else "disconnected" if gone in done else "timeout"
-
-
 @router.get("/servers", response_model=DesiredOut, responses={
     304: {"description": "Not Modified: the wait ended and the cursor is still ``since``."}})
 async def desired_servers(
@@ -191,7 +171,8 @@ async def desired_servers(
         if current == since:
             waiter = notifier.WAITERS.register(host_id, seen)
             try:
-                how = await waiting_long_poll(_wait(request, waiter, timeout))
+                how = await waiting_long_poll(
+                    fastpath.wait_for_change(request.receive, [], waiter, timeout))
             finally:
                 notifier.WAITERS.unregister(host_id, waiter)
             observe_long_poll_end(how)
