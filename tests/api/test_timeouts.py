@@ -1,8 +1,7 @@
 """Stuck transitions end: BUILD, DELETING, REBOOT, resizing, pausing, unpausing time out.
 
-Servers are backdated by twice the test's limits (two minutes), which are far below the
-default limits the session's live API processes sweep with, so only this test's sweeps end
-them, and a sweep sees only this test's servers as stuck, whatever else the database holds.
+Servers are backdated by hours and the limits are an hour, so a sweep sees only this test's
+servers as stuck, whatever else the session's database holds.
 """
 
 from __future__ import annotations
@@ -31,17 +30,15 @@ from tests.agent_factories import (
 )
 from tests.factories import Account, make_account
 
-# Far below the default limits (600 s): the live API processes that share the test database
-# sweep with those, so only this test's own sweeps end the transitions it backdates.
-LIMIT = 120
+HOUR = 3600
 
 
 @pytest.fixture
 def limits(settings: Settings) -> Settings:
-    """The test settings with two-minute limits (the sweep's ``now`` does the waiting)."""
-    return settings.model_copy(update={"build_timeout_seconds": LIMIT,
-                                       "delete_timeout_seconds": LIMIT,
-                                       "operation_timeout_seconds": LIMIT})
+    """The test settings with hour-long limits (the sweep's ``now`` does the waiting)."""
+    return settings.model_copy(update={"build_timeout_seconds": HOUR,
+                                       "delete_timeout_seconds": HOUR,
+                                       "operation_timeout_seconds": HOUR})
 
 
 @pytest.fixture
@@ -68,7 +65,7 @@ def _backdate(client: TestClient, sid: str, seconds: int) -> None:
 def _sweep(client: TestClient, settings: Settings, after: int | None = None) -> int:
     """One sweep at now (or ``after`` seconds past the epoch of the backdating)."""
     with db(client) as s:
-        now = None if after is None else utcnow() - timedelta(seconds=2 * LIMIT - after)
+        now = None if after is None else utcnow() - timedelta(seconds=2 * HOUR - after)
         return timeouts.sweep(s, settings, now=now)
 
 
@@ -85,9 +82,9 @@ def test_a_build_that_never_runs_ends_in_error_and_frees_its_allocations(
     client: TestClient, acct: Account, host: EnrolledHost, limits: Settings
 ) -> None:
     sid = make_server(client, acct.project_id, host.id)
-    _backdate(client, sid, 2 * LIMIT)
-    # The limit minus a second after its last change it is still building.
-    assert _sweep(client, limits, after=LIMIT - 1) == 0
+    _backdate(client, sid, 2 * HOUR)
+    # An hour minus a second after its last change it is still building.
+    assert _sweep(client, limits, after=HOUR - 1) == 0
     assert _get(client, acct, sid).json()["status"] == "BUILD"
     assert _sweep(client, limits) == 1
     body = _get(client, acct, sid).json()
@@ -109,7 +106,7 @@ def test_a_stuck_delete_on_a_live_host_ends_in_error_and_keeps_its_allocations(
     assert client.delete(f"/v1/servers/{sid}", headers=acct.headers).status_code == 202
     assert client.post("/v1/agent/heartbeat", json={"observed": []},
                        headers=host.headers).is_success  # the host is up
-    _backdate(client, sid, 2 * LIMIT)
+    _backdate(client, sid, 2 * HOUR)
     assert _sweep(client, limits) == 1
     body = _get(client, acct, sid).json()
     assert (body["status"], body["fault"]["code"]) == ("ERROR", "delete_timeout")
@@ -134,7 +131,7 @@ def test_a_stuck_delete_on_a_down_host_is_finished(
     hold_silence(silent.id, long_ago)
     sid = make_server(client, acct.project_id, silent.id, status="ACTIVE", task_state=None)
     assert client.delete(f"/v1/servers/{sid}", headers=acct.headers).status_code == 202
-    _backdate(client, sid, 2 * LIMIT)
+    _backdate(client, sid, 2 * HOUR)
     assert _sweep(client, limits) == 1
     assert _get(client, acct, sid).status_code == 404
     assert _allocations(client, sid) == 0
@@ -152,8 +149,8 @@ def test_a_stuck_operation_ends_in_error_naming_its_step(
     sid = make_server(client, acct.project_id, host.id, status=start, task_state=None)
     r = client.post(f"/v1/servers/{sid}/actions", json=body, headers=acct.headers)
     assert r.status_code == 202, r.text
-    _backdate(client, sid, 2 * LIMIT)
-    assert _sweep(client, limits, after=LIMIT - 1) == 0
+    _backdate(client, sid, 2 * HOUR)
+    assert _sweep(client, limits, after=HOUR - 1) == 0
     assert _sweep(client, limits) == 1
     got = _get(client, acct, sid).json()
     assert (got["status"], got["task_state"], got["fault"]["code"]) == (
@@ -166,7 +163,7 @@ def test_a_stuck_resize_ends_in_error(
 ) -> None:
     sid = make_server(client, acct.project_id, host.id, status="SHUTOFF", task_state=None)
     set_server(client, sid, task_state="resizing")  # as an accepted resize leaves it
-    _backdate(client, sid, 2 * LIMIT)
+    _backdate(client, sid, 2 * HOUR)
     assert _sweep(client, limits) == 1
     got = _get(client, acct, sid).json()
     assert (got["status"], got["fault"]["code"]) == ("ERROR", "resize_timeout")
@@ -176,7 +173,7 @@ def test_progress_restarts_the_clock(
     client: TestClient, acct: Account, host: EnrolledHost, limits: Settings
 ) -> None:
     sid = make_server(client, acct.project_id, host.id)
-    _backdate(client, sid, 2 * LIMIT)
+    _backdate(client, sid, 2 * HOUR)
     assert observe(client, host.headers, sid, "running")["status"] == "ACTIVE"
     assert _sweep(client, limits) == 0
     assert _get(client, acct, sid).json()["status"] == "ACTIVE"
@@ -186,6 +183,6 @@ def test_the_host_monitor_task_runs_the_sweep(
     client: TestClient, acct: Account, host: EnrolledHost, limits: Settings
 ) -> None:
     sid = make_server(client, acct.project_id, host.id)
-    _backdate(client, sid, 2 * LIMIT)
+    _backdate(client, sid, 2 * HOUR)
     host_monitor.sweep_once(client.app.state.sessionmaker, limits)  # type: ignore[attr-defined]
     assert _get(client, acct, sid).json()["fault"]["code"] == "build_timeout"
