@@ -1,12 +1,16 @@
 """Stuck transitions end: BUILD, DELETING, REBOOT, resizing, pausing, unpausing time out.
 
-Servers are backdated by hours and the limits are an hour, so a sweep sees only this test's
-servers as stuck, whatever else the session's database holds.
+Servers are backdated by two hours and swept with hour-long limits. The module runs on a
+database of its own whose one API process (the in-process app) has limits far longer than that,
+so no background sweep (every API process runs one) ends a backdated server before the test's
+own sweep counts it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,8 @@ from sqlalchemy import func, select
 
 from api.config import Settings
 from api.db import utcnow
+from api.main import create_app
+from api.migrate import upgrade
 from api.models import Allocation, Host, Server
 from api.servers import timeouts
 from api.usage import host_monitor
@@ -28,9 +34,35 @@ from tests.agent_factories import (
     observe,
     set_server,
 )
-from tests.factories import Account, make_account
+from tests.conftest import ADMIN_TOKEN
+from tests.db import fresh_database
+from tests.factories import Account, bearer, make_account
 
 HOUR = 3600
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings on a fresh database of this module's own; its background sweep waits days."""
+    tmp: Path = tmp_path_factory.mktemp("timeouts")
+    with fresh_database(tmp) as url:
+        upgrade(url)
+        yield Settings(database_url=url, data_dir=tmp / "data", bootstrap_admin_token=ADMIN_TOKEN,
+                       build_timeout_seconds=100 * HOUR, delete_timeout_seconds=100 * HOUR,
+                       operation_timeout_seconds=100 * HOUR)
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The app on this module's database (no other API process uses it)."""
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin(client: TestClient) -> dict[str, str]:
+    """Headers of this module's bootstrapped admin."""
+    return bearer(ADMIN_TOKEN)
 
 
 @pytest.fixture
