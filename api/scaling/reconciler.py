@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
@@ -348,6 +349,9 @@ def run_pass(factory: sessionmaker[Session], settings: Settings, holder: str,
         except LeaseLost:
             log.warning("scaling: lease lost mid-pass (holder %s)", holder)
             break
+        except PoolTimeout:  # overload, not a fault: the next pass retries
+            log.warning("scaling group %s: no database connection free; retried next pass",
+                        group_id)
         except Exception:  # one group's failure must not starve the others
             log.exception("scaling group %s: reconcile failed", group_id)
         result.groups += 1
@@ -366,5 +370,7 @@ async def run(factory: sessionmaker[Session], settings: Settings, holder: str,
             break
         try:
             await asyncio.to_thread(run_pass, factory, settings, holder)
+        except PoolTimeout:  # overload, not a fault: the next pass retries
+            log.warning("scaling pass skipped: no database connection free")
         except Exception:  # a database hiccup must not end the reconciler
             log.exception("scaling pass failed")

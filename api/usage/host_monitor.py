@@ -22,6 +22,7 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
@@ -86,5 +87,7 @@ async def run(factory: sessionmaker[Session], settings: Settings, stop: asyncio.
             break
         try:
             await asyncio.to_thread(sweep_once, factory, settings)
+        except PoolTimeout:  # overload, not a fault: the next sweep retries
+            log.warning("host monitor sweep skipped: no database connection free")
         except Exception:  # a database hiccup must not end the monitor
             log.exception("host monitor sweep failed")

@@ -8,6 +8,8 @@ member (sequence number, name or server) exists twice.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -21,10 +23,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
+from api.config import Settings
 from api.db import make_engine, make_sessionmaker, utcnow
 from api.migrate import upgrade
 from api.models import Lease, ScalingMember, Server
-from api.scaling import lease
+from api.scaling import lease, reconciler
 from api.scaling.reconciler import LEASE
 from tests.agent_factories import enroll_host, inventory
 from tests.conftest import _free_port
@@ -59,6 +62,40 @@ def test_the_lease_has_one_holder_until_it_expires(tmp_path: Path) -> None:
         with factory() as session:
             row = session.get(Lease, "l")
             assert row is not None and (row.holder, row.term) == ("b", 2)
+        engine.dispose()
+
+
+def test_a_pass_without_a_free_connection_is_a_warning_and_the_next_pass_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pool exhaustion is overload, not a fault: one warning line, no traceback, and the
+    reconciler keeps going (the lease is taken once a connection is free)."""
+    with fresh_database(tmp_path) as url:
+        upgrade(url)
+        engine = make_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.05)
+        factory = make_sessionmaker(engine)
+        settings = Settings(database_url=url, data_dir=tmp_path / "data",
+                            scaling_interval_seconds=0.1)
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(reconciler.run(factory, settings, "h", stop))
+            held = engine.connect()  # the pool's only connection: every pass times out
+            await asyncio.sleep(0.5)
+            held.close()
+            await asyncio.sleep(0.5)
+            stop.set()
+            await task
+
+        with caplog.at_level(logging.WARNING, logger="minicloud"):
+            asyncio.run(scenario())
+        skipped = [r for r in caplog.records if "no database connection free" in r.message]
+        assert skipped and all(r.levelno == logging.WARNING and r.exc_info is None
+                               for r in skipped)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        with factory() as session:
+            row = session.get(Lease, LEASE)
+            assert row is not None and row.holder == "h"  # a later pass ran
         engine.dispose()
 
 
