@@ -156,53 +156,79 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int], list[str]]]:
-    """Start N real ``minicloud-api`` processes on loopback, all on the test database.
+# Every process ``live_api`` started, and whether it lives for the whole session.
+_LIVE_APIS: list[tuple[subprocess.Popen[bytes], bool]] = []
 
-    The ``client`` fixture runs first so the admin exists before any process starts.
-    """
-    procs: list[subprocess.Popen[bytes]] = []
 
-    def start(count: int = 1) -> list[str]:
-        urls = []
-        for _ in range(count):
-            port = _free_port()
-            env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
-                       MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING",
-                       MINICLOUD_PUBLIC_URL=f"http://127.0.0.1:{port}")
-            log = open(Path(settings.data_dir) / f"api-{port}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", "from api.server import run; run()",
-                 "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or procs[-1].poll() is not None:
-                    raise RuntimeError(f"API on port {port} did not start")
-                time.sleep(0.1)
-            urls.append(url)
-            LIVE_API_PIDS[url] = procs[-1].pid
-        return urls
+def _start_live_apis(settings: Settings, count: int, *, session_long: bool = False) -> list[str]:
+    urls = []
+    for _ in range(count):
+        port = _free_port()
+        env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
+                   MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING",
+                   MINICLOUD_PUBLIC_URL=f"http://127.0.0.1:{port}")
+        log = open(Path(settings.data_dir) / f"api-{port}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from api.server import run; run()",
+             "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        _LIVE_APIS.append((proc, session_long))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"API on port {port} did not start")
+            time.sleep(0.1)
+        urls.append(url)
+        LIVE_API_PIDS[url] = proc.pid
+    return urls
 
-    yield start
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.terminate()
     for p in procs:
         p.wait(timeout=10)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _live_apis_end_with_their_module() -> Iterator[None]:
+    """Stop the API processes a module started when it ends (idle API processes left running
+    for the rest of the session would each keep their background tasks busy)."""
+    before = len(_LIVE_APIS)
+    yield
+    started = _LIVE_APIS[before:]
+    del _LIVE_APIS[before:]
+    _LIVE_APIS.extend(entry for entry in started if entry[1])
+    _stop([proc for proc, session_long in started if not session_long])
+
+
 @pytest.fixture(scope="session")
-def shared_api(live_api: Callable[[int], list[str]]) -> str:
-    """One ``minicloud-api`` process for the modules that need some real API process but
-    nothing of their own (each process costs seconds of start-up on a loaded machine)."""
-    return live_api(1)[0]
+def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int], list[str]]]:
+    """Start N real ``minicloud-api`` processes on loopback, all on the test database; they
+    stop when the module that started them ends.
+
+    The ``client`` fixture runs first so the admin exists before any process starts.
+    """
+    def start(count: int = 1) -> list[str]:
+        return _start_live_apis(settings, count)
+
+    yield start
+    _stop([proc for proc, _ in _LIVE_APIS])
+    _LIVE_APIS.clear()
+
+
+@pytest.fixture(scope="session")
+def shared_api(live_api: Callable[[int], list[str]], settings: Settings) -> str:
+    """One ``minicloud-api`` process for the whole session, for the modules that need some
+    real API process but nothing of their own (each process costs seconds of start-up on a
+    loaded machine)."""
+    return _start_live_apis(settings, 1, session_long=True)[0]
 
 
 @pytest.fixture(scope="session")
