@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, gt=0)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # PostgreSQL: a statement waits at most this long for a row or table lock, then the request
+    # answers 503 database_busy (a safety net against a transaction that never lets go).
+    db_lock_timeout_seconds: float = Field(default=60.0, gt=0)
     # Agent enrollments, inventories and heartbeats handled at once per API process; more wait
     # up to agent_admission_wait_seconds for a turn, then answer 503 agent_busy.
     agent_admission_concurrency: int = Field(default=8, gt=0)

@@ -192,12 +192,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
-                pool_timeout: float | None = None, **kwargs: Any) -> Engine:
+                pool_timeout: float | None = None, lock_timeout: float | None = None,
+                **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the per-backend settings minicloud relies on.
 
     ``pool_size``, ``max_overflow`` and ``pool_timeout`` size the connection pool (default:
     SQLAlchemy's 5 + 10 and 30 s on SQLite, 10 + 20 on PostgreSQL); an in-memory SQLite
-    database has no such pool and ignores them.
+    database has no such pool and ignores them. ``lock_timeout`` (PostgreSQL, seconds) bounds
+    each statement's wait for a lock (default: the server's setting, no bound).
 
     SQLite keeps pysqlite's default transaction handling: a transaction begins at the first
     write statement, so a unit of work that writes first (see ``lock_project``) holds the
@@ -226,6 +228,9 @@ def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | N
         event.listen(engine, "before_cursor_execute", _enter_gate)
         return engine
     pool = {"pool_size": 10, "max_overflow": 20} | pool
+    if lock_timeout is not None:
+        kwargs["connect_args"] = kwargs.get("connect_args", {}) | {
+            "options": f"-c lock_timeout={max(1, round(lock_timeout * 1000))}"}
     return create_engine(url, pool_pre_ping=True, **pool, **kwargs)
 
 
@@ -238,9 +243,10 @@ def database_trouble(exc: BaseException) -> str | None:
     """Whether ``exc`` means the database is busy or unreachable rather than a bug.
 
     Returns ``database_busy`` (no pool connection within the pool timeout, SQLite locked,
-    PostgreSQL out of connections), ``database_unavailable`` (no connection can be made or it
-    was lost: refused, terminated, shut down) or None for anything else, e.g. a deadlock or a
-    constraint, which keeps its own handling.
+    PostgreSQL out of connections or a lock not granted within the lock timeout),
+    ``database_unavailable`` (no connection can be made or it was lost: refused, terminated,
+    shut down) or None for anything else, e.g. a deadlock or a constraint, which keeps its
+    own handling.
     """
     if isinstance(exc, PoolTimeout):
         return "database_busy"
@@ -260,7 +266,8 @@ def database_trouble(exc: BaseException) -> str | None:
             else None
     if sqlstate.startswith(("08", "57P")):  # connection exception, admin shutdown
         return "database_unavailable"
-    return "database_busy" if sqlstate.startswith("53") else None  # insufficient resources
+    # insufficient resources; lock_not_available (the lock timeout)
+    return "database_busy" if sqlstate.startswith("53") or sqlstate == "55P03" else None
 
 
 SessionFactory: TypeAlias = sessionmaker[Session]

@@ -163,8 +163,8 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode("database_unavailable", 503,
               "The database does not answer (`/readyz`); retry after `Retry-After` seconds."),
     ErrorCode("database_busy", 503,
-              "No database connection came free within the pool timeout; retry after "
-              "`Retry-After` seconds."),
+              "No database connection came free within the pool timeout, or a lock within "
+              "the lock timeout; retry after `Retry-After` seconds."),
     ErrorCode("agent_busy", 503,
               "Too many agent enrollments, inventories or heartbeats at once; retry after "
               "`Retry-After` seconds."),

@@ -131,7 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size,
                          max_overflow=settings.db_max_overflow,
-                         pool_timeout=settings.db_pool_timeout_seconds)
+                         pool_timeout=settings.db_pool_timeout_seconds,
+                         lock_timeout=settings.db_lock_timeout_seconds)
     metrics.watch_pool(engine, settings.db_pool_size)
     metrics.count_statements(engine)
 

@@ -26,6 +26,7 @@ from api.db import make_engine
 from api.main import create_app
 from tests.agent_factories import enroll_host
 from tests.conftest import ADMIN_TOKEN
+from tests.db import backend
 from tests.factories import bearer
 
 DRIVER_WORDS = ("psycopg", "sqlite", "sqlalchemy", "connection refused", "OperationalError",
@@ -151,6 +152,21 @@ def test_agent_calls_beyond_the_admission_bound_answer_agent_busy(
     row_lock.release()
     blocked.join(timeout=60)
     assert [a.status_code for a in answers] == [200]  # the admitted one went through
+
+
+@pytest.mark.skipif(backend() == "sqlite", reason="PostgreSQL's lock timeout (SQLite waits "
+                    "its busy timeout on the whole database, covered by the write gate)")
+def test_a_lock_held_beyond_the_lock_timeout_answers_database_busy(
+        settings: Settings, client: TestClient, admin: dict[str, str],
+        row_lock: RowLock) -> None:
+    host = enroll_host(client, admin)
+    with _app(settings, db_lock_timeout_seconds=0.3) as short:
+        row_lock.lock(host.id)  # a transaction elsewhere that never lets go of the host row
+        assert_503(short.post("/v1/agent/heartbeat", headers=host.headers,
+                              json={"observed": []}), "database_busy")
+        row_lock.release()
+        assert short.post("/v1/agent/heartbeat", headers=host.headers,
+                          json={"observed": []}).status_code == 200
 
 
 @pytest.mark.parametrize("url", [
