@@ -160,14 +160,18 @@ def _free_port() -> int:
 _LIVE_APIS: list[tuple[subprocess.Popen[bytes], bool]] = []
 
 
-def _start_live_apis(settings: Settings, count: int, *, session_long: bool = False) -> list[str]:
+def start_live_apis(settings: Settings, count: int, *, session_long: bool = False,
+                    data_dir: Path | None = None, **env_vars: str) -> list[str]:
+    """Start ``count`` API processes on the test database (``data_dir``, default the test
+    settings'; ``env_vars``: more ``MINICLOUD_*`` settings) and wait until they answer."""
     urls = []
+    data = data_dir or Path(settings.data_dir)
     for _ in range(count):
         port = _free_port()
         env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
-                   MINICLOUD_DATA_DIR=str(settings.data_dir), MINICLOUD_LOG_LEVEL="WARNING",
-                   MINICLOUD_PUBLIC_URL=f"http://127.0.0.1:{port}")
-        log = open(Path(settings.data_dir) / f"api-{port}.log", "wb")  # noqa: SIM115
+                   MINICLOUD_DATA_DIR=str(data), MINICLOUD_LOG_LEVEL="WARNING",
+                   MINICLOUD_PUBLIC_URL=f"http://127.0.0.1:{port}", **env_vars)
+        log = open(data / f"api-{port}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-c", "from api.server import run; run()",
              "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
@@ -187,6 +191,14 @@ def _start_live_apis(settings: Settings, count: int, *, session_long: bool = Fal
         urls.append(url)
         LIVE_API_PIDS[url] = proc.pid
     return urls
+
+
+def stop_live_api(url: str) -> None:
+    """Stop the API process at ``url`` (started by ``start_live_apis``) now."""
+    pid = LIVE_API_PIDS.pop(url)
+    for entry in [e for e in _LIVE_APIS if e[0].pid == pid]:
+        _LIVE_APIS.remove(entry)
+        _stop([entry[0]])
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -216,7 +228,7 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
     The ``client`` fixture runs first so the admin exists before any process starts.
     """
     def start(count: int = 1) -> list[str]:
-        return _start_live_apis(settings, count)
+        return start_live_apis(settings, count)
 
     yield start
     _stop([proc for proc, _ in _LIVE_APIS])
@@ -228,7 +240,7 @@ def shared_api(live_api: Callable[[int], list[str]], settings: Settings) -> str:
     """One ``minicloud-api`` process for the whole session, for the modules that need some
     real API process but nothing of their own (each process costs seconds of start-up on a
     loaded machine)."""
-    return _start_live_apis(settings, 1, session_long=True)[0]
+    return start_live_apis(settings, 1, session_long=True)[0]
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,18 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.config import Settings
+from tests.conftest import start_live_apis, stop_live_api
 from tests.factories import IMAGE_BYTES, make_account, unique
 
 MIN_FREE = 256 * 1024  # the API process's MINICLOUD_IMAGE_STORE_MIN_FREE_BYTES
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -40,32 +32,12 @@ def tiny_store_api(settings: Settings, client: TestClient,
     images = data / "images"
     images.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(images)], check=True)
-    port = _free_port()
-    env = dict(os.environ, MINICLOUD_DATABASE_URL=settings.effective_database_url,
-               MINICLOUD_DATA_DIR=str(data), MINICLOUD_LOG_LEVEL="WARNING",
-               MINICLOUD_IMAGE_STORE_MIN_FREE_BYTES=str(MIN_FREE))
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from api.server import run; run()",
-         "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = start_live_apis(settings, 1, data_dir=data,
+                          MINICLOUD_IMAGE_STORE_MIN_FREE_BYTES=str(MIN_FREE))[0]
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.1)
         yield url, images
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        stop_live_api(url)
         subprocess.run(["umount", str(images)], check=True)
 
 
