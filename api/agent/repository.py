@@ -173,7 +173,7 @@ def notify(session: Session, channel: str, payload: str) -> None:
 
 def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
     """Every host's newest heartbeat time (and loop progress, when its agent reported one)
-    in at most three statements (executemany), each of the form
+    in at most three statements on SQLite (executemany), each of the form
 
     ``UPDATE hosts SET last_heartbeat_at = :at [, loop_progress = :p [, loop_progress_at =
     :pat]] WHERE id = :host AND credential_digest = :digest
