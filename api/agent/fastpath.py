@@ -16,8 +16,9 @@ them from what this process remembers (:data:`MEMORY`):
   less than ``host_down_after_seconds / 2`` ago is up (``service.heartbeat``'s rule), so a
   heartbeat with nothing new only goes to the coalescing buffer (``api.agent.liveness``).
 * **cursors it answered** (host -> cursor, stamp read before the cursor): a long-poll whose
-  ``since`` is that cursor waits at once; at the end of a wait with no wake-up one statement
-  re-reads the cursor, and an unchanged one is answered ``304 Not Modified``.
+  ``since`` is that cursor waits at once; at the end of a wait with no wake-up the cursor is
+  re-read, and an unchanged one is answered ``304 Not Modified``. The polls whose waits end
+  in the same tick (:data:`RECHECK_TICK`) share one statement (:class:`CursorReads`).
 
 Everything else (and anything this layer cannot parse) goes to the application unchanged.
 """
@@ -145,10 +146,61 @@ def authenticate(session: Session, settings: Settings, authorization: str | None
     return host
 
 
-def _cursor(engine: Engine, host_id: str) -> str | None:
+RECHECK_TICK = 0.5
+"""Seconds: the long-polls whose waits end within one tick share one re-read of their
+cursors (a wait ends this much early at most, so no answer comes later than asked)."""
+
+
+def _cursors(engine: Engine, host_ids: list[str]) -> dict[str, str]:
     # A bare connection: one statement needs no unit of work (and its ORM bookkeeping).
     with engine.connect() as conn:
-        return service.cursor(conn, host_id)
+        return service.cursors(conn, host_ids)
+
+
+class CursorReads:
+    """The end-of-wait re-reads of one process, coalesced: the first poll whose wait ends
+    starts a tick; every poll ending before the tick is over joins it, and one statement
+    reads all their hosts' cursors (instead of a pooled connection, a statement and a
+    worker thread hop per poll). Used from the event loop only."""
+
+    def __init__(self, engine: Callable[[], Engine], tick: float, scope: dict[str, object]
+                 ) -> None:
+        self._engine = engine
+        self._tick = tick
+        self._scope = scope  # the metrics' route label of the statement
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._tick_task: asyncio.Task[None] | None = None  # kept: the loop holds weak refs
+
+    async def read(self, host_id: str) -> str | None:
+        """The host's cursor, read in the current tick; None: the host no longer exists."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing pending belongs to it
+            self._loop, self._pending = loop, {}
+        future: asyncio.Future[str | None] = loop.create_future()
+        if not self._pending:
+            self._tick_task = loop.create_task(self._read_all())
+        self._pending.setdefault(host_id, []).append(future)
+        return await future
+
+    async def _read_all(self) -> None:
+        await asyncio.sleep(self._tick)
+        pending, self._pending = self._pending, {}
+        token = request_scope.set(self._scope)
+        try:
+            current = await run_in_threadpool(_cursors, self._engine(), list(pending))
+        except Exception as exc:  # each poll fails as its own read would have
+            for futures in pending.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        finally:
+            request_scope.reset(token)
+        for host_id, futures in pending.items():
+            for future in futures:
+                if not future.done():  # its poll may have been cancelled meanwhile
+                    future.set_result(current.get(host_id))
 
 
 class _Template:
@@ -171,7 +223,7 @@ class AgentFastPath:
         self._hb_seconds = REQUEST_SECONDS.labels("POST", HEARTBEAT)
         self._poll_seconds = REQUEST_SECONDS.labels("GET", SERVERS)
         self._poll_unchanged = REQUESTS.labels("GET", SERVERS, "3xx")
-        self._servers_scope = {"route": _Template(SERVERS)}
+        self._reads = CursorReads(engine, RECHECK_TICK, {"route": _Template(SERVERS)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.enabled and scope["type"] == "http":
@@ -276,7 +328,9 @@ class AgentFastPath:
                 or notifier.WAITERS.stamp(host_id) != remembered[1]:
             await self.app(scope, receive, send)
             return
-        timeout = min(wait, self.settings.agent_long_poll_max_seconds)
+        # The end-of-wait re-read joins the current tick (CursorReads): the wait ends up to
+        # one tick early, so the answer still comes within ``wait``.
+        timeout = max(0.0, min(wait, self.settings.agent_long_poll_max_seconds) - RECHECK_TICK)
         # Registered with the version read before the cursor was: a wake-up since is seen.
         waiter = notifier.WAITERS.register(host_id, remembered[1][1])
         consumed: list[Message] = []
@@ -288,11 +342,7 @@ class AgentFastPath:
         if how == "disconnected":
             return
         if how == "timeout":
-            token = request_scope.set(self._servers_scope)
-            try:
-                current = await run_in_threadpool(_cursor, self.engine(), host_id)
-            finally:
-                request_scope.reset(token)
+            current = await self._reads.read(host_id)
             if current == since:
                 await send({"type": "http.response.start", "status": 304,
                             "headers": [(b"x-request-id", rid)]})

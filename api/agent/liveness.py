@@ -3,7 +3,8 @@
 A heartbeat of a host that is up, whose observations all confirm what the database already
 holds, would otherwise be one write transaction per host per interval: on SQLite each queues
 for the single writer beside the creates. Instead its time is kept here, in the process, and
-:func:`run` writes every kept time in one statement (``executemany``) per flush period
+:func:`run` writes every kept time in one statement (``executemany`` on SQLite, a single
+execution over arrays on PostgreSQL: ``repository.record_heartbeats``) per flush period
 (``heartbeat_flush_seconds``, default 1 s). The database's ``last_heartbeat_at`` then lags the
 agent by at most that period, far inside ``host_down_after_seconds``; a heartbeat that changes
 anything else, or that follows a long silence, is written in its own unit of work as before.

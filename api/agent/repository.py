@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from api.models import (
@@ -66,6 +67,24 @@ _CURSOR = select(
     select(func.count()).where(*_LIVE).scalar_subquery(),
     select(func.coalesce(func.sum(Server.generation), 0)).where(*_LIVE).scalar_subquery(),
 ).where(Host.id == bindparam("host"))
+
+
+def cursor_parts_of(conn: Connection,
+                    host_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """``cursor_parts`` of several hosts in one statement (the fast path's long-polls ending
+    in the same tick, api.agent.fastpath); a host that no longer exists is absent."""
+    rows = conn.execute(_CURSORS, {"hosts": list(host_ids)})
+    return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+_LIVE_OF_ROW = (Server.host_id == Host.id, Server.status != DELETED)
+_CURSORS = select(
+    Host.id,
+    Host.desired_generation,
+    select(func.count()).where(*_LIVE_OF_ROW).correlate(Host).scalar_subquery(),
+    select(func.coalesce(func.sum(Server.generation), 0)).where(*_LIVE_OF_ROW)
+    .correlate(Host).scalar_subquery(),
+).where(Host.id.in_(bindparam("hosts", expanding=True)))
 
 
 def live_servers_with_images(session: Session, host_id: str) -> Sequence[tuple[Server, Image]]:
@@ -154,7 +173,7 @@ def notify(session: Session, channel: str, payload: str) -> None:
 
 def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
     """Every host's newest heartbeat time (and loop progress, when its agent reported one)
-    in at most three statements (executemany), each of the form
+    in at most three statements on SQLite (executemany), each of the form
 
     ``UPDATE hosts SET last_heartbeat_at = :at [, loop_progress = :p [, loop_progress_at =
     :pat]] WHERE id = :host AND credential_digest = :digest
@@ -162,8 +181,18 @@ def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
     meanwhile by a heartbeat's own unit of work stays, and a heartbeat whose credential was
     rotated or revoked since writes nothing.
 
-    ``seen`` maps host ids to ``api.agent.liveness.Pending``.
+    ``seen`` maps host ids to ``api.agent.liveness.Pending``. On PostgreSQL all of it is one
+    statement over arrays (``_RECORD_HEARTBEATS_PG``): one execution instead of one per host.
     """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        rows = list(seen.items())
+        conn.execute(_RECORD_HEARTBEATS_PG, {
+            "hosts": [h for h, _ in rows], "digests": [p.digest for _, p in rows],
+            "ats": [p.at for _, p in rows],
+            "ps": [None if p.progress is None else json.dumps(p.progress) for _, p in rows],
+            "pats": [p.progress_at for _, p in rows]})
+        return
     hosts = cast(Table, Host.__table__)
     newer = (hosts.c.id == bindparam("host"), hosts.c.credential_digest == bindparam("digest"),
              or_(hosts.c.last_heartbeat_at.is_(None),
@@ -174,7 +203,6 @@ def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
             for h, p in seen.items() if p.progress is not None and p.progress_at is None]
     moved = [{"host": h, "digest": p.digest, "at": p.at, "p": p.progress, "pat": p.progress_at}
              for h, p in seen.items() if p.progress is not None and p.progress_at is not None]
-    conn = session.connection()
     if plain:
         conn.execute(update(hosts).where(*newer).values(last_heartbeat_at=bindparam("at")),
                      plain)
@@ -185,6 +213,19 @@ def record_heartbeats(session: Session, seen: Mapping[str, Any]) -> None:
         conn.execute(update(hosts).where(*newer).values(
             last_heartbeat_at=bindparam("at"), loop_progress=bindparam("p"),
             loop_progress_at=bindparam("pat")), moved)
+
+
+# The three forms of ``record_heartbeats`` in one: a NULL progress (or progress time) keeps
+# the stored one. A constant text, so psycopg prepares it once per connection.
+_RECORD_HEARTBEATS_PG = text("""
+UPDATE hosts SET last_heartbeat_at = v.at,
+    loop_progress = COALESCE(CAST(v.p AS json), hosts.loop_progress),
+    loop_progress_at = COALESCE(v.pat, hosts.loop_progress_at)
+FROM unnest(CAST(:hosts AS varchar[]), CAST(:digests AS varchar[]),
+            CAST(:ats AS timestamptz[]), CAST(:ps AS text[]), CAST(:pats AS timestamptz[]))
+    AS v(host, digest, at, p, pat)
+WHERE hosts.id = v.host AND hosts.credential_digest = v.digest
+    AND (hosts.last_heartbeat_at IS NULL OR hosts.last_heartbeat_at < v.at)""")
 
 
 def observed_servers(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -329,6 +330,12 @@ def cursor(session: Session | Connection, host_id: str) -> str | None:
     """The host's opaque desired-state cursor; None when the host no longer exists."""
     parts = repository.cursor_parts(session, host_id)
     return None if parts is None else ".".join(str(p) for p in parts)
+
+
+def cursors(conn: Connection, host_ids: Sequence[str]) -> dict[str, str]:
+    """``cursor`` of several hosts in one statement; a host that no longer exists is absent."""
+    return {host_id: ".".join(str(p) for p in parts)
+            for host_id, parts in repository.cursor_parts_of(conn, host_ids).items()}
 
 
 _NOT_HOSTNAME = re.compile(r"[^a-z0-9-]+")

@@ -12,17 +12,21 @@ The evidence is what a client sees (status, body, headers), what each process pu
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import sessionmaker
 
-from api.agent import liveness
-from api.db import utcnow
+from api.agent import fastpath, liveness, service
+from api.config import Settings
+from api.db import make_engine, utcnow
 from api.models import Host
-from tests.agent_factories import EnrolledHost, db, enroll_host, inventory
+from tests.agent_factories import EnrolledHost, db, enroll_host, inventory, make_server
 from tests.api.test_long_poll_push import wait_until_polls_wait
 from tests.catalog_rows import make_image_row
 from tests.db import backend
@@ -217,3 +221,103 @@ def test_a_heartbeat_kept_before_a_revocation_is_not_written_after_it(
     assert liveness.flush(maker, buffer) == 1
     shown = client.get(f"/v1/hosts/{host.id}", headers=admin).json()
     assert datetime.fromisoformat(shown["last_heartbeat_at"]) == at
+
+
+class _Statements:
+    """Counts the statements an engine sends (an executemany counts once)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.sent: list[str] = []
+        event.listen(engine, "before_cursor_execute", self._count)
+
+    def _count(self, conn: object, cursor: object, statement: str, *args: object) -> None:
+        self.sent.append(statement)
+
+
+def test_polls_ending_in_the_same_tick_share_one_statement_that_sees_every_change(
+        client: TestClient, admin: dict[str, str], settings: Settings) -> None:
+    hosts = [enroll_host(client, admin).id for _ in range(3)]
+    with db(client) as s:
+        before = {h: service.cursor(s, h) for h in hosts}
+    # A change nobody announced (a missed notification): the re-read still sees it.
+    make_server(client, make_account(client, admin).project_id, hosts[1], notify=False)
+    with db(client) as s:
+        expected = [service.cursor(s, h) for h in hosts]
+    assert expected[1] != before[hosts[1]] and expected[0] == before[hosts[0]]
+
+    engine = make_engine(settings.effective_database_url)  # only these reads use it
+    try:
+        statements = _Statements(engine)
+        reads = fastpath.CursorReads(lambda: engine, fastpath.RECHECK_TICK, {})
+
+        async def end_together() -> list[str | None]:
+            return list(await asyncio.gather(
+                *(reads.read(h) for h in [*hosts, "no-such-host", hosts[0]])))
+
+        assert asyncio.run(end_together()) == [*expected, None, expected[0]]
+        assert len(statements.sent) == 1
+        # The next tick reads again (nothing is kept between ticks).
+        assert asyncio.run(end_together()) == [*expected, None, expected[0]]
+        assert len(statements.sent) == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_remembered_poll_sees_a_change_nobody_announced_at_the_end_of_its_wait(
+        client: TestClient, admin: dict[str, str],
+        live_api: Callable[[int], list[str]]) -> None:
+    [url] = live_api(1)
+    host = _up_host(client, admin, url)
+    cursor = httpx.get(f"{url}{POLL}", headers=host.headers).json()["cursor"]
+    server = make_server(client, make_account(client, admin).project_id, host.id,
+                         notify=False)
+    before = scrape(url)
+    r = httpx.get(f"{url}{POLL}", headers=host.headers, params={"since": cursor, "wait": 1},
+                  timeout=30)
+    after = scrape(url)
+    assert r.status_code == 200, r.text
+    assert r.json()["cursor"] != cursor
+    assert [s["server_id"] for s in r.json()["servers"]] == [server]
+    assert value(after, "minicloud_agent_long_polls_ended_total", how="timeout") \
+        - value(before, "minicloud_agent_long_polls_ended_total", how="timeout") == 1
+
+
+def test_the_flush_writes_every_kind_of_heartbeat_in_one_statement_on_postgresql(
+        client: TestClient, admin: dict[str, str], settings: Settings) -> None:
+    plain, same, moved, revoked, newer = (enroll_host(client, admin).id for _ in range(5))
+    earlier = utcnow() - timedelta(minutes=5)
+    at = utcnow()
+    digests: dict[str, str] = {}
+    with db(client) as s:
+        for host_id in (plain, same, moved, revoked, newer):
+            row = s.get(Host, host_id)
+            assert row is not None and row.credential_digest is not None
+            digests[host_id] = row.credential_digest
+            row.loop_progress, row.loop_progress_at = {"passes": 1}, earlier
+            row.last_heartbeat_at = earlier if host_id != newer else at + timedelta(hours=1)
+    buffer = liveness.HeartbeatBuffer()
+    buffer.record(plain, digests[plain], at)
+    buffer.record(same, digests[same], at, {"passes": 1})
+    buffer.record(moved, digests[moved], at, {"passes": 2}, at)
+    buffer.record(revoked, "0" * 64, at, {"passes": 9}, at)  # not its credential (any more)
+    buffer.record(newer, digests[newer], at, {"passes": 9}, at)  # older than the stored one
+
+    engine = make_engine(settings.effective_database_url)  # only the flush uses it
+    try:
+        statements = _Statements(engine)
+        assert liveness.flush(sessionmaker(engine), buffer) == 5
+        writes = [s for s in statements.sent if s.lstrip().upper().startswith("UPDATE")]
+        assert len(writes) == (1 if backend() == "postgresql" else 3)
+    finally:
+        engine.dispose()
+    with db(client) as s:
+        shown = {h: (row.last_heartbeat_at, row.loop_progress, row.loop_progress_at)
+                 for h in (plain, same, moved, revoked, newer)
+                 if (row := s.get(Host, h)) is not None}
+    assert shown == {
+        plain: (at, {"passes": 1}, earlier),
+        same: (at, {"passes": 1}, earlier),
+        moved: (at, {"passes": 2}, at),
+        revoked: (earlier, {"passes": 1}, earlier),
+        newer: (at + timedelta(hours=1), {"passes": 1}, earlier),
+    }
