@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -301,3 +301,38 @@ def after_key(columns: Sequence[QueryableAttribute[Any]],
     if not rest:
         return later
     return or_(later, and_(first == key[0], after_key(rest, key[1:])))
+
+
+# Callables to run once the session's root transaction has committed (``on_commit``).
+_ON_COMMIT = "on_commit"
+# Set by a commit, read when its transaction ends: was the transaction that ended committed?
+_COMMITTED = "on_commit_committed"
+
+
+def on_commit(session: Session, hook: Callable[[], None]) -> None:
+    """Run ``hook`` after the session's current root transaction commits; never when it rolls
+    back, nor when any rollback (a savepoint's too) happens in it after ``hook`` was given: a
+    hook may describe writes that such a rollback undid."""
+    session.info.setdefault(_ON_COMMIT, []).append(hook)
+
+
+@event.listens_for(Session, "after_commit")
+def _note_commit(session: Session) -> None:
+    # Fires for a savepoint's release too; ``_transaction_ended`` tells the two apart.
+    session.info[_COMMITTED] = True
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_hooks(session: Session, _previous: Any) -> None:
+    session.info.pop(_ON_COMMIT, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: Any) -> None:
+    committed = session.info.pop(_COMMITTED, False)
+    if transaction.parent is not None:
+        return  # a savepoint: its commit is not the root's
+    hooks = session.info.pop(_ON_COMMIT, None)
+    if committed and hooks:
+        for hook in hooks:
+            hook()

@@ -32,8 +32,14 @@ def lock_project(session: Session, project_id: str) -> bool:
     PostgreSQL it takes the project's row lock. Either way a second create of the same project
     waits here until the first commits, then counts usage that includes the first's server.
     """
-    result = session.execute(_LOCK_PROJECT, {"project_id": project_id})
-    return bool(getattr(result, "rowcount", 0) == 1)
+    return lock_project_generation(session, project_id) is not None
+
+
+def lock_project_generation(session: Session, project_id: str) -> int | None:
+    """``lock_project``, answering the project's generation after the bump (None when the
+    project does not exist): every quota-checked write bumps it, so an unchanged generation
+    means no such write committed in between."""
+    return session.execute(_LOCK_PROJECT, {"project_id": project_id}).scalar()
 
 
 # Built once (only the parameters change): building statements costs more than running them.
@@ -43,7 +49,8 @@ _SERVERS = cast(Table, Server.__table__)
 _IMAGES = cast(Table, Image.__table__)
 _QUOTAS = cast(Table, Quota.__table__)
 _LOCK_PROJECT = (update(_PROJECTS).where(_PROJECTS.c.id == bindparam("project_id"))
-                 .values(generation=_PROJECTS.c.generation + 1))
+                 .values(generation=_PROJECTS.c.generation + 1)
+                 .returning(_PROJECTS.c.generation))
 
 
 def _server_usage_columns() -> list[ColumnElement[Any]]:

@@ -110,12 +110,12 @@ def fit_clause(requested: ColumnElement[Any], pool_ratios: Mapping[str, float]
 
 
 @lru_cache(maxsize=64)
-def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...], wait: bool
-                ) -> tuple[Update, Select[Any], Update]:
+def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...], wait: bool,
+                wake: bool = False) -> tuple[Update, Select[Any], Update]:
     """The claim's three statements for these requested classes, with bound parameters.
 
-    Built once per class set, pool ratios and ``wait``: building and hashing the expression
-    trees on every claim cost more than running them.
+    Built once per class set, pool ratios, ``wait`` and ``wake``: building and hashing the
+    expression trees on every claim cost more than running them.
     """
     hosts = HOSTS.c
     seen_host = (hosts.id == bindparam("host_id"), hosts.generation == bindparam("seen"),
@@ -131,6 +131,8 @@ def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...],
                     .with_for_update(skip_locked=True).scalar_subquery())
         bump_host = update(HOSTS).where(hosts.id == unlocked)
     bump_host = bump_host.values(generation=hosts.generation + 1)
+    if wake:
+        bump_host = bump_host.values(desired_generation=hosts.desired_generation + 1)
     inv = INVENTORIES.c
     requested = case({rc: bindparam(f"req_{rc}") for rc in classes},
                      value=inv.resource_class, else_=literal(0))
@@ -156,18 +158,21 @@ _INSERT_ALLOCATIONS: Insert = insert(ALLOCATIONS)
 def claim(session: Session, *, server_id: str, host_id: str, host_generation: int,
           resources: Mapping[str, int], pool_ratios: Mapping[str, float],
           group_id: str | None = None, group_policy: str | None = None,
-          group_generation: int | None = None, wait: bool = True) -> ClaimOutcome:
+          group_generation: int | None = None, wait: bool = True,
+          wake: bool = False) -> ClaimOutcome:
     """Claim ``resources`` on one host for ``server_id``; flushes, never commits.
 
     ``wait=False`` treats a host row locked by another transaction (PostgreSQL) as a host
-    conflict at once instead of waiting for that transaction to end.
+    conflict at once instead of waiting for that transaction to end. ``wake=True`` also
+    moves the host's ``desired_generation`` (the agent's cursor) in the same UPDATE, for a
+    caller that would bump it next anyway (a create; ``lifecycle.placed``).
 
     Returns the outcome; on any conflict nothing is inserted (generations may have been bumped
     in this transaction, which only makes other claimers re-read). Raises nothing of its own.
     """
     classes = tuple(sorted(resources))
     bump_host, fitting, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),
-                                                 wait)
+                                                 wait, wake)
     bumped = session.execute(bump_host, {"host_id": host_id, "seen": host_generation})
     if getattr(bumped, "rowcount", 0) != 1:
         return ClaimOutcome.HOST_CONFLICT

@@ -182,7 +182,7 @@ def evaluate(session: Session, settings: Settings, spec: RequestSpec, *, fresh: 
 def place(session: Session, settings: Settings, spec: RequestSpec, *,
           request_id: str | None = None, explain_hosts: bool = False,
           exclude_hosts: Collection[str] = (), force_host: str | None = None,
-          release_held: bool = False) -> PlacementResult:
+          release_held: bool = False, wake_host: bool = False) -> PlacementResult:
     """Choose a host for ``spec`` and claim its resources for ``spec.server_id``.
 
     Parameters that make one service of create, resize and (later) migrate/evacuate:
@@ -190,7 +190,10 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
     (read fresh, never from the cache); ``release_held`` first deletes the allocations
     ``spec.server_id`` already holds, in a savepoint, so the fit check counts them as freed:
     the new rows replace them atomically, or the savepoint rolls back and they stay.
-    ``request_id`` (if given) replaces ``spec.request_id`` as the tie-break seed. Writes one
+    ``request_id`` (if given) replaces ``spec.request_id`` as the tie-break seed.
+    ``wake_host`` moves the chosen host's agent cursor in the claim's own UPDATE (a host that
+    loses a claim on SQLite, where no savepoint undoes it, may see its cursor move too: its
+    agent re-reads once, no harm). Writes one
     allocation row per requested resource class; flushes, never commits; does not touch the
     server row (the caller sets ``host_id`` from the result).
 
@@ -249,7 +252,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
                 group_id=group.id if group else None, group_policy=group.policy if group else None,
                 group_generation=group_generation,
-                wait=attempt > 1 or force_host is not None)
+                wait=attempt > 1 or force_host is not None, wake=wake_host)
             if outcome is not ClaimOutcome.CLAIMED:
                 if savepoint is not None:
                     savepoint.rollback()

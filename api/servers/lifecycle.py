@@ -156,9 +156,11 @@ def _changed(session: Session, server: Server, old_status: str, at: datetime,
 
 # ---------------------------------------------------------------- user-driven transitions
 
-def placed(session: Session, server: Server, host_id: str, availability_zone: str) -> None:
+def placed(session: Session, server: Server, host_id: str, availability_zone: str, *,
+           cursor_moved: bool = False) -> None:
     """A new server, inserted by this unit of work (``repository.insert_server``), got its
-    host: SPAWNING there; its agent wakes; billing starts."""
+    host: SPAWNING there; its agent wakes; billing starts. ``cursor_moved``: the claim
+    already moved the host's ``desired_generation`` (``placement.place(wake_host=True)``)."""
     session.info.setdefault(_EVENT_CLOCK, {})[server.id] = None  # new: no events yet
     # Nobody else can see the row before this unit of work commits, so no compare-and-swap
     # (and no re-read) is needed: one plain UPDATE with the same values a swap would write.
@@ -168,7 +170,10 @@ def placed(session: Session, server: Server, host_id: str, availability_zone: st
     server.generation = server.generation + 1
     server.updated_at = utcnow()
     repository.set_placed(session, server)
-    notify_host(session, host_id)
+    if cursor_moved:
+        notifier.host_changed(session, host_id)
+    else:
+        notify_host(session, host_id)
     publish(session, Change("created", server, server.created_at, server.status))
 
 

@@ -110,9 +110,12 @@ def create_server(session: Session, settings: Settings, principal: Principal,
         server_id=server.id, project_id=server.project_id, sizes=server, flavor=flavor,
         image=image, group=group, availability_zone=server.availability_zone,
         request_id=request_id_var.get())
-    placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin)
+    # The claim's host UPDATE also moves the agent's cursor (one statement less).
+    placed = placement.place(session, settings, spec, explain_hosts=principal.is_admin,
+                             wake_host=True)
     # SPAWNING on its host; billing starts once the server exists for good (placed).
-    lifecycle.placed(session, server, placed.host_id, placed.availability_zone)
+    lifecycle.placed(session, server, placed.host_id, placed.availability_zone,
+                     cursor_moved=True)
     # The answer shows these names: no need to read them again.
     repository.remember_name(session, Flavor, flavor.id, flavor.name)
     repository.remember_name(session, Image, image.id, image.name)

@@ -83,6 +83,33 @@ def test_over_quota_is_409_naming_the_resource_and_writes_nothing(
     assert quota(client, acct.headers, acct.project_id)["usage"]["instances"] == 1
 
 
+def test_usage_freed_between_two_creates_counts_for_the_second(
+    client: TestClient, admin: dict[str, str], database_url: str, pool: dict[str, str]
+) -> None:
+    # Back-to-back creates of one project may be checked against what the previous check
+    # left; a confirmed delete in between (it does not lock the project) must still count,
+    # and a refusal must name the live usage.
+    acct = make_account(client, admin)
+    r = client.put(f"/v1/quotas/{acct.project_id}", json={"vcpus": 4}, headers=admin)
+    assert r.status_code == 200, r.text
+    first = boot(client, acct, database_url, flavor="medium")  # 2 vcpus of 4
+    second = boot(client, acct, database_url, flavor="medium")  # 4 of 4
+    assert client.delete(f"/v1/servers/{first['id']}", headers=acct.headers).status_code == 202
+    observe(client, pool, first["id"], "absent")  # 2 of 4
+    image = make_image_row(database_url, acct.project_id)
+    p = problem(client.post("/v1/servers", json={"name": "big", "flavor": "large",
+                                                 "image": image}, headers=acct.headers),
+                409, "quota_exceeded")
+    assert (p["resource"], p["requested"], p["used"], p["limit"]) == ("vcpus", 4, 2, 4)
+    third = boot(client, acct, database_url, flavor="medium")  # 4 of 4: fits the live usage
+    assert sorted(server_ids(client, acct)) == sorted([second["id"], third["id"]])
+    assert quota(client, acct.headers, acct.project_id)["usage"]["vcpus"] == 4
+    p = problem(client.post("/v1/servers", json={"name": "more", "flavor": "tiny",
+                                                 "image": image}, headers=acct.headers),
+                409, "quota_exceeded")
+    assert (p["resource"], p["used"], p["limit"]) == ("vcpus", 4, 4)
+
+
 def test_limits_may_drop_below_usage_and_then_creates_fail(
     client: TestClient, admin: dict[str, str], database_url: str
 ) -> None:
