@@ -52,6 +52,7 @@ from compute_agent.client import (
     ObservedState,
     jittered,
     retry_after,
+    spread,
 )
 
 
@@ -174,11 +175,12 @@ class Fleet:
 
     async def _call(self, kind: str, method: str, url: str, *, ok: int | tuple[int, ...] = 200,
                     host: SimHost | None = None, retries: int | None = None,
-                    **kwargs: Any) -> Response:
-        """Send with the agent's retry rules: 503/429 after ``Retry-After`` (jittered),
-        transport errors and other 5xx with exponential backoff; raises AgentApiError.
-        ``ok`` is the status (or statuses) that ends the call; ``retries`` overrides the
-        fleet's number of retries."""
+                    busy_spread: float | None = None, **kwargs: Any) -> Response:
+        """Send with the agent's retry rules: 503/429 after ``Retry-After`` (jittered, or
+        with ``busy_spread`` at a random point up to that many seconds, as the agent's
+        heartbeat does), transport errors and other 5xx with exponential backoff; raises
+        AgentApiError. ``ok`` is the status (or statuses) that ends the call; ``retries``
+        overrides the fleet's number of retries."""
         last: AgentApiError | None = None
         for attempt in range((self.retries if retries is None else retries) + 1):
             try:
@@ -195,7 +197,8 @@ class Fleet:
                 return r
             last = _error_of(r)
             if hint is not None:
-                await asyncio.sleep(jittered(hint))
+                await asyncio.sleep(jittered(hint) if busy_spread is None
+                                    else spread(hint, busy_spread))
             elif r.status_code >= 500:
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
             else:
@@ -274,7 +277,8 @@ class Fleet:
             r = await self._call("heartbeat", "POST", f"{host.api}/v1/agent/heartbeat",
                                  json={"observed": [o.model_dump(mode="json") for o in observed],
                                        "full": full},
-                                 headers=host.headers | self._heartbeat_headers, host=host)
+                                 headers=host.headers | self._heartbeat_headers, host=host,
+                                 busy_spread=self.heartbeat_interval)
             result = HeartbeatResult.model_validate(r.json())
             if result.full_report:
                 continue
@@ -313,6 +317,10 @@ class Fleet:
         else:
             host.reported[server.server_id] = wanted
 
+    def _desired_arrived(self, host: SimHost, desired: DesiredState, at: float) -> None:
+        """A long-poll answer reached ``host`` at ``at`` (``time.monotonic()``), before any
+        of its servers is acted on (a hook for timing benchmarks)."""
+
     async def _long_polls(self, host: SimHost) -> None:
         while True:
             params: dict[str, Any] = {"wait": self.long_poll_wait}
@@ -322,9 +330,11 @@ class Fleet:
                 r = await self._call("long-poll", "GET", f"{host.api}/v1/agent/servers",
                                      params=params, headers=host.headers, host=host,
                                      ok=(200, 304))
+                arrived = time.monotonic()
                 if r.status_code == 304:  # the wait ended with nothing changed
                     continue
                 desired = DesiredState.model_validate(r.json())
+                self._desired_arrived(host, desired, arrived)
                 for server in desired.servers:
                     await self._observe(host, server)
                 host.cursor = desired.cursor
@@ -333,6 +343,13 @@ class Fleet:
             except Exception as exc:  # a bug here must not silently stop a host's loop
                 self.failed.append((host.name, repr(exc)))
                 raise
+
+    def unacknowledged(self) -> int:
+        """Hosts whose last report the API has not acknowledged yet (a heartbeat to come
+        carries observations)."""
+        return sum(1 for h in self.hosts
+                   if h.acked is None or any(h.acked.get(sid) != state
+                                             for sid, (state, _) in h.reported.items()))
 
     def start(self, hosts: Sequence[SimHost] | None = None) -> None:
         """Start the heartbeat and long-poll loops of ``hosts`` (default: every host)."""

@@ -11,8 +11,11 @@ trickle of creates whose way to their agent is timed.
    with ``Retry-After`` is honoured and counted apart from server errors.
 2. Inserts the idle servers straight into the database, ACTIVE and running with their ledger
    entries (``bench.idle_fleet.insert_servers``, in chunks, in a child process so the
-   simulator's event loop keeps its hosts beating), and lets every host see its servers
-   (``--settle`` seconds, at least one long-poll wait).
+   simulator's event loop keeps its hosts beating), and lets the fleet settle: every host
+   sees its servers (long-poll) and the API acknowledges every host's report of them (the
+   first heartbeat after the insert carries its servers); at least ``--settle`` seconds, at
+   most ``--settle-deadline``. The settling time and its refusals and 5xx are reported
+   apart from the window's, which starts only once everything is acknowledged.
 3. Holds the fleet for ``--window`` seconds: 5xx answers, the API processes' CPU (from /proc),
    the simulator's own CPU, hosts ``up`` (sampled every minute) and the load average; and
    meanwhile creates servers through ``POST /v1/servers`` as a tenant, ``--create-rate`` per
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from api.models import Image
 from bench.fleet import Fleet, SimHost, cpu_seconds, raise_open_files_limit
-from compute_agent.client import AgentApiError, DesiredServer
+from compute_agent.client import AgentApiError, DesiredState
 
 
 class TimedFleet(Fleet):
@@ -49,10 +52,12 @@ class TimedFleet(Fleet):
         super().__init__(*args, **kwargs)
         self.first_seen: dict[str, float] = {}
 
-    async def _observe(self, host: SimHost, server: DesiredServer) -> None:
-        if server.status == "BUILD" and server.server_id not in self.first_seen:
-            self.first_seen[server.server_id] = time.monotonic()
-        await super()._observe(host, server)
+    def _desired_arrived(self, host: SimHost, desired: DesiredState, at: float) -> None:
+        # The answer's arrival, not the moment the host's loop reaches the server (after
+        # reporting the answer's other servers).
+        for server in desired.servers:
+            if server.status == "BUILD" and server.server_id not in self.first_seen:
+                self.first_seen[server.server_id] = at
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -178,6 +183,40 @@ async def _creates(fleet: Fleet, auth: dict[str, str], image: str, rate: float,
     return accepted, skipped, latencies
 
 
+def _busy(fleet: Fleet) -> int:
+    return sum(n for (kind, _), n in fleet.stats.calls.items() if kind.endswith(":retry-after"))
+
+
+async def _settle(fleet: Fleet, servers: int, least: float, most: float,
+                  began: float) -> dict[str, Any]:
+    """Wait until every host sees its servers and every report is acknowledged (at least
+    ``least``, at most ``most`` seconds); return how long it took and what it cost."""
+    t0 = time.monotonic()
+    errors0, busy0 = fleet.stats.server_errors, _busy(fleet)
+    settled_in: float | None = None
+    shown = t0
+    while (now := time.monotonic()) - t0 < most:
+        seen = sum(len(h.reported) for h in fleet.hosts)
+        unacked = fleet.unacknowledged()
+        if settled_in is None and seen >= servers and unacked == 0:
+            settled_in = now - t0
+            _progress(began, f"settled in {settled_in:.1f} s")
+        if settled_in is not None and now - t0 >= least:
+            break
+        if now - shown >= 10:
+            shown = now
+            _progress(began, f"settling: {seen} servers seen, {unacked} hosts unacknowledged, "
+                             f"{_busy(fleet) - busy0} refused, "
+                             f"{fleet.stats.server_errors - errors0} 5xx")
+        await asyncio.sleep(0.5)
+    return {"settled": settled_in is not None,
+            "settled_in_s": None if settled_in is None else round(settled_in, 1),
+            "waited_s": round(time.monotonic() - t0, 1),
+            "hosts_unacknowledged": fleet.unacknowledged(),
+            "agent_busy": _busy(fleet) - busy0,
+            "server_errors": fleet.stats.server_errors - errors0}
+
+
 def _progress(began: float, what: str) -> None:
     print(f"[{time.monotonic() - began:7.1f} s] {what}", file=sys.stderr, flush=True)
 
@@ -208,7 +247,10 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "the hosts enrolled, reported as enrolled)")
     p.add_argument("--insert-chunk", type=int, default=10000,
                    help="idle servers per insert transaction")
-    p.add_argument("--settle", type=float, default=60.0)
+    p.add_argument("--settle", type=float, default=60.0,
+                   help="seconds at least between the insert and the window")
+    p.add_argument("--settle-deadline", type=float, default=900.0,
+                   help="seconds at most to wait for every report to be acknowledged")
     p.add_argument("--window", type=float, default=600.0)
     p.add_argument("--create-rate", type=float, default=2.0, help="creates per second")
     p.add_argument("--create-concurrency", type=int, default=4,
@@ -254,8 +296,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         _progress(began, f"{up_after_enroll} hosts up; inserting {args.servers} servers")
         inserted_in = await _insert(args.database_url, [h.host_id for h in fleet.hosts],
                                     args.servers, args.insert_chunk)
-        _progress(began, f"inserted in {inserted_in:.1f} s; settling {args.settle} s")
-        await asyncio.sleep(args.settle)
+        _progress(began, f"inserted in {inserted_in:.1f} s; settling")
+        settle = await _settle(fleet, args.servers, args.settle, args.settle_deadline, began)
         seen = sum(len(h.reported) for h in fleet.hosts)
         # The window.
         cpu0 = {pid: cpu_seconds(pid) for pid in args.measure_pid}
@@ -298,6 +340,10 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "agent_busy_retries": storm_busy,
                            "simulator_cpu_s": round(enroll_sim_cpu, 1)},
             "insert_s": round(inserted_in, 1), "idle_servers_seen_by_hosts": seen,
+            "settle": settle,
+            "server_errors_before_window": errors0,
+            "agent_busy_before_window": sum(n for (kind, _), n in calls0.items()
+                                            if kind.endswith(":retry-after")),
             "window_s": round(elapsed, 1),
             "hosts_up_samples": up_samples,
             "server_errors_in_window": fleet.stats.server_errors - errors0,

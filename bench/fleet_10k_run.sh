@@ -5,11 +5,15 @@
 # tree on ports <first port>, +1, ..., runs bench.fleet_10k from this tree against them
 # (HOSTS, SERVERS, SETTLE, WINDOW, HEARTBEAT, WAIT from the environment; 10000, 100000, 60,
 # 600, 30 and 30 by default; further args go to bench.fleet_10k, e.g. --create-rate 2), stops
-# them and prints their logs' errors.
+# them and prints their logs' errors. The API processes are told the heartbeat interval and
+# call a host down after DOWN_AFTER seconds of silence (default: four intervals, at least
+# 60 s), so a host heartbeating every HEARTBEAT seconds is always up on their fast path.
 set -u
 TREE=$1; PORT=$2; DIR=$3
 PY=${PY:-python}
 APIS=${APIS:-2}
+HB=${HEARTBEAT:-30}
+DOWN_AFTER=${DOWN_AFTER:-$(( ${HB%.*} * 4 > 60 ? ${HB%.*} * 4 : 60 ))}
 BENCH=$(cd "$(dirname "$0")/.." && pwd)
 TOKEN=mcac_bench-admin-token-0123456789abcdef
 rm -rf "$DIR"; mkdir -p "$DIR/data"
@@ -29,18 +33,20 @@ for i in $(seq 0 $((APIS - 1))); do
   # The first process migrates the fresh database; the others start on it afterwards.
   (cd "$TREE" && MINICLOUD_DATABASE_URL=$URL MINICLOUD_DATA_DIR=$DIR/data \
     MINICLOUD_LOG_LEVEL=WARNING MINICLOUD_BOOTSTRAP_ADMIN_TOKEN=$TOKEN PYTHONPATH=$TREE \
+    MINICLOUD_HEARTBEAT_INTERVAL_SECONDS=${HB%.*} MINICLOUD_HOST_DOWN_AFTER_SECONDS=$DOWN_AFTER \
     exec $PY -c "from api.server import run; run()" --host 127.0.0.1 --port "$P" \
     $([ "$i" -gt 0 ] && echo --no-migrate) > "$DIR/api-$P.log" 2>&1) &
   PIDS+=($!); APIARGS+=(--api "http://127.0.0.1:$P"); MEASURE+=(--measure-pid $!)
   for _ in $(seq 120); do curl -sf "127.0.0.1:$P/healthz" >/dev/null && break; sleep 1; done
 done
-echo "== $TREE $APIS API processes, PostgreSQL $NAME, $(date -u +%FT%TZ)"
+echo "== $TREE $APIS API processes, PostgreSQL $NAME, heartbeat ${HB} s, down after" \
+  "${DOWN_AFTER} s, $(date -u +%FT%TZ)"
 echo "open files: soft $(ulimit -Sn), hard $(ulimit -Hn);" \
   "$(grep 'Max open files' /proc/${PIDS[0]}/limits)"
 (cd "$BENCH" && PYTHONPATH=$BENCH $PY -m bench.fleet_10k "${APIARGS[@]}" "${MEASURE[@]}" \
   --database-url "$URL" --admin-token $TOKEN --hosts "${HOSTS:-10000}" \
   --servers "${SERVERS:-100000}" --settle "${SETTLE:-60}" --window "${WINDOW:-600}" \
-  --heartbeat "${HEARTBEAT:-30}" --long-poll-wait "${WAIT:-30}" "${@:4}")
+  --heartbeat "$HB" --long-poll-wait "${WAIT:-30}" "${@:4}")
 RC=$?
 for P in "${PIDS[@]}"; do kill "$P"; done
 for P in "${PIDS[@]}"; do wait "$P" 2>/dev/null; done

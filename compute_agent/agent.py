@@ -499,8 +499,11 @@ class Agent:
                 send = [o for o in observed if acked.get(o.server_id) != o.state]
                 send_foreign = foreign if foreign != acked_foreign else None
             try:
-                result = self._hb_client.heartbeat(send, send_foreign, self.progress(),
-                                                   full=full)
+                # A refusal (a saturated API) is retried within the interval at a random
+                # point, so a refused fleet comes back spread, not as a wave.
+                result = self._hb_client.heartbeat(
+                    send, send_foreign, self.progress(), full=full,
+                    busy_spread=self.settings.heartbeat_interval)
             except Exception as exc:  # API down, or a bug: keep beating either way
                 log.warning("heartbeat: %s", exc)
                 self._stop.wait(min(delay, self.settings.heartbeat_interval))

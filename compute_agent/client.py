@@ -283,6 +283,14 @@ def jittered(delay: float) -> float:
     return delay * (1 + random.random() / 2)
 
 
+def spread(delay: float, over: float) -> float:
+    """A retry delay of at least ``delay`` drawn evenly up to ``over`` (or :func:`jittered`
+    when ``over`` is shorter): a periodic report refused by a saturated API comes back at a
+    random point of its period, so the refused fleet does not return as one wave and the
+    offered load stays one report per period."""
+    return delay + random.random() * max(over - delay, delay / 2)
+
+
 class _FileBody:
     """A file's bytes as a body that can be sent again (each retry re-reads the file)."""
 
@@ -362,18 +370,25 @@ class AgentClient:
 
     # ------------------------------------------------------------ requests with retries
 
-    def _sleep(self, attempt: int, hint: float | None = None) -> None:
-        time.sleep(jittered(hint) if hint is not None
-                   else min(self.backoff * 2**attempt, self.max_backoff))
+    def _sleep(self, attempt: int, hint: float | None = None,
+               busy_spread: float | None = None) -> None:
+        if hint is not None:
+            time.sleep(jittered(hint) if busy_spread is None else spread(hint, busy_spread))
+        else:
+            time.sleep(min(self.backoff * 2**attempt, self.max_backoff))
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
-                 **kwargs: Any) -> httpx.Response:
-        """Send with retries on transport errors and 5xx; raises AgentApiError."""
+                 busy_spread: float | None = None, **kwargs: Any) -> httpx.Response:
+        """Send with retries on transport errors and 5xx; raises AgentApiError.
+
+        ``busy_spread``: a refusal with ``Retry-After`` is retried at a random point between
+        that delay and ``busy_spread`` seconds (:func:`spread`) instead of right after it.
+        """
         last: AgentApiError | None = None
         hint: float | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                self._sleep(attempt - 1, hint)
+                self._sleep(attempt - 1, hint, busy_spread)
             try:
                 r = self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
             except httpx.TransportError as exc:
@@ -427,11 +442,14 @@ class AgentClient:
 
     def heartbeat(self, observed: list[Observation] | None = None,
                   foreign: dict[str, str] | None = None,
-                  progress: LoopProgress | None = None, *, full: bool = True) -> HeartbeatResult:
+                  progress: LoopProgress | None = None, *, full: bool = True,
+                  busy_spread: float | None = None) -> HeartbeatResult:
         """Say the host is alive, with the states it sees, (``foreign``: server id -> host
         id; None: unchanged) the other hosts' domains it quarantined and its reconcile loop's
         ``progress``; ``full=False``: ``observed`` holds only what changed since the last
-        acknowledged heartbeat. Raises AgentApiError."""
+        acknowledged heartbeat. ``busy_spread``: a refusal is retried at a random point of
+        that many seconds (the heartbeat interval), not all of them after ``Retry-After``.
+        Raises AgentApiError."""
         body: dict[str, Any] = {"observed": [o.model_dump(mode="json") for o in observed or []],
                                 "full": full}
         if foreign is not None:
@@ -439,7 +457,8 @@ class AgentClient:
         if progress is not None:
             body["progress"] = progress.model_dump(mode="json")
         return HeartbeatResult.model_validate(
-            self._request("POST", "/v1/agent/heartbeat", json=body).json())
+            self._request("POST", "/v1/agent/heartbeat", json=body,
+                          busy_spread=busy_spread).json())
 
     def report_guest_metrics(self, at: datetime, samples: list[GuestSample]) -> GuestSamplesResult:
         """Send one interval's statistics of the host's servers; raises AgentApiError."""

@@ -43,7 +43,8 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.agent import liveness, notifier, service
-from api.agent.schemas import HeartbeatIn, HeartbeatOut
+from api.agent.repository import ConfirmationRow, confirmation_rows
+from api.agent.schemas import HeartbeatIn, HeartbeatOut, ObservedItem
 from api.config import Settings
 from api.db import utcnow
 from api.deps import host_of_credential
@@ -203,6 +204,11 @@ class CursorReads:
                     future.set_result(current.get(host_id))
 
 
+def _confirmation_rows(engine: Engine, host_id: str) -> dict[str, ConfirmationRow]:
+    with engine.connect() as conn:
+        return confirmation_rows(conn, host_id)
+
+
 class _Template:
     """Stands for a matched route in the metrics' labels (``route.path``)."""
 
@@ -224,6 +230,9 @@ class AgentFastPath:
         self._poll_seconds = REQUEST_SECONDS.labels("GET", SERVERS)
         self._poll_unchanged = REQUESTS.labels("GET", SERVERS, "3xx")
         self._reads = CursorReads(engine, RECHECK_TICK, {"route": _Template(SERVERS)})
+        self._heartbeat_scope = {"route": _Template(HEARTBEAT)}
+        # Confirmation reads at once (a worker thread and a connection each).
+        self._confirm_turns = asyncio.Semaphore(settings.agent_admission_concurrency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.enabled and scope["type"] == "http":
@@ -278,7 +287,7 @@ class AgentFastPath:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        answer = self._idle_heartbeat(host_id, key, body)
+        answer = await self._idle_heartbeat(host_id, key, body)
         if answer is None:
             await self.app(scope, _replay(body, receive), send)
             return
@@ -289,19 +298,23 @@ class AgentFastPath:
         self._hb_ok.inc()
         self._hb_seconds.observe(time.perf_counter() - started)
 
-    def _idle_heartbeat(self, host_id: str, key: str, body: bytes) -> bytes | None:
-        """The answer to a heartbeat with nothing new of a host this process heard lately;
-        None: not such a heartbeat (the application handles it)."""
+    async def _idle_heartbeat(self, host_id: str, key: str, body: bytes) -> bytes | None:
+        """The answer to a heartbeat with nothing new of a host this process heard lately,
+        or whose observations all confirm what is stored (:meth:`_confirmed`); None: not
+        such a heartbeat (the application handles it)."""
         try:
             beat = HeartbeatIn.model_validate_json(body)
         except ValidationError:
             return None
-        if beat.observed or beat.foreign is not None:
+        if beat.foreign is not None:
             return None
         last = MEMORY.last_heard(host_id)
         now = utcnow()
         if last is None or now - last[0] >= self.half_down:
             return None  # maybe down: the full path decides (and asks for a full report)
+        applied = await self._confirmed(host_id, beat.observed, now) if beat.observed else 0
+        if applied is None:
+            return None
         progress = beat.progress
         passes = progress.passes if progress is not None else None
         # The pass count moved since this process last heard it: the loop progresses (the
@@ -312,9 +325,31 @@ class AgentFastPath:
             now if moved else None)
         MEMORY.heard(host_id, now, passes if progress is not None else last[1])
         return HeartbeatOut(
-            host_id=host_id, last_heartbeat_at=now, applied=0, ignored=[],
+            host_id=host_id, last_heartbeat_at=now, applied=applied, ignored=[],
             heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
         ).model_dump_json().encode()
+
+    async def _confirmed(self, host_id: str, observed: list[ObservedItem],
+                         now: datetime) -> int | None:
+        """How many observations apply when all confirm the stored state
+        (``service.confirmed``, one Core read in a worker thread); None: the application
+        decides. At most ``agent_admission_concurrency`` reads run at once; a heartbeat that
+        waited ``agent_admission_wait_seconds`` for a turn, or whose read failed, goes to
+        the application (its admission answers ``agent_busy``, its errors a problem)."""
+        try:
+            await asyncio.wait_for(self._confirm_turns.acquire(),
+                                   self.settings.agent_admission_wait_seconds)
+        except TimeoutError:
+            return None
+        token = request_scope.set(self._heartbeat_scope)
+        try:
+            rows = await run_in_threadpool(_confirmation_rows, self.engine(), host_id)
+        except Exception:  # the application answers it properly
+            return None
+        finally:
+            request_scope.reset(token)
+            self._confirm_turns.release()
+        return service.confirmed(rows, observed, now)
 
     # -------------------------------------------------------------------- long-poll
 

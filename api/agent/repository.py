@@ -251,3 +251,27 @@ _OBSERVED = (
     .outerjoin(UsageServer, UsageServer.server_id == Server.id)
     .where(Server.host_id == bindparam("host"), Server.status != DELETED)
 )
+
+
+def confirmation_rows(conn: Connection, host_id: str) -> dict[str, ConfirmationRow]:
+    """What decides whether a heartbeat's observations only confirm the stored state, for
+    every live server of the host, in one Core statement (no ORM objects, no lock): server id
+    -> (status, task_state, power_state, newest recorded observation time, billing summary
+    state, summary's last second; both None without a summary)."""
+    return {row[0]: cast(ConfirmationRow, tuple(row[1:]))
+            for row in conn.execute(_CONFIRMATION, {"host": host_id})}
+
+
+ConfirmationRow = tuple[str, str | None, str | None, datetime | None, str | None, int | None]
+
+_SERVERS = cast(Table, Server.__table__)
+_OBSERVATIONS = cast(Table, AgentObservation.__table__)
+_SUMMARIES = cast(Table, UsageServer.__table__)
+_CONFIRMATION = (
+    select(_SERVERS.c.id, _SERVERS.c.status, _SERVERS.c.task_state, _SERVERS.c.power_state,
+           select(func.max(_OBSERVATIONS.c.seen_at))
+           .where(_OBSERVATIONS.c.server_id == _SERVERS.c.id).scalar_subquery(),
+           _SUMMARIES.c.state, _SUMMARIES.c.last_s)
+    .select_from(_SERVERS.outerjoin(_SUMMARIES, _SUMMARIES.c.server_id == _SERVERS.c.id))
+    .where(_SERVERS.c.host_id == bindparam("host"), _SERVERS.c.status != DELETED)
+)

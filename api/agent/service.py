@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,7 +58,8 @@ from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
 from api.servers import lifecycle, states
 from api.servers.changes import Change
 from api.servers.console import console_path, read_console, write_console
-from api.servers.subscribers import publish
+from api.servers.subscribers import SUBSCRIBERS, publish
+from api.usage import hooks as billing
 
 __all__ = ["console_path", "read_console", "write_console"]  # the console routes use them
 
@@ -248,6 +249,41 @@ def _confirms(server: Server, item: ObservedItem) -> bool:
     return (item.state == server.power_state
             and lifecycle.pending_operation(server) is None
             and states.on_observed(server.status, server.task_state, item.state) is None)
+
+
+def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[ObservedItem],
+              now: datetime) -> int | None:
+    """How many of an up host's observations apply when every one only confirms the stored
+    state (``rows``: ``repository.confirmation_rows``); None when one needs the full path.
+
+    The rule of :func:`heartbeat`'s shortcut, decided without the ORM or a lock: the reported
+    state is the stored power state, no operation is pending, the lifecycle makes no
+    transition and billing records nothing (its summary tells: after a ``host_down`` it
+    records "running" again, so that heartbeat takes the full path). A stale report (seen
+    before the newest recorded one) changes nothing and is not counted, as on the full path.
+    An unknown server, or a subscriber other than billing, sends the heartbeat to the full
+    path too (it lists the unknown id; a new subscriber may need to hear every report).
+    """
+    if tuple(SUBSCRIBERS) != (billing.on_change,):
+        return None
+    applied = 0
+    for item in observed:
+        row = rows.get(item.server_id)
+        if row is None:
+            return None
+        status, task_state, power_state, last, summary_state, summary_last_s = row
+        if (item.state != power_state
+                or states.pending_operation(status, task_state, "source") is not None
+                or states.on_observed(status, task_state, item.state) is not None):
+            return None
+        seen = min(item.seen_at, now)
+        if last is not None and seen < last:
+            continue
+        if not billing.records_nothing(status, item.state, seen, summary_state,
+                                       summary_last_s):
+            return None
+        applied += 1
+    return applied
 
 
 def observe(session: Session, settings: Settings, host_id: str, server_id: str,

@@ -95,6 +95,20 @@ def ledger_state(session: Session, server_id: str, at: datetime | None = None) -
     return state_after(e for e in repository.entries_of(session, server_id) if e.at_s <= cut)
 
 
+def records_nothing(status: str, observed: str, at: datetime, summary_state: str | None,
+                    summary_last_s: int | None) -> bool:
+    """Whether :func:`follow` would record nothing for an observation at ``at``, decided from
+    the server's summary row alone (``summary_state`` None: no summary). False when the
+    summary cannot tell (a report older than the server's last entry): ask :func:`follow`."""
+    target = billing_target(status, observed)
+    if target is None:
+        return True
+    if summary_state is None:
+        return False  # "building": any target records an entry
+    return summary_last_s is not None and epoch(at) >= summary_last_s \
+        and target == summary_state
+
+
 def follow(session: Session, server: Server, at: datetime, observed: str | None = None,
            source: ledger.Source = "agent") -> bool:
     """Record the entry that brings the ledger to :func:`billing_target`, if any.

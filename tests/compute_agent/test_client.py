@@ -202,3 +202,24 @@ def test_busy_answers_are_retried_after_their_retry_after(
         assert len(slept) == 3 and 1.0 <= slept[-1] <= 1.5
     finally:
         proxy.close()
+
+
+def test_a_refused_heartbeat_with_a_spread_comes_back_within_the_interval(
+    agent: Agent, api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("compute_agent.client.time.sleep", slept.append)
+    monkeypatch.setattr("compute_agent.client.random.random", lambda: 0.9)
+    proxy = _FlakyProxy(api_url)
+    try:
+        with AgentClient(proxy.url, agent.credential, backoff=0.01) as busy:
+            proxy.plan = ["busy", "slow"]
+            assert busy.heartbeat(busy_spread=10).host_id == agent.host_id
+            assert proxy.seen == 3
+            # Retry-After is 1 s: each retry at 1 s + 90 % of the 9 s left of the interval.
+            assert slept == [pytest.approx(9.1)] * 2
+            proxy.plan = ["busy"]
+            assert busy.heartbeat().host_id == agent.host_id  # no spread: 1 s + 45 %
+            assert slept[-1] == pytest.approx(1.45)
+    finally:
+        proxy.close()
