@@ -55,6 +55,8 @@ POLL_INTERVAL_S = 0.25
 # once, but the NBD mirror and the destination's cleanup take a moment. Bounded, so a wedged
 # daemon cannot hang the agent.
 ABORT_GRACE_S = 120.0
+# How often an abort is asked again while the job has not ended.
+ABORT_RETRY_S = 1.0
 
 # Elements whose text is a file path, and attributes that hold a file path wherever they occur
 # (disk/source@file, serial/log@file, serial/source@path, filesystem/source@dir, ...).
@@ -519,9 +521,7 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
                     callback_error = exc
                     aborted = True
             if aborted or timed_out:
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.abortJob()
-                worker.join(ABORT_GRACE_S)
+                _abort(dom, worker)
                 break
     wall_ms = int((time.monotonic() - started) * 1000)
     settled = bool(outcome)
@@ -552,6 +552,18 @@ def live_migrate(hv: Hypervisor, server_id: str, *, dest_libvirt_uri: str, migra
         message = f"live migration of {sid} failed: {error}"
     raise MigrationFailed(message, source_state=state, aborted=aborted,
                           timed_out=timed_out, settled=settled) from error
+
+
+def _abort(dom: libvirt.virDomain, worker: threading.Thread) -> None:
+    """Abort the migration job ``worker`` runs and wait (at most ``ABORT_GRACE_S``) for it to
+    end. The abort is asked again every second: libvirt refuses it in some phases of the job
+    (while it sets the destination up, say), and one refused abort must not leave the copy
+    running for the whole grace."""
+    deadline = time.monotonic() + ABORT_GRACE_S
+    while worker.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(libvirt.libvirtError):  # refused now, or already ending
+            dom.abortJob()
+        worker.join(min(ABORT_RETRY_S, max(0.0, deadline - time.monotonic())))
 
 
 def active_migration(hv: Hypervisor, server_id: str) -> MigrationProgress | None:
