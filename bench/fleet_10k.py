@@ -85,15 +85,25 @@ def _ms(value: float | None) -> float | None:
 
 async def _insert(database_url: str, host_ids: list[str], count: int, chunk: int) -> float:
     """Insert the idle servers in a child process (its CPU is not the simulator's); return
-    the seconds it took. Raises RuntimeError when it fails."""
+    the seconds it took. Raises RuntimeError when it fails.
+
+    Each chunk gives a slice of the hosts all their servers at once, so every host is woken
+    once (one long-poll answer, one report), as a fleet filling up over time would be, and
+    not once per chunk."""
     began = time.monotonic()
     code = ("import json, sys\n"
             "from bench.idle_fleet import insert_servers\n"
             "ids = json.load(sys.stdin)\n"
             f"left = {count}\n"
-            "while left > 0:\n"
-            f"    insert_servers({database_url!r}, ids, min(left, {chunk}))\n"
-            f"    left -= {chunk}\n")
+            "per_host = -(-left // len(ids))\n"
+            f"hosts_per_chunk = max(1, {chunk} // per_host)\n"
+            "for start in range(0, len(ids), hosts_per_chunk):\n"
+            "    part = ids[start:start + hosts_per_chunk]\n"
+            "    n = min(left, per_host * len(part))\n"
+            "    if n <= 0:\n"
+            "        break\n"
+            f"    insert_servers({database_url!r}, part, n)\n"
+            "    left -= n\n")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code,
                                                 stdin=asyncio.subprocess.PIPE)
     await proc.communicate(json.dumps(host_ids).encode())
