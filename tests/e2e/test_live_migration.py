@@ -224,6 +224,11 @@ def test_a_failed_or_aborted_migration_leaves_the_guest_running_on_the_source(
         assert hv_b.observed(sid) == "absent"
         assert domain_names(b) == []
 
+        # The tiny guest migrates in well under a second, quicker than the first progress
+        # report: from here on every migration is slowed to 1 MiB/s (a setting of the
+        # domain), so each abort below lands while the copy runs, not after it completed.
+        hv_a.domain(sid).migrateSetMaxSpeed(1, 0)
+
         # 2. Aborted by the caller as soon as the job reports progress.
         _, dest_xml, persist_xml = incoming(guest_on_a, a, b, hv_a)
         abort = threading.Event()
