@@ -255,14 +255,39 @@ def tenant_headers(http: httpx.Client, admin: dict[str, str]) -> tuple[dict[str,
     return acct.headers, make_image(http, acct.headers)["id"]
 
 
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time each process used so far (Linux /proc; gone ones left out)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return times
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time the processes used so far (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    return sum(cpu_of(pids).values())
+
+
+def backends_of(url: str) -> Callable[[], list[int]]:
+    """The PostgreSQL backends serving ``url``'s database (none on SQLite)."""
+    if not url.startswith("postgresql"):
+        return list
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    name = url.rsplit("/", 1)[1].split("?")[0]
+
+    def pids() -> list[int]:
+        with engine.connect() as conn:
+            return [int(pid) for pid in conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :d "
+                "AND pid <> pg_backend_pid()"), {"d": name}).scalars()]
+    return pids
 
 
 def load_average() -> str:
@@ -271,14 +296,16 @@ def load_average() -> str:
 
 
 def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
-                 pids: list[int] | None = None, profiling: bool = False) -> None:
+                 pids: list[int] | None = None, profiling: bool = False,
+                 db_pids: Callable[[], list[int]] = list) -> None:
     """(c) ``count`` creates through POST /v1/servers from ``clients`` concurrent clients.
 
     Each client first makes one create that is not measured (the API process's first create
     loads the host snapshot). With ``pids`` also reports the API processes' CPU time per
     create: on a shared machine the wall clock measures the neighbours too. With
     ``profiling`` the API processes (started under ``bench/profiled_api.py``) profile exactly
-    the measured creates.
+    the measured creates. ``db_pids`` lists the database server's backends (none on SQLite):
+    their CPU per create is reported too, as is the clients' own (this process).
     """
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with httpx.Client(base_url=bases[0], timeout=120) as http:
@@ -308,15 +335,22 @@ def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
     latencies.clear()
     profile_window(pids or [], signal.SIGUSR1 if profiling else None)
     cpu0 = cpu_seconds(pids or [])
+    db0 = cpu_of(db_pids())
+    client0 = time.process_time()
     load = load_average()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(lambda k: client(k, range(k, count, clients)), range(clients)))
     wall = time.perf_counter() - start
-    cpu = (cpu_seconds(pids or []) - cpu0) / max(1, len(latencies))
+    n = max(1, len(latencies))
+    cpu = (cpu_seconds(pids or []) - cpu0) / n
+    client_cpu = (time.process_time() - client0) / n
+    db_cpu = sum(t - db0.get(pid, 0.0) for pid, t in cpu_of(db_pids()).items()) / n
     profile_window(pids or [], signal.SIGUSR2 if profiling else None)
     report(f"POST /v1/servers {label}, {clients} client(s)", latencies, wall,
            (f"api cpu={cpu * 1e3:.2f} ms/create " if pids else "")
+           + (f"db cpu={db_cpu * 1e3:.2f} ms/create " if db0 else "")
+           + f"client cpu={client_cpu * 1e3:.2f} ms/create "
            + f"load={load}-{load_average()} "
            + f"failed={len(failures)}" + (f" first: {failures[0]}" if failures else ""))
 
@@ -336,6 +370,7 @@ def run_e2e(args: argparse.Namespace) -> None:
     each on a fresh pool (side by side in one run)."""
     backends = [("sqlite", "sqlite", 1)] + (
         [("postgresql", args.pg, args.api_processes)] if args.pg else [])
+    backends = [b for b in backends if b[0] in (args.backend or [b[0]])]
     trees = ([("before", Path(args.before).resolve())] if args.before else []) + [
         ("after" if args.before else "", REPO)]
     for name, server, processes in backends:
@@ -356,7 +391,8 @@ def run_e2e(args: argparse.Namespace) -> None:
                     for clients in args.clients:
                         e2e_scenario(f"{tag} {name} {args.hosts} hosts, {processes} API",
                                      bases, clients, args.placements,
-                                     [p.pid for p in procs], profiling=bool(args.profile))
+                                     [p.pid for p in procs], profiling=bool(args.profile),
+                                     db_pids=backends_of(url))
                         for out in outs:  # keep each scenario's profile
                             for ext in (".pstats", ".sql"):
                                 done = out.with_name(out.name + ext)
@@ -420,6 +456,9 @@ def main() -> None:
     parser.add_argument("--before", metavar="TREE",
                         help="e2e: also run the API code of another checkout (e.g. a "
                         "'git archive' of main), each setup side by side in one run")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], action="append",
+                        help="e2e: only these databases (default: SQLite, and PostgreSQL "
+                        "with --pg)")
     parser.add_argument("--profile", metavar="DIR",
                         help="e2e: run the API under bench/profiled_api.py and write a "
                         "cProfile and statement counts of each measured scenario to DIR")
