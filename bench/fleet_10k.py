@@ -51,6 +51,7 @@ class TimedFleet(Fleet):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.first_seen: dict[str, float] = {}
+        self.seen_via: dict[str, str] = {}  # server id -> the API its host long-polls
 
     def _desired_arrived(self, host: SimHost, desired: DesiredState, at: float) -> None:
         # The answer's arrival, not the moment the host's loop reaches the server (after
@@ -58,6 +59,39 @@ class TimedFleet(Fleet):
         for server in desired.servers:
             if server.status == "BUILD" and server.server_id not in self.first_seen:
                 self.first_seen[server.server_id] = at
+                self.seen_via[server.server_id] = host.api
+
+
+class LoopLag:
+    """How late this process's event loop runs: a task sleeping ``tick`` seconds notes how
+    much later than asked it woke. The simulator is one process for every host and the
+    creating tenant, so a create's timings include its own loop's lag; this says how much."""
+
+    def __init__(self, tick: float = 0.02) -> None:
+        self.tick = tick
+        self.samples: list[tuple[float, float]] = []  # (woke at, lag)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin sampling."""
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.tick)
+            now = time.monotonic()
+            self.samples.append((now, now - before - self.tick))
+
+    def stop(self) -> None:
+        """End sampling."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def worst_between(self, start: float, end: float) -> float:
+        """The largest lag noted by a wake-up in [start, end + one tick]."""
+        return max((lag for at, lag in self.samples if start <= at <= end + self.tick),
+                   default=0.0)
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -150,6 +184,9 @@ async def _tenant(fleet: Fleet, database_url: str, creates: int) -> tuple[dict[s
     return header, await asyncio.to_thread(_tenant_image, database_url, project_id)
 
 
+created_on: dict[str, str] = {}  # server id -> the API process that accepted its create
+
+
 async def _creates(fleet: Fleet, auth: dict[str, str], image: str, rate: float,
                    duration: float, zone: str, concurrency: int,
                    ) -> tuple[list[tuple[str, float, float]], int, list[float]]:
@@ -171,7 +208,9 @@ async def _creates(fleet: Fleet, auth: dict[str, str], image: str, rate: float,
                                   headers=auth, json={"name": f"c-{i}", "flavor": "tiny",
                                                       "image": image,
                                                       "availability_zone": zone})
-            accepted.append((str(r.json()["id"]), sent, time.monotonic()))
+            server_id = str(r.json()["id"])
+            accepted.append((server_id, sent, time.monotonic()))
+            created_on[server_id] = api
         except AgentApiError:
             pass  # counted in the fleet's stats
         finally:
@@ -316,6 +355,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         calls0 = fleet.stats.calls.copy()
         t0 = time.monotonic()
         _progress(began, f"window of {args.window} s: {seen} idle servers seen by hosts")
+        lag = LoopLag()
+        lag.start()
         creator = asyncio.create_task(_creates(fleet, auth, image, args.create_rate,
                                                args.window, zone, args.create_concurrency))
         up_samples = []
@@ -332,6 +373,15 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         window_calls = fleet.stats.calls - calls0
         accepted, skipped, create_latencies = await creator
         await asyncio.sleep(min(5.0, args.long_poll_wait))  # the last creates' way
+        lag.stop()
+        lags = [x for _, x in lag.samples]
+        # Creates seen late, and how much of that the simulator's own loop lag explains.
+        slow = [(sid, fleet.first_seen[sid] - ok, lag.worst_between(ok, fleet.first_seen[sid]))
+                for sid, _, ok in accepted
+                if sid in fleet.first_seen and fleet.first_seen[sid] - ok > 0.1]
+        cross = {sid: via != api for sid, via, api in (
+            (sid, fleet.seen_via.get(sid), api_of) for sid, api_of in created_on.items())}
+        slow_cross = sum(1 for sid, _, _ in slow if cross.get(sid))
         from_202 = [max(0.0, fleet.first_seen[sid] - ok)
                     for sid, _, ok in accepted if sid in fleet.first_seen]
         from_sent = [fleet.first_seen[sid] - sent
@@ -377,10 +427,22 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "p50": _ms(_percentile(from_202, 0.5)),
                             "p99": _ms(_percentile(from_202, 0.99)),
                             "max": _ms(max(from_202, default=None))},
+                        "seen_after_202_over_100ms": {
+                            "count": len(slow),
+                            "host_on_the_other_api_process": slow_cross,
+                            "simulator_lag_over_half_of_it": sum(
+                                1 for _, late, worst in slow if worst > late / 2),
+                            "worst": [{"ms": _ms(late), "simulator_lag_ms": _ms(worst)}
+                                      for _, late, worst in sorted(
+                                          slow, key=lambda x: -x[1])[:10]]},
+                        "creates_on_the_other_api_process_than_the_host": sum(cross.values()),
                         "seen_after_post_sent_ms": {
                             "p50": _ms(_percentile(from_sent, 0.5)),
                             "p99": _ms(_percentile(from_sent, 0.99)),
                             "mean": _ms(statistics.fmean(from_sent) if from_sent else None)}},
+            "simulator_loop_lag_ms": {"p50": _ms(_percentile(lags, 0.5)),
+                                      "p99": _ms(_percentile(lags, 0.99)),
+                                      "max": _ms(max(lags, default=None))},
             "enroll_failures": fleet.failed[:5],
             "calls": fleet.stats.summary(),
         }

@@ -18,7 +18,9 @@ them from what this process remembers (:data:`MEMORY`):
 * **cursors it answered** (host -> cursor, stamp read before the cursor): a long-poll whose
   ``since`` is that cursor waits at once; at the end of a wait with no wake-up the cursor is
   re-read, and an unchanged one is answered ``304 Not Modified``. The polls whose waits end
-  in the same tick (:data:`RECHECK_TICK`) share one statement (:class:`CursorReads`).
+  in the same tick (:data:`RECHECK_TICK`) share one statement (:class:`CursorReads`); a poll
+  stays registered for wake-ups until its re-read is back, so a change made during the tick
+  is answered at once.
 
 Everything else (and anything this layer cannot parse) goes to the application unchanged.
 """
@@ -219,7 +221,8 @@ class _Template:
 class AgentFastPath:
     """Answer idle heartbeats and unchanged long-polls of remembered hosts (module doc)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, engine: Callable[[], Engine]) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, engine: Callable[[], Engine],
+                 recheck_tick: float = RECHECK_TICK) -> None:
         self.app = app
         self.settings = settings
         self.engine = engine
@@ -229,7 +232,8 @@ class AgentFastPath:
         self._hb_seconds = REQUEST_SECONDS.labels("POST", HEARTBEAT)
         self._poll_seconds = REQUEST_SECONDS.labels("GET", SERVERS)
         self._poll_unchanged = REQUESTS.labels("GET", SERVERS, "3xx")
-        self._reads = CursorReads(engine, RECHECK_TICK, {"route": _Template(SERVERS)})
+        self.recheck_tick = recheck_tick
+        self._reads = CursorReads(engine, recheck_tick, {"route": _Template(SERVERS)})
         self._heartbeat_scope = {"route": _Template(HEARTBEAT)}
         # Confirmation reads at once (a worker thread and a connection each).
         self._confirm_turns = asyncio.Semaphore(settings.agent_admission_concurrency)
@@ -365,29 +369,49 @@ class AgentFastPath:
             return
         # The end-of-wait re-read joins the current tick (CursorReads): the wait ends up to
         # one tick early, so the answer still comes within ``wait``.
-        timeout = max(0.0, min(wait, self.settings.agent_long_poll_max_seconds) - RECHECK_TICK)
+        timeout = max(0.0, min(wait, self.settings.agent_long_poll_max_seconds)
+                      - self.recheck_tick)
         # Registered with the version read before the cursor was: a wake-up since is seen.
         waiter = notifier.WAITERS.register(host_id, remembered[1][1])
         consumed: list[Message] = []
+        current: str | None = None
         try:
             how = await waiting_long_poll(wait_for_change(receive, consumed, waiter, timeout))
+            if how == "timeout":
+                # Still registered while the tick's re-read runs (up to a tick): a change
+                # committed meanwhile answers at once instead of waiting for the read.
+                current, woken = await self._reread(host_id, waiter)
+                if woken:
+                    how = "notified"
         finally:
             notifier.WAITERS.unregister(host_id, waiter)
         observe_long_poll_end(how)
         if how == "disconnected":
             return
-        if how == "timeout":
-            current = await self._reads.read(host_id)
-            if current == since:
-                await send({"type": "http.response.start", "status": 304,
-                            "headers": [(b"x-request-id", rid)]})
-                await send({"type": "http.response.body", "body": b""})
-                self._poll_unchanged.inc()
-                self._poll_seconds.observe(time.perf_counter() - started)
-                return
+        if how == "timeout" and current == since:
+            await send({"type": "http.response.start", "status": 304,
+                        "headers": [(b"x-request-id", rid)]})
+            await send({"type": "http.response.body", "body": b""})
+            self._poll_unchanged.inc()
+            self._poll_seconds.observe(time.perf_counter() - started)
+            return
         # A change (or a credential to check again): the application answers at once.
         answer = dict(scope, query_string=urlencode({"since": since}).encode())
         await self.app(answer, _replay_messages(consumed, receive), send)
+
+    async def _reread(self, host_id: str, waiter: notifier.Waiter) -> tuple[str | None, bool]:
+        """The host's cursor from the current tick's shared re-read, or a wake-up of
+        ``waiter`` if one comes first: (cursor, False) or (None, True)."""
+        read = asyncio.ensure_future(self._reads.read(host_id))
+        woken = asyncio.ensure_future(waiter.event.wait())
+        try:
+            done, _ = await asyncio.wait((read, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if read in done:
+            return read.result(), False  # a failed read fails the poll, as before
+        read.cancel()
+        return None, True
 
 
 def _poll_params(query: bytes) -> tuple[str | None, float | None]:

@@ -321,3 +321,45 @@ def test_the_flush_writes_every_kind_of_heartbeat_in_one_statement_on_postgresql
         revoked: (earlier, {"passes": 1}, earlier),
         newer: (at + timedelta(hours=1), {"passes": 1}, earlier),
     }
+
+
+def test_a_poll_woken_while_its_end_of_wait_read_is_pending_answers_at_once(
+        client: TestClient, admin: dict[str, str], settings: Settings) -> None:
+    """A wait that ended joins the tick's shared cursor read; a change committed before that
+    read runs still answers the poll at once (the read is not waited for)."""
+    host = _up_host_in_process(client, admin)
+    cursor = client.get(POLL, headers=host.headers).json()["cursor"]  # remembered
+    engine = make_engine(settings.effective_database_url)  # the fast path's reads only
+    statements = _Statements(engine)
+    # A tick far longer than the test: the poll's own wait ends after 0.5 s, its re-read
+    # would run 29.5 s later.
+    layer = fastpath.AgentFastPath(client.app, settings, lambda: engine, recheck_tick=29.5)
+    project = make_account(client, admin).project_id
+
+    async def poll_and_change() -> httpx.Response:
+        transport = httpx.ASGITransport(app=layer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            answer = asyncio.ensure_future(http.get(
+                POLL, headers=host.headers, params={"since": cursor, "wait": 30}, timeout=90))
+            await asyncio.sleep(1.0)  # the wait (0.5 s) is over: the poll waits for its read
+            server = await asyncio.to_thread(make_server, client, project, host.id)
+            r = await answer
+            assert [s["server_id"] for s in r.json()["servers"]] == [server]
+            return r
+
+    try:
+        r = asyncio.run(poll_and_change())
+        assert r.status_code == 200, r.text
+        assert r.json()["cursor"] != cursor
+        assert statements.sent == []  # answered by the wake-up, not by the tick's read
+    finally:
+        engine.dispose()
+
+
+def _up_host_in_process(client: TestClient, admin: dict[str, str]) -> EnrolledHost:
+    host = enroll_host(client, admin, availability_zone=unique("az"))
+    assert client.put("/v1/agent/inventory", headers=host.headers,
+                      json=inventory()).status_code == 200
+    r = client.post(HEARTBEAT, headers=host.headers, json={"observed": [], "full": True})
+    assert (r.status_code, r.json()["full_report"]) == (200, False)
+    return host
