@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Coalesced heartbeats are written once per period (and at shutdown).
         flusher = asyncio.create_task(liveness.run(
             app.state.sessionmaker, settings.heartbeat_flush_seconds, stop), name="heartbeats")
+        lag = asyncio.create_task(metrics.watch_loop_lag(stop), name="loop-lag")
         # Other API processes' desired-state changes wake this process's long-polls.
         listener = (asyncio.create_task(notifier.listen(
             settings.effective_database_url, notifier.WAITERS, stop), name="desired-listener")
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await monitor
             await scaling
             await flusher
+            await lag
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -277,6 +277,37 @@ async def _hosts_up(fleet: Fleet) -> int:
         return -1  # the listing itself failed (counted in the stats)
 
 
+async def _scrape(fleet: Fleet, api: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One admin scrape of an API process's ``/metrics``: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = await fleet._call("scrape", "GET", f"{api}/metrics", headers=fleet.admin)
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(r.text) for sample in family.samples}
+
+
+async def _hosts_up_gauge(fleet: Fleet) -> int:
+    """Hosts up, from ``minicloud_hosts{state="up"}`` (one grouped count in the API, as a
+    Prometheus scrape would read it): listing every host page by page is itself a heavy
+    request at this scale, so the window samples this and lists once, after it."""
+    try:
+        samples = await _scrape(fleet, fleet.apis[0])
+    except AgentApiError:
+        return -1
+    return int(sum(v for (name, labels), v in samples.items()
+                   if name == "minicloud_hosts" and ("state", "up") in labels))
+
+
+def _loop_lag(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, Any]:
+    """The API process's event-loop lag histogram: samples, and how many lagged over 50 ms,
+    100 ms and 250 ms."""
+    def at_most(le: str) -> float:
+        return samples.get(("minicloud_event_loop_lag_seconds_bucket", (("le", le),)), 0.0)
+    count = samples.get(("minicloud_event_loop_lag_seconds_count", ()), 0.0)
+    return {"samples": int(count), "over_50ms": int(count - at_most("0.05")),
+            "over_100ms": int(count - at_most("0.1")), "over_250ms": int(count - at_most("0.25"))}
+
+
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; return the summary it prints."""
     p = argparse.ArgumentParser(prog="bench.fleet_10k", description=__doc__,
@@ -355,6 +386,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         calls0 = fleet.stats.calls.copy()
         t0 = time.monotonic()
         _progress(began, f"window of {args.window} s: {seen} idle servers seen by hosts")
+        lag_scrapes = {api: _loop_lag(await _scrape(fleet, api)) for api in fleet.apis}
         lag = LoopLag()
         lag.start()
         creator = asyncio.create_task(_creates(fleet, auth, image, args.create_rate,
@@ -362,7 +394,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         up_samples = []
         while (left := t0 + args.window - time.monotonic()) > 0:
             await asyncio.sleep(min(60.0, left))
-            up_samples.append(await _hosts_up(fleet))
+            up_samples.append(await _hosts_up_gauge(fleet))
             _progress(began, f"{up_samples[-1]} hosts up, "
                              f"{fleet.stats.server_errors - errors0} 5xx in the window, "
                              f"{len(fleet.first_seen)} creates seen by their hosts")
@@ -372,6 +404,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         load = os.getloadavg()
         window_calls = fleet.stats.calls - calls0
         accepted, skipped, create_latencies = await creator
+        lag_before = lag_scrapes
+        lag_after = {api: _loop_lag(await _scrape(fleet, api)) for api in fleet.apis}
+        listed_up = await _hosts_up(fleet)  # every host, page by page, once the creates ended
         await asyncio.sleep(min(5.0, args.long_poll_wait))  # the last creates' way
         lag.stop()
         lags = [x for _, x in lag.samples]
@@ -406,6 +441,10 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             if kind.endswith(":retry-after")),
             "window_s": round(elapsed, 1),
             "hosts_up_samples": up_samples,
+            "hosts_up_listed_after_window": listed_up,
+            "api_event_loop_lag_in_window": {
+                api: {k: lag_after[api][k] - lag_before[api][k] for k in lag_after[api]}
+                for api in fleet.apis},
             "server_errors_in_window": fleet.stats.server_errors - errors0,
             "server_errors_whole_run": fleet.stats.server_errors,
             "agent_busy_in_window": sum(n for (kind, _), n in window_calls.items()
