@@ -58,8 +58,7 @@ from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
 from api.servers import lifecycle, states
 from api.servers.changes import Change
 from api.servers.console import console_path, read_console, write_console
-from api.servers.subscribers import SUBSCRIBERS, publish
-from api.usage import hooks as billing
+from api.servers.subscribers import confirmation_predicates, publish
 
 __all__ = ["console_path", "read_console", "write_console"]  # the console routes use them
 
@@ -258,13 +257,15 @@ def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[Obs
 
     The rule of :func:`heartbeat`'s shortcut, decided without the ORM or a lock: the reported
     state is the stored power state, no operation is pending, the lifecycle makes no
-    transition and billing records nothing (its summary tells: after a ``host_down`` it
-    records "running" again, so that heartbeat takes the full path). A stale report (seen
-    before the newest recorded one) changes nothing and is not counted, as on the full path.
-    An unknown server, or a subscriber other than billing, sends the heartbeat to the full
-    path too (it lists the unknown id; a new subscriber may need to hear every report).
+    transition and no subscriber records anything (each one's ``records_nothing``,
+    ``api.servers.subscribers``; billing's summary tells: after a ``host_down`` it records
+    "running" again, so that heartbeat takes the full path). A stale report (seen before the
+    newest recorded one) changes nothing and is not counted, as on the full path. An unknown
+    server, or a subscriber without ``records_nothing``, sends the heartbeat to the full path
+    too (it lists the unknown id; such a subscriber may need to hear every report).
     """
-    if tuple(SUBSCRIBERS) != (billing.on_change,):
+    predicates = confirmation_predicates()
+    if predicates is None:
         return None
     applied = 0
     for item in observed:
@@ -279,8 +280,8 @@ def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[Obs
         seen = min(item.seen_at, now)
         if last is not None and seen < last:
             continue
-        if not billing.records_nothing(status, item.state, seen, summary_state,
-                                       summary_last_s):
+        if not all(records_nothing(status, item.state, seen, summary_state, summary_last_s)
+                   for records_nothing in predicates):
             return None
         applied += 1
     return applied

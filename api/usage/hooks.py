@@ -1,6 +1,6 @@
 """Billing, a subscriber of the server lifecycle (``api.servers.subscribers``).
 
-:func:`on_change` turns each published ``Change`` into usage ledger entries (docs/billing.md,
+:func:`on_change` (with :func:`records_nothing` as its predicate) turns each published ``Change`` into usage ledger entries (docs/billing.md,
 "Where entries come from"):
 
 * ``created``: the server is placed.
@@ -99,7 +99,10 @@ def records_nothing(status: str, observed: str, at: datetime, summary_state: str
                     summary_last_s: int | None) -> bool:
     """Whether :func:`follow` would record nothing for an observation at ``at``, decided from
     the server's summary row alone (``summary_state`` None: no summary). False when the
-    summary cannot tell (a report older than the server's last entry): ask :func:`follow`."""
+    summary cannot tell (a report older than the server's last entry): ask :func:`follow`.
+
+    Billing's ``records_nothing`` predicate in ``api.servers.subscribers``: a heartbeat that
+    only confirms the stored state is answered from one read when it holds."""
     target = billing_target(status, observed)
     if target is None:
         return True
