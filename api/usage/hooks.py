@@ -1,6 +1,6 @@
 """Billing, a subscriber of the server lifecycle (``api.servers.subscribers``).
 
-:func:`on_change` (with :func:`records_nothing` as its predicate) turns each published ``Change`` into usage ledger entries (docs/billing.md,
+:func:`on_change` turns each published ``Change`` into usage ledger entries (docs/billing.md,
 "Where entries come from"):
 
 * ``created``: the server is placed.
@@ -16,6 +16,9 @@ A server's billing state after an event is decided by :func:`billing_target`; an
 written when it differs from the ledger's state at the event's time, so the heartbeat's
 repeated "still running" reports add nothing. Keys are deterministic (server,
 kind, time, generation): a retried report cannot record a second row.
+
+:func:`records_nothing` is billing's predicate for observations that only confirm the stored
+state (``api.servers.subscribers``): whether :func:`follow` would record anything.
 """
 
 from __future__ import annotations
