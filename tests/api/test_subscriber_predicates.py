@@ -54,6 +54,10 @@ def running(client: TestClient, admin: dict[str, str]) -> tuple[EnrolledHost, st
     assert observe(client, host.headers, sid, "running")["status"] == "ACTIVE"
     r = client.post(HEARTBEAT, headers=host.headers, json={"observed": [], "full": True})
     assert (r.status_code, r.json()["full_report"]) == (200, False)
+    # A first confirmation: on PostgreSQL the wake-up of the server's changes reaches the
+    # process's memory of the host asynchronously; whichever path answers this one, the
+    # process remembers the host as it now is.
+    assert _confirming_beat(client, admin, host, sid)[0] == 1
     return host, sid
 
 
