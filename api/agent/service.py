@@ -58,7 +58,7 @@ from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
 from api.servers import lifecycle, states
 from api.servers.changes import Change
 from api.servers.console import console_path, read_console, write_console
-from api.servers.subscribers import confirmation_predicates, publish
+from api.servers.subscribers import confirmation_predicates, publish, record_nothing
 
 __all__ = ["console_path", "read_console", "write_console"]  # the console routes use them
 
@@ -197,13 +197,23 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     for item in sorted(observed, key=lambda o: o.server_id):
         known = stored.get(item.server_id)
         if known is not None and _confirms(known[0], item):
-            confirmed, last, _summary = known  # ``stored`` keeps the summary loaded
+            confirmed, last, summary = known  # ``stored`` keeps the summary loaded
             seen = min(item.seen_at, now)
             if last is not None and seen < last:
                 continue  # stale: the full path would change nothing either
-            # Subscribers still hear it, as on the full path; one that records something
-            # (billing resuming after the host was reported down) needs the locks: start
-            # over on the full path, dropping what this pass did.
+            # A subscriber that records something (billing resuming after the host was
+            # reported down) or may needs the locks: the full path, asked before anything is
+            # recorded. (On SQLite a transaction begins at the first write, and the ledger's
+            # first write is a savepoint's: its release would commit the entry at once, and
+            # the rollback below would drop only the summary and pieces written after it.)
+            if not record_nothing(confirmed.status, item.state, seen,
+                                  summary.state if summary is not None else None,
+                                  summary.last_s if summary is not None else None):
+                session.rollback()
+                return heartbeat(session, settings, host_id, observed, foreign, progress,
+                                 buffer, fast=False, full=full)
+            # Subscribers still hear it, as on the full path; one that recorded something
+            # all the same: start over on the full path, dropping what this pass did.
             if publish(session, Change("observed", confirmed, seen, confirmed.status,
                                        observed=item.state)):
                 session.rollback()
@@ -264,8 +274,7 @@ def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[Obs
     server, or a subscriber without ``records_nothing``, sends the heartbeat to the full path
     too (it lists the unknown id; such a subscriber may need to hear every report).
     """
-    predicates = confirmation_predicates()
-    if predicates is None:
+    if confirmation_predicates() is None:
         return None
     applied = 0
     for item in observed:
@@ -280,8 +289,7 @@ def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[Obs
         seen = min(item.seen_at, now)
         if last is not None and seen < last:
             continue
-        if not all(records_nothing(status, item.state, seen, summary_state, summary_last_s)
-                   for records_nothing in predicates):
+        if not record_nothing(status, item.state, seen, summary_state, summary_last_s):
             return None
         applied += 1
     return applied

@@ -61,3 +61,13 @@ def confirmation_predicates() -> list[RecordsNothing] | None:
     record something, so a confirming observation must take the full path)."""
     predicates = [s.records_nothing for s in SUBSCRIBERS]
     return None if None in predicates else [p for p in predicates if p is not None]
+
+
+def record_nothing(status: str, observed: str, at: datetime, summary_state: str | None,
+                   summary_last_s: int | None) -> bool:
+    """Whether every subscriber declares that an observation confirming the stored state
+    records nothing (the arguments of :data:`RecordsNothing`); False when one has no
+    predicate."""
+    predicates = confirmation_predicates()
+    return predicates is not None and all(
+        p(status, observed, at, summary_state, summary_last_s) for p in predicates)
