@@ -26,7 +26,7 @@ from api.config import Settings
 from api.models import Host
 from api.usage import host_monitor
 from api.usage.rules import epoch
-from tests.agent_factories import EnrolledHost, enroll_host, inventory
+from tests.agent_factories import EnrolledHost, beating_host
 from tests.api.test_billing_lifecycle import (
     create,
     db,
@@ -37,7 +37,7 @@ from tests.api.test_billing_lifecycle import (
     server_usage,
     wait_until,
 )
-from tests.factories import make_account, unique
+from tests.factories import Account, make_account, unique
 
 
 def _confirm(client: TestClient, host: EnrolledHost, sid: str, second: int) -> None:
@@ -49,15 +49,14 @@ def _confirm(client: TestClient, host: EnrolledHost, sid: str, second: int) -> N
     assert (r.json()["applied"], r.json()["ignored"]) == (1, [])
 
 
-def test_a_host_reported_down_while_it_beats_resumes_billing_with_its_next_confirmation(
-    client: TestClient, admin: dict[str, str], settings: Settings, database_url: str,
-) -> None:
+def _reported_down(client: TestClient, admin: dict[str, str], settings: Settings,
+                   database_url: str) -> tuple[EnrolledHost, Account, str, int, int]:
+    """A beating host whose server its agent saw running from c+1, then taken for down by
+    the monitor (its sweep runs as if the host had been silent long enough), though the
+    host goes on beating. Returns the host, the tenant, the server, its creation second c
+    and the host's last stored heartbeat second h (the ``host_down``)."""
     zone = unique("az")
-    host = enroll_host(client, admin, availability_zone=zone)
-    r = client.put("/v1/agent/inventory", headers=host.headers, json=inventory())
-    assert r.status_code == 200, r.text
-    assert client.post("/v1/agent/heartbeat", headers=host.headers,
-                       json={"observed": []}).status_code == 200
+    host = beating_host(client, admin, zone)
     acct = make_account(client, admin)
     sid, c = create(client, acct, database_url, availability_zone=zone)
     wait_until(c + 2)
@@ -66,13 +65,16 @@ def test_a_host_reported_down_while_it_beats_resumes_billing_with_its_next_confi
     with db(client) as s:
         heartbeat = s.get(Host, host.id).last_heartbeat_at  # type: ignore[union-attr]
     assert heartbeat is not None
-    h = epoch(heartbeat)
-
-    # The monitor takes the host for down (its sweep runs as if the host had been silent
-    # long enough), though the host goes on beating.
-    later = heartbeat + timedelta(seconds=settings.host_down_after_seconds + 1)
     with db(client) as s, s.begin():
-        assert host_monitor.sweep(s, settings, now=later) >= 1
+        assert host_monitor.sweep(s, settings, now=heartbeat + timedelta(
+            seconds=settings.host_down_after_seconds + 1)) >= 1
+    return host, acct, sid, c, epoch(heartbeat)
+
+
+def test_a_host_reported_down_while_it_beats_resumes_billing_with_its_next_confirmation(
+    client: TestClient, admin: dict[str, str], settings: Settings, database_url: str,
+) -> None:
+    host, acct, sid, c, h = _reported_down(client, admin, settings, database_url)
     assert kinds(server_usage(client, acct, sid))[-1] == ("host_down", h)
 
     # Its next heartbeat confirms the server runs, as stored: billing runs again from then.
@@ -103,23 +105,7 @@ def test_a_host_reported_down_while_it_beats_resumes_billing_with_its_next_confi
 def test_a_host_reported_down_while_it_beats_is_asked_for_a_full_report(
     client: TestClient, admin: dict[str, str], settings: Settings, database_url: str,
 ) -> None:
-    zone = unique("az")
-    host = enroll_host(client, admin, availability_zone=zone)
-    r = client.put("/v1/agent/inventory", headers=host.headers, json=inventory())
-    assert r.status_code == 200, r.text
-    assert client.post("/v1/agent/heartbeat", headers=host.headers,
-                       json={"observed": []}).status_code == 200
-    acct = make_account(client, admin)
-    sid, c = create(client, acct, database_url, availability_zone=zone)
-    wait_until(c + 2)
-    _confirm(client, host, sid, c + 1)
-    liveness.flush(client.app.state.sessionmaker)  # type: ignore[attr-defined]
-    with db(client) as s:
-        heartbeat = s.get(Host, host.id).last_heartbeat_at  # type: ignore[union-attr]
-    assert heartbeat is not None
-    later = heartbeat + timedelta(seconds=settings.host_down_after_seconds + 1)
-    with db(client) as s, s.begin():
-        assert host_monitor.sweep(s, settings, now=later) >= 1
+    host, *_ = _reported_down(client, admin, settings, database_url)
     # The agent's next heartbeat, as it sends it: nothing changed since its last one.
     r = client.post("/v1/agent/heartbeat", headers=host.headers,
                     json={"full": False, "observed": []})
