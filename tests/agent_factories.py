@@ -60,6 +60,17 @@ def inventory(vcpus: int = 16, ram_mb: int = 32768, disk_gb: int = 500) -> dict[
             "DISK_GB": {"total": disk_gb}}
 
 
+def beating_host(client: Client, admin: dict[str, str], availability_zone: str) -> EnrolledHost:
+    """A new host with the default inventory that has sent a heartbeat (up: servers may be
+    placed on it), alone in ``availability_zone`` when the zone is new."""
+    host = enroll_host(client, admin, availability_zone=availability_zone)
+    r = client.put("/v1/agent/inventory", headers=host.headers, json=inventory())
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/agent/heartbeat", headers=host.headers, json={"observed": []})
+    assert r.status_code == 200, r.text
+    return host
+
+
 @contextmanager
 def db(client: Client) -> Iterator[Session]:
     """A unit of work on the test app's database (commits at the end)."""

@@ -11,8 +11,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,25 +114,66 @@ def _qemu_lock(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def migrated_database(tmp: Path) -> Iterator[str]:
+    """A fresh database at head (``tests.db.fresh_database``, files under ``tmp``)."""
+    with fresh_database(tmp) as url:
+        upgrade(url)
+        yield url
+
+
+def cloud_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings on ``database_url`` and ``data_dir`` with the test admin's bootstrap token
+    (``overrides``: any other setting)."""
+    return Settings(database_url=database_url, data_dir=data_dir,
+                    bootstrap_admin_token=ADMIN_TOKEN, **overrides)
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings) -> Iterator[TestClient]:
+    """An HTTP client for an in-process app on ``settings`` (the lifespan bootstraps the
+    admin; leaving the block shuts the app down)."""
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """An in-process API on a database of its own (``private_cloud``)."""
+
+    settings: Settings
+    client: TestClient
+    admin: dict[str, str]
+
+
+@contextlib.contextmanager
+def private_cloud(tmp: Path, **overrides: Any) -> Iterator[Cloud]:
+    """A fresh database of its own at head, settings on it (``overrides``: any setting) and
+    the app's client, for a module whose settings must differ from the session's (e.g. its
+    background sweep must leave its servers alone); the database is dropped afterwards."""
+    with migrated_database(tmp) as url:
+        settings = cloud_settings(url, tmp / "data", **overrides)
+        with app_client(settings) as client:
+            yield Cloud(settings, client, bearer(ADMIN_TOKEN))
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh database at head for this test session."""
-    with fresh_database(tmp_path_factory.mktemp("db")) as url:
-        upgrade(url)
+    with migrated_database(tmp_path_factory.mktemp("db")) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings pointing at the test database and a temporary data directory."""
-    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("data"),
-                    bootstrap_admin_token=ADMIN_TOKEN)
+    return cloud_settings(database_url, tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")
 def client(settings: Settings) -> Iterator[TestClient]:
     """An HTTP client for the app (the lifespan bootstraps the admin)."""
-    with TestClient(create_app(settings)) as c:
+    with app_client(settings) as c:
         yield c
 
 

@@ -58,8 +58,7 @@ from api.security import HOST_CREDENTIAL_PREFIX, digest, new_secret
 from api.servers import lifecycle, states
 from api.servers.changes import Change
 from api.servers.console import console_path, read_console, write_console
-from api.servers.subscribers import SUBSCRIBERS, publish
-from api.usage import hooks as billing
+from api.servers.subscribers import confirmation_predicates, publish, record_nothing
 
 __all__ = ["console_path", "read_console", "write_console"]  # the console routes use them
 
@@ -198,13 +197,23 @@ def heartbeat(session: Session, settings: Settings, host_id: str,
     for item in sorted(observed, key=lambda o: o.server_id):
         known = stored.get(item.server_id)
         if known is not None and _confirms(known[0], item):
-            confirmed, last, _summary = known  # ``stored`` keeps the summary loaded
+            confirmed, last, summary = known  # ``stored`` keeps the summary loaded
             seen = min(item.seen_at, now)
             if last is not None and seen < last:
                 continue  # stale: the full path would change nothing either
-            # Subscribers still hear it, as on the full path; one that records something
-            # (billing resuming after the host was reported down) needs the locks: start
-            # over on the full path, dropping what this pass did.
+            # A subscriber that records something (billing resuming after the host was
+            # reported down) or may needs the locks: the full path, asked before anything is
+            # recorded. (On SQLite a transaction begins at the first write, and the ledger's
+            # first write is a savepoint's: its release would commit the entry at once, and
+            # the rollback below would drop only the summary and pieces written after it.)
+            if not record_nothing(confirmed.status, item.state, seen,
+                                  summary.state if summary is not None else None,
+                                  summary.last_s if summary is not None else None):
+                session.rollback()
+                return heartbeat(session, settings, host_id, observed, foreign, progress,
+                                 buffer, fast=False, full=full)
+            # Subscribers still hear it, as on the full path; one that recorded something
+            # all the same: start over on the full path, dropping what this pass did.
             if publish(session, Change("observed", confirmed, seen, confirmed.status,
                                        observed=item.state)):
                 session.rollback()
@@ -258,13 +267,14 @@ def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[Obs
 
     The rule of :func:`heartbeat`'s shortcut, decided without the ORM or a lock: the reported
     state is the stored power state, no operation is pending, the lifecycle makes no
-    transition and billing records nothing (its summary tells: after a ``host_down`` it
-    records "running" again, so that heartbeat takes the full path). A stale report (seen
-    before the newest recorded one) changes nothing and is not counted, as on the full path.
-    An unknown server, or a subscriber other than billing, sends the heartbeat to the full
-    path too (it lists the unknown id; a new subscriber may need to hear every report).
+    transition and no subscriber records anything (each one's ``records_nothing``,
+    ``api.servers.subscribers``; billing's summary tells: after a ``host_down`` it records
+    "running" again, so that heartbeat takes the full path). A stale report (seen before the
+    newest recorded one) changes nothing and is not counted, as on the full path. An unknown
+    server, or a subscriber without ``records_nothing``, sends the heartbeat to the full path
+    too (it lists the unknown id; such a subscriber may need to hear every report).
     """
-    if tuple(SUBSCRIBERS) != (billing.on_change,):
+    if confirmation_predicates() is None:
         return None
     applied = 0
     for item in observed:
@@ -279,8 +289,7 @@ def confirmed(rows: Mapping[str, repository.ConfirmationRow], observed: list[Obs
         seen = min(item.seen_at, now)
         if last is not None and seen < last:
             continue
-        if not billing.records_nothing(status, item.state, seen, summary_state,
-                                       summary_last_s):
+        if not record_nothing(status, item.state, seen, summary_state, summary_last_s):
             return None
         applied += 1
     return applied

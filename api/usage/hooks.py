@@ -16,6 +16,9 @@ A server's billing state after an event is decided by :func:`billing_target`; an
 written when it differs from the ledger's state at the event's time, so the heartbeat's
 repeated "still running" reports add nothing. Keys are deterministic (server,
 kind, time, generation): a retried report cannot record a second row.
+
+:func:`records_nothing` is billing's predicate for observations that only confirm the stored
+state (``api.servers.subscribers``): whether :func:`follow` would record anything.
 """
 
 from __future__ import annotations
@@ -99,7 +102,10 @@ def records_nothing(status: str, observed: str, at: datetime, summary_state: str
                     summary_last_s: int | None) -> bool:
     """Whether :func:`follow` would record nothing for an observation at ``at``, decided from
     the server's summary row alone (``summary_state`` None: no summary). False when the
-    summary cannot tell (a report older than the server's last entry): ask :func:`follow`."""
+    summary cannot tell (a report older than the server's last entry): ask :func:`follow`.
+
+    Billing's ``records_nothing`` predicate in ``api.servers.subscribers``: a heartbeat that
+    only confirms the stored state is answered from one read when it holds."""
     target = billing_target(status, observed)
     if target is None:
         return True

@@ -421,7 +421,7 @@ def test_subscribers_see_every_agent_driven_status_change(
     client: TestClient, host: EnrolledHost, project: str
 ) -> None:
     from api.servers.changes import Change
-    from api.servers.subscribers import SUBSCRIBERS
+    from api.servers.subscribers import SUBSCRIBERS, Subscriber
 
     seen: list[tuple[str, str, str]] = []
 
@@ -431,11 +431,12 @@ def test_subscribers_see_every_agent_driven_status_change(
         return False
 
     sid = make_server(client, project, host.id)
-    SUBSCRIBERS.append(hook)
+    subscriber = Subscriber(hook)
+    SUBSCRIBERS.append(subscriber)
     try:
         _observe(client, host, sid, "running")
         _observe(client, host, sid, "running")  # no change, no call
         _observe(client, host, sid, "shutoff")
     finally:
-        SUBSCRIBERS.remove(hook)
+        SUBSCRIBERS.remove(subscriber)
     assert seen == [(sid, "BUILD", "ACTIVE"), (sid, "ACTIVE", "SHUTOFF")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,6 @@ from sqlalchemy import func, select
 
 from api.config import Settings
 from api.db import utcnow
-from api.main import create_app
-from api.migrate import upgrade
 from api.models import Allocation, Host, Server
 from api.servers import timeouts
 from api.usage import host_monitor
@@ -34,35 +31,37 @@ from tests.agent_factories import (
     observe,
     set_server,
 )
-from tests.conftest import ADMIN_TOKEN
-from tests.db import fresh_database
-from tests.factories import Account, bearer, make_account
+from tests.conftest import Cloud, private_cloud
+from tests.factories import Account, make_account
 
 HOUR = 3600
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings on a fresh database of this module's own; its background sweep waits days."""
-    tmp: Path = tmp_path_factory.mktemp("timeouts")
-    with fresh_database(tmp) as url:
-        upgrade(url)
-        yield Settings(database_url=url, data_dir=tmp / "data", bootstrap_admin_token=ADMIN_TOKEN,
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """The app on a fresh database of this module's own; its background sweep waits days."""
+    with private_cloud(tmp_path_factory.mktemp("timeouts"),
                        build_timeout_seconds=100 * HOUR, delete_timeout_seconds=100 * HOUR,
-                       operation_timeout_seconds=100 * HOUR)
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings) -> Iterator[TestClient]:
-    """The app on this module's database (no other API process uses it)."""
-    with TestClient(create_app(settings)) as c:
+                       operation_timeout_seconds=100 * HOUR) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def admin(client: TestClient) -> dict[str, str]:
+def settings(cloud: Cloud) -> Settings:
+    """This module's settings (limits of days: see ``limits`` for the test's own)."""
+    return cloud.settings
+
+
+@pytest.fixture(scope="module")
+def client(cloud: Cloud) -> TestClient:
+    """The app on this module's database (no other API process uses it)."""
+    return cloud.client
+
+
+@pytest.fixture(scope="module")
+def admin(cloud: Cloud) -> dict[str, str]:
     """Headers of this module's bootstrapped admin."""
-    return bearer(ADMIN_TOKEN)
+    return cloud.admin
 
 
 @pytest.fixture
