@@ -180,6 +180,16 @@ def _enter_gate(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
 _GATE_TIMEOUT = 30.0
 
 
+def _begin_before_savepoint(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    # pysqlite begins a transaction only before a write statement. A SAVEPOINT sent outside
+    # one makes SQLite start the transaction itself, and releasing that savepoint commits
+    # it: a unit of work whose first write is in a savepoint would keep that write after
+    # rolling back the rest. Begin first, so the savepoint nests in the unit of work.
+    dbapi = conn.connection.dbapi_connection
+    if not dbapi.in_transaction and statement.lstrip()[:9].upper() == "SAVEPOINT":
+        dbapi.execute("BEGIN")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; the busy timeout makes writers queue
     # instead of failing; foreign keys are off by default in SQLite.
@@ -202,7 +212,7 @@ def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | N
     each statement's wait for a lock (default: the server's setting, no bound).
 
     SQLite keeps pysqlite's default transaction handling: a transaction begins at the first
-    write statement, so a unit of work that writes first (see ``lock_project``) holds the
+    write statement (or before a savepoint, which then nests in it), so a unit of work that writes first (see ``lock_project``) holds the
     database write lock for its whole critical section and never hits a stale read snapshot.
     Write transactions of one process queue in a ``WriteGate`` (first come, first served).
     """
@@ -225,6 +235,7 @@ def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | N
                 dbapi_connection.gate = gate
 
         event.listen(engine, "connect", connect)
+        event.listen(engine, "before_cursor_execute", _begin_before_savepoint)
         event.listen(engine, "before_cursor_execute", _enter_gate)
         return engine
     pool = {"pool_size": 10, "max_overflow": 20} | pool
