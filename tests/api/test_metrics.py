@@ -76,3 +76,7 @@ def test_creates_refusals_and_ledger_writes_move_the_counters(
     assert value(after, "minicloud_db_pool_in_use") >= 1
     assert value(after, "minicloud_db_pool_size") > 0
     assert ("minicloud_agent_long_polls_waiting", ()) in after
+    # The event loop's lag is sampled from the process's start on.
+    assert value(after, "minicloud_event_loop_lag_seconds_count") >= 1
+    assert value(after, "minicloud_event_loop_lag_seconds_bucket", le="+Inf") == \
+        value(after, "minicloud_event_loop_lag_seconds_count")
