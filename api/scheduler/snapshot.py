@@ -10,6 +10,9 @@
                       WHERE a.host_id = i.host_id AND a.resource_class = i.resource_class), 0)
       FROM inventories i;
 
+A partial re-read (the hosts whose generation moved) is one statement instead: those hosts
+LEFT JOIN their inventories, the ids in one expanding parameter (``id IN (...)`` built once).
+
 The usage subquery is ``api.scheduler.claim.used_expr``, the same expression the claim re-checks
 with; per inventory row it is an index lookup on allocations.host_id, which SQLite runs far
 faster than joining a GROUP BY over all allocations.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -28,7 +31,7 @@ from itertools import compress
 from operator import attrgetter, ne
 from typing import Any, cast
 
-from sqlalchemy import Select, Text, event, func, literal, select
+from sqlalchemy import Select, Text, bindparam, event, func, literal, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
@@ -47,44 +50,64 @@ def pool_ratios(settings: Settings) -> dict[str, float]:
 
 
 @lru_cache(maxsize=8)
-def _statements(ratios: tuple[tuple[str, float], ...]) -> tuple[Select[Any], Select[Any]]:
+def _statements(ratios: tuple[tuple[str, float], ...]
+                ) -> tuple[Select[Any], Select[Any], Select[Any]]:
+    """All hosts, all inventories, and the hosts in the expanding parameter ``ids`` joined
+    with their inventories (a partial re-read in one round trip)."""
     # Building the expressions costs more than running them on a small pool: build once.
     # Core tables, like the claim's statements: no ORM layer on rows that are read as tuples.
     host, inv = HOSTS.c, INVENTORIES.c
-    hosts = select(
-        host.id, host.name, host.availability_zone, host.architecture, host.enabled,
-        host.disabled_reason, host.aggregates, host.last_heartbeat_at, host.loop_progress_at,
-        host.generation,
-    ).order_by(host.id)
-    inventories = select(
-        inv.host_id, inv.resource_class, inv.total, inv.reserved,
-        ratio_expr(dict(ratios)), inv.min_unit, max_unit_expr(), used_expr())
-    return hosts, inventories
+    host_columns = (host.id, host.name, host.availability_zone, host.architecture,
+                    host.enabled, host.disabled_reason, host.aggregates,
+                    host.last_heartbeat_at, host.loop_progress_at, host.generation)
+    inventory_columns = (inv.resource_class, inv.total, inv.reserved,
+                         ratio_expr(dict(ratios)), inv.min_unit, max_unit_expr(), used_expr())
+    hosts = select(*host_columns).order_by(host.id)
+    inventories = select(inv.host_id, *inventory_columns)
+    some = (select(*host_columns, *inventory_columns)
+            .select_from(HOSTS.outerjoin(INVENTORIES, inv.host_id == host.id))
+            .where(host.id.in_(bindparam("ids", expanding=True))).order_by(host.id))
+    return hosts, inventories, some
+
+
+_HostRow = tuple[str, str, str, str, bool, str | None, Any, Any, Any, int]
 
 
 def _read_hosts(session: Session, settings: Settings,
                 only: list[str] | None = None) -> list[HostState]:
-    """Host rows, then their inventories with usage (all hosts, or the ids in ``only``)."""
-    hosts_stmt, inventories_stmt = _statements(tuple(sorted(pool_ratios(settings).items())))
-    if only is not None:
-        hosts_stmt = hosts_stmt.where(HOSTS.c.id.in_(only))
-        inventories_stmt = inventories_stmt.where(INVENTORIES.c.host_id.in_(only))
-    host_rows = session.execute(hosts_stmt).all()
-    # Usage is read after the generations: a claim committing in between bumped a generation
-    # this snapshot holds the old value of, so claiming on that host conflicts and re-reads.
+    """Host rows, then their inventories with usage (all hosts); or the ids in ``only`` with
+    their inventories in one statement."""
+    hosts_stmt, inventories_stmt, some_stmt = _statements(
+        tuple(sorted(pool_ratios(settings).items())))
     inventories: dict[str, dict[str, InventoryState]] = {}
-    for hid, rc, total, reserved, ratio, min_unit, max_unit, in_use in (
-            session.execute(inventories_stmt)):
-        inventories.setdefault(hid, {})[rc] = InventoryState(
-            total=total, reserved=reserved, allocation_ratio=float(ratio),
-            min_unit=min_unit, max_unit=max_unit, used=int(in_use))
+    host_rows: dict[str, _HostRow] = {}
+    if only is not None:
+        # One statement sees one snapshot: generations and usage agree.
+        for row in session.execute(some_stmt, {"ids": only}):
+            host_rows[row[0]] = cast(_HostRow, tuple(row[:10]))
+            rc, total, reserved, ratio, min_unit, max_unit, in_use = row[10:]
+            if rc is not None:
+                inventories.setdefault(row[0], {})[rc] = InventoryState(
+                    total=total, reserved=reserved, allocation_ratio=float(ratio),
+                    min_unit=min_unit, max_unit=max_unit, used=int(in_use))
+        rows: Iterable[_HostRow] = host_rows.values()
+    else:
+        rows = cast(list[_HostRow], session.execute(hosts_stmt).all())
+        # Usage is read after the generations: a claim committing in between bumped a
+        # generation this snapshot holds the old value of, so claiming on that host conflicts
+        # and re-reads.
+        for hid, rc, total, reserved, ratio, min_unit, max_unit, in_use in (
+                session.execute(inventories_stmt)):
+            inventories.setdefault(hid, {})[rc] = InventoryState(
+                total=total, reserved=reserved, allocation_ratio=float(ratio),
+                min_unit=min_unit, max_unit=max_unit, used=int(in_use))
     return [
         HostState(id=hid, name=name, availability_zone=zone, architecture=arch,
                   enabled=bool(enabled), disabled_reason=reason, aggregates=aggregates or {},
                   last_heartbeat=_epoch(heartbeat), last_progress=_epoch(progress),
                   generation=generation, inventories=inventories.get(hid, {}))
         for hid, name, zone, arch, enabled, reason, aggregates, heartbeat, progress, generation
-        in host_rows
+        in rows
     ]
 
 
@@ -124,7 +147,9 @@ class SnapshotCache:
     pessimistic; ``place`` re-reads in full before answering ``no_valid_host``. So does a
     heartbeat: a cached heartbeat is never newer than the real one. Optimistic changes
     (a coincidence of sums across processes) are caught by the claim's generation check and
-    SQL re-check, after which ``forget`` drops the host and the fingerprint.
+    SQL re-check, after which ``forget`` marks the host stale and drops the fingerprint: the
+    next load re-reads that host (through the one-row generation compare on PostgreSQL), not
+    the whole pool.
     """
 
     # Heartbeats are re-read at least this often (the down filter reads them).
@@ -280,11 +305,26 @@ class SnapshotCache:
         event.listen(session, "after_commit", apply, once=True)
 
     def forget(self, host_id: str) -> None:
-        """Drop one host, so the next load re-reads it in full."""
+        """Mark one host stale, so the next load re-reads it in full (and only it, unless
+        others moved too).
+
+        The copy keeps the host's place with an impossible generation (``_FORGOTTEN``):
+        the generation compare and the marks both see it as moved and re-read it. The
+        snapshot with that entry is never handed out: the fingerprint is dropped, so the
+        next load compares before answering.
+        """
         with self._lock:
-            self._hosts.pop(host_id, None)
             self._fingerprint = None
-            self._ids_digest = None  # the next load reads the marks, and this host in full
+            current = self._hosts.get(host_id)
+            position = self._position.get(host_id)
+            if current is None or position is None:
+                return
+            stale = replace(current, generation=_FORGOTTEN)
+            self._hosts[host_id] = stale
+            # Snapshots handed out hold the old list: copy it, replace the one entry.
+            ordered = list(self._ordered)
+            ordered[position] = stale
+            self._ordered = ordered
 
 
 _FINGERPRINT = select(func.count(), func.sum(HOSTS.c.generation)).select_from(HOSTS)
@@ -299,6 +339,7 @@ _COMPARE = select(
 ).select_from(HOSTS)
 _FINGERPRINT_COMPARE = select(*_FINGERPRINT.selected_columns, *_COMPARE.selected_columns)
 _GENERATION = attrgetter("generation")
+_FORGOTTEN = -1  # generations start at 0 and only grow
 
 
 def _ids_digest(hosts: Sequence[HostState]) -> str:
