@@ -20,20 +20,17 @@ faster than joining a GROUP BY over all allocations.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
-from itertools import compress
-from operator import attrgetter, ne
+from itertools import filterfalse
 from typing import Any, cast
 
 from sqlalchemy import Select, Text, bindparam, event, func, literal, select
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from api.config import Settings
@@ -162,19 +159,20 @@ class SnapshotCache:
         self._position: dict[str, int] = {}  # host id -> index in _ordered
         self._fingerprint: tuple[int, int] | None = None
         self._marks_at = 0.0
-        # md5 of the copy's host ids in order (PostgreSQL only reads it), None if incomplete.
-        self._ids_digest: str | None = None
+        # PostgreSQL: "id:generation" of every host in the copy (``_compare`` matches the
+        # database's against it), None if the copy is incomplete.
+        self._tokens: frozenset[str] | None = None
         self._others_moved = False  # the last load found other processes' changes
 
     def load(self, session: Session, settings: Settings) -> Snapshot:
         """A snapshot of every host, re-reading only what changed since the last load."""
         postgres = session.get_bind().dialect.name == "postgresql"
-        compared_row: tuple[str | None, str | None] | None = None
-        if postgres and self._others_moved and self._ids_digest is not None:
+        compared_row: tuple[str | None] | None = None
+        if postgres and self._others_moved and self._tokens is not None:
             # Other processes claimed before the last load: the fingerprint has most likely
             # moved again, so read it and the generations in one statement.
-            count, total, ids_md5, generations = session.execute(_FINGERPRINT_COMPARE).one()
-            compared_row = (ids_md5, generations)
+            count, total, listed = session.execute(_FINGERPRINT_COMPARE).one()
+            compared_row = (listed,)
         else:
             count, total = session.execute(_FINGERPRINT).one()
         fingerprint = (int(count), int(total or 0))
@@ -230,48 +228,76 @@ class SnapshotCache:
             # The fingerprint was read before the marks: a change committed in between makes
             # the next load's fingerprint differ, so it reads again.
             self._fingerprint = fingerprint if complete else None
-            self._ids_digest = _ids_digest(hosts) if complete else None
+            self._tokens = frozenset(map(_token, hosts)) if complete and postgres else None
             if heartbeats_due:
                 self._marks_at = marks_at
         return _snapshot(hosts, settings)
 
     def _compare(self, session: Session, settings: Settings, fingerprint: tuple[int, int],
-                 row: tuple[str | None, str | None] | None) -> Snapshot | None:
+                 row: tuple[str | None] | None) -> Snapshot | None:
         """PostgreSQL: compare every host's generation in one row instead of one row per host.
 
-        ``SELECT md5(string_agg(id, ',' ORDER BY id)), string_agg(generation::text, ','
-        ORDER BY id) FROM hosts``: when the ids are those of the copy, in its order, the
-        generations are compared in C-level passes and only the hosts whose generation moved
-        are re-read. None (read the marks instead) when hosts came or went, the copy is
-        incomplete, many hosts moved, or a host moved again between the two reads. ``row``
-        is that row when the load already read it with the fingerprint.
+        ``SELECT string_agg(id || ':' || generation, ',') FROM hosts``, unordered (sorting
+        1,000 ids by collation cost the database more than the rest of the check): the
+        entries not among the copy's ``id:generation`` set are the hosts that moved
+        (a set lookup per host, in C), and only those are re-read. With as many entries as
+        the copy and every moved id known, the ids are exactly the copy's. None (read the
+        marks instead) when hosts came or went, the copy is incomplete, many hosts moved, or
+        a host moved again between the two reads. ``row`` is that row when the load already
+        read it with the fingerprint.
         """
         with self._lock:
-            ordered, digest, hosts_by_id = self._ordered, self._ids_digest, self._hosts
-        if digest is None:
+            ordered, tokens, position = self._ordered, self._tokens, self._position
+            hosts_by_id = self._hosts
+        if tokens is None:
             return None
-        ids_md5, generations = row if row is not None else session.execute(_COMPARE).one()
-        if ids_md5 != digest or generations is None:
+        (listed,) = row if row is not None else session.execute(_COMPARE).one()
+        if listed is None:
             return None
-        seen: list[str] = generations.split(",")
-        moved = list(compress(range(len(seen)),
-                              map(ne, seen, map(str, map(_GENERATION, ordered)))))
+        seen: list[str] = listed.split(",")
+        if len(seen) != len(ordered):
+            return None
+        moved = list(filterfalse(tokens.__contains__, seen))
         if len(moved) * 2 > len(seen):
             return None
-        fresh = {h.id: h for h in _read_hosts(session, settings,
-                                               [ordered[i].id for i in moved])} if moved else {}
+        ids = [token.rpartition(":")[0] for token in moved]
+        if not all(map(position.__contains__, ids)):
+            return None  # a new host (and so one gone): the marks place it
+        fresh = {h.id: h for h in _read_hosts(session, settings, ids)} if ids else {}
         hosts = list(ordered)
-        for i in moved:
-            host = fresh.get(ordered[i].id)
-            if host is None or str(host.generation) != seen[i]:
+        changed = set(tokens)
+        for hid, token in zip(ids, moved, strict=True):
+            host = fresh.get(hid)
+            if host is None or _token(host) != token:
                 return None
+            i = position[hid]
+            changed.discard(_token(hosts[i]))
+            changed.add(token)
             hosts[i] = host
         with self._lock:
             # Same ids in the same order: positions do not change.
             self._hosts = {**hosts_by_id, **fresh}
             self._ordered = hosts
+            self._tokens = frozenset(changed)
             self._fingerprint = fingerprint
         return _snapshot(hosts, settings)
+
+    def _replace(self, updated: HostState) -> None:
+        """Put ``updated`` in the copy in place of the host with its id (lock held).
+
+        The dict, list and set are replaced, never changed in place: a load in progress holds
+        the ones it read together and writes them back together.
+        """
+        position = self._position[updated.id]
+        previous = self._ordered[position]
+        self._hosts = {**self._hosts, updated.id: updated}
+        # A C-level copy, then the one entry replaced, in place of a Python scan of every host.
+        ordered = list(self._ordered)
+        ordered[position] = updated
+        self._ordered = ordered
+        if self._tokens is not None:
+            self._tokens = self._tokens.difference((_token(previous),)).union(
+                (_token(updated),))
 
     def claimed(self, session: Session, host: HostState, resources: Mapping[str, int]) -> None:
         """Once ``session`` commits, account a claim of ``resources`` on ``host`` in the copy.
@@ -290,15 +316,9 @@ class SnapshotCache:
                         or self._fingerprint is None):
                     self._fingerprint = None
                     return
-                updated = replace(current, generation=host.generation + 1, inventories={
+                self._replace(replace(current, generation=host.generation + 1, inventories={
                     rc: replace(inv, used=inv.used + resources.get(rc, 0))
-                    for rc, inv in current.inventories.items()})
-                self._hosts[host.id] = updated
-                # Snapshots handed out hold the old list: copy it (a C-level copy), then
-                # replace the one entry in place of a Python scan of every host.
-                ordered = list(self._ordered)
-                ordered[self._position[host.id]] = updated
-                self._ordered = ordered
+                    for rc, inv in current.inventories.items()}))
                 count, total = self._fingerprint
                 self._fingerprint = (count, total + 1)
 
@@ -316,15 +336,8 @@ class SnapshotCache:
         with self._lock:
             self._fingerprint = None
             current = self._hosts.get(host_id)
-            position = self._position.get(host_id)
-            if current is None or position is None:
-                return
-            stale = replace(current, generation=_FORGOTTEN)
-            self._hosts[host_id] = stale
-            # Snapshots handed out hold the old list: copy it, replace the one entry.
-            ordered = list(self._ordered)
-            ordered[position] = stale
-            self._ordered = ordered
+            if current is not None and host_id in self._position:
+                self._replace(replace(current, generation=_FORGOTTEN))
 
 
 _FINGERPRINT = select(func.count(), func.sum(HOSTS.c.generation)).select_from(HOSTS)
@@ -332,19 +345,18 @@ _MARKS = select(HOSTS.c.id, HOSTS.c.generation, HOSTS.c.last_heartbeat_at,
                 HOSTS.c.loop_progress_at).order_by(HOSTS.c.id)
 _GENERATIONS = select(HOSTS.c.id, HOSTS.c.generation).order_by(HOSTS.c.id)
 _KEEP = object()  # in place of a heartbeat and loop progress: keep the cached ones
-_COMPARE = select(
-    func.md5(func.string_agg(HOSTS.c.id, aggregate_order_by(literal(","), HOSTS.c.id))),
-    func.string_agg(sql_cast(HOSTS.c.generation, Text),
-                    aggregate_order_by(literal(","), HOSTS.c.id)),
-).select_from(HOSTS)
+_COMPARE = select(func.string_agg(
+    HOSTS.c.id.concat(":").concat(sql_cast(HOSTS.c.generation, Text)), literal(","),
+)).select_from(HOSTS)
 _FINGERPRINT_COMPARE = select(*_FINGERPRINT.selected_columns, *_COMPARE.selected_columns)
-_GENERATION = attrgetter("generation")
 _FORGOTTEN = -1  # generations start at 0 and only grow
 
 
-def _ids_digest(hosts: Sequence[HostState]) -> str:
-    """md5 of the host ids joined by commas, as PostgreSQL's ``md5(string_agg(...))``."""
-    return hashlib.md5(",".join(h.id for h in hosts).encode(), usedforsecurity=False).hexdigest()
+def _token(host: HostState) -> str:
+    """``id:generation``, as an entry of ``_COMPARE``'s list."""
+    return f"{host.id}:{host.generation}"
+
+
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()
 
