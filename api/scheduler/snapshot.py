@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from sqlalchemy import Select, Text, bindparam, event, func, literal, select
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from api.config import Settings
 from api.db import utcnow
@@ -136,7 +136,10 @@ class SnapshotCache:
     it reads ``id, generation, last_heartbeat_at, loop_progress_at`` of every host (cheap;
     ``id, generation`` only while the heartbeats are not due, e.g. after another API
     process's claims) and re-reads in full only the hosts whose generation moved, plus new
-    ones. On PostgreSQL the generations alone come as one aggregated row (``_compare``).
+    ones. On PostgreSQL the generations alone come as one aggregated row (``_compare``), read
+    with the fingerprint when the last load already found other processes' changes.
+    ``claiming`` / ``busy`` track the hosts this process's open transactions claimed, which
+    ``place`` tries last.
 
     Every claim bumps its host's generation, and so must every other change of a host or its
     inventory that the filters look at (admin PATCH, agent inventory, enable/disable). A change
@@ -163,6 +166,8 @@ class SnapshotCache:
         # database's against it), None if the copy is incomplete.
         self._tokens: frozenset[str] | None = None
         self._others_moved = False  # the last load found other processes' changes
+        # Hosts this process's transactions claimed and have not ended yet -> how many.
+        self._claiming: dict[str, int] = {}
 
     def load(self, session: Session, settings: Settings) -> Snapshot:
         """A snapshot of every host, re-reading only what changed since the last load."""
@@ -324,6 +329,27 @@ class SnapshotCache:
 
         event.listen(session, "after_commit", apply, once=True)
 
+    def claiming(self, session: Session, host_id: str) -> None:
+        """Count ``host_id`` as claimed by this process until ``session``'s transaction ends.
+
+        Until then the host's row is locked and its generation moves at the commit: another
+        placement of this process that tries it first would lose (``place`` tries it last).
+        """
+        with self._lock:
+            self._claiming[host_id] = self._claiming.get(host_id, 0) + 1
+        session.info.setdefault(_CLAIMING, []).append((self, host_id))
+
+    def busy(self) -> frozenset[str]:
+        """The hosts of ``claiming`` whose transactions have not ended."""
+        with self._lock:
+            return frozenset(self._claiming) if self._claiming else _NONE
+
+    def _claim_ended(self, host_id: str) -> None:
+        with self._lock:
+            left = self._claiming.pop(host_id, 0) - 1
+            if left > 0:
+                self._claiming[host_id] = left
+
     def forget(self, host_id: str) -> None:
         """Mark one host stale, so the next load re-reads it in full (and only it, unless
         others moved too).
@@ -350,6 +376,16 @@ _COMPARE = select(func.string_agg(
 )).select_from(HOSTS)
 _FINGERPRINT_COMPARE = select(*_FINGERPRINT.selected_columns, *_COMPARE.selected_columns)
 _FORGOTTEN = -1  # generations start at 0 and only grow
+_CLAIMING = "minicloud.scheduler.claiming"  # session.info: (cache, host id) of its claims
+_NONE: frozenset[str] = frozenset()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _claims_ended(session: Session, transaction: SessionTransaction) -> None:
+    # Only the outermost transaction's end (commit or rollback) releases the claimed rows.
+    if transaction.parent is None and (ended := session.info.pop(_CLAIMING, None)):
+        for cache, host_id in ended:
+            cache._claim_ended(host_id)
 
 
 def _token(host: HostState) -> str:
