@@ -247,9 +247,10 @@ class SnapshotCache:
         entries not among the copy's ``id:generation`` set are the hosts that moved
         (a set lookup per host, in C), and only those are re-read. With as many entries as
         the copy and every moved id known, the ids are exactly the copy's. None (read the
-        marks instead) when hosts came or went, the copy is incomplete, many hosts moved, or
-        a host moved again between the two reads. ``row`` is that row when the load already
-        read it with the fingerprint.
+        marks instead) when hosts came or went, the copy is incomplete or many hosts moved. A
+        host that moved again before its re-read is taken as re-read (newer), and the
+        fingerprint is then not kept. ``row`` is that row when the load already read it with
+        the fingerprint.
         """
         with self._lock:
             ordered, tokens, position = self._ordered, self._tokens, self._position
@@ -265,26 +266,31 @@ class SnapshotCache:
         moved = list(filterfalse(tokens.__contains__, seen))
         if len(moved) * 2 > len(seen):
             return None
-        ids = [token.rpartition(":")[0] for token in moved]
+        seen_generation = dict(token.rpartition(":")[::2] for token in moved)
+        ids = list(seen_generation)
         if not all(map(position.__contains__, ids)):
             return None  # a new host (and so one gone): the marks place it
         fresh = {h.id: h for h in _read_hosts(session, settings, ids)} if ids else {}
         hosts = list(ordered)
         changed = set(tokens)
-        for hid, token in zip(ids, moved, strict=True):
+        ahead = False  # a host moved again after the row: newer than the fingerprint
+        for hid in ids:
             host = fresh.get(hid)
-            if host is None or _token(host) != token:
-                return None
+            if host is None:
+                return None  # deleted in between: the marks see it gone
             i = position[hid]
             changed.discard(_token(hosts[i]))
-            changed.add(token)
+            changed.add(_token(host))
+            ahead = ahead or host.generation != int(seen_generation[hid])
             hosts[i] = host
         with self._lock:
             # Same ids in the same order: positions do not change.
             self._hosts = {**hosts_by_id, **fresh}
             self._ordered = hosts
             self._tokens = frozenset(changed)
-            self._fingerprint = fingerprint
+            # Each host is as new as its last read, none older than the fingerprint; with a
+            # host newer than it, the next load must compare again.
+            self._fingerprint = None if ahead else fingerprint
         return _snapshot(hosts, settings)
 
     def _replace(self, updated: HostState) -> None:
