@@ -29,8 +29,9 @@ from functools import lru_cache
 from itertools import filterfalse
 from typing import Any, cast
 
-from sqlalchemy import Select, Text, bindparam, event, func, literal, select
+from sqlalchemy import Select, String, Text, any_, bindparam, event, func, literal, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, SessionTransaction
 
 from api.config import Settings
@@ -47,10 +48,14 @@ def pool_ratios(settings: Settings) -> dict[str, float]:
 
 
 @lru_cache(maxsize=8)
-def _statements(ratios: tuple[tuple[str, float], ...]
+def _statements(ratios: tuple[tuple[str, float], ...], postgres: bool = False
                 ) -> tuple[Select[Any], Select[Any], Select[Any]]:
-    """All hosts, all inventories, and the hosts in the expanding parameter ``ids`` joined
-    with their inventories (a partial re-read in one round trip)."""
+    """All hosts, all inventories, and the hosts in the parameter ``ids`` joined with their
+    inventories (a partial re-read in one round trip).
+
+    On PostgreSQL ``ids`` is one array (``id = ANY(:ids)``): the SQL text is the same for any
+    number of ids, so the server keeps it prepared; elsewhere an expanding ``IN``.
+    """
     # Building the expressions costs more than running them on a small pool: build once.
     # Core tables, like the claim's statements: no ORM layer on rows that are read as tuples.
     host, inv = HOSTS.c, INVENTORIES.c
@@ -63,7 +68,9 @@ def _statements(ratios: tuple[tuple[str, float], ...]
     inventories = select(inv.host_id, *inventory_columns)
     some = (select(*host_columns, *inventory_columns)
             .select_from(HOSTS.outerjoin(INVENTORIES, inv.host_id == host.id))
-            .where(host.id.in_(bindparam("ids", expanding=True))).order_by(host.id))
+            .where(host.id == any_(bindparam("ids", type_=postgresql.ARRAY(String)))
+                   if postgres else host.id.in_(bindparam("ids", expanding=True)))
+            .order_by(host.id))
     return hosts, inventories, some
 
 
@@ -75,7 +82,8 @@ def _read_hosts(session: Session, settings: Settings,
     """Host rows, then their inventories with usage (all hosts); or the ids in ``only`` with
     their inventories in one statement."""
     hosts_stmt, inventories_stmt, some_stmt = _statements(
-        tuple(sorted(pool_ratios(settings).items())))
+        tuple(sorted(pool_ratios(settings).items())),
+        session.get_bind().dialect.name == "postgresql")
     inventories: dict[str, dict[str, InventoryState]] = {}
     host_rows: dict[str, _HostRow] = {}
     if only is not None:
