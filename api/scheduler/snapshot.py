@@ -11,7 +11,8 @@
       FROM inventories i;
 
 A partial re-read (the hosts whose generation moved) is one statement instead: those hosts
-LEFT JOIN their inventories, the ids in one expanding parameter (``id IN (...)`` built once).
+LEFT JOIN their inventories, the ids in one parameter (``id = ANY(:ids)`` on PostgreSQL, an
+expanding ``IN`` elsewhere; built once).
 
 The usage subquery is ``api.scheduler.claim.used_expr``, the same expression the claim re-checks
 with; per inventory row it is an index lookup on allocations.host_id, which SQLite runs far
