@@ -238,9 +238,15 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         # waited for (it will have moved on when that claim commits); later attempts wait, so
         # a small pool under a storm still converges instead of skipping every host. A forced
         # host has no alternative: it is always waited for.
+        # A host another transaction of this process claimed and has not committed yet would
+        # only be lost (its row is locked, its generation moves): it is tried last. A lone
+        # placement has none, so its choice is the pipeline's.
         best, *rest = decision.ranked
         random.Random(f"{spec.request_id}/{attempt}").shuffle(rest)
-        for host in (best, *rest):
+        tries = [best, *rest]
+        if busy := cache.busy():
+            tries.sort(key=lambda h: h.id in busy)  # stable: the ranked order otherwise
+        for host in tries:
             # Each try runs in a savepoint: on PostgreSQL a losing UPDATE still locks the row it
             # re-checked, and holding that lock while trying the next host would let claimers
             # deadlock each other. Rolling the savepoint back releases it. SQLite has no row
@@ -264,6 +270,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                     cache.forget(host.id)  # usage moved by new - old: re-read it
                 else:
                     cache.claimed(session, host, spec.resources)
+                cache.claiming(session, host.id)
                 record = decision.summary()
                 record.update(host_id=host.id, host=host.name, attempts=attempt,
                               conflicts=conflicts, request_id=spec.request_id)

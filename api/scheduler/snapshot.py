@@ -10,6 +10,10 @@
                       WHERE a.host_id = i.host_id AND a.resource_class = i.resource_class), 0)
       FROM inventories i;
 
+A partial re-read (the hosts whose generation moved) is one statement instead: those hosts
+LEFT JOIN their inventories, the ids in one parameter (``id = ANY(:ids)`` on PostgreSQL, an
+expanding ``IN`` elsewhere; built once).
+
 The usage subquery is ``api.scheduler.claim.used_expr``, the same expression the claim re-checks
 with; per inventory row it is an index lookup on allocations.host_id, which SQLite runs far
 faster than joining a GROUP BY over all allocations.
@@ -17,21 +21,19 @@ faster than joining a GROUP BY over all allocations.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
-from itertools import compress
-from operator import attrgetter, ne
+from itertools import filterfalse
 from typing import Any, cast
 
-from sqlalchemy import Select, Text, event, func, literal, select
+from sqlalchemy import Select, String, Text, any_, bindparam, event, func, literal, select
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session, SessionTransaction
 
 from api.config import Settings
 from api.db import utcnow
@@ -47,44 +49,71 @@ def pool_ratios(settings: Settings) -> dict[str, float]:
 
 
 @lru_cache(maxsize=8)
-def _statements(ratios: tuple[tuple[str, float], ...]) -> tuple[Select[Any], Select[Any]]:
+def _statements(ratios: tuple[tuple[str, float], ...], postgres: bool = False
+                ) -> tuple[Select[Any], Select[Any], Select[Any]]:
+    """All hosts, all inventories, and the hosts in the parameter ``ids`` joined with their
+    inventories (a partial re-read in one round trip).
+
+    On PostgreSQL ``ids`` is one array (``id = ANY(:ids)``): the SQL text is the same for any
+    number of ids, so the server keeps it prepared; elsewhere an expanding ``IN``.
+    """
     # Building the expressions costs more than running them on a small pool: build once.
     # Core tables, like the claim's statements: no ORM layer on rows that are read as tuples.
     host, inv = HOSTS.c, INVENTORIES.c
-    hosts = select(
-        host.id, host.name, host.availability_zone, host.architecture, host.enabled,
-        host.disabled_reason, host.aggregates, host.last_heartbeat_at, host.loop_progress_at,
-        host.generation,
-    ).order_by(host.id)
-    inventories = select(
-        inv.host_id, inv.resource_class, inv.total, inv.reserved,
-        ratio_expr(dict(ratios)), inv.min_unit, max_unit_expr(), used_expr())
-    return hosts, inventories
+    host_columns = (host.id, host.name, host.availability_zone, host.architecture,
+                    host.enabled, host.disabled_reason, host.aggregates,
+                    host.last_heartbeat_at, host.loop_progress_at, host.generation)
+    inventory_columns = (inv.resource_class, inv.total, inv.reserved,
+                         ratio_expr(dict(ratios)), inv.min_unit, max_unit_expr(), used_expr())
+    hosts = select(*host_columns).order_by(host.id)
+    inventories = select(inv.host_id, *inventory_columns)
+    some = (select(*host_columns, *inventory_columns)
+            .select_from(HOSTS.outerjoin(INVENTORIES, inv.host_id == host.id))
+            .where(host.id == any_(bindparam("ids", type_=postgresql.ARRAY(String)))
+                   if postgres else host.id.in_(bindparam("ids", expanding=True)))
+            .order_by(host.id))
+    return hosts, inventories, some
+
+
+_HostRow = tuple[str, str, str, str, bool, str | None, Any, Any, Any, int]
 
 
 def _read_hosts(session: Session, settings: Settings,
                 only: list[str] | None = None) -> list[HostState]:
-    """Host rows, then their inventories with usage (all hosts, or the ids in ``only``)."""
-    hosts_stmt, inventories_stmt = _statements(tuple(sorted(pool_ratios(settings).items())))
-    if only is not None:
-        hosts_stmt = hosts_stmt.where(HOSTS.c.id.in_(only))
-        inventories_stmt = inventories_stmt.where(INVENTORIES.c.host_id.in_(only))
-    host_rows = session.execute(hosts_stmt).all()
-    # Usage is read after the generations: a claim committing in between bumped a generation
-    # this snapshot holds the old value of, so claiming on that host conflicts and re-reads.
+    """Host rows, then their inventories with usage (all hosts); or the ids in ``only`` with
+    their inventories in one statement."""
+    hosts_stmt, inventories_stmt, some_stmt = _statements(
+        tuple(sorted(pool_ratios(settings).items())),
+        session.get_bind().dialect.name == "postgresql")
     inventories: dict[str, dict[str, InventoryState]] = {}
-    for hid, rc, total, reserved, ratio, min_unit, max_unit, in_use in (
-            session.execute(inventories_stmt)):
-        inventories.setdefault(hid, {})[rc] = InventoryState(
-            total=total, reserved=reserved, allocation_ratio=float(ratio),
-            min_unit=min_unit, max_unit=max_unit, used=int(in_use))
+    host_rows: dict[str, _HostRow] = {}
+    if only is not None:
+        # One statement sees one snapshot: generations and usage agree.
+        for row in session.execute(some_stmt, {"ids": only}):
+            host_rows[row[0]] = cast(_HostRow, tuple(row[:10]))
+            rc, total, reserved, ratio, min_unit, max_unit, in_use = row[10:]
+            if rc is not None:
+                inventories.setdefault(row[0], {})[rc] = InventoryState(
+                    total=total, reserved=reserved, allocation_ratio=float(ratio),
+                    min_unit=min_unit, max_unit=max_unit, used=int(in_use))
+        rows: Iterable[_HostRow] = host_rows.values()
+    else:
+        rows = cast(list[_HostRow], session.execute(hosts_stmt).all())
+        # Usage is read after the generations: a claim committing in between bumped a
+        # generation this snapshot holds the old value of, so claiming on that host conflicts
+        # and re-reads.
+        for hid, rc, total, reserved, ratio, min_unit, max_unit, in_use in (
+                session.execute(inventories_stmt)):
+            inventories.setdefault(hid, {})[rc] = InventoryState(
+                total=total, reserved=reserved, allocation_ratio=float(ratio),
+                min_unit=min_unit, max_unit=max_unit, used=int(in_use))
     return [
         HostState(id=hid, name=name, availability_zone=zone, architecture=arch,
                   enabled=bool(enabled), disabled_reason=reason, aggregates=aggregates or {},
                   last_heartbeat=_epoch(heartbeat), last_progress=_epoch(progress),
                   generation=generation, inventories=inventories.get(hid, {}))
         for hid, name, zone, arch, enabled, reason, aggregates, heartbeat, progress, generation
-        in host_rows
+        in rows
     ]
 
 
@@ -116,7 +145,10 @@ class SnapshotCache:
     it reads ``id, generation, last_heartbeat_at, loop_progress_at`` of every host (cheap;
     ``id, generation`` only while the heartbeats are not due, e.g. after another API
     process's claims) and re-reads in full only the hosts whose generation moved, plus new
-    ones. On PostgreSQL the generations alone come as one aggregated row (``_compare``).
+    ones. On PostgreSQL the generations alone come as one aggregated row (``_compare``), read
+    with the fingerprint when the last load already found other processes' changes.
+    ``claiming`` / ``busy`` track the hosts this process's open transactions claimed, which
+    ``place`` tries last.
 
     Every claim bumps its host's generation, and so must every other change of a host or its
     inventory that the filters look at (admin PATCH, agent inventory, enable/disable). A change
@@ -124,7 +156,9 @@ class SnapshotCache:
     pessimistic; ``place`` re-reads in full before answering ``no_valid_host``. So does a
     heartbeat: a cached heartbeat is never newer than the real one. Optimistic changes
     (a coincidence of sums across processes) are caught by the claim's generation check and
-    SQL re-check, after which ``forget`` drops the host and the fingerprint.
+    SQL re-check, after which ``forget`` marks the host stale and drops the fingerprint: the
+    next load re-reads that host (through the one-row generation compare on PostgreSQL), not
+    the whole pool.
     """
 
     # Heartbeats are re-read at least this often (the down filter reads them).
@@ -137,19 +171,22 @@ class SnapshotCache:
         self._position: dict[str, int] = {}  # host id -> index in _ordered
         self._fingerprint: tuple[int, int] | None = None
         self._marks_at = 0.0
-        # md5 of the copy's host ids in order (PostgreSQL only reads it), None if incomplete.
-        self._ids_digest: str | None = None
+        # PostgreSQL: "id:generation" of every host in the copy (``_compare`` matches the
+        # database's against it), None if the copy is incomplete.
+        self._tokens: frozenset[str] | None = None
         self._others_moved = False  # the last load found other processes' changes
+        # Hosts this process's transactions claimed and have not ended yet -> how many.
+        self._claiming: dict[str, int] = {}
 
     def load(self, session: Session, settings: Settings) -> Snapshot:
         """A snapshot of every host, re-reading only what changed since the last load."""
         postgres = session.get_bind().dialect.name == "postgresql"
-        compared_row: tuple[str | None, str | None] | None = None
-        if postgres and self._others_moved and self._ids_digest is not None:
+        compared_row: tuple[str | None] | None = None
+        if postgres and self._others_moved and self._tokens is not None:
             # Other processes claimed before the last load: the fingerprint has most likely
             # moved again, so read it and the generations in one statement.
-            count, total, ids_md5, generations = session.execute(_FINGERPRINT_COMPARE).one()
-            compared_row = (ids_md5, generations)
+            count, total, listed = session.execute(_FINGERPRINT_COMPARE).one()
+            compared_row = (listed,)
         else:
             count, total = session.execute(_FINGERPRINT).one()
         fingerprint = (int(count), int(total or 0))
@@ -205,48 +242,82 @@ class SnapshotCache:
             # The fingerprint was read before the marks: a change committed in between makes
             # the next load's fingerprint differ, so it reads again.
             self._fingerprint = fingerprint if complete else None
-            self._ids_digest = _ids_digest(hosts) if complete else None
+            self._tokens = frozenset(map(_token, hosts)) if complete and postgres else None
             if heartbeats_due:
                 self._marks_at = marks_at
         return _snapshot(hosts, settings)
 
     def _compare(self, session: Session, settings: Settings, fingerprint: tuple[int, int],
-                 row: tuple[str | None, str | None] | None) -> Snapshot | None:
+                 row: tuple[str | None] | None) -> Snapshot | None:
         """PostgreSQL: compare every host's generation in one row instead of one row per host.
 
-        ``SELECT md5(string_agg(id, ',' ORDER BY id)), string_agg(generation::text, ','
-        ORDER BY id) FROM hosts``: when the ids are those of the copy, in its order, the
-        generations are compared in C-level passes and only the hosts whose generation moved
-        are re-read. None (read the marks instead) when hosts came or went, the copy is
-        incomplete, many hosts moved, or a host moved again between the two reads. ``row``
-        is that row when the load already read it with the fingerprint.
+        ``SELECT string_agg(id || ':' || generation, ',') FROM hosts``, unordered (sorting
+        1,000 ids by collation cost the database more than the rest of the check): the
+        entries not among the copy's ``id:generation`` set are the hosts that moved
+        (a set lookup per host, in C), and only those are re-read. With as many entries as
+        the copy and every moved id known, the ids are exactly the copy's. None (read the
+        marks instead) when hosts came or went, the copy is incomplete or many hosts moved. A
+        host that moved again before its re-read is taken as re-read (newer), and the
+        fingerprint is then not kept. ``row`` is that row when the load already read it with
+        the fingerprint.
         """
         with self._lock:
-            ordered, digest, hosts_by_id = self._ordered, self._ids_digest, self._hosts
-        if digest is None:
+            ordered, tokens, position = self._ordered, self._tokens, self._position
+            hosts_by_id = self._hosts
+        if tokens is None:
             return None
-        ids_md5, generations = row if row is not None else session.execute(_COMPARE).one()
-        if ids_md5 != digest or generations is None:
+        (listed,) = row if row is not None else session.execute(_COMPARE).one()
+        if listed is None:
             return None
-        seen: list[str] = generations.split(",")
-        moved = list(compress(range(len(seen)),
-                              map(ne, seen, map(str, map(_GENERATION, ordered)))))
+        seen: list[str] = listed.split(",")
+        if len(seen) != len(ordered):
+            return None
+        moved = list(filterfalse(tokens.__contains__, seen))
         if len(moved) * 2 > len(seen):
             return None
-        fresh = {h.id: h for h in _read_hosts(session, settings,
-                                               [ordered[i].id for i in moved])} if moved else {}
+        seen_generation = dict(token.rpartition(":")[::2] for token in moved)
+        ids = list(seen_generation)
+        if not all(map(position.__contains__, ids)):
+            return None  # a new host (and so one gone): the marks place it
+        fresh = {h.id: h for h in _read_hosts(session, settings, ids)} if ids else {}
         hosts = list(ordered)
-        for i in moved:
-            host = fresh.get(ordered[i].id)
-            if host is None or str(host.generation) != seen[i]:
-                return None
+        changed = set(tokens)
+        ahead = False  # a host moved again after the row: newer than the fingerprint
+        for hid in ids:
+            host = fresh.get(hid)
+            if host is None:
+                return None  # deleted in between: the marks see it gone
+            i = position[hid]
+            changed.discard(_token(hosts[i]))
+            changed.add(_token(host))
+            ahead = ahead or host.generation != int(seen_generation[hid])
             hosts[i] = host
         with self._lock:
             # Same ids in the same order: positions do not change.
             self._hosts = {**hosts_by_id, **fresh}
             self._ordered = hosts
-            self._fingerprint = fingerprint
+            self._tokens = frozenset(changed)
+            # Each host is as new as its last read, none older than the fingerprint; with a
+            # host newer than it, the next load must compare again.
+            self._fingerprint = None if ahead else fingerprint
         return _snapshot(hosts, settings)
+
+    def _replace(self, updated: HostState) -> None:
+        """Put ``updated`` in the copy in place of the host with its id (lock held).
+
+        The dict, list and set are replaced, never changed in place: a load in progress holds
+        the ones it read together and writes them back together.
+        """
+        position = self._position[updated.id]
+        previous = self._ordered[position]
+        self._hosts = {**self._hosts, updated.id: updated}
+        # A C-level copy, then the one entry replaced, in place of a Python scan of every host.
+        ordered = list(self._ordered)
+        ordered[position] = updated
+        self._ordered = ordered
+        if self._tokens is not None:
+            self._tokens = self._tokens.difference((_token(previous),)).union(
+                (_token(updated),))
 
     def claimed(self, session: Session, host: HostState, resources: Mapping[str, int]) -> None:
         """Once ``session`` commits, account a claim of ``resources`` on ``host`` in the copy.
@@ -265,26 +336,49 @@ class SnapshotCache:
                         or self._fingerprint is None):
                     self._fingerprint = None
                     return
-                updated = replace(current, generation=host.generation + 1, inventories={
+                self._replace(replace(current, generation=host.generation + 1, inventories={
                     rc: replace(inv, used=inv.used + resources.get(rc, 0))
-                    for rc, inv in current.inventories.items()})
-                self._hosts[host.id] = updated
-                # Snapshots handed out hold the old list: copy it (a C-level copy), then
-                # replace the one entry in place of a Python scan of every host.
-                ordered = list(self._ordered)
-                ordered[self._position[host.id]] = updated
-                self._ordered = ordered
+                    for rc, inv in current.inventories.items()}))
                 count, total = self._fingerprint
                 self._fingerprint = (count, total + 1)
 
         event.listen(session, "after_commit", apply, once=True)
 
-    def forget(self, host_id: str) -> None:
-        """Drop one host, so the next load re-reads it in full."""
+    def claiming(self, session: Session, host_id: str) -> None:
+        """Count ``host_id`` as claimed by this process until ``session``'s transaction ends.
+
+        Until then the host's row is locked and its generation moves at the commit: another
+        placement of this process that tries it first would lose (``place`` tries it last).
+        """
         with self._lock:
-            self._hosts.pop(host_id, None)
+            self._claiming[host_id] = self._claiming.get(host_id, 0) + 1
+        session.info.setdefault(_CLAIMING, []).append((self, host_id))
+
+    def busy(self) -> frozenset[str]:
+        """The hosts of ``claiming`` whose transactions have not ended."""
+        with self._lock:
+            return frozenset(self._claiming) if self._claiming else _NONE
+
+    def _claim_ended(self, host_id: str) -> None:
+        with self._lock:
+            left = self._claiming.pop(host_id, 0) - 1
+            if left > 0:
+                self._claiming[host_id] = left
+
+    def forget(self, host_id: str) -> None:
+        """Mark one host stale, so the next load re-reads it in full (and only it, unless
+        others moved too).
+
+        The copy keeps the host's place with an impossible generation (``_FORGOTTEN``):
+        the generation compare and the marks both see it as moved and re-read it. The
+        snapshot with that entry is never handed out: the fingerprint is dropped, so the
+        next load compares before answering.
+        """
+        with self._lock:
             self._fingerprint = None
-            self._ids_digest = None  # the next load reads the marks, and this host in full
+            current = self._hosts.get(host_id)
+            if current is not None and host_id in self._position:
+                self._replace(replace(current, generation=_FORGOTTEN))
 
 
 _FINGERPRINT = select(func.count(), func.sum(HOSTS.c.generation)).select_from(HOSTS)
@@ -292,18 +386,28 @@ _MARKS = select(HOSTS.c.id, HOSTS.c.generation, HOSTS.c.last_heartbeat_at,
                 HOSTS.c.loop_progress_at).order_by(HOSTS.c.id)
 _GENERATIONS = select(HOSTS.c.id, HOSTS.c.generation).order_by(HOSTS.c.id)
 _KEEP = object()  # in place of a heartbeat and loop progress: keep the cached ones
-_COMPARE = select(
-    func.md5(func.string_agg(HOSTS.c.id, aggregate_order_by(literal(","), HOSTS.c.id))),
-    func.string_agg(sql_cast(HOSTS.c.generation, Text),
-                    aggregate_order_by(literal(","), HOSTS.c.id)),
-).select_from(HOSTS)
+_COMPARE = select(func.string_agg(
+    HOSTS.c.id.concat(":").concat(sql_cast(HOSTS.c.generation, Text)), literal(","),
+)).select_from(HOSTS)
 _FINGERPRINT_COMPARE = select(*_FINGERPRINT.selected_columns, *_COMPARE.selected_columns)
-_GENERATION = attrgetter("generation")
+_FORGOTTEN = -1  # generations start at 0 and only grow
+_CLAIMING = "minicloud.scheduler.claiming"  # session.info: (cache, host id) of its claims
+_NONE: frozenset[str] = frozenset()
 
 
-def _ids_digest(hosts: Sequence[HostState]) -> str:
-    """md5 of the host ids joined by commas, as PostgreSQL's ``md5(string_agg(...))``."""
-    return hashlib.md5(",".join(h.id for h in hosts).encode(), usedforsecurity=False).hexdigest()
+@event.listens_for(Session, "after_transaction_end")
+def _claims_ended(session: Session, transaction: SessionTransaction) -> None:
+    # Only the outermost transaction's end (commit or rollback) releases the claimed rows.
+    if transaction.parent is None and (ended := session.info.pop(_CLAIMING, None)):
+        for cache, host_id in ended:
+            cache._claim_ended(host_id)
+
+
+def _token(host: HostState) -> str:
+    """``id:generation``, as an entry of ``_COMPARE``'s list."""
+    return f"{host.id}:{host.generation}"
+
+
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()
 

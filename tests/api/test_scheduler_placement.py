@@ -23,7 +23,8 @@ from api.migrate import upgrade
 from api.models import Allocation, Host, Inventory, Server, ServerGroup
 from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.placement import NoValidHost, place
-from api.scheduler.snapshot import load_hosts, pool_ratios
+from api.scheduler.snapshot import SnapshotCache, load_hosts, pool_ratios
+from scheduler.framework import Snapshot
 from tests.db import fresh_database
 from tests.scheduler.db_factories import (
     Catalog,
@@ -377,3 +378,53 @@ def test_no_valid_host_renders_as_a_problem_document(factory: sessionmaker[Sessi
         assert "secret-host-name" not in r.text
         r = client.post("/_test/place", params={"admin": True})
         assert r.json()["per_host"][0]["host"] == "secret-host-name"
+
+
+def _as_seen(snapshot: Snapshot) -> dict[str, tuple[int, dict[str, int]]]:
+    return {h.id: (h.generation, {rc: inv.used for rc, inv in h.inventories.items()})
+            for h in snapshot.hosts}
+
+
+def test_two_process_caches_follow_each_others_claims_and_forgotten_hosts_exactly(
+        factory: sessionmaker[Session], settings: Settings) -> None:
+    # Two copies of the pool, as two API processes hold: each must see what the other
+    # claimed (re-reading only the hosts that moved), and a host forgotten after a lost
+    # claim is re-read, never handed out with the placeholder generation.
+    catalog = new_catalog(factory)
+    with factory.begin() as s:
+        hosts = [make_host(s) for _ in range(4)]
+    ours, theirs = SnapshotCache(), SnapshotCache()
+
+    def fresh() -> dict[str, tuple[int, dict[str, int]]]:
+        with factory() as s:
+            return _as_seen(load_hosts(s, settings))
+
+    def cached(cache: SnapshotCache) -> dict[str, tuple[int, dict[str, int]]]:
+        with factory() as s:
+            return _as_seen(cache.load(s, settings))
+
+    assert cached(ours) == cached(theirs) == fresh()
+    for n, host in enumerate([hosts[0], hosts[1], hosts[1]]):
+        with factory.begin() as s:
+            sid = make_server(s, catalog)
+            state = next(h for h in ours.load(s, settings).hosts if h.id == host)
+            resources = {"VCPU": 1, "MEMORY_MB": 512 * (n + 1), "DISK_GB": 1}
+            assert claim(s, server_id=sid, host_id=host, host_generation=state.generation,
+                         resources=resources, pool_ratios=pool_ratios(settings)
+                         ) is ClaimOutcome.CLAIMED
+            ours.claimed(s, state, resources)  # applied to our copy on commit
+        assert cached(ours) == fresh()
+        assert cached(theirs) == fresh()
+    expected = fresh()
+    assert expected[hosts[1]][1]["MEMORY_MB"] == 512 * 2 + 512 * 3
+    # A lost claim forgets the host; an admin change elsewhere moved another one meanwhile.
+    theirs.forget(hosts[2])
+    with factory.begin() as s:
+        s.execute(update(Host).where(Host.id == hosts[3])
+                  .values(availability_zone="az-2", generation=Host.generation + 1))
+    for cache in (theirs, ours):
+        with factory() as s:
+            snapshot = cache.load(s, settings)
+        assert _as_seen(snapshot) == fresh()
+        assert {h.availability_zone for h in snapshot.hosts if h.id == hosts[3]} == {"az-2"}
+        assert min(h.generation for h in snapshot.hosts) >= 0
