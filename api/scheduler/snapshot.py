@@ -140,12 +140,20 @@ class SnapshotCache:
     Each ``load`` first reads a one-row fingerprint of the pool, ``SELECT count(*),
     sum(generation) FROM hosts``. Generations only grow, so when the fingerprint is the one
     the copy was read at (plus the bumps of this process's own committed claims, applied to
-    the copy by ``claimed``) and the heartbeats were read less than ``HEARTBEAT_REFRESH``
-    seconds ago, nothing the filters look at changed and the copy is used as it is. Otherwise
-    it reads ``id, generation, last_heartbeat_at, loop_progress_at`` of every host (cheap;
-    ``id, generation`` only while the heartbeats are not due, e.g. after another API
-    process's claims) and re-reads in full only the hosts whose generation moved, plus new
-    ones. On PostgreSQL the generations alone come as one aggregated row (``_compare``), read
+    the copy by ``claimed``), nothing the filters look at changed but the hosts' liveness
+    (heartbeat and loop progress), and the copy is used as it is. Otherwise it reads ``id,
+    generation`` of every host and re-reads in full only the hosts whose generation moved,
+    plus new ones.
+
+    Liveness is written by every heartbeat and only moves forward, so a cached value is
+    never newer than the real one: a host the copy shows up (a heartbeat within the down
+    limit) or not degraded is so. Only the hosts the copy shows down or degraded could read
+    differently; their liveness is re-read at most every ``HEARTBEAT_REFRESH`` seconds.
+    Every host's liveness is re-read every ``MARKS_REFRESH`` seconds at most (a quarter of
+    the degraded limit, if shorter): a host that never reported loop progress may start to.
+    So the cost of a load does not grow with the heartbeats of a large up fleet.
+
+    On PostgreSQL the generations alone come as one aggregated row (``_compare``), read
     with the fingerprint when the last load already found other processes' changes.
     ``claiming`` / ``busy`` track the hosts this process's open transactions claimed, which
     ``place`` tries last.
@@ -161,8 +169,10 @@ class SnapshotCache:
     the whole pool.
     """
 
-    # Heartbeats are re-read at least this often (the down filter reads them).
+    # The liveness of hosts that look down or degraded is re-read at least this often.
     HEARTBEAT_REFRESH = 2.0
+    # Every host's liveness is re-read at least this often (less with a short degraded limit).
+    MARKS_REFRESH = 60.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -170,7 +180,8 @@ class SnapshotCache:
         self._ordered: list[HostState] = []
         self._position: dict[str, int] = {}  # host id -> index in _ordered
         self._fingerprint: tuple[int, int] | None = None
-        self._marks_at = 0.0
+        self._marks_at = 0.0  # every host's liveness read (time.monotonic())
+        self._suspects_at = 0.0  # the suspect hosts' liveness read
         # PostgreSQL: "id:generation" of every host in the copy (``_compare`` matches the
         # database's against it), None if the copy is incomplete.
         self._tokens: frozenset[str] | None = None
@@ -180,6 +191,53 @@ class SnapshotCache:
 
     def load(self, session: Session, settings: Settings) -> Snapshot:
         """A snapshot of every host, re-reading only what changed since the last load."""
+        snapshot = self._load(session, settings)
+        refresh = min(self.HEARTBEAT_REFRESH, settings.host_down_after_seconds / 4)
+        with self._lock:
+            now = time.monotonic()
+            if now - self._suspects_at < refresh:
+                return snapshot
+            self._suspects_at = now
+        return self._refresh_suspects(session, settings, snapshot)
+
+    def _refresh_suspects(self, session: Session, settings: Settings,
+                          snapshot: Snapshot) -> Snapshot:
+        """Re-read the heartbeat and loop progress of the hosts whose cached ones make them
+        down or degraded (the only hosts a fresher read could change: a cached value is never
+        newer than the real one), and put them in the copy."""
+        down_before = snapshot.now - snapshot.host_down_after_seconds
+        degraded_before = snapshot.now - snapshot.host_degraded_after_seconds
+        suspects = [h.id for h in snapshot.hosts
+                    if h.last_heartbeat is None or h.last_heartbeat < down_before
+                    or (h.last_progress is not None and h.last_progress < degraded_before)]
+        if not suspects:
+            return snapshot
+        postgres = session.get_bind().dialect.name == "postgresql"
+        if len(suspects) * 2 > len(snapshot.hosts):
+            rows = session.execute(_LIVENESS).all()
+        else:
+            rows = session.execute(_LIVENESS_ANY if postgres else _LIVENESS_IN,
+                                   {"ids": suspects}).all()
+        with self._lock:
+            updates: dict[str, HostState] = {}
+            for hid, heartbeat, progress in rows:
+                current = self._hosts.get(hid)
+                seen, moved = _epoch(heartbeat), _epoch(progress)
+                if current is not None and hid in self._position and \
+                        (current.last_heartbeat, current.last_progress) != (seen, moved):
+                    updates[hid] = replace(current, last_heartbeat=seen, last_progress=moved)
+            if updates:
+                # Same ids and generations: positions and the compare's tokens stay.
+                ordered = list(self._ordered)
+                for hid, updated in updates.items():
+                    ordered[self._position[hid]] = updated
+                self._hosts = {**self._hosts, **updates}
+                self._ordered = ordered
+            hosts = self._ordered
+        return _snapshot(hosts, settings)
+
+    def _load(self, session: Session, settings: Settings) -> Snapshot:
+        """``load`` without the re-read of suspect hosts' liveness."""
         postgres = session.get_bind().dialect.name == "postgresql"
         compared_row: tuple[str | None] | None = None
         if postgres and self._others_moved and self._tokens is not None:
@@ -191,8 +249,12 @@ class SnapshotCache:
             count, total = session.execute(_FINGERPRINT).one()
         fingerprint = (int(count), int(total or 0))
         refresh = min(self.HEARTBEAT_REFRESH, settings.host_down_after_seconds / 4)
+        # Every host's liveness, this often: a host whose loop progress was never reported
+        # may report one, which ages; a read at most a quarter of the degraded limit old
+        # cannot miss it turning degraded.
+        every = max(refresh, min(self.MARKS_REFRESH, settings.host_degraded_after_seconds / 4))
         with self._lock:
-            heartbeats_due = time.monotonic() - self._marks_at >= refresh
+            heartbeats_due = time.monotonic() - self._marks_at >= every
             # Only a hint for the next load's statement; every decision below is exact.
             self._others_moved = fingerprint != self._fingerprint
             if fingerprint == self._fingerprint and not heartbeats_due:
@@ -244,7 +306,7 @@ class SnapshotCache:
             self._fingerprint = fingerprint if complete else None
             self._tokens = frozenset(map(_token, hosts)) if complete and postgres else None
             if heartbeats_due:
-                self._marks_at = marks_at
+                self._marks_at = self._suspects_at = marks_at
         return _snapshot(hosts, settings)
 
     def _compare(self, session: Session, settings: Settings, fingerprint: tuple[int, int],
@@ -385,6 +447,10 @@ _FINGERPRINT = select(func.count(), func.sum(HOSTS.c.generation)).select_from(HO
 _MARKS = select(HOSTS.c.id, HOSTS.c.generation, HOSTS.c.last_heartbeat_at,
                 HOSTS.c.loop_progress_at).order_by(HOSTS.c.id)
 _GENERATIONS = select(HOSTS.c.id, HOSTS.c.generation).order_by(HOSTS.c.id)
+_LIVENESS = select(HOSTS.c.id, HOSTS.c.last_heartbeat_at, HOSTS.c.loop_progress_at)
+_LIVENESS_IN = _LIVENESS.where(HOSTS.c.id.in_(bindparam("ids", expanding=True)))
+_LIVENESS_ANY = _LIVENESS.where(
+    HOSTS.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
 _KEEP = object()  # in place of a heartbeat and loop progress: keep the cached ones
 _COMPARE = select(func.string_agg(
     HOSTS.c.id.concat(":").concat(sql_cast(HOSTS.c.generation, Text)), literal(","),

@@ -428,3 +428,47 @@ def test_two_process_caches_follow_each_others_claims_and_forgotten_hosts_exactl
         assert _as_seen(snapshot) == fresh()
         assert {h.availability_zone for h in snapshot.hosts if h.id == hosts[3]} == {"az-2"}
         assert min(h.generation for h in snapshot.hosts) >= 0
+
+
+def test_the_cache_rereads_only_the_liveness_of_hosts_it_shows_down(
+        factory: sessionmaker[Session], settings: Settings) -> None:
+    # A heartbeating fleet moves every host's heartbeat all the time; the copy shows a host
+    # up as long as its cached heartbeat is within the down limit (the real one is never
+    # older), so only the hosts it shows down are read again, and a host that came back is
+    # then seen up.
+    from sqlalchemy import event
+
+    from api.db import utcnow
+
+    with factory.begin() as s:
+        up = [make_host(s) for _ in range(4)]
+        silent = make_host(s, heartbeat_age=3600.0)
+    cache = SnapshotCache()
+    cache.HEARTBEAT_REFRESH = 0.0  # every load looks at the suspects (no waiting in a test)
+    with factory() as s:
+        first = {h.id: h.last_heartbeat for h in cache.load(s, settings).hosts}
+    assert first[silent] is not None and first[silent] < utcnow().timestamp() - 3000
+    with factory.begin() as s:  # every host beats again, the silent one too
+        s.execute(update(Host).values(last_heartbeat_at=utcnow()))
+    sent: list[tuple[str, object]] = []
+
+    def count(conn: object, cursor: object, statement: str, parameters: object,
+              *args: object) -> None:
+        sent.append((statement, parameters))
+
+    engine = factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with factory() as s:
+            second = {h.id: h.last_heartbeat for h in cache.load(s, settings).hosts}
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    liveness = [(statement, parameters) for statement, parameters in sent
+                if "last_heartbeat_at" in statement]
+    assert len(liveness) == 1
+    assert silent in str(liveness[0][1]) and not any(h in str(liveness[0][1]) for h in up)
+    # The host that came back is up in the copy; the others keep their cached heartbeat.
+    assert second[silent] is not None and second[silent] > utcnow().timestamp() - 60
+    assert all(second[h] == first[h] for h in up)
+    with factory() as s:
+        assert {h.id for h in cache.load(s, settings).hosts} == {*up, silent}
