@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from api.models import Image
+from api.server import COLLECTOR_THRESHOLDS
 from bench.fleet import Fleet, SimHost, cpu_seconds, raise_open_files_limit
 from compute_agent.client import AgentApiError, DesiredState
 
@@ -341,6 +343,11 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if not args.admin_token:
         p.error("--admin-token or MINICLOUD_TOKEN is required")
+    # The simulator holds every host's poll and heartbeat objects, like the API: the same
+    # collector tuning (api.server.COLLECTOR_THRESHOLDS), or its own full collections would
+    # pause every simulated host and show up in the timings.
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
+    gc.freeze()
     nofile = raise_open_files_limit(2 * args.hosts + 1024)
     # Two kept connections per host do not fit: heartbeats close theirs (long-polls keep).
     close_heartbeats = 2 * args.hosts + 1024 > nofile
