@@ -212,8 +212,9 @@ def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | N
     each statement's wait for a lock (default: the server's setting, no bound).
 
     SQLite keeps pysqlite's default transaction handling: a transaction begins at the first
-    write statement (or before a savepoint, which then nests in it), so a unit of work that writes first (see ``lock_project``) holds the
-    database write lock for its whole critical section and never hits a stale read snapshot.
+    write statement (or before a savepoint, which then nests in it), so a unit of work that
+    writes first (see ``lock_project``) holds the database write lock for its whole critical
+    section and never hits a stale read snapshot.
     Write transactions of one process queue in a ``WriteGate`` (first come, first served).
     """
     pool = {k: v for k, v in (("pool_size", pool_size), ("max_overflow", max_overflow),
