@@ -306,8 +306,17 @@ def _loop_lag(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> 
     def at_most(le: str) -> float:
         return samples.get(("minicloud_event_loop_lag_seconds_bucket", (("le", le),)), 0.0)
     count = samples.get(("minicloud_event_loop_lag_seconds_count", ()), 0.0)
+
+    def pauses(generation: str, le: str | None = None) -> float:
+        if le is None:
+            return samples.get(("minicloud_gc_pause_seconds_count",
+                                (("generation", generation),)), 0.0)
+        return samples.get(("minicloud_gc_pause_seconds_bucket",
+                            (("generation", generation), ("le", le))), 0.0)
     return {"samples": int(count), "over_50ms": int(count - at_most("0.05")),
-            "over_100ms": int(count - at_most("0.1")), "over_250ms": int(count - at_most("0.25"))}
+            "over_100ms": int(count - at_most("0.1")), "over_250ms": int(count - at_most("0.25")),
+            **{f"gc{g}_collections": int(pauses(g)) for g in "012"},
+            **{f"gc{g}_over_50ms": int(pauses(g) - pauses(g, "0.05")) for g in "012"}}
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:

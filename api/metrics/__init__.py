@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
+import time
 from collections.abc import Awaitable, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
@@ -86,6 +88,26 @@ LOOP_LAG_SECONDS = Histogram(
     "0.25 s): time every request handled on the loop waited on top of its own work.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 LOOP_LAG_TICK = 0.25
+GC_PAUSE_SECONDS = Histogram(
+    "minicloud_gc_pause_seconds",
+    "How long each collection of Python's cyclic garbage collector stopped the process, by "
+    "generation (2: a full collection).", ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+
+
+def watch_collector() -> None:
+    """Observe every garbage collection's pause into ``GC_PAUSE_SECONDS`` (once per
+    process)."""
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(
+                time.perf_counter() - started[0])
+
+    gc.callbacks.append(timed)
 
 
 async def watch_loop_lag(stop: asyncio.Event) -> None:
