@@ -17,9 +17,11 @@ trickle of creates whose way to their agent is timed.
    most ``--settle-deadline``. The settling time and its refusals and 5xx are reported
    apart from the window's, which starts only once everything is acknowledged.
 3. Holds the fleet for ``--window`` seconds: 5xx answers, the API processes' CPU (from /proc),
-   the simulator's own CPU, hosts ``up`` (sampled every minute) and the load average; and
-   meanwhile creates servers through ``POST /v1/servers`` as a tenant, ``--create-rate`` per
-   second, timing each from its ``202`` to the long-poll answer that brings it to its host.
+   the simulator's own CPU and event-loop lag, hosts ``up`` (sampled every minute from the
+   ``minicloud_hosts`` gauge; every host is listed once after the window), the API
+   processes' event-loop lag and collector pauses, and the load average; and meanwhile
+   creates servers through ``POST /v1/servers`` as a tenant, ``--create-rate`` per second,
+   timing each from its ``202`` to the long-poll answer that brings it to its host.
 
 Prints one JSON summary.
 """
