@@ -49,6 +49,7 @@ from api.db import make_engine, make_sessionmaker, new_id, utcnow
 from api.migrate import upgrade
 from api.models import Allocation, Host, Inventory, Server
 from api.scheduler.placement import NoValidHost, place
+from bench.placement_reference import cpu_of, cpu_seconds
 from scheduler.framework import (
     DISK_GB,
     MEMORY_MB,
@@ -253,24 +254,6 @@ def tenant_headers(http: httpx.Client, admin: dict[str, str]) -> tuple[dict[str,
         "instances": 10**6, "vcpus": 10**7, "ram_mb": 10**9, "disk_gb": 10**9})
     r.raise_for_status()
     return acct.headers, make_image(http, acct.headers)["id"]
-
-
-def cpu_of(pids: list[int]) -> dict[int, float]:
-    """User + system CPU time each process used so far (Linux /proc; gone ones left out)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    times = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        times[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    return times
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes used so far (Linux /proc)."""
-    return sum(cpu_of(pids).values())
 
 
 def backends_of(url: str) -> Callable[[], list[int]]:
