@@ -16,6 +16,12 @@ waiters. SQLite runs a single API process: the in-process wake-up is all there i
 A missed notification (a listener reconnecting, a change made outside these paths) costs at
 most one long-poll period: the answer at the end of every wait re-reads the database, and a
 listener that (re)connects wakes all of its process's waiters so each re-reads once.
+
+A notification may carry notes about the host's change (:func:`annotate`), space-separated
+after the host id: ``<host id> <note> <note>``. The listener hands them to the process's
+:func:`subscribe` callbacks (the scheduler's snapshot cache follows other processes' claims
+this way). A note is a hint for a cache, never the only way to learn a change: a subscriber
+must stay correct when notes are late or lost.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import event
@@ -36,9 +42,15 @@ from api.agent import repository
 log = logging.getLogger("minicloud.agent.notifier")
 
 CHANNEL = "minicloud_desired"
-"""The PostgreSQL NOTIFY channel; the payload is the host id."""
+"""The PostgreSQL NOTIFY channel; the payload is the host id, then its notes (if any)."""
 
 _PENDING = "minicloud.hosts_changed"
+_NOTES = "minicloud.host_notes"  # session.info: host id -> notes for its notification
+
+NoteSubscriber = Callable[[str, list[str]], None]
+"""Called by the listener with a host id and the notes its notification carried."""
+
+_SUBSCRIBERS: list[NoteSubscriber] = []
 
 
 @dataclass(eq=False)
@@ -144,7 +156,36 @@ def host_changed(session: Session, host_id: str) -> None:
         return
     pending.add(host_id)
     if session.get_bind().dialect.name == "postgresql":
-        repository.notify(session, CHANNEL, host_id)
+        notes: list[str] = session.info.get(_NOTES, {}).pop(host_id, [])
+        repository.notify(session, CHANNEL, " ".join((host_id, *notes)))
+
+
+def annotate(session: Session, host_id: str, note: str) -> None:
+    """Send ``note`` (no spaces) with the host's notification of this unit of work, if
+    :func:`host_changed` has not sent it yet (PostgreSQL; nothing elsewhere). Other API
+    processes' :func:`subscribe` callbacks receive it once the unit of work commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.info.setdefault(_NOTES, {}).setdefault(host_id, []).append(note)
+
+
+def subscribe(callback: NoteSubscriber) -> None:
+    """Call ``callback(host_id, notes)`` for every notification with notes this process's
+    listener receives (its own process's included). It runs on the event loop: keep it
+    short, and never let it block."""
+    _SUBSCRIBERS.append(callback)
+
+
+def deliver(payload: str, waiters: Waiters) -> None:
+    """Act on one notification's payload: wake the host's polls, hand notes to subscribers."""
+    host_id, _, rest = payload.partition(" ")
+    waiters.wake((host_id,))
+    if rest:
+        notes = rest.split(" ")
+        for callback in _SUBSCRIBERS:
+            try:
+                callback(host_id, notes)
+            except Exception:  # a subscriber's bug must not stop the wake-ups
+                log.exception("notification subscriber %r failed", callback)
 
 
 @event.listens_for(Session, "after_commit")
@@ -164,6 +205,7 @@ def _forget_after_rollback(session: Session, transaction: SessionTransaction) ->
     # rolled-back savepoint keeps the pending hosts (a needless wake-up costs one read).
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        session.info.pop(_NOTES, None)
 
 
 # ---------------------------------------------------------------- PostgreSQL LISTEN
@@ -195,7 +237,7 @@ async def listen(database_url: str, waiters: Waiters, stop: asyncio.Event) -> No
                 backoff = _BACKOFF_FIRST
                 waiters.wake_all()
                 async for note in conn.notifies():
-                    waiters.wake((note.payload,))
+                    deliver(note.payload, waiters)
         except asyncio.CancelledError:
             raise
         except Exception:  # any driver or network error: reconnect after a pause
@@ -206,4 +248,5 @@ async def listen(database_url: str, waiters: Waiters, stop: asyncio.Event) -> No
         backoff = min(backoff * 2, _BACKOFF_MAX)
 
 
-__all__ = ["CHANNEL", "WAITERS", "Waiter", "Waiters", "host_changed", "listen"]
+__all__ = ["CHANNEL", "WAITERS", "NoteSubscriber", "Waiter", "Waiters", "annotate", "deliver",
+           "host_changed", "listen", "subscribe"]

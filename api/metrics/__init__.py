@@ -68,6 +68,16 @@ LEDGER_WRITES = Counter(
 PLACEMENTS = Counter(
     "minicloud_placement_decisions",
     "Placement decisions, by outcome (host_found or no_valid_host).", ["outcome"])
+SNAPSHOT_READS = Counter(
+    "minicloud_scheduler_snapshot_reads",
+    "Loads of the API process's cached copy of the hosts, by what they read: unchanged (the "
+    "one-row fingerprint only), compared (PostgreSQL: every host's generation in one row, then "
+    "the hosts that moved), generations (a row per host, then the hosts that moved) or "
+    "liveness (the same with every host's heartbeat, every minute at most).", ["how"])
+CLAIMS_FOLLOWED = Counter(
+    "minicloud_scheduler_claims_followed",
+    "Claims committed by API processes (other ones, mostly) that this process applied to its "
+    "copy of the hosts from their notifications (PostgreSQL), sparing a re-read.")
 PLACEMENT_REFUSALS = Counter(
     "minicloud_placement_refusals",
     "Hosts refused by a placement decision, by the filter's reason.", ["reason"])

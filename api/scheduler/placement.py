@@ -277,7 +277,13 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 return PlacementResult(host.id, host.name, host.availability_zone, attempt,
                                        conflicts, record)
             conflicts += 1
-            cache.forget(host.id)
+            if outcome is not ClaimOutcome.HOST_CONFLICT or not row_locks:
+                # The copy was wrong about the host although its generation matched (or, on
+                # SQLite, a losing try may have bumped it): re-read it.
+                cache.forget(host.id)
+            # PostgreSQL: a host conflict is a row another claim holds (skipped) or a
+            # generation the copy does not have yet; that claim's notification or the next
+            # fingerprint brings the copy up to date, without a compare forced now.
             log.debug("claim conflict %s on %s (attempt %d)", outcome.value, host.id, attempt)
             if outcome is ClaimOutcome.GROUP_CONFLICT:
                 break

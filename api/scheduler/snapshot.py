@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -35,8 +36,10 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, SessionTransaction
 
+from api.agent import notifier
 from api.config import Settings
 from api.db import utcnow
+from api.metrics import CLAIMS_FOLLOWED, SNAPSHOT_READS
 from api.models import Allocation, Server, ServerGroup
 from api.scheduler.claim import HOSTS, INVENTORIES, max_unit_expr, ratio_expr, used_expr
 from scheduler import resources
@@ -153,7 +156,11 @@ class SnapshotCache:
     the degraded limit, if shorter): a host that never reported loop progress may start to.
     So the cost of a load does not grow with the heartbeats of a large up fleet.
 
-    On PostgreSQL the generations alone come as one aggregated row (``_compare``), read
+    On PostgreSQL each claim also rides on its host's notification (``claim_note``) to the
+    other API processes, whose copies follow it (``followed``) exactly as this one follows
+    its own claims at their commit: their fingerprints then match again without a read. A
+    claim whose notification has not arrived yet, or any change made without one, moves the
+    fingerprint: the generations alone then come as one aggregated row (``_compare``), read
     with the fingerprint when the last load already found other processes' changes.
     ``claiming`` / ``busy`` track the hosts this process's open transactions claimed, which
     ``place`` tries last.
@@ -256,14 +263,17 @@ class SnapshotCache:
         with self._lock:
             heartbeats_due = time.monotonic() - self._marks_at >= every
             # Only a hint for the next load's statement; every decision below is exact.
-            self._others_moved = fingerprint != self._fingerprint
+            self._others_moved = self._fingerprint not in (None, fingerprint)
             if fingerprint == self._fingerprint and not heartbeats_due:
+                _READ_UNCHANGED.inc()
                 return _snapshot(self._ordered, settings)
             known = dict(self._hosts)
         if not heartbeats_due and postgres:
             compared = self._compare(session, settings, fingerprint, compared_row)
             if compared is not None:
+                _READ_COMPARED.inc()
                 return compared
+        (_READ_LIVENESS if heartbeats_due else _READ_GENERATIONS).inc()
         marks_at = time.monotonic()
         marks: Sequence[tuple[str, int, Any, Any]]
         if heartbeats_due:
@@ -386,25 +396,49 @@ class SnapshotCache:
 
         The claim moved the host from ``host.generation`` to the next and added exactly
         ``resources`` (its generation check proved nothing else changed in between), so the
-        copy can follow without a read. Rolled back: nothing happens.
+        copy can follow without a read. Rolled back: nothing happens. On PostgreSQL the claim
+        also rides on the host's notification (``notifier.annotate``), so the other API
+        processes' copies follow it too (``followed``).
         """
 
         def apply(_session: Session) -> None:
             with self._lock:
                 current = self._hosts.get(host.id)
                 if current is not None and current.generation == host.generation + 1:
-                    return  # a load already read the committed claim
+                    return  # a load (or this process's listener) already has the claim
                 if (current is None or current.generation != host.generation
                         or self._fingerprint is None):
                     self._fingerprint = None
                     return
-                self._replace(replace(current, generation=host.generation + 1, inventories={
-                    rc: replace(inv, used=inv.used + resources.get(rc, 0))
-                    for rc, inv in current.inventories.items()}))
-                count, total = self._fingerprint
-                self._fingerprint = (count, total + 1)
+                self._follow(current, resources)
 
         event.listen(session, "after_commit", apply, once=True)
+        notifier.annotate(session, host.id, claim_note(host.generation, resources))
+
+    def followed(self, host_id: str, generation: int, resources: Mapping[str, int]) -> None:
+        """Account a claim another process committed (moving ``host_id`` from ``generation``
+        to the next, adding ``resources``), as told by its notification.
+
+        Applied only to a host the copy holds at exactly ``generation``, which the claim's
+        generation check proved was the whole state before it: the copy stays never newer
+        than the database, and its fingerprint moves with it. Otherwise nothing happens:
+        a copy that missed or overtook the claim finds out from the fingerprint.
+        """
+        with self._lock:
+            current = self._hosts.get(host_id)
+            if current is not None and current.generation == generation \
+                    and host_id in self._position:
+                self._follow(current, resources)
+                CLAIMS_FOLLOWED.inc()
+
+    def _follow(self, current: HostState, resources: Mapping[str, int]) -> None:
+        """Put ``current`` one claim of ``resources`` later in the copy (lock held)."""
+        self._replace(replace(current, generation=current.generation + 1, inventories={
+            rc: replace(inv, used=inv.used + resources.get(rc, 0))
+            for rc, inv in current.inventories.items()}))
+        if self._fingerprint is not None:
+            count, total = self._fingerprint
+            self._fingerprint = (count, total + 1)
 
     def claiming(self, session: Session, host_id: str) -> None:
         """Count ``host_id`` as claimed by this process until ``session``'s transaction ends.
@@ -457,6 +491,8 @@ _COMPARE = select(func.string_agg(
 )).select_from(HOSTS)
 _FINGERPRINT_COMPARE = select(*_FINGERPRINT.selected_columns, *_COMPARE.selected_columns)
 _FORGOTTEN = -1  # generations start at 0 and only grow
+_READ_UNCHANGED, _READ_COMPARED, _READ_GENERATIONS, _READ_LIVENESS = (
+    SNAPSHOT_READS.labels(how) for how in ("unchanged", "compared", "generations", "liveness"))
 _CLAIMING = "minicloud.scheduler.claiming"  # session.info: (cache, host id) of its claims
 _NONE: frozenset[str] = frozenset()
 
@@ -476,6 +512,48 @@ def _token(host: HostState) -> str:
 
 _CACHES: dict[tuple[str, tuple[tuple[str, float], ...]], SnapshotCache] = {}
 _CACHES_LOCK = threading.Lock()
+_CLAIM = "claim"
+_PROCESS = uuid.uuid4().hex[:12]  # this process, in its claim notes
+
+
+def claim_note(generation: int, resources: Mapping[str, int], process: str = _PROCESS) -> str:
+    """A claim as a notification note:
+    ``claim/<process>/<generation before>/VCPU=1,MEMORY_MB=512``."""
+    amounts = ",".join(f"{rc}={amount}" for rc, amount in sorted(resources.items()))
+    return f"{_CLAIM}/{process}/{generation}/{amounts}"
+
+
+def parse_claim_note(note: str) -> tuple[str, int, dict[str, int]] | None:
+    """``(process, generation before, resources)`` of a ``claim_note``; None for any other
+    note (or a malformed one)."""
+    kind, process, generation, amounts = (note.split("/", 3) + ["", "", ""])[:4]
+    if kind != _CLAIM:
+        return None
+    try:
+        return process, int(generation), {
+            rc: int(amount) for rc, _, amount in
+            (pair.partition("=") for pair in amounts.split(",") if pair)}
+    except ValueError:
+        return None
+
+
+def _claims_elsewhere(host_id: str, notes: list[str]) -> None:
+    """The listener's subscriber: every cache of this process follows the claims other
+    processes notified (its own claims it followed at their commit, ``claimed``).
+
+    A process may hold caches of several databases (tests); host ids are random UUIDs, so a
+    claim only ever matches the host it was made on.
+    """
+    claims = [c for c in map(parse_claim_note, notes) if c is not None and c[0] != _PROCESS]
+    if claims:
+        with _CACHES_LOCK:
+            caches = list(_CACHES.values())
+        for cache in caches:
+            for _, generation, resources in claims:
+                cache.followed(host_id, generation, resources)
+
+
+notifier.subscribe(_claims_elsewhere)
 
 
 def snapshot_cache(session: Session, settings: Settings) -> SnapshotCache:

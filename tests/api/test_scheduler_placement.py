@@ -430,6 +430,51 @@ def test_two_process_caches_follow_each_others_claims_and_forgotten_hosts_exactl
         assert min(h.generation for h in snapshot.hosts) >= 0
 
 
+def test_a_copy_follows_a_notified_claim_from_exactly_the_generation_it_holds(
+        factory: sessionmaker[Session], settings: Settings) -> None:
+    # On PostgreSQL another API process's claim reaches this one's copy through its
+    # notification (``followed``): the copy then matches the database again, and the next
+    # load reads the one-row fingerprint only. A note about a generation the copy does not
+    # hold (late, repeated, or about a host it re-read since) changes nothing.
+    from sqlalchemy import event
+
+    catalog = new_catalog(factory)
+    with factory.begin() as s:
+        hosts = [make_host(s) for _ in range(2)]
+    ours, theirs = SnapshotCache(), SnapshotCache()
+    with factory() as s:
+        state = next(h for h in ours.load(s, settings).hosts if h.id == hosts[0])
+        theirs.load(s, settings)
+    resources = {"VCPU": 2, "MEMORY_MB": 1536, "DISK_GB": 3}
+    with factory.begin() as s:
+        sid = make_server(s, catalog)
+        assert claim(s, server_id=sid, host_id=hosts[0], host_generation=state.generation,
+                     resources=resources, pool_ratios=pool_ratios(settings)
+                     ) is ClaimOutcome.CLAIMED
+        ours.claimed(s, state, resources)
+    theirs.followed(hosts[0], state.generation, resources)
+    theirs.followed(hosts[0], state.generation, resources)  # the same note again
+    theirs.followed(hosts[1], state.generation + 5, resources)  # a generation it never held
+    sent: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    engine = factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with factory() as s:
+            snapshot = theirs.load(s, settings)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    with factory() as s:
+        assert _as_seen(snapshot) == _as_seen(load_hosts(s, settings))
+    assert len(sent) == 1 and "sum(hosts.generation)" in sent[0]
+    assert "string_agg" not in sent[0]
+    followed = next(h for h in snapshot.hosts if h.id == hosts[0])
+    assert followed.inventories["MEMORY_MB"].used == 1536
+
+
 def test_the_cache_rereads_only_the_liveness_of_hosts_it_shows_down(
         factory: sessionmaker[Session], settings: Settings) -> None:
     # A heartbeating fleet moves every host's heartbeat all the time; the copy shows a host
