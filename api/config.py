@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # PostgreSQL: a statement waits at most this long for a row or table lock, then the request
     # answers 503 database_busy (a safety net against a transaction that never lets go).
     db_lock_timeout_seconds: float = Field(default=60.0, gt=0)
+    # PostgreSQL: write-heavy requests (server create, actions, delete) handled at once per API
+    # process; more wait on the event loop, holding no thread or connection (SQLite: 1).
+    write_turns_per_process: int = Field(default=2, gt=0)
     # Agent enrollments, inventories and heartbeats handled at once per API process; more wait
     # up to agent_admission_wait_seconds for a turn, then answer 503 agent_busy.
     agent_admission_concurrency: int = Field(default=8, gt=0)

@@ -100,43 +100,47 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 class WriteTurns:
-    """Write-heavy requests of one SQLite database take turns, in arrival order, before their
-    unit of work starts and until it has committed (``serial_writes``).
+    """Write-heavy requests take turns, in arrival order, at most ``capacity`` at once per API
+    process, before their unit of work starts and until it has committed (``write_turn``).
 
-    SQLite has one writer: concurrent creates only queue at its write lock (``api.db``'s
-    ``WriteGate``), each holding a worker thread while it waits and contending for the GIL
-    with the one that writes. Waiting here instead costs an asyncio waiter, not a thread, and
-    the writer runs alone. One lock per event loop (a test client runs its own loop).
+    SQLite has one writer (``capacity`` 1): concurrent creates would only queue at its write
+    lock (``api.db``'s ``WriteGate``), each holding a worker thread while it waits and
+    contending for the GIL with the one that writes. On PostgreSQL writers of different rows
+    run at once, but one process runs one thread of Python at a time: beyond a couple of
+    writers per process (one in Python while another waits for the database) more only
+    contend for the GIL and the cores, each holding a thread and a connection. Waiting here
+    instead costs an asyncio waiter, not a thread. One semaphore per event loop (a test
+    client runs its own loop).
     """
 
-    def __init__(self) -> None:
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
-            weakref.WeakKeyDictionary()
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                               asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
-    def lock(self) -> asyncio.Lock:
-        """The turn lock of the running event loop."""
+    def turns(self) -> asyncio.Semaphore:
+        """The turns of the running event loop."""
         loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        return lock
+        turns = self._turns.get(loop)
+        if turns is None:
+            turns = self._turns[loop] = asyncio.Semaphore(self.capacity)
+        return turns
 
 
-async def serial_writes(request: Request) -> AsyncIterator[None]:
-    """Route dependency (list it before the session): on SQLite, wait for this process's
-    write turn, and give it back once the request's unit of work has ended. Nothing on
-    PostgreSQL, whose row locks let writers of different rows run at once."""
+async def write_turn(request: Request) -> AsyncIterator[None]:
+    """Route dependency (list it before the session): wait for one of this process's write
+    turns (``WriteTurns``), and give it back once the request's unit of work has ended."""
     turns: WriteTurns | None = getattr(request.app.state, "write_turns", None)
     if turns is None:
         yield
         return
-    async with turns.lock():
+    async with turns.turns():
         yield
 
 
-# Declared first among a route's dependencies (``dependencies=[SerialWrites]``), so it is
+# Declared first among a route's dependencies (``dependencies=[WriteTurn]``), so it is
 # entered before the session and left after the session's commit.
-SerialWrites = Depends(serial_writes, scope="function")
+WriteTurn = Depends(write_turn, scope="function")
 
 
 @dataclass(frozen=True)

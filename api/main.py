@@ -188,8 +188,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     auth_cache.attach(engine, settings.auth_cache_seconds)
     app.state.sessionmaker = make_sessionmaker(engine)
-    # SQLite has one writer: write-heavy routes take turns on the event loop (api.deps).
-    app.state.write_turns = WriteTurns() if engine.dialect.name == "sqlite" else None
+    # Write-heavy routes take turns on the event loop (api.deps): one at a time on SQLite,
+    # which has one writer; a few per process elsewhere.
+    app.state.write_turns = WriteTurns(
+        1 if engine.dialect.name == "sqlite" else settings.write_turns_per_process)
     app.state.scaling_holder = scaling_lease.new_holder()
     install_error_handlers(app)
     # Under /identity, /compute and /image errors take the OpenStack services' shapes.

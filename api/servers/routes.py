@@ -20,10 +20,10 @@ from api.config import Settings
 from api.deps import (
     CurrentUser,
     Principal,
-    SerialWrites,
     SessionDep,
     SettingsDep,
     Writer,
+    WriteTurn,
     in_unit_of_work,
 )
 from api.errors import Conflict
@@ -93,7 +93,7 @@ def _render(session: SessionDep, principal: Principal,
 
 
 @router.post("/servers", status_code=202, response_model=ServerOut,
-             dependencies=[SerialWrites],
+             dependencies=[WriteTurn],
              description="Create a server; it starts in BUILD/`scheduling`. The quota "
              "(instances, vcpus, ram_mb, disk_gb) is checked atomically: over quota is 409 "
              "`quota_exceeded` and nothing is written. `flavor` and `image` are ids or names "
@@ -149,7 +149,7 @@ def show_server(server_id: PathId, principal: CurrentUser, session: SessionDep) 
 
 
 @router.delete("/servers/{server_id}", status_code=202, response_model=ServerOut,
-               dependencies=[SerialWrites],
+               dependencies=[WriteTurn],
                description="Start deleting a server: DELETING/`deleting` until its agent "
                "confirms, then DELETED. A server with no host is DELETED at once. Deleting a "
                "DELETING server is idempotent (202, nothing changes). `force=true` (admin) "
@@ -167,7 +167,7 @@ def delete_server(server_id: PathId, principal: Writer, session: SessionDep,
 
 
 @router.post("/servers/{server_id}/actions", status_code=202, response_model=ServerOut,
-             dependencies=[SerialWrites],
+             dependencies=[WriteTurn],
              description='`{"action": "start"}`, `{"action": "stop"}` or `{"action": '
              '"reboot", "type": "soft"|"hard"}`, `{"action": "resize", "flavor": <id or '
              'name>}`, `{"action": "pause"}` or `{"action": "unpause"}`. An action the '

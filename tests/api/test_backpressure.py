@@ -213,3 +213,39 @@ def test_an_unreachable_database_answers_database_unavailable_on_every_route(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_write_heavy_requests_take_turns_a_few_at_a_time_per_process(
+        settings: Settings, client: TestClient) -> None:
+    # SQLite has one writer: creates, actions and deletes go one at a time; on PostgreSQL a
+    # few per process (more would only contend for the interpreter lock), the rest waiting on
+    # the event loop in arrival order.
+    import asyncio
+
+    from api.deps import WriteTurns
+
+    turns: WriteTurns = client.app.state.write_turns  # type: ignore[attr-defined]
+    expected = 1 if backend() == "sqlite" else settings.write_turns_per_process
+    assert turns.capacity == expected
+    with _app(settings, write_turns_per_process=3) as other:
+        assert other.app.state.write_turns.capacity == (  # type: ignore[attr-defined]
+            1 if backend() == "sqlite" else 3)
+
+    async def storm() -> tuple[int, list[int]]:
+        inside, peak, order = 0, 0, []
+
+        async def writer(k: int) -> None:
+            nonlocal inside, peak
+            async with turns.turns():
+                order.append(k)
+                inside += 1
+                peak = max(peak, inside)
+                await asyncio.sleep(0.01)
+                inside -= 1
+
+        await asyncio.gather(*(writer(k) for k in range(8)))
+        return peak, order
+
+    peak, order = asyncio.run(storm())
+    assert peak == expected
+    assert order == list(range(8))
