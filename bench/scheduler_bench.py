@@ -26,10 +26,12 @@ Prints one line per scenario; results go to docs/benchmarks.md by hand.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.queues import Queue as QueueType
+from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -278,56 +282,75 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
+def _client(base: str, headers: dict[str, str], image: str, creates: range, warm: int,
+            barrier: BarrierType, out: QueueType) -> None:
+    """One client in a process of its own, as a separate user is: one create to warm up (not
+    measured), then, once every client is ready and the measurement has started, its share of
+    the measured creates. Sends ``(latencies, failures, CPU seconds of the measured part)``."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    with httpx.Client(base_url=base, timeout=120) as http:
+        def create(i: int, name: str) -> None:
+            body = {"name": name, "flavor": E2E_FLAVORS[i % len(E2E_FLAVORS)], "image": image}
+            t0 = time.perf_counter()
+            r = http.post("/v1/servers", headers=headers, json=body)
+            elapsed = time.perf_counter() - t0
+            if r.status_code == 202:
+                latencies.append(elapsed)
+            else:
+                failures.append(f"{r.status_code} {r.text[:200]}")
+
+        create(warm, f"e2e-warm-{warm}")
+        latencies.clear()
+        barrier.wait()  # every client warmed up
+        barrier.wait()  # the measurement started
+        cpu0 = time.process_time()
+        for i in creates:
+            create(i, f"e2e-{i}")
+        out.put((latencies, failures, time.process_time() - cpu0))
+
+
 def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
                  pids: list[int] | None = None, profiling: bool = False,
-                 db_pids: Callable[[], list[int]] = list) -> None:
+                 db_pids: Callable[[], list[int]] = list) -> float:
     """(c) ``count`` creates through POST /v1/servers from ``clients`` concurrent clients.
 
-    Each client first makes one create that is not measured (the API process's first create
-    loads the host snapshot). With ``pids`` also reports the API processes' CPU time per
-    create: on a shared machine the wall clock measures the neighbours too. With
+    Each client is a process of its own (separate users; threads of one process would share
+    its interpreter lock) with its own project and connection, spread over the API
+    processes, and first makes one create that is not measured (the API process's first
+    create loads the host snapshot). With ``pids`` also reports the API processes' CPU time
+    per create: on a shared machine the wall clock measures the neighbours too. With
     ``profiling`` the API processes (started under ``bench/profiled_api.py``) profile exactly
     the measured creates. ``db_pids`` lists the database server's backends (none on SQLite):
-    their CPU per create is reported too, as is the clients' own (this process).
+    their CPU per create is reported too, as is the clients' own. Returns creates per second.
     """
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with httpx.Client(base_url=bases[0], timeout=120) as http:
         tenants = [tenant_headers(http, admin) for _ in range(clients)]
-    latencies: list[float] = []
-    lock = threading.Lock()
-    failures: list[str] = []
-
-    def client(k: int, creates: range) -> None:
-        headers, image = tenants[k]
-        # One connection per client, spread over the API processes, like separate users.
-        with httpx.Client(base_url=bases[k % len(bases)], timeout=120) as http:
-            for i in creates:
-                body = {"name": f"e2e-{i}", "flavor": E2E_FLAVORS[i % len(E2E_FLAVORS)],
-                        "image": image}
-                t0 = time.perf_counter()
-                r = http.post("/v1/servers", headers=headers, json=body)
-                elapsed = time.perf_counter() - t0
-                with lock:
-                    if r.status_code == 202:
-                        latencies.append(elapsed)
-                    else:
-                        failures.append(f"{r.status_code} {r.text[:200]}")
-
-    with ThreadPoolExecutor(max_workers=clients) as pool:  # warm-up, not measured
-        list(pool.map(lambda k: client(k, range(k, k + 1)), range(clients)))
-    latencies.clear()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(clients + 1)
+    out = context.Queue()
+    procs = [context.Process(target=_client, daemon=True, args=(
+        bases[k % len(bases)], *tenants[k], range(k, count, clients), k, barrier, out))
+        for k in range(clients)]
+    for proc in procs:
+        proc.start()
+    barrier.wait()  # warmed up
     profile_window(pids or [], signal.SIGUSR1 if profiling else None)
     cpu0 = cpu_seconds(pids or [])
     db0 = cpu_of(db_pids())
-    client0 = time.process_time()
     load = load_average()
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(lambda k: client(k, range(k, count, clients)), range(clients)))
+    barrier.wait()
+    results = [out.get() for _ in procs]
     wall = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+    latencies = [t for done, _, _ in results for t in done]
+    failures = [f for _, failed, _ in results for f in failed]
     n = max(1, len(latencies))
     cpu = (cpu_seconds(pids or []) - cpu0) / n
-    client_cpu = (time.process_time() - client0) / n
+    client_cpu = sum(spent for _, _, spent in results) / n
     db_cpu = sum(t - db0.get(pid, 0.0) for pid, t in cpu_of(db_pids()).items()) / n
     profile_window(pids or [], signal.SIGUSR2 if profiling else None)
     report(f"POST /v1/servers {label}, {clients} client(s)", latencies, wall,
@@ -336,6 +359,20 @@ def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
            + f"client cpu={client_cpu * 1e3:.2f} ms/create "
            + f"load={load}-{load_average()} "
            + f"failed={len(failures)}" + (f" first: {failures[0]}" if failures else ""))
+    return len(latencies) / wall
+
+
+def rounds_summary(label: str, rates: dict[int, list[float]]) -> None:
+    """The median rate of each client count over the rounds, and the median of the rounds'
+    ratios to the first client count (each round's counts ran back to back on one pool)."""
+    first, *others = rates
+    parts = [f"{clients} client(s) {statistics.median(r):.1f}/s" for clients, r in rates.items()]
+    for clients in others:
+        ratios = [b / a for a, b in zip(rates[first], rates[clients], strict=True)]
+        parts.append(f"{clients} vs {first}: median {statistics.median(ratios):.2f}x "
+                     f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})")
+    print(f"POST /v1/servers {label}, median of {len(rates[first])} rounds: "
+          + ", ".join(parts), flush=True)
 
 
 def profile_window(pids: list[int], sig: signal.Signals | None) -> None:
@@ -371,16 +408,22 @@ def run_e2e(args: argparse.Namespace) -> None:
                                                outs[i] if outs else None)
                         procs.append(proc)
                         bases.append(base)
-                    for clients in args.clients:
-                        e2e_scenario(f"{tag} {name} {args.hosts} hosts, {processes} API",
-                                     bases, clients, args.placements,
-                                     [p.pid for p in procs], profiling=bool(args.profile),
-                                     db_pids=backends_of(url))
-                        for out in outs:  # keep each scenario's profile
-                            for ext in (".pstats", ".sql"):
-                                done = out.with_name(out.name + ext)
-                                if done.exists():
-                                    done.rename(out.with_name(f"{out.name}-{clients}c{ext}"))
+                    label = f"{tag} {name} {args.hosts} hosts, {processes} API"
+                    rates: dict[int, list[float]] = {}
+                    for round_ in range(args.rounds):
+                        for clients in args.clients:
+                            rates.setdefault(clients, []).append(e2e_scenario(
+                                label, bases, clients, args.placements,
+                                [p.pid for p in procs], profiling=bool(args.profile),
+                                db_pids=backends_of(url)))
+                            suffix = f"-{clients}c" + (f"-r{round_}" if args.rounds > 1 else "")
+                            for out in outs:  # keep each scenario's profile
+                                for ext in (".pstats", ".sql"):
+                                    done = out.with_name(out.name + ext)
+                                    if done.exists():
+                                        done.rename(out.with_name(f"{out.name}{suffix}{ext}"))
+                    if args.rounds > 1:
+                        rounds_summary(label, rates)
                 finally:
                     for proc in procs:
                         proc.terminate()
@@ -436,6 +479,9 @@ def main() -> None:
                         help="API processes for the PostgreSQL end-to-end run")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8],
                         help="concurrent clients of the end-to-end runs")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="e2e: run the client counts this many times in turn on each pool "
+                        "and print the medians (a shared machine's speed drifts)")
     parser.add_argument("--before", metavar="TREE",
                         help="e2e: also run the API code of another checkout (e.g. a "
                         "'git archive' of main), each setup side by side in one run")
