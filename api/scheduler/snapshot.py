@@ -526,7 +526,7 @@ def claim_note(generation: int, resources: Mapping[str, int], process: str = _PR
 def parse_claim_note(note: str) -> tuple[str, int, dict[str, int]] | None:
     """``(process, generation before, resources)`` of a ``claim_note``; None for any other
     note (or a malformed one)."""
-    kind, process, generation, amounts = (note.split("/", 3) + ["", "", ""])[:4]
+    kind, process, generation, amounts = [*note.split("/", 3), "", "", ""][:4]
     if kind != _CLAIM:
         return None
     try:
