@@ -166,8 +166,12 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings pointing at the test database and a temporary data directory."""
-    return cloud_settings(database_url, tmp_path_factory.mktemp("data"))
+    """Settings pointing at the test database and a temporary data directory. The session's
+    in-process app never reconciles scaling groups by itself: tests run the passes they
+    expect (tests/api/test_scaling_groups.py ``run``), and a pass of its own loop in between
+    would act with other settings."""
+    return cloud_settings(database_url, tmp_path_factory.mktemp("data"),
+                          scaling_interval_seconds=86400.0)
 
 
 @pytest.fixture(scope="session")
@@ -282,8 +286,9 @@ def live_api(settings: Settings, client: TestClient) -> Iterator[Callable[[int],
 def shared_api(live_api: Callable[[int], list[str]], settings: Settings) -> str:
     """One ``minicloud-api`` process for the whole session, for the modules that need some
     real API process but nothing of their own (each process costs seconds of start-up on a
-    loaded machine)."""
-    return start_live_apis(settings, 1, session_long=True)[0]
+    loaded machine). Like the in-process app, it leaves scaling passes to the tests."""
+    return start_live_apis(settings, 1, session_long=True,
+                           MINICLOUD_SCALING_INTERVAL_SECONDS="86400")[0]
 
 
 @pytest.fixture(scope="session")
