@@ -11,7 +11,9 @@
     1 and 8 threads. Each thread uses its own session, like API workers.
 (c) end to end through ``POST /v1/servers`` on a real ``minicloud-api`` process (uvicorn,
     loopback HTTP, token auth, quota, placement, events, commit) with the same 1,000-host
-    pool, from 1 and 8 concurrent clients (each client its own project, as tenants are).
+    pool, from 1 and 8 concurrent clients (each client a process with its own project, as
+    tenants are). ``--rounds N`` runs the client counts in turn N times on each pool and
+    prints the medians (a shared machine's speed drifts between minutes).
         /work/venv/bin/python bench/scheduler_bench.py --only e2e [--pg URL] [--api-processes 2]
     ``--before TREE`` runs each setup first with the API code of another checkout (e.g.
     ``git archive <commit> | tar -x -C TREE``), then with this one, each on a fresh pool, so
