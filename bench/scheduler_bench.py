@@ -12,7 +12,8 @@
 (c) end to end through ``POST /v1/servers`` on a real ``minicloud-api`` process (uvicorn,
     loopback HTTP, token auth, quota, placement, events, commit) with the same 1,000-host
     pool, from 1 and 8 concurrent clients (each client a process with its own project, as
-    tenants are). ``--rounds N`` runs the client counts in turn N times on each pool and
+    tenants are). ``--rounds N`` runs the client counts in turn N times on each pool (in
+    reverse order in every other round, as the filling pool slows creates) and
     prints the medians (a shared machine's speed drifts between minutes).
         /work/venv/bin/python bench/scheduler_bench.py --only e2e [--pg URL] [--api-processes 2]
     ``--before TREE`` runs each setup first with the API code of another checkout (e.g.
@@ -429,7 +430,11 @@ def run_e2e(args: argparse.Namespace) -> None:
                     label = f"{tag} {name} {args.hosts} hosts, {processes} API"
                     rates: dict[int, list[float]] = {}
                     for round_ in range(args.rounds):
-                        for clients in args.clients:
+                        # Every create leaves the pool fuller and the next create a little
+                        # dearer: odd rounds run the counts in reverse order, so no count
+                        # always meets the emptier pool.
+                        order = args.clients if round_ % 2 == 0 else args.clients[::-1]
+                        for clients in order:
                             rates.setdefault(clients, []).append(e2e_scenario(
                                 label, bases, clients, args.placements,
                                 [p.pid for p in procs], profiling=bool(args.profile),
