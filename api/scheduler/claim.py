@@ -2,26 +2,33 @@
 
 A claim for server S on host H, in the caller's transaction:
 
-1. ``UPDATE hosts SET generation = generation + 1
-      WHERE id = :host AND generation = :seen AND enabled``
-   One row, or another claim (or an admin change) got there first: conflict. On PostgreSQL the
-   row lock this takes serializes every later claim on H until our transaction ends; on SQLite
-   the first write already holds the database write lock.
-2. Re-check every requested class with the fit rule (``scheduler.capacity.fit_rule``, built
-   here as SQL, the same rule the in-memory resources filter solves per host):
-      SELECT count(*) FROM inventories i
-       WHERE i.host_id = :host AND i.resource_class IN (:classes)
-         AND coalesce((SELECT sum(a.used) FROM allocations a
-                        WHERE a.host_id = i.host_id
-                          AND a.resource_class = i.resource_class), 0) + :requested
-             <= (i.total - i.reserved) * coalesce(i.allocation_ratio, :pool_ratio)
-         AND :requested >= i.min_unit AND :requested <= coalesce(i.max_unit, i.total)
-   Anything but one row per class: conflict (e.g. a ratio was lowered without a bump).
-3. For hard (anti-)affinity groups:
+1. One UPDATE bumps H's generation only if the caller's copy of H is current, H is enabled and
+   every requested class still fits by the fit rule (``scheduler.capacity.fit_rule``, built
+   here as SQL, the same rule the in-memory resources filter solves per host)::
+
+      UPDATE hosts SET generation = generation + 1
+       WHERE id = :host AND generation = :seen AND enabled
+         AND (SELECT count(*) FROM inventories i
+               WHERE i.host_id = :host AND i.resource_class IN (:classes)
+                 AND coalesce((SELECT sum(a.used) FROM allocations a
+                                WHERE a.host_id = i.host_id
+                                  AND a.resource_class = i.resource_class), 0) + :requested
+                     <= (i.total - i.reserved) * coalesce(i.allocation_ratio, :pool_ratio)
+                 AND :requested >= i.min_unit
+                 AND :requested <= coalesce(i.max_unit, i.total)) = :classes_count
+
+   One row: on PostgreSQL the row lock it takes serializes every later claim on H until our
+   transaction ends; on SQLite the write already holds the database write lock. The
+   generation guards the re-check: every claim on H bumps it in the transaction that inserts
+   its allocations, so a statement that finds ``:seen`` current sees all of H's allocations.
+   No row: a conflict, and nothing was written. Only then does a second statement read H's
+   generation and fit, to tell a host conflict (another claim got there first or holds the
+   row, or H was disabled) from a capacity conflict (e.g. a ratio lowered without a bump).
+2. For hard (anti-)affinity groups:
    ``UPDATE server_groups SET generation = generation + 1 WHERE id = :group AND generation = :seen``
    so two members placed concurrently cannot both rely on the same member list. Done last, so a
    transaction that holds the group row never waits for anything else (no lock cycles).
-4. Insert one allocation row per requested class.
+3. Insert one allocation row per requested class.
 """
 
 from __future__ import annotations
@@ -112,27 +119,13 @@ def fit_clause(requested: ColumnElement[Any], pool_ratios: Mapping[str, float]
 @lru_cache(maxsize=64)
 def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...], wait: bool,
                 wake: bool = False) -> tuple[Update, Select[Any], Update]:
-    """The claim's three statements for these requested classes, with bound parameters.
+    """The claim's statements for these requested classes, with bound parameters: the host
+    bump with its fit re-check, the read that explains a lost claim, and the group bump.
 
     Built once per class set, pool ratios, ``wait`` and ``wake``: building and hashing the
     expression trees on every claim cost more than running them.
     """
     hosts = HOSTS.c
-    seen_host = (hosts.id == bindparam("host_id"), hosts.generation == bindparam("seen"),
-                 hosts.enabled.is_(True))
-    if wait:
-        bump_host = update(HOSTS).where(*seen_host)
-    else:
-        # PostgreSQL: ... WHERE id = (SELECT id FROM hosts WHERE ... FOR UPDATE SKIP LOCKED).
-        # A host row locked by another claim in flight will have a new generation when that
-        # claim commits, so waiting for it only to conflict is wasted time: skip it now.
-        # (SQLite has no row locks; the subquery is then a plain re-check.)
-        unlocked = (select(hosts.id).where(*seen_host)
-                    .with_for_update(skip_locked=True).scalar_subquery())
-        bump_host = update(HOSTS).where(hosts.id == unlocked)
-    bump_host = bump_host.values(generation=hosts.generation + 1)
-    if wake:
-        bump_host = bump_host.values(desired_generation=hosts.desired_generation + 1)
     inv = INVENTORIES.c
     requested = case({rc: bindparam(f"req_{rc}") for rc in classes},
                      value=inv.resource_class, else_=literal(0))
@@ -142,14 +135,33 @@ def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...],
         .where(inv.host_id == bindparam("host_id"),
                inv.resource_class.in_(classes),
                fit_clause(requested, dict(ratios)))
+        .scalar_subquery()
     )
+    claimable = (hosts.id == bindparam("host_id"), hosts.generation == bindparam("seen"),
+                 hosts.enabled.is_(True), fitting == len(classes))
+    if wait:
+        bump_host = update(HOSTS).where(*claimable)
+    else:
+        # PostgreSQL: ... WHERE id = (SELECT id FROM hosts WHERE ... FOR UPDATE SKIP LOCKED).
+        # A host row locked by another claim in flight will have a new generation when that
+        # claim commits, so waiting for it only to conflict is wasted time: skip it now. A
+        # row that is skipped or does not qualify is not locked, so a lost first try holds
+        # nothing. (SQLite has no row locks; the subquery is then a plain re-check.)
+        unlocked = (select(hosts.id).where(*claimable)
+                    .with_for_update(skip_locked=True).scalar_subquery())
+        bump_host = update(HOSTS).where(hosts.id == unlocked)
+    bump_host = bump_host.values(generation=hosts.generation + 1)
+    if wake:
+        bump_host = bump_host.values(desired_generation=hosts.desired_generation + 1)
+    explain = select(hosts.generation, hosts.enabled, fitting).where(
+        hosts.id == bindparam("host_id"))
     groups = SERVER_GROUPS.c
     bump_group = (
         update(SERVER_GROUPS)
         .where(groups.id == bindparam("group_id"), groups.generation == bindparam("seen"))
         .values(generation=groups.generation + 1)
     )
-    return bump_host, fitting, bump_group
+    return bump_host, explain, bump_group
 
 
 _INSERT_ALLOCATIONS: Insert = insert(ALLOCATIONS)
@@ -167,19 +179,23 @@ def claim(session: Session, *, server_id: str, host_id: str, host_generation: in
     moves the host's ``desired_generation`` (the agent's cursor) in the same UPDATE, for a
     caller that would bump it next anyway (a create; ``lifecycle.placed``).
 
-    Returns the outcome; on any conflict nothing is inserted (generations may have been bumped
-    in this transaction, which only makes other claimers re-read). Raises nothing of its own.
+    Returns the outcome. A host or capacity conflict writes nothing; with ``wait=False`` it
+    also holds no lock. With ``wait=True`` on PostgreSQL a losing UPDATE may still lock the
+    row it re-checked, and a group conflict leaves the host bumped and locked: run such
+    claims in a savepoint and roll it back on a conflict. Raises nothing of its own.
     """
     classes = tuple(sorted(resources))
-    bump_host, fitting, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),
+    bump_host, explain, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),
                                                  wait, wake)
-    bumped = session.execute(bump_host, {"host_id": host_id, "seen": host_generation})
+    params = {"host_id": host_id, "seen": host_generation,
+              **{f"req_{rc}": resources[rc] for rc in classes}}
+    bumped = session.execute(bump_host, params)
     if getattr(bumped, "rowcount", 0) != 1:
-        return ClaimOutcome.HOST_CONFLICT
-
-    fits = session.scalar(fitting, {"host_id": host_id,
-                                    **{f"req_{rc}": resources[rc] for rc in classes}})
-    if fits != len(resources):
+        row = session.execute(explain, params).first()
+        if row is None or row[0] != host_generation or not row[1] or row[2] == len(classes):
+            # Moved, disabled or gone, or (the fit holds) its row was held by a claim in
+            # flight: the copy is behind, or will be once that claim commits.
+            return ClaimOutcome.HOST_CONFLICT
         return ClaimOutcome.CAPACITY_CONFLICT
 
     if group_id is not None and group_policy in HARD_GROUP_POLICIES:

@@ -32,7 +32,7 @@ from api.config import Settings
 from api.errors import Conflict, DomainError
 from api.metrics import observe_placement
 from api.models import Allocation, Flavor, Image, ServerGroup
-from api.scheduler.claim import ClaimOutcome, claim
+from api.scheduler.claim import HARD_GROUP_POLICIES, ClaimOutcome, claim
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
 from scheduler import resources
 from scheduler.framework import RequestSpec, ServerGroupSpec, Snapshot
@@ -246,19 +246,22 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         tries = [best, *rest]
         if busy := cache.busy():
             tries.sort(key=lambda h: h.id in busy)  # stable: the ranked order otherwise
+        wait = attempt > 1 or force_host is not None
+        # A try that can lose while holding a row lock runs in a savepoint: on PostgreSQL a
+        # waiting UPDATE that loses still locks the row it re-checked, and a group conflict
+        # comes after the host's bump; holding such a lock while trying the next host would
+        # let claimers deadlock each other. Rolling the savepoint back releases it. A first
+        # try skips locked rows and, losing, holds nothing (``claim``): no savepoint, two
+        # statements less per create. SQLite has no row locks: never one there.
+        guarded = row_locks and (wait or (group is not None
+                                          and group.policy in HARD_GROUP_POLICIES))
         for host in tries:
-            # Each try runs in a savepoint: on PostgreSQL a losing UPDATE still locks the row it
-            # re-checked, and holding that lock while trying the next host would let claimers
-            # deadlock each other. Rolling the savepoint back releases it. SQLite has no row
-            # locks, and what a losing try wrote (a host generation bump) only makes other
-            # claimers re-read: no savepoint there (two statements less per create).
-            savepoint = session.begin_nested() if row_locks else None
+            savepoint = session.begin_nested() if guarded else None
             outcome = claim(
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
                 group_id=group.id if group else None, group_policy=group.policy if group else None,
-                group_generation=group_generation,
-                wait=attempt > 1 or force_host is not None, wake=wake_host)
+                group_generation=group_generation, wait=wait, wake=wake_host)
             if outcome is not ClaimOutcome.CLAIMED:
                 if savepoint is not None:
                     savepoint.rollback()
@@ -279,7 +282,7 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             conflicts += 1
             if outcome is not ClaimOutcome.HOST_CONFLICT or not row_locks:
                 # The copy was wrong about the host although its generation matched (or, on
-                # SQLite, a losing try may have bumped it): re-read it.
+                # SQLite, a try lost on its group after bumping the host): re-read it.
                 cache.forget(host.id)
             # PostgreSQL: a host conflict is a row another claim holds (skipped) or a
             # generation the copy does not have yet; that claim's notification or the next
