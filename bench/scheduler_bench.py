@@ -11,10 +11,11 @@
     1 and 8 threads. Each thread uses its own session, like API workers.
 (c) end to end through ``POST /v1/servers`` on a real ``minicloud-api`` process (uvicorn,
     loopback HTTP, token auth, quota, placement, events, commit) with the same 1,000-host
-    pool, from 1 and 8 concurrent clients (each client a process with its own project, as
-    tenants are). ``--rounds N`` runs the client counts in turn N times on each pool (in
-    reverse order in every other round, as the filling pool slows creates) and
-    prints the medians (a shared machine's speed drifts between minutes).
+    pool, from 1 and 8 concurrent clients (each client a connection with its own project, as
+    tenants are, all driven by one asyncio load-generator process). ``--rounds N`` runs the
+    client counts in turn N times on each pool (in reverse order in every other round, as
+    the filling pool slows creates) and prints the medians (a shared machine's speed drifts
+    between minutes).
         /work/venv/bin/python bench/scheduler_bench.py --only e2e [--pg URL] [--api-processes 2]
     ``--before TREE`` runs each setup first with the API code of another checkout (e.g.
     ``git archive <commit> | tar -x -C TREE``), then with this one, each on a fresh pool, so
@@ -29,7 +30,6 @@ Prints one line per scenario; results go to docs/benchmarks.md by hand.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import multiprocessing
 import os
@@ -288,45 +288,82 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def _client(base: str, headers: dict[str, str], image: str, creates: range, warm: int,
-            barrier: BarrierType, out: QueueType) -> None:
-    """One client in a process of its own, as a separate user is: one create to warm up (not
-    measured), then, once every client is ready and the measurement has started, its share of
-    the measured creates. Sends ``(latencies, failures, CPU seconds of the measured part)``.
+def _clients(specs: list[tuple[str, dict[str, str], str, range, int]],
+             barrier: BarrierType, out: QueueType) -> None:
+    """The clients, as a load generator runs them: each a kept-alive HTTP/1.1 connection
+    (h11) of this one asyncio process (uvloop), with its own project's token, its share of
+    the creates and one create first to warm up (not measured). Measures once every client
+    has warmed up and the measurement has started (``barrier``, with the parent), and sends
+    ``(latencies, failures, CPU seconds of the measured part)``.
 
-    It speaks HTTP/1.1 with the standard library's ``http.client`` on one kept-alive
-    connection: about a third of httpx's CPU per request, which on a 2-core machine is CPU
-    the API and the database do not get."""
+    One process with the lightest client available: on a 2-core machine the clients' CPU,
+    and their processes waking beside the API's, is taken from the API and the database
+    (8 client processes with httpx cost 0.9 ms of CPU per create; this, about 0.18 ms)."""
+    import asyncio
+
+    import h11
+    import uvloop
+
     latencies: list[float] = []
     failures: list[str] = []
-    url = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=120)
-    sent = {**headers, "Content-Type": "application/json"}
 
-    def create(i: int, name: str) -> None:
-        body = json.dumps({"name": name, "flavor": E2E_FLAVORS[i % len(E2E_FLAVORS)],
-                           "image": image})
-        t0 = time.perf_counter()
-        conn.request("POST", "/v1/servers", body=body, headers=sent)
-        response = conn.getresponse()
-        text = response.read()
-        elapsed = time.perf_counter() - t0
-        if response.status == 202:
-            latencies.append(elapsed)
-        else:
-            failures.append(f"{response.status} {text[:200]!r}")
+    async def client(base: str, headers: dict[str, str], image: str, creates: range,
+                     warm: int, warmed: asyncio.Event, go: asyncio.Event) -> None:
+        url = urllib.parse.urlsplit(base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        conn = h11.Connection(h11.CLIENT)
+        fixed = [("Host", url.netloc), ("Content-Type", "application/json"),
+                 *headers.items()]
 
-    try:
-        create(warm, f"e2e-warm-{warm}")
-        latencies.clear()
-        barrier.wait()  # every client warmed up
-        barrier.wait()  # the measurement started
-        cpu0 = time.process_time()
+        async def create(i: int, name: str, keep: bool) -> None:
+            body = json.dumps({"name": name, "flavor": E2E_FLAVORS[i % len(E2E_FLAVORS)],
+                               "image": image}).encode()
+            t0 = time.perf_counter()
+            writer.write(conn.send(h11.Request(
+                method="POST", target="/v1/servers",
+                headers=[*fixed, ("Content-Length", str(len(body)))]))
+                + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            status, text = 0, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    text += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            conn.start_next_cycle()
+            if keep:
+                if status == 202:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    failures.append(f"{status} {text[:200]!r}")
+
+        await create(warm, f"e2e-warm-{warm}", False)
+        warmed.set()
+        await go.wait()
         for i in creates:
-            create(i, f"e2e-{i}")
-        out.put((latencies, failures, time.process_time() - cpu0))
-    finally:
-        conn.close()
+            await create(i, f"e2e-{i}", True)
+        writer.close()
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        go = asyncio.Event()
+        flags = [asyncio.Event() for _ in specs]
+        tasks = [asyncio.create_task(client(*spec, flags[k], go)) for k, spec in enumerate(specs)]
+        for flag in flags:
+            await flag.wait()
+        await loop.run_in_executor(None, barrier.wait)
+        await loop.run_in_executor(None, barrier.wait)
+        cpu0 = time.process_time()
+        go.set()
+        await asyncio.gather(*tasks)
+        return time.process_time() - cpu0
+
+    spent = uvloop.run(main())
+    out.put((latencies, failures, spent))
 
 
 def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
@@ -334,11 +371,11 @@ def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
                  db_pids: Callable[[], list[int]] = list) -> float:
     """(c) ``count`` creates through POST /v1/servers from ``clients`` concurrent clients.
 
-    Each client is a process of its own (separate users; threads of one process would share
-    its interpreter lock) with its own project and connection, spread over the API
-    processes, and first makes one create that is not measured (the API process's first
-    create loads the host snapshot). With ``pids`` also reports the API processes' CPU time
-    per create: on a shared machine the wall clock measures the neighbours too. With
+    Each client is a connection with its own project, spread over the API processes, all
+    driven by one load-generator process (``_clients``); each first makes one create that
+    is not measured (the API process's first create loads the host snapshot). With ``pids``
+    also reports the API processes' CPU time per create: on a shared machine the wall clock
+    measures the neighbours too. With
     ``profiling`` the API processes (started under ``bench/profiled_api.py``) profile exactly
     the measured creates. ``db_pids`` lists the database server's backends (none on SQLite):
     their CPU per create is reported too, as is the clients' own. Returns creates per second.
@@ -347,11 +384,11 @@ def e2e_scenario(label: str, bases: list[str], clients: int, count: int,
     with httpx.Client(base_url=bases[0], timeout=120) as http:
         tenants = [tenant_headers(http, admin) for _ in range(clients)]
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(clients + 1)
+    barrier = context.Barrier(2)
     out = context.Queue()
-    procs = [context.Process(target=_client, daemon=True, args=(
-        bases[k % len(bases)], *tenants[k], range(k, count, clients), k, barrier, out))
-        for k in range(clients)]
+    procs = [context.Process(target=_clients, daemon=True, args=(
+        [(bases[k % len(bases)], *tenants[k], range(k, count, clients), k)
+         for k in range(clients)], barrier, out))]
     for proc in procs:
         proc.start()
     barrier.wait()  # warmed up
