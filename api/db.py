@@ -180,6 +180,19 @@ def _enter_gate(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
 _GATE_TIMEOUT = 30.0
 
 
+def take_write_gate(session: Session) -> None:
+    """SQLite: check out ``session``'s connection and take its ``WriteGate`` turn now, as its
+    first write would (blocking: run it in a worker thread). From then on the unit of work
+    waits for nothing in this process: no pool checkout and no other writer. The turn ends
+    with the transaction, as ever."""
+    dbapi = session.connection().connection.dbapi_connection
+    if isinstance(dbapi, GatedConnection) and not dbapi.holding and dbapi.gate is not None:
+        if dbapi.gate.acquire(dbapi, timeout=_GATE_TIMEOUT):
+            dbapi.holding = True
+        else:
+            log.warning("SQLite write gate not acquired within %ss; going on", _GATE_TIMEOUT)
+
+
 def _begin_before_savepoint(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
     # pysqlite begins a transaction only before a write statement. A SAVEPOINT sent outside
     # one makes SQLite start the transaction itself, and releasing that savepoint commits
