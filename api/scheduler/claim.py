@@ -24,6 +24,11 @@ A claim for server S on host H, in the caller's transaction:
    No row: a conflict, and nothing was written. Only then does a second statement read H's
    generation and fit, to tell a host conflict (another claim got there first or holds the
    row, or H was disabled) from a capacity conflict (e.g. a ratio lowered without a bump).
+   On PostgreSQL a losing UPDATE may still hold H's row lock: when another transaction
+   changed the row after the statement's snapshot, PostgreSQL locks the newest version
+   before it re-checks the WHERE clause, and keeps the lock when the re-check fails (also
+   through ``FOR UPDATE SKIP LOCKED``). Callers run each try in a savepoint and roll it
+   back on a conflict.
 2. For hard (anti-)affinity groups:
    ``UPDATE server_groups SET generation = generation + 1 WHERE id = :group AND generation = :seen``
    so two members placed concurrently cannot both rely on the same member list. Done last, so a
@@ -144,9 +149,8 @@ def _statements(classes: tuple[str, ...], ratios: tuple[tuple[str, float], ...],
     else:
         # PostgreSQL: ... WHERE id = (SELECT id FROM hosts WHERE ... FOR UPDATE SKIP LOCKED).
         # A host row locked by another claim in flight will have a new generation when that
-        # claim commits, so waiting for it only to conflict is wasted time: skip it now. A
-        # row that is skipped or does not qualify is not locked, so a lost first try holds
-        # nothing. (SQLite has no row locks; the subquery is then a plain re-check.)
+        # claim commits, so waiting for it only to conflict is wasted time: skip it now.
+        # (SQLite has no row locks; the subquery is then a plain re-check.)
         unlocked = (select(hosts.id).where(*claimable)
                     .with_for_update(skip_locked=True).scalar_subquery())
         bump_host = update(HOSTS).where(hosts.id == unlocked)
@@ -179,10 +183,10 @@ def claim(session: Session, *, server_id: str, host_id: str, host_generation: in
     moves the host's ``desired_generation`` (the agent's cursor) in the same UPDATE, for a
     caller that would bump it next anyway (a create; ``lifecycle.placed``).
 
-    Returns the outcome. A host or capacity conflict writes nothing; with ``wait=False`` it
-    also holds no lock. With ``wait=True`` on PostgreSQL a losing UPDATE may still lock the
-    row it re-checked, and a group conflict leaves the host bumped and locked: run such
-    claims in a savepoint and roll it back on a conflict. Raises nothing of its own.
+    Returns the outcome. A host or capacity conflict writes nothing, but on PostgreSQL it
+    may still hold the host's row lock (module docstring), and a group conflict leaves the
+    host bumped and locked: run each claim in a savepoint there and roll it back on a
+    conflict. Raises nothing of its own.
     """
     classes = tuple(sorted(resources))
     bump_host, explain, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),

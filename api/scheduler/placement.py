@@ -32,7 +32,7 @@ from api.config import Settings
 from api.errors import Conflict, DomainError
 from api.metrics import observe_placement
 from api.models import Allocation, Flavor, Image, ServerGroup
-from api.scheduler.claim import HARD_GROUP_POLICIES, ClaimOutcome, claim
+from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
 from scheduler import resources
 from scheduler.framework import RequestSpec, ServerGroupSpec, Snapshot
@@ -247,16 +247,13 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         if busy := cache.busy():
             tries.sort(key=lambda h: h.id in busy)  # stable: the ranked order otherwise
         wait = attempt > 1 or force_host is not None
-        # A try that can lose while holding a row lock runs in a savepoint: on PostgreSQL a
-        # waiting UPDATE that loses still locks the row it re-checked, and a group conflict
-        # comes after the host's bump; holding such a lock while trying the next host would
-        # let claimers deadlock each other. Rolling the savepoint back releases it. A first
-        # try skips locked rows and, losing, holds nothing (``claim``): no savepoint, two
-        # statements less per create. SQLite has no row locks: never one there.
-        guarded = row_locks and (wait or (group is not None
-                                          and group.policy in HARD_GROUP_POLICIES))
         for host in tries:
-            savepoint = session.begin_nested() if guarded else None
+            # Each try runs in a savepoint on PostgreSQL: a try that loses may still hold the
+            # host's row lock (``claim``), and holding it while trying the next host would let
+            # claimers deadlock each other. Rolling the savepoint back releases it. SQLite has
+            # no row locks, and a losing try there wrote nothing (a group conflict: a host
+            # generation bump, which only makes other claimers re-read): no savepoint.
+            savepoint = session.begin_nested() if row_locks else None
             outcome = claim(
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
