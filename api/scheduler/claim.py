@@ -27,8 +27,8 @@ A claim for server S on host H, in the caller's transaction:
    On PostgreSQL a losing UPDATE may still hold H's row lock: when another transaction
    changed the row after the statement's snapshot, PostgreSQL locks the newest version
    before it re-checks the WHERE clause, and keeps the lock when the re-check fails (also
-   through ``FOR UPDATE SKIP LOCKED``). Callers run each try in a savepoint and roll it
-   back on a conflict.
+   through ``FOR UPDATE SKIP LOCKED``). Only a row skipped because another claim held it
+   (``HOST_HELD``) is certainly not locked.
 2. For hard (anti-)affinity groups:
    ``UPDATE server_groups SET generation = generation + 1 WHERE id = :group AND generation = :seen``
    so two members placed concurrently cannot both rely on the same member list. Done last, so a
@@ -80,6 +80,9 @@ class ClaimOutcome(enum.Enum):
 
     CLAIMED = "claimed"
     HOST_CONFLICT = "host_conflict"
+    # PostgreSQL, ``wait=False``: the row was held by another claim in flight and skipped;
+    # nothing was written and no lock taken.
+    HOST_HELD = "host_held"
     CAPACITY_CONFLICT = "capacity_conflict"
     GROUP_CONFLICT = "group_conflict"
 
@@ -183,10 +186,9 @@ def claim(session: Session, *, server_id: str, host_id: str, host_generation: in
     moves the host's ``desired_generation`` (the agent's cursor) in the same UPDATE, for a
     caller that would bump it next anyway (a create; ``lifecycle.placed``).
 
-    Returns the outcome. A host or capacity conflict writes nothing, but on PostgreSQL it
-    may still hold the host's row lock (module docstring), and a group conflict leaves the
-    host bumped and locked: run each claim in a savepoint there and roll it back on a
-    conflict. Raises nothing of its own.
+    Returns the outcome. A conflict on the host writes nothing, but on PostgreSQL any but
+    ``HOST_HELD`` may still hold the host's row lock (module docstring), and a group
+    conflict leaves the host bumped and locked. Raises nothing of its own.
     """
     classes = tuple(sorted(resources))
     bump_host, explain, bump_group = _statements(classes, tuple(sorted(pool_ratios.items())),
@@ -196,10 +198,12 @@ def claim(session: Session, *, server_id: str, host_id: str, host_generation: in
     bumped = session.execute(bump_host, params)
     if getattr(bumped, "rowcount", 0) != 1:
         row = session.execute(explain, params).first()
-        if row is None or row[0] != host_generation or not row[1] or row[2] == len(classes):
-            # Moved, disabled or gone, or (the fit holds) its row was held by a claim in
-            # flight: the copy is behind, or will be once that claim commits.
-            return ClaimOutcome.HOST_CONFLICT
+        if row is None or row[0] != host_generation or not row[1]:
+            return ClaimOutcome.HOST_CONFLICT  # moved, disabled or gone: the copy is behind
+        if row[2] == len(classes):
+            # Current and fitting, so a claim in flight held the row: the copy will be behind
+            # once that claim commits.
+            return ClaimOutcome.HOST_HELD
         return ClaimOutcome.CAPACITY_CONFLICT
 
     if group_id is not None and group_policy in HARD_GROUP_POLICIES:

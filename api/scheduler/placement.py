@@ -25,14 +25,14 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from api.config import Settings
 from api.errors import Conflict, DomainError
 from api.metrics import observe_placement
 from api.models import Allocation, Flavor, Image, ServerGroup
-from api.scheduler.claim import ClaimOutcome, claim
+from api.scheduler.claim import HARD_GROUP_POLICIES, ClaimOutcome, claim
 from api.scheduler.snapshot import load_group, load_hosts, pool_ratios, snapshot_cache
 from scheduler import resources
 from scheduler.framework import RequestSpec, ServerGroupSpec, Snapshot
@@ -213,6 +213,9 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
     # A forced host or released allocations are read as of now in this transaction: the
     # process's cached copy knows neither.
     cached = force_host is None and not release_held
+    # A lost try without a savepoint may still hold its host's row lock (``claim``): from then
+    # on its transaction must never wait for a row, or claimers could deadlock each other.
+    may_hold_lock = bool(session.info.get(_MAY_HOLD_LOCK))
     for attempt in range(1, settings.scheduler_max_attempts + 1):
         held = _release(session, spec.server_id) if release_held else None
         current, snapshot, decision, group_generation = evaluate(
@@ -246,14 +249,20 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         tries = [best, *rest]
         if busy := cache.busy():
             tries.sort(key=lambda h: h.id in busy)  # stable: the ranked order otherwise
-        wait = attempt > 1 or force_host is not None
+        wait = (attempt > 1 or force_host is not None) and not may_hold_lock
+        # On PostgreSQL a try that may wait for a row, or claims for a hard group (whose
+        # conflict comes after the host's bump), runs in a savepoint: a losing try may still
+        # hold the host's row lock, and holding it while waiting for another row could
+        # deadlock; rolling the savepoint back releases it. A try that skips locked rows
+        # needs none (two statements less per create, and no rollback, which would make
+        # psycopg drop the connection's prepared statements); if it loses other than by a
+        # skipped row, the rest of this placement never waits. SQLite has no row locks, and
+        # a losing try there wrote nothing (a group conflict: a host generation bump, which
+        # only makes other claimers re-read): never a savepoint.
+        guarded = row_locks and (wait or (group is not None
+                                          and group.policy in HARD_GROUP_POLICIES))
         for host in tries:
-            # Each try runs in a savepoint on PostgreSQL: a try that loses may still hold the
-            # host's row lock (``claim``), and holding it while trying the next host would let
-            # claimers deadlock each other. Rolling the savepoint back releases it. SQLite has
-            # no row locks, and a losing try there wrote nothing (a group conflict: a host
-            # generation bump, which only makes other claimers re-read): no savepoint.
-            savepoint = session.begin_nested() if row_locks else None
+            savepoint = session.begin_nested() if guarded else None
             outcome = claim(
                 session, server_id=spec.server_id, host_id=host.id,
                 host_generation=host.generation, resources=spec.resources, pool_ratios=ratios,
@@ -262,6 +271,8 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
             if outcome is not ClaimOutcome.CLAIMED:
                 if savepoint is not None:
                     savepoint.rollback()
+                elif row_locks and outcome is not ClaimOutcome.HOST_HELD:
+                    may_hold_lock = session.info[_MAY_HOLD_LOCK] = True
             else:
                 if savepoint is not None:
                     savepoint.commit()
@@ -277,7 +288,8 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 return PlacementResult(host.id, host.name, host.availability_zone, attempt,
                                        conflicts, record)
             conflicts += 1
-            if outcome is not ClaimOutcome.HOST_CONFLICT or not row_locks:
+            if outcome not in (ClaimOutcome.HOST_CONFLICT, ClaimOutcome.HOST_HELD) \
+                    or not row_locks:
                 # The copy was wrong about the host although its generation matched (or, on
                 # SQLite, a try lost on its group after bumping the host): re-read it.
                 cache.forget(host.id)
@@ -290,6 +302,15 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
         if held is not None:
             held.rollback()
     raise Conflict("Too many concurrent placements; try again.", code="placement_busy")
+
+
+_MAY_HOLD_LOCK = "minicloud.scheduler.may_hold_lock"  # session.info, until the transaction ends
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _row_locks_released(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_MAY_HOLD_LOCK, None)
 
 
 def _release(session: Session, server_id: str) -> SessionTransaction:

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.config import Settings
@@ -25,7 +25,7 @@ from api.scheduler.claim import ClaimOutcome, claim
 from api.scheduler.placement import NoValidHost, place
 from api.scheduler.snapshot import SnapshotCache, load_hosts, pool_ratios
 from scheduler.framework import Snapshot
-from tests.db import fresh_database
+from tests.db import backend, fresh_database
 from tests.scheduler.db_factories import (
     Catalog,
     make_catalog,
@@ -517,3 +517,35 @@ def test_the_cache_rereads_only_the_liveness_of_hosts_it_shows_down(
     assert all(second[h] == first[h] for h in up)
     with factory() as s:
         assert {h.id for h in cache.load(s, settings).hosts} == {*up, silent}
+
+
+@pytest.mark.skipif(backend() != "postgresql", reason="row locks are PostgreSQL's")
+def test_a_first_try_skips_a_host_row_another_claim_holds_and_takes_no_lock(
+        factory: sessionmaker[Session], settings: Settings) -> None:
+    catalog = new_catalog(factory)
+    with factory.begin() as s:
+        host = make_host(s)
+        first, second = make_server(s, catalog), make_server(s, catalog)
+        generation = s.scalar(select(Host.generation).where(Host.id == host))
+    assert generation is not None
+    resources = {"VCPU": 1, "MEMORY_MB": 1024, "DISK_GB": 10}
+    ratios = pool_ratios(settings)
+    with factory() as winner, factory() as loser:
+        assert claim(winner, server_id=first, host_id=host, host_generation=generation,
+                     resources=resources, pool_ratios=ratios) is ClaimOutcome.CLAIMED
+        # The winner's transaction is open and holds the row: the loser skips it at once.
+        assert claim(loser, server_id=second, host_id=host, host_generation=generation,
+                     resources=resources, pool_ratios=ratios, wait=False
+                     ) is ClaimOutcome.HOST_HELD
+        assert loser.scalar(select(func.count()).select_from(Allocation)
+                            .where(Allocation.server_id == second)) == 0
+        winner.rollback()
+        # The loser's transaction is still open and took no lock on the row.
+        with factory() as third:
+            third.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert third.scalar(select(Host.id).where(Host.id == host)
+                                .with_for_update()) == host
+        # Now the row is free: the same try claims it.
+        assert claim(loser, server_id=second, host_id=host, host_generation=generation,
+                     resources=resources, pool_ratios=ratios, wait=False
+                     ) is ClaimOutcome.CLAIMED
