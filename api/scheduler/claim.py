@@ -22,8 +22,9 @@ A claim for server S on host H, in the caller's transaction:
    generation guards the re-check: every claim on H bumps it in the transaction that inserts
    its allocations, so a statement that finds ``:seen`` current sees all of H's allocations.
    No row: a conflict, and nothing was written. Only then does a second statement read H's
-   generation and fit, to tell a host conflict (another claim got there first or holds the
-   row, or H was disabled) from a capacity conflict (e.g. a ratio lowered without a bump).
+   generation and fit, to name it: a host conflict (another claim got there first, or H was
+   disabled or deleted), a held host (current and fitting: a claim in flight held the row and
+   this try skipped it) or a capacity conflict (e.g. a ratio lowered without a bump).
    On PostgreSQL a losing UPDATE may still hold H's row lock: when another transaction
    changed the row after the statement's snapshot, PostgreSQL locks the newest version
    before it re-checks the WHERE clause, and keeps the lock when the re-check fails (also

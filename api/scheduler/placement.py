@@ -293,8 +293,8 @@ def place(session: Session, settings: Settings, spec: RequestSpec, *,
                 # The copy was wrong about the host although its generation matched (or, on
                 # SQLite, a try lost on its group after bumping the host): re-read it.
                 cache.forget(host.id)
-            # PostgreSQL: a host conflict is a row another claim holds (skipped) or a
-            # generation the copy does not have yet; that claim's notification or the next
+            # PostgreSQL: a held host (a row another claim holds, skipped) or a generation the
+            # copy does not have yet; that claim's notification or the next
             # fingerprint brings the copy up to date, without a compare forced now.
             log.debug("claim conflict %s on %s (attempt %d)", outcome.value, host.id, attempt)
             if outcome is ClaimOutcome.GROUP_CONFLICT:
